@@ -1,0 +1,616 @@
+"""The Notifier: encode once, fan out concurrently, retry without blocking, report everything.
+
+Per receiver there is exactly one :class:`Delivery` and exactly one callback call (DESIGN §2).
+All decisions (what an answer means, when to retry) come from :class:`RetryPolicy`; this
+module only schedules. The engine is asyncio; ``Notifier.send`` runs it on a private event
+loop thread, so it works from plain sync code and from inside a running event loop alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+from typing_extensions import Self
+
+from ._codec import Codec
+from ._exceptions import (
+    BlockedAddressError,
+    ConfigurationError,
+    DeliveryError,
+    EndpointError,
+    FlnotifyError,
+    InvalidURLError,
+    TransportError,
+    TransportErrorKind,
+)
+from ._notification import Notification, TrainingNotification
+from ._retry import Decision, Outcome, RetryPolicy
+from ._types import ReceiverLike
+from .callbacks import Callbacks, call_callbacks
+from .endpoints import EndpointPolicy
+from .transports._base import AsyncTransport, HttpResponse, Transport
+from .transports._httpx import HttpxTransport
+
+if TYPE_CHECKING:
+    from .repository import AsyncTrainingRepository, TrainingRepository
+    from .signing import Signer
+
+__all__ = ["Delivery", "DeliveryReport", "Notifier"]
+
+logger = logging.getLogger("flnotify")
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Delivery:
+    """The final result of delivering one notification to one receiver.
+
+    Args:
+        receiver: Who it was for.
+        notification: What was sent.
+        outcome: Delivered, rejected or failed.
+        message_id: The ``webhook-id`` it carried (the same on every attempt).
+        attempts: POSTs made (0 when the endpoint was refused before any I/O).
+        elapsed: Seconds from the first attempt to the outcome, backoff included.
+        status_code: The last HTTP status received, if any.
+        error: Why it failed, when it did without a final status.
+        response: The last answer (body capped by the transport), if any.
+    """
+
+    receiver: ReceiverLike
+    notification: Notification[Any] = attrs.field(repr=False)
+    outcome: Outcome
+    message_id: str
+    attempts: int
+    elapsed: float
+    status_code: int | None = None
+    error: FlnotifyError | None = None
+    response: HttpResponse | None = attrs.field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the receiver answered 2xx."""
+        return self.outcome is Outcome.DELIVERED
+
+    def describe(self) -> str:
+        """One line for humans: receiver, outcome, status or error, attempts."""
+        why = f"status {self.status_code}" if self.status_code is not None else ""
+        if self.error is not None:
+            why = f"{why}; {self.error}" if why else str(self.error)
+        return (
+            f"{self.receiver.id} ({self.receiver.message_endpoint}): {self.outcome.value}"
+            f"{', ' + why if why else ''} after {self.attempts} attempt(s)"
+        )
+
+    def log_context(self) -> dict[str, object]:
+        """Fields for ``logging``'s ``extra``: ids, endpoint and type; never secrets."""
+        notification = self.notification
+        training = (
+            str(notification.training_uuid)
+            if isinstance(notification, TrainingNotification)
+            else None
+        )
+        return {
+            "training_id": training,
+            "receiver_id": str(self.receiver.id),
+            "endpoint": self.receiver.message_endpoint,
+            "notification_type": notification.notification_type.value,
+            "message_id": self.message_id,
+            "outcome": self.outcome.value,
+        }
+
+
+@attrs.frozen
+class DeliveryReport:
+    """Every receiver's :class:`Delivery` for one send, in the order of the receivers."""
+
+    notification: Notification[Any] = attrs.field(repr=False)
+    deliveries: tuple[Delivery, ...]
+    elapsed: float
+
+    def __iter__(self) -> Iterator[Delivery]:
+        return iter(self.deliveries)
+
+    def __len__(self) -> int:
+        return len(self.deliveries)
+
+    def _with(self, outcome: Outcome) -> tuple[Delivery, ...]:
+        return tuple(d for d in self.deliveries if d.outcome is outcome)
+
+    @property
+    def delivered(self) -> tuple[Delivery, ...]:
+        """The deliveries that got a 2xx."""
+        return self._with(Outcome.DELIVERED)
+
+    @property
+    def rejected(self) -> tuple[Delivery, ...]:
+        """The deliveries a client said no to."""
+        return self._with(Outcome.REJECTED)
+
+    @property
+    def failed(self) -> tuple[Delivery, ...]:
+        """The deliveries that could not be completed."""
+        return self._with(Outcome.FAILED)
+
+    def counts(self) -> dict[Outcome, int]:
+        """How many deliveries ended in each outcome (every outcome present)."""
+        counts = dict.fromkeys(Outcome, 0)
+        for delivery in self.deliveries:
+            counts[delivery.outcome] += 1
+        return counts
+
+    @property
+    def ok(self) -> bool:
+        """Whether every receiver answered 2xx."""
+        return all(d.outcome is Outcome.DELIVERED for d in self.deliveries)
+
+    def raise_for_failures(self) -> Self:
+        """Return ``self`` if all were delivered, else raise :class:`DeliveryError`."""
+        bad = tuple(d for d in self.deliveries if d.outcome is not Outcome.DELIVERED)
+        if bad:
+            raise DeliveryError(bad)
+        return self
+
+
+def _default_transport() -> HttpxTransport:
+    return HttpxTransport()
+
+
+def _check_concurrency(_: object, __: object, value: int) -> None:
+    if value < 1:
+        msg = f"concurrency must be >= 1, got {value!r}"
+        raise ConfigurationError(msg)
+
+
+def _check_deadline(_: object, __: object, value: float | None) -> None:
+    if value is not None and value <= 0:
+        msg = f"deadline must be > 0 seconds or None, got {value!r}"
+        raise ConfigurationError(msg)
+
+
+@attrs.define
+class Notifier:
+    """Sends notifications to their receivers; reusable, and closed when done.
+
+    Args:
+        transport: How POSTs are made; anything with ``apost`` (preferred) or ``post``.
+            Defaults to a pooled :class:`~flnotify.transports.HttpxTransport`.
+        retry: When to try again.
+        concurrency: At most this many POSTs in flight at once; receivers waiting for a
+            retry do not hold a slot.
+        deadline: Seconds a whole send may take; what is still pending then is reported
+            as failed (kind ``DEADLINE``) and its callbacks are called.
+        signer: Signs each attempt (Standard Webhooks); unsigned without one.
+        policy: Which endpoints may be POSTed to, checked before any I/O.
+        repository: Lets notification classes with default callbacks (the round-type
+            ones) build them, e.g. :class:`~flnotify.callbacks.TrainingCallbacks`.
+        codec: Encodes the notification (once per send).
+        sleep: Awaited for each backoff; inject a fake in tests.
+        clock: Monotonic seconds, for ``elapsed``.
+        wall_clock: Epoch seconds, for ``webhook-timestamp`` and ``Retry-After`` dates.
+        rng: Jitter source returning floats in [0, 1).
+        user_agent: The ``User-Agent`` header.
+    """
+
+    transport: AsyncTransport | Transport = attrs.field(factory=_default_transport)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    concurrency: int = attrs.field(default=100, validator=_check_concurrency)
+    deadline: float | None = attrs.field(default=None, validator=_check_deadline)
+    signer: Signer | None = None
+    policy: EndpointPolicy = attrs.field(factory=EndpointPolicy)
+    repository: TrainingRepository | AsyncTrainingRepository | None = None
+    codec: Codec = attrs.field(factory=Codec)
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+    rng: Callable[[], float] = random.random
+    user_agent: str = "flnotify"
+    _portal: _Portal | None = attrs.field(init=False, default=None, repr=False)
+    _executor: concurrent.futures.ThreadPoolExecutor | None = attrs.field(
+        init=False, default=None, repr=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if not hasattr(self.transport, "apost") and not hasattr(self.transport, "post"):
+            msg = f"{type(self.transport).__name__} has neither apost() nor post()"
+            raise ConfigurationError(msg)
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def asend(
+        self,
+        notification: Notification[Any],
+        callbacks: Callbacks | None = None,
+        *,
+        message_ids: Sequence[str] | None = None,
+    ) -> DeliveryReport:
+        """Deliver ``notification`` to all its receivers and report each outcome.
+
+        Args:
+            notification: What to send, and to whom.
+            callbacks: Called once per receiver; defaults to the notification class's
+                default callbacks (built with :attr:`repository`), if any.
+            message_ids: One ``webhook-id`` per receiver (e.g. kept in an outbox so a
+                resend carries the same ids); new random ids by default.
+
+        Raises:
+            ConfigurationError: ``message_ids`` does not match the receivers.
+            PayloadTooLargeError: The encoded body exceeds the endpoint policy's limit.
+        """
+        body = self.codec.encode(notification)  # once, whatever the number of receivers
+        self.policy.check_body_size(body)
+        receivers = notification.receivers
+        if message_ids is None:
+            message_ids = _MessageIds(len(receivers))
+        elif len(message_ids) != len(receivers):
+            msg = f"{len(message_ids)} message ids for {len(receivers)} receivers"
+            raise ConfigurationError(msg)
+        run = _Send(
+            self, notification, body, message_ids, self._callbacks_for(notification, callbacks)
+        )
+        return await run.run()
+
+    def send(
+        self,
+        notification: Notification[Any],
+        callbacks: Callbacks | None = None,
+        *,
+        message_ids: Sequence[str] | None = None,
+    ) -> DeliveryReport:
+        """Blocking :meth:`asend`; also safe to call from inside a running event loop."""
+        return self._run_sync(self.asend(notification, callbacks, message_ids=message_ids))
+
+    def _callbacks_for(
+        self, notification: Notification[Any], callbacks: Callbacks | None
+    ) -> Callbacks | None:
+        if callbacks is not None:
+            return callbacks
+        factory = type(notification).default_callbacks
+        if factory is None or self.repository is None:
+            return None
+        return factory(self.repository)
+
+    # -- one POST ------------------------------------------------------------------------
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
+        transport = self.transport
+        try:
+            if isinstance(transport, AsyncTransport):
+                return await transport.apost(url, body, headers)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._thread_pool(), transport.post, url, body, headers
+            )
+        except TransportError:
+            raise
+        except Exception as exc:  # a transport broke its contract; never lose the receiver
+            logger.exception("transport %s raised %r", type(transport).__name__, exc)
+            msg = f"transport raised {type(exc).__name__}: {exc}"
+            raise TransportError(msg, url=url, kind=TransportErrorKind.INTERNAL) from exc
+
+    def _thread_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=min(self.concurrency, 64), thread_name_prefix="flnotify-post"
+            )
+        return self._executor
+
+    def _headers(self, message_id: str, body: bytes, receiver: ReceiverLike) -> dict[str, str]:
+        timestamp = int(self.wall_clock())  # taken at every attempt
+        headers = {
+            "content-type": "application/json",
+            "user-agent": self.user_agent,
+            "webhook-id": message_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if self.signer is not None:
+            headers.update(self.signer.headers(message_id, timestamp, body, receiver))
+        return headers
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def _run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._portal is None:
+            self._portal = portal = _Portal()
+            # a Notifier dropped without close() must not leak its loop thread
+            weakref.finalize(self, portal.close)
+        return self._portal.run(coroutine)
+
+    async def aclose(self) -> None:
+        """Release the transport's connections for the running loop."""
+        closer = getattr(self.transport, "aclose", None)
+        if closer is not None:
+            await closer()
+        elif isinstance(self.transport, Transport):
+            self.transport.close()
+
+    def close(self) -> None:
+        """Release connections, the private event loop thread and worker threads."""
+        if self._portal is not None:
+            self._portal.run(self.aclose())
+            self._portal.close()
+            self._portal = None
+        if isinstance(self.transport, Transport):
+            self.transport.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+
+class _MessageIds(Sequence[str]):
+    """``webhook-id`` per receiver: one random 96-bit prefix per send plus the index."""
+
+    __slots__ = ("_n", "_prefix")
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+        self._prefix = "msg_" + secrets.token_hex(12)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._n))]
+        if not -self._n <= index < self._n:
+            raise IndexError(index)
+        return f"{self._prefix}_{index % self._n:x}"
+
+
+class _Send:
+    """The state of one fan-out: a launcher, bounded attempts, a deadline, the results."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        notification: Notification[Any],
+        body: bytes,
+        message_ids: Sequence[str],
+        callbacks: Callbacks | None,
+    ) -> None:
+        self.notifier = notifier
+        self.notification = notification
+        self.body = body
+        self.message_ids = message_ids
+        self.callbacks = callbacks
+        n = len(notification.receivers)
+        self.results: list[Delivery | None] = [None] * n
+        self.attempts = [0] * n
+        self.started = [0.0] * n
+        self.last: dict[int, HttpResponse] = {}  # last answer of receivers in backoff
+        self.remaining = n
+        self.slots = asyncio.Semaphore(notifier.concurrency)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.done = asyncio.Event()
+        self.queue: asyncio.Queue[Delivery] | None = (
+            asyncio.Queue() if callbacks is not None else None
+        )
+        self.expired = False
+
+    async def run(self) -> DeliveryReport:
+        notifier = self.notifier
+        begin = notifier.clock()
+        loop = asyncio.get_running_loop()
+        timer = (
+            loop.call_later(notifier.deadline, self.expire)
+            if notifier.deadline is not None
+            else None
+        )
+        launcher = loop.create_task(self.launch())
+        try:
+            if self.remaining == 0:
+                self.done.set()
+            if self.queue is not None and self.callbacks is not None:
+                for _ in range(len(self.results)):
+                    await call_callbacks(self.callbacks, await self.queue.get())
+            await self.done.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            launcher.cancel()
+            for task in list(self.tasks):
+                task.cancel()
+        deliveries = tuple(d for d in self.results if d is not None)
+        report = DeliveryReport(self.notification, deliveries, notifier.clock() - begin)
+        if logger.isEnabledFor(logging.INFO):
+            counts = report.counts()
+            logger.info(
+                "%s to %d receiver(s): %d delivered, %d rejected, %d failed in %.3fs",
+                self.notification.notification_type.value,
+                len(report),
+                counts[Outcome.DELIVERED],
+                counts[Outcome.REJECTED],
+                counts[Outcome.FAILED],
+                report.elapsed,
+            )
+        return report
+
+    async def launch(self) -> None:
+        loop = asyncio.get_running_loop()
+        for index, receiver in enumerate(self.notification.receivers):
+            await self.slots.acquire()
+            task = loop.create_task(self.deliver(index, receiver))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def record(self, index: int, delivery: Delivery) -> None:
+        self.results[index] = delivery
+        self.remaining -= 1
+        if self.queue is not None:
+            self.queue.put_nowait(delivery)
+        if self.remaining == 0:
+            self.done.set()
+
+    def finish(
+        self,
+        index: int,
+        receiver: ReceiverLike,
+        outcome: Outcome,
+        *,
+        response: HttpResponse | None = None,
+        error: FlnotifyError | None = None,
+    ) -> None:
+        started = self.started[index]
+        self.record(
+            index,
+            Delivery(
+                receiver=receiver,
+                notification=self.notification,
+                outcome=outcome,
+                message_id=self.message_ids[index],
+                attempts=self.attempts[index],
+                elapsed=self.notifier.clock() - started if started else 0.0,
+                status_code=None if response is None else response.status_code,
+                error=error,
+                response=response,
+            ),
+        )
+
+    def expire(self) -> None:
+        """The deadline passed: everything still pending fails now, callbacks included."""
+        self.expired = True
+        deadline = self.notifier.deadline
+        for index, receiver in enumerate(self.notification.receivers):
+            if self.results[index] is not None:
+                continue
+            error = TransportError(
+                f"deadline of {deadline}s passed before an outcome",
+                url=receiver.message_endpoint,
+                kind=TransportErrorKind.DEADLINE,
+            )
+            self.finish(index, receiver, Outcome.FAILED, response=self.last.get(index), error=error)
+        for task in list(self.tasks):
+            task.cancel()
+
+    async def deliver(self, index: int, receiver: ReceiverLike) -> None:
+        """Attempt one receiver until its outcome; holds a slot only while POSTing."""
+        notifier = self.notifier
+        holding = True
+        try:
+            url = receiver.message_endpoint
+            try:
+                endpoint = notifier.policy.check_url(url)
+                if notifier.policy.block_private:
+                    await notifier.policy.acheck_host(endpoint.host, endpoint.port)
+            except BlockedAddressError as exc:
+                error = TransportError(str(exc), url=url, kind=TransportErrorKind.BLOCKED)
+                error.__cause__ = exc
+                self.finish(index, receiver, Outcome.FAILED, error=error)
+                return
+            except EndpointError as exc:
+                invalid = InvalidURLError(str(exc), url=url)
+                invalid.__cause__ = exc
+                self.finish(index, receiver, Outcome.FAILED, error=invalid)
+                return
+            except TransportError as exc:  # the guard's name resolution failed
+                self.finish(index, receiver, Outcome.FAILED, error=exc)
+                return
+            self.started[index] = notifier.clock()
+            body = self.body
+            message_id = self.message_ids[index]
+            while True:
+                self.attempts[index] += 1
+                response: HttpResponse | None = None
+                error_: TransportError | None = None
+                try:
+                    response = await notifier._post(
+                        url, body, notifier._headers(message_id, body, receiver)
+                    )
+                except TransportError as exc:
+                    error_ = exc
+                decision: Decision = notifier.retry.decide(
+                    self.attempts[index],
+                    response=response,
+                    error=error_,
+                    rng=notifier.rng,
+                    now=notifier.wall_clock,
+                )
+                if decision.outcome is not None:
+                    self.finish(index, receiver, decision.outcome, response=response, error=error_)
+                    return
+                if response is not None:
+                    self.last[index] = response
+                self.slots.release()  # a receiver in backoff does not hold a slot
+                holding = False
+                await notifier.sleep(decision.delay)
+                await self.slots.acquire()
+                holding = True
+        finally:
+            if holding:
+                self.slots.release()
+
+
+class _Portal:
+    """A private event loop in a daemon thread that runs coroutines for sync callers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="flnotify-loop", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        loop = self._start()
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            msg = "Notifier.send called from its own callback; await asend instead"
+            raise ConfigurationError(msg)
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+    def close(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

@@ -1,0 +1,358 @@
+# ruff: noqa: S101 - a pytest suite: plain asserts are the point
+"""A pytest suite any :class:`~flnotify.repository.TrainingRepository` must pass."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from uuid import UUID, uuid4
+
+import attrs
+import pytest
+
+from ._exceptions import TrainingNotFoundError
+from ._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState
+from .repository import TrainingRepository
+
+__all__ = ["TrainingRepositoryContract"]
+
+_THREADS = 8
+_JOIN_TIMEOUT = 30.0
+
+
+@attrs.frozen
+class _Seeded:
+    """What was put into the repository, to compare snapshots against."""
+
+    id: UUID
+    actor: Receiver
+    participants: tuple[Receiver, ...]
+    model_id: UUID
+    round: int
+    state: TrainingState
+
+
+def _receivers(n: int, tag: str = "client") -> tuple[Receiver, ...]:
+    return tuple(Receiver(uuid4(), f"https://{tag}-{i}.example.org/notify") for i in range(n))
+
+
+def _endpoints(snapshot: TrainingSnapshot) -> dict[UUID, str]:
+    return {p.id: p.message_endpoint for p in snapshot.participants}
+
+
+def _run_together(workers: Sequence[Callable[[], None]]) -> None:
+    """Start every worker in its own thread at the same moment; re-raise the first error."""
+    barrier = threading.Barrier(len(workers), timeout=_JOIN_TIMEOUT)
+    errors: list[BaseException] = []
+
+    def run(work: Callable[[], None]) -> None:
+        try:
+            barrier.wait()
+            work()
+        except BaseException as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(_JOIN_TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "a worker thread did not finish"
+    if errors:
+        raise errors[0]
+
+
+class TrainingRepositoryContract:
+    """Tests every :class:`~flnotify.repository.TrainingRepository` must pass.
+
+    Subclass it in a ``test_*.py`` file under a ``Test``-prefixed name and implement
+    :meth:`make_repository`; implement :meth:`seed` too unless the repository has a
+    ``create_training`` call like the bundled ones::
+
+        from flnotify._repository_contract import TrainingRepositoryContract
+
+        class TestMyRepository(TrainingRepositoryContract):
+            def make_repository(self):
+                return MyRepository(test_database_url)
+
+            def seed(self, repo, *, actor, participants, model_id, round, state):
+                return repo.insert_training_for_tests(actor, participants, model_id, round, state)
+
+    Each test gets a fresh repository from :meth:`make_repository` and hands it to
+    :meth:`dispose_repository` afterwards (by default: ``repo.close()`` if it exists).
+    To use a pytest fixture such as ``tmp_path`` there, store it on ``self`` from an
+    ``autouse`` fixture method of the subclass. The concurrency tests call the
+    repository from 8 threads at once. Participant order is not checked. To get pytest's
+    detailed assertion messages, call
+    ``pytest.register_assert_rewrite("flnotify._repository_contract")`` in a
+    ``conftest.py`` before anything imports this module.
+    """
+
+    # -- hooks for subclasses
+
+    def make_repository(self) -> TrainingRepository:
+        """Return a new, empty repository (called once per test)."""
+        raise NotImplementedError("subclasses of TrainingRepositoryContract implement this")
+
+    def seed(
+        self,
+        repo: TrainingRepository,
+        *,
+        actor: ReceiverLike,
+        participants: Sequence[ReceiverLike],
+        model_id: UUID,
+        round: int,
+        state: TrainingState,
+    ) -> UUID:
+        """Store a training with these values in ``repo`` and return its id.
+
+        The default calls ``repo.create_training(...)``; override it for storage without
+        such a call.
+        """
+        create: Callable[..., TrainingSnapshot] | None = getattr(repo, "create_training", None)
+        if create is None:
+            msg = f"{type(repo).__name__} has no create_training(); override seed()"
+            raise NotImplementedError(msg)
+        snapshot = create(
+            actor=actor, participants=participants, model_id=model_id, round=round, state=state
+        )
+        return snapshot.id
+
+    def dispose_repository(self, repo: TrainingRepository) -> None:
+        """Release a repository after a test; calls ``repo.close()`` if it has one."""
+        close: Callable[[], Any] | None = getattr(repo, "close", None)
+        if close is not None:
+            close()
+
+    # -- plumbing
+
+    @pytest.fixture
+    def repo(self) -> Iterator[TrainingRepository]:
+        """A fresh repository from :meth:`make_repository`, disposed of afterwards."""
+        repository = self.make_repository()
+        try:
+            yield repository
+        finally:
+            self.dispose_repository(repository)
+
+    def _seed(
+        self,
+        repo: TrainingRepository,
+        n_participants: int = 3,
+        *,
+        round: int = 3,
+        state: TrainingState = TrainingState.ONGOING,
+    ) -> _Seeded:
+        actor = _receivers(1, "actor")[0]
+        participants = _receivers(n_participants)
+        model_id = uuid4()
+        training_id = self.seed(
+            repo,
+            actor=actor,
+            participants=participants,
+            model_id=model_id,
+            round=round,
+            state=state,
+        )
+        return _Seeded(training_id, actor, participants, model_id, round, state)
+
+    def _assert_matches(
+        self,
+        snapshot: TrainingSnapshot,
+        seeded: _Seeded,
+        *,
+        participants: Sequence[Receiver] | None = None,
+        state: TrainingState | None = None,
+    ) -> None:
+        expected = seeded.participants if participants is None else participants
+        want_state = seeded.state if state is None else state
+        assert isinstance(snapshot, TrainingSnapshot), f"not a TrainingSnapshot: {snapshot!r}"
+        assert snapshot.id == seeded.id, f"id {snapshot.id} != {seeded.id}"
+        assert snapshot.model_id == seeded.model_id, f"model_id {snapshot.model_id}"
+        assert snapshot.round == seeded.round, f"round {snapshot.round} != {seeded.round}"
+        assert snapshot.state == want_state, f"state {snapshot.state} != {want_state}"
+        assert snapshot.actor.id == seeded.actor.id, f"actor {snapshot.actor.id}"
+        assert snapshot.actor.message_endpoint == seeded.actor.message_endpoint, (
+            f"actor endpoint {snapshot.actor.message_endpoint!r}"
+        )
+        got = _endpoints(snapshot)
+        assert len(snapshot.participants) == len(got), "participants listed twice"
+        want = {p.id: p.message_endpoint for p in expected}
+        assert got == want, (
+            f"participants differ: {len(got.keys() - want.keys())} unexpected, "
+            f"{len(want.keys() - got.keys())} missing, "
+            f"{sum(got[k] != want[k] for k in got.keys() & want.keys())} with wrong endpoint"
+        )
+
+    # -- get_training
+
+    def test_get_training_returns_seeded_values(self, repo: TrainingRepository) -> None:
+        """A seeded training reads back with every value it was stored with."""
+        seeded = self._seed(repo)
+        self._assert_matches(repo.get_training(seeded.id), seeded)
+
+    def test_get_training_keeps_trainings_apart(self, repo: TrainingRepository) -> None:
+        """Two trainings do not share participants or values."""
+        first = self._seed(repo, 2, round=0, state=TrainingState.INITIAL)
+        second = self._seed(repo, 4, round=7, state=TrainingState.SWAG_ROUND)
+        self._assert_matches(repo.get_training(first.id), first)
+        self._assert_matches(repo.get_training(second.id), second)
+
+    def test_get_training_without_participants(self, repo: TrainingRepository) -> None:
+        """A training may have no participants at all."""
+        seeded = self._seed(repo, 0)
+        assert repo.get_training(seeded.id).participants == ()
+
+    def test_get_training_unknown_id_raises(self, repo: TrainingRepository) -> None:
+        """An unknown id raises TrainingNotFoundError carrying that id."""
+        self._seed(repo)
+        missing = uuid4()
+        with pytest.raises(TrainingNotFoundError) as caught:
+            repo.get_training(missing)
+        assert caught.value.training_id == missing
+
+    # -- remove_participant
+
+    def test_remove_participant_removes_exactly_one(self, repo: TrainingRepository) -> None:
+        """Only the named participant goes; every other value stays."""
+        seeded = self._seed(repo, 5)
+        gone = seeded.participants[2]
+        repo.remove_participant(seeded.id, gone.id)
+        rest = [p for p in seeded.participants if p != gone]
+        self._assert_matches(repo.get_training(seeded.id), seeded, participants=rest)
+
+    def test_remove_participant_is_idempotent(self, repo: TrainingRepository) -> None:
+        """Removing the same participant twice equals removing it once."""
+        seeded = self._seed(repo, 3)
+        gone = seeded.participants[0]
+        repo.remove_participant(seeded.id, gone.id)
+        repo.remove_participant(seeded.id, gone.id)
+        rest = seeded.participants[1:]
+        self._assert_matches(repo.get_training(seeded.id), seeded, participants=rest)
+
+    def test_remove_non_participant_is_noop(self, repo: TrainingRepository) -> None:
+        """Removing a stranger, or an actor who takes no part, changes nothing."""
+        seeded = self._seed(repo, 3)
+        other = self._seed(repo, 2)
+        repo.remove_participant(seeded.id, uuid4())
+        repo.remove_participant(seeded.id, seeded.actor.id)
+        repo.remove_participant(seeded.id, other.participants[0].id)
+        self._assert_matches(repo.get_training(seeded.id), seeded)
+        self._assert_matches(repo.get_training(other.id), other)
+
+    def test_remove_last_participant(self, repo: TrainingRepository) -> None:
+        """Removing everyone leaves an empty, still readable training."""
+        seeded = self._seed(repo, 2)
+        for participant in seeded.participants:
+            repo.remove_participant(seeded.id, participant.id)
+        self._assert_matches(repo.get_training(seeded.id), seeded, participants=())
+
+    def test_remove_participant_unknown_training_raises(self, repo: TrainingRepository) -> None:
+        """Removing from an unknown training raises TrainingNotFoundError."""
+        seeded = self._seed(repo)
+        missing = uuid4()
+        with pytest.raises(TrainingNotFoundError) as caught:
+            repo.remove_participant(missing, seeded.participants[0].id)
+        assert caught.value.training_id == missing
+        self._assert_matches(repo.get_training(seeded.id), seeded)
+
+    def test_snapshot_does_not_change_afterwards(self, repo: TrainingRepository) -> None:
+        """A snapshot is a copy: later changes do not show through it."""
+        seeded = self._seed(repo, 3)
+        before = repo.get_training(seeded.id)
+        repo.remove_participant(seeded.id, seeded.participants[0].id)
+        repo.set_state(seeded.id, TrainingState.ERROR)
+        self._assert_matches(before, seeded)
+
+    # -- set_state
+
+    @pytest.mark.parametrize("state", list(TrainingState))
+    def test_set_state_persists(self, repo: TrainingRepository, state: TrainingState) -> None:
+        """Every state can be set and reads back; nothing else changes."""
+        seeded = self._seed(repo, 3, state=TrainingState.INITIAL)
+        repo.set_state(seeded.id, state)
+        self._assert_matches(repo.get_training(seeded.id), seeded, state=state)
+
+    def test_set_state_every_transition(self, repo: TrainingRepository) -> None:
+        """States can be set one after another, including to the current one."""
+        seeded = self._seed(repo, 1)
+        for state in [*TrainingState, *reversed(TrainingState)]:
+            repo.set_state(seeded.id, state)
+            assert repo.get_training(seeded.id).state == state
+
+    def test_set_state_unknown_training_raises(self, repo: TrainingRepository) -> None:
+        """Setting the state of an unknown training raises TrainingNotFoundError."""
+        seeded = self._seed(repo)
+        missing = uuid4()
+        with pytest.raises(TrainingNotFoundError) as caught:
+            repo.set_state(missing, TrainingState.COMPLETED)
+        assert caught.value.training_id == missing
+        self._assert_matches(repo.get_training(seeded.id), seeded)
+
+    # -- concurrency
+
+    def test_concurrent_remove_participant_loses_nothing(self, repo: TrainingRepository) -> None:
+        """8 threads removing distinct participants at once lose no removal."""
+        seeded = self._seed(repo, 200)
+        doomed = seeded.participants[:150]
+        slices = [doomed[k::_THREADS] for k in range(_THREADS)]
+
+        def remover(chunk: Sequence[Receiver]) -> Callable[[], None]:
+            def work() -> None:
+                for participant in chunk:
+                    repo.remove_participant(seeded.id, participant.id)
+
+            return work
+
+        _run_together([remover(chunk) for chunk in slices])
+        remaining = seeded.participants[150:]
+        self._assert_matches(repo.get_training(seeded.id), seeded, participants=remaining)
+
+    def test_concurrent_set_state_and_remove_do_not_corrupt(self, repo: TrainingRepository) -> None:
+        """Removals, state changes and reads racing each other leave consistent data."""
+        seeded = self._seed(repo, 200)
+        other = self._seed(repo, 5)
+        original = {p.id: p.message_endpoint for p in seeded.participants}
+        doomed = seeded.participants[:160]
+        states = list(TrainingState)
+
+        def remover(chunk: Sequence[Receiver]) -> Callable[[], None]:
+            def work() -> None:
+                for participant in chunk:
+                    repo.remove_participant(seeded.id, participant.id)
+
+            return work
+
+        def state_setter(offset: int) -> Callable[[], None]:
+            def work() -> None:
+                for i in range(25):
+                    repo.set_state(seeded.id, states[(i + offset) % len(states)])
+
+            return work
+
+        def reader() -> None:
+            last = len(original)
+            for _ in range(20):
+                snapshot = repo.get_training(seeded.id)
+                endpoints = _endpoints(snapshot)
+                assert endpoints.items() <= original.items()
+                assert len(snapshot.participants) == len(endpoints), "duplicates"
+                assert len(endpoints) <= last, "a removed participant came back"
+                last = len(endpoints)
+                assert snapshot.model_id == seeded.model_id
+                assert snapshot.round == seeded.round
+                assert snapshot.actor.id == seeded.actor.id
+                assert snapshot.state in states
+
+        removers = [remover(doomed[k::4]) for k in range(4)]
+        _run_together([*removers, state_setter(0), state_setter(2), state_setter(3), reader])
+
+        after = repo.get_training(seeded.id)
+        assert after.state in states
+        remaining = seeded.participants[160:]
+        self._assert_matches(after, seeded, participants=remaining, state=after.state)
+        repo.set_state(seeded.id, TrainingState.COMPLETED)
+        final = repo.get_training(seeded.id)
+        self._assert_matches(final, seeded, participants=remaining, state=TrainingState.COMPLETED)
+        self._assert_matches(repo.get_training(other.id), other)

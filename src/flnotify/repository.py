@@ -1,0 +1,695 @@
+"""Where trainings live: the repository protocols and two ready-made implementations.
+
+flnotify only ever *reads* a training, removes a participant and sets a state, so that
+is all :class:`TrainingRepository` asks of a host's storage. Hosts without a database of
+their own can use :class:`InMemoryTrainingRepository` or :class:`SQLiteTrainingRepository`,
+which add the calls needed to create and update trainings.
+
+Async hosts implement :class:`AsyncTrainingRepository` instead, or wrap a sync repository
+in :class:`AsyncRepositoryAdapter`; :func:`is_async_repository` tells the two apart.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import inspect
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Protocol, TypeGuard
+from uuid import UUID
+
+import attrs
+from typing_extensions import Self
+
+from ._exceptions import ConfigurationError, TrainingNotFoundError
+from ._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState, as_receivers
+
+__all__ = [
+    "AsyncRepositoryAdapter",
+    "AsyncTrainingRepository",
+    "InMemoryTrainingRepository",
+    "SQLiteTrainingRepository",
+    "TrainingRepository",
+    "is_async_repository",
+]
+
+
+class TrainingRepository(Protocol):
+    """What flnotify needs from a host's storage of trainings (synchronous).
+
+    Implementations must be safe to call from several threads at once. Run
+    :class:`flnotify._repository_contract.TrainingRepositoryContract` against yours.
+    """
+
+    def get_training(self, training_id: UUID) -> TrainingSnapshot:
+        """The training as it is now.
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+        """
+        ...
+
+    def remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+        """Remove one participant; a no-op if it takes no part (idempotent).
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+        """
+        ...
+
+    def set_state(self, training_id: UUID, state: TrainingState) -> None:
+        """Set the training's state.
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+        """
+        ...
+
+
+class AsyncTrainingRepository(Protocol):
+    """The async twin of :class:`TrainingRepository`: the same calls, as coroutines."""
+
+    async def get_training(self, training_id: UUID) -> TrainingSnapshot:
+        """The training as it is now.
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+        """
+        ...
+
+    async def remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+        """Remove one participant; a no-op if it takes no part (idempotent).
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+        """
+        ...
+
+    async def set_state(self, training_id: UUID, state: TrainingState) -> None:
+        """Set the training's state.
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+        """
+        ...
+
+
+def is_async_repository(obj: object) -> TypeGuard[AsyncTrainingRepository]:
+    """Whether ``obj.get_training`` is a coroutine function (an async repository)."""
+    return inspect.iscoroutinefunction(getattr(obj, "get_training", None))
+
+
+@attrs.define(eq=False)
+class AsyncRepositoryAdapter:
+    """Serve a sync :class:`TrainingRepository` as an async one via :func:`asyncio.to_thread`.
+
+    Args:
+        repo: The repository to wrap; it must be thread-safe.
+    """
+
+    repo: TrainingRepository
+
+    async def get_training(self, training_id: UUID) -> TrainingSnapshot:
+        """See :meth:`TrainingRepository.get_training`."""
+        return await asyncio.to_thread(self.repo.get_training, training_id)
+
+    async def remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+        """See :meth:`TrainingRepository.remove_participant`."""
+        await asyncio.to_thread(self.repo.remove_participant, training_id, receiver_id)
+
+    async def set_state(self, training_id: UUID, state: TrainingState) -> None:
+        """See :meth:`TrainingRepository.set_state`."""
+        await asyncio.to_thread(self.repo.set_state, training_id, state)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _require_uuid(value: object, name: str) -> UUID:
+    if not isinstance(value, UUID):
+        msg = f"{name} must be a UUID, not {type(value).__name__}"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _require_round(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        msg = f"round must be an int, not {type(value).__name__}"
+        raise ConfigurationError(msg)
+    if value < 0:
+        msg = f"round must be >= 0, not {value}"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _require_state(value: object) -> TrainingState:
+    if not isinstance(value, TrainingState):
+        msg = f"state must be a TrainingState, not {value!r}"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _to_receiver(value: object, name: str) -> Receiver:
+    if not isinstance(value, ReceiverLike):
+        msg = f"{name} ({type(value).__name__}) has no 'id' and 'message_endpoint' attributes"
+        raise ConfigurationError(msg)
+    endpoint = value.message_endpoint
+    if not isinstance(endpoint, str):
+        msg = f"{name}.message_endpoint must be a str, not {type(endpoint).__name__}"
+        raise ConfigurationError(msg)
+    return Receiver(_require_uuid(value.id, f"{name}.id"), endpoint)
+
+
+def _to_participants(values: Iterable[ReceiverLike]) -> tuple[Receiver, ...]:
+    """Validate participants, dropping repeated ids (the first position is kept)."""
+    try:
+        frozen = as_receivers(values)
+    except TypeError as exc:
+        raise ConfigurationError(f"participants: {exc}") from exc
+    by_id: dict[UUID, Receiver] = {}
+    for index, value in enumerate(frozen):
+        receiver = _to_receiver(value, f"participants[{index}]")
+        _check_consistent(by_id, receiver)
+        by_id[receiver.id] = receiver
+    return tuple(by_id.values())
+
+
+def _check_consistent(seen: dict[UUID, Receiver], receiver: Receiver) -> None:
+    known = seen.get(receiver.id)
+    if known is not None and known.message_endpoint != receiver.message_endpoint:
+        msg = (
+            f"receiver {receiver.id} given twice with different endpoints "
+            f"({known.message_endpoint!r} and {receiver.message_endpoint!r})"
+        )
+        raise ConfigurationError(msg)
+
+
+# --------------------------------------------------------------------------- shared base
+
+
+class _RepositoryBase(abc.ABC):
+    """The public calls of the bundled repositories, written once over a few primitives.
+
+    Public methods validate their arguments and delegate to the ``_``-prefixed
+    primitives, which each backend implements atomically.
+    """
+
+    __slots__ = ()
+
+    # -- the TrainingRepository protocol
+
+    def get_training(self, training_id: UUID) -> TrainingSnapshot:
+        """The training as it is now.
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+            ConfigurationError: ``training_id`` is not a UUID.
+        """
+        return self._fetch(_require_uuid(training_id, "training_id"))
+
+    def remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+        """Remove one participant; a no-op if it takes no part (idempotent).
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+            ConfigurationError: An id is not a UUID.
+        """
+        self._remove_participant(
+            _require_uuid(training_id, "training_id"), _require_uuid(receiver_id, "receiver_id")
+        )
+
+    def set_state(self, training_id: UUID, state: TrainingState) -> None:
+        """Set the training's state.
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+            ConfigurationError: ``state`` is not a :class:`TrainingState`.
+        """
+        self.update_training(training_id, state=state)
+
+    # -- extra calls for hosts without storage of their own
+
+    def add_receiver(self, receiver: ReceiverLike) -> Receiver:
+        """Store a receiver's id and endpoint, replacing the endpoint if the id is known.
+
+        Returns:
+            The stored receiver as a plain :class:`Receiver`.
+
+        Raises:
+            ConfigurationError: ``receiver`` lacks a UUID ``id`` or a str endpoint.
+        """
+        stored = _to_receiver(receiver, "receiver")
+        self._upsert_receivers((stored,))
+        return stored
+
+    def create_training(
+        self,
+        *,
+        actor: ReceiverLike,
+        participants: Iterable[ReceiverLike],
+        model_id: UUID,
+        round: int = 0,
+        state: TrainingState = TrainingState.INITIAL,
+        training_id: UUID | None = None,
+    ) -> TrainingSnapshot:
+        """Create a training; the actor and participants are stored as receivers too.
+
+        Participants given twice are kept once, at their first position.
+
+        Args:
+            actor: The user who starts the training.
+            participants: The clients taking part, in the order snapshots list them.
+            model_id: The global model's id.
+            round: The round number to start at.
+            state: The initial state.
+            training_id: The id to use; a fresh :func:`uuid.uuid4` if omitted.
+
+        Returns:
+            The snapshot of the new training.
+
+        Raises:
+            ConfigurationError: The id exists already, or an argument is invalid.
+        """
+        members = _to_participants(participants)
+        stored_actor = _to_receiver(actor, "actor")
+        _check_consistent({r.id: r for r in members}, stored_actor)
+        snapshot = TrainingSnapshot(
+            id=uuid.uuid4() if training_id is None else _require_uuid(training_id, "training_id"),
+            model_id=_require_uuid(model_id, "model_id"),
+            round=_require_round(round),
+            participants=members,
+            actor=stored_actor,
+            state=_require_state(state),
+        )
+        self._insert(snapshot)
+        return snapshot
+
+    def update_training(
+        self,
+        training_id: UUID,
+        *,
+        round: int | None = None,
+        model_id: UUID | None = None,
+        state: TrainingState | None = None,
+    ) -> TrainingSnapshot:
+        """Change the given fields of a training, leaving ``None`` ones as they are.
+
+        Returns:
+            The snapshot after the change.
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+            ConfigurationError: ``round`` is negative, or an argument has the wrong type.
+        """
+        return self._update(
+            _require_uuid(training_id, "training_id"),
+            round=None if round is None else _require_round(round),
+            model_id=None if model_id is None else _require_uuid(model_id, "model_id"),
+            state=None if state is None else _require_state(state),
+        )
+
+    def add_participant(self, training_id: UUID, receiver: ReceiverLike) -> None:
+        """Append a participant (stored as a receiver too); a no-op if it takes part already.
+
+        Raises:
+            TrainingNotFoundError: No training has this id.
+            ConfigurationError: An argument is invalid.
+        """
+        self._add_participant(
+            _require_uuid(training_id, "training_id"), _to_receiver(receiver, "receiver")
+        )
+
+    def list_trainings(self) -> list[TrainingSnapshot]:
+        """Every training, in the order they were created."""
+        return self._fetch_all()
+
+    # -- primitives; each must be atomic and thread-safe
+
+    @abc.abstractmethod
+    def _fetch(self, training_id: UUID) -> TrainingSnapshot: ...
+
+    @abc.abstractmethod
+    def _fetch_all(self) -> list[TrainingSnapshot]: ...
+
+    @abc.abstractmethod
+    def _upsert_receivers(self, receivers: tuple[Receiver, ...]) -> None: ...
+
+    @abc.abstractmethod
+    def _insert(self, snapshot: TrainingSnapshot) -> None:
+        """Store a new training and its receivers; ConfigurationError if the id is taken."""
+
+    @abc.abstractmethod
+    def _update(
+        self,
+        training_id: UUID,
+        *,
+        round: int | None,
+        model_id: UUID | None,
+        state: TrainingState | None,
+    ) -> TrainingSnapshot: ...
+
+    @abc.abstractmethod
+    def _remove_participant(self, training_id: UUID, receiver_id: UUID) -> None: ...
+
+    @abc.abstractmethod
+    def _add_participant(self, training_id: UUID, receiver: Receiver) -> None: ...
+
+
+def _receivers_of(snapshot: TrainingSnapshot) -> tuple[Receiver, ...]:
+    """The actor and participants of a snapshot built by ``create_training``."""
+    return (
+        Receiver(snapshot.actor.id, snapshot.actor.message_endpoint),
+        *(Receiver(p.id, p.message_endpoint) for p in snapshot.participants),
+    )
+
+
+# --------------------------------------------------------------------------- in memory
+
+
+@attrs.define
+class _Record:
+    """A stored training; participants are an insertion-ordered set of ids."""
+
+    model_id: UUID
+    round: int
+    actor_id: UUID
+    state: TrainingState
+    participant_ids: dict[UUID, None]
+
+
+@attrs.define(eq=False)
+class InMemoryTrainingRepository(_RepositoryBase):
+    """Trainings in a dict, guarded by a lock; for tests and single-process hosts."""
+
+    _receivers: dict[UUID, Receiver] = attrs.field(factory=dict, init=False, repr=False)
+    _trainings: dict[UUID, _Record] = attrs.field(factory=dict, init=False, repr=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+
+    def _record(self, training_id: UUID) -> _Record:
+        try:
+            return self._trainings[training_id]
+        except KeyError:
+            raise TrainingNotFoundError(training_id) from None
+
+    def _snapshot(self, training_id: UUID, record: _Record) -> TrainingSnapshot:
+        return TrainingSnapshot(
+            id=training_id,
+            model_id=record.model_id,
+            round=record.round,
+            participants=tuple(self._receivers[i] for i in record.participant_ids),
+            actor=self._receivers[record.actor_id],
+            state=record.state,
+        )
+
+    def _fetch(self, training_id: UUID) -> TrainingSnapshot:
+        with self._lock:
+            return self._snapshot(training_id, self._record(training_id))
+
+    def _fetch_all(self) -> list[TrainingSnapshot]:
+        with self._lock:
+            return [self._snapshot(i, r) for i, r in self._trainings.items()]
+
+    def _upsert_receivers(self, receivers: tuple[Receiver, ...]) -> None:
+        with self._lock:
+            self._receivers.update((r.id, r) for r in receivers)
+
+    def _insert(self, snapshot: TrainingSnapshot) -> None:
+        with self._lock:
+            if snapshot.id in self._trainings:
+                msg = f"a training with id {snapshot.id} exists already"
+                raise ConfigurationError(msg)
+            self._receivers.update((r.id, r) for r in _receivers_of(snapshot))
+            self._trainings[snapshot.id] = _Record(
+                model_id=snapshot.model_id,
+                round=snapshot.round,
+                actor_id=snapshot.actor.id,
+                state=snapshot.state,
+                participant_ids=dict.fromkeys(p.id for p in snapshot.participants),
+            )
+
+    def _update(
+        self,
+        training_id: UUID,
+        *,
+        round: int | None,
+        model_id: UUID | None,
+        state: TrainingState | None,
+    ) -> TrainingSnapshot:
+        with self._lock:
+            record = self._record(training_id)
+            if round is not None:
+                record.round = round
+            if model_id is not None:
+                record.model_id = model_id
+            if state is not None:
+                record.state = state
+            return self._snapshot(training_id, record)
+
+    def _remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+        with self._lock:
+            self._record(training_id).participant_ids.pop(receiver_id, None)
+
+    def _add_participant(self, training_id: UUID, receiver: Receiver) -> None:
+        with self._lock:
+            record = self._record(training_id)
+            self._receivers[receiver.id] = receiver
+            record.participant_ids.setdefault(receiver.id)
+
+
+# --------------------------------------------------------------------------- sqlite
+
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS receivers (
+    id TEXT PRIMARY KEY,
+    message_endpoint TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trainings (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    model_id TEXT NOT NULL,
+    round INTEGER NOT NULL CHECK (round >= 0),
+    state TEXT NOT NULL,
+    actor_id TEXT NOT NULL REFERENCES receivers (id)
+);
+CREATE TABLE IF NOT EXISTS participants (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    training_id TEXT NOT NULL REFERENCES trainings (id) ON DELETE CASCADE,
+    receiver_id TEXT NOT NULL REFERENCES receivers (id),
+    UNIQUE (training_id, receiver_id)
+);
+"""
+
+_UPSERT_RECEIVER = (
+    "INSERT INTO receivers (id, message_endpoint) VALUES (?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET message_endpoint = excluded.message_endpoint"
+)
+_ADD_PARTICIPANT = (
+    "INSERT INTO participants (training_id, receiver_id) VALUES (?, ?) "
+    "ON CONFLICT (training_id, receiver_id) DO NOTHING"
+)
+_SELECT_TRAININGS = (
+    "SELECT t.id, t.model_id, t.round, t.state, a.id, a.message_endpoint "
+    "FROM trainings t JOIN receivers a ON a.id = t.actor_id"
+)
+_SELECT_PARTICIPANTS = (
+    "SELECT p.training_id, r.id, r.message_endpoint "
+    "FROM participants p JOIN receivers r ON r.id = p.receiver_id"
+)
+
+_Row = tuple[str, str, int, str, str, str]
+
+
+def _fspath(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path)
+
+
+def _build(row: _Row, participants: list[Receiver]) -> TrainingSnapshot:
+    training_id, model_id, round_, state, actor_id, actor_endpoint = row
+    return TrainingSnapshot(
+        id=UUID(training_id),
+        model_id=UUID(model_id),
+        round=round_,
+        participants=participants,
+        actor=Receiver(UUID(actor_id), actor_endpoint),
+        state=TrainingState(state),
+    )
+
+
+@attrs.define(eq=False)
+class SQLiteTrainingRepository(_RepositoryBase):
+    """Trainings in an SQLite database (stdlib :mod:`sqlite3`); creates its schema.
+
+    One connection is shared by all threads behind a lock, each call is one
+    transaction; files use WAL mode so other processes may read meanwhile. Use it as a
+    context manager or call :meth:`close`.
+
+    Args:
+        path: The database file, or ``":memory:"`` for a private in-memory database.
+
+    Raises:
+        ConfigurationError: The file cannot be opened, is not an SQLite database, or
+            holds a schema of a newer flnotify.
+    """
+
+    path: str = attrs.field(converter=_fspath)
+    _conn: sqlite3.Connection | None = attrs.field(init=False, default=None, repr=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            msg = f"cannot open SQLite database {self.path!r}: {exc}"
+            raise ConfigurationError(msg) from exc
+        try:
+            self._prepare(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                msg = f"cannot use SQLite database {self.path!r}: {exc}"
+                raise ConfigurationError(msg) from exc
+            raise
+        self._conn = conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA foreign_keys = ON")
+        if self.path not in {"", ":memory:"}:
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            conn.execute("PRAGMA synchronous = NORMAL")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > _SCHEMA_VERSION:
+            msg = f"schema version {version} is newer than this flnotify ({_SCHEMA_VERSION})"
+            raise ConfigurationError(msg)
+        if version < _SCHEMA_VERSION:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
+            )
+
+    def close(self) -> None:
+        """Close the connection; idempotent. Later calls raise :class:`ConfigurationError`."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                msg = f"{self!r} is closed"
+                raise ConfigurationError(msg)
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+            conn.commit()
+
+    @staticmethod
+    def _select(conn: sqlite3.Connection, training_id: UUID) -> TrainingSnapshot:
+        key = str(training_id)
+        row = conn.execute(f"{_SELECT_TRAININGS} WHERE t.id = ?", (key,)).fetchone()
+        if row is None:
+            raise TrainingNotFoundError(training_id)
+        rows = conn.execute(
+            f"{_SELECT_PARTICIPANTS} WHERE p.training_id = ? ORDER BY p.seq", (key,)
+        )
+        return _build(row, [Receiver(UUID(rid), endpoint) for _, rid, endpoint in rows])
+
+    @staticmethod
+    def _require_exists(conn: sqlite3.Connection, training_id: UUID) -> None:
+        found = conn.execute("SELECT 1 FROM trainings WHERE id = ?", (str(training_id),))
+        if found.fetchone() is None:
+            raise TrainingNotFoundError(training_id)
+
+    def _fetch(self, training_id: UUID) -> TrainingSnapshot:
+        with self._transaction() as conn:
+            return self._select(conn, training_id)
+
+    def _fetch_all(self) -> list[TrainingSnapshot]:
+        with self._transaction() as conn:
+            rows: list[_Row] = conn.execute(f"{_SELECT_TRAININGS} ORDER BY t.seq").fetchall()
+            members: dict[str, list[Receiver]] = {row[0]: [] for row in rows}
+            for training_id, rid, endpoint in conn.execute(
+                f"{_SELECT_PARTICIPANTS} ORDER BY p.seq"
+            ):
+                members[training_id].append(Receiver(UUID(rid), endpoint))
+        return [_build(row, members[row[0]]) for row in rows]
+
+    def _upsert_receivers(self, receivers: tuple[Receiver, ...]) -> None:
+        with self._transaction(write=True) as conn:
+            conn.executemany(_UPSERT_RECEIVER, ((str(r.id), r.message_endpoint) for r in receivers))
+
+    def _insert(self, snapshot: TrainingSnapshot) -> None:
+        key = str(snapshot.id)
+        with self._transaction(write=True) as conn:
+            if conn.execute("SELECT 1 FROM trainings WHERE id = ?", (key,)).fetchone():
+                msg = f"a training with id {snapshot.id} exists already"
+                raise ConfigurationError(msg)
+            conn.executemany(
+                _UPSERT_RECEIVER,
+                ((str(r.id), r.message_endpoint) for r in _receivers_of(snapshot)),
+            )
+            conn.execute(
+                "INSERT INTO trainings (id, model_id, round, state, actor_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    key,
+                    str(snapshot.model_id),
+                    snapshot.round,
+                    snapshot.state.value,
+                    str(snapshot.actor.id),
+                ),
+            )
+            conn.executemany(_ADD_PARTICIPANT, ((key, str(p.id)) for p in snapshot.participants))
+
+    def _update(
+        self,
+        training_id: UUID,
+        *,
+        round: int | None,
+        model_id: UUID | None,
+        state: TrainingState | None,
+    ) -> TrainingSnapshot:
+        with self._transaction(write=True) as conn:
+            conn.execute(
+                "UPDATE trainings SET round = coalesce(?, round), "
+                "model_id = coalesce(?, model_id), state = coalesce(?, state) WHERE id = ?",
+                (
+                    round,
+                    None if model_id is None else str(model_id),
+                    None if state is None else state.value,
+                    str(training_id),
+                ),
+            )
+            return self._select(conn, training_id)
+
+    def _remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+        with self._transaction(write=True) as conn:
+            self._require_exists(conn, training_id)
+            conn.execute(
+                "DELETE FROM participants WHERE training_id = ? AND receiver_id = ?",
+                (str(training_id), str(receiver_id)),
+            )
+
+    def _add_participant(self, training_id: UUID, receiver: Receiver) -> None:
+        with self._transaction(write=True) as conn:
+            self._require_exists(conn, training_id)
+            conn.execute(_UPSERT_RECEIVER, (str(receiver.id), receiver.message_endpoint))
+            conn.execute(_ADD_PARTICIPANT, (str(training_id), str(receiver.id)))

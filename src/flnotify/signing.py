@@ -1,0 +1,433 @@
+"""Standard Webhooks signatures: the server signs each POST, the client verifies it.
+
+Three headers travel with every notification (https://www.standardwebhooks.com/):
+
+* ``webhook-id`` — the message id, the same across retries of one notification to one
+  receiver, so the client can deduplicate;
+* ``webhook-timestamp`` — integer seconds since the epoch, taken at each attempt;
+* ``webhook-signature`` — ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, one
+  space-separated entry per secret while a key rotation is in progress.
+
+Secrets are ``whsec_`` + base64 of the key bytes (:func:`generate_secret` makes one). The
+``whsec_`` prefix is optional when parsing, and unpadded base64 is accepted, as by the
+``standardwebhooks`` reference package; unlike it, characters outside the base64 alphabet
+are refused instead of being silently dropped (which would yield a different key).
+
+Server side, :class:`Signer` holds the parsed keys and makes the three headers; client side,
+:class:`Verifier` (or the one-shot :func:`verify`) checks them in constant time.
+:func:`sign_payload` signs a test payload in one call.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import re
+import secrets as _secrets
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import attrs
+
+from ._exceptions import (
+    ConfigurationError,
+    MalformedHeaderError,
+    MissingHeaderError,
+    SignatureMismatchError,
+    TimestampError,
+)
+from ._types import ReceiverLike
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "ID_HEADER",
+    "SECRET_PREFIX",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "HeadersLike",
+    "SecretLookup",
+    "Signer",
+    "VerifiedMessage",
+    "Verifier",
+    "generate_secret",
+    "new_message_id",
+    "sign_payload",
+    "verify",
+]
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a password
+"""The prefix of a Standard Webhooks secret."""
+
+ID_HEADER = "webhook-id"
+"""The header carrying the message id."""
+
+TIMESTAMP_HEADER = "webhook-timestamp"
+"""The header carrying the signing time, integer seconds since the epoch."""
+
+SIGNATURE_HEADER = "webhook-signature"
+"""The header carrying the space-separated ``v1,<base64>`` signatures."""
+
+DEFAULT_TOLERANCE = 300.0
+"""How far (seconds) a timestamp may lie from the receiver's clock, either way."""
+
+HeadersLike: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]]
+"""Request headers: a mapping, or ``(name, value)`` pairs; names are matched case-insensitively."""
+
+SecretLookup: TypeAlias = Callable[[ReceiverLike], str | Sequence[str] | None]
+"""Returns a receiver's own secret(s), or ``None`` to fall back to the shared ones."""
+
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
+_SIGNATURE_BYTES = hashlib.sha256().digest_size
+_LOOKUP_CACHE_SIZE = 4096
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def generate_secret(nbytes: int = 32) -> str:
+    """A new random secret, ``whsec_`` + base64 of ``nbytes`` random bytes.
+
+    Raises:
+        ConfigurationError: ``nbytes`` is below 24 (the specification's minimum).
+    """
+    if nbytes < 24:  # the specification's minimum key length
+        msg = f"a secret needs at least 24 random bytes, not {nbytes}"
+        raise ConfigurationError(msg)
+    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(nbytes)).decode("ascii")
+
+
+def _parse_secret(secret: object, index: int | None = None) -> bytes:
+    """The key bytes of one secret string; errors name the problem, never the secret."""
+    which = "secret" if index is None else f"secrets[{index}]"
+    if not isinstance(secret, str):
+        msg = f"{which} must be a string, not {type(secret).__name__}"
+        raise ConfigurationError(msg)
+    text = secret.strip()
+    text = text.removeprefix(SECRET_PREFIX)
+    if not text:
+        msg = f"{which} is empty"
+        raise ConfigurationError(msg)
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        msg = f"{which} is not valid base64 (expected 'whsec_' followed by base64)"
+        raise ConfigurationError(msg) from None
+    if not key:
+        msg = f"{which} decodes to an empty key"
+        raise ConfigurationError(msg)
+    return key
+
+
+def _parse_secrets(secrets: object) -> tuple[Any, ...]:
+    """HMAC prototypes (copied per call) for one secret or a sequence of them, deduplicated."""
+    if isinstance(secrets, str):
+        keys = [_parse_secret(secrets)]
+    elif isinstance(secrets, Sequence):
+        if not secrets:
+            msg = "no secrets given (an empty sequence)"
+            raise ConfigurationError(msg)
+        keys = [_parse_secret(s, i) for i, s in enumerate(secrets)]
+    else:
+        msg = f"secrets must be a string or a sequence of strings, not {type(secrets).__name__}"
+        raise ConfigurationError(msg)
+    unique = dict.fromkeys(keys)  # rotation lists may repeat a secret; sign once per key
+    return tuple(hmac.new(key, digestmod=hashlib.sha256) for key in unique)
+
+
+def _lookup_key(secrets: str | Sequence[str]) -> str | tuple[str, ...]:
+    """A hashable cache key for what a lookup returned."""
+    if isinstance(secrets, str):
+        return secrets
+    if isinstance(secrets, Sequence):
+        return tuple(secrets)
+    msg = f"the secret lookup returned {type(secrets).__name__}, not a string or sequence"
+    raise ConfigurationError(msg)
+
+
+def _digests(prototypes: tuple[Any, ...], msg_id: str, timestamp: str, body: bytes) -> list[bytes]:
+    """One HMAC-SHA256 of ``id.timestamp.body`` per key prototype."""
+    prefix = f"{msg_id}.{timestamp}.".encode()
+    digests = []
+    for prototype in prototypes:
+        mac = prototype.copy()
+        mac.update(prefix)
+        mac.update(body)
+        digests.append(mac.digest())
+    return digests
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def new_message_id() -> str:
+    """A fresh message id: ``msg_`` + 128 random bits in lower-case base32 (26 characters)."""
+    raw = base64.b32encode(_secrets.token_bytes(16)).decode("ascii")
+    return "msg_" + raw.rstrip("=").lower()
+
+
+@attrs.frozen(init=False, repr=False, eq=False)
+class Signer:
+    """Makes the ``webhook-*`` headers for each attempt; keys are parsed once, here.
+
+    With several secrets (a rotation in progress) every request carries one ``v1,``
+    signature per secret, so clients holding either the old or the new secret accept it.
+    With ``lookup`` each receiver may have its own secret(s); when the lookup returns
+    ``None`` for a receiver (or no receiver is given) the shared ``secrets`` are used, and
+    when there are none either the request goes out unsigned (``webhook-id`` and
+    ``webhook-timestamp`` are still sent, so clients can deduplicate). A ``Signer()`` with
+    neither signs nothing.
+
+    Args:
+        secrets: The shared ``whsec_...`` secret, or several during a rotation.
+        lookup: Returns a receiver's own secret(s) or ``None``; results are parsed once and
+            cached by secret string.
+
+    Raises:
+        ConfigurationError: A secret is not a ``whsec_`` base64 string, or a sequence is empty.
+    """
+
+    _shared: tuple[Any, ...]
+    _lookup: SecretLookup | None
+    _parse_cached: Callable[[str | tuple[str, ...]], tuple[Any, ...]]
+
+    def __init__(
+        self,
+        secrets: str | Sequence[str] | None = None,
+        *,
+        lookup: SecretLookup | None = None,
+    ) -> None:
+        if lookup is not None and not callable(lookup):
+            msg = f"lookup must be callable, not {type(lookup).__name__}"
+            raise ConfigurationError(msg)
+        self.__attrs_init__(
+            () if secrets is None else _parse_secrets(secrets),
+            lookup,
+            functools.lru_cache(maxsize=_LOOKUP_CACHE_SIZE)(_parse_secrets),
+        )
+
+    def __repr__(self) -> str:
+        lookup = "" if self._lookup is None else ", lookup=..."
+        return f"Signer(<{len(self._shared)} shared secret(s)>{lookup})"
+
+    @property
+    def signs(self) -> bool:
+        """Whether any request can be signed (shared secrets or a lookup configured)."""
+        return bool(self._shared) or self._lookup is not None
+
+    def _keys_for(self, receiver: ReceiverLike | None) -> tuple[Any, ...]:
+        if self._lookup is not None and receiver is not None:
+            found = self._lookup(receiver)
+            if found is not None:
+                return self._parse_cached(_lookup_key(found))
+        return self._shared
+
+    def signature(
+        self, msg_id: str, timestamp: int, body: bytes, receiver: ReceiverLike | None = None
+    ) -> str | None:
+        """The ``webhook-signature`` value, or ``None`` when this request goes unsigned.
+
+        Args:
+            msg_id: The message id (stable across retries).
+            timestamp: Seconds since the epoch, taken at this attempt.
+            body: The exact request body bytes.
+            receiver: Who the request goes to (used by ``lookup``).
+        """
+        keys = self._keys_for(receiver)
+        if not keys:
+            return None
+        digests = _digests(keys, msg_id, str(timestamp), body)
+        return " ".join("v1," + base64.b64encode(d).decode("ascii") for d in digests)
+
+    def headers(
+        self, msg_id: str, timestamp: int, body: bytes, receiver: ReceiverLike | None = None
+    ) -> dict[str, str]:
+        """``webhook-id``, ``webhook-timestamp`` and (when signed) ``webhook-signature``.
+
+        Call once per attempt with the attempt's own ``timestamp`` and the same ``msg_id``.
+        """
+        headers = {ID_HEADER: msg_id, TIMESTAMP_HEADER: str(timestamp)}
+        signature = self.signature(msg_id, timestamp, body, receiver)
+        if signature is not None:
+            headers[SIGNATURE_HEADER] = signature
+        return headers
+
+
+def sign_payload(
+    body: bytes,
+    secret: str | Sequence[str],
+    *,
+    msg_id: str | None = None,
+    timestamp: int | None = None,
+) -> dict[str, str]:
+    """The three ``webhook-*`` headers for ``body``: handy to build signed requests in tests.
+
+    Args:
+        body: The exact request body bytes.
+        secret: The ``whsec_...`` secret, or several.
+        msg_id: Defaults to :func:`new_message_id`.
+        timestamp: Defaults to now.
+    """
+    return Signer(secret).headers(
+        new_message_id() if msg_id is None else msg_id,
+        int(time.time()) if timestamp is None else timestamp,
+        body,
+    )
+
+
+# --------------------------------------------------------------------------- verifying
+
+
+@attrs.frozen
+class VerifiedMessage:
+    """What a successful verification vouches for.
+
+    Args:
+        id: The ``webhook-id``.
+        timestamp: The ``webhook-timestamp``, seconds since the epoch.
+    """
+
+    id: str
+    timestamp: int
+
+
+def _webhook_headers(headers: HeadersLike) -> tuple[str | None, str | None, str | None]:
+    """The id, timestamp and signature header values, names matched case-insensitively.
+
+    A repeated signature header is joined with spaces; a repeated id or timestamp is refused.
+    """
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    found: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key not in (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER):
+            continue
+        if key in found:
+            if key != SIGNATURE_HEADER:
+                raise MalformedHeaderError(key, "header appears more than once")
+            value = f"{found[key]} {value}"
+        found[key] = value
+    return found.get(ID_HEADER), found.get(TIMESTAMP_HEADER), found.get(SIGNATURE_HEADER)
+
+
+def _v1_signatures(header: str) -> list[bytes]:
+    """The decoded ``v1`` entries; other versions and unparseable entries are skipped."""
+    signatures = []
+    for entry in header.split():
+        version, sep, encoded = entry.partition(",")
+        if version != "v1" or not sep:
+            continue
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) == _SIGNATURE_BYTES:
+            signatures.append(raw)
+    return signatures
+
+
+@attrs.frozen(init=False, repr=False, eq=False)
+class Verifier:
+    """Checks the ``webhook-*`` headers of received requests; keys are parsed once, here.
+
+    Every configured secret is tried against every ``v1,`` entry (constant-time compares),
+    so during a rotation requests signed with the old or the new secret both pass. Entries
+    of other versions (``v1a,...``) are ignored. The signature is checked before the
+    timestamp, so a :class:`~flnotify.TimestampError` always concerns a genuine message.
+
+    Args:
+        secrets: The ``whsec_...`` secret, or several during a rotation.
+        tolerance: How many seconds the timestamp may lie before or after ``clock()``.
+        clock: The receiver's wall clock (seconds since the epoch); inject one in tests.
+
+    Raises:
+        ConfigurationError: A secret is not a ``whsec_`` base64 string, the sequence is
+            empty, or ``tolerance`` is negative.
+    """
+
+    _keys: tuple[Any, ...]
+    tolerance: float
+    clock: Callable[[], float]
+
+    def __init__(
+        self,
+        secrets: str | Sequence[str],
+        *,
+        tolerance: float = DEFAULT_TOLERANCE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not tolerance >= 0:
+            msg = f"tolerance must be a non-negative number of seconds, not {tolerance!r}"
+            raise ConfigurationError(msg)
+        self.__attrs_init__(_parse_secrets(secrets), float(tolerance), clock)
+
+    def __repr__(self) -> str:
+        return f"Verifier(<{len(self._keys)} secret(s)>, tolerance={self.tolerance})"
+
+    def verify(
+        self, headers: HeadersLike, body: bytes, *, now: float | None = None
+    ) -> VerifiedMessage:
+        """Check the signature and timestamp of one request.
+
+        Args:
+            headers: The request headers (a mapping or ``(name, value)`` pairs).
+            body: The exact request body bytes.
+            now: Overrides ``clock()`` for this call.
+
+        Raises:
+            MissingHeaderError: A ``webhook-*`` header is absent or empty.
+            MalformedHeaderError: The timestamp is not an integer, or the signature header
+                has no parseable ``v1,`` entry.
+            SignatureMismatchError: No ``v1,`` entry matches any secret.
+            TimestampError: The timestamp is further than ``tolerance`` from now.
+        """
+        msg_id, raw_timestamp, header = _webhook_headers(headers)
+        if not msg_id:
+            raise MissingHeaderError(ID_HEADER)
+        if not raw_timestamp:
+            raise MissingHeaderError(TIMESTAMP_HEADER)
+        if not header:
+            raise MissingHeaderError(SIGNATURE_HEADER)
+        raw_timestamp = raw_timestamp.strip()
+        if not _TIMESTAMP.fullmatch(raw_timestamp):
+            raise MalformedHeaderError(TIMESTAMP_HEADER, "not an integer number of seconds")
+        timestamp = int(raw_timestamp)
+        offered = _v1_signatures(header)
+        if not offered:
+            raise MalformedHeaderError(SIGNATURE_HEADER, "no parseable 'v1,<base64>' entry")
+        matched = False
+        for expected in _digests(self._keys, msg_id, raw_timestamp, body):
+            for signature in offered:
+                matched |= hmac.compare_digest(expected, signature)
+        if not matched:
+            msg = "no signature matches a configured secret"
+            raise SignatureMismatchError(msg)
+        current = self.clock() if now is None else now
+        if timestamp < current - self.tolerance:
+            raise TimestampError(timestamp, current, too_old=True)
+        if timestamp > current + self.tolerance:
+            raise TimestampError(timestamp, current, too_old=False)
+        return VerifiedMessage(id=msg_id, timestamp=timestamp)
+
+
+def verify(
+    headers: HeadersLike,
+    body: bytes,
+    secrets: str | Sequence[str],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> VerifiedMessage:
+    """Verify one request in one call; see :meth:`Verifier.verify` (reuse one to save parsing).
+
+    Args:
+        headers: The request headers (a mapping or ``(name, value)`` pairs).
+        body: The exact request body bytes.
+        secrets: The ``whsec_...`` secret, or several during a rotation.
+        tolerance: How many seconds the timestamp may lie from ``now``.
+        now: The receiver's time; defaults to ``time.time()``.
+    """
+    return Verifier(secrets, tolerance=tolerance).verify(headers, body, now=now)

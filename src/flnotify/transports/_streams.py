@@ -1,0 +1,902 @@
+"""The fast transport: a lean HTTP/1.1 client on asyncio with per-origin keep-alive pools.
+
+Built for fan-out (one small JSON POST to thousands of receivers): an ``asyncio.Protocol``
+per connection, responses parsed by ``httptools`` (llhttp), request heads assembled from a
+prefix cached per origin plus the per-request headers, and a cheap read timer that is re-armed
+lazily instead of once per request. It speaks only what this job needs: ``POST`` with a
+``Content-Length`` body (never chunked), responses framed by ``Content-Length``, chunked
+encoding or connection close, interim ``1xx`` answers skipped, redirects never followed.
+
+Requires the ``httptools`` package (``pip install flnotify[fast]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import collections
+import contextlib
+import re
+import socket
+import ssl
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Final
+from urllib.parse import quote, unquote, urlsplit
+
+import attrs
+import httptools
+from typing_extensions import Self
+
+from .._exceptions import (
+    ConfigurationError,
+    ConnectError,
+    ConnectionResetError,
+    DNSError,
+    InvalidURLError,
+    ProtocolError,
+    TimeoutError,
+    TransportError,
+    TransportErrorKind,
+)
+from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts
+
+__all__ = ["StreamTransport"]
+
+_MAX_HEAD_BYTES: Final = 64 * 1024
+"""A response whose status line and headers exceed this is refused as broken HTTP."""
+
+_MAX_CACHED_ORIGINS: Final = 4096
+"""URL prefixes remembered with their parsed origin; the cache is emptied when full."""
+
+_LARGE_BODY: Final = 64 * 1024
+"""Bodies from this size on are written separately instead of being copied behind the head."""
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+# scheme://authority, then the rest up to a fragment. The slow path (urlsplit) validates.
+_URL_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*)([^#]*)", re.DOTALL)
+# A request target that needs no quoting (RFC 3986 pchar, "/", "?" and percent escapes).
+_PLAIN_TARGET: Final = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*").fullmatch
+_TARGET_SAFE: Final = "/?:@!$&'()*+,;=-._~%"
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+_BAD_VALUE_CHARS: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]").search
+
+_USER_AGENT: Final = "User-Agent: "
+# Framing and connection management belong to the transport; callers' values are ignored.
+_OWNED_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
+_MAX_CACHED_NAMES: Final = 512
+
+
+def _default_user_agent() -> str:
+    from importlib import metadata
+
+    try:
+        return f"flnotify/{metadata.version('flnotify')}"
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "flnotify"
+
+
+@attrs.frozen
+class _Origin:
+    """What a ``scheme://authority`` prefix resolves to: its pool and the cached head lines."""
+
+    pool: _Pool
+    lines: str  # "Host: ...\r\n" plus static headers such as Authorization
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: feeds received bytes to httptools, resolves one response."""
+
+    __slots__ = (
+        "_body",
+        "_body_len",
+        "_close_delimited",
+        "_counted",
+        "_deadline",
+        "_head_bytes",
+        "_headers",
+        "_headers_done",
+        "_interim",
+        "_lost_waiter",
+        "_parser",
+        "_paused",
+        "_pool",
+        "_status",
+        "_timer",
+        "_truncated",
+        "_url",
+        "got_bytes",
+        "idle",
+        "idle_since",
+        "keep_alive",
+        "lost",
+        "reused",
+        "transport",
+        "waiter",
+    )
+
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[HttpResponse] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._paused = False
+        self._lost_waiter: asyncio.Future[None] | None = None
+        self._counted = False  # holds one of the pool's slots
+        self.idle = False
+        self.idle_since = 0.0
+        self.lost = False
+        self.reused = False
+        self.keep_alive = False
+        self.got_bytes = False
+        self._url = ""
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._status = 0
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self._truncated = False
+        self._interim = False
+        self._headers_done = False
+        self._close_delimited = True
+        self._head_bytes = 0
+
+    # -- the exchange (called by the pool's owner) -------------------------------------------
+
+    def send(self, url: str, data: bytes, body: bytes | None) -> asyncio.Future[HttpResponse]:
+        """Write one request and return the future of its response."""
+        pool = self._pool
+        loop = pool.loop
+        self._url = url
+        self._reset_message()
+        self.got_bytes = False
+        self.keep_alive = True
+        waiter = self.waiter = loop.create_future()
+        self._deadline = loop.time() + pool.read_timeout
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+        transport = self.transport
+        assert transport is not None  # noqa: S101 - set in connection_made, before any send
+        transport.write(data)
+        if body is not None:
+            transport.write(body)
+        return waiter
+
+    def usable(self, now: float, expiry: float) -> bool:
+        """Whether this idle connection may carry another request."""
+        transport = self.transport
+        return (
+            not self.lost
+            and transport is not None
+            and not transport.is_closing()
+            and now - self.idle_since < expiry
+        )
+
+    def abort(self) -> None:
+        """Close now, dropping anything unsent or unread."""
+        self.keep_alive = False
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+    def wait_lost(self) -> asyncio.Future[None]:
+        """A future that completes once the connection is fully closed."""
+        if self._lost_waiter is None:
+            self._lost_waiter = self._pool.loop.create_future()
+            if self.lost:
+                self._lost_waiter.set_result(None)
+        return self._lost_waiter
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        # One timer per connection, re-armed to the current deadline only when it fires: a
+        # request just moves ``_deadline`` instead of creating and cancelling a TimerHandle.
+        self._timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done() or self.lost:
+            return
+        loop = self._pool.loop
+        if self._deadline - loop.time() > 0.001:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+            return
+        if self._paused:
+            what, seconds = "write", self._pool.write_timeout
+        else:
+            what, seconds = "read", self._pool.read_timeout
+        self._fail(TimeoutError(f"{what} timeout: no progress for {seconds} s", url=self._url))
+        self.abort()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - stream transports only
+        self.transport = transport
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self._deadline = self._pool.loop.time() + self._pool.write_timeout
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._deadline = self._pool.loop.time() + self._pool.read_timeout
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            # Bytes nobody asked for (e.g. a "408" before closing an idle connection, or
+            # the rest of a truncated body): this connection cannot carry another request.
+            self.abort()
+            return
+        self.got_bytes = True
+        self._deadline = self._pool.loop.time() + self._pool.read_timeout
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._protocol_error("the server switched protocols", exc)
+            return
+        except httptools.HttpParserError as exc:
+            self._protocol_error(f"malformed HTTP response ({exc})", exc)
+            return
+        if not self._headers_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD_BYTES:
+                self._protocol_error(f"response head larger than {_MAX_HEAD_BYTES} bytes", None)
+
+    def eof_received(self) -> bool:
+        self._end_of_stream(None)
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end_of_stream(exc)
+        self.lost = True
+        self.keep_alive = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lost_waiter is not None and not self._lost_waiter.done():
+            self._lost_waiter.set_result(None)
+        self._pool.connection_lost(self)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and waiter.done():
+            self.keep_alive = False  # a second, unsolicited response
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self._headers[key] = text
+        if key == "content-length" or (key == "transfer-encoding" and "chunked" in text.lower()):
+            self._close_delimited = False
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            self._interim = True  # 1xx: skipped, the real answer follows
+            return
+        self._status = status
+        self._headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        if self._truncated:
+            return
+        room = self._pool.max_response_bytes - self._body_len
+        if len(body) <= room:
+            self._body.append(body)
+            self._body_len += len(body)
+            return
+        if room > 0:
+            self._body.append(body[:room])
+            self._body_len += room
+        # The status counts; the rest of the body is never read and the connection is closed.
+        self._truncated = True
+        self.keep_alive = False
+        self._resolve()
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._reset_message()
+            return
+        if not self._parser.should_keep_alive():
+            self.keep_alive = False
+        self._resolve()
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    def _resolve(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        body = self._body
+        waiter.set_result(
+            HttpResponse(
+                self._status,
+                self._headers,
+                body[0] if len(body) == 1 else b"".join(body),
+                self._truncated,
+            )
+        )
+
+    def _fail(self, error: TransportError) -> None:
+        self.keep_alive = False
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def _protocol_error(self, message: str, cause: BaseException | None) -> None:
+        error = ProtocolError(message, url=self._url)
+        error.__cause__ = cause
+        self._fail(error)
+        self.abort()
+
+    def _end_of_stream(self, exc: Exception | None) -> None:
+        self.keep_alive = False
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self._headers_done and self._close_delimited and exc is None:
+            self._resolve()  # a body delimited by the end of the connection
+            return
+        if self.got_bytes:
+            message = "connection closed in the middle of the response"
+        else:
+            message = "connection closed before any response"
+        if exc is not None:
+            message = f"{message}: {exc}"
+        error = ConnectionResetError(message, url=self._url)
+        error.__cause__ = exc
+        self._fail(error)
+
+
+def _discard_late_connection(
+    task: asyncio.Task[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]],
+) -> None:
+    """Close a connection whose opener gave up waiting for it (timeout or cancellation)."""
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        task.result()[0].abort()
+
+
+class _Pool:
+    """The connections to one origin: at most ``limit``, idle ones reused newest first."""
+
+    __slots__ = (
+        "_host",
+        "_owner",
+        "_port",
+        "_server_hostname",
+        "_ssl",
+        "connections",
+        "idle",
+        "limit",
+        "loop",
+        "max_response_bytes",
+        "read_timeout",
+        "size",
+        "waiters",
+        "write_timeout",
+    )
+
+    def __init__(
+        self,
+        owner: StreamTransport,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        tls: bool,
+    ) -> None:
+        self._owner = owner
+        self.loop = loop
+        self._host = host
+        self._port = port
+        self._ssl = tls
+        self._server_hostname = host if tls else None
+        self.limit = owner.max_connections_per_origin
+        self.read_timeout = owner.timeouts.read
+        self.write_timeout = owner.timeouts.write
+        self.max_response_bytes = owner.max_response_bytes
+        self.idle: list[_Connection] = []
+        self.connections: set[_Connection] = set()
+        self.size = 0  # open or opening connections, plus slots handed to waiters
+        self.waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+
+    # -- slots ----------------------------------------------------------------------------------
+
+    async def acquire(self, url: str) -> _Connection:
+        """An idle connection, a new one in a free slot, or the next one released."""
+        idle = self.idle
+        if idle:
+            now = self.loop.time()
+            expiry = self._owner.keepalive_expiry
+            while idle:
+                conn = idle.pop()
+                conn.idle = False
+                self._owner.unmark_idle(conn)
+                if conn.usable(now, expiry):
+                    conn.reused = True
+                    return conn
+                self.discard(conn, keep_slot=True)
+                return await self.open(url)
+        if self.size < self.limit:
+            self.size += 1
+            return await self.open(url)
+        return await self._wait(url)
+
+    async def _wait(self, url: str) -> _Connection:
+        loop = self.loop
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
+        self.waiters.append(waiter)
+        timeout = self._owner.timeouts.pool
+        timer = loop.call_later(timeout, _expire_waiter, waiter)
+        try:
+            got = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._give_back(waiter.result())  # handed over just as we were cancelled
+            raise
+        except _PoolTimeoutError:
+            raise TimeoutError(
+                f"pool timeout: no free connection within {timeout} s", url=url
+            ) from None
+        finally:
+            timer.cancel()
+        if got is None:
+            return await self.open(url)  # a slot was handed over
+        if not got.usable(loop.time(), self._owner.keepalive_expiry):
+            self.discard(got, keep_slot=True)
+            return await self.open(url)
+        got.reused = True
+        return got
+
+    def _give_back(self, conn: _Connection | None) -> None:
+        if conn is None:
+            self._free_slot()
+        else:
+            self.release(conn)
+
+    def _free_slot(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to the waiter
+                return
+        self.size -= 1
+
+    def release(self, conn: _Connection) -> None:
+        """Return a connection after a complete response (or close it if it cannot be reused)."""
+        if not conn.keep_alive or conn.lost:
+            self.discard(conn)
+            return
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        conn.idle = True
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+        self._owner.mark_idle(conn)
+
+    def discard(self, conn: _Connection, *, keep_slot: bool = False) -> None:
+        """Close ``conn`` and free its slot (or keep the slot for the caller to reuse)."""
+        conn.abort()
+        if conn.idle:
+            conn.idle = False
+            self.idle.remove(conn)
+            self._owner.unmark_idle(conn)
+        if conn._counted:
+            conn._counted = False
+            self.connections.discard(conn)
+            if not keep_slot:
+                self._free_slot()
+        elif keep_slot:
+            raise AssertionError("keep_slot for a connection that holds none")  # pragma: no cover
+
+    def connection_lost(self, conn: _Connection) -> None:
+        """The peer or we closed ``conn``; an idle one leaves the pool now."""
+        if conn.idle:
+            self.discard(conn)
+
+    # -- opening ----------------------------------------------------------------------------
+
+    async def open(self, url: str) -> _Connection:
+        """Connect in a slot this caller already holds; the slot is freed on failure."""
+        try:
+            conn = await self._connect(url)
+        except BaseException:
+            self._free_slot()
+            raise
+        conn._counted = True
+        self.connections.add(conn)
+        return conn
+
+    async def _connect(self, url: str) -> _Connection:
+        owner = self._owner
+        loop = self.loop
+        timeout = owner.timeouts.connect
+        context = owner.ssl_context_for_tls() if self._ssl else None
+        task = loop.create_task(
+            loop.create_connection(
+                lambda: _Connection(self),
+                self._host,
+                self._port,
+                ssl=context,
+                server_hostname=self._server_hostname,
+                ssl_handshake_timeout=timeout if context is not None else None,
+                happy_eyeballs_delay=0.25,
+            )
+        )
+        # asyncio.wait (not wait_for) never swallows the caller's cancellation and never
+        # loses a connection that completes just as we give up: a late one is closed.
+        try:
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(_discard_late_connection)
+            raise
+        if not done:
+            task.cancel()
+            task.add_done_callback(_discard_late_connection)
+            raise TimeoutError(f"connect timeout: no connection within {timeout} s", url=url)
+        try:
+            _, protocol = task.result()
+        except (OSError, EOFError, ssl.SSLError) as exc:
+            raise _connect_error(exc, url, self._host, self._port) from exc
+        assert isinstance(protocol, _Connection)  # noqa: S101 - built by the lambda above
+        return protocol
+
+
+class _PoolTimeoutError(Exception):
+    """Internal: a pool waiter's time ran out."""
+
+
+def _expire_waiter(waiter: asyncio.Future[_Connection | None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_PoolTimeoutError())
+
+
+def _connect_error(exc: BaseException, url: str, host: str, port: int) -> TransportError:
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return DNSError(f"could not resolve {host!r}: {exc.strerror or exc}", url=url)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or str(exc)
+        return ConnectError(f"TLS certificate of {where} not trusted: {detail}", url=url)
+    if isinstance(exc, ssl.SSLError):
+        return ConnectError(f"TLS handshake with {where} failed: {exc}", url=url)
+    if isinstance(exc, builtins.TimeoutError):
+        return TimeoutError(f"connect timeout: {where}: {exc}", url=url)
+    if isinstance(exc, OSError):
+        return ConnectError(f"could not connect to {where}: {exc.strerror or exc}", url=url)
+    return ConnectError(f"could not connect to {where}: {exc!r}", url=url)
+
+
+def _check_positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        msg = f"{attribute.name} must be at least 1, not {value}"
+        raise ConfigurationError(msg)
+
+
+def _check_non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value < 0:
+        msg = f"{attribute.name} must not be negative, not {value}"
+        raise ConfigurationError(msg)
+
+
+@attrs.define
+class StreamTransport:
+    """A fast asyncio HTTP/1.1 transport: keep-alive pools per origin, httptools parsing.
+
+    Connections are pooled per (scheme, host, port), at most ``max_connections_per_origin``
+    each; idle ones are reused newest first and closed after ``keepalive_expiry`` seconds
+    or when the server closes them. A POST that fails on a *reused* connection before any
+    response byte arrived is retried once on a new connection (servers close idle
+    keep-alives at any moment). Response bodies are read up to ``max_response_bytes``;
+    a longer one is cut (``truncated=True``, the status counts) and its connection closed.
+    Redirects are never followed. Cancelling :meth:`apost` closes the connection it used.
+
+    The transport belongs to the event loop it is first used in.
+
+    Args:
+        timeouts: Connect (TCP and TLS), write, read (per wait for data) and pool (wait
+            for a free connection) timeouts.
+        max_response_bytes: How much of a response body is read.
+        max_connections_per_origin: Connections open at once to one origin.
+        ssl_context: For ``https``; defaults to ``ssl.create_default_context()``
+            (certificates verified against the system's CAs, host names checked).
+        user_agent: ``User-Agent`` sent unless the caller's headers carry one.
+        keepalive_expiry: Idle connections older than this many seconds are not reused.
+        max_idle_connections: Idle connections kept over all origins; the oldest beyond
+            this number are closed.
+    """
+
+    timeouts: Timeouts = attrs.field(factory=Timeouts)
+    max_response_bytes: int = attrs.field(
+        default=DEFAULT_MAX_RESPONSE_BYTES, validator=_check_non_negative
+    )
+    max_connections_per_origin: int = attrs.field(default=6, validator=_check_positive)
+    ssl_context: ssl.SSLContext | None = None
+    user_agent: str = attrs.field(factory=_default_user_agent)
+    keepalive_expiry: float = attrs.field(default=5.0, validator=_check_non_negative)
+    max_idle_connections: int = attrs.field(default=512, validator=_check_positive)
+    _loop: asyncio.AbstractEventLoop | None = attrs.field(init=False, default=None)
+    _origins: dict[str, _Origin] = attrs.field(init=False, factory=dict)
+    _pools: dict[tuple[str, str, int], _Pool] = attrs.field(init=False, factory=dict)
+    _idle: dict[_Connection, None] = attrs.field(init=False, factory=dict)
+    _names: dict[str, str] = attrs.field(init=False, factory=dict)
+    _ua_line: str = attrs.field(init=False, default="")
+    _default_tls: ssl.SSLContext | None = attrs.field(init=False, default=None)
+    _closed: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        if _BAD_VALUE_CHARS(self.user_agent) or "\t" in self.user_agent:
+            msg = f"user_agent {self.user_agent!r} contains control characters"
+            raise ConfigurationError(msg)
+        self._ua_line = f"{_USER_AGENT}{self.user_agent}\r\n"
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
+        """POST ``body`` to ``url`` and return the response (its body capped).
+
+        Args:
+            url: An ``http`` or ``https`` URL; its fragment is not sent.
+            body: The request body, sent with ``Content-Length``.
+            headers: Request headers (e.g. ``Content-Type``, signatures). Framing and
+                connection headers (``Host``, ``Content-Length``, ``Transfer-Encoding``,
+                ``Connection``, ...) are the transport's own and are ignored here.
+
+        Raises:
+            InvalidURLError: ``url`` cannot be requested, or a header is invalid (no I/O).
+            ConnectError: Refused, unreachable, or the TLS handshake failed.
+            DNSError: The host name did not resolve.
+            TimeoutError: A connect, write, read or pool timeout expired.
+            ConnectionResetError: The connection broke before the response was complete.
+            ProtocolError: The server's answer was not valid HTTP/1.1.
+            ConfigurationError: The transport was closed, or is used from another loop.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
+        match = _URL_RE.match(url)
+        if match is None:
+            url = url.strip(" \t\r\n\x00\x0b\x0c")
+            match = _URL_RE.match(url)
+            if match is None:
+                raise InvalidURLError(f"not an absolute http(s) URL: {url!r}", url=url)
+        prefix, target = match.groups()
+        origin = self._origins.get(prefix)
+        if origin is None:
+            origin = self._origin(prefix, url)
+        if not target or target[0] != "/":
+            target = "/" + target
+        if not _PLAIN_TARGET(target):
+            target = quote(target, safe=_TARGET_SAFE)
+
+        parts = ["POST ", target, " HTTP/1.1\r\n", origin.lines]
+        ua_seen = False
+        names = self._names
+        for name, value in headers.items():
+            line = names.get(name)
+            if line is None:
+                line = self._header_line(name, url)
+            if not line:
+                continue
+            if line is _USER_AGENT:
+                ua_seen = True
+            if not value.isprintable() and _BAD_VALUE_CHARS(value):
+                raise InvalidURLError(f"header {name!r} has a control character", url=url)
+            parts += (line, value, "\r\n")
+        if not ua_seen:
+            parts.append(self._ua_line)
+        parts.append(f"Content-Length: {len(body)}\r\n\r\n")
+        try:
+            head = "".join(parts).encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise InvalidURLError(
+                f"request head not encodable as Latin-1: {exc.reason}", url=url
+            ) from exc
+        if len(body) < _LARGE_BODY:
+            return await self._exchange(origin.pool, url, head + body, None)
+        return await self._exchange(origin.pool, url, head, body)
+
+    async def aclose(self) -> None:
+        """Close every connection; later calls to :meth:`apost` raise ``ConfigurationError``."""
+        self._closed = True
+        waiting: list[asyncio.Future[None]] = []
+        for pool in self._pools.values():
+            for waiter in pool.waiters:
+                if not waiter.done():
+                    waiter.cancel()
+            pool.waiters.clear()
+            for conn in list(pool.connections):
+                if not conn.lost:
+                    waiting.append(conn.wait_lost())
+                    conn.abort()
+            for conn in list(pool.idle):
+                pool.discard(conn)
+        self._pools.clear()
+        self._origins.clear()
+        self._idle.clear()
+        if waiting:
+            # abort() reports connection_lost on the next loop iteration; wait for it so
+            # that every socket is really closed when aclose() returns.
+            await asyncio.wait(waiting, timeout=1.0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- one exchange -------------------------------------------------------------------------
+
+    async def _exchange(
+        self, pool: _Pool, url: str, data: bytes, body: bytes | None
+    ) -> HttpResponse:
+        conn = await pool.acquire(url)
+        try:
+            response = await conn.send(url, data, body)
+        except ConnectionResetError:
+            if not conn.reused or conn.got_bytes:
+                pool.discard(conn)
+                raise
+            # The server closed a kept-alive connection just as we reused it; nothing of
+            # an answer arrived. A POST is not idempotent in general, so this is the only
+            # retry a transport makes on its own: the request most likely never reached the
+            # application (the usual keep-alive race), and receivers deduplicate on
+            # ``webhook-id`` if it did. Once, on a new connection in the same slot.
+            pool.discard(conn, keep_slot=True)
+            conn = await pool.open(url)
+            try:
+                response = await conn.send(url, data, body)
+            except BaseException:
+                pool.discard(conn)
+                raise
+        except BaseException:
+            # Timeouts, broken HTTP, and cancellation by the caller: the connection is in
+            # an unknown state, so it is closed, never returned to the pool.
+            pool.discard(conn)
+            raise
+        pool.release(conn)
+        return response
+
+    # -- setup and caches ---------------------------------------------------------------------
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._closed:
+            raise ConfigurationError("this StreamTransport is closed")
+        if self._loop is not None and not self._loop.is_closed():
+            msg = "a StreamTransport is bound to the event loop it was first used in"
+            raise ConfigurationError(msg)
+        self._loop = loop
+        self._pools.clear()
+        self._origins.clear()
+        self._idle.clear()
+
+    def _origin(self, prefix: str, url: str) -> _Origin:
+        """Parse and validate ``scheme://authority`` once; cache its pool and head lines."""
+        if self._closed:
+            raise ConfigurationError("this StreamTransport is closed")
+        if _BAD_VALUE_CHARS(prefix) or " " in prefix or "\t" in prefix or "\\" in prefix:
+            raise InvalidURLError(f"invalid characters in URL {url!r}", url=url)
+        try:
+            parts = urlsplit(prefix)
+            port = parts.port
+            host = parts.hostname
+        except ValueError as exc:
+            raise InvalidURLError(f"invalid URL {url!r}: {exc}", url=url) from exc
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            raise InvalidURLError(f"unsupported scheme {parts.scheme!r} (http or https)", url=url)
+        if not host:
+            raise InvalidURLError(f"no host in URL {url!r}", url=url)
+        if port is None:
+            if parts.netloc.endswith(":"):
+                raise InvalidURLError(f"empty port in URL {url!r}", url=url)
+            port = _DEFAULT_PORTS[scheme]
+        elif port == 0:
+            raise InvalidURLError(f"port 0 in URL {url!r}", url=url)
+        if ":" in host:  # an IPv6 literal
+            host_header = f"[{host}]"
+        else:
+            try:
+                host = host.encode("idna").decode("ascii")
+            except UnicodeError as exc:
+                raise InvalidURLError(f"invalid host name in URL {url!r}", url=url) from exc
+            host_header = host
+        if port != _DEFAULT_PORTS[scheme]:
+            host_header = f"{host_header}:{port}"
+        lines = f"Host: {host_header}\r\n"
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            token = base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+            lines += f"Authorization: Basic {token}\r\n"
+
+        key = (scheme, host, port)
+        pool = self._pools.get(key)
+        if pool is None:
+            assert self._loop is not None  # noqa: S101 - bound in apost
+            pool = self._pools[key] = _Pool(self, self._loop, host, port, scheme == "https")
+        if len(self._origins) >= _MAX_CACHED_ORIGINS:
+            self._prune()
+        origin = self._origins[prefix] = _Origin(pool, lines)
+        return origin
+
+    def _prune(self) -> None:
+        """Forget cached prefixes and pools that hold nothing (a fan-out to many hosts)."""
+        self._origins.clear()
+        for key, pool in list(self._pools.items()):
+            if pool.size == 0 and not pool.waiters:
+                del self._pools[key]
+
+    def _header_line(self, name: str, url: str) -> str:
+        """``"Name: "`` for a caller's header name, or ``""`` for names the transport owns."""
+        if not _TOKEN(name):
+            raise InvalidURLError(f"invalid header name {name!r}", url=url)
+        lower = name.lower()
+        if lower in _OWNED_HEADERS:
+            line = ""
+        elif lower == "user-agent":
+            line = _USER_AGENT
+        else:
+            line = f"{name}: "
+        if len(self._names) < _MAX_CACHED_NAMES:
+            self._names[name] = line
+        return line
+
+    def ssl_context_for_tls(self) -> ssl.SSLContext:
+        """The context for ``https`` origins (the default one is created on first use)."""
+        if self.ssl_context is not None:
+            return self.ssl_context
+        if self._default_tls is None:
+            self._default_tls = ssl.create_default_context()
+        return self._default_tls
+
+    # -- idle connections over all origins ------------------------------------------------
+
+    def mark_idle(self, conn: _Connection) -> None:
+        """Track an idle connection; close the oldest when over ``max_idle_connections``."""
+        idle = self._idle
+        idle[conn] = None
+        if len(idle) > self.max_idle_connections:
+            oldest = next(iter(idle))
+            oldest._pool.discard(oldest)
+
+    def unmark_idle(self, conn: _Connection) -> None:
+        """Stop tracking a connection that left the idle state."""
+        self._idle.pop(conn, None)
+
+
+with contextlib.suppress(AttributeError):  # keep mypy and ruff honest about the names used
+    del TransportErrorKind
