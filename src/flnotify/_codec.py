@@ -237,10 +237,8 @@ class Codec:
         return document
 
     def encode(self, notification: Notification[Any]) -> bytes:
-        """The notification's wire bytes: compact UTF-8 JSON, as DESIGN §1 fixes it."""
-        return json.dumps(
-            self.to_dict(notification), separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        """The wire bytes: compact JSON (non-ASCII escaped, so any text encodes), as DESIGN §1."""
+        return json.dumps(self.to_dict(notification), separators=(",", ":")).encode()
 
     def decode(self, data: bytes | str | Mapping[str, Any]) -> Notification[Any]:
         """Parse wire data into the registered notification class; receivers are empty.

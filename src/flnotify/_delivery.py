@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .repository import AsyncTrainingRepository, TrainingRepository
     from .signing import Signer
 
-__all__ = ["Delivery", "DeliveryReport", "Notifier"]
+__all__ = ["Delivery", "DeliveryReport", "Notifier", "build_headers"]
 
 logger = logging.getLogger("flnotify")
 T = TypeVar("T")
@@ -161,6 +161,27 @@ class DeliveryReport:
         if bad:
             raise DeliveryError(bad)
         return self
+
+
+def build_headers(
+    message_id: str,
+    body: bytes,
+    receiver: ReceiverLike,
+    *,
+    timestamp: int,
+    signer: Signer | None,
+    user_agent: str,
+) -> dict[str, str]:
+    """The headers of one attempt: JSON, ``webhook-id``/``-timestamp``, signature if signing."""
+    headers = {
+        "content-type": "application/json",
+        "user-agent": user_agent,
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+    }
+    if signer is not None:
+        headers.update(signer.headers(message_id, timestamp, body, receiver))
+    return headers
 
 
 def _default_transport() -> HttpxTransport:
@@ -307,16 +328,14 @@ class Notifier:
         return self._executor
 
     def _headers(self, message_id: str, body: bytes, receiver: ReceiverLike) -> dict[str, str]:
-        timestamp = int(self.wall_clock())  # taken at every attempt
-        headers = {
-            "content-type": "application/json",
-            "user-agent": self.user_agent,
-            "webhook-id": message_id,
-            "webhook-timestamp": str(timestamp),
-        }
-        if self.signer is not None:
-            headers.update(self.signer.headers(message_id, timestamp, body, receiver))
-        return headers
+        return build_headers(
+            message_id,
+            body,
+            receiver,
+            timestamp=int(self.wall_clock()),  # taken at every attempt
+            signer=self.signer,
+            user_agent=self.user_agent,
+        )
 
     # -- life cycle ----------------------------------------------------------------------
 

@@ -1,8 +1,18 @@
-"""Transports: how a POST is made. httpx by default; an in-memory one for tests."""
+"""Transports: how a POST is made.
+
+``HttpxTransport`` is the default; ``MemoryTransport`` stands in for clients in tests;
+``StreamTransport`` (extra ``flnotify[fast]``, needs httptools) is the lean HTTP/1.1 client
+for large fan-out. It is imported on first use, so the core never needs httptools.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from ._base import DEFAULT_MAX_RESPONSE_BYTES, AsyncTransport, HttpResponse, Timeouts, Transport
 from ._httpx import HttpxTransport
 from ._memory import MemoryRequest, MemoryTransport
+
+if TYPE_CHECKING:
+    from ._streams import StreamTransport
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -11,6 +21,16 @@ __all__ = [
     "HttpxTransport",
     "MemoryRequest",
     "MemoryTransport",
+    "StreamTransport",
     "Timeouts",
     "Transport",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StreamTransport":
+        from ._streams import StreamTransport
+
+        return StreamTransport
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
