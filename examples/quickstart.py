@@ -14,7 +14,7 @@ import flnotify
 
 
 class Client(http.server.BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         status = 404 if self.path.startswith("/reject") else 202
         self.send_response(status)

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from servers import FaultServer, SinkServer, refused_url
 
 import flnotify
 from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
 from flnotify.callbacks import FunctionCallbacks
 from flnotify.transports import HttpxTransport, Timeouts
+from servers import FaultServer, SinkServer, refused_url
 
 TIMEOUTS = Timeouts(connect=2.0, read=0.5, write=2.0, pool=2.0)
 CAP = 64 * 1024

@@ -546,7 +546,7 @@ class _Send:
             try:
                 endpoint = notifier.policy.check_url(url)
                 if notifier.policy.block_private:
-                    await notifier.policy.acheck_host(endpoint.host, endpoint.port)
+                    await notifier.policy.acheck_host(endpoint.host, endpoint.port, url=url)
             except BlockedAddressError as exc:
                 error = TransportError(str(exc), url=url, kind=TransportErrorKind.BLOCKED)
                 error.__cause__ = exc

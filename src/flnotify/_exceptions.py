@@ -8,6 +8,7 @@ Every error flnotify raises derives from :class:`FlnotifyError`; errors of a bac
     │   └── UnknownNotificationTypeError                 type not in the registry
     ├── TrainingNotFoundError        (also LookupError)  repository miss
     ├── ConfigurationError           (also ValueError)   misuse of an API
+    │   └── PayloadTooLargeError                         body over the policy's limit
     ├── EndpointError                (also ValueError)   receiver URL refused before any I/O
     │   └── BlockedAddressError                          resolved to a guarded network
     ├── TransportError                                   one attempt failed on the wire

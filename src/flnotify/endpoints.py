@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "EndpointPolicy",
     "IPAddress",
+    "IPNetwork",
     "ParsedEndpoint",
     "PayloadTooLargeError",
 ]
@@ -50,7 +51,10 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 """Request bodies larger than this (1 MiB) are refused before sending."""
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-_Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+"""An IPv4 or IPv6 address."""
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+"""An IPv4 or IPv6 network."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f]")
@@ -71,7 +75,7 @@ class PayloadTooLargeError(ConfigurationError):
         self.limit = limit
 
 
-def _networks(*entries: tuple[str, str]) -> tuple[tuple[_Network, str], ...]:
+def _networks(*entries: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
     return tuple((ipaddress.ip_network(net), reason) for net, reason in entries)
 
 
@@ -132,8 +136,8 @@ def _blocked_reason(address: IPAddress) -> str | None:
         embedded = _embedded_v4(address)
         if embedded is not None:
             reason = _blocked_reason(embedded[0])
-            return None if reason is None else f"{reason} ({embedded[1]})"
-        table: tuple[tuple[_Network, str], ...] = _BLOCKED_V6
+            return None if reason is None else f"{reason} ({embedded[1]} {embedded[0]})"
+        table: tuple[tuple[IPNetwork, str], ...] = _BLOCKED_V6
     else:
         table = _BLOCKED_V4
     for network, reason in table:
@@ -151,7 +155,7 @@ def _to_address(value: object) -> IPAddress:
     raise TypeError(msg)
 
 
-def _to_networks(values: Iterable[str | _Network]) -> tuple[_Network, ...]:
+def _to_networks(values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
     if isinstance(values, str):
         values = (values,)
     try:
@@ -272,7 +276,7 @@ class EndpointPolicy:
 
     schemes: frozenset[str] = attrs.field(default=frozenset(_DEFAULT_PORTS), converter=_to_schemes)
     block_private: bool = False
-    allow_networks: tuple[_Network, ...] = attrs.field(default=(), converter=_to_networks)
+    allow_networks: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks)
     allow_userinfo: bool = False
     max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=_positive)
 

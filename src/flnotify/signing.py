@@ -97,7 +97,7 @@ def generate_secret(nbytes: int = 32) -> str:
     if nbytes < 24:  # the specification's minimum key length
         msg = f"a secret needs at least 24 random bytes, not {nbytes}"
         raise ConfigurationError(msg)
-    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(nbytes)).decode("ascii")
+    return SECRET_PREFIX + _b64(_secrets.token_bytes(nbytes))
 
 
 def _parse_secret(secret: object, index: int | None = None) -> bytes:
@@ -126,7 +126,7 @@ def _parse_secrets(secrets: object) -> tuple[Any, ...]:
     """HMAC prototypes (copied per call) for one secret or a sequence of them, deduplicated."""
     if isinstance(secrets, str):
         keys = [_parse_secret(secrets)]
-    elif isinstance(secrets, Sequence):
+    elif isinstance(secrets, Sequence) and not isinstance(secrets, (bytes, bytearray)):
         if not secrets:
             msg = "no secrets given (an empty sequence)"
             raise ConfigurationError(msg)
@@ -149,7 +149,7 @@ def _lookup_key(secrets: str | Sequence[str]) -> str | tuple[str, ...]:
 
 
 def _digests(prototypes: tuple[Any, ...], msg_id: str, timestamp: str, body: bytes) -> list[bytes]:
-    """One HMAC-SHA256 of ``id.timestamp.body`` per key prototype."""
+    """One HMAC-SHA256 of ``id.timestamp.body`` per key prototype (copied, never rekeyed)."""
     prefix = f"{msg_id}.{timestamp}.".encode()
     digests = []
     for prototype in prototypes:
@@ -160,13 +160,16 @@ def _digests(prototypes: tuple[Any, ...], msg_id: str, timestamp: str, body: byt
     return digests
 
 
+def _b64(raw: bytes) -> str:
+    return binascii.b2a_base64(raw, newline=False).decode("ascii")
+
+
 # --------------------------------------------------------------------------- signing
 
 
 def new_message_id() -> str:
-    """A fresh message id: ``msg_`` + 128 random bits in lower-case base32 (26 characters)."""
-    raw = base64.b32encode(_secrets.token_bytes(16)).decode("ascii")
-    return "msg_" + raw.rstrip("=").lower()
+    """A fresh message id: ``msg_`` + 128 random bits as 32 lower-case hex digits."""
+    return "msg_" + _secrets.token_hex(16)
 
 
 @attrs.frozen(init=False, repr=False, eq=False)
@@ -240,7 +243,9 @@ class Signer:
         if not keys:
             return None
         digests = _digests(keys, msg_id, str(timestamp), body)
-        return " ".join("v1," + base64.b64encode(d).decode("ascii") for d in digests)
+        if len(digests) == 1:
+            return "v1," + _b64(digests[0])
+        return " ".join(["v1," + _b64(d) for d in digests])
 
     def headers(
         self, msg_id: str, timestamp: int, body: bytes, receiver: ReceiverLike | None = None
