@@ -52,9 +52,6 @@ class Callbacks(Protocol):
         ...
 
 
-
-
-
 @attrs.frozen
 class FunctionCallbacks:
     """Callbacks from plain functions; either may be omitted.

@@ -1,11 +1,12 @@
 """The fast transport: a lean HTTP/1.1 client on asyncio with per-origin keep-alive pools.
 
 Built for fan-out (one small JSON POST to thousands of receivers): an ``asyncio.Protocol``
-per connection, responses parsed by ``httptools`` (llhttp), request heads assembled from a
-prefix cached per origin plus the per-request headers, and a cheap read timer that is re-armed
-lazily instead of once per request. It speaks only what this job needs: ``POST`` with a
-``Content-Length`` body (never chunked), responses framed by ``Content-Length``, chunked
-encoding or connection close, interim ``1xx`` answers skipped, redirects never followed.
+per connection, responses parsed by ``httptools`` (llhttp), request heads assembled from
+lines cached per origin plus the per-request headers, and one read timer per connection that
+is moved, not re-created, for each request. It speaks only what this job needs: ``POST``
+with a ``Content-Length`` body (never chunked); responses framed by ``Content-Length``,
+chunked encoding or the end of the connection; interim ``1xx`` answers skipped; redirects
+never followed.
 
 Requires the ``httptools`` package (``pip install flnotify[fast]``).
 """
@@ -16,13 +17,12 @@ import asyncio
 import base64
 import builtins
 import collections
-import contextlib
 import re
 import socket
 import ssl
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Final
+from typing import Any, Final, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import attrs
@@ -38,7 +38,6 @@ from .._exceptions import (
     ProtocolError,
     TimeoutError,
     TransportError,
-    TransportErrorKind,
 )
 from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts
 
@@ -48,37 +47,40 @@ _MAX_HEAD_BYTES: Final = 64 * 1024
 """A response whose status line and headers exceed this is refused as broken HTTP."""
 
 _MAX_CACHED_ORIGINS: Final = 4096
-"""URL prefixes remembered with their parsed origin; the cache is emptied when full."""
+"""``scheme://authority`` prefixes remembered with their origin; emptied when full."""
+
+_MAX_CACHED_NAMES: Final = 512
+"""Header names remembered with their formatted ``"Name: "``."""
 
 _LARGE_BODY: Final = 64 * 1024
-"""Bodies from this size on are written separately instead of being copied behind the head."""
+"""Bodies from this size on are written on their own instead of being copied behind the head."""
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
-# scheme://authority, then the rest up to a fragment. The slow path (urlsplit) validates.
+# scheme://authority, then the rest up to a fragment; _origin() validates the first part.
 _URL_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*)([^#]*)", re.DOTALL)
 # A request target that needs no quoting (RFC 3986 pchar, "/", "?" and percent escapes).
 _PLAIN_TARGET: Final = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*").fullmatch
 _TARGET_SAFE: Final = "/?:@!$&'()*+,;=-._~%"
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+# Control characters other than horizontal tab may not appear in a field value.
 _BAD_VALUE_CHARS: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]").search
 
 _USER_AGENT: Final = "User-Agent: "
 # Framing and connection management belong to the transport; callers' values are ignored.
 _OWNED_HEADERS: Final = frozenset(
     {
-        "host",
-        "content-length",
-        "transfer-encoding",
         "connection",
+        "content-length",
+        "host",
         "keep-alive",
         "proxy-connection",
         "te",
         "trailer",
+        "transfer-encoding",
         "upgrade",
     }
 )
-_MAX_CACHED_NAMES: Final = 512
 
 
 def _default_user_agent() -> str:
@@ -86,16 +88,8 @@ def _default_user_agent() -> str:
 
     try:
         return f"flnotify/{metadata.version('flnotify')}"
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree, not installed
         return "flnotify"
-
-
-@attrs.frozen
-class _Origin:
-    """What a ``scheme://authority`` prefix resolves to: its pool and the cached head lines."""
-
-    pool: _Pool
-    lines: str  # "Host: ...\r\n" plus static headers such as Authorization
 
 
 class _Connection(asyncio.Protocol):
@@ -105,7 +99,6 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_body_len",
         "_close_delimited",
-        "_counted",
         "_deadline",
         "_head_bytes",
         "_headers",
@@ -119,6 +112,7 @@ class _Connection(asyncio.Protocol):
         "_timer",
         "_truncated",
         "_url",
+        "counted",
         "got_bytes",
         "idle",
         "idle_since",
@@ -129,6 +123,9 @@ class _Connection(asyncio.Protocol):
         "waiter",
     )
 
+    _headers: dict[str, str]
+    _body: list[bytes]
+
     def __init__(self, pool: _Pool) -> None:
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
@@ -138,7 +135,7 @@ class _Connection(asyncio.Protocol):
         self._deadline = 0.0
         self._paused = False
         self._lost_waiter: asyncio.Future[None] | None = None
-        self._counted = False  # holds one of the pool's slots
+        self.counted = False  # holds one of the pool's slots
         self.idle = False
         self.idle_since = 0.0
         self.lost = False
@@ -150,8 +147,8 @@ class _Connection(asyncio.Protocol):
 
     def _reset_message(self) -> None:
         self._status = 0
-        self._headers: dict[str, str] = {}
-        self._body: list[bytes] = []
+        self._headers = {}
+        self._body = []
         self._body_len = 0
         self._truncated = False
         self._interim = False
@@ -159,10 +156,10 @@ class _Connection(asyncio.Protocol):
         self._close_delimited = True
         self._head_bytes = 0
 
-    # -- the exchange (called by the pool's owner) -------------------------------------------
+    # -- used by the pool's client ----------------------------------------------------------
 
     def send(self, url: str, data: bytes, body: bytes | None) -> asyncio.Future[HttpResponse]:
-        """Write one request and return the future of its response."""
+        """Write one request; return the future of its response."""
         pool = self._pool
         loop = pool.loop
         self._url = url
@@ -170,11 +167,12 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self.keep_alive = True
         waiter = self.waiter = loop.create_future()
-        self._deadline = loop.time() + pool.read_timeout
-        if self._timer is None:
-            self._timer = loop.call_at(self._deadline, self._on_timer)
         transport = self.transport
-        assert transport is not None  # noqa: S101 - set in connection_made, before any send
+        if transport is None or self.lost:  # pragma: no cover - pooled connections are open
+            self._end_of_stream(None)
+            return waiter
+        self._deadline = loop.time() + pool.read_timeout
+        self._arm()
         transport.write(data)
         if body is not None:
             transport.write(body)
@@ -197,25 +195,32 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def wait_lost(self) -> asyncio.Future[None]:
-        """A future that completes once the connection is fully closed."""
+        """A future that completes once the connection is closed."""
         if self._lost_waiter is None:
             self._lost_waiter = self._pool.loop.create_future()
             if self.lost:
                 self._lost_waiter.set_result(None)
         return self._lost_waiter
 
-    # -- timers ---------------------------------------------------------------------------------
+    # -- the timer ------------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        # One timer per connection, moved lazily: a request (or received data) only pushes
+        # _deadline; the timer, when it fires early, re-arms itself for the new deadline.
+        timer = self._timer
+        if timer is None:
+            self._timer = self._pool.loop.call_at(self._deadline, self._on_timer)
+        elif timer.when() > self._deadline:
+            timer.cancel()
+            self._timer = self._pool.loop.call_at(self._deadline, self._on_timer)
 
     def _on_timer(self) -> None:
-        # One timer per connection, re-armed to the current deadline only when it fires: a
-        # request just moves ``_deadline`` instead of creating and cancelling a TimerHandle.
         self._timer = None
         waiter = self.waiter
         if waiter is None or waiter.done() or self.lost:
             return
-        loop = self._pool.loop
-        if self._deadline - loop.time() > 0.001:
-            self._timer = loop.call_at(self._deadline, self._on_timer)
+        if self._deadline - self._pool.loop.time() > 0.001:
+            self._arm()
             return
         if self._paused:
             what, seconds = "write", self._pool.write_timeout
@@ -227,33 +232,35 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - stream transports only
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def pause_writing(self) -> None:
         self._paused = True
         self._deadline = self._pool.loop.time() + self._pool.write_timeout
+        self._arm()
 
     def resume_writing(self) -> None:
         self._paused = False
         self._deadline = self._pool.loop.time() + self._pool.read_timeout
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
         waiter = self.waiter
         if waiter is None or waiter.done():
-            # Bytes nobody asked for (e.g. a "408" before closing an idle connection, or
+            # Bytes nobody asked for (a "408" before the server closes an idle connection,
             # the rest of a truncated body): this connection cannot carry another request.
             self.abort()
             return
         self.got_bytes = True
-        self._deadline = self._pool.loop.time() + self._pool.read_timeout
+        if not self._paused:
+            self._deadline = self._pool.loop.time() + self._pool.read_timeout
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._protocol_error("the server switched protocols", exc)
             return
         except httptools.HttpParserError as exc:
-            self._protocol_error(f"malformed HTTP response ({exc})", exc)
+            self._protocol_error(f"malformed HTTP response: {exc}", exc)
             return
         if not self._headers_done:
             self._head_bytes += len(data)
@@ -262,7 +269,7 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._end_of_stream(None)
-        return False  # let the transport close itself
+        return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_of_stream(exc)
@@ -280,7 +287,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         waiter = self.waiter
         if waiter is not None and waiter.done():
-            self.keep_alive = False  # a second, unsolicited response
+            self.keep_alive = False  # a second response nobody asked for
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode("latin-1").lower()
@@ -370,14 +377,38 @@ class _Connection(asyncio.Protocol):
         self._fail(error)
 
 
+class _PoolTimeoutError(Exception):
+    """Internal: a pool waiter's time ran out."""
+
+
+def _expire_waiter(waiter: asyncio.Future[_Connection | None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_PoolTimeoutError())
+
+
 def _discard_late_connection(
-    task: asyncio.Task[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]],
+    task: asyncio.Task[tuple[asyncio.BaseTransport, _Connection]],
 ) -> None:
-    """Close a connection whose opener gave up waiting for it (timeout or cancellation)."""
-    if task.cancelled():
-        return
-    if task.exception() is None:
-        task.result()[0].abort()
+    """Close a connection whose opener stopped waiting for it (timeout or cancellation)."""
+    if not task.cancelled() and task.exception() is None:
+        cast(asyncio.Transport, task.result()[0]).abort()
+
+
+def _connect_error(exc: BaseException, url: str, host: str, port: int) -> TransportError:
+    """Translate what ``loop.create_connection`` raised (the one place that knows these)."""
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return DNSError(f"could not resolve {host!r}: {exc.strerror or exc}", url=url)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or str(exc)
+        return ConnectError(f"TLS certificate of {where} not trusted: {detail}", url=url)
+    if isinstance(exc, ssl.SSLError):
+        return ConnectError(f"TLS handshake with {where} failed: {exc}", url=url)
+    if isinstance(exc, builtins.TimeoutError):
+        return TimeoutError(f"connect timeout: {where}: {exc}", url=url)
+    if isinstance(exc, OSError):
+        return ConnectError(f"could not connect to {where}: {exc.strerror or exc}", url=url)
+    return ConnectError(f"could not connect to {where}: {exc!r}", url=url)
 
 
 class _Pool:
@@ -385,10 +416,10 @@ class _Pool:
 
     __slots__ = (
         "_host",
-        "_owner",
         "_port",
         "_server_hostname",
-        "_ssl",
+        "_state",
+        "_tls",
         "connections",
         "idle",
         "limit",
@@ -400,24 +431,18 @@ class _Pool:
         "write_timeout",
     )
 
-    def __init__(
-        self,
-        owner: StreamTransport,
-        loop: asyncio.AbstractEventLoop,
-        host: str,
-        port: int,
-        tls: bool,
-    ) -> None:
-        self._owner = owner
-        self.loop = loop
+    def __init__(self, state: _LoopState, host: str, port: int, tls: bool) -> None:
+        settings = state.settings
+        self._state = state
+        self.loop = state.loop
         self._host = host
         self._port = port
-        self._ssl = tls
+        self._tls = tls
         self._server_hostname = host if tls else None
-        self.limit = owner.max_connections_per_origin
-        self.read_timeout = owner.timeouts.read
-        self.write_timeout = owner.timeouts.write
-        self.max_response_bytes = owner.max_response_bytes
+        self.limit = settings.max_connections_per_origin
+        self.read_timeout = settings.timeouts.read
+        self.write_timeout = settings.timeouts.write
+        self.max_response_bytes = settings.max_response_bytes
         self.idle: list[_Connection] = []
         self.connections: set[_Connection] = set()
         self.size = 0  # open or opening connections, plus slots handed to waiters
@@ -430,16 +455,15 @@ class _Pool:
         idle = self.idle
         if idle:
             now = self.loop.time()
-            expiry = self._owner.keepalive_expiry
+            expiry = self._state.settings.keepalive_expiry
             while idle:
                 conn = idle.pop()
                 conn.idle = False
-                self._owner.unmark_idle(conn)
+                self._state.unmark_idle(conn)
                 if conn.usable(now, expiry):
                     conn.reused = True
                     return conn
-                self.discard(conn, keep_slot=True)
-                return await self.open(url)
+                self.discard(conn)
         if self.size < self.limit:
             self.size += 1
             return await self.open(url)
@@ -449,7 +473,7 @@ class _Pool:
         loop = self.loop
         waiter: asyncio.Future[_Connection | None] = loop.create_future()
         self.waiters.append(waiter)
-        timeout = self._owner.timeouts.pool
+        timeout = self._state.settings.timeouts.pool
         timer = loop.call_later(timeout, _expire_waiter, waiter)
         try:
             got = await waiter
@@ -458,14 +482,13 @@ class _Pool:
                 self._give_back(waiter.result())  # handed over just as we were cancelled
             raise
         except _PoolTimeoutError:
-            raise TimeoutError(
-                f"pool timeout: no free connection within {timeout} s", url=url
-            ) from None
+            msg = f"pool timeout: no free connection within {timeout} s"
+            raise TimeoutError(msg, url=url) from None
         finally:
             timer.cancel()
         if got is None:
-            return await self.open(url)  # a slot was handed over
-        if not got.usable(loop.time(), self._owner.keepalive_expiry):
+            return await self.open(url)  # a free slot was handed over
+        if not got.usable(loop.time(), self._state.settings.keepalive_expiry):
             self.discard(got, keep_slot=True)
             return await self.open(url)
         got.reused = True
@@ -487,7 +510,7 @@ class _Pool:
         self.size -= 1
 
     def release(self, conn: _Connection) -> None:
-        """Return a connection after a complete response (or close it if it cannot be reused)."""
+        """Take back a connection after a complete response; close it if it cannot be reused."""
         if not conn.keep_alive or conn.lost:
             self.discard(conn)
             return
@@ -500,47 +523,44 @@ class _Pool:
         conn.idle = True
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
-        self._owner.mark_idle(conn)
+        self._state.mark_idle(conn)
 
     def discard(self, conn: _Connection, *, keep_slot: bool = False) -> None:
-        """Close ``conn`` and free its slot (or keep the slot for the caller to reuse)."""
+        """Close ``conn`` and free its slot, or keep the slot for the caller's next connection."""
         conn.abort()
         if conn.idle:
             conn.idle = False
             self.idle.remove(conn)
-            self._owner.unmark_idle(conn)
-        if conn._counted:
-            conn._counted = False
+            self._state.unmark_idle(conn)
+        if conn.counted:
+            conn.counted = False
             self.connections.discard(conn)
             if not keep_slot:
                 self._free_slot()
-        elif keep_slot:
-            raise AssertionError("keep_slot for a connection that holds none")  # pragma: no cover
 
     def connection_lost(self, conn: _Connection) -> None:
-        """The peer or we closed ``conn``; an idle one leaves the pool now."""
+        """The peer (or we) closed ``conn``: an idle one leaves the pool now."""
         if conn.idle:
             self.discard(conn)
 
     # -- opening ----------------------------------------------------------------------------
 
     async def open(self, url: str) -> _Connection:
-        """Connect in a slot this caller already holds; the slot is freed on failure."""
+        """Connect in a slot the caller holds; the slot is freed if that fails."""
         try:
             conn = await self._connect(url)
         except BaseException:
             self._free_slot()
             raise
-        conn._counted = True
+        conn.counted = True
         self.connections.add(conn)
         return conn
 
     async def _connect(self, url: str) -> _Connection:
-        owner = self._owner
         loop = self.loop
-        timeout = owner.timeouts.connect
-        context = owner.ssl_context_for_tls() if self._ssl else None
-        task = loop.create_task(
+        timeout = self._state.settings.timeouts.connect
+        context = self._state.settings.tls_context() if self._tls else None
+        task: asyncio.Task[tuple[asyncio.BaseTransport, _Connection]] = loop.create_task(
             loop.create_connection(
                 lambda: _Connection(self),
                 self._host,
@@ -551,7 +571,7 @@ class _Pool:
                 happy_eyeballs_delay=0.25,
             )
         )
-        # asyncio.wait (not wait_for) never swallows the caller's cancellation and never
+        # asyncio.wait, unlike wait_for, neither swallows the caller's cancellation nor
         # loses a connection that completes just as we give up: a late one is closed.
         try:
             done, _ = await asyncio.wait((task,), timeout=timeout)
@@ -564,250 +584,34 @@ class _Pool:
             task.add_done_callback(_discard_late_connection)
             raise TimeoutError(f"connect timeout: no connection within {timeout} s", url=url)
         try:
-            _, protocol = task.result()
+            _, conn = task.result()
         except (OSError, EOFError, ssl.SSLError) as exc:
             raise _connect_error(exc, url, self._host, self._port) from exc
-        assert isinstance(protocol, _Connection)  # noqa: S101 - built by the lambda above
-        return protocol
+        return conn
 
 
-class _PoolTimeoutError(Exception):
-    """Internal: a pool waiter's time ran out."""
+@attrs.frozen
+class _Origin:
+    """What a ``scheme://authority`` prefix stands for: its pool and its cached head lines."""
+
+    pool: _Pool
+    lines: str  # "Host: ...\r\n", plus "Authorization: ...\r\n" for user:password@
 
 
-def _expire_waiter(waiter: asyncio.Future[_Connection | None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(_PoolTimeoutError())
+class _LoopState:
+    """The pools of one event loop (asyncio connections belong to the loop that made them)."""
 
+    __slots__ = ("idle", "loop", "origins", "pools", "settings")
 
-def _connect_error(exc: BaseException, url: str, host: str, port: int) -> TransportError:
-    where = f"{host}:{port}"
-    if isinstance(exc, socket.gaierror):
-        return DNSError(f"could not resolve {host!r}: {exc.strerror or exc}", url=url)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        detail = exc.verify_message or str(exc)
-        return ConnectError(f"TLS certificate of {where} not trusted: {detail}", url=url)
-    if isinstance(exc, ssl.SSLError):
-        return ConnectError(f"TLS handshake with {where} failed: {exc}", url=url)
-    if isinstance(exc, builtins.TimeoutError):
-        return TimeoutError(f"connect timeout: {where}: {exc}", url=url)
-    if isinstance(exc, OSError):
-        return ConnectError(f"could not connect to {where}: {exc.strerror or exc}", url=url)
-    return ConnectError(f"could not connect to {where}: {exc!r}", url=url)
+    def __init__(self, settings: StreamTransport, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.origins: dict[str, _Origin] = {}
+        self.pools: dict[tuple[str, str, int], _Pool] = {}
+        self.idle: dict[_Connection, None] = {}  # over all origins, oldest first
 
-
-def _check_positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        msg = f"{attribute.name} must be at least 1, not {value}"
-        raise ConfigurationError(msg)
-
-
-def _check_non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value < 0:
-        msg = f"{attribute.name} must not be negative, not {value}"
-        raise ConfigurationError(msg)
-
-
-@attrs.define
-class StreamTransport:
-    """A fast asyncio HTTP/1.1 transport: keep-alive pools per origin, httptools parsing.
-
-    Connections are pooled per (scheme, host, port), at most ``max_connections_per_origin``
-    each; idle ones are reused newest first and closed after ``keepalive_expiry`` seconds
-    or when the server closes them. A POST that fails on a *reused* connection before any
-    response byte arrived is retried once on a new connection (servers close idle
-    keep-alives at any moment). Response bodies are read up to ``max_response_bytes``;
-    a longer one is cut (``truncated=True``, the status counts) and its connection closed.
-    Redirects are never followed. Cancelling :meth:`apost` closes the connection it used.
-
-    The transport belongs to the event loop it is first used in.
-
-    Args:
-        timeouts: Connect (TCP and TLS), write, read (per wait for data) and pool (wait
-            for a free connection) timeouts.
-        max_response_bytes: How much of a response body is read.
-        max_connections_per_origin: Connections open at once to one origin.
-        ssl_context: For ``https``; defaults to ``ssl.create_default_context()``
-            (certificates verified against the system's CAs, host names checked).
-        user_agent: ``User-Agent`` sent unless the caller's headers carry one.
-        keepalive_expiry: Idle connections older than this many seconds are not reused.
-        max_idle_connections: Idle connections kept over all origins; the oldest beyond
-            this number are closed.
-    """
-
-    timeouts: Timeouts = attrs.field(factory=Timeouts)
-    max_response_bytes: int = attrs.field(
-        default=DEFAULT_MAX_RESPONSE_BYTES, validator=_check_non_negative
-    )
-    max_connections_per_origin: int = attrs.field(default=6, validator=_check_positive)
-    ssl_context: ssl.SSLContext | None = None
-    user_agent: str = attrs.field(factory=_default_user_agent)
-    keepalive_expiry: float = attrs.field(default=5.0, validator=_check_non_negative)
-    max_idle_connections: int = attrs.field(default=512, validator=_check_positive)
-    _loop: asyncio.AbstractEventLoop | None = attrs.field(init=False, default=None)
-    _origins: dict[str, _Origin] = attrs.field(init=False, factory=dict)
-    _pools: dict[tuple[str, str, int], _Pool] = attrs.field(init=False, factory=dict)
-    _idle: dict[_Connection, None] = attrs.field(init=False, factory=dict)
-    _names: dict[str, str] = attrs.field(init=False, factory=dict)
-    _ua_line: str = attrs.field(init=False, default="")
-    _default_tls: ssl.SSLContext | None = attrs.field(init=False, default=None)
-    _closed: bool = attrs.field(init=False, default=False)
-
-    def __attrs_post_init__(self) -> None:
-        if _BAD_VALUE_CHARS(self.user_agent) or "\t" in self.user_agent:
-            msg = f"user_agent {self.user_agent!r} contains control characters"
-            raise ConfigurationError(msg)
-        self._ua_line = f"{_USER_AGENT}{self.user_agent}\r\n"
-
-    # -- public API -------------------------------------------------------------------------
-
-    async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
-        """POST ``body`` to ``url`` and return the response (its body capped).
-
-        Args:
-            url: An ``http`` or ``https`` URL; its fragment is not sent.
-            body: The request body, sent with ``Content-Length``.
-            headers: Request headers (e.g. ``Content-Type``, signatures). Framing and
-                connection headers (``Host``, ``Content-Length``, ``Transfer-Encoding``,
-                ``Connection``, ...) are the transport's own and are ignored here.
-
-        Raises:
-            InvalidURLError: ``url`` cannot be requested, or a header is invalid (no I/O).
-            ConnectError: Refused, unreachable, or the TLS handshake failed.
-            DNSError: The host name did not resolve.
-            TimeoutError: A connect, write, read or pool timeout expired.
-            ConnectionResetError: The connection broke before the response was complete.
-            ProtocolError: The server's answer was not valid HTTP/1.1.
-            ConfigurationError: The transport was closed, or is used from another loop.
-        """
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._bind(loop)
-        match = _URL_RE.match(url)
-        if match is None:
-            url = url.strip(" \t\r\n\x00\x0b\x0c")
-            match = _URL_RE.match(url)
-            if match is None:
-                raise InvalidURLError(f"not an absolute http(s) URL: {url!r}", url=url)
-        prefix, target = match.groups()
-        origin = self._origins.get(prefix)
-        if origin is None:
-            origin = self._origin(prefix, url)
-        if not target or target[0] != "/":
-            target = "/" + target
-        if not _PLAIN_TARGET(target):
-            target = quote(target, safe=_TARGET_SAFE)
-
-        parts = ["POST ", target, " HTTP/1.1\r\n", origin.lines]
-        ua_seen = False
-        names = self._names
-        for name, value in headers.items():
-            line = names.get(name)
-            if line is None:
-                line = self._header_line(name, url)
-            if not line:
-                continue
-            if line is _USER_AGENT:
-                ua_seen = True
-            if not value.isprintable() and _BAD_VALUE_CHARS(value):
-                raise InvalidURLError(f"header {name!r} has a control character", url=url)
-            parts += (line, value, "\r\n")
-        if not ua_seen:
-            parts.append(self._ua_line)
-        parts.append(f"Content-Length: {len(body)}\r\n\r\n")
-        try:
-            head = "".join(parts).encode("latin-1")
-        except UnicodeEncodeError as exc:
-            raise InvalidURLError(
-                f"request head not encodable as Latin-1: {exc.reason}", url=url
-            ) from exc
-        if len(body) < _LARGE_BODY:
-            return await self._exchange(origin.pool, url, head + body, None)
-        return await self._exchange(origin.pool, url, head, body)
-
-    async def aclose(self) -> None:
-        """Close every connection; later calls to :meth:`apost` raise ``ConfigurationError``."""
-        self._closed = True
-        waiting: list[asyncio.Future[None]] = []
-        for pool in self._pools.values():
-            for waiter in pool.waiters:
-                if not waiter.done():
-                    waiter.cancel()
-            pool.waiters.clear()
-            for conn in list(pool.connections):
-                if not conn.lost:
-                    waiting.append(conn.wait_lost())
-                    conn.abort()
-            for conn in list(pool.idle):
-                pool.discard(conn)
-        self._pools.clear()
-        self._origins.clear()
-        self._idle.clear()
-        if waiting:
-            # abort() reports connection_lost on the next loop iteration; wait for it so
-            # that every socket is really closed when aclose() returns.
-            await asyncio.wait(waiting, timeout=1.0)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    # -- one exchange -------------------------------------------------------------------------
-
-    async def _exchange(
-        self, pool: _Pool, url: str, data: bytes, body: bytes | None
-    ) -> HttpResponse:
-        conn = await pool.acquire(url)
-        try:
-            response = await conn.send(url, data, body)
-        except ConnectionResetError:
-            if not conn.reused or conn.got_bytes:
-                pool.discard(conn)
-                raise
-            # The server closed a kept-alive connection just as we reused it; nothing of
-            # an answer arrived. A POST is not idempotent in general, so this is the only
-            # retry a transport makes on its own: the request most likely never reached the
-            # application (the usual keep-alive race), and receivers deduplicate on
-            # ``webhook-id`` if it did. Once, on a new connection in the same slot.
-            pool.discard(conn, keep_slot=True)
-            conn = await pool.open(url)
-            try:
-                response = await conn.send(url, data, body)
-            except BaseException:
-                pool.discard(conn)
-                raise
-        except BaseException:
-            # Timeouts, broken HTTP, and cancellation by the caller: the connection is in
-            # an unknown state, so it is closed, never returned to the pool.
-            pool.discard(conn)
-            raise
-        pool.release(conn)
-        return response
-
-    # -- setup and caches ---------------------------------------------------------------------
-
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._closed:
-            raise ConfigurationError("this StreamTransport is closed")
-        if self._loop is not None and not self._loop.is_closed():
-            msg = "a StreamTransport is bound to the event loop it was first used in"
-            raise ConfigurationError(msg)
-        self._loop = loop
-        self._pools.clear()
-        self._origins.clear()
-        self._idle.clear()
-
-    def _origin(self, prefix: str, url: str) -> _Origin:
-        """Parse and validate ``scheme://authority`` once; cache its pool and head lines."""
-        if self._closed:
-            raise ConfigurationError("this StreamTransport is closed")
+    def origin(self, prefix: str, url: str) -> _Origin:
+        """Parse and check ``scheme://authority`` once; cache its pool and head lines."""
         if _BAD_VALUE_CHARS(prefix) or " " in prefix or "\t" in prefix or "\\" in prefix:
             raise InvalidURLError(f"invalid characters in URL {url!r}", url=url)
         try:
@@ -844,24 +648,251 @@ class StreamTransport:
             lines += f"Authorization: Basic {token}\r\n"
 
         key = (scheme, host, port)
-        pool = self._pools.get(key)
+        pool = self.pools.get(key)
         if pool is None:
-            assert self._loop is not None  # noqa: S101 - bound in apost
-            pool = self._pools[key] = _Pool(self, self._loop, host, port, scheme == "https")
-        if len(self._origins) >= _MAX_CACHED_ORIGINS:
+            pool = self.pools[key] = _Pool(self, host, port, scheme == "https")
+        if len(self.origins) >= _MAX_CACHED_ORIGINS:
             self._prune()
-        origin = self._origins[prefix] = _Origin(pool, lines)
+        origin = self.origins[prefix] = _Origin(pool, lines)
         return origin
 
     def _prune(self) -> None:
-        """Forget cached prefixes and pools that hold nothing (a fan-out to many hosts)."""
-        self._origins.clear()
-        for key, pool in list(self._pools.items()):
+        """Forget cached prefixes, and pools holding nothing (a fan-out to many hosts)."""
+        self.origins.clear()
+        for key, pool in list(self.pools.items()):
             if pool.size == 0 and not pool.waiters:
-                del self._pools[key]
+                del self.pools[key]
+
+    def mark_idle(self, conn: _Connection) -> None:
+        """Track an idle connection; close the oldest beyond ``max_idle_connections``."""
+        idle = self.idle
+        idle[conn] = None
+        if len(idle) > self.settings.max_idle_connections:
+            oldest = next(iter(idle))
+            oldest._pool.discard(oldest)
+
+    def unmark_idle(self, conn: _Connection) -> None:
+        """Stop tracking a connection that is no longer idle."""
+        self.idle.pop(conn, None)
+
+    async def aclose(self) -> None:
+        """Close every connection and fail every pool waiter."""
+        lost: list[asyncio.Future[None]] = []
+        for pool in self.pools.values():
+            for waiter in pool.waiters:
+                waiter.cancel()
+            pool.waiters.clear()
+            for conn in list(pool.connections):
+                if not conn.lost:
+                    lost.append(conn.wait_lost())
+                pool.discard(conn)
+        self.pools.clear()
+        self.origins.clear()
+        self.idle.clear()
+        if lost:
+            # abort() reports connection_lost on the next loop iteration; wait for it so
+            # that every socket is closed when aclose() returns.
+            await asyncio.wait(lost, timeout=1.0)
+
+
+def _check_positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        msg = f"{attribute.name} must be at least 1, not {value}"
+        raise ConfigurationError(msg)
+
+
+def _check_non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        msg = f"{attribute.name} must not be negative, not {value}"
+        raise ConfigurationError(msg)
+
+
+def _check_user_agent(_: object, __: object, value: str) -> None:
+    if _BAD_VALUE_CHARS(value):
+        msg = f"user_agent {value!r} contains control characters"
+        raise ConfigurationError(msg)
+
+
+@attrs.define
+class StreamTransport:
+    """A fast asyncio HTTP/1.1 transport: keep-alive pools per origin, httptools parsing.
+
+    Connections are pooled per (scheme, host, port), at most ``max_connections_per_origin``
+    each; idle ones are reused newest first, and closed when the server closes them or after
+    ``keepalive_expiry`` seconds. A POST that fails on a *reused* connection before any
+    response byte arrived is retried once on a new connection (servers close idle
+    keep-alives at any moment). Response bodies are read up to ``max_response_bytes``; a
+    longer one is cut (``truncated=True``, the status counts) and its connection closed.
+    Redirects are never followed. Cancelling :meth:`apost` closes the connection it used.
+
+    Connections belong to the event loop that opened them; each loop gets its own pools.
+
+    Args:
+        timeouts: Connect (TCP and TLS handshake), write, read (each wait for data) and
+            pool (waiting for a free connection) timeouts.
+        max_response_bytes: How much of a response body is read.
+        max_connections_per_origin: Connections open at once to one origin.
+        ssl_context: For ``https``; by default ``ssl.create_default_context()``:
+            certificates verified against the system's CAs, host names checked.
+        user_agent: The ``User-Agent``, unless the caller's headers carry one.
+        keepalive_expiry: Idle connections older than this many seconds are not reused.
+        max_idle_connections: Idle connections kept over all origins; the oldest beyond
+            this number are closed.
+    """
+
+    timeouts: Timeouts = attrs.field(factory=Timeouts)
+    max_response_bytes: int = attrs.field(
+        default=DEFAULT_MAX_RESPONSE_BYTES, validator=_check_non_negative
+    )
+    max_connections_per_origin: int = attrs.field(default=6, validator=_check_positive)
+    ssl_context: ssl.SSLContext | None = None
+    user_agent: str = attrs.field(factory=_default_user_agent, validator=_check_user_agent)
+    keepalive_expiry: float = attrs.field(default=5.0, validator=_check_non_negative)
+    max_idle_connections: int = attrs.field(default=512, validator=_check_positive)
+    _state: _LoopState | None = attrs.field(init=False, default=None, repr=False)
+    _states: dict[asyncio.AbstractEventLoop, _LoopState] = attrs.field(
+        init=False, factory=dict, repr=False
+    )
+    _names: dict[str, str] = attrs.field(init=False, factory=dict, repr=False)
+    _default_tls: ssl.SSLContext | None = attrs.field(init=False, default=None, repr=False)
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
+        """POST ``body`` to ``url`` and return the response, its body capped.
+
+        Args:
+            url: An ``http`` or ``https`` URL; its fragment is not sent.
+            body: The request body, sent with ``Content-Length``.
+            headers: Request headers (``Content-Type``, signatures, ...). Framing and
+                connection headers (``Host``, ``Content-Length``, ``Transfer-Encoding``,
+                ``Connection``, ...) are the transport's own; these are ignored.
+
+        Raises:
+            InvalidURLError: ``url`` or a header cannot be sent (raised before any I/O).
+            ConnectError: Refused, unreachable, or the TLS handshake failed.
+            DNSError: The host name did not resolve.
+            TimeoutError: A connect, write, read or pool timeout expired.
+            ConnectionResetError: The connection broke before the response was complete.
+            ProtocolError: The answer was not valid HTTP/1.1.
+        """
+        state = self._state
+        loop = asyncio.get_running_loop()
+        if state is None or state.loop is not loop:
+            state = self._state_for(loop)
+        match = _URL_RE.match(url)
+        if match is None:
+            url = url.strip(" \t\r\n\f\v\x00")  # as browsers (and httpx) do
+            match = _URL_RE.match(url)
+            if match is None:
+                raise InvalidURLError(f"not an absolute http(s) URL: {url!r}", url=url)
+        prefix, target = match.groups()
+        origin = state.origins.get(prefix)
+        if origin is None:
+            origin = state.origin(prefix, url)
+        if not target or target[0] != "/":
+            target = "/" + target
+        if not _PLAIN_TARGET(target):
+            target = quote(target, safe=_TARGET_SAFE)
+
+        parts = ["POST ", target, " HTTP/1.1\r\n", origin.lines]
+        user_agent = True
+        names = self._names
+        for name, value in headers.items():
+            line = names.get(name)
+            if line is None:
+                line = self._header_line(name, url)
+            if not line:
+                continue
+            if line is _USER_AGENT:
+                user_agent = False
+            if not value.isprintable() and _BAD_VALUE_CHARS(value):
+                raise InvalidURLError(f"header {name!r} contains a control character", url=url)
+            parts += (line, value, "\r\n")
+        if user_agent:
+            parts += (_USER_AGENT, self.user_agent, "\r\n")
+        parts.append(f"Content-Length: {len(body)}\r\n\r\n")
+        try:
+            head = "".join(parts).encode("latin-1")
+        except UnicodeEncodeError as exc:
+            msg = f"request head not encodable as Latin-1: {exc.reason}"
+            raise InvalidURLError(msg, url=url) from exc
+        if len(body) < _LARGE_BODY:
+            return await self._exchange(origin.pool, url, head + body, None)
+        return await self._exchange(origin.pool, url, head, body)
+
+    async def aclose(self) -> None:
+        """Close the connections of the running event loop (new ones open on next use)."""
+        loop = asyncio.get_running_loop()
+        state = self._states.pop(loop, None)
+        if state is self._state:
+            self._state = None
+        if state is not None:
+            await state.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The context for ``https`` origins (the default one is made on first use)."""
+        if self.ssl_context is not None:
+            return self.ssl_context
+        if self._default_tls is None:
+            self._default_tls = ssl.create_default_context()
+        return self._default_tls
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _exchange(
+        self, pool: _Pool, url: str, data: bytes, body: bytes | None
+    ) -> HttpResponse:
+        conn = await pool.acquire(url)
+        try:
+            response = await conn.send(url, data, body)
+        except ConnectionResetError:
+            if not conn.reused or conn.got_bytes:
+                pool.discard(conn)
+                raise
+            # The server closed a kept-alive connection just as we reused it, and nothing
+            # of an answer arrived. A POST is not idempotent in general, so this is the only
+            # retry the transport makes by itself: in this race the request almost always
+            # never reached the application (and receivers deduplicate on ``webhook-id``
+            # if it did). Once, on a new connection in the same slot.
+            pool.discard(conn, keep_slot=True)
+            conn = await pool.open(url)
+            try:
+                response = await conn.send(url, data, body)
+            except BaseException:
+                pool.discard(conn)
+                raise
+        except BaseException:
+            # Timeouts, broken HTTP, cancellation by the caller: the connection is in an
+            # unknown state, so it is closed, never returned to the pool.
+            pool.discard(conn)
+            raise
+        pool.release(conn)
+        return response
+
+    def _state_for(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
+        states = self._states
+        state = states.get(loop)
+        if state is None:
+            for old in [old for old in states if old.is_closed()]:
+                del states[old]
+            state = states[loop] = _LoopState(self, loop)
+        self._state = state
+        return state
 
     def _header_line(self, name: str, url: str) -> str:
-        """``"Name: "`` for a caller's header name, or ``""`` for names the transport owns."""
+        """``"Name: "`` for a caller's header, or ``""`` for names the transport owns."""
         if not _TOKEN(name):
             raise InvalidURLError(f"invalid header name {name!r}", url=url)
         lower = name.lower()
@@ -874,29 +905,3 @@ class StreamTransport:
         if len(self._names) < _MAX_CACHED_NAMES:
             self._names[name] = line
         return line
-
-    def ssl_context_for_tls(self) -> ssl.SSLContext:
-        """The context for ``https`` origins (the default one is created on first use)."""
-        if self.ssl_context is not None:
-            return self.ssl_context
-        if self._default_tls is None:
-            self._default_tls = ssl.create_default_context()
-        return self._default_tls
-
-    # -- idle connections over all origins ------------------------------------------------
-
-    def mark_idle(self, conn: _Connection) -> None:
-        """Track an idle connection; close the oldest when over ``max_idle_connections``."""
-        idle = self._idle
-        idle[conn] = None
-        if len(idle) > self.max_idle_connections:
-            oldest = next(iter(idle))
-            oldest._pool.discard(oldest)
-
-    def unmark_idle(self, conn: _Connection) -> None:
-        """Stop tracking a connection that left the idle state."""
-        self._idle.pop(conn, None)
-
-
-with contextlib.suppress(AttributeError):  # keep mypy and ruff honest about the names used
-    del TransportErrorKind
