@@ -263,3 +263,14 @@ def test_the_originals_behaviours_against_a_real_server(
     final = repo.get_training(training.id)
     assert final.state is TrainingState.ERROR
     assert [p.id for p in final.participants] == [r.id for r in [*ok, dead]]
+
+
+def test_httpx_per_origin_clients_are_bounded_and_closed() -> None:
+    transport = HttpxTransport(timeouts=TIMEOUTS, max_origins=2, max_connections_per_origin=2)
+    with SinkServer(status=202, ports=5, record=True) as sink:
+        urls = [sink.url(f"/c/{i}", index=i % 5) for i in range(50)]
+        report = Run(transport).send(*urls)
+        assert report.ok
+        assert sink.request_count == 50
+        # evicted clients and the last ones are all closed (the server sees it a bit later)
+        sink.wait_until(lambda: sink.open_connections == 0)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import socket
 import ssl
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 
 import attrs
+import certifi
 import httpx
 from typing_extensions import Self
 
@@ -35,11 +38,13 @@ def _httpx_timeout(timeouts: Timeouts) -> httpx.Timeout:
 
 @attrs.define
 class HttpxTransport:
-    """POSTs through one pooled ``httpx.Client`` (sync) and ``httpx.AsyncClient`` (async).
+    """POSTs through one pooled ``httpx.Client`` (sync) and small per-origin ``AsyncClient``s.
 
-    Clients are created on first use and reused for every send until :meth:`close` /
-    :meth:`aclose` (or the context manager) ends them. Redirects are never followed; the
-    response body is read up to ``max_response_bytes`` and the rest discarded unread.
+    Clients are created on first use, share one TLS context, and are reused for every send
+    until :meth:`close` / :meth:`aclose` (or the context manager) ends them. Environment
+    proxy settings are ignored (``trust_env=False``); pass your own client to use a proxy.
+    Redirects are never followed; the response body is read up to ``max_response_bytes``
+    and the rest discarded unread.
 
     Args:
         client: A configured ``httpx.Client`` of the host's (proxies, TLS, client
@@ -47,7 +52,10 @@ class HttpxTransport:
         async_client: The same for async sends.
         timeouts: Per-attempt timeouts for the clients flnotify creates.
         max_response_bytes: How much of a response body is read.
-        max_connections: Pool size of the clients flnotify creates.
+        max_connections: Pool size of the sync client flnotify creates.
+        max_connections_per_origin: Pool size of each per-origin async client.
+        max_origins: How many per-origin async clients are kept (least recently used
+            closed beyond that).
         verify: TLS verification for the clients flnotify creates: ``True``, or an
             ``ssl.SSLContext`` (e.g. trusting a private CA).
     """
@@ -57,17 +65,28 @@ class HttpxTransport:
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     max_connections: int = 100
+    max_connections_per_origin: int = 8
+    max_origins: int = 256
     verify: bool | ssl.SSLContext = True
     _own_client: httpx.Client | None = attrs.field(init=False, default=None)
-    _own_async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-        attrs.field(init=False, factory=weakref.WeakKeyDictionary)
+    _own_async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _OriginClients] = attrs.field(
+        init=False, factory=weakref.WeakKeyDictionary
     )
+    _ssl: ssl.SSLContext | None = attrs.field(init=False, default=None)
 
-    def _limits(self) -> httpx.Limits:
-        return httpx.Limits(
-            max_connections=self.max_connections,
-            max_keepalive_connections=self.max_connections,
-        )
+    def _limits(self, connections: int) -> httpx.Limits:
+        return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """One TLS context for every client: building one loads the CA bundle (~ms)."""
+        if isinstance(self.verify, ssl.SSLContext):
+            return self.verify
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=certifi.where())
+            if not self.verify:
+                self._ssl.check_hostname = False
+                self._ssl.verify_mode = ssl.CERT_NONE
+        return self._ssl
 
     def _sync_client(self) -> httpx.Client:
         if self.client is not None:
@@ -75,28 +94,30 @@ class HttpxTransport:
         if self._own_client is None:
             self._own_client = httpx.Client(
                 timeout=_httpx_timeout(self.timeouts),
-                limits=self._limits(),
+                limits=self._limits(self.max_connections),
                 follow_redirects=False,
-                verify=self.verify,
+                verify=self._ssl_context(),
                 trust_env=False,
             )
         return self._own_client
 
-    def _async_client(self) -> httpx.AsyncClient:
+    def _new_async_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=_httpx_timeout(self.timeouts),
+            limits=self._limits(self.max_connections_per_origin),
+            follow_redirects=False,
+            verify=self._ssl_context(),
+            trust_env=False,
+        )
+
+    def _async_client(self, url: str) -> contextlib.AbstractContextManager[httpx.AsyncClient]:
         if self.async_client is not None:
-            return self.async_client
+            return contextlib.nullcontext(self.async_client)
         loop = asyncio.get_running_loop()
-        client = self._own_async.get(loop)
-        if client is None:  # one client per event loop: httpx connections are loop-bound
-            client = httpx.AsyncClient(
-                timeout=_httpx_timeout(self.timeouts),
-                limits=self._limits(),
-                follow_redirects=False,
-                verify=self.verify,
-                trust_env=False,
-            )
-            self._own_async[loop] = client
-        return client
+        clients = self._own_async.get(loop)
+        if clients is None:  # httpx connections are bound to the loop that opened them
+            clients = self._own_async[loop] = _OriginClients(self.max_origins)
+        return clients.use(_origin(url), self._new_async_client)
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
         """POST once, blocking; see :class:`~flnotify.transports.Transport`."""
@@ -104,16 +125,11 @@ class HttpxTransport:
             with self._sync_client().stream(
                 "POST", url, content=body, headers=headers, follow_redirects=False
             ) as response:
-                chunks: list[bytes] = []
-                size = 0
-                truncated = False
+                capped = _CappedBody(self.max_response_bytes)
                 for chunk in response.iter_bytes():
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > self.max_response_bytes:
-                        truncated = True
+                    if capped.add(chunk):
                         break
-                return _response(response, chunks, self.max_response_bytes, truncated)
+                return capped.response(response)
         except httpx.HTTPError as exc:
             raise _translate(exc, url) from exc
         except (httpx.InvalidURL, httpx.CookieConflict) as exc:
@@ -122,19 +138,15 @@ class HttpxTransport:
     async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
         """POST once; see :class:`~flnotify.transports.AsyncTransport`."""
         try:
-            async with self._async_client().stream(
-                "POST", url, content=body, headers=headers, follow_redirects=False
-            ) as response:
-                chunks: list[bytes] = []
-                size = 0
-                truncated = False
-                async for chunk in response.aiter_bytes():
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > self.max_response_bytes:
-                        truncated = True
-                        break
-                return _response(response, chunks, self.max_response_bytes, truncated)
+            with self._async_client(url) as client:
+                async with client.stream(
+                    "POST", url, content=body, headers=headers, follow_redirects=False
+                ) as response:
+                    capped = _CappedBody(self.max_response_bytes)
+                    async for chunk in response.aiter_bytes():
+                        if capped.add(chunk):
+                            break
+                    return capped.response(response)
         except httpx.HTTPError as exc:
             raise _translate(exc, url) from exc
         except (httpx.InvalidURL, httpx.CookieConflict) as exc:
@@ -147,10 +159,10 @@ class HttpxTransport:
             self._own_client = None
 
     async def aclose(self) -> None:
-        """Close the async client flnotify created for the running event loop."""
-        client = self._own_async.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        """Close the async clients flnotify created for the running event loop."""
+        clients = self._own_async.pop(asyncio.get_running_loop(), None)
+        if clients is not None:
+            await clients.aclose()
 
     def __enter__(self) -> Self:
         return self
@@ -175,16 +187,94 @@ class HttpxTransport:
         await self.aclose()
 
 
-def _response(
-    response: httpx.Response, chunks: list[bytes], cap: int, truncated: bool
-) -> HttpResponse:
-    body = b"".join(chunks)
-    return HttpResponse(
-        status_code=response.status_code,
-        headers={k.lower(): v for k, v in response.headers.items()},
-        body=body[:cap],
-        truncated=truncated,
-    )
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of an absolute URL, without parsing it in full (hot path)."""
+    start = url.find("//")
+    end = url.find("/", start + 2) if start >= 0 else -1
+    return url if end < 0 else url[:end]
+
+
+class _OriginClients:
+    """One small ``AsyncClient`` per origin; beyond ``limit`` the least recently used goes.
+
+    httpcore's pool scans every queued request against every connection on each event; one
+    pool shared by a wide fan-out (hundreds of requests over many hosts) spends most of its
+    time there. Small pools per origin keep each scan short (see docs/benchmarks.md). An
+    evicted client is closed once its last request has finished, never under a request.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._clients: collections.OrderedDict[str, httpx.AsyncClient] = collections.OrderedDict()
+        self._in_use: dict[httpx.AsyncClient, int] = {}
+        self._evicted: set[httpx.AsyncClient] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @contextlib.contextmanager
+    def use(
+        self, origin: str, factory: Callable[[], httpx.AsyncClient]
+    ) -> Iterator[httpx.AsyncClient]:
+        client = self._clients.get(origin)
+        if client is None:
+            client = self._clients[origin] = factory()
+            while len(self._clients) > self._limit:
+                _, old = self._clients.popitem(last=False)
+                self._evicted.add(old)
+                if not self._in_use.get(old):
+                    self._close_later(old)
+        else:
+            self._clients.move_to_end(origin)
+        self._in_use[client] = self._in_use.get(client, 0) + 1
+        try:
+            yield client
+        finally:
+            left = self._in_use[client] - 1
+            if left:
+                self._in_use[client] = left
+            else:
+                del self._in_use[client]
+                if client in self._evicted:
+                    self._close_later(client)
+
+    def _close_later(self, client: httpx.AsyncClient) -> None:
+        self._evicted.discard(client)
+        task = asyncio.get_running_loop().create_task(client.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def aclose(self) -> None:
+        clients = [*self._clients.values(), *self._evicted]
+        self._clients.clear()
+        self._evicted.clear()
+        for client in clients:
+            await client.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing)
+
+
+class _CappedBody:
+    """Collects a response body up to ``cap`` bytes; the rest is never read."""
+
+    __slots__ = ("_cap", "_chunks", "_size")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; ``True`` once the cap is passed (stop reading)."""
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        return self._size > self._cap
+
+    def response(self, response: httpx.Response) -> HttpResponse:
+        return HttpResponse(
+            status_code=response.status_code,
+            headers={k.lower(): v for k, v in response.headers.items()},
+            body=b"".join(self._chunks)[: self._cap],
+            truncated=self._size > self._cap,
+        )
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
