@@ -1,0 +1,1 @@
+"""A minimal FL platform on Django that notifies its clients with flnotify."""
