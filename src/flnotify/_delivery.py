@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .repository import AsyncTrainingRepository, TrainingRepository
     from .signing import Signer
 
-__all__ = ["Delivery", "DeliveryReport", "Notifier", "build_headers"]
+__all__ = ["Delivery", "DeliveryReport", "Notifier", "build_headers", "refused_endpoint"]
 
 logger = logging.getLogger("flnotify")
 T = TypeVar("T")
@@ -182,6 +182,24 @@ def build_headers(
     if signer is not None:
         headers.update(signer.headers(message_id, timestamp, body, receiver))
     return headers
+
+
+def refused_endpoint(exc: EndpointError | TransportError, url: str) -> TransportError:
+    """The failure of a receiver whose endpoint was refused before any POST.
+
+    An invalid URL becomes an :class:`InvalidURLError`, a guarded address a
+    ``TransportError`` of kind ``BLOCKED`` (both never retried); a failed name resolution of
+    the guard is kept as it is. The policy's error stays as ``__cause__``.
+    """
+    if isinstance(exc, TransportError):
+        return exc
+    error: TransportError
+    if isinstance(exc, BlockedAddressError):
+        error = TransportError(str(exc), url=url, kind=TransportErrorKind.BLOCKED)
+    else:
+        error = InvalidURLError(str(exc), url=url)
+    error.__cause__ = exc
+    return error
 
 
 def _default_transport() -> HttpxTransport:
@@ -547,18 +565,8 @@ class _Send:
                 endpoint = notifier.policy.check_url(url)
                 if notifier.policy.block_private:
                     await notifier.policy.acheck_host(endpoint.host, endpoint.port, url=url)
-            except BlockedAddressError as exc:
-                error = TransportError(str(exc), url=url, kind=TransportErrorKind.BLOCKED)
-                error.__cause__ = exc
-                self.finish(index, receiver, Outcome.FAILED, error=error)
-                return
-            except EndpointError as exc:
-                invalid = InvalidURLError(str(exc), url=url)
-                invalid.__cause__ = exc
-                self.finish(index, receiver, Outcome.FAILED, error=invalid)
-                return
-            except TransportError as exc:  # the guard's name resolution failed
-                self.finish(index, receiver, Outcome.FAILED, error=exc)
+            except (EndpointError, TransportError) as exc:
+                self.finish(index, receiver, Outcome.FAILED, error=refused_endpoint(exc, url))
                 return
             self.started[index] = notifier.clock()
             body = self.body

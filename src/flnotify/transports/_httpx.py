@@ -7,6 +7,7 @@ import collections
 import contextlib
 import socket
 import ssl
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
@@ -73,6 +74,7 @@ class HttpxTransport:
         init=False, factory=weakref.WeakKeyDictionary
     )
     _ssl: ssl.SSLContext | None = attrs.field(init=False, default=None)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     def _limits(self, connections: int) -> httpx.Limits:
         return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
@@ -91,15 +93,19 @@ class HttpxTransport:
     def _sync_client(self) -> httpx.Client:
         if self.client is not None:
             return self.client
-        if self._own_client is None:
-            self._own_client = httpx.Client(
-                timeout=_httpx_timeout(self.timeouts),
-                limits=self._limits(self.max_connections),
-                follow_redirects=False,
-                verify=self._ssl_context(),
-                trust_env=False,
-            )
-        return self._own_client
+        with self._lock:  # threads making their first post() at once share one client
+            if self._own_client is None:
+                self._own_client = self._new_sync_client()
+            return self._own_client
+
+    def _new_sync_client(self) -> httpx.Client:
+        return httpx.Client(
+            timeout=_httpx_timeout(self.timeouts),
+            limits=self._limits(self.max_connections),
+            follow_redirects=False,
+            verify=self._ssl_context(),
+            trust_env=False,
+        )
 
     def _new_async_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -154,9 +160,10 @@ class HttpxTransport:
 
     def close(self) -> None:
         """Close the sync client flnotify created (a host's own client stays open)."""
-        if self._own_client is not None:
-            self._own_client.close()
-            self._own_client = None
+        with self._lock:
+            client, self._own_client = self._own_client, None
+        if client is not None:
+            client.close()
 
     async def aclose(self) -> None:
         """Close the async clients flnotify created for the running event loop."""

@@ -1,0 +1,384 @@
+"""Delivery on Celery workers: a real Redis broker, a real worker, real loopback clients."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from celery import Celery  # type: ignore[import-untyped]
+from celery.contrib.testing.worker import start_worker  # type: ignore[import-untyped]
+from celery.signals import task_postrun  # type: ignore[import-untyped]
+
+import flnotify
+from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
+from flnotify.callbacks import TrainingCallbacks
+from flnotify.contrib.celery import CeleryDelivery
+from flnotify.signing import Signer, Verifier, generate_secret
+from flnotify.transports import HttpxTransport
+from servers import FaultServer, refused_url
+
+MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
+QUICK = RetryPolicy(max_attempts=3, initial_backoff=0.05, multiplier=1.0, jitter=0.0)
+
+
+# -- a real Redis, started by the tests ---------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
+    port = _free_port()
+    process = subprocess.Popen(  # noqa: S603 - a fixed argument list
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ready = threading.Event()
+
+    def read_log() -> None:  # also keeps the pipe drained for as long as Redis runs
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "Ready to accept connections" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    try:
+        if not ready.wait(15):
+            pytest.fail(f"redis-server did not start on port {port}")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        reader.join(timeout=10)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Celery]:
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    app = Celery(f"flnotify-test-{uuid.uuid4().hex[:8]}", broker=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],  # the worker refuses anything else, pickle included
+        task_default_queue=f"flnotify-{uuid.uuid4().hex[:8]}",
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    yield app
+    app.close()
+
+
+class Finished:
+    """Task executions of one app as the worker's ``task_postrun`` signal reports them."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.runs: list[tuple[str, str, float]] = []  # (task id, state, monotonic time)
+        self._cond = threading.Condition()
+
+    def __call__(self, sender: Any = None, task_id: str = "", state: str = "", **_: Any) -> None:
+        if getattr(sender, "app", None) is not self.app:
+            return
+        with self._cond:
+            self.runs.append((task_id, state, time.monotonic()))
+            self._cond.notify_all()
+
+    def final(self) -> list[tuple[str, str, float]]:
+        with self._cond:
+            return [run for run in self.runs if run[1] != "RETRY"]
+
+    def wait(self, task_ids: set[str], timeout: float = 20.0) -> None:
+        """Until each task has run to its end (success or failure), retries aside."""
+        with self._cond:
+            done = self._cond.wait_for(
+                lambda: task_ids <= {t for t, s, _ in self.runs if s != "RETRY"}, timeout
+            )
+        assert done, f"tasks not finished within {timeout} s: {self.runs}"
+
+
+@pytest.fixture
+def finished(app: Celery) -> Iterator[Finished]:
+    watcher = Finished(app)
+    task_postrun.connect(watcher, weak=False)
+    yield watcher
+    task_postrun.disconnect(watcher)
+
+
+@pytest.fixture
+def clients() -> Iterator[FaultServer]:
+    with FaultServer() as server:
+        yield server
+
+
+@pytest.fixture
+def repo_path(tmp_path: Path) -> Path:
+    return tmp_path / "trainings.db"  # shared by the test and the worker's repository
+
+
+class Recorder:
+    """Callbacks that remember each Delivery (called on the worker thread)."""
+
+    def __init__(self) -> None:
+        self.calls: list[flnotify.Delivery] = []
+        self.repositories: list[object] = []
+        self._lock = threading.Lock()
+
+    def on_success(self, delivery: flnotify.Delivery, /) -> None:
+        with self._lock:
+            self.calls.append(delivery)
+
+    def on_error(self, delivery: flnotify.Delivery, /) -> None:
+        with self._lock:
+            self.calls.append(delivery)
+
+
+class Tee:
+    """The default training callbacks, and a recorder of what they were called with."""
+
+    def __init__(self, training: TrainingCallbacks, recorder: Recorder) -> None:
+        self.training = training
+        self.recorder = recorder
+
+    def on_success(self, delivery: flnotify.Delivery, /) -> None:
+        self.training.on_success(delivery)
+        self.recorder.on_success(delivery)
+
+    async def on_error(self, delivery: flnotify.Delivery, /) -> None:
+        await self.training.on_error(delivery)
+        self.recorder.on_error(delivery)
+
+
+def delivery_for(app: Celery, recorder: Recorder, repo_path: Path, **kwargs: Any) -> CeleryDelivery:
+    def tee(repository: Any) -> Tee:
+        recorder.repositories.append(repository)
+        return Tee(TrainingCallbacks(repository), recorder)
+
+    return CeleryDelivery(
+        app,
+        repository_factory=lambda: flnotify.SQLiteTrainingRepository(repo_path),
+        callbacks={"tee": tee},
+        **kwargs,
+    )
+
+
+def receiver(url: str) -> Receiver:
+    return Receiver(uuid.uuid4(), url)
+
+
+# -- what goes through the broker ---------------------------------------------------------
+
+
+def test_the_broker_carries_flnotify_json_and_the_message_ids(
+    app: Celery, redis_url: str, clients: FaultServer, repo_path: Path
+) -> None:
+    rs = [receiver(clients.url(f"/status/202?c={i}")) for i in range(3)]
+    notification = flnotify.TrainingRoundStartNotification(
+        receivers=rs, body=flnotify.RoundBody(round=2, global_model_uuid=MODEL), training_uuid=MODEL
+    )
+    sender = delivery_for(app, Recorder(), repo_path, chunk_size=2)
+    enqueued = sender.enqueue(notification, callbacks="tee")
+    assert len(enqueued.results) == 2
+    assert len(set(enqueued.message_ids)) == 3
+
+    with redis.Redis.from_url(redis_url) as client:
+        raw = client.lrange(app.conf.task_default_queue, 0, -1)
+    messages = sorted((json.loads(m) for m in raw), key=lambda m: len(m["body"]), reverse=True)
+    assert [m["content-type"] for m in messages] == ["application/json"] * 2
+    bodies = [json.loads(base64.b64decode(m["body"])) for m in messages]
+    assert [kwargs for _, kwargs, _ in bodies] == [{"callbacks": "tee"}] * 2
+    args = [args for args, _, _ in bodies]
+    wire = flnotify.encode(notification).decode()
+    assert args == [
+        [
+            wire,
+            [{"id": str(r.id), "message_endpoint": r.message_endpoint} for r in rs[:2]],
+            list(enqueued.message_ids[:2]),
+        ],
+        [
+            wire,
+            [{"id": str(rs[2].id), "message_endpoint": rs[2].message_endpoint}],
+            [enqueued.message_ids[2]],
+        ],
+    ]
+    with pytest.raises(flnotify.ConfigurationError, match="no callbacks registered as 'nope'"):
+        sender.enqueue(notification, callbacks="nope")
+
+
+# -- a real worker ------------------------------------------------------------------------
+
+
+def test_all_delivered_signed_and_called_back_once_on_the_worker(
+    app: Celery, clients: FaultServer, finished: Finished, repo_path: Path
+) -> None:
+    secret = generate_secret()
+    with flnotify.SQLiteTrainingRepository(repo_path) as repo:
+        rs = [receiver(clients.url(f"/status/202?c={i}")) for i in range(5)]
+        training = repo.create_training(actor=rs[0], participants=rs, model_id=MODEL)
+    recorder = Recorder()
+    # Two worker threads share one transport. HttpxTransport makes its own client lazily
+    # and without a lock (two racing first posts make two and leak one), so here it gets
+    # the host's client, which the host closes.
+    client = httpx.Client(trust_env=False, follow_redirects=False)
+    sender = delivery_for(
+        app,
+        recorder,
+        repo_path,
+        chunk_size=2,
+        signer=Signer(secret),
+        transport_factory=lambda: HttpxTransport(client=client),
+    )
+    notification = flnotify.TrainingRoundStartNotification.from_training(training)
+    try:
+        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
+            enqueued = sender.enqueue(notification, callbacks="tee")
+            finished.wait({r.id for r in enqueued.results})
+    finally:
+        sender.close()
+        client.close()
+
+    by_receiver = {d.receiver.id: d for d in recorder.calls}
+    assert len(recorder.calls) == 5  # once per receiver
+    assert set(by_receiver) == {r.id for r in rs}
+    for r, message_id in zip(rs, enqueued.message_ids, strict=True):
+        delivery = by_receiver[r.id]
+        assert delivery.outcome is Outcome.DELIVERED
+        assert (delivery.message_id, delivery.status_code, delivery.attempts) == (
+            message_id,
+            202,
+            1,
+        )
+        assert delivery.receiver == r
+        assert isinstance(delivery.notification, flnotify.TrainingRoundStartNotification)
+        assert delivery.notification.training_uuid == training.id
+        assert delivery.notification.body == notification.body
+    assert all(
+        isinstance(repo, flnotify.SQLiteTrainingRepository) for repo in recorder.repositories
+    )
+
+    wire = flnotify.encode(notification)
+    verifier = Verifier(secret)
+    assert len(clients.requests) == 5
+    for request in clients.requests:
+        assert request.body == wire
+        assert verifier.verify(request.headers, request.body).id in enqueued.message_ids
+    with flnotify.SQLiteTrainingRepository(repo_path) as repo:
+        after = repo.get_training(training.id)
+    assert (after.participants, after.state) == (training.participants, TrainingState.INITIAL)
+
+
+def test_a_rejecting_client_is_removed_by_the_default_callbacks(
+    app: Celery, clients: FaultServer, finished: Finished, repo_path: Path
+) -> None:
+    good = [receiver(clients.url(f"/status/202?c={i}")) for i in range(2)]
+    rejecting = receiver(clients.url("/status/404"))
+    with flnotify.SQLiteTrainingRepository(repo_path) as repo:
+        training = repo.create_training(
+            actor=good[0], participants=[*good, rejecting], model_id=MODEL
+        )
+    sender = delivery_for(app, Recorder(), repo_path, chunk_size=1, retry=QUICK)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False):
+            enqueued = sender.enqueue(
+                flnotify.TrainingRoundStartNotification.from_training(training)
+            )  # no callbacks named: the class's defaults, with the worker's repository
+            finished.wait({r.id for r in enqueued.results})
+    finally:
+        sender.close()
+
+    with flnotify.SQLiteTrainingRepository(repo_path) as repo:
+        after = repo.get_training(training.id)
+    assert after.participant_ids() == {g.id for g in good}
+    assert after.state is TrainingState.INITIAL
+    assert len(clients.requests_for("/status/404")) == 1  # a rejection is not retried
+
+
+def test_a_dead_client_puts_the_training_into_error_after_the_retries(
+    app: Celery, clients: FaultServer, finished: Finished, repo_path: Path
+) -> None:
+    good = receiver(clients.url("/status/202"))
+    dead = receiver(refused_url())
+    with flnotify.SQLiteTrainingRepository(repo_path) as repo:
+        training = repo.create_training(actor=good, participants=[good, dead], model_id=MODEL)
+    recorder = Recorder()
+    sender = delivery_for(app, recorder, repo_path, chunk_size=2, retry=QUICK)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False):
+            enqueued = sender.enqueue(
+                flnotify.TrainingRoundStartNotification.from_training(training), callbacks="tee"
+            )
+            finished.wait({r.id for r in enqueued.results})
+    finally:
+        sender.close()
+
+    with flnotify.SQLiteTrainingRepository(repo_path) as repo:
+        assert repo.get_training(training.id).state is TrainingState.ERROR
+    assert [run[1] for run in finished.runs] == ["RETRY", "RETRY", "SUCCESS"]
+    assert len(clients.requests_for("/status/202")) == 1  # the chunk's retries skip it
+    assert sorted((d.receiver.id, d.outcome, d.attempts) for d in recorder.calls) == sorted(
+        [(good.id, Outcome.DELIVERED, 1), (dead.id, Outcome.FAILED, 3)]
+    )
+    failed = next(d for d in recorder.calls if d.outcome is Outcome.FAILED)
+    assert isinstance(failed.error, flnotify.ConnectError)
+    assert failed.message_id == enqueued.message_ids[1]
+    assert failed.elapsed >= 0.1  # two backoffs of 0.05 s
+
+
+def test_a_receiver_waiting_to_retry_does_not_hold_the_only_worker_slot(
+    app: Celery, clients: FaultServer, finished: Finished, repo_path: Path
+) -> None:
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.3, multiplier=1.0, jitter=0.0)
+    sender = delivery_for(app, Recorder(), repo_path, chunk_size=1, retry=policy)
+
+    def start(rs: list[Receiver]) -> flnotify.TrainingStartNotification:
+        body = flnotify.GlobalModelBody(global_model_uuid=MODEL)
+        return flnotify.TrainingStartNotification(receivers=rs, body=body, training_uuid=MODEL)
+
+    busy = receiver(clients.url("/status/503"))
+    healthy = [receiver(clients.url(f"/status/202?c={i}")) for i in range(4)]
+    try:
+        with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False):
+            first = sender.enqueue(start([busy]))  # first in the queue
+            then = sender.enqueue(start(healthy))
+            finished.wait({r.id for r in (*first.results, *then.results)})
+    finally:
+        sender.close()
+
+    busy_attempts = clients.requests_for("/status/503")
+    assert len(busy_attempts) == 3
+    assert {r.headers["webhook-id"] for r in busy_attempts} == set(first.message_ids)
+    healthy_times = [
+        r.received_at for r in clients.requests if r.target.startswith("/status/202?c=")
+    ]
+    assert len(healthy_times) == 4
+    # All four were served by the one worker slot while the busy receiver waited for its
+    # first retry: after its first attempt and before its second.
+    assert busy_attempts[0].received_at < min(healthy_times)
+    assert max(healthy_times) < busy_attempts[1].received_at
+    ends = {task_id: at for task_id, _, at in finished.final()}
+    busy_end = ends[first.results[0].id]
+    assert all(ends[r.id] < busy_end for r in then.results)

@@ -1,0 +1,422 @@
+"""The durable outbox: nothing lost in a crash, leases, outcomes recorded exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+import flnotify
+from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
+from flnotify.endpoints import EndpointPolicy
+from flnotify.outbox import Claim, Outbox, OutboxDispatcher, OutboxError, OutboxState
+from flnotify.transports import MemoryRequest, MemoryTransport
+from servers import FaultServer
+
+HELPER = Path(__file__).with_name("outbox_process.py")
+MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
+
+
+class Clock:
+    """An outbox clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """Callbacks that remember every call, from any thread."""
+
+    def __init__(self) -> None:
+        self.calls: list[flnotify.Delivery] = []
+        self._lock = threading.Lock()
+
+    def on_success(self, delivery: flnotify.Delivery, /) -> None:
+        with self._lock:
+            self.calls.append(delivery)
+
+    def on_error(self, delivery: flnotify.Delivery, /) -> None:
+        with self._lock:
+            self.calls.append(delivery)
+
+
+def receivers(n: int, url: str = "http://client-{i}.test/msg") -> list[Receiver]:
+    return [Receiver(uuid.UUID(int=i + 1), url.format(i=i)) for i in range(n)]
+
+
+def start(rs: list[Receiver]) -> flnotify.TrainingStartNotification:
+    return flnotify.TrainingStartNotification(
+        receivers=rs, body=flnotify.GlobalModelBody(global_model_uuid=MODEL), training_uuid=MODEL
+    )
+
+
+def deliveries_for(claim: Claim, outcome: Outcome = Outcome.DELIVERED) -> list[flnotify.Delivery]:
+    notification = start([e.receiver for e in claim.entries])
+    return [
+        flnotify.Delivery(
+            receiver=e.receiver,
+            notification=notification,
+            outcome=outcome,
+            message_id=e.message_id,
+            attempts=1,
+            elapsed=0.01,
+            status_code=202,
+        )
+        for e in claim.entries
+    ]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "outbox.db")
+
+
+# -- storing ------------------------------------------------------------------------------
+
+
+def test_put_commits_every_delivery_before_anything_is_sent(db: str) -> None:
+    transport = MemoryTransport()
+    with Outbox(db) as outbox:
+        batch = outbox.put(start(receivers(3)), message_ids=["m0", "m1", "m2"])
+    assert transport.requests == []
+    with Outbox(db) as other:  # another connection sees it: it is committed
+        entries = other.entries(batch)
+    assert [e.message_id for e in entries] == ["m0", "m1", "m2"]
+    assert [e.receiver for e in entries] == receivers(3)
+    assert {e.state for e in entries} == {OutboxState.PENDING}
+    assert {e.outcome for e in entries} == {None}
+
+
+def test_put_refuses_what_could_not_be_sent(db: str) -> None:
+    with Outbox(db) as outbox:
+        with pytest.raises(flnotify.ConfigurationError, match="2 message ids for 3"):
+            outbox.put(start(receivers(3)), message_ids=["a", "b"])
+        outbox.put(start(receivers(1)), message_ids=["taken"])
+        with pytest.raises(OutboxError, match="UNIQUE"):
+            outbox.put(start(receivers(1)), message_ids=["taken"])
+        assert sum(outbox.counts().values()) == 1
+
+
+def test_not_a_database_is_an_outbox_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(OutboxError, match="cannot use outbox"):
+        Outbox(path)
+
+
+# -- claims and leases --------------------------------------------------------------------
+
+
+def test_two_dispatchers_on_one_file_never_claim_the_same_rows(db: str) -> None:
+    with Outbox(db) as outbox:
+        outbox.put(start(receivers(400)))
+    barrier = threading.Barrier(4)
+    claimed: list[list[str]] = [[] for _ in range(4)]
+
+    def work(index: int) -> None:
+        with Outbox(db) as mine:
+            barrier.wait()
+            while claim := mine.claim(7, lease_seconds=60).entries:
+                claimed[index].extend(e.message_id for e in claim)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    every = [m for ids in claimed for m in ids]
+    assert len(every) == 400
+    assert len(set(every)) == 400  # no row went to two claims
+
+
+def test_an_expired_lease_makes_rows_claimable_again_and_only_the_new_claim_records(
+    db: str,
+) -> None:
+    clock = Clock()
+    with Outbox(db, clock=clock) as a, Outbox(db, clock=clock) as b:
+        a.put(start(receivers(5)))
+        first = a.claim(10, lease_seconds=30)
+        assert len(first) == 5
+        assert first.lease_until == clock.now + 30
+        clock.now += 29.9
+        assert len(b.claim(10, lease_seconds=30)) == 0  # still leased
+        clock.now += 0.1  # the lease has ended: "a" is presumed dead
+        second = b.claim(10, lease_seconds=30)
+        assert [e.message_id for e in second.entries] == [e.message_id for e in first.entries]
+        assert {e.claims for e in second.entries} == {2}
+        assert second.token != first.token
+
+        assert a.record(first, deliveries_for(first), done=True) == []  # stale claim
+        assert len(b.record(second, deliveries_for(second), done=True)) == 5
+        assert b.record(second, deliveries_for(second, Outcome.FAILED), done=True) == []
+        assert {(e.state, e.outcome) for e in a.entries()} == {
+            (OutboxState.DONE, Outcome.DELIVERED)
+        }
+
+
+def test_renewing_a_lease_keeps_the_rows(db: str) -> None:
+    clock = Clock()
+    with Outbox(db, clock=clock) as outbox:
+        outbox.put(start(receivers(2)))
+        claim = outbox.claim(10, lease_seconds=30)
+        clock.now += 20
+        assert outbox.renew(claim, 30) == 2
+        clock.now += 20  # 40 s after the claim, 20 s after the renewal
+        assert len(outbox.claim(10, lease_seconds=30)) == 0
+        assert outbox.next_claimable() == clock.now + 10
+        assert outbox.release(claim) == 2
+        assert len(outbox.claim(10, lease_seconds=30)) == 2
+
+
+# -- the dispatcher -----------------------------------------------------------------------
+
+
+def test_sync_dispatcher_records_each_outcome_once_and_runs_the_training_callbacks(
+    db: str,
+) -> None:
+    repo = flnotify.InMemoryTrainingRepository()
+    good, rejecting, dead = receivers(3, "http://client-{i}.test/msg")
+    training = repo.create_training(
+        actor=good, participants=[good, rejecting, dead], model_id=MODEL
+    )
+
+    def answer(request: MemoryRequest) -> int:
+        if request.url == dead.message_endpoint:
+            raise flnotify.ConnectError("refused", url=request.url)
+        return 404 if request.url == rejecting.message_endpoint else 202
+
+    transport = MemoryTransport(answer)
+    with (
+        Outbox(db) as outbox,
+        flnotify.Notifier(
+            transport=transport, retry=RetryPolicy.no_retries(), repository=repo
+        ) as notifier,
+    ):
+        batch = outbox.put(flnotify.TrainingRoundStartNotification.from_training(training))
+        assert OutboxDispatcher(outbox, notifier, batch_size=2).run() == 3
+        entries = {e.receiver.id: e for e in outbox.entries(batch)}
+        assert OutboxDispatcher(outbox, notifier).run_once() == 0  # nothing left
+
+    assert [entries[r.id].outcome for r in (good, rejecting, dead)] == [
+        Outcome.DELIVERED,
+        Outcome.REJECTED,
+        Outcome.FAILED,
+    ]
+    assert entries[rejecting.id].status_code == 404
+    assert entries[dead.id].error_kind is flnotify.TransportErrorKind.CONNECT
+    assert {e.state for e in entries.values()} == {OutboxState.DONE}
+    assert len(transport.requests) == 3
+    assert {r.headers["webhook-id"] for r in transport.requests} == {
+        e.message_id for e in entries.values()
+    }
+    after = repo.get_training(training.id)
+    assert after.participant_ids() == {good.id, dead.id}  # the rejecting client was removed
+    assert after.state is TrainingState.ERROR  # the dead one failed the training
+
+
+def test_async_api(db: str) -> None:
+    async def answer(request: MemoryRequest) -> int:
+        await asyncio.sleep(0)
+        return 202
+
+    recorder = Recorder()
+
+    async def main() -> None:
+        transport = MemoryTransport(answer)
+        with Outbox(db) as outbox:
+            async with flnotify.Notifier(transport=transport) as notifier:
+                await outbox.aput(start(receivers(5)))
+                dispatcher = OutboxDispatcher(outbox, notifier, callbacks=recorder, batch_size=2)
+                assert await dispatcher.arun_once() == 2
+                assert outbox.counts()[OutboxState.PENDING] == 3
+                assert await dispatcher.arun() == 3
+            assert outbox.counts()[OutboxState.DONE] == 5
+        assert len(transport.requests) == 5
+
+    asyncio.run(main())
+    assert sorted(d.receiver.id.int for d in recorder.calls) == [1, 2, 3, 4, 5]
+    assert {d.outcome for d in recorder.calls} == {Outcome.DELIVERED}
+
+
+def test_a_send_outlasting_its_lease_keeps_the_claim_by_renewing_it(db: str) -> None:
+    clock = Clock()
+
+    async def main() -> None:
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def answer(request: MemoryRequest) -> int:
+            entered.set()
+            await release.wait()  # a slow client
+            return 202
+
+        with Outbox(db, clock=clock) as outbox, Outbox(db, clock=clock) as other:
+            outbox.put(start(receivers(1)))
+            async with flnotify.Notifier(transport=MemoryTransport(answer)) as notifier:
+                dispatcher = OutboxDispatcher(outbox, notifier, lease_seconds=0.3)
+                running = asyncio.create_task(dispatcher.arun_once())
+                await asyncio.wait_for(entered.wait(), 10)
+                clock.now += 100  # far past the first lease: only renewals keep the claim
+                for _ in range(1000):  # the heartbeat runs every 0.1 s of real time
+                    if other.entries()[0].lease_until == clock.now + 0.3:
+                        break
+                    await asyncio.sleep(0.01)
+                assert other.entries()[0].lease_until == clock.now + 0.3
+                assert len(other.claim(10, lease_seconds=60)) == 0
+                release.set()
+                assert await running == 1
+            (entry,) = other.entries()
+            assert (entry.state, entry.claims) == (OutboxState.DONE, 1)
+            assert entry.lease_until is None
+
+    asyncio.run(main())
+
+
+def test_callbacks_of_an_outcome_recorded_before_a_crash_run_without_resending(db: str) -> None:
+    clock = Clock()
+    recorder = Recorder()
+    transport = MemoryTransport()
+    with Outbox(db, clock=clock) as outbox:
+        outbox.put(start(receivers(3)))
+        crashed = outbox.claim(10, lease_seconds=30)
+        # the dead dispatcher got as far as recording two outcomes, not their callbacks
+        assert len(outbox.record(crashed, deliveries_for(crashed)[:2])) == 2
+        clock.now += 31
+        with flnotify.Notifier(transport=transport) as notifier:
+            OutboxDispatcher(outbox, notifier, callbacks=recorder).run()
+        entries = outbox.entries()
+    assert [r.headers["webhook-id"] for r in transport.requests] == [entries[2].message_id]
+    assert sorted(d.message_id for d in recorder.calls) == sorted(e.message_id for e in entries)
+    rebuilt = next(d for d in recorder.calls if d.message_id == entries[0].message_id)
+    assert (rebuilt.outcome, rebuilt.status_code, rebuilt.attempts) == (Outcome.DELIVERED, 202, 1)
+    assert {e.state for e in entries} == {OutboxState.DONE}
+
+
+def test_run_waits_for_a_dead_dispatchers_lease(db: str) -> None:
+    clock = Clock()
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.now += seconds
+
+    transport = MemoryTransport()
+    with Outbox(db, clock=clock) as outbox:
+        outbox.put(start(receivers(4)))
+        outbox.claim(3, lease_seconds=10)  # and then that dispatcher died
+        with flnotify.Notifier(transport=transport) as notifier:
+            dispatcher = OutboxDispatcher(outbox, notifier, poll_interval=4, sleep=sleep)
+            assert dispatcher.run() == 4
+        assert outbox.counts()[OutboxState.DONE] == 4
+    assert sleeps == [4, 4, 2]  # polled, never longer than poll_interval, until the lease ended
+    assert len(transport.requests) == 4
+
+
+def test_a_notification_the_notifier_refuses_is_recorded_failed(db: str) -> None:
+    recorder = Recorder()
+    transport = MemoryTransport()
+    with (
+        Outbox(db) as outbox,
+        flnotify.Notifier(
+            transport=transport, policy=EndpointPolicy(max_body_bytes=10)
+        ) as notifier,
+    ):
+        outbox.put(start(receivers(2)))
+        OutboxDispatcher(outbox, notifier, callbacks=recorder).run()
+        entries = outbox.entries()
+    assert transport.requests == []
+    assert {e.outcome for e in entries} == {Outcome.FAILED}
+    assert len(recorder.calls) == 2
+
+
+def test_prune_forgets_old_done_deliveries(db: str) -> None:
+    clock = Clock()
+    with Outbox(db, clock=clock) as outbox, flnotify.Notifier(transport=MemoryTransport()) as n:
+        outbox.put(start(receivers(2)))
+        OutboxDispatcher(outbox, n).run()
+        outbox.put(start(receivers(1)))
+        assert outbox.prune(before=clock.now) == 0
+        clock.now += 1
+        assert outbox.prune(before=clock.now) == 2
+        assert outbox.counts() == {
+            OutboxState.PENDING: 1,
+            OutboxState.CLAIMED: 0,
+            OutboxState.DONE: 0,
+        }
+
+
+# -- a real crash -------------------------------------------------------------------------
+
+
+def _run_helper(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(HELPER), *args])  # noqa: S603
+
+
+def test_a_dispatcher_killed_mid_fan_out_resumes_and_loses_nothing(tmp_path: Path) -> None:
+    n = 1000
+    db, log = str(tmp_path / "outbox.db"), str(tmp_path / "callbacks.log")
+    with FaultServer() as server:
+        args = ("--db", db, "--base", server.base_url(), "--log", log)
+        first = _run_helper(*args, "--put", str(n))
+        try:
+            server.wait_until(lambda: server.request_count >= 200, timeout=30)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        assert first.returncode == -signal.SIGKILL
+
+        with Outbox(db) as outbox:
+            at_kill = outbox.entries()
+        assert len(at_kill) == n  # the put was committed before anything was sent
+        cut_short = {e.message_id for e in at_kill if e.state is OutboxState.CLAIMED}
+        assert cut_short  # killed inside a claim
+        assert sum(e.state is OutboxState.DONE for e in at_kill) < server.request_count < n
+
+        second = _run_helper(*args)
+        assert second.wait(timeout=60) == 0
+        requests = server.requests
+
+    with Outbox(db) as outbox:
+        entries = outbox.entries()
+    message_id = {e.receiver.id.int - 1: e.message_id for e in entries}
+
+    by_receiver: dict[int, list[str]] = collections.defaultdict(list)
+    for request in requests:
+        index = int(parse_qs(urlsplit(request.target).query)["r"][0])
+        by_receiver[index].append(request.headers["webhook-id"])
+    assert sorted(by_receiver) == list(range(n))  # every receiver got it, none lost
+    for index, ids in by_receiver.items():
+        assert set(ids) == {message_id[index]}  # redeliveries carry the same webhook-id
+
+    assert len(entries) == n
+    assert {(e.state, e.outcome) for e in entries} == {(OutboxState.DONE, Outcome.DELIVERED)}
+    resumed = {e.message_id for e in entries if e.claims == 2}
+    assert resumed == cut_short  # exactly the deliveries the dead claim held went again
+    sent_twice = {message_id[i] for i, ids in by_receiver.items() if len(ids) > 1}
+    assert sent_twice <= resumed
+
+    with open(log, encoding="ascii") as lines:
+        calls = collections.Counter(line.split()[0] for line in lines)
+    assert set(calls) == set(message_id.values())  # a callback for every outcome
+    once = {e.message_id for e in entries if e.claims == 1}
+    assert all(calls[m] == 1 for m in once)  # and exactly one unless a crash cut in
+
+
+def test_sync_api_from_inside_an_event_loop(db: str) -> None:
+    # run() works where asyncio.run() would not: it uses the Notifier's own loop thread
+    async def main() -> int:
+        with Outbox(db) as outbox, flnotify.Notifier(transport=MemoryTransport()) as notifier:
+            outbox.put(start(receivers(2)))
+            return OutboxDispatcher(outbox, notifier).run()
+
+    assert asyncio.run(main()) == 2
