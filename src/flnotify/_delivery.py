@@ -37,6 +37,7 @@ from ._exceptions import (
 from ._notification import Notification, TrainingNotification
 from ._retry import Decision, Outcome, RetryPolicy
 from ._types import ReceiverLike
+from ._validators import at_least_one, positive
 from .callbacks import Callbacks, call_callbacks
 from .endpoints import EndpointPolicy
 from .transports._base import AsyncTransport, HttpResponse, Transport
@@ -206,18 +207,6 @@ def _default_transport() -> HttpxTransport:
     return HttpxTransport()
 
 
-def _check_concurrency(_: object, __: object, value: int) -> None:
-    if value < 1:
-        msg = f"concurrency must be >= 1, got {value!r}"
-        raise ConfigurationError(msg)
-
-
-def _check_deadline(_: object, __: object, value: float | None) -> None:
-    if value is not None and value <= 0:
-        msg = f"deadline must be > 0 seconds or None, got {value!r}"
-        raise ConfigurationError(msg)
-
-
 @attrs.define
 class Notifier:
     """Sends notifications to their receivers; reusable, and closed when done.
@@ -244,8 +233,10 @@ class Notifier:
 
     transport: AsyncTransport | Transport = attrs.field(factory=_default_transport)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
-    concurrency: int = attrs.field(default=100, validator=_check_concurrency)
-    deadline: float | None = attrs.field(default=None, validator=_check_deadline)
+    concurrency: int = attrs.field(default=100, validator=at_least_one)
+    deadline: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(positive)
+    )
     signer: Signer | None = None
     policy: EndpointPolicy = attrs.field(factory=EndpointPolicy)
     repository: TrainingRepository | AsyncTrainingRepository | None = None

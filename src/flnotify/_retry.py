@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-from ._exceptions import ConfigurationError, TransportError
+from ._exceptions import TransportError
+from ._validators import at_least_one, fraction, non_negative
 from .transports._base import HttpResponse
 
 __all__ = ["Decision", "Outcome", "RetryPolicy", "parse_retry_after"]
@@ -44,24 +45,6 @@ class Decision:
         return self.outcome is None
 
 
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value < 0:
-        msg = f"RetryPolicy.{attribute.name} must be >= 0, got {value!r}"
-        raise ConfigurationError(msg)
-
-
-def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        msg = f"RetryPolicy.{attribute.name} must be >= 1, got {value!r}"
-        raise ConfigurationError(msg)
-
-
-def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        msg = f"RetryPolicy.{attribute.name} must be within [0, 1], got {value!r}"
-        raise ConfigurationError(msg)
-
-
 @attrs.frozen
 class RetryPolicy:
     """When and how soon a delivery is tried again.
@@ -81,15 +64,15 @@ class RetryPolicy:
         max_retry_after: Upper bound for a delay asked for by ``Retry-After``.
     """
 
-    max_attempts: int = attrs.field(default=6, validator=_at_least_one)
-    initial_backoff: float = attrs.field(default=0.5, validator=_positive)
-    multiplier: float = attrs.field(default=2.0, validator=_positive)
-    max_backoff: float = attrs.field(default=30.0, validator=_positive)
-    jitter: float = attrs.field(default=0.5, validator=_fraction)
+    max_attempts: int = attrs.field(default=6, validator=at_least_one)
+    initial_backoff: float = attrs.field(default=0.5, validator=non_negative)
+    multiplier: float = attrs.field(default=2.0, validator=non_negative)
+    max_backoff: float = attrs.field(default=30.0, validator=non_negative)
+    jitter: float = attrs.field(default=0.5, validator=fraction)
     retry_statuses: frozenset[int] = attrs.field(
         default=frozenset({429, 502, 503, 504}), converter=frozenset
     )
-    max_retry_after: float = attrs.field(default=60.0, validator=_positive)
+    max_retry_after: float = attrs.field(default=60.0, validator=non_negative)
 
     @classmethod
     def no_retries(cls) -> RetryPolicy:

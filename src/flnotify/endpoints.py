@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._exceptions import BlockedAddressError, ConfigurationError, DNSError, EndpointError
+from ._validators import at_least_one
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -176,12 +177,6 @@ def _to_schemes(values: Iterable[str]) -> frozenset[str]:
     return schemes
 
 
-def _positive(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
-    if type(value) is not int or value <= 0:
-        msg = f"{attribute.name} must be a positive integer, not {value!r}"
-        raise ConfigurationError(msg)
-
-
 @attrs.frozen
 class ParsedEndpoint:
     """A receiver URL that passed :meth:`EndpointPolicy.check_url`.
@@ -278,7 +273,7 @@ class EndpointPolicy:
     block_private: bool = False
     allow_networks: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks)
     allow_userinfo: bool = False
-    max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=_positive)
+    max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=at_least_one)
 
     def check_url(self, url: str) -> ParsedEndpoint:
         """Parse and check a receiver URL; pure, no I/O, cached by URL.

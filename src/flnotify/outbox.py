@@ -40,6 +40,7 @@ from ._exceptions import ConfigurationError, FlnotifyError, TransportError, Tran
 from ._notification import Notification
 from ._retry import Outcome
 from ._types import Receiver
+from ._validators import at_least_one, positive
 from .callbacks import call_callbacks
 from .signing import new_message_id
 
@@ -206,12 +207,6 @@ def _fspath(path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
 
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value <= 0:
-        msg = f"{attribute.name} must be > 0, got {value!r}"
-        raise ConfigurationError(msg)
-
-
 @attrs.define(eq=False)
 class Outbox:
     """Notifications waiting to be delivered, one row per receiver, in an SQLite file.
@@ -235,7 +230,7 @@ class Outbox:
     path: str = attrs.field(converter=_fspath)
     codec: Codec = attrs.field(factory=Codec, repr=False)
     clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
-    busy_timeout: float = attrs.field(default=30.0, validator=_positive, repr=False)
+    busy_timeout: float = attrs.field(default=30.0, validator=positive, repr=False)
     _conn: sqlite3.Connection | None = attrs.field(init=False, default=None, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
@@ -552,12 +547,6 @@ class _Collector:
         self.queue.put_nowait(delivery)
 
 
-def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        msg = f"{attribute.name} must be >= 1, got {value!r}"
-        raise ConfigurationError(msg)
-
-
 @attrs.define(eq=False)
 class OutboxDispatcher:
     """Delivers what an :class:`Outbox` holds with a :class:`~flnotify.Notifier`.
@@ -585,9 +574,9 @@ class OutboxDispatcher:
     outbox: Outbox
     notifier: Notifier
     callbacks: Callbacks | None = None
-    lease_seconds: float = attrs.field(default=60.0, validator=_positive)
-    batch_size: int = attrs.field(default=100, validator=_at_least_one)
-    poll_interval: float = attrs.field(default=1.0, validator=_positive)
+    lease_seconds: float = attrs.field(default=60.0, validator=positive)
+    batch_size: int = attrs.field(default=100, validator=at_least_one)
+    poll_interval: float = attrs.field(default=1.0, validator=positive)
     sleep: Callable[[float], Awaitable[object]] = attrs.field(default=asyncio.sleep, repr=False)
 
     async def arun_once(self) -> int:

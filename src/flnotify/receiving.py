@@ -55,6 +55,7 @@ from ._exceptions import (
 )
 from ._notification import Notification
 from ._types import NotificationKind, NotificationType
+from ._validators import at_least_one, positive
 from .endpoints import DEFAULT_MAX_BODY_BYTES
 from .signing import DEFAULT_TOLERANCE, ID_HEADER, TIMESTAMP_HEADER, Verifier
 
@@ -216,12 +217,6 @@ class IdStore(Protocol):
         ...
 
 
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        msg = f"{attribute.name} must be positive, not {value!r}"
-        raise ConfigurationError(msg)
-
-
 @attrs.define
 class InMemoryIdStore:
     """A bounded, thread-safe :class:`IdStore` in memory, for one process.
@@ -233,8 +228,8 @@ class InMemoryIdStore:
         clock: A monotonic clock in seconds; inject one in tests.
     """
 
-    max_entries: int = attrs.field(default=10_000, validator=_positive)
-    window_seconds: float = attrs.field(default=24 * 3600.0, validator=_positive)
+    max_entries: int = attrs.field(default=10_000, validator=at_least_one)
+    window_seconds: float = attrs.field(default=24 * 3600.0, validator=positive)
     clock: Callable[[], float] = time.monotonic
     _expiry: OrderedDict[str, float] = attrs.field(init=False, factory=OrderedDict)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)

@@ -43,6 +43,7 @@ from .._exceptions import (
 from .._notification import CallbackFactory, Notification
 from .._retry import Decision, Outcome, RetryPolicy
 from .._types import Receiver
+from .._validators import at_least_one
 from ..callbacks import Callbacks, call_callbacks
 from ..endpoints import EndpointPolicy
 from ..signing import new_message_id
@@ -83,12 +84,6 @@ class _Attempt:
     error: FlnotifyError | None = None
 
 
-def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        msg = f"{attribute.name} must be >= 1, got {value!r}"
-        raise ConfigurationError(msg)
-
-
 @attrs.define(eq=False)
 class CeleryDelivery:
     """Registers flnotify's delivery task on a Celery app, and enqueues notifications for it.
@@ -121,7 +116,7 @@ class CeleryDelivery:
     policy: EndpointPolicy = attrs.field(factory=EndpointPolicy)
     codec: Codec = attrs.field(factory=Codec)
     callbacks: Mapping[str, CallbackFactory] = attrs.field(factory=dict)
-    chunk_size: int = attrs.field(default=50, validator=_at_least_one)
+    chunk_size: int = attrs.field(default=50, validator=at_least_one)
     task_name: str = DEFAULT_TASK_NAME
     user_agent: str = "flnotify"
     wall_clock: Callable[[], float] = time.time
