@@ -47,7 +47,14 @@ if TYPE_CHECKING:
     from .repository import AsyncTrainingRepository, TrainingRepository
     from .signing import Signer
 
-__all__ = ["Delivery", "DeliveryReport", "Notifier", "build_headers", "refused_endpoint"]
+__all__ = [
+    "Delivery",
+    "DeliveryReport",
+    "Notifier",
+    "build_headers",
+    "message_ids_for",
+    "refused_endpoint",
+]
 
 logger = logging.getLogger("flnotify")
 T = TypeVar("T")
@@ -203,6 +210,23 @@ def refused_endpoint(exc: EndpointError | TransportError, url: str) -> Transport
     return error
 
 
+def message_ids_for(
+    notification: Notification[Any], message_ids: Sequence[str] | None
+) -> Sequence[str]:
+    """One ``webhook-id`` per receiver: the given ones (checked), or new unique ones.
+
+    Raises:
+        ConfigurationError: ``message_ids`` does not have one id per receiver.
+    """
+    n = len(notification.receivers)
+    if message_ids is None:
+        return _MessageIds(n)
+    if len(message_ids) != n:
+        msg = f"{len(message_ids)} message ids for {n} receivers"
+        raise ConfigurationError(msg)
+    return message_ids
+
+
 def _default_transport() -> HttpxTransport:
     return HttpxTransport()
 
@@ -280,15 +304,8 @@ class Notifier:
         """
         body = self.codec.encode(notification)  # once, whatever the number of receivers
         self.policy.check_body_size(body)
-        receivers = notification.receivers
-        if message_ids is None:
-            message_ids = _MessageIds(len(receivers))
-        elif len(message_ids) != len(receivers):
-            msg = f"{len(message_ids)} message ids for {len(receivers)} receivers"
-            raise ConfigurationError(msg)
-        run = _Send(
-            self, notification, body, message_ids, self._callbacks_for(notification, callbacks)
-        )
+        ids = message_ids_for(notification, message_ids)
+        run = _Send(self, notification, body, ids, self._callbacks_for(notification, callbacks))
         return await run.run()
 
     def send(

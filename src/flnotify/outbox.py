@@ -35,14 +35,13 @@ import attrs
 from typing_extensions import Self
 
 from ._codec import Codec
-from ._delivery import Delivery
+from ._delivery import Delivery, message_ids_for
 from ._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
 from ._notification import Notification
 from ._retry import Outcome
 from ._types import Receiver
 from ._validators import at_least_one, positive
 from .callbacks import call_callbacks
-from .signing import new_message_id
 
 if TYPE_CHECKING:
     from ._delivery import Notifier
@@ -329,11 +328,7 @@ class Outbox:
         payload = self.codec.encode(notification)
         self.codec.decode(payload)  # fail here, not in a dispatcher later
         receivers = notification.receivers
-        if message_ids is None:
-            message_ids = [new_message_id() for _ in receivers]
-        elif len(message_ids) != len(receivers):
-            msg = f"{len(message_ids)} message ids for {len(receivers)} receivers"
-            raise ConfigurationError(msg)
+        message_ids = list(message_ids_for(notification, message_ids))
         rows = []
         for receiver, message_id in zip(receivers, message_ids, strict=True):
             if not isinstance(receiver.id, UUID):

@@ -33,7 +33,7 @@ from uuid import UUID
 import attrs
 
 from .._codec import Codec
-from .._delivery import Delivery, build_headers, refused_endpoint
+from .._delivery import Delivery, build_headers, message_ids_for, refused_endpoint
 from .._exceptions import (
     ConfigurationError,
     EndpointError,
@@ -46,7 +46,6 @@ from .._types import Receiver
 from .._validators import at_least_one
 from ..callbacks import Callbacks, call_callbacks
 from ..endpoints import EndpointPolicy
-from ..signing import new_message_id
 from ..transports import HttpResponse, HttpxTransport, Transport
 
 if TYPE_CHECKING:
@@ -186,11 +185,7 @@ class CeleryDelivery:
         self.policy.check_body_size(body)
         payload = body.decode()
         receivers = notification.receivers
-        if message_ids is None:
-            message_ids = [new_message_id() for _ in receivers]
-        elif len(message_ids) != len(receivers):
-            msg = f"{len(message_ids)} message ids for {len(receivers)} receivers"
-            raise ConfigurationError(msg)
+        message_ids = list(message_ids_for(notification, message_ids))
         ids = [str(m) for m in message_ids]
         wire = [{"id": str(r.id), "message_endpoint": r.message_endpoint} for r in receivers]
         results = tuple(
