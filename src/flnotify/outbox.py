@@ -25,9 +25,9 @@ import logging
 import os
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -39,6 +39,7 @@ from ._delivery import Delivery, message_ids_for
 from ._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
 from ._notification import Notification
 from ._retry import Outcome
+from ._sqlite import SQLiteConnection
 from ._types import Receiver
 from ._validators import at_least_one, positive
 from .callbacks import call_callbacks
@@ -230,53 +231,39 @@ class Outbox:
     codec: Codec = attrs.field(factory=Codec, repr=False)
     clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
     busy_timeout: float = attrs.field(default=30.0, validator=positive, repr=False)
-    _conn: sqlite3.Connection | None = attrs.field(init=False, default=None, repr=False)
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+    _db: SQLiteConnection = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        try:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
+        self._db = SQLiteConnection.open(
+            self.path,
+            label="outbox",
+            error=OutboxError,
+            prepare=self._prepare,
+            timeout=self.busy_timeout,
+            wrap_errors=True,
+        )
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA foreign_keys = ON")
+        if self.path not in {"", ":memory:"}:
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}")
+        row = conn.execute("SELECT value FROM flnotify_outbox_meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO flnotify_outbox_meta VALUES ('schema', ?)", (_SCHEMA_VERSION,)
             )
-        except sqlite3.Error as exc:
-            msg = f"cannot open outbox {self.path!r}: {exc}"
-            raise OutboxError(msg) from exc
-        try:
-            conn.execute("PRAGMA foreign_keys = ON")
-            if self.path not in {"", ":memory:"}:
-                conn.execute("PRAGMA journal_mode = WAL").fetchall()
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}")
-            row = conn.execute(
-                "SELECT value FROM flnotify_outbox_meta WHERE key = 'schema'"
-            ).fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO flnotify_outbox_meta VALUES ('schema', ?)", (_SCHEMA_VERSION,)
-                )
-            elif row[0] != _SCHEMA_VERSION:
-                msg = f"outbox schema {row[0]} is not this flnotify's ({_SCHEMA_VERSION})"
-                raise OutboxError(msg)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            conn.close()
-            if isinstance(exc, sqlite3.Error):
-                msg = f"cannot use outbox {self.path!r}: {exc}"
-                raise OutboxError(msg) from exc
-            raise
-        self._conn = conn
+        elif row[0] != _SCHEMA_VERSION:
+            msg = f"outbox schema {row[0]} is not this flnotify's ({_SCHEMA_VERSION})"
+            raise OutboxError(msg)
+        conn.execute("COMMIT")
 
     # -- life cycle --------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the connection; idempotent."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
 
     def __enter__(self) -> Self:
         return self
@@ -284,24 +271,9 @@ class Outbox:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, write: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         """One transaction (``BEGIN IMMEDIATE`` to write); sqlite3 errors become OutboxError."""
-        with self._lock:
-            conn = self._conn
-            if conn is None:
-                msg = f"{self!r} is closed"
-                raise ConfigurationError(msg)
-            try:
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.rollback()
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise OutboxError(f"outbox {self.path!r}: {exc}") from exc
+        return self._db.transaction(self, write=write)
 
     # -- writing -----------------------------------------------------------------------
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import inspect
 import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Protocol, TypeGuard
 from uuid import UUID
 
@@ -27,6 +27,7 @@ import attrs
 from typing_extensions import Self
 
 from ._exceptions import ConfigurationError, TrainingNotFoundError
+from ._sqlite import SQLiteConnection
 from ._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState, as_receivers
 
 __all__ = [
@@ -539,24 +540,12 @@ class SQLiteTrainingRepository(_RepositoryBase):
     """
 
     path: str = attrs.field(converter=_fspath)
-    _conn: sqlite3.Connection | None = attrs.field(init=False, default=None, repr=False)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+    _db: SQLiteConnection = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        try:
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as exc:
-            msg = f"cannot open SQLite database {self.path!r}: {exc}"
-            raise ConfigurationError(msg) from exc
-        try:
-            self._prepare(conn)
-        except BaseException as exc:
-            conn.close()
-            if isinstance(exc, sqlite3.DatabaseError):
-                msg = f"cannot use SQLite database {self.path!r}: {exc}"
-                raise ConfigurationError(msg) from exc
-            raise
-        self._conn = conn
+        self._db = SQLiteConnection.open(
+            self.path, label="SQLite database", error=ConfigurationError, prepare=self._prepare
+        )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA foreign_keys = ON")
@@ -574,10 +563,7 @@ class SQLiteTrainingRepository(_RepositoryBase):
 
     def close(self) -> None:
         """Close the connection; idempotent. Later calls raise :class:`ConfigurationError`."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
 
     def __enter__(self) -> Self:
         return self
@@ -585,21 +571,8 @@ class SQLiteTrainingRepository(_RepositoryBase):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _transaction(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._conn
-            if conn is None:
-                msg = f"{self!r} is closed"
-                raise ConfigurationError(msg)
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
-            conn.commit()
+    def _transaction(self, *, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.transaction(self, write=write)
 
     @staticmethod
     def _select(conn: sqlite3.Connection, training_id: UUID) -> TrainingSnapshot:

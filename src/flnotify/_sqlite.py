@@ -1,0 +1,114 @@
+"""The one SQLite connection behind :class:`~flnotify.SQLiteTrainingRepository` and the outbox."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+
+import attrs
+from typing_extensions import Self
+
+from ._exceptions import ConfigurationError, FlnotifyError
+
+__all__ = ["SQLiteConnection"]
+
+
+@attrs.define(eq=False)
+class SQLiteConnection:
+    """One :mod:`sqlite3` connection shared by all threads behind a lock.
+
+    Made by :meth:`open`; every use is one :meth:`transaction`, one at a time.
+
+    Args:
+        path: The database file, as given to :func:`sqlite3.connect`.
+        label: What the file is, in error messages (``"cannot open {label} {path!r}"``).
+        error: Makes the error raised for a database that cannot be opened or used.
+        wrap_errors: Whether :mod:`sqlite3` errors inside a transaction become ``error``
+            too (``"{label} {path!r}: ..."``) instead of passing through.
+    """
+
+    path: str
+    label: str
+    error: Callable[[str], FlnotifyError] = attrs.field(repr=False)
+    wrap_errors: bool = attrs.field(repr=False)
+    _conn: sqlite3.Connection | None = attrs.field(alias="conn", repr=False)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        label: str,
+        error: Callable[[str], FlnotifyError],
+        prepare: Callable[[sqlite3.Connection], None],
+        timeout: float = 5.0,
+        wrap_errors: bool = False,
+    ) -> Self:
+        """Connect (autocommit mode, usable from any thread) and run ``prepare`` once.
+
+        Args:
+            path: The database file, or ``":memory:"``.
+            label: What the file is, in error messages.
+            error: Makes the error raised when the file cannot be opened or used.
+            prepare: Sets PRAGMAs and the schema up; the connection is closed if it raises.
+            timeout: Seconds to wait for another connection's lock.
+            wrap_errors: See the class.
+
+        Raises:
+            FlnotifyError: What ``error`` makes, if connecting or ``prepare`` fails with
+                an :mod:`sqlite3` error; other errors of ``prepare`` pass through.
+        """
+        try:
+            conn = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise error(f"cannot open {label} {path!r}: {exc}") from exc
+        try:
+            prepare(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise error(f"cannot use {label} {path!r}: {exc}") from exc
+            raise
+        return cls(path, label, error, wrap_errors, conn=conn)
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextlib.contextmanager
+    def transaction(self, owner: object, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction (``BEGIN IMMEDIATE`` to write), committed unless the body raises.
+
+        Args:
+            owner: Named in the error if the connection is closed.
+            write: Take the write lock at once.
+
+        Raises:
+            ConfigurationError: The connection is closed.
+        """
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                msg = f"{owner!r} is closed"
+                raise ConfigurationError(msg)
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    raise
+                conn.commit()
+            except sqlite3.Error as exc:
+                if not self.wrap_errors:
+                    raise
+                raise self.error(f"{self.label} {self.path!r}: {exc}") from exc
