@@ -18,7 +18,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 from typing_extensions import Self
@@ -35,7 +35,7 @@ from ._exceptions import (
     TransportErrorKind,
 )
 from ._notification import Notification, TrainingNotification
-from ._retry import Decision, Outcome, RetryPolicy
+from ._retry import Outcome, RetryPolicy
 from ._types import ReceiverLike
 from ._validators import at_least_one, positive
 from .callbacks import Callbacks, call_callbacks
@@ -332,13 +332,14 @@ class Notifier:
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
         transport = self.transport
+        apost = getattr(transport, "apost", None)  # not isinstance(): slow for a Protocol
         try:
-            if isinstance(transport, AsyncTransport):
-                return await transport.apost(url, body, headers)
+            if apost is not None:
+                response: HttpResponse = await apost(url, body, headers)
+                return response
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._thread_pool(), transport.post, url, body, headers
-            )
+            post = cast(Transport, transport).post
+            return await loop.run_in_executor(self._thread_pool(), post, url, body, headers)
         except TransportError:
             raise
         except Exception as exc:  # a transport broke its contract; never lose the receiver
@@ -439,7 +440,13 @@ class _MessageIds(Sequence[str]):
 
 
 class _Send:
-    """The state of one fan-out: a launcher, bounded attempts, a deadline, the results."""
+    """The state of one fan-out: workers, bounded attempts, retries, a deadline, the results.
+
+    ``concurrency`` worker coroutines take receivers one by one from a shared iterator (no
+    task per receiver, so memory stays flat at 100,000 receivers). Every POST holds one of
+    ``concurrency`` slots; a receiver waiting for its retry becomes a small task of its own
+    that holds no slot while it sleeps, so it never delays the others.
+    """
 
     def __init__(
         self,
@@ -466,18 +473,20 @@ class _Send:
         self.queue: asyncio.Queue[Delivery] | None = (
             asyncio.Queue() if callbacks is not None else None
         )
-        self.expired = False
 
     async def run(self) -> DeliveryReport:
         notifier = self.notifier
         begin = notifier.clock()
         loop = asyncio.get_running_loop()
+        receivers = self.notification.receivers
         timer = (
             loop.call_later(notifier.deadline, self.expire)
-            if notifier.deadline is not None
+            if notifier.deadline is not None and receivers
             else None
         )
-        launcher = loop.create_task(self.launch())
+        fresh = iter(enumerate(receivers))
+        for _ in range(min(notifier.concurrency, len(receivers))):
+            self.spawn(self.work(fresh))
         try:
             if self.remaining == 0:
                 self.done.set()
@@ -488,9 +497,7 @@ class _Send:
         finally:
             if timer is not None:
                 timer.cancel()
-            launcher.cancel()
-            for task in list(self.tasks):
-                task.cancel()
+            self.cancel_all()
         deliveries = tuple(d for d in self.results if d is not None)
         report = DeliveryReport(self.notification, deliveries, notifier.clock() - begin)
         if logger.isEnabledFor(logging.INFO):
@@ -506,15 +513,66 @@ class _Send:
             )
         return report
 
-    async def launch(self) -> None:
-        loop = asyncio.get_running_loop()
-        for index, receiver in enumerate(self.notification.receivers):
-            await self.slots.acquire()
-            task = loop.create_task(self.deliver(index, receiver))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def cancel_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    async def work(self, fresh: Iterator[tuple[int, ReceiverLike]]) -> None:
+        """Take receivers until none are left; each is taken by exactly one worker."""
+        for index, receiver in fresh:
+            async with self.slots:
+                await self.first(index, receiver)
+
+    async def first(self, index: int, receiver: ReceiverLike) -> None:
+        """Check the endpoint before any I/O, then make the first attempt."""
+        notifier = self.notifier
+        url = receiver.message_endpoint
+        try:
+            endpoint = notifier.policy.check_url(url)
+            if notifier.policy.block_private:
+                await notifier.policy.acheck_host(endpoint.host, endpoint.port, url=url)
+        except (EndpointError, TransportError) as exc:
+            self.finish(index, receiver, Outcome.FAILED, error=refused_endpoint(exc, url))
+            return
+        self.started[index] = notifier.clock()
+        await self.attempt(index, receiver, url)
+
+    async def again(self, index: int, receiver: ReceiverLike, url: str, delay: float) -> None:
+        """Sleep without holding a slot, then make the next attempt."""
+        await self.notifier.sleep(delay)
+        async with self.slots:
+            await self.attempt(index, receiver, url)
+
+    async def attempt(self, index: int, receiver: ReceiverLike, url: str) -> None:
+        """One POST; the retry policy decides between an outcome and another attempt."""
+        notifier = self.notifier
+        self.attempts[index] = attempt = self.attempts[index] + 1
+        response: HttpResponse | None = None
+        error: TransportError | None = None
+        try:
+            response = await notifier._post(
+                url, self.body, notifier._headers(self.message_ids[index], self.body, receiver)
+            )
+        except TransportError as exc:
+            error = exc
+        decision = notifier.retry.decide(
+            attempt, response=response, error=error, rng=notifier.rng, now=notifier.wall_clock
+        )
+        if decision.outcome is not None:
+            self.finish(index, receiver, decision.outcome, response=response, error=error)
+            return
+        if response is not None:
+            self.last[index] = response
+        self.spawn(self.again(index, receiver, url, decision.delay))
 
     def record(self, index: int, delivery: Delivery) -> None:
+        if self.results[index] is not None:  # cannot happen: expire() cancels first
+            return
         self.results[index] = delivery
         self.remaining -= 1
         if self.queue is not None:
@@ -549,7 +607,7 @@ class _Send:
 
     def expire(self) -> None:
         """The deadline passed: everything still pending fails now, callbacks included."""
-        self.expired = True
+        self.cancel_all()  # first, so that nothing records after this
         deadline = self.notifier.deadline
         for index, receiver in enumerate(self.notification.receivers):
             if self.results[index] is not None:
@@ -560,55 +618,6 @@ class _Send:
                 kind=TransportErrorKind.DEADLINE,
             )
             self.finish(index, receiver, Outcome.FAILED, response=self.last.get(index), error=error)
-        for task in list(self.tasks):
-            task.cancel()
-
-    async def deliver(self, index: int, receiver: ReceiverLike) -> None:
-        """Attempt one receiver until its outcome; holds a slot only while POSTing."""
-        notifier = self.notifier
-        holding = True
-        try:
-            url = receiver.message_endpoint
-            try:
-                endpoint = notifier.policy.check_url(url)
-                if notifier.policy.block_private:
-                    await notifier.policy.acheck_host(endpoint.host, endpoint.port, url=url)
-            except (EndpointError, TransportError) as exc:
-                self.finish(index, receiver, Outcome.FAILED, error=refused_endpoint(exc, url))
-                return
-            self.started[index] = notifier.clock()
-            body = self.body
-            message_id = self.message_ids[index]
-            while True:
-                self.attempts[index] += 1
-                response: HttpResponse | None = None
-                error_: TransportError | None = None
-                try:
-                    response = await notifier._post(
-                        url, body, notifier._headers(message_id, body, receiver)
-                    )
-                except TransportError as exc:
-                    error_ = exc
-                decision: Decision = notifier.retry.decide(
-                    self.attempts[index],
-                    response=response,
-                    error=error_,
-                    rng=notifier.rng,
-                    now=notifier.wall_clock,
-                )
-                if decision.outcome is not None:
-                    self.finish(index, receiver, decision.outcome, response=response, error=error_)
-                    return
-                if response is not None:
-                    self.last[index] = response
-                self.slots.release()  # a receiver in backoff does not hold a slot
-                holding = False
-                await notifier.sleep(decision.delay)
-                await self.slots.acquire()
-                holding = True
-        finally:
-            if holding:
-                self.slots.release()
 
 
 class _Portal:
