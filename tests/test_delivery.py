@@ -487,3 +487,28 @@ def test_bad_configuration_is_refused() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(flnotify.ConfigurationError, match="neither"):
         flnotify.Notifier(transport=object())  # type: ignore[arg-type]
+
+
+def test_logs_carry_ids_endpoint_and_type_but_never_secrets(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from flnotify.signing import Signer, generate_secret
+
+    secret = generate_secret()
+    repo = InMemoryTrainingRepository()
+    rs = receivers(2)
+    training = repo.create_training(actor=rs[0], participants=rs, model_id=MODEL)
+    table: dict[str, Callable[[MemoryRequest], Any]] = {rs[1].message_endpoint: lambda _: 404}
+    n = flnotify.TrainingRoundStartNotification.from_training(training)
+    with caplog.at_level(logging.DEBUG, logger="flnotify"):
+        notifier(MemoryTransport(by_url(table)), repository=repo, signer=Signer(secret)).send(n)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.training_id == str(training.id)  # type: ignore[attr-defined]
+    assert warning.receiver_id == str(rs[1].id)  # type: ignore[attr-defined]
+    assert warning.endpoint == rs[1].message_endpoint  # type: ignore[attr-defined]
+    assert warning.notification_type == "UPDATE_ROUND_START"  # type: ignore[attr-defined]
+    assert rs[1].message_endpoint in warning.getMessage()
+    key = secret.removeprefix("whsec_")
+    for record in caplog.records:
+        text = record.getMessage() + repr(record.__dict__)
+        assert key not in text
