@@ -17,17 +17,23 @@ import asyncio
 import base64
 import builtins
 import collections
+import functools
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import attrs
-import httptools
 from typing_extensions import Self
+
+try:
+    import httptools
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    msg = "StreamTransport needs httptools: pip install 'flnotify[fast]'"
+    raise ImportError(msg) from exc
 
 from .._exceptions import (
     ConfigurationError,
@@ -57,10 +63,13 @@ _LARGE_BODY: Final = 64 * 1024
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
-# scheme://authority, then the rest up to a fragment; _origin() validates the first part.
+# The usual URL in one match: scheme://authority, then a path (and query) that needs no
+# quoting (RFC 3986 pchar, "/", "?" and percent escapes) and no fragment.
+_SIMPLE_URL: Final = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*)(/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*)"
+).fullmatch
+# Any other: scheme://authority, then the rest up to a fragment. origin() checks the first part.
 _URL_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*)([^#]*)", re.DOTALL)
-# A request target that needs no quoting (RFC 3986 pchar, "/", "?" and percent escapes).
-_PLAIN_TARGET: Final = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*").fullmatch
 _TARGET_SAFE: Final = "/?:@!$&'()*+,;=-._~%"
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 # Control characters other than horizontal tab may not appear in a field value.
@@ -83,13 +92,52 @@ _OWNED_HEADERS: Final = frozenset(
 )
 
 
+@functools.cache
 def _default_user_agent() -> str:
-    from importlib import metadata
+    from .. import __version__  # at first use: the package is fully imported by then
 
-    try:
-        return f"flnotify/{metadata.version('flnotify')}"
-    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree, not installed
-        return "flnotify"
+    return f"flnotify/{__version__}"
+
+
+class _Headers(Mapping[str, str]):
+    """Response headers as received, decoded (names lower-cased, last value wins) on first use.
+
+    Until then they are one bytes object, ``name NUL value NUL ...`` (llhttp refuses NUL in
+    names and values): a report that keeps 100,000 responses keeps 100,000 small blobs, not
+    a million bytes objects.
+    """
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, raw: list[bytes]) -> None:
+        self._raw = b"\0".join(raw)  # name, value, name, value, ...
+        self._decoded: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        decoded = self._decoded
+        if decoded is None:
+            decoded = self._decoded = {}
+            if self._raw:
+                fields = self._raw.decode("latin-1").split("\0")
+                for i in range(0, len(fields) - 1, 2):
+                    decoded[fields[i].lower()] = fields[i + 1]
+            self._raw = b""
+        return decoded
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+    def __reduce__(self) -> tuple[type[dict[str, str]], tuple[dict[str, str]]]:
+        return dict, (self._dict(),)  # pickles (and copies) as a plain dict
 
 
 class _Connection(asyncio.Protocol):
@@ -98,16 +146,15 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_len",
-        "_close_delimited",
         "_deadline",
         "_head_bytes",
-        "_headers",
         "_headers_done",
         "_interim",
         "_lost_waiter",
         "_parser",
         "_paused",
         "_pool",
+        "_raw_headers",
         "_status",
         "_timer",
         "_truncated",
@@ -123,7 +170,7 @@ class _Connection(asyncio.Protocol):
         "waiter",
     )
 
-    _headers: dict[str, str]
+    _raw_headers: list[bytes]
     _body: list[bytes]
 
     def __init__(self, pool: _Pool) -> None:
@@ -147,13 +194,12 @@ class _Connection(asyncio.Protocol):
 
     def _reset_message(self) -> None:
         self._status = 0
-        self._headers = {}
+        self._raw_headers = []
         self._body = []
         self._body_len = 0
         self._truncated = False
         self._interim = False
         self._headers_done = False
-        self._close_delimited = True
         self._head_bytes = 0
 
     # -- used by the pool's client ----------------------------------------------------------
@@ -163,12 +209,20 @@ class _Connection(asyncio.Protocol):
         pool = self._pool
         loop = pool.loop
         self._url = url
-        self._reset_message()
+        # _reset_message(), inlined: this runs once per request
+        self._status = 0
+        self._raw_headers = []
+        self._body = []
+        self._body_len = 0
+        self._truncated = False
+        self._interim = False
+        self._headers_done = False
+        self._head_bytes = 0
         self.got_bytes = False
         self.keep_alive = True
         waiter = self.waiter = loop.create_future()
         transport = self.transport
-        if transport is None or self.lost:  # pragma: no cover - pooled connections are open
+        if transport is None or self.lost:  # closed while being handed over: as if stale
             self._end_of_stream(None)
             return waiter
         self._deadline = loop.time() + pool.read_timeout
@@ -252,8 +306,6 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self.got_bytes = True
-        if not self._paused:
-            self._deadline = self._pool.loop.time() + self._pool.read_timeout
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -262,6 +314,10 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._protocol_error(f"malformed HTTP response: {exc}", exc)
             return
+        if waiter.done():
+            return  # the usual case: the whole response came in one piece
+        if not self._paused:
+            self._deadline = self._pool.loop.time() + self._pool.read_timeout
         if not self._headers_done:
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_HEAD_BYTES:
@@ -284,19 +340,15 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Kept raw; decoded only if someone reads the headers (most fan-outs never do).
+        self._raw_headers += (name, value)
+
+    def on_headers_complete(self) -> None:
         waiter = self.waiter
         if waiter is not None and waiter.done():
             self.keep_alive = False  # a second response nobody asked for
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        self._headers[key] = text
-        if key == "content-length" or (key == "transfer-encoding" and "chunked" in text.lower()):
-            self._close_delimited = False
-
-    def on_headers_complete(self) -> None:
+            return
         status = self._parser.get_status_code()
         if status < 200:
             self._interim = True  # 1xx: skipped, the real answer follows
@@ -340,7 +392,7 @@ class _Connection(asyncio.Protocol):
         waiter.set_result(
             HttpResponse(
                 self._status,
-                self._headers,
+                _Headers(self._raw_headers),
                 body[0] if len(body) == 1 else b"".join(body),
                 self._truncated,
             )
@@ -358,12 +410,19 @@ class _Connection(asyncio.Protocol):
         self._fail(error)
         self.abort()
 
+    def _close_delimited(self) -> bool:
+        """Whether the body runs until the connection ends (no length, not chunked)."""
+        headers = _Headers(self._raw_headers)
+        if "content-length" in headers:
+            return False
+        return "chunked" not in headers.get("transfer-encoding", "").lower()
+
     def _end_of_stream(self, exc: Exception | None) -> None:
         self.keep_alive = False
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
-        if self._headers_done and self._close_delimited and exc is None:
+        if self._headers_done and exc is None and self._close_delimited():
             self._resolve()  # a body delimited by the end of the connection
             return
         if self.got_bytes:
@@ -420,6 +479,7 @@ class _Pool:
         "_server_hostname",
         "_state",
         "_tls",
+        "closed",
         "connections",
         "idle",
         "limit",
@@ -446,24 +506,34 @@ class _Pool:
         self.idle: list[_Connection] = []
         self.connections: set[_Connection] = set()
         self.size = 0  # open or opening connections, plus slots handed to waiters
+        self.closed = False
         self.waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
 
     # -- slots ----------------------------------------------------------------------------------
 
+    def take_idle(self) -> _Connection | None:
+        """The newest idle connection still usable, if any (closing the unusable ones)."""
+        idle = self.idle
+        if not idle:
+            return None
+        oldest = self.loop.time() - self._state.settings.keepalive_expiry
+        state = self._state
+        while idle:
+            conn = idle.pop()
+            conn.idle = False
+            state.idle_count -= 1
+            transport = conn.transport
+            if conn.idle_since > oldest and transport is not None and not transport.is_closing():
+                conn.reused = True
+                return conn
+            self.discard(conn)
+        return None
+
     async def acquire(self, url: str) -> _Connection:
         """An idle connection, a new one in a free slot, or the next one released."""
-        idle = self.idle
-        if idle:
-            now = self.loop.time()
-            expiry = self._state.settings.keepalive_expiry
-            while idle:
-                conn = idle.pop()
-                conn.idle = False
-                self._state.unmark_idle(conn)
-                if conn.usable(now, expiry):
-                    conn.reused = True
-                    return conn
-                self.discard(conn)
+        conn = self.take_idle()
+        if conn is not None:
+            return conn
         if self.size < self.limit:
             self.size += 1
             return await self.open(url)
@@ -511,19 +581,23 @@ class _Pool:
 
     def release(self, conn: _Connection) -> None:
         """Take back a connection after a complete response; close it if it cannot be reused."""
-        if not conn.keep_alive or conn.lost:
+        if not conn.keep_alive or conn.lost or self.closed:
             self.discard(conn)
             return
+        conn.idle_since = self.loop.time()
         waiters = self.waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(conn)
                 return
+        state = self._state
+        if state.idle_count >= state.settings.max_idle_connections:
+            self.discard(conn)  # enough idle connections kept over all origins
+            return
         conn.idle = True
-        conn.idle_since = self.loop.time()
         self.idle.append(conn)
-        self._state.mark_idle(conn)
+        state.idle_count += 1
 
     def discard(self, conn: _Connection, *, keep_slot: bool = False) -> None:
         """Close ``conn`` and free its slot, or keep the slot for the caller's next connection."""
@@ -531,7 +605,7 @@ class _Pool:
         if conn.idle:
             conn.idle = False
             self.idle.remove(conn)
-            self._state.unmark_idle(conn)
+            self._state.idle_count -= 1
         if conn.counted:
             conn.counted = False
             self.connections.discard(conn)
@@ -548,6 +622,8 @@ class _Pool:
     async def open(self, url: str) -> _Connection:
         """Connect in a slot the caller holds; the slot is freed if that fails."""
         try:
+            if self.closed:
+                raise ConnectionResetError("the transport was closed", url=url)
             conn = await self._connect(url)
         except BaseException:
             self._free_slot()
@@ -559,7 +635,7 @@ class _Pool:
     async def _connect(self, url: str) -> _Connection:
         loop = self.loop
         timeout = self._state.settings.timeouts.connect
-        context = self._state.settings.tls_context() if self._tls else None
+        context = self._state.settings._tls_context() if self._tls else None
         task: asyncio.Task[tuple[asyncio.BaseTransport, _Connection]] = loop.create_task(
             loop.create_connection(
                 lambda: _Connection(self),
@@ -601,14 +677,14 @@ class _Origin:
 class _LoopState:
     """The pools of one event loop (asyncio connections belong to the loop that made them)."""
 
-    __slots__ = ("idle", "loop", "origins", "pools", "settings")
+    __slots__ = ("idle_count", "loop", "origins", "pools", "settings")
 
     def __init__(self, settings: StreamTransport, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.loop = loop
         self.origins: dict[str, _Origin] = {}
         self.pools: dict[tuple[str, str, int], _Pool] = {}
-        self.idle: dict[_Connection, None] = {}  # over all origins, oldest first
+        self.idle_count = 0  # over all origins
 
     def origin(self, prefix: str, url: str) -> _Origin:
         """Parse and check ``scheme://authority`` once; cache its pool and head lines."""
@@ -663,22 +739,11 @@ class _LoopState:
             if pool.size == 0 and not pool.waiters:
                 del self.pools[key]
 
-    def mark_idle(self, conn: _Connection) -> None:
-        """Track an idle connection; close the oldest beyond ``max_idle_connections``."""
-        idle = self.idle
-        idle[conn] = None
-        if len(idle) > self.settings.max_idle_connections:
-            oldest = next(iter(idle))
-            oldest._pool.discard(oldest)
-
-    def unmark_idle(self, conn: _Connection) -> None:
-        """Stop tracking a connection that is no longer idle."""
-        self.idle.pop(conn, None)
-
     async def aclose(self) -> None:
         """Close every connection and fail every pool waiter."""
         lost: list[asyncio.Future[None]] = []
         for pool in self.pools.values():
+            pool.closed = True
             for waiter in pool.waiters:
                 waiter.cancel()
             pool.waiters.clear()
@@ -688,11 +753,25 @@ class _LoopState:
                 pool.discard(conn)
         self.pools.clear()
         self.origins.clear()
-        self.idle.clear()
+        self.idle_count = 0
         if lost:
             # abort() reports connection_lost on the next loop iteration; wait for it so
             # that every socket is closed when aclose() returns.
             await asyncio.wait(lost, timeout=1.0)
+
+
+def _split_url(url: str) -> tuple[str, str, str]:
+    """``(url, scheme://authority, request target)`` for URLs _SIMPLE_URL does not take."""
+    match = _URL_RE.match(url)
+    if match is None:
+        url = url.strip(" \t\r\n\f\v\x00")  # as browsers (and httpx) do
+        match = _URL_RE.match(url)
+        if match is None:
+            raise InvalidURLError(f"not an absolute http(s) URL: {url!r}", url=url)
+    prefix, target = match.groups()
+    if not target.startswith("/"):
+        target = "/" + target
+    return url, prefix, quote(target, safe=_TARGET_SAFE)
 
 
 def _check_positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -713,7 +792,7 @@ def _check_user_agent(_: object, __: object, value: str) -> None:
         raise ConfigurationError(msg)
 
 
-@attrs.define
+@attrs.define(eq=False)  # a stateful object: equal only to itself
 class StreamTransport:
     """A fast asyncio HTTP/1.1 transport: keep-alive pools per origin, httptools parsing.
 
@@ -736,8 +815,8 @@ class StreamTransport:
             certificates verified against the system's CAs, host names checked.
         user_agent: The ``User-Agent``, unless the caller's headers carry one.
         keepalive_expiry: Idle connections older than this many seconds are not reused.
-        max_idle_connections: Idle connections kept over all origins; the oldest beyond
-            this number are closed.
+        max_idle_connections: Idle connections kept over all origins (a fan-out to many
+            hosts); a connection released beyond this number is closed instead.
     """
 
     timeouts: Timeouts = attrs.field(factory=Timeouts)
@@ -780,20 +859,14 @@ class StreamTransport:
         loop = asyncio.get_running_loop()
         if state is None or state.loop is not loop:
             state = self._state_for(loop)
-        match = _URL_RE.match(url)
-        if match is None:
-            url = url.strip(" \t\r\n\f\v\x00")  # as browsers (and httpx) do
-            match = _URL_RE.match(url)
-            if match is None:
-                raise InvalidURLError(f"not an absolute http(s) URL: {url!r}", url=url)
-        prefix, target = match.groups()
+        match = _SIMPLE_URL(url)
+        if match is not None:
+            prefix, target = match.groups()
+        else:
+            url, prefix, target = _split_url(url)
         origin = state.origins.get(prefix)
         if origin is None:
             origin = state.origin(prefix, url)
-        if not target or target[0] != "/":
-            target = "/" + target
-        if not _PLAIN_TARGET(target):
-            target = quote(target, safe=_TARGET_SAFE)
 
         parts = ["POST ", target, " HTTP/1.1\r\n", origin.lines]
         user_agent = True
@@ -818,8 +891,42 @@ class StreamTransport:
             msg = f"request head not encodable as Latin-1: {exc.reason}"
             raise InvalidURLError(msg, url=url) from exc
         if len(body) < _LARGE_BODY:
-            return await self._exchange(origin.pool, url, head + body, None)
-        return await self._exchange(origin.pool, url, head, body)
+            data, rest = head + body, None
+        else:
+            data, rest = head, body
+
+        pool = origin.pool
+        conn = pool.take_idle() if pool.idle else None
+        if conn is None:
+            conn = await pool.acquire(url)
+        try:
+            response = await conn.send(url, data, rest)
+        except ConnectionResetError:
+            if not conn.reused or conn.got_bytes:
+                pool.discard(conn)
+                raise
+            # The server closed a kept-alive connection just as we reused it, and nothing
+            # of an answer arrived. A POST is not idempotent in general, so this is the only
+            # retry the transport makes by itself: in this race the request almost always
+            # never reached the application (and receivers deduplicate on ``webhook-id``
+            # if it did). Once, on a new connection in the same slot.
+            pool.discard(conn, keep_slot=True)
+            conn = await pool.open(url)
+            try:
+                response = await conn.send(url, data, rest)
+            except BaseException:
+                pool.discard(conn)
+                raise
+        except BaseException:
+            # Timeouts, broken HTTP, cancellation by the caller: the connection is in an
+            # unknown state, so it is closed, never returned to the pool.
+            pool.discard(conn)
+            raise
+        if rest is not None and conn.transport is not None:
+            # an early answer (say a 413) can leave part of a large body unsent
+            conn.keep_alive = conn.keep_alive and not conn.transport.get_write_buffer_size()
+        pool.release(conn)
+        return response
 
     async def aclose(self) -> None:
         """Close the connections of the running event loop (new ones open on next use)."""
@@ -841,7 +948,7 @@ class StreamTransport:
     ) -> None:
         await self.aclose()
 
-    def tls_context(self) -> ssl.SSLContext:
+    def _tls_context(self) -> ssl.SSLContext:
         """The context for ``https`` origins (the default one is made on first use)."""
         if self.ssl_context is not None:
             return self.ssl_context
@@ -851,42 +958,12 @@ class StreamTransport:
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _exchange(
-        self, pool: _Pool, url: str, data: bytes, body: bytes | None
-    ) -> HttpResponse:
-        conn = await pool.acquire(url)
-        try:
-            response = await conn.send(url, data, body)
-        except ConnectionResetError:
-            if not conn.reused or conn.got_bytes:
-                pool.discard(conn)
-                raise
-            # The server closed a kept-alive connection just as we reused it, and nothing
-            # of an answer arrived. A POST is not idempotent in general, so this is the only
-            # retry the transport makes by itself: in this race the request almost always
-            # never reached the application (and receivers deduplicate on ``webhook-id``
-            # if it did). Once, on a new connection in the same slot.
-            pool.discard(conn, keep_slot=True)
-            conn = await pool.open(url)
-            try:
-                response = await conn.send(url, data, body)
-            except BaseException:
-                pool.discard(conn)
-                raise
-        except BaseException:
-            # Timeouts, broken HTTP, cancellation by the caller: the connection is in an
-            # unknown state, so it is closed, never returned to the pool.
-            pool.discard(conn)
-            raise
-        pool.release(conn)
-        return response
-
     def _state_for(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
         states = self._states
         state = states.get(loop)
         if state is None:
             for old in [old for old in states if old.is_closed()]:
-                del states[old]
+                states.pop(old, None)
             state = states[loop] = _LoopState(self, loop)
         self._state = state
         return state
