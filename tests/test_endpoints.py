@@ -9,6 +9,8 @@ import asyncio
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flnotify import (
     BlockedAddressError,
@@ -286,3 +288,47 @@ def test_body_size_limit() -> None:
 def test_max_body_bytes_must_be_positive_int(value: object) -> None:
     with pytest.raises(ConfigurationError, match="max_body_bytes"):
         EndpointPolicy(max_body_bytes=value)  # type: ignore[arg-type]
+
+
+_URL_PIECES = st.tuples(
+    st.sampled_from(["http", "https", "HTTP", "ftp", "ooo", "", "http:"]),
+    st.sampled_from(["://", ":/", "//", ""]),
+    st.sampled_from(
+        [
+            "host",
+            "127.0.0.1",
+            "[::1]",
+            "user:pw@host",
+            "",
+            "host:8080",
+            "host:0",
+            "host:99999",
+            "ho st",
+            "host?x",
+            "host#f",
+            "[::1",
+            "h\x00",
+        ]
+    ),
+    st.sampled_from(["", "/", "/a/b", "/a?b=/c", "/a#frag", "/ space", "/tab\t", "?q", "#f"]),
+)
+
+
+@given(pieces=_URL_PIECES, guard=st.booleans())
+@settings(max_examples=300, derandomize=True, database=None)
+def test_validate_url_refuses_exactly_what_check_url_refuses(
+    pieces: tuple[str, str, str, str], guard: bool
+) -> None:
+    url = "".join(pieces)
+    policy = EndpointPolicy(block_private=guard)
+    refused: EndpointError | None = None
+    try:
+        policy.check_url(url)
+    except EndpointError as exc:
+        refused = exc
+    if refused is None:
+        policy.validate_url(url)
+    else:
+        with pytest.raises(EndpointError) as info:
+            policy.validate_url(url)
+        assert info.value.url == refused.url
