@@ -512,3 +512,21 @@ def test_logs_carry_ids_endpoint_and_type_but_never_secrets(
     for record in caplog.records:
         text = record.getMessage() + repr(record.__dict__)
         assert key not in text
+
+
+def test_a_signer_failing_for_one_receiver_fails_only_that_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from flnotify.signing import Signer, generate_secret
+
+    rs = receivers(3)
+    secrets = {rs[0].id: generate_secret(), rs[2].id: generate_secret()}
+    signer = Signer(lookup=lambda r: secrets.get(r.id, "not a secret"))
+    with caplog.at_level(logging.ERROR, logger="flnotify"):
+        report = notifier(MemoryTransport(), signer=signer).send(round_start(rs))
+    assert [d.outcome for d in report] == [Outcome.DELIVERED, Outcome.FAILED, Outcome.DELIVERED]
+    failed = report.deliveries[1]
+    assert isinstance(failed.error, flnotify.TransportError)
+    assert failed.error.kind is flnotify.TransportErrorKind.INTERNAL
+    assert isinstance(failed.error.__cause__, flnotify.ConfigurationError)
+    assert failed.attempts == 1

@@ -9,6 +9,7 @@ loop thread, so it works from plain sync code and from inside a running event lo
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import random
@@ -221,8 +222,9 @@ def message_ids_for(
         ConfigurationError: ``message_ids`` does not have one id per receiver.
     """
     n = len(notification.receivers)
-    if message_ids is None:
-        return _MessageIds(n)
+    if message_ids is None:  # one random 96-bit prefix per send, then the receiver's index
+        prefix = "msg_" + secrets.token_hex(12)
+        return [f"{prefix}_{i:x}" for i in range(n)]
     if len(message_ids) != n:
         msg = f"{len(message_ids)} message ids for {n} receivers"
         raise ConfigurationError(msg)
@@ -332,22 +334,20 @@ class Notifier:
 
     # -- one POST ------------------------------------------------------------------------
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
-        transport = self.transport
-        apost = getattr(transport, "apost", None)  # not isinstance(): slow for a Protocol
-        try:
-            if apost is not None:
-                response: HttpResponse = await apost(url, body, headers)
-                return response
-            loop = asyncio.get_running_loop()
-            post = cast(Transport, transport).post
-            return await loop.run_in_executor(self._thread_pool(), post, url, body, headers)
-        except TransportError:
-            raise
-        except Exception as exc:  # a transport broke its contract; never lose the receiver
-            logger.exception("transport %s raised %r", type(transport).__name__, exc)
-            msg = f"transport raised {type(exc).__name__}: {exc}"
-            raise TransportError(msg, url=url, kind=TransportErrorKind.INTERNAL) from exc
+    def _poster(self) -> Callable[[str, bytes, dict[str, str]], Awaitable[HttpResponse]]:
+        """The transport's ``apost``, or its blocking ``post`` run in a thread pool."""
+        apost: Callable[[str, bytes, dict[str, str]], Awaitable[HttpResponse]] | None = getattr(
+            self.transport, "apost", None
+        )
+        if apost is not None:
+            return apost
+        post = cast(Transport, self.transport).post
+        pool = self._thread_pool()
+
+        async def in_thread(url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
+            return await asyncio.get_running_loop().run_in_executor(pool, post, url, body, headers)
+
+        return in_thread
 
     def _thread_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
@@ -421,33 +421,14 @@ class Notifier:
             self._executor = None
 
 
-class _MessageIds(Sequence[str]):
-    """``webhook-id`` per receiver: one random 96-bit prefix per send plus the index."""
-
-    __slots__ = ("_n", "_prefix")
-
-    def __init__(self, n: int) -> None:
-        self._n = n
-        self._prefix = "msg_" + secrets.token_hex(12)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._n))]
-        if not -self._n <= index < self._n:
-            raise IndexError(index)
-        return f"{self._prefix}_{index % self._n:x}"
-
-
 class _Send:
-    """The state of one fan-out: workers, bounded attempts, retries, a deadline, the results.
+    """The state of one fan-out: workers, attempts, retries, a deadline, the results.
 
-    ``concurrency`` worker coroutines take receivers one by one from a shared iterator (no
-    task per receiver, so memory stays flat at 100,000 receivers). Every POST holds one of
-    ``concurrency`` slots; a receiver waiting for its retry becomes a small task of its own
-    that holds no slot while it sleeps, so it never delays the others.
+    ``concurrency`` worker coroutines are the only ones that POST, so at most that many
+    requests are in flight. They take receivers due for a retry first, then fresh ones from
+    a shared iterator (no task per receiver: memory stays flat at 100,000 receivers). A
+    receiver waiting for its retry is a small sleeping task that holds no worker, so it never
+    delays the others; when it wakes it queues itself for the next free worker.
     """
 
     def __init__(
@@ -469,9 +450,12 @@ class _Send:
         self.started = [0.0] * n
         self.last: dict[int, HttpResponse] = {}  # last answer of receivers in backoff
         self.remaining = n
-        self.slots = asyncio.Semaphore(notifier.concurrency)
+        self.ready: collections.deque[tuple[int, ReceiverLike, str]] = collections.deque()
+        self.sleeping = 0  # receivers waiting for their retry
+        self.wakeup = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()
+        self.post = notifier._poster()
         self.queue: asyncio.Queue[Delivery] | None = (
             asyncio.Queue() if callbacks is not None else None
         )
@@ -525,33 +509,53 @@ class _Send:
             task.cancel()
 
     async def work(self, fresh: Iterator[tuple[int, ReceiverLike]]) -> None:
-        """Take receivers until none are left; each is taken by exactly one worker."""
-        for index, receiver in fresh:
-            async with self.slots:
-                await self.first(index, receiver)
+        """POST for receivers until none is left to try, now or after a backoff.
 
-    async def first(self, index: int, receiver: ReceiverLike) -> None:
-        """Check the endpoint before any I/O, then make the first attempt."""
-        notifier = self.notifier
-        url = receiver.message_endpoint
-        policy = notifier.policy
-        try:
-            if policy.block_private:
-                endpoint = policy.check_url(url)
-                await policy.acheck_host(endpoint.host, endpoint.port, url=url)
-            else:
-                policy.validate_url(url)
-        except (EndpointError, TransportError) as exc:
-            self.finish(index, receiver, Outcome.FAILED, error=refused_endpoint(exc, url))
-            return
-        self.started[index] = notifier.clock()
-        await self.attempt(index, receiver, url)
+        A fresh receiver's endpoint is checked before any I/O, then its first attempt is
+        made. (One flat loop on purpose: every coroutine layer costs on the path of 100,000
+        receivers.)
+        """
+        policy = self.notifier.policy
+        clock = self.notifier.clock
+        ready = self.ready
+        while True:
+            if ready:
+                await self.attempt(*ready.popleft())
+                continue
+            item = next(fresh, None)
+            if item is None:
+                if not self.sleeping:
+                    self.wakeup.set()  # nothing is left: let idle workers see it and end
+                    return
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            index, receiver = item
+            url = receiver.message_endpoint
+            try:
+                if policy.block_private:
+                    endpoint = policy.check_url(url)
+                    await policy.acheck_host(endpoint.host, endpoint.port, url=url)
+                else:
+                    policy.validate_url(url)
+            except (EndpointError, TransportError) as exc:
+                self.finish(index, receiver, Outcome.FAILED, error=refused_endpoint(exc, url))
+                continue
+            except Exception as exc:  # e.g. a host's resolver broke; never lose the receiver
+                logger.exception("checking the endpoint of %s failed", receiver.id)
+                error = TransportError(str(exc), url=url, kind=TransportErrorKind.INTERNAL)
+                error.__cause__ = exc
+                self.finish(index, receiver, Outcome.FAILED, error=error)
+                continue
+            self.started[index] = clock()
+            await self.attempt(index, receiver, url)
 
     async def again(self, index: int, receiver: ReceiverLike, url: str, delay: float) -> None:
-        """Sleep without holding a slot, then make the next attempt."""
+        """Sleep (holding no worker), then queue the next attempt for a free worker."""
         await self.notifier.sleep(delay)
-        async with self.slots:
-            await self.attempt(index, receiver, url)
+        self.sleeping -= 1
+        self.ready.append((index, receiver, url))
+        self.wakeup.set()
 
     async def attempt(self, index: int, receiver: ReceiverLike, url: str) -> None:
         """One POST; the retry policy decides between an outcome and another attempt."""
@@ -559,12 +563,18 @@ class _Send:
         self.attempts[index] = attempt = self.attempts[index] + 1
         response: HttpResponse | None = None
         error: TransportError | None = None
+        body = self.body
         try:
-            response = await notifier._post(
-                url, self.body, notifier._headers(self.message_ids[index], self.body, receiver)
+            response = await self.post(
+                url, body, notifier._headers(self.message_ids[index], body, receiver)
             )
         except TransportError as exc:
             error = exc
+        except Exception as exc:  # a transport broke its contract; never lose the receiver
+            logger.exception("transport %s raised %r", type(notifier.transport).__name__, exc)
+            msg = f"transport raised {type(exc).__name__}: {exc}"
+            error = TransportError(msg, url=url, kind=TransportErrorKind.INTERNAL)
+            error.__cause__ = exc
         decision = notifier.retry.decide(
             attempt, response=response, error=error, rng=notifier.rng, now=notifier.wall_clock
         )
@@ -573,6 +583,7 @@ class _Send:
             return
         if response is not None:
             self.last[index] = response
+        self.sleeping += 1
         self.spawn(self.again(index, receiver, url, decision.delay))
 
     def record(self, index: int, delivery: Delivery) -> None:
