@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import platform
@@ -318,8 +319,26 @@ def all_peers() -> dict[str, tuple[str, Callable[..., Any], int | None]]:
     return peers
 
 
+_PEER_IMPORTS = {
+    "requests": ["requests"],
+    "httpx": ["httpx"],
+    "aiohttp": ["aiohttp"],
+    "stream": ["flnotify.transports._streams"],
+    "notifier": ["flnotify", "flnotify.transports._streams"],
+}
+
+
+def preimport(peer: str) -> None:
+    """Import what a peer needs before its clock starts: the time measured is the send."""
+    for key, modules in _PEER_IMPORTS.items():
+        if key in peer:
+            for module in modules:
+                importlib.import_module(module)
+
+
 def worker_main(peer: str, size: int, ports: list[int]) -> None:
     """Run one peer once and print one JSON line: elapsed, delivered, peak RSS."""
+    preimport(peer)
     _, fn, _ = all_peers()[peer]
     urls = receiver_urls(size, ports)
     prepare = getattr(fn, "prepare", None)
@@ -393,6 +412,7 @@ FAULTY: dict[str, tuple[str, Callable[[list[str]], Any]]] = {
 
 
 def faulty_worker_main(peer: str, ports: list[int], hold_ports: list[int]) -> None:
+    preimport(peer)
     _, fn = FAULTY[peer]
     urls = faulty_urls(ports, hold_ports)
     start = time.perf_counter()
