@@ -18,12 +18,12 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 from typing_extensions import Self
 
+from ._closing import AsyncClosing, Closing
 from ._codec import Codec
 from ._exceptions import (
     BlockedAddressError,
@@ -236,7 +236,7 @@ def _default_transport() -> HttpxTransport:
 
 
 @attrs.define
-class Notifier:
+class Notifier(Closing, AsyncClosing):
     """Sends notifications to their receivers; reusable, and closed when done.
 
     Args:
@@ -376,12 +376,15 @@ class Notifier:
         return self._portal.run(coroutine)
 
     async def aclose(self) -> None:
-        """Release the transport's connections for the running loop."""
+        """Release the transport's connections for the running loop, and worker threads."""
         closer = getattr(self.transport, "aclose", None)
         if closer is not None:
             await closer()
         elif isinstance(self.transport, Transport):
             self.transport.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     def close(self) -> None:
         """Release connections, the private event loop thread and worker threads."""
@@ -393,31 +396,6 @@ class Notifier:
             self.transport.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-            self._executor = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
             self._executor = None
 
 

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import attrs
-from typing_extensions import Self
 
+from ._closing import Closing
 from ._codec import Codec
 from ._delivery import Delivery, message_ids_for
 from ._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
@@ -208,7 +208,7 @@ def _fspath(path: str | os.PathLike[str]) -> str:
 
 
 @attrs.define(eq=False)
-class Outbox:
+class Outbox(Closing):
     """Notifications waiting to be delivered, one row per receiver, in an SQLite file.
 
     Several processes may share the file (WAL mode; claims are made in ``BEGIN IMMEDIATE``
@@ -264,12 +264,6 @@ class Outbox:
     def close(self) -> None:
         """Close the connection; idempotent."""
         self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def _transaction(self, *, write: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         """One transaction (``BEGIN IMMEDIATE`` to write); sqlite3 errors become OutboxError."""

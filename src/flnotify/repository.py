@@ -24,8 +24,8 @@ from typing import Protocol, TypeGuard
 from uuid import UUID
 
 import attrs
-from typing_extensions import Self
 
+from ._closing import Closing
 from ._exceptions import ConfigurationError, TrainingNotFoundError
 from ._sqlite import SQLiteConnection
 from ._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState, as_receivers
@@ -524,7 +524,7 @@ def _build(row: _Row, participants: list[Receiver]) -> TrainingSnapshot:
 
 
 @attrs.define(eq=False)
-class SQLiteTrainingRepository(_RepositoryBase):
+class SQLiteTrainingRepository(_RepositoryBase, Closing):
     """Trainings in an SQLite database (stdlib :mod:`sqlite3`); creates its schema.
 
     One connection is shared by all threads behind a lock, each call is one
@@ -564,12 +564,6 @@ class SQLiteTrainingRepository(_RepositoryBase):
     def close(self) -> None:
         """Close the connection; idempotent. Later calls raise :class:`ConfigurationError`."""
         self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def _transaction(self, *, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
         return self._db.transaction(self, write=write)

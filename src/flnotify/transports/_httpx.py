@@ -10,13 +10,12 @@ import ssl
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
 
 import attrs
 import certifi
 import httpx
-from typing_extensions import Self
 
+from .._closing import AsyncClosing, Closing
 from .._exceptions import (
     ConnectError,
     ConnectionResetError,
@@ -38,7 +37,7 @@ def _httpx_timeout(timeouts: Timeouts) -> httpx.Timeout:
 
 
 @attrs.define
-class HttpxTransport:
+class HttpxTransport(Closing, AsyncClosing):
     """POSTs through one pooled ``httpx.Client`` (sync) and small per-origin ``AsyncClient``s.
 
     Clients are created on first use, share one TLS context, and are reused for every send
@@ -170,28 +169,6 @@ class HttpxTransport:
         clients = self._own_async.pop(asyncio.get_running_loop(), None)
         if clients is not None:
             await clients.aclose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _origin(url: str) -> str:

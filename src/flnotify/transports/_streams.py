@@ -22,12 +22,10 @@ import re
 import socket
 import ssl
 from collections.abc import Iterator, Mapping
-from types import TracebackType
 from typing import Any, Final, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import attrs
-from typing_extensions import Self
 
 try:
     import httptools
@@ -35,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     msg = "StreamTransport needs httptools: pip install 'flnotify[fast]'"
     raise ImportError(msg) from exc
 
+from .._closing import AsyncClosing
 from .._exceptions import (
     ConfigurationError,
     ConnectError,
@@ -793,7 +792,7 @@ def _check_user_agent(_: object, __: object, value: str) -> None:
 
 
 @attrs.define(eq=False)  # a stateful object: equal only to itself
-class StreamTransport:
+class StreamTransport(AsyncClosing):
     """A fast asyncio HTTP/1.1 transport: keep-alive pools per origin, httptools parsing.
 
     Connections are pooled per (scheme, host, port), at most ``max_connections_per_origin``
@@ -936,17 +935,6 @@ class StreamTransport:
             self._state = None
         if state is not None:
             await state.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _tls_context(self) -> ssl.SSLContext:
         """The context for ``https`` origins (the default one is made on first use)."""
