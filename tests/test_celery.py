@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import redis
@@ -26,6 +27,7 @@ from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
 from flnotify.callbacks import TrainingCallbacks
 from flnotify.contrib.celery import CeleryDelivery
 from flnotify.signing import Signer, Verifier, generate_secret
+from flnotify.testing import RecordingCallbacks
 from flnotify.transports import HttpxTransport
 from servers import FaultServer, refused_url
 
@@ -140,21 +142,11 @@ def repo_path(tmp_path: Path) -> Path:
     return tmp_path / "trainings.db"  # shared by the test and the worker's repository
 
 
-class Recorder:
-    """Callbacks that remember each Delivery (called on the worker thread)."""
+@attrs.define
+class Recorder(RecordingCallbacks):
+    """Callbacks that remember each Delivery (called on the worker thread) and repository."""
 
-    def __init__(self) -> None:
-        self.calls: list[flnotify.Delivery] = []
-        self.repositories: list[object] = []
-        self._lock = threading.Lock()
-
-    def on_success(self, delivery: flnotify.Delivery, /) -> None:
-        with self._lock:
-            self.calls.append(delivery)
-
-    def on_error(self, delivery: flnotify.Delivery, /) -> None:
-        with self._lock:
-            self.calls.append(delivery)
+    repositories: list[object] = attrs.field(init=False, factory=list)
 
 
 class Tee:

@@ -18,6 +18,7 @@ import flnotify
 from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
 from flnotify.endpoints import EndpointPolicy
 from flnotify.outbox import Claim, Outbox, OutboxDispatcher, OutboxError, OutboxState
+from flnotify.testing import RecordingCallbacks
 from flnotify.transports import MemoryRequest, MemoryTransport
 from servers import FaultServer
 
@@ -33,22 +34,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Recorder:
-    """Callbacks that remember every call, from any thread."""
-
-    def __init__(self) -> None:
-        self.calls: list[flnotify.Delivery] = []
-        self._lock = threading.Lock()
-
-    def on_success(self, delivery: flnotify.Delivery, /) -> None:
-        with self._lock:
-            self.calls.append(delivery)
-
-    def on_error(self, delivery: flnotify.Delivery, /) -> None:
-        with self._lock:
-            self.calls.append(delivery)
 
 
 def receivers(n: int, url: str = "http://client-{i}.test/msg") -> list[Receiver]:
@@ -230,7 +215,7 @@ def test_async_api(db: str) -> None:
         await asyncio.sleep(0)
         return 202
 
-    recorder = Recorder()
+    recorder = RecordingCallbacks()
 
     async def main() -> None:
         transport = MemoryTransport(answer)
@@ -284,7 +269,7 @@ def test_a_send_outlasting_its_lease_keeps_the_claim_by_renewing_it(db: str) -> 
 
 def test_callbacks_of_an_outcome_recorded_before_a_crash_run_without_resending(db: str) -> None:
     clock = Clock()
-    recorder = Recorder()
+    recorder = RecordingCallbacks()
     transport = MemoryTransport()
     with Outbox(db, clock=clock) as outbox:
         outbox.put(start(receivers(3)))
@@ -323,7 +308,7 @@ def test_run_waits_for_a_dead_dispatchers_lease(db: str) -> None:
 
 
 def test_a_notification_the_notifier_refuses_is_recorded_failed(db: str) -> None:
-    recorder = Recorder()
+    recorder = RecordingCallbacks()
     transport = MemoryTransport()
     with (
         Outbox(db) as outbox,

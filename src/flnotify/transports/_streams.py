@@ -208,15 +208,7 @@ class _Connection(asyncio.Protocol):
         pool = self._pool
         loop = pool.loop
         self._url = url
-        # _reset_message(), inlined: this runs once per request
-        self._status = 0
-        self._raw_headers = []
-        self._body = []
-        self._body_len = 0
-        self._truncated = False
-        self._interim = False
-        self._headers_done = False
-        self._head_bytes = 0
+        self._reset_message()
         self.got_bytes = False
         self.keep_alive = True
         waiter = self.waiter = loop.create_future()
