@@ -36,6 +36,7 @@ from ._types import (
     TrainingSnapshot,
     TrainingState,
 )
+from ._version import __version__
 from .callbacks import Callbacks, FunctionCallbacks, Reaction, TrainingCallbacks
 from .endpoints import EndpointPolicy, ParsedEndpoint, PayloadTooLargeError
 from .receiving import IdStore, InMemoryIdStore, MessageContext, NotificationRouter, Reply
@@ -64,8 +65,6 @@ from .training import (
     TrainingStartNotification,
     TrainingSWAGRoundStartNotification,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncTrainingRepository",

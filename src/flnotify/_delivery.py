@@ -39,6 +39,7 @@ from ._notification import Notification, TrainingNotification
 from ._retry import Outcome, RetryPolicy
 from ._types import ReceiverLike
 from ._validators import at_least_one, positive
+from ._version import __version__
 from .callbacks import Callbacks, call_callbacks
 from .endpoints import EndpointPolicy
 from .transports._base import AsyncTransport, HttpResponse, Transport
@@ -273,7 +274,7 @@ class Notifier(Closing, AsyncClosing):
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     rng: Callable[[], float] = random.random
-    user_agent: str = "flnotify"
+    user_agent: str = f"flnotify/{__version__}"
     _portal: _Portal | None = attrs.field(init=False, default=None, repr=False)
     _executor: concurrent.futures.ThreadPoolExecutor | None = attrs.field(
         init=False, default=None, repr=False

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import builtins
 import collections
-import functools
 import re
 import socket
 import ssl
@@ -44,6 +43,7 @@ from .._exceptions import (
     TimeoutError,
     TransportError,
 )
+from .._version import __version__
 from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts
 
 __all__ = ["StreamTransport"]
@@ -91,10 +91,7 @@ _OWNED_HEADERS: Final = frozenset(
 )
 
 
-@functools.cache
 def _default_user_agent() -> str:
-    from .. import __version__  # at first use: the package is fully imported by then
-
     return f"flnotify/{__version__}"
 
 
