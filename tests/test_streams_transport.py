@@ -12,6 +12,7 @@ import contextlib
 import socket
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -47,6 +48,17 @@ def run(coro: Awaitable[Any]) -> Any:
         return await coro
 
     return asyncio.run(main())
+
+
+def post_once(url: str) -> flnotify.transports.HttpResponse:
+    """One POST through a fresh transport, closed afterwards."""
+
+    async def main() -> flnotify.transports.HttpResponse:
+        async with StreamTransport(timeouts=FAST) as t:
+            return await t.apost(url, BODY, HEADERS)
+
+    response: flnotify.transports.HttpResponse = run(main())
+    return response
 
 
 def connections(transport: StreamTransport) -> int:
@@ -131,11 +143,7 @@ def test_is_an_async_transport() -> None:
 
 
 def test_content_length_response(server: FaultServer) -> None:
-    async def main() -> flnotify.transports.HttpResponse:
-        async with StreamTransport(timeouts=FAST) as t:
-            return await t.apost(server.url("/status/200"), BODY, HEADERS)
-
-    response = run(main())
+    response = post_once(server.url("/status/200"))
     assert response.status_code == 200
     assert response.body == b'{"status": 200}'
     assert response.headers["content-type"] == "application/json"
@@ -143,11 +151,7 @@ def test_content_length_response(server: FaultServer) -> None:
 
 
 def test_chunked_response(server: FaultServer) -> None:
-    async def main() -> flnotify.transports.HttpResponse:
-        async with StreamTransport(timeouts=FAST) as t:
-            return await t.apost(server.url("/chunked/201"), BODY, HEADERS)
-
-    response = run(main())
+    response = post_once(server.url("/chunked/201"))
     assert response.status_code == 201
     assert response.body == b'{"status": 201, "chunked": true}'
 
@@ -418,11 +422,7 @@ def test_body_exactly_at_cap_is_not_truncated(server: FaultServer) -> None:
 
 
 def test_redirect_is_not_followed(server: FaultServer) -> None:
-    async def main() -> flnotify.transports.HttpResponse:
-        async with StreamTransport(timeouts=FAST) as t:
-            return await t.apost(server.url("/redirect/301"), BODY, HEADERS)
-
-    response = run(main())
+    response = post_once(server.url("/redirect/301"))
     assert response.status_code == 301
     assert response.headers["location"].endswith("/status/200")
 
@@ -719,8 +719,9 @@ def test_aclose_closes_idle_connections_and_allows_reuse(fresh: FaultServer) -> 
 def test_aclose_fails_requests_in_flight(server: FaultServer) -> None:
     async def main() -> None:
         t = StreamTransport(timeouts=FAST)
-        task = asyncio.ensure_future(t.apost(server.url("/hang"), BODY, HEADERS))
-        await asyncio.sleep(0.05)
+        target = f"/hang?case={uuid.uuid4()}"
+        task = asyncio.ensure_future(t.apost(server.url(target), BODY, HEADERS))
+        await server.wait_for_requests_async(1, path=target)  # the request is in flight
         await t.aclose()
         with pytest.raises(flnotify.ConnectionResetError):
             await task
