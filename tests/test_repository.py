@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 import attrs
 import pytest
 
-from flnotify._exceptions import ConfigurationError, TrainingNotFoundError
+from flnotify._exceptions import ConfigurationError, RepositoryError, TrainingNotFoundError
 from flnotify._repository_contract import TrainingRepositoryContract
 from flnotify._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState
 from flnotify.repository import (
@@ -405,7 +405,7 @@ def test_sqlite_context_manager_closes() -> None:
 
 
 def test_sqlite_unopenable_path_raises(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="cannot open") as caught:
+    with pytest.raises(RepositoryError, match="cannot open") as caught:
         SQLiteTrainingRepository(tmp_path / "no" / "such" / "dir.db")
     assert isinstance(caught.value.__cause__, sqlite3.Error)
 
@@ -413,7 +413,7 @@ def test_sqlite_unopenable_path_raises(tmp_path: Path) -> None:
 def test_sqlite_not_a_database_raises(tmp_path: Path) -> None:
     path = tmp_path / "junk.db"
     path.write_bytes(b"this is not an sqlite database at all" * 100)
-    with pytest.raises(ConfigurationError, match="cannot use") as caught:
+    with pytest.raises(RepositoryError, match="cannot use") as caught:
         SQLiteTrainingRepository(path)
     assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
 

@@ -166,7 +166,7 @@ def test_never_answering_peer_times_out(
 ) -> None:
     d = one(Run(make_transport(None), retry=RetryPolicy(max_attempts=2)).send(server.url("/hang")))
     assert d.outcome is Outcome.FAILED
-    assert isinstance(d.error, flnotify.TimeoutError)
+    assert isinstance(d.error, flnotify.TransportTimeoutError)
     assert d.attempts == 2
 
 
@@ -174,13 +174,13 @@ def test_slow_headers_time_out(make_transport: TransportFactory, server: FaultSe
     run = Run(make_transport(None), retry=RetryPolicy.no_retries())
     d = one(run.send(server.url("/slow-headers/5")))
     assert d.outcome is Outcome.FAILED
-    assert isinstance(d.error, flnotify.TimeoutError)
+    assert isinstance(d.error, flnotify.TransportTimeoutError)
 
 
 def test_reset_mid_response(make_transport: TransportFactory, server: FaultServer) -> None:
     d = one(Run(make_transport(None)).send(server.url("/reset")))
     assert d.outcome is Outcome.FAILED
-    assert isinstance(d.error, (flnotify.ConnectionResetError, flnotify.ProtocolError))
+    assert isinstance(d.error, (flnotify.ConnectionLostError, flnotify.ProtocolError))
     assert d.attempts == 3
 
 

@@ -1,43 +1,57 @@
 """flnotify: typed, signed, fault-tolerant notifications from an FL server to its clients."""
 
 from ._codec import Codec, NotificationRegistry, decode, default_registry, encode, make_converter
-from ._delivery import Delivery, DeliveryReport, Notifier
+from ._delivery import Notifier
 from ._exceptions import (
     BlockedAddressError,
+    CallbackError,
     ConfigurationError,
     ConnectError,
-    ConnectionResetError,
+    ConnectionLostError,
     DecodeError,
     DeliveryError,
     DNSError,
     EndpointError,
     FlnotifyError,
+    InternalError,
     InvalidURLError,
     MalformedHeaderError,
     MissingHeaderError,
     ProtocolError,
-    ResponseTooLargeError,
+    RepositoryError,
     SignatureMismatchError,
-    TimeoutError,
     TimestampError,
     TrainingNotFoundError,
     TransportError,
     TransportErrorKind,
+    TransportTimeoutError,
     UnknownNotificationTypeError,
     VerificationError,
 )
+from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook
 from ._notification import Notification, TrainingNotification
-from ._retry import Outcome, RetryPolicy
+from ._report import Delivery, DeliveryReport, OutcomeCounts
+from ._retry import RetryPolicy
 from ._types import (
+    HttpResponse,
     NotificationKind,
     NotificationType,
+    Outcome,
     Receiver,
     ReceiverLike,
+    Timeouts,
     TrainingSnapshot,
     TrainingState,
 )
 from ._version import __version__
-from .callbacks import Callbacks, FunctionCallbacks, Reaction, TrainingCallbacks
+from .callbacks import (
+    Callbacks,
+    FunctionCallbacks,
+    Reaction,
+    TrainingCallbacks,
+    default_callbacks_for,
+    register_default_callbacks,
+)
 from .endpoints import EndpointPolicy, ParsedEndpoint, PayloadTooLargeError
 from .receiving import IdStore, InMemoryIdStore, MessageContext, NotificationRouter, Reply
 from .repository import (
@@ -68,27 +82,33 @@ from .training import (
 
 __all__ = [
     "AsyncTrainingRepository",
+    "AttemptEnded",
+    "AttemptStarted",
     "BlockedAddressError",
+    "CallbackError",
     "Callbacks",
     "ClientRemovedBody",
     "ClientRemovedNotification",
     "Codec",
     "ConfigurationError",
     "ConnectError",
-    "ConnectionResetError",
+    "ConnectionLostError",
     "DNSError",
     "DecodeError",
     "Delivery",
     "DeliveryError",
+    "DeliveryHook",
     "DeliveryReport",
     "EndpointError",
     "EndpointPolicy",
     "FlnotifyError",
     "FunctionCallbacks",
     "GlobalModelBody",
+    "HttpResponse",
     "IdStore",
     "InMemoryIdStore",
     "InMemoryTrainingRepository",
+    "InternalError",
     "InvalidURLError",
     "MalformedHeaderError",
     "MessageContext",
@@ -99,7 +119,9 @@ __all__ = [
     "NotificationRouter",
     "NotificationType",
     "Notifier",
+    "NullHook",
     "Outcome",
+    "OutcomeCounts",
     "ParsedEndpoint",
     "PayloadTooLargeError",
     "ProtocolError",
@@ -107,13 +129,13 @@ __all__ = [
     "Receiver",
     "ReceiverLike",
     "Reply",
-    "ResponseTooLargeError",
+    "RepositoryError",
     "RetryPolicy",
     "RoundBody",
     "SQLiteTrainingRepository",
     "SignatureMismatchError",
     "Signer",
-    "TimeoutError",
+    "Timeouts",
     "TimestampError",
     "TrainingCallbacks",
     "TrainingFinishedNotification",
@@ -128,16 +150,19 @@ __all__ = [
     "TrainingState",
     "TransportError",
     "TransportErrorKind",
+    "TransportTimeoutError",
     "UnknownNotificationTypeError",
     "VerificationError",
     "VerifiedMessage",
     "Verifier",
     "__version__",
     "decode",
+    "default_callbacks_for",
     "default_registry",
     "encode",
     "generate_secret",
     "make_converter",
     "new_message_id",
+    "register_default_callbacks",
     "sign_payload",
 ]

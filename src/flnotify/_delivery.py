@@ -1,9 +1,11 @@
 """The Notifier: encode once, fan out concurrently, retry without blocking, report everything.
 
-Per receiver there is exactly one :class:`Delivery` and exactly one callback call (DESIGN §2).
-All decisions (what an answer means, when to retry) come from :class:`RetryPolicy`; this
-module only schedules. The engine is asyncio; ``Notifier.send`` runs it on a private event
-loop thread, so it works from plain sync code and from inside a running event loop alike.
+The Notifier is the asyncio driver of the delivery core (``_attempt``): it decides where
+attempts run and how they wait; the core decides everything else. Per receiver there is
+exactly one [`Delivery`][flnotify.Delivery] and one callback call, whatever a peer sends or a
+component raises. ``Notifier.send`` runs the engine on a private event loop thread, so it
+works from plain sync code and from inside a running event loop alike. The Celery task and
+the outbox dispatcher drive the same engine (``Notifier._deliver``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import collections
 import concurrent.futures
 import logging
 import random
-import secrets
 import threading
 import time
 import weakref
@@ -21,219 +22,58 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
-from typing_extensions import Self
 
+from ._attempt import Core, Course, internal_error, message_ids_for
 from ._closing import AsyncClosing, Closing
 from ._codec import Codec
-from ._exceptions import (
-    BlockedAddressError,
-    ConfigurationError,
-    DeliveryError,
-    EndpointError,
-    FlnotifyError,
-    InvalidURLError,
-    TransportError,
-    TransportErrorKind,
-)
-from ._notification import Notification, TrainingNotification
-from ._retry import Outcome, RetryPolicy
-from ._types import ReceiverLike
+from ._exceptions import CallbackError, ConfigurationError, FlnotifyError, TransportError
+from ._exceptions import TransportErrorKind as Kind
+from ._hooks import DeliveryHook, HookSet
+from ._notification import Notification
+from ._report import Delivery, DeliveryReport
+from ._retry import RetryPolicy
+from ._types import HttpResponse
 from ._validators import at_least_one, positive
 from ._version import __version__
-from .callbacks import Callbacks, call_callbacks
+from .callbacks import Callbacks, default_callbacks_for, run_callbacks
 from .endpoints import EndpointPolicy
-from .transports._base import AsyncTransport, HttpResponse, Transport
+from .transports._base import AsyncTransport, Transport, within
 from .transports._httpx import HttpxTransport
 
 if TYPE_CHECKING:
     from .repository import AsyncTrainingRepository, TrainingRepository
     from .signing import Signer
 
-__all__ = [
-    "Delivery",
-    "DeliveryReport",
-    "Notifier",
-    "build_headers",
-    "message_ids_for",
-    "refused_endpoint",
-]
+__all__ = ["Notifier"]
 
 logger = logging.getLogger("flnotify")
 T = TypeVar("T")
-
-
-@attrs.frozen
-class Delivery:
-    """The final result of delivering one notification to one receiver.
-
-    Args:
-        receiver: Who it was for.
-        notification: What was sent.
-        outcome: Delivered, rejected or failed.
-        message_id: The ``webhook-id`` it carried (the same on every attempt).
-        attempts: POSTs made (0 when the endpoint was refused before any I/O).
-        elapsed: Seconds from the first attempt to the outcome, backoff included.
-        status_code: The last HTTP status received, if any.
-        error: Why it failed, when it did without a final status.
-        response: The last answer (body capped by the transport) of a receiver that was
-            not delivered, for diagnosis; ``None`` for delivered ones (``status_code``
-            says enough, and a large fan-out's report stays small).
-    """
-
-    receiver: ReceiverLike
-    notification: Notification[Any] = attrs.field(repr=False)
-    outcome: Outcome
-    message_id: str
-    attempts: int
-    elapsed: float
-    status_code: int | None = None
-    error: FlnotifyError | None = None
-    response: HttpResponse | None = attrs.field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        """Whether the receiver answered 2xx."""
-        return self.outcome is Outcome.DELIVERED
-
-    def describe(self) -> str:
-        """One line for humans: receiver, outcome, status or error, attempts."""
-        why = f"status {self.status_code}" if self.status_code is not None else ""
-        if self.error is not None:
-            why = f"{why}; {self.error}" if why else str(self.error)
-        return (
-            f"{self.receiver.id} ({self.receiver.message_endpoint}): {self.outcome.value}"
-            f"{', ' + why if why else ''} after {self.attempts} attempt(s)"
-        )
-
-    def log_context(self) -> dict[str, object]:
-        """Fields for ``logging``'s ``extra``: ids, endpoint and type; never secrets."""
-        notification = self.notification
-        training = (
-            str(notification.training_uuid)
-            if isinstance(notification, TrainingNotification)
-            else None
-        )
-        return {
-            "training_id": training,
-            "receiver_id": str(self.receiver.id),
-            "endpoint": self.receiver.message_endpoint,
-            "notification_type": notification.notification_type.value,
-            "message_id": self.message_id,
-            "outcome": self.outcome.value,
-        }
-
-
-@attrs.frozen
-class DeliveryReport:
-    """Every receiver's :class:`Delivery` for one send, in the order of the receivers."""
-
-    notification: Notification[Any] = attrs.field(repr=False)
-    deliveries: tuple[Delivery, ...]
-    elapsed: float
-
-    def __iter__(self) -> Iterator[Delivery]:
-        return iter(self.deliveries)
-
-    def __len__(self) -> int:
-        return len(self.deliveries)
-
-    def _with(self, outcome: Outcome) -> tuple[Delivery, ...]:
-        return tuple(d for d in self.deliveries if d.outcome is outcome)
-
-    @property
-    def delivered(self) -> tuple[Delivery, ...]:
-        """The deliveries that got a 2xx."""
-        return self._with(Outcome.DELIVERED)
-
-    @property
-    def rejected(self) -> tuple[Delivery, ...]:
-        """The deliveries a client said no to."""
-        return self._with(Outcome.REJECTED)
-
-    @property
-    def failed(self) -> tuple[Delivery, ...]:
-        """The deliveries that could not be completed."""
-        return self._with(Outcome.FAILED)
-
-    def counts(self) -> dict[Outcome, int]:
-        """How many deliveries ended in each outcome (every outcome present)."""
-        counts = dict.fromkeys(Outcome, 0)
-        for delivery in self.deliveries:
-            counts[delivery.outcome] += 1
-        return counts
-
-    @property
-    def ok(self) -> bool:
-        """Whether every receiver answered 2xx."""
-        return all(d.outcome is Outcome.DELIVERED for d in self.deliveries)
-
-    def raise_for_failures(self) -> Self:
-        """Return ``self`` if all were delivered, else raise :class:`DeliveryError`."""
-        bad = tuple(d for d in self.deliveries if d.outcome is not Outcome.DELIVERED)
-        if bad:
-            raise DeliveryError(bad)
-        return self
-
-
-def build_headers(
-    message_id: str,
-    body: bytes,
-    receiver: ReceiverLike,
-    *,
-    timestamp: int,
-    signer: Signer | None,
-    user_agent: str,
-) -> dict[str, str]:
-    """The headers of one attempt: JSON, ``webhook-id``/``-timestamp``, signature if signing."""
-    headers = {
-        "content-type": "application/json",
-        "user-agent": user_agent,
-        "webhook-id": message_id,
-        "webhook-timestamp": str(timestamp),
-    }
-    if signer is not None:
-        headers.update(signer.headers(message_id, timestamp, body, receiver))
-    return headers
-
-
-def refused_endpoint(exc: EndpointError | TransportError, url: str) -> TransportError:
-    """The failure of a receiver whose endpoint was refused before any POST.
-
-    An invalid URL becomes an :class:`InvalidURLError`, a guarded address a
-    ``TransportError`` of kind ``BLOCKED`` (both never retried); a failed name resolution of
-    the guard is kept as it is. The policy's error stays as ``__cause__``.
-    """
-    if isinstance(exc, TransportError):
-        return exc
-    error: TransportError
-    if isinstance(exc, BlockedAddressError):
-        error = TransportError(str(exc), url=url, kind=TransportErrorKind.BLOCKED)
-    else:
-        error = InvalidURLError(str(exc), url=url)
-    error.__cause__ = exc
-    return error
-
-
-def message_ids_for(
-    notification: Notification[Any], message_ids: Sequence[str] | None
-) -> Sequence[str]:
-    """One ``webhook-id`` per receiver: the given ones (checked), or new unique ones.
-
-    Raises:
-        ConfigurationError: ``message_ids`` does not have one id per receiver.
-    """
-    n = len(notification.receivers)
-    if message_ids is None:  # one random 96-bit prefix per send, then the receiver's index
-        prefix = "msg_" + secrets.token_hex(12)
-        return [f"{prefix}_{i:x}" for i in range(n)]
-    if len(message_ids) != n:
-        msg = f"{len(message_ids)} message ids for {n} receivers"
-        raise ConfigurationError(msg)
-    return message_ids
+Post = Callable[[str, bytes, dict[str, str]], Awaitable[HttpResponse]]
 
 
 def _default_transport() -> HttpxTransport:
     return HttpxTransport()
+
+
+def _hooks(value: Sequence[DeliveryHook]) -> tuple[DeliveryHook, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class _Resume:
+    """Where each receiver of a resumed send stands (Celery retries): attempts and start."""
+
+    attempts: int
+    started: float
+
+
+@attrs.frozen
+class _Run:
+    """What one run of the engine produced: final deliveries, and the retries it deferred."""
+
+    report: DeliveryReport
+    deferred: tuple[tuple[int, float], ...] = ()
+    """(receiver index, seconds until its next attempt), when retries are deferred."""
 
 
 @attrs.define
@@ -242,7 +82,7 @@ class Notifier(Closing, AsyncClosing):
 
     Args:
         transport: How POSTs are made; anything with ``apost`` (preferred) or ``post``.
-            Defaults to a pooled :class:`~flnotify.transports.HttpxTransport`.
+            Defaults to a pooled [`HttpxTransport`][flnotify.transports.HttpxTransport].
         retry: When to try again.
         concurrency: At most this many POSTs in flight at once; receivers waiting for a
             retry do not hold a slot.
@@ -251,8 +91,11 @@ class Notifier(Closing, AsyncClosing):
         signer: Signs each attempt (Standard Webhooks); unsigned without one.
         policy: Which endpoints may be POSTed to, checked before any I/O.
         repository: Lets notification classes with default callbacks (the round-type
-            ones) build them, e.g. :class:`~flnotify.callbacks.TrainingCallbacks`.
+            ones) build them, e.g. [`TrainingCallbacks`][flnotify.TrainingCallbacks].
         codec: Encodes the notification (once per send).
+        hooks: Observers of attempts and outcomes (progress, metrics, tracing).
+        attempt_timeout: Upper bound of one attempt for transports that do not bound
+            attempts themselves (flnotify's own enforce their ``Timeouts.total``).
         sleep: Awaited for each backoff; inject a fake in tests.
         clock: Monotonic seconds, for ``elapsed``.
         wall_clock: Epoch seconds, for ``webhook-timestamp`` and ``Retry-After`` dates.
@@ -270,6 +113,8 @@ class Notifier(Closing, AsyncClosing):
     policy: EndpointPolicy = attrs.field(factory=EndpointPolicy)
     repository: TrainingRepository | AsyncTrainingRepository | None = None
     codec: Codec = attrs.field(factory=Codec)
+    hooks: tuple[DeliveryHook, ...] = attrs.field(default=(), converter=_hooks)
+    attempt_timeout: float = attrs.field(default=30.0, validator=positive)
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
@@ -299,7 +144,7 @@ class Notifier(Closing, AsyncClosing):
         Args:
             notification: What to send, and to whom.
             callbacks: Called once per receiver; defaults to the notification class's
-                default callbacks (built with :attr:`repository`), if any.
+                default callbacks (built with ``repository``), if any.
             message_ids: One ``webhook-id`` per receiver (e.g. kept in an outbox so a
                 resend carries the same ids); new random ids by default.
 
@@ -310,8 +155,10 @@ class Notifier(Closing, AsyncClosing):
         body = self.codec.encode(notification)  # once, whatever the number of receivers
         self.policy.check_body_size(body)
         ids = message_ids_for(notification, message_ids)
-        run = _Send(self, notification, body, ids, self._callbacks_for(notification, callbacks))
-        return await run.run()
+        if callbacks is None:
+            callbacks = default_callbacks_for(notification, self.repository)
+        run = await self._deliver(notification, body, ids, callbacks)
+        return run.report
 
     def send(
         self,
@@ -320,33 +167,80 @@ class Notifier(Closing, AsyncClosing):
         *,
         message_ids: Sequence[str] | None = None,
     ) -> DeliveryReport:
-        """Blocking :meth:`asend`; also safe to call from inside a running event loop."""
+        """Blocking [`asend`][flnotify.Notifier.asend]; safe inside a running event loop too."""
         return self._run_sync(self.asend(notification, callbacks, message_ids=message_ids))
 
-    def _callbacks_for(
-        self, notification: Notification[Any], callbacks: Callbacks | None
-    ) -> Callbacks | None:
-        if callbacks is not None:
-            return callbacks
-        factory = type(notification).default_callbacks
-        if factory is None or self.repository is None:
-            return None
-        return factory(self.repository)
+    async def _deliver(
+        self,
+        notification: Notification[Any],
+        body: bytes,
+        message_ids: Sequence[str],
+        callbacks: Callbacks | None,
+        *,
+        resume: _Resume | None = None,
+        defer_retries: bool = False,
+        deadline: float | None = None,
+        hooks: Sequence[DeliveryHook] = (),
+        refused: FlnotifyError | None = None,
+    ) -> _Run:
+        """The engine every driver runs: each receiver to one outcome (or a deferred retry).
+
+        Args:
+            notification: What to send; its receivers are the ones delivered to.
+            body: Its encoding.
+            message_ids: One per receiver.
+            callbacks: Called once per final delivery, or ``None``.
+            resume: Attempts made and start time of every receiver (a Celery retry).
+            defer_retries: Make one attempt per receiver and hand retries back to the
+                caller (Celery's countdown) instead of waiting for them here.
+            deadline: Seconds for this run; the Notifier's ``deadline`` if ``None``.
+            hooks: Observers of this run only, after the Notifier's own.
+            refused: Fail every receiver at once with this error (nothing is sent).
+        """
+        core = Core(
+            notification,
+            body,
+            retry=self.retry,
+            signer=self.signer,
+            policy=self.policy,
+            user_agent=self.user_agent,
+            clock=self.clock,
+            wall_clock=self.wall_clock,
+            rng=self.rng,
+            hooks=HookSet((*self.hooks, *hooks)),
+        )
+        run = _Send(
+            self,
+            core,
+            message_ids,
+            callbacks,
+            resume=resume,
+            defer_retries=defer_retries,
+            deadline=self.deadline if deadline is None else deadline,
+        )
+        return await run.run(refused)
 
     # -- one POST ------------------------------------------------------------------------
 
-    def _poster(self) -> Callable[[str, bytes, dict[str, str]], Awaitable[HttpResponse]]:
-        """The transport's ``apost``, or its blocking ``post`` run in a thread pool."""
-        apost: Callable[[str, bytes, dict[str, str]], Awaitable[HttpResponse]] | None = getattr(
-            self.transport, "apost", None
-        )
+    def _poster(self) -> Post:
+        """The transport's ``apost`` (its blocking ``post`` in a thread pool), time-bounded."""
+        transport = self.transport
+        limit = self.attempt_timeout
+        apost: Post | None = getattr(transport, "apost", None)
         if apost is not None:
-            return apost
-        post = cast(Transport, self.transport).post
+            if getattr(transport, "bounds_attempts", False) is True:
+                return apost  # it enforces its own Timeouts.total
+
+            async def bounded(url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
+                return await within(limit, apost(url, body, headers), url)
+
+            return bounded
+        post = cast(Transport, transport).post
         pool = self._thread_pool()
 
         async def in_thread(url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
-            return await asyncio.get_running_loop().run_in_executor(pool, post, url, body, headers)
+            future = asyncio.get_running_loop().run_in_executor(pool, post, url, body, headers)
+            return await within(limit, future, url)
 
         return in_thread
 
@@ -356,16 +250,6 @@ class Notifier(Closing, AsyncClosing):
                 max_workers=min(self.concurrency, 64), thread_name_prefix="flnotify-post"
             )
         return self._executor
-
-    def _headers(self, message_id: str, body: bytes, receiver: ReceiverLike) -> dict[str, str]:
-        return build_headers(
-            message_id,
-            body,
-            receiver,
-            timestamp=int(self.wall_clock()),  # taken at every attempt
-            signer=self.signer,
-            user_agent=self.user_agent,
-        )
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -401,82 +285,102 @@ class Notifier(Closing, AsyncClosing):
 
 
 class _Send:
-    """The state of one fan-out: workers, attempts, retries, a deadline, the results.
+    """The scheduling of one fan-out: workers, retries, a deadline, results and callbacks.
 
     ``concurrency`` worker coroutines are the only ones that POST, so at most that many
     requests are in flight. They take receivers due for a retry first, then fresh ones from
     a shared iterator (no task per receiver: memory stays flat at 100,000 receivers). A
-    receiver waiting for its retry is a small sleeping task that holds no worker, so it never
-    delays the others; when it wakes it queues itself for the next free worker.
+    receiver waiting for its retry is a small sleeping task that holds no worker; when it
+    wakes it queues itself for the next free worker. Every decision is the core's.
     """
 
     def __init__(
         self,
         notifier: Notifier,
-        notification: Notification[Any],
-        body: bytes,
+        core: Core,
         message_ids: Sequence[str],
         callbacks: Callbacks | None,
+        *,
+        resume: _Resume | None,
+        defer_retries: bool,
+        deadline: float | None,
     ) -> None:
         self.notifier = notifier
-        self.notification = notification
-        self.body = body
+        self.core = core
+        self.receivers = core.notification.receivers
         self.message_ids = message_ids
         self.callbacks = callbacks
-        n = len(notification.receivers)
+        self.resume = resume
+        self.defer_retries = defer_retries
+        self.deadline = deadline
+        n = len(self.receivers)
         self.results: list[Delivery | None] = [None] * n
-        self.attempts = [0] * n
-        self.started = [0.0] * n
-        self.last: dict[int, HttpResponse] = {}  # last answer of receivers in backoff
         self.remaining = n
-        self.ready: collections.deque[tuple[int, ReceiverLike, str]] = collections.deque()
-        self.sleeping = 0  # receivers waiting for their retry
+        self.ready: collections.deque[Course] = collections.deque()
+        self.waiting: dict[int, Course] = {}  # receivers sleeping until their retry
+        self.current: dict[int, Course] = {}  # worker number -> the course it works on
+        self.deferred: list[tuple[int, float]] = []
         self.wakeup = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()
         self.post = notifier._poster()
-        self.queue: asyncio.Queue[Delivery] | None = (
+        self.queue: asyncio.Queue[Delivery | None] | None = (
             asyncio.Queue() if callbacks is not None else None
-        )
+        )  # final deliveries for the callbacks, then None once every receiver is settled
+        self.callback_errors: list[CallbackError] = []
 
-    async def run(self) -> DeliveryReport:
+    def course(self, index: int) -> Course:
+        resume = self.resume
+        receiver = self.receivers[index]
+        if resume is None:
+            return Course(index, receiver, self.message_ids[index])
+        return Course(index, receiver, self.message_ids[index], resume.attempts, resume.started)
+
+    async def run(self, refused: FlnotifyError | None) -> _Run:
         notifier = self.notifier
         begin = notifier.clock()
+        n = len(self.receivers)
+        if refused is not None:
+            for index in range(n):
+                self.record(index, self.core.fail(self.course(index), refused))
         loop = asyncio.get_running_loop()
-        receivers = self.notification.receivers
         timer = (
-            loop.call_later(notifier.deadline, self.expire)
-            if notifier.deadline is not None and receivers
+            loop.call_later(self.deadline, self.expire)
+            if self.deadline is not None and self.remaining
             else None
         )
-        fresh = iter(enumerate(receivers))
-        for _ in range(min(notifier.concurrency, len(receivers))):
-            self.spawn(self.work(fresh))
+        fresh = iter(range(n) if refused is None else ())
+        for worker in range(min(notifier.concurrency, self.remaining)):
+            self.spawn(self.work(worker, fresh))
         try:
             if self.remaining == 0:
-                self.done.set()
-            if self.queue is not None and self.callbacks is not None:
-                for _ in range(len(self.results)):
-                    await call_callbacks(self.callbacks, await self.queue.get())
+                self.settled()
+            queue, callbacks = self.queue, self.callbacks
+            if queue is not None and callbacks is not None:
+                errors = self.callback_errors
+                while (delivery := await queue.get()) is not None:
+                    error = await run_callbacks(callbacks, delivery)
+                    if error is not None:
+                        errors.append(error)
             await self.done.wait()
         finally:
             if timer is not None:
                 timer.cancel()
             self.cancel_all()
         deliveries = tuple(d for d in self.results if d is not None)
-        report = DeliveryReport(self.notification, deliveries, notifier.clock() - begin)
+        report = DeliveryReport(
+            self.core.notification,
+            deliveries,
+            notifier.clock() - begin,
+            tuple(self.callback_errors),
+        )
         if logger.isEnabledFor(logging.INFO):
-            counts = report.counts()
             logger.info(
-                "%s to %d receiver(s): %d delivered, %d rejected, %d failed in %.3fs",
-                self.notification.notification_type.value,
-                len(report),
-                counts[Outcome.DELIVERED],
-                counts[Outcome.REJECTED],
-                counts[Outcome.FAILED],
-                report.elapsed,
+                "Sent %s.",
+                report.summary(),
+                extra={"notification_type": report.notification.notification_type.value},
             )
-        return report
+        return _Run(report, tuple(self.deferred))
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -487,134 +391,121 @@ class _Send:
         for task in list(self.tasks):
             task.cancel()
 
-    async def work(self, fresh: Iterator[tuple[int, ReceiverLike]]) -> None:
+    async def work(self, worker: int, fresh: Iterator[int]) -> None:
         """POST for receivers until none is left to try, now or after a backoff.
 
-        A fresh receiver's endpoint is checked before any I/O, then its first attempt is
-        made. (One flat loop on purpose: every coroutine layer costs on the path of 100,000
-        receivers.)
+        One flat loop on purpose: every coroutine layer costs on the path of 100,000
+        receivers. Whatever goes wrong for one receiver ends that receiver, never the loop.
         """
+        core = self.core
         policy = self.notifier.policy
-        clock = self.notifier.clock
         ready = self.ready
+        current = self.current
+        post = self.post
+        body = core.body
         while True:
             if ready:
-                await self.attempt(*ready.popleft())
-                continue
-            item = next(fresh, None)
-            if item is None:
-                if not self.sleeping:
-                    self.wakeup.set()  # nothing is left: let idle workers see it and end
-                    return
-                self.wakeup.clear()
-                await self.wakeup.wait()
-                continue
-            index, receiver = item
-            url = receiver.message_endpoint
+                course = ready.popleft()
+            else:
+                index = next(fresh, None)
+                if index is None:
+                    if not self.waiting:
+                        current.pop(worker, None)
+                        self.wakeup.set()  # nothing is left: let idle workers see it and end
+                        return
+                    self.wakeup.clear()
+                    await self.wakeup.wait()
+                    continue
+                course = self.course(index)
+            current[worker] = course
             try:
-                if policy.block_private:
-                    endpoint = policy.check_url(url)
-                    await policy.acheck_host(endpoint.host, endpoint.port, url=url)
+                if course.attempts == 0 or not course.url:
+                    checked = core.check(course)
+                    if checked is not None:
+                        if type(checked) is tuple:
+                            try:
+                                await policy.acheck_host(*checked, url=course.url)
+                            except Exception as exc:
+                                checked = core.host_checked(course, exc)
+                            else:
+                                checked = None
+                        if checked is not None:
+                            self.record(course.index, cast(Delivery, checked))
+                            continue
+                headers = core.request(course)
+                if type(headers) is not dict:
+                    self.record(course.index, cast(Delivery, headers))
+                    continue
+                try:
+                    response = await post(course.url, body, headers)
+                except Exception as exc:
+                    step = core.judge(course, exc=exc)
                 else:
-                    policy.validate_url(url)
-            except (EndpointError, TransportError) as exc:
-                self.finish(index, receiver, Outcome.FAILED, error=refused_endpoint(exc, url))
-                continue
-            except Exception as exc:  # e.g. a host's resolver broke; never lose the receiver
-                logger.exception("checking the endpoint of %s failed", receiver.id)
-                error = TransportError(str(exc), url=url, kind=TransportErrorKind.INTERNAL)
-                error.__cause__ = exc
-                self.finish(index, receiver, Outcome.FAILED, error=error)
-                continue
-            self.started[index] = clock()
-            await self.attempt(index, receiver, url)
+                    step = core.judge(course, response)
+                if type(step) is float:
+                    self.again(course, step)
+                else:
+                    self.record(course.index, cast(Delivery, step))
+            except Exception as exc:  # the engine itself broke: still one outcome
+                logger.exception("The Notifier failed while delivering to %s.", course.receiver.id)
+                error = internal_error("the Notifier", exc, course.url)
+                self.record(course.index, core.fail(course, error))
 
-    async def again(self, index: int, receiver: ReceiverLike, url: str, delay: float) -> None:
-        """Sleep (holding no worker), then queue the next attempt for a free worker."""
-        await self.notifier.sleep(delay)
-        self.sleeping -= 1
-        self.ready.append((index, receiver, url))
-        self.wakeup.set()
-
-    async def attempt(self, index: int, receiver: ReceiverLike, url: str) -> None:
-        """One POST; the retry policy decides between an outcome and another attempt."""
-        notifier = self.notifier
-        self.attempts[index] = attempt = self.attempts[index] + 1
-        response: HttpResponse | None = None
-        error: TransportError | None = None
-        body = self.body
-        try:
-            response = await self.post(
-                url, body, notifier._headers(self.message_ids[index], body, receiver)
-            )
-        except TransportError as exc:
-            error = exc
-        except Exception as exc:  # a transport broke its contract; never lose the receiver
-            logger.exception("transport %s raised %r", type(notifier.transport).__name__, exc)
-            msg = f"transport raised {type(exc).__name__}: {exc}"
-            error = TransportError(msg, url=url, kind=TransportErrorKind.INTERNAL)
-            error.__cause__ = exc
-        decision = notifier.retry.decide(
-            attempt, response=response, error=error, rng=notifier.rng, now=notifier.wall_clock
-        )
-        if decision.outcome is not None:
-            self.finish(index, receiver, decision.outcome, response=response, error=error)
+    def again(self, course: Course, delay: float) -> None:
+        """Another attempt after ``delay``: deferred to the caller, or a sleeping task."""
+        if self.defer_retries:
+            self.deferred.append((course.index, delay))
+            self.settle()
             return
-        if response is not None:
-            self.last[index] = response
-        self.sleeping += 1
-        self.spawn(self.again(index, receiver, url, decision.delay))
+        self.waiting[course.index] = course
+        self.spawn(self.wait_then_queue(course, delay))
+
+    async def wait_then_queue(self, course: Course, delay: float) -> None:
+        """Sleep (holding no worker), then queue the next attempt for a free worker."""
+        try:
+            await self.notifier.sleep(delay)
+        except Exception as exc:
+            self.waiting.pop(course.index, None)
+            self.record(
+                course.index, self.core.fail(course, internal_error("sleep", exc, course.url))
+            )
+            return
+        self.waiting.pop(course.index, None)
+        self.ready.append(course)
+        self.wakeup.set()
 
     def record(self, index: int, delivery: Delivery) -> None:
         if self.results[index] is not None:  # cannot happen: expire() cancels first
             return
         self.results[index] = delivery
-        self.remaining -= 1
         if self.queue is not None:
             self.queue.put_nowait(delivery)
-        if self.remaining == 0:
-            self.done.set()
+        self.settle()
 
-    def finish(
-        self,
-        index: int,
-        receiver: ReceiverLike,
-        outcome: Outcome,
-        *,
-        response: HttpResponse | None = None,
-        error: FlnotifyError | None = None,
-    ) -> None:
-        started = self.started[index]
-        self.record(
-            index,
-            Delivery(
-                receiver=receiver,
-                notification=self.notification,
-                outcome=outcome,
-                message_id=self.message_ids[index],
-                attempts=self.attempts[index],
-                elapsed=self.notifier.clock() - started if started else 0.0,
-                status_code=None if response is None else response.status_code,
-                error=error,
-                # kept to diagnose what went wrong; a 2xx answer's body and headers are
-                # dropped so that a report of 100,000 deliveries stays small
-                response=None if outcome is Outcome.DELIVERED else response,
-            ),
-        )
+    def settle(self) -> None:
+        """One receiver is settled (final, or its retry deferred to the caller)."""
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.settled()
+
+    def settled(self) -> None:
+        self.done.set()
+        if self.queue is not None:
+            self.queue.put_nowait(None)
 
     def expire(self) -> None:
         """The deadline passed: everything still pending fails now, callbacks included."""
         self.cancel_all()  # first, so that nothing records after this
-        deadline = self.notifier.deadline
-        for index, receiver in enumerate(self.notification.receivers):
-            if self.results[index] is not None:
+        known = {c.index: c for c in (*self.current.values(), *self.waiting.values(), *self.ready)}
+        deferred = {index for index, _ in self.deferred}
+        error_text = f"deadline of {self.deadline:g} s passed before an outcome"
+        for index in range(len(self.receivers)):
+            if self.results[index] is not None or index in deferred:
                 continue
-            error = TransportError(
-                f"deadline of {deadline}s passed before an outcome",
-                url=receiver.message_endpoint,
-                kind=TransportErrorKind.DEADLINE,
-            )
-            self.finish(index, receiver, Outcome.FAILED, response=self.last.get(index), error=error)
+            course = known.get(index) or self.course(index)
+            url = course.url or self.receivers[index].message_endpoint
+            error = TransportError(error_text, url=url, kind=Kind.DEADLINE)
+            self.record(index, self.core.fail(course, error))
 
 
 class _Portal:

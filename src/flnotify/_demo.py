@@ -25,18 +25,19 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import attrs
 
-from ._delivery import Delivery, Notifier
+from ._delivery import Notifier
+from ._hooks import NullHook
 from ._notification import Notification, TrainingNotification
-from ._retry import Outcome, RetryPolicy
-from ._types import Receiver, TrainingSnapshot, TrainingState
-from .callbacks import Callbacks, call_callbacks
+from ._report import Delivery
+from ._retry import RetryPolicy
+from ._types import Outcome, Receiver, TrainingSnapshot, TrainingState
 from .receiving import NotificationRouter, Reply
 from .repository import SQLiteTrainingRepository
 from .signing import Signer, generate_secret
@@ -414,23 +415,15 @@ def _plan(config: DemoConfig, rng: random.Random, base: str, closed: str) -> lis
     return clients
 
 
-@attrs.frozen
-class _Observed:
-    """The notification's default callbacks, then a report to the observer."""
+@attrs.define
+class _Progress(NullHook):
+    """A delivery hook that tells the observer of each outcome of the current step."""
 
-    inner: Callbacks | None
-    observe: Callable[[Delivery], None]
+    watch: DemoObserver
+    number: int = 0
 
-    async def on_success(self, delivery: Delivery, /) -> None:
-        await self._both(delivery)
-
-    async def on_error(self, delivery: Delivery, /) -> None:
-        await self._both(delivery)
-
-    async def _both(self, delivery: Delivery) -> None:
-        if self.inner is not None:
-            await call_callbacks(self.inner, delivery)
-        self.observe(delivery)
+    def on_outcome(self, delivery: Delivery, /) -> None:
+        self.watch.delivery_done(self.number, delivery)
 
 
 class _ListHandler(logging.Handler):
@@ -474,7 +467,7 @@ def run_demo(config: DemoConfig, observer: DemoObserver | None = None) -> DemoRe
         observer: Told about each step and delivery as they happen.
 
     Raises:
-        ConfigurationError: ``config.db`` cannot be used as an SQLite database.
+        RepositoryError: ``config.db`` cannot be used as an SQLite database.
     """
     watch = observer or _NoObserver()
     begin = time.monotonic()
@@ -494,12 +487,14 @@ def run_demo(config: DemoConfig, observer: DemoObserver | None = None) -> DemoRe
 
         path = stack.enter_context(_database(config.db))
         repo = stack.enter_context(SQLiteTrainingRepository(path))
+        progress = _Progress(watch)
         notifier = stack.enter_context(
             Notifier(
                 transport=HttpxTransport(timeouts=Timeouts.all(5.0)),
                 retry=DEMO_RETRY,
                 signer=Signer(lookup=lambda receiver: secrets.get(receiver.id)),
                 repository=repo,
+                hooks=[progress],
             )
         )
         receivers = [Receiver(s.id, s.message_endpoint) for s in specs]
@@ -519,7 +514,8 @@ def run_demo(config: DemoConfig, observer: DemoObserver | None = None) -> DemoRe
                 snapshot = repo.get_training(training.id)
             notification = cls.from_training(snapshot)
             watch.step_started(number, len(plan), notification)
-            step = _send(number, notification, notifier, repo, watch)
+            progress.number = number
+            step = _send(number, notification, notifier, repo)
             steps.append(step)
             watch.step_finished(step, len(plan))
         final = repo.get_training(training.id)
@@ -559,16 +555,10 @@ def _send(
     notification: TrainingNotification[Any],
     notifier: Notifier,
     repo: SQLiteTrainingRepository,
-    watch: DemoObserver,
 ) -> StepResult:
     """Send with the notification's default callbacks (if any) and see what changed."""
     before = repo.get_training(notification.training_uuid)
-    factory = type(notification).default_callbacks
-    callbacks = _Observed(
-        None if factory is None else factory(repo),
-        lambda delivery: watch.delivery_done(number, delivery),
-    )
-    report = notifier.send(notification, callbacks)
+    report = notifier.send(notification)
     after = repo.get_training(notification.training_uuid)
     remaining = after.participant_ids()
     counts = report.counts()

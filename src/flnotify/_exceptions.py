@@ -1,24 +1,27 @@
-"""The one exception tree of flnotify.
+"""The one exception tree of flnotify; this module imports nothing else of flnotify.
 
-Every error flnotify raises derives from :class:`FlnotifyError`; errors of a backend
-(httpx, aiohttp, sqlite3, ...) are translated at the edge and kept as ``__cause__``::
+Every error flnotify raises derives from [`FlnotifyError`][flnotify.FlnotifyError]; errors
+of a backend (httpx, httptools, sqlite3, ...) are translated at the edge and kept as
+``__cause__``::
 
     FlnotifyError
     ├── DecodeError                  (also ValueError)   bad wire data
     │   └── UnknownNotificationTypeError                 type not in the registry
     ├── TrainingNotFoundError        (also LookupError)  repository miss
+    ├── RepositoryError                                  the training store failed
     ├── ConfigurationError           (also ValueError)   misuse of an API
     │   └── PayloadTooLargeError                         body over the policy's limit
     ├── EndpointError                (also ValueError)   receiver URL refused before any I/O
     │   └── BlockedAddressError                          resolved to a guarded network
-    ├── TransportError                                   one attempt failed on the wire
+    ├── TransportError                                   one attempt failed, no status came back
     │   ├── ConnectError                                 refused / unreachable
     │   ├── DNSError                                     name did not resolve
-    │   ├── TimeoutError                                 connect/read/write/pool timeout
-    │   ├── ConnectionResetError                         peer reset or closed mid-exchange
+    │   ├── TransportTimeoutError                        connect/read/write/total limit passed
+    │   ├── ConnectionLostError                          peer reset or closed mid-exchange
     │   ├── InvalidURLError                              URL cannot be requested (not retried)
-    │   ├── ResponseTooLargeError                        (only raised when a transport is told to)
-    │   └── ProtocolError                                peer spoke broken HTTP
+    │   ├── ProtocolError                                peer spoke broken HTTP
+    │   └── InternalError                                a component broke (not retried)
+    ├── CallbackError                                    a callback raised (kept on the report)
     ├── DeliveryError                                    raise_for_failures() on a report
     └── VerificationError                                a received request failed verification
         ├── MissingHeaderError
@@ -30,32 +33,32 @@ Every error flnotify raises derives from :class:`FlnotifyError`; errors of a bac
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ._delivery import Delivery
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "BlockedAddressError",
+    "CallbackError",
     "ConfigurationError",
     "ConnectError",
-    "ConnectionResetError",
+    "ConnectionLostError",
     "DNSError",
     "DecodeError",
     "DeliveryError",
     "EndpointError",
     "FlnotifyError",
+    "InternalError",
     "InvalidURLError",
     "MalformedHeaderError",
     "MissingHeaderError",
     "ProtocolError",
-    "ResponseTooLargeError",
+    "RepositoryError",
     "SignatureMismatchError",
-    "TimeoutError",
     "TimestampError",
     "TrainingNotFoundError",
     "TransportError",
     "TransportErrorKind",
+    "TransportTimeoutError",
     "UnknownNotificationTypeError",
     "VerificationError",
 ]
@@ -103,6 +106,10 @@ class TrainingNotFoundError(FlnotifyError, LookupError):
         self.training_id = training_id
 
 
+class RepositoryError(FlnotifyError):
+    """The training store could not be read or written (locked, disk full, corrupt, ...)."""
+
+
 class ConfigurationError(FlnotifyError, ValueError):
     """An flnotify object was configured with values that cannot work."""
 
@@ -128,7 +135,6 @@ class TransportErrorKind(enum.Enum):
     TIMEOUT = "timeout"
     RESET = "reset"
     INVALID_URL = "invalid_url"
-    TOO_LARGE = "too_large"
     PROTOCOL = "protocol"
     BLOCKED = "blocked"
     DEADLINE = "deadline"
@@ -136,7 +142,7 @@ class TransportErrorKind(enum.Enum):
 
 
 class TransportError(FlnotifyError):
-    """One attempt to POST failed before a status was received.
+    """One attempt failed before a status was received.
 
     Attributes:
         kind: The class of failure; decides whether a retry can help.
@@ -155,12 +161,20 @@ class TransportError(FlnotifyError):
 
     @property
     def retryable(self) -> bool:
-        """Whether trying again may succeed (everything but a bad URL or a blocked address)."""
+        """Whether trying again may succeed.
+
+        Not for a bad URL, a blocked address, a broken component, or a passed deadline.
+        """
         return self.kind not in _FINAL_KINDS
 
 
 _FINAL_KINDS = frozenset(
-    {TransportErrorKind.INVALID_URL, TransportErrorKind.BLOCKED, TransportErrorKind.INTERNAL}
+    {
+        TransportErrorKind.INVALID_URL,
+        TransportErrorKind.BLOCKED,
+        TransportErrorKind.INTERNAL,
+        TransportErrorKind.DEADLINE,
+    }
 )
 
 
@@ -176,13 +190,13 @@ class DNSError(TransportError):
     kind = TransportErrorKind.DNS
 
 
-class TimeoutError(TransportError):
-    """A connect, read, write or pool timeout expired."""
+class TransportTimeoutError(TransportError):
+    """A connect, read, write, pool or whole-attempt time limit passed."""
 
     kind = TransportErrorKind.TIMEOUT
 
 
-class ConnectionResetError(TransportError):
+class ConnectionLostError(TransportError):
     """The peer reset or closed the connection in the middle of the exchange."""
 
     kind = TransportErrorKind.RESET
@@ -194,31 +208,53 @@ class InvalidURLError(TransportError):
     kind = TransportErrorKind.INVALID_URL
 
 
-class ResponseTooLargeError(TransportError):
-    """The response exceeded the configured cap (transports normally truncate instead)."""
-
-    kind = TransportErrorKind.TOO_LARGE
-
-
 class ProtocolError(TransportError):
     """The peer answered with something that is not valid HTTP/1.1."""
 
     kind = TransportErrorKind.PROTOCOL
 
 
-class DeliveryError(FlnotifyError):
-    """Some receivers were not delivered; raised by ``DeliveryReport.raise_for_failures``.
+class InternalError(TransportError):
+    """A component broke while one attempt was prepared, made or judged; never retried.
 
-    Attributes:
-        deliveries: The deliveries that were rejected or failed.
+    The transport, the signer, the retry policy, a resolver or flnotify itself raised
+    something it should not have; the original exception is the ``__cause__``.
     """
 
-    def __init__(self, deliveries: tuple[Delivery, ...]) -> None:
-        n = len(deliveries)
-        first = deliveries[0] if deliveries else None
-        detail = f"; first: {first.describe()}" if first is not None else ""
-        super().__init__(f"{n} receiver(s) not delivered{detail}")
-        self.deliveries = deliveries
+    kind = TransportErrorKind.INTERNAL
+
+
+class CallbackError(FlnotifyError):
+    """A callback raised for one delivery; logged, kept on the report, never lost.
+
+    Attributes:
+        delivery: The [`Delivery`][flnotify.Delivery] the callback was called with.
+        callback: The qualified name of the method that raised.
+    """
+
+    def __init__(self, message: str, *, delivery: Any, callback: str) -> None:
+        super().__init__(message)
+        self.delivery = delivery
+        self.callback = callback
+
+
+class DeliveryError(FlnotifyError):
+    """Some receivers were not delivered, or callbacks failed: ``raise_for_failures()``.
+
+    Attributes:
+        deliveries: The [`Delivery`][flnotify.Delivery] values that were rejected or failed.
+        callback_errors: The callbacks that raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        deliveries: Sequence[Any],
+        callback_errors: Sequence[CallbackError] = (),
+    ) -> None:
+        super().__init__(message)
+        self.deliveries = tuple(deliveries)
+        self.callback_errors = tuple(callback_errors)
 
 
 class VerificationError(FlnotifyError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol
+from typing import Any, ClassVar, Generic
 from uuid import UUID
 
 import attrs
@@ -11,20 +11,9 @@ from typing_extensions import Self, TypeVar
 
 from ._types import NotificationKind, ReceiverLike, as_receivers
 
-if TYPE_CHECKING:
-    from .callbacks import Callbacks
-
-__all__ = ["Body", "CallbackFactory", "Notification", "TrainingNotification"]
+__all__ = ["Body", "Notification", "TrainingNotification"]
 
 Body = TypeVar("Body", covariant=True, default=Any)
-
-
-class CallbackFactory(Protocol):
-    """Builds a notification class's default callbacks from the Notifier's repository."""
-
-    def __call__(self, repository: Any, /) -> Callbacks:
-        """The callbacks for one send."""
-        ...
 
 
 def _receivers(value: Iterable[ReceiverLike]) -> tuple[ReceiverLike, ...]:
@@ -46,8 +35,6 @@ class Notification(Generic[Body]):
     """
 
     notification_type: ClassVar[NotificationKind]
-    default_callbacks: ClassVar[CallbackFactory | None] = None
-    """Builds callbacks from the Notifier's repository when ``send`` is given none."""
 
     receivers: tuple[ReceiverLike, ...] = attrs.field(converter=_receivers)
     body: Body

@@ -1,13 +1,12 @@
-"""Retry decisions, written once and shared by every way of delivering (in-process, Celery).
+"""Retry decisions, written once and used by the delivery core that every driver runs.
 
-Nothing here does I/O or sleeps: :meth:`RetryPolicy.decide` looks at one attempt's result
-and says "this is final" or "try again after so many seconds".
+Nothing here does I/O or sleeps: [`RetryPolicy.decide`][flnotify.RetryPolicy.decide] looks
+at one attempt's result and says "this is final" or "try again after so many seconds".
 """
 
 from __future__ import annotations
 
 import email.utils
-import enum
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -15,21 +14,10 @@ from collections.abc import Callable, Mapping
 import attrs
 
 from ._exceptions import TransportError
+from ._types import HttpResponse, Outcome
 from ._validators import at_least_one, fraction, non_negative
-from .transports._base import HttpResponse
 
-__all__ = ["Decision", "Outcome", "RetryPolicy", "parse_retry_after"]
-
-
-class Outcome(enum.Enum):
-    """How a delivery to one receiver ended (DESIGN §2)."""
-
-    DELIVERED = "delivered"
-    """Any 2xx answer."""
-    REJECTED = "rejected"
-    """A non-2xx answer that is not retryable: the client said no."""
-    FAILED = "failed"
-    """A transport error, or a retryable status still failing when the budget ran out."""
+__all__ = ["Decision", "RetryPolicy", "parse_retry_after"]
 
 
 @attrs.frozen
@@ -38,11 +26,6 @@ class Decision:
 
     outcome: Outcome | None
     delay: float = 0.0
-
-    @property
-    def retry(self) -> bool:
-        """Whether another attempt should follow."""
-        return self.outcome is None
 
 
 @attrs.frozen
@@ -120,21 +103,31 @@ class RetryPolicy:
         return Decision(None, self.backoff(attempt, rng))
 
 
+_MAX_DIGITS = 12  # about 31,000 years of seconds; anything longer is nonsense, not a delay
+
+
 def parse_retry_after(
     headers: Mapping[str, str], now: Callable[[], float] | None = None
 ) -> float | None:
-    """Seconds asked for by a ``Retry-After`` header (delta-seconds or HTTP date), if any."""
+    """Seconds asked for by a ``Retry-After`` header, or ``None`` if absent or invalid.
+
+    RFC 9110 section 10.2.3: either delay-seconds (ASCII digits only) or an HTTP-date.
+    Anything else (signs, fractions, other scripts' digits, a date without a zone) counts
+    as absent, never as an error.
+    """
     value = headers.get("retry-after")
-    if value is None:
+    if not isinstance(value, str):
         return None
-    value = value.strip()
+    value = value.strip(" \t")
+    if not value or not value.isascii():
+        return None
     if value.isdigit():
-        return float(value)
+        return float(value) if len(value) <= _MAX_DIGITS else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            return None
+        current = (now or time.time)()
+        return max(0.0, when.timestamp() - current)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
-    current = (now or time.time)()
-    return max(0.0, when.timestamp() - current)

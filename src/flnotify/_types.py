@@ -1,19 +1,28 @@
-"""Value types shared by every part of flnotify: notification types, receivers, trainings."""
+"""Plain values shared by every part of flnotify: types, receivers, trainings, outcomes, answers.
+
+Nothing here does I/O or imports another flnotify module, so every layer can use them.
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 import attrs
 
+from ._validators import positive
+
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "HttpResponse",
     "NotificationKind",
     "NotificationType",
+    "Outcome",
     "Receiver",
     "ReceiverLike",
+    "Timeouts",
     "TrainingSnapshot",
     "TrainingState",
     "as_receivers",
@@ -143,3 +152,68 @@ class TrainingSnapshot:
     def participant_ids(self) -> frozenset[UUID]:
         """The ids of the participants, for membership tests."""
         return frozenset(p.id for p in self.participants)
+
+
+class Outcome(enum.Enum):
+    """How a delivery to one receiver ended; prints as the plain word (``delivered``)."""
+
+    DELIVERED = "delivered"
+    """Any 2xx answer."""
+    REJECTED = "rejected"
+    """A non-2xx answer that is not retryable: the client said no."""
+    FAILED = "failed"
+    """No answer (refused, reset, timed out, invalid URL, ...), or a retryable status still
+    failing when the retry budget ran out."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
+"""Response bodies are read up to this many bytes; the rest is discarded unread."""
+
+
+@attrs.frozen
+class Timeouts:
+    """Time limits of one attempt, in seconds.
+
+    ``total`` bounds the whole attempt (connect, write and the whole response): a peer that
+    drips one byte at a time cannot hold an attempt longer. Waiting for a free pooled
+    connection is queueing behind other attempts (each bounded by ``total``), not part of an
+    attempt; ``pool`` bounds it only if set.
+
+    Args:
+        connect: Establishing the TCP (and TLS) connection.
+        read: Waiting for the next piece of the response.
+        write: Sending the next piece of the request.
+        total: The whole attempt, from connecting to the last byte of the response.
+        pool: Waiting for a free connection from the pool (``None``: as long as it takes).
+    """
+
+    connect: float = attrs.field(default=5.0, validator=positive)
+    read: float = attrs.field(default=10.0, validator=positive)
+    write: float = attrs.field(default=10.0, validator=positive)
+    total: float = attrs.field(default=30.0, validator=positive)
+    pool: float | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
+
+    @classmethod
+    def all(cls, seconds: float) -> Timeouts:
+        """The same limit for every phase and for the whole attempt."""
+        return cls(seconds, seconds, seconds, seconds, seconds)
+
+
+@attrs.frozen
+class HttpResponse:
+    """What came back from one POST.
+
+    Args:
+        status_code: The HTTP status.
+        headers: Response headers with lower-cased names (last value wins).
+        body: The body, at most the transport's cap.
+        truncated: Whether the body was longer than the cap.
+    """
+
+    status_code: int
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    body: bytes = b""
+    truncated: bool = False

@@ -1,9 +1,10 @@
-"""What happens after each delivery: callback protocols and the default training callbacks.
+"""What happens after each delivery: callbacks, the training defaults, and who gets which.
 
 A callback object has ``on_success`` and ``on_error``; each may be a plain function or a
-coroutine function. The Notifier calls exactly one of them exactly once per receiver, with
-the frozen :class:`~flnotify.Delivery` for that receiver. A callback that raises is logged
-and does not disturb other deliveries.
+coroutine function. Every driver calls exactly one of them exactly once per receiver, with
+the frozen [`Delivery`][flnotify.Delivery] for that receiver. A callback that raises is
+logged at ERROR, kept on the report as a [`CallbackError`][flnotify.CallbackError], and does
+not disturb other deliveries.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ import enum
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, Union
+from typing import Any, Protocol, Union
 from uuid import UUID
 
 import attrs
 
-from ._notification import CallbackFactory, TrainingNotification
-from ._retry import Outcome
-from ._types import TrainingState
-
-if TYPE_CHECKING:
-    from ._delivery import Delivery
-    from .repository import AsyncTrainingRepository, TrainingRepository
+from ._exceptions import CallbackError
+from ._notification import Notification, TrainingNotification
+from ._report import Delivery
+from ._types import Outcome, TrainingState
+from .repository import AsyncTrainingRepository, TrainingRepository
+from .training import (
+    TrainingModelTestNotification,
+    TrainingRoundStartNotification,
+    TrainingSWAGRoundStartNotification,
+)
 
 __all__ = [
     "CallbackFactory",
@@ -32,7 +36,9 @@ __all__ = [
     "FunctionCallbacks",
     "Reaction",
     "TrainingCallbacks",
-    "call_callbacks",
+    "default_callbacks_for",
+    "register_default_callbacks",
+    "run_callbacks",
 ]
 
 logger = logging.getLogger("flnotify")
@@ -73,20 +79,46 @@ class FunctionCallbacks:
         return None if self.error is None else self.error(delivery)
 
 
-async def call_callbacks(callbacks: Callbacks, delivery: Delivery) -> None:
-    """Call the right method of ``callbacks`` for ``delivery``; log, never raise, on failure."""
+class CallbackFactory(Protocol):
+    """Builds a notification class's default callbacks from the driver's repository."""
+
+    def __call__(self, repository: Any, /) -> Callbacks:
+        """The callbacks for one send."""
+        ...
+
+
+async def run_callbacks(callbacks: Callbacks, delivery: Delivery) -> CallbackError | None:
+    """Call the right method of ``callbacks`` for ``delivery``; never raise.
+
+    Returns:
+        ``None``, or the [`CallbackError`][flnotify.CallbackError] (logged at ERROR with
+        the receiver and training) when the callback raised.
+    """
     method = callbacks.on_success if delivery.ok else callbacks.on_error
     try:
         result = method(delivery)
         if inspect.isawaitable(result):
             await result
-    except Exception:
+    except Exception as exc:
+        name = _name(method)
+        context = delivery.log_context()
         logger.exception(
-            "callback %s failed for receiver %s",
-            _name(method),
+            "The callback %s failed for receiver %s of training %s: %s",
+            name,
             delivery.receiver.id,
-            extra=delivery.log_context(),
+            context["training_id"] or "-",
+            exc,
+            extra=context,
         )
+        error = CallbackError(
+            f"callback {name} failed for receiver {delivery.receiver.id}: "
+            f"{type(exc).__name__}: {exc}",
+            delivery=delivery,
+            callback=name,
+        )
+        error.__cause__ = exc
+        return error
+    return None
 
 
 def _name(method: Callable[..., object]) -> str:
@@ -94,7 +126,7 @@ def _name(method: Callable[..., object]) -> str:
 
 
 class Reaction(enum.Enum):
-    """What :class:`TrainingCallbacks` does to the training for one outcome."""
+    """What [`TrainingCallbacks`][flnotify.TrainingCallbacks] does for one outcome."""
 
     REMOVE_PARTICIPANT = "remove_participant"
     """Remove the receiver from the training's participants."""
@@ -106,11 +138,11 @@ class Reaction(enum.Enum):
 
 @attrs.define
 class TrainingCallbacks:
-    """The default callbacks of the round-type notifications (DESIGN §2).
+    """The default callbacks of the round-type notifications.
 
     Rejected -> the client is removed from the training (warning logged); failed -> the
     training goes to ``ERROR`` (error logged); delivered -> a debug log line. Works with a
-    sync :class:`~flnotify.repository.TrainingRepository` (its calls run in a worker thread,
+    sync [`TrainingRepository`][flnotify.TrainingRepository] (its calls run in a worker thread,
     so ORMs that refuse to run inside an event loop are fine) or an async one.
 
     Args:
@@ -165,3 +197,46 @@ class TrainingCallbacks:
             await method(*args)
         else:
             await asyncio.to_thread(method, *args)
+
+
+_DEFAULTS: dict[type[Notification[Any]], CallbackFactory] = {
+    TrainingRoundStartNotification: TrainingCallbacks,
+    TrainingSWAGRoundStartNotification: TrainingCallbacks,
+    TrainingModelTestNotification: TrainingCallbacks,
+}
+
+
+def register_default_callbacks(
+    notification_class: type[Notification[Any]], factory: CallbackFactory | None
+) -> None:
+    """Give a notification class (and its subclasses) default callbacks, or take them away.
+
+    Args:
+        notification_class: The class, e.g. a notification type of your own.
+        factory: Builds the callbacks from the driver's repository; ``None`` removes the
+            class's entry.
+    """
+    if factory is None:
+        _DEFAULTS.pop(notification_class, None)
+    else:
+        _DEFAULTS[notification_class] = factory
+
+
+def default_callbacks_for(
+    notification: Notification[Any],
+    repository: TrainingRepository | AsyncTrainingRepository | None,
+) -> Callbacks | None:
+    """The callbacks a driver uses for ``notification`` when it is given none.
+
+    The round-type notifications (update round, SWAG round, model test) get
+    [`TrainingCallbacks`][flnotify.TrainingCallbacks]; other classes get what
+    [`register_default_callbacks`][flnotify.register_default_callbacks] gave them (looked up
+    along the class's MRO). Without a repository there are none.
+    """
+    if repository is None:
+        return None
+    for cls in type(notification).__mro__:
+        factory = _DEFAULTS.get(cls)
+        if factory is not None:
+            return factory(repository)
+    return None

@@ -30,12 +30,13 @@ from uuid import UUID
 
 from . import __version__
 from ._codec import Codec
-from ._delivery import Delivery, DeliveryReport, Notifier
+from ._delivery import Notifier
 from ._demo import DemoConfig, DemoResult, StepResult, make_wsgi_server, run_demo
-from ._exceptions import ConfigurationError, EndpointError
+from ._exceptions import ConfigurationError, EndpointError, RepositoryError
 from ._notification import Notification, TrainingNotification
-from ._retry import Outcome, RetryPolicy
-from ._types import NotificationType, Receiver
+from ._report import Delivery, DeliveryReport
+from ._retry import RetryPolicy
+from ._types import NotificationType, Outcome, Receiver
 from .endpoints import EndpointPolicy
 from .receiving import MessageContext, NotificationRouter
 from .repository import SQLiteTrainingRepository
@@ -366,7 +367,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.db is not None:
         try:
             SQLiteTrainingRepository(args.db).close()  # refuse a bad file before starting
-        except ConfigurationError as exc:
+        except (ConfigurationError, RepositoryError) as exc:
             parser.error(f"argument --db: {exc}")
     config = DemoConfig(
         clients=args.clients, rounds=args.rounds, faults=args.faults, seed=args.seed, db=args.db

@@ -28,25 +28,29 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import attrs
 
+from ._attempt import Course, build_delivery, message_ids_for
 from ._closing import Closing
 from ._codec import Codec
-from ._delivery import Delivery, message_ids_for
-from ._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
+from ._delivery import Notifier
+from ._exceptions import (
+    ConfigurationError,
+    FlnotifyError,
+    InternalError,
+    TransportError,
+    TransportErrorKind,
+)
+from ._hooks import NullHook
 from ._notification import Notification
-from ._retry import Outcome
+from ._report import Delivery
 from ._sqlite import SQLiteConnection
-from ._types import Receiver
+from ._types import Outcome, Receiver
 from ._validators import at_least_one, positive
-from .callbacks import call_callbacks
-
-if TYPE_CHECKING:
-    from ._delivery import Notifier
-    from .callbacks import Callbacks
+from .callbacks import Callbacks, default_callbacks_for, run_callbacks
 
 __all__ = ["Claim", "Outbox", "OutboxDispatcher", "OutboxEntry", "OutboxError", "OutboxState"]
 
@@ -474,37 +478,30 @@ class Outbox(Closing):
 
 
 def _stored_delivery(entry: OutboxEntry, notification: Notification[Any]) -> Delivery:
-    """The :class:`Delivery` of an outcome recorded by an earlier claim, rebuilt from its row."""
+    """The delivery of an outcome recorded by an earlier claim, rebuilt from its row."""
     assert entry.outcome is not None  # noqa: S101 - only called for recorded entries
-    error = None
+    error: TransportError | None = None
     if entry.error is not None:
-        error = TransportError(
-            entry.error,
-            url=entry.receiver.message_endpoint,
-            kind=entry.error_kind or TransportErrorKind.INTERNAL,
+        kind = entry.error_kind or TransportErrorKind.INTERNAL
+        url = entry.receiver.message_endpoint
+        error = (
+            InternalError(entry.error, url=url)
+            if kind is TransportErrorKind.INTERNAL
+            else TransportError(entry.error, url=url, kind=kind)
         )
-    return Delivery(
-        receiver=entry.receiver,
-        notification=notification,
-        outcome=entry.outcome,
-        message_id=entry.message_id,
-        attempts=entry.attempts,
-        elapsed=entry.elapsed or 0.0,
-        status_code=entry.status_code,
-        error=error,
+    course = Course(0, entry.receiver, entry.message_id, entry.attempts)
+    return build_delivery(
+        notification, course, entry.outcome, entry.elapsed or 0.0, entry.status_code, error
     )
 
 
-class _Collector:
-    """Notifier callbacks that only queue each final delivery for the recording task."""
+class _Recorder(NullHook):
+    """A delivery hook that queues each final delivery for the recording task."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Delivery] = asyncio.Queue()
 
-    def on_success(self, delivery: Delivery, /) -> None:
-        self.queue.put_nowait(delivery)
-
-    def on_error(self, delivery: Delivery, /) -> None:
+    def on_outcome(self, delivery: Delivery, /) -> None:
         self.queue.put_nowait(delivery)
 
 
@@ -618,7 +615,9 @@ class OutboxDispatcher:
     async def _deliver(
         self, claim: Claim, notification: Notification[Any], entries: list[OutboxEntry]
     ) -> None:
-        callbacks = self.notifier._callbacks_for(notification, self.callbacks)
+        callbacks = self.callbacks
+        if callbacks is None:
+            callbacks = default_callbacks_for(notification, self.notifier.repository)
         recovered = [e for e in entries if e.outcome is not None]
         if recovered:  # recorded by a claim that ended before its callbacks ran
             stored = notification.with_receivers([e.receiver for e in recovered])
@@ -627,23 +626,24 @@ class OutboxDispatcher:
         if not todo:
             return
         outgoing = notification.with_receivers([e.receiver for e in todo])
-        collector = _Collector()
-        writer = asyncio.create_task(self._write(claim, collector, len(todo), callbacks))
+        notifier = self.notifier
+        body = notifier.codec.encode(outgoing)
+        refused: FlnotifyError | None = None
         try:
-            await self.notifier.asend(outgoing, collector, message_ids=[e.message_id for e in todo])
-        except ConfigurationError as exc:  # e.g. the payload is over the policy's limit
-            for entry in todo:
-                collector.on_error(
-                    Delivery(
-                        receiver=entry.receiver,
-                        notification=outgoing,
-                        outcome=Outcome.FAILED,
-                        message_id=entry.message_id,
-                        attempts=0,
-                        elapsed=0.0,
-                        error=exc,
-                    )
-                )
+            notifier.policy.check_body_size(body)
+        except ConfigurationError as exc:  # the payload is over the policy's limit
+            refused = exc
+        recorder = _Recorder()
+        writer = asyncio.create_task(self._write(claim, recorder, len(todo), callbacks))
+        try:
+            await notifier._deliver(
+                outgoing,
+                body,
+                [e.message_id for e in todo],
+                None,  # callbacks run here, after each outcome is recorded
+                hooks=(recorder,),
+                refused=refused,
+            )
         except BaseException:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -652,10 +652,10 @@ class OutboxDispatcher:
         await writer
 
     async def _write(
-        self, claim: Claim, collector: _Collector, expected: int, callbacks: Callbacks | None
+        self, claim: Claim, recorder: _Recorder, expected: int, callbacks: Callbacks | None
     ) -> None:
         """Record deliveries as they arrive, as many per transaction as have queued up."""
-        queue = collector.queue
+        queue = recorder.queue
         while expected:
             batch = [await queue.get()]
             while not queue.empty():
@@ -682,5 +682,5 @@ class OutboxDispatcher:
                 await asyncio.to_thread(outbox.finish, claim, [d.message_id for d in deliveries])
             return
         for delivery in deliveries:
-            await call_callbacks(callbacks, delivery)
+            await run_callbacks(callbacks, delivery)  # a failure is logged at ERROR there
         await asyncio.to_thread(outbox.finish, claim, [d.message_id for d in deliveries])

@@ -26,7 +26,7 @@ from uuid import UUID
 import attrs
 
 from ._closing import Closing
-from ._exceptions import ConfigurationError, TrainingNotFoundError
+from ._exceptions import ConfigurationError, RepositoryError, TrainingNotFoundError
 from ._sqlite import SQLiteConnection
 from ._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState, as_receivers
 
@@ -523,6 +523,17 @@ def _build(row: _Row, participants: list[Receiver]) -> TrainingSnapshot:
     )
 
 
+_SQLITE_MAX = 2**63 - 1
+
+
+def _sqlite_integer(name: str, value: int) -> int:
+    """``value`` if SQLite can store it (64-bit signed), else a clear ConfigurationError."""
+    if not -_SQLITE_MAX - 1 <= value <= _SQLITE_MAX:
+        msg = f"{name} {value} is outside SQLite's integer range (at most {_SQLITE_MAX})"
+        raise ConfigurationError(msg)
+    return value
+
+
 @attrs.define(eq=False)
 class SQLiteTrainingRepository(_RepositoryBase, Closing):
     """Trainings in an SQLite database (stdlib :mod:`sqlite3`); creates its schema.
@@ -534,9 +545,12 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
     Args:
         path: The database file, or ``":memory:"`` for a private in-memory database.
 
+    Every :mod:`sqlite3` error (locked, disk full, corrupt file) is raised as a
+    [`RepositoryError`][flnotify.RepositoryError], never as it is.
+
     Raises:
-        ConfigurationError: The file cannot be opened, is not an SQLite database, or
-            holds a schema of a newer flnotify.
+        RepositoryError: The file cannot be opened or is not an SQLite database.
+        ConfigurationError: The file holds a schema of a newer flnotify.
     """
 
     path: str = attrs.field(converter=_fspath)
@@ -544,7 +558,11 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
 
     def __attrs_post_init__(self) -> None:
         self._db = SQLiteConnection.open(
-            self.path, label="SQLite database", error=ConfigurationError, prepare=self._prepare
+            self.path,
+            label="SQLite database",
+            error=RepositoryError,
+            prepare=self._prepare,
+            wrap_errors=True,
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
@@ -619,7 +637,7 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
                 (
                     key,
                     str(snapshot.model_id),
-                    snapshot.round,
+                    _sqlite_integer("round", snapshot.round),
                     snapshot.state.value,
                     str(snapshot.actor.id),
                 ),
@@ -639,7 +657,7 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
                 "UPDATE trainings SET round = coalesce(?, round), "
                 "model_id = coalesce(?, model_id), state = coalesce(?, state) WHERE id = ?",
                 (
-                    round,
+                    None if round is None else _sqlite_integer("round", round),
                     None if model_id is None else str(model_id),
                     None if state is None else state.value,
                     str(training_id),

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._hooks import AttemptEnded, AttemptStarted, NullHook
+from ._report import Delivery
+from ._types import HttpResponse
 from .repository import InMemoryTrainingRepository
-from .transports._base import HttpResponse
 from .transports._memory import MemoryRequest, MemoryTransport
 
 if TYPE_CHECKING:
-    from ._delivery import Delivery
     from ._repository_contract import TrainingRepositoryContract
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "MemoryRequest",
     "MemoryTransport",
     "RecordingCallbacks",
+    "RecordingHook",
     "TrainingRepositoryContract",
 ]
 
@@ -52,6 +54,34 @@ class RecordingCallbacks:
         """Remember a rejected or failed receiver."""
         with self._lock:
             self.calls.append(delivery)
+
+
+@attrs.define
+class RecordingHook(NullHook):
+    """A delivery hook that remembers every attempt and outcome it is told of.
+
+    Pass it as ``Notifier(hooks=[hook])`` and assert on its lists afterwards.
+    """
+
+    started: list[AttemptStarted] = attrs.field(init=False, factory=list)
+    ended: list[AttemptEnded] = attrs.field(init=False, factory=list)
+    outcomes: list[Delivery] = attrs.field(init=False, factory=list)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+
+    def on_attempt_started(self, details: AttemptStarted, /) -> None:
+        """Remember an attempt that began."""
+        with self._lock:
+            self.started.append(details)
+
+    def on_attempt_ended(self, details: AttemptEnded, /) -> None:
+        """Remember an attempt that ended."""
+        with self._lock:
+            self.ended.append(details)
+
+    def on_outcome(self, delivery: Delivery, /) -> None:
+        """Remember a final outcome."""
+        with self._lock:
+            self.outcomes.append(delivery)
 
 
 def __getattr__(name: str) -> Any:

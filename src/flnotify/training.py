@@ -1,4 +1,4 @@
-"""The six training notifications of DESIGN §1, their bodies, and ``from_training`` factories.
+"""The six training notifications, their bodies, and ``from_training`` factories.
 
 Every class can be built two ways, both one call:
 
@@ -18,7 +18,6 @@ from typing_extensions import Self
 
 from ._notification import TrainingNotification
 from ._types import NotificationType, ReceiverLike, TrainingSnapshot
-from .callbacks import TrainingCallbacks
 
 __all__ = [
     "ClientRemovedBody",
@@ -61,7 +60,6 @@ class _RoundNotification(TrainingNotification[RoundBody]):
     """Shared shape of the three round-type notifications (participants, round, model)."""
 
     Body: ClassVar[type[RoundBody]] = RoundBody
-    default_callbacks = TrainingCallbacks
 
     @classmethod
     def from_training(

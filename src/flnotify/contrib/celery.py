@@ -7,14 +7,17 @@ the ``json`` serializer): the wire document exactly as flnotify encodes it (a st
 encoded once per notification), the receivers as ``{"id": str, "message_endpoint": str}``
 and their ``webhook-id`` s, chosen at enqueue time. No host object is ever pickled.
 
-On the worker each execution makes **one** attempt per receiver of its chunk with the
-transport's blocking ``post``; the receivers that should be tried again go back to the
-broker with ``task.retry(countdown=...)`` on the :class:`~flnotify.RetryPolicy`'s schedule
-(the longest delay any of them asked for), so a worker never sleeps through a backoff and
-a retrying receiver never holds a worker slot. Each receiver's final outcome calls its
-callbacks once, on the worker, with the same :class:`~flnotify.Delivery` as in-process:
+On the worker each execution runs the same delivery core as the in-process
+[`Notifier`][flnotify.Notifier] (one Notifier per worker process, with a long-lived
+transport and event loop): **one** attempt per receiver of its chunk, all of them
+concurrently; the receivers that should be tried again go back to the broker with
+``task.retry(countdown=...)`` on the [`RetryPolicy`][flnotify.RetryPolicy]'s schedule (the
+longest delay any of them asked for), so a worker never sleeps through a backoff and a
+retrying receiver never holds a worker slot. Each receiver's final outcome calls its
+callbacks once, on the worker, with the same [`Delivery`][flnotify.Delivery] as in-process:
 the notification class's default callbacks built with the repository from
-``repository_factory``, or callbacks registered by name.
+``repository_factory``, or callbacks registered by name. A ``deadline`` counts from the
+first execution: receivers still without an outcome when it has passed fail (``DEADLINE``).
 
 The same :class:`CeleryDelivery` must be built in the worker (typically in the module that
 creates the app), so that the task and its configuration exist there.
@@ -22,7 +25,6 @@ creates the app), so that the task and its configuration exist there.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
@@ -32,21 +34,19 @@ from uuid import UUID
 
 import attrs
 
+from .._attempt import message_ids_for
 from .._codec import Codec
-from .._delivery import Delivery, build_headers, message_ids_for, refused_endpoint
-from .._exceptions import (
-    ConfigurationError,
-    EndpointError,
-    FlnotifyError,
-    TransportError,
-)
-from .._notification import CallbackFactory, Notification
-from .._retry import Decision, Outcome, RetryPolicy
+from .._delivery import Notifier, _Resume
+from .._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
+from .._hooks import DeliveryHook
+from .._notification import Notification
+from .._retry import RetryPolicy
 from .._types import Receiver
-from .._validators import at_least_one
-from ..callbacks import Callbacks, call_callbacks
+from .._validators import at_least_one, positive
+from .._version import __version__
+from ..callbacks import CallbackFactory, Callbacks, default_callbacks_for
 from ..endpoints import EndpointPolicy
-from ..transports import HttpResponse, HttpxTransport, Transport
+from ..transports import AsyncTransport, HttpxTransport, Transport
 
 if TYPE_CHECKING:
     from ..repository import AsyncTrainingRepository, TrainingRepository
@@ -73,16 +73,6 @@ class Enqueued:
     results: tuple[Any, ...] = attrs.field(repr=False)
 
 
-@attrs.frozen
-class _Attempt:
-    """One receiver's try in one task execution."""
-
-    decision: Decision
-    posted: bool
-    response: HttpResponse | None = None
-    error: FlnotifyError | None = None
-
-
 @attrs.define(eq=False)
 class CeleryDelivery:
     """Registers flnotify's delivery task on a Celery app, and enqueues notifications for it.
@@ -92,7 +82,8 @@ class CeleryDelivery:
         repository_factory: Builds the repository on the worker (once per worker process)
             for the notification classes' default callbacks, e.g. ``lambda:
             SQLiteTrainingRepository("fl.db")``; without it those callbacks are skipped.
-        transport_factory: Builds the blocking transport on the worker (once per process).
+        transport_factory: Builds the transport on the worker (once per process, kept for
+            every task), e.g. ``StreamTransport`` for large fan-out.
         signer: Signs each attempt (Standard Webhooks).
         retry: When to try again; ``max_attempts`` includes the first try.
         policy: Which endpoints may be POSTed to, checked on the worker before each POST.
@@ -100,7 +91,10 @@ class CeleryDelivery:
             registry must know every class that is sent.
         callbacks: Callback factories selectable by name in :meth:`enqueue`; each is called
             on the worker with the repository (or ``None``) and returns the callbacks.
-        chunk_size: Receivers per task.
+        chunk_size: Receivers per task (delivered concurrently).
+        deadline: Seconds from a chunk's first execution after which its receivers
+            still without an outcome fail (``DEADLINE``); none by default.
+        hooks: Observers of attempts and outcomes on the worker.
         task_name: The registered task's name (one per app and configuration).
         user_agent: The ``User-Agent`` header.
         wall_clock: Epoch seconds, for ``webhook-timestamp``, ``Retry-After`` and ``elapsed``.
@@ -109,19 +103,23 @@ class CeleryDelivery:
 
     app: Any
     repository_factory: Callable[[], TrainingRepository | AsyncTrainingRepository] | None = None
-    transport_factory: Callable[[], Transport] = HttpxTransport
+    transport_factory: Callable[[], Transport | AsyncTransport] = HttpxTransport
     signer: Signer | None = None
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     policy: EndpointPolicy = attrs.field(factory=EndpointPolicy)
     codec: Codec = attrs.field(factory=Codec)
     callbacks: Mapping[str, CallbackFactory] = attrs.field(factory=dict)
     chunk_size: int = attrs.field(default=50, validator=at_least_one)
+    deadline: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(positive)
+    )
+    hooks: Sequence[DeliveryHook] = ()
     task_name: str = DEFAULT_TASK_NAME
-    user_agent: str = "flnotify"
+    user_agent: str = f"flnotify/{__version__}"
     wall_clock: Callable[[], float] = time.time
     rng: Callable[[], float] = random.random
     _task: Any = attrs.field(init=False, default=None, repr=False)
-    _transport: Transport | None = attrs.field(init=False, default=None, repr=False)
+    _notifier: Notifier | None = attrs.field(init=False, default=None, repr=False)
     _repository: TrainingRepository | AsyncTrainingRepository | None = attrs.field(
         init=False, default=None, repr=False
     )
@@ -139,6 +137,7 @@ class CeleryDelivery:
             self._execute(task, notification, receivers, message_ids, callbacks, started)
 
         deliver.__doc__ = "flnotify: one attempt per receiver of a chunk; retries via Celery."
+        deliver.__name__ = deliver.__qualname__ = "deliver"
         self._task = self.app.task(
             bind=True,
             name=self.task_name,
@@ -210,78 +209,42 @@ class CeleryDelivery:
         callbacks_name: str | None,
         started: float | None,
     ) -> None:
-        attempt = int(task.request.retries) + 1
+        now = self.wall_clock()
         if started is None:
-            started = self.wall_clock()
+            started = now
         receivers = [Receiver(UUID(r["id"]), r["message_endpoint"]) for r in wire]
         notification = self.codec.decode(payload).with_receivers(receivers)
         callbacks = self._callbacks_for(notification, callbacks_name)  # fail before any POST
-        body = payload.encode()
-        transport = self._get_transport()
-        final: list[Delivery] = []
-        again: list[int] = []
-        delay = 0.0
-        for index, receiver in enumerate(receivers):
-            result = self._attempt(transport, body, receiver, message_ids[index], attempt)
-            if result.decision.outcome is None:
-                again.append(index)
-                delay = max(delay, result.decision.delay)
-                continue
-            final.append(
-                Delivery(
-                    receiver=receiver,
-                    notification=notification,
-                    outcome=result.decision.outcome,
-                    message_id=message_ids[index],
-                    attempts=attempt if result.posted else attempt - 1,
-                    elapsed=max(0.0, self.wall_clock() - started),
-                    status_code=None if result.response is None else result.response.status_code,
-                    error=result.error,
-                    response=result.response,
+        refused: FlnotifyError | None = None
+        remaining = None
+        if self.deadline is not None:
+            remaining = started + self.deadline - now
+            if remaining <= 0:
+                refused = TransportError(
+                    f"deadline of {self.deadline:g} s passed before an outcome",
+                    kind=TransportErrorKind.DEADLINE,
                 )
+        notifier = self._get_notifier()
+        run = notifier._run_sync(
+            notifier._deliver(
+                notification,
+                payload.encode(),
+                message_ids,
+                callbacks,
+                resume=_Resume(int(task.request.retries), started),
+                defer_retries=True,
+                deadline=remaining,
+                refused=refused,
             )
-        if callbacks is not None and final:
-            asyncio.run(_call_all(callbacks, final))
-        if again:
+        )
+        if run.deferred:
+            again = [index for index, _ in run.deferred]
             raise task.retry(
-                args=(
-                    payload,
-                    [wire[i] for i in again],
-                    [message_ids[i] for i in again],
-                ),
+                args=(payload, [wire[i] for i in again], [message_ids[i] for i in again]),
                 kwargs={"callbacks": callbacks_name, "started": started},
-                countdown=delay,
+                countdown=max(delay for _, delay in run.deferred),
                 max_retries=self.retry.max_attempts - 1,
             )
-
-    def _attempt(
-        self, transport: Transport, body: bytes, receiver: Receiver, message_id: str, attempt: int
-    ) -> _Attempt:
-        """Check the endpoint, POST once, and let the retry policy judge the result."""
-        url = receiver.message_endpoint
-        try:
-            self.policy.check_endpoint(url)
-        except (EndpointError, TransportError) as exc:
-            error = refused_endpoint(exc, url)
-            return _Attempt(Decision(Outcome.FAILED), posted=False, error=error)
-        headers = build_headers(
-            message_id,
-            body,
-            receiver,
-            timestamp=int(self.wall_clock()),
-            signer=self.signer,
-            user_agent=self.user_agent,
-        )
-        response: HttpResponse | None = None
-        failure: TransportError | None = None
-        try:
-            response = transport.post(url, body, headers)
-        except TransportError as exc:
-            failure = exc
-        decision = self.retry.decide(
-            attempt, response=response, error=failure, rng=self.rng, now=self.wall_clock
-        )
-        return _Attempt(decision, posted=True, response=response, error=failure)
 
     def _callbacks_for(self, notification: Notification[Any], name: str | None) -> Callbacks | None:
         if name is not None:
@@ -290,17 +253,26 @@ class CeleryDelivery:
                 msg = f"no callbacks registered as {name!r} on this worker"
                 raise ConfigurationError(msg)
             return factory(self._get_repository())
-        default = type(notification).default_callbacks
-        if default is None:
-            return None
-        repository = self._get_repository()
-        return None if repository is None else default(repository)
+        return default_callbacks_for(notification, self._get_repository())
 
-    def _get_transport(self) -> Transport:
+    def _get_notifier(self) -> Notifier:
+        """The Notifier of this process: one transport and event loop for all its tasks."""
         with self._lock:
-            if self._transport is None:
-                self._transport = self.transport_factory()
-            return self._transport
+            if self._notifier is None:
+                self._notifier = Notifier(
+                    transport=self.transport_factory(),
+                    retry=self.retry,
+                    concurrency=self.chunk_size,
+                    signer=self.signer,
+                    policy=self.policy,
+                    codec=self.codec,
+                    hooks=self.hooks,
+                    clock=self.wall_clock,  # elapsed counts across executions
+                    wall_clock=self.wall_clock,
+                    rng=self.rng,
+                    user_agent=self.user_agent,
+                )
+            return self._notifier
 
     def _get_repository(self) -> TrainingRepository | AsyncTrainingRepository | None:
         if self.repository_factory is None:
@@ -313,15 +285,10 @@ class CeleryDelivery:
     def close(self) -> None:
         """Close the transport and repository this process created (the app stays)."""
         with self._lock:
-            transport, self._transport = self._transport, None
+            notifier, self._notifier = self._notifier, None
             repository, self._repository = self._repository, None
-        if transport is not None:
-            transport.close()
+        if notifier is not None:
+            notifier.close()
         closer = getattr(repository, "close", None)
         if callable(closer):
             closer()
-
-
-async def _call_all(callbacks: Callbacks, deliveries: list[Delivery]) -> None:
-    for delivery in deliveries:
-        await call_callbacks(callbacks, delivery)

@@ -1,16 +1,26 @@
 """What a transport is: POST bytes with headers to a URL, get a status, headers and a capped body.
 
 Transports are structural (``typing.Protocol``): anything with ``apost`` (async) or ``post``
-(sync) works. A transport raises only :class:`~flnotify.TransportError` subclasses; backend
-exceptions are translated at this edge and kept as ``__cause__``.
+(sync) works. A transport raises only [`TransportError`][flnotify.TransportError]
+subclasses; backend exceptions are translated at this edge and kept as ``__cause__``.
+
+flnotify's own transports bound every attempt by ``Timeouts.total`` themselves (their
+``bounds_attempts`` is true); for any other transport the
+[`Notifier`][flnotify.Notifier] bounds each attempt by its ``attempt_timeout``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+import asyncio
+import builtins
+import sys
+from collections.abc import Awaitable, Mapping
+from typing import Protocol, TypeVar, runtime_checkable
 
-import attrs
+from .._exceptions import TransportTimeoutError
+from .._types import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts
+
+T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -18,49 +28,8 @@ __all__ = [
     "HttpResponse",
     "Timeouts",
     "Transport",
+    "within",
 ]
-
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
-"""Response bodies are read up to this many bytes; the rest is discarded unread."""
-
-
-@attrs.frozen
-class Timeouts:
-    """Per-attempt timeouts in seconds; every attempt has all four.
-
-    Args:
-        connect: Establishing the TCP (and TLS) connection.
-        read: Waiting for each chunk of the response.
-        write: Sending each chunk of the request.
-        pool: Waiting for a free connection from the pool.
-    """
-
-    connect: float = 5.0
-    read: float = 10.0
-    write: float = 10.0
-    pool: float = 10.0
-
-    @classmethod
-    def all(cls, seconds: float) -> Timeouts:
-        """The same timeout for all four phases."""
-        return cls(seconds, seconds, seconds, seconds)
-
-
-@attrs.frozen
-class HttpResponse:
-    """What came back from one POST.
-
-    Args:
-        status_code: The HTTP status.
-        headers: Response headers with lower-cased names (last value wins).
-        body: The body, at most the transport's cap.
-        truncated: Whether the body was longer than the cap.
-    """
-
-    status_code: int
-    headers: Mapping[str, str] = attrs.field(factory=dict)
-    body: bytes = b""
-    truncated: bool = False
 
 
 @runtime_checkable
@@ -87,3 +56,29 @@ class AsyncTransport(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+_TIMED_OUT = "timed out after {seconds:g} s: the whole attempt took too long"
+
+
+if sys.version_info >= (3, 11):
+
+    async def within(seconds: float, awaitable: Awaitable[T], url: str) -> T:
+        """Await ``awaitable`` for at most ``seconds``; past that, a TransportTimeoutError."""
+        scope = asyncio.timeout(seconds)
+        try:
+            async with scope:
+                return await awaitable
+        except builtins.TimeoutError:
+            if not scope.expired():
+                raise
+        raise TransportTimeoutError(_TIMED_OUT.format(seconds=seconds), url=url)
+
+else:  # pragma: no cover - Python 3.10
+
+    async def within(seconds: float, awaitable: Awaitable[T], url: str) -> T:
+        """Await ``awaitable`` for at most ``seconds``; past that, a TransportTimeoutError."""
+        try:
+            return await asyncio.wait_for(awaitable, seconds)
+        except asyncio.TimeoutError:
+            raise TransportTimeoutError(_TIMED_OUT.format(seconds=seconds), url=url) from None

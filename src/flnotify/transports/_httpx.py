@@ -8,8 +8,10 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import ClassVar
 
 import attrs
 import certifi
@@ -18,14 +20,14 @@ import httpx
 from .._closing import AsyncClosing, Closing
 from .._exceptions import (
     ConnectError,
-    ConnectionResetError,
+    ConnectionLostError,
     DNSError,
     InvalidURLError,
     ProtocolError,
-    TimeoutError,
     TransportError,
+    TransportTimeoutError,
 )
-from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts
+from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts, within
 
 __all__ = ["HttpxTransport"]
 
@@ -36,12 +38,23 @@ def _httpx_timeout(timeouts: Timeouts) -> httpx.Timeout:
     )
 
 
+_PHASES = {
+    httpx.ConnectTimeout: ("connect", "connecting"),
+    httpx.ReadTimeout: ("read", "reading the response"),
+    httpx.WriteTimeout: ("write", "writing the request"),
+    httpx.PoolTimeout: ("pool", "waiting for a free connection"),
+}
+
+
 @attrs.define
 class HttpxTransport(Closing, AsyncClosing):
     """POSTs through one pooled ``httpx.Client`` (sync) and small per-origin ``AsyncClient``s.
 
     Clients are created on first use, share one TLS context, and are reused for every send
-    until :meth:`close` / :meth:`aclose` (or the context manager) ends them. Environment
+    until ``close()`` / ``aclose()`` (or the context manager) ends them. Async attempts
+    queue per origin for one of its ``max_connections_per_origin`` slots (queueing is not
+    part of an attempt), then each is bounded by ``timeouts.total`` as a whole; blocking
+    ``post`` checks the total between the chunks of the response. Environment
     proxy settings are ignored (``trust_env=False``); pass your own client to use a proxy.
     Redirects are never followed; the response body is read up to ``max_response_bytes``
     and the rest discarded unread.
@@ -59,6 +72,9 @@ class HttpxTransport(Closing, AsyncClosing):
         verify: TLS verification for the clients flnotify creates: ``True``, or an
             ``ssl.SSLContext`` (e.g. trusting a private CA).
     """
+
+    bounds_attempts: ClassVar[bool] = True
+    """Every async attempt ends within ``timeouts.total``."""
 
     client: httpx.Client | None = None
     async_client: httpx.AsyncClient | None = None
@@ -115,18 +131,22 @@ class HttpxTransport(Closing, AsyncClosing):
             trust_env=False,
         )
 
-    def _async_client(self, url: str) -> contextlib.AbstractContextManager[httpx.AsyncClient]:
+    def _async_client(self, url: str) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
         if self.async_client is not None:
             return contextlib.nullcontext(self.async_client)
         loop = asyncio.get_running_loop()
         clients = self._own_async.get(loop)
         if clients is None:  # httpx connections are bound to the loop that opened them
-            clients = self._own_async[loop] = _OriginClients(self.max_origins)
+            clients = self._own_async[loop] = _OriginClients(
+                self.max_origins, self.max_connections_per_origin
+            )
         return clients.use(_origin(url), self._new_async_client)
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
-        """POST once, blocking; see :class:`~flnotify.transports.Transport`."""
+        """POST once, blocking; see [`Transport`][flnotify.transports.Transport]."""
+        total = self.timeouts.total
         try:
+            until = time.monotonic() + total
             with self._sync_client().stream(
                 "POST", url, content=body, headers=headers, follow_redirects=False
             ) as response:
@@ -134,28 +154,38 @@ class HttpxTransport(Closing, AsyncClosing):
                 for chunk in response.iter_bytes():
                     if capped.add(chunk):
                         break
+                    if time.monotonic() > until:
+                        msg = f"timed out after {total:g} s: the whole attempt took too long"
+                        raise TransportTimeoutError(msg, url=url)
                 return capped.response(response)
         except httpx.HTTPError as exc:
-            raise _translate(exc, url) from exc
+            raise _translate(exc, url, self.timeouts) from exc
         except (httpx.InvalidURL, httpx.CookieConflict) as exc:
             raise InvalidURLError(str(exc), url=url) from exc
 
     async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
-        """POST once; see :class:`~flnotify.transports.AsyncTransport`."""
+        """POST once; see [`AsyncTransport`][flnotify.transports.AsyncTransport]."""
         try:
-            with self._async_client(url) as client:
-                async with client.stream(
-                    "POST", url, content=body, headers=headers, follow_redirects=False
-                ) as response:
-                    capped = _CappedBody(self.max_response_bytes)
-                    async for chunk in response.aiter_bytes():
-                        if capped.add(chunk):
-                            break
-                    return capped.response(response)
+            async with self._async_client(url) as client:
+                return await within(
+                    self.timeouts.total, self._apost(client, url, body, headers), url
+                )
         except httpx.HTTPError as exc:
-            raise _translate(exc, url) from exc
+            raise _translate(exc, url, self.timeouts) from exc
         except (httpx.InvalidURL, httpx.CookieConflict) as exc:
             raise InvalidURLError(str(exc), url=url) from exc
+
+    async def _apost(
+        self, client: httpx.AsyncClient, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> HttpResponse:
+        async with client.stream(
+            "POST", url, content=body, headers=headers, follow_redirects=False
+        ) as response:
+            capped = _CappedBody(self.max_response_bytes)
+            async for chunk in response.aiter_bytes():
+                if capped.add(chunk):
+                    break
+            return capped.response(response)
 
     def close(self) -> None:
         """Close the sync client flnotify created (a host's own client stays open)."""
@@ -187,20 +217,24 @@ class _OriginClients:
     evicted client is closed once its last request has finished, never under a request.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, slots: int) -> None:
         self._limit = limit
+        self._slots = slots
+        self._gates: dict[httpx.AsyncClient, asyncio.Semaphore] = {}
         self._clients: collections.OrderedDict[str, httpx.AsyncClient] = collections.OrderedDict()
         self._in_use: dict[httpx.AsyncClient, int] = {}
         self._evicted: set[httpx.AsyncClient] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
-    @contextlib.contextmanager
-    def use(
+    @contextlib.asynccontextmanager
+    async def use(
         self, origin: str, factory: Callable[[], httpx.AsyncClient]
-    ) -> Iterator[httpx.AsyncClient]:
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        """The origin's client, once one of its connection slots is free (queueing)."""
         client = self._clients.get(origin)
         if client is None:
             client = self._clients[origin] = factory()
+            self._gates[client] = asyncio.Semaphore(self._slots)
             while len(self._clients) > self._limit:
                 _, old = self._clients.popitem(last=False)
                 self._evicted.add(old)
@@ -210,7 +244,8 @@ class _OriginClients:
             self._clients.move_to_end(origin)
         self._in_use[client] = self._in_use.get(client, 0) + 1
         try:
-            yield client
+            async with self._gates[client]:  # so that httpx's own pool never has to wait
+                yield client
         finally:
             left = self._in_use[client] - 1
             if left:
@@ -222,6 +257,7 @@ class _OriginClients:
 
     def _close_later(self, client: httpx.AsyncClient) -> None:
         self._evicted.discard(client)
+        self._gates.pop(client, None)
         task = asyncio.get_running_loop().create_task(client.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -270,24 +306,35 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _translate(exc: httpx.HTTPError, url: str) -> TransportError:
-    """Map an httpx exception to flnotify's tree; the one place httpx errors are known."""
+def _translate(exc: httpx.HTTPError, url: str, timeouts: Timeouts) -> TransportError:
+    """Map an httpx exception to flnotify's tree, worded as a person would say it.
+
+    The one place httpx errors are known; the httpx exception stays as ``__cause__``.
+    """
     message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
-        return TimeoutError(message, url=url)
+        for kind, (phase, doing) in _PHASES.items():
+            if isinstance(exc, kind):
+                seconds = getattr(timeouts, phase)
+                return TransportTimeoutError(f"timed out after {seconds:g} s {doing}", url=url)
+        return TransportTimeoutError(f"timed out ({message})", url=url)
     if isinstance(exc, httpx.ConnectError):
         if _caused_by(exc, socket.gaierror):
-            return DNSError(message, url=url)
-        return ConnectError(message, url=url)
+            return DNSError(f"the host name did not resolve ({exc})", url=url)
+        if _caused_by(exc, ConnectionRefusedError) or "refused" in str(exc).lower():
+            return ConnectError("connection refused", url=url)
+        if "all connection attempts failed" in str(exc).lower():
+            return ConnectError("connection refused or host unreachable", url=url)
+        return ConnectError(f"could not connect: {exc}", url=url)
     if isinstance(exc, httpx.UnsupportedProtocol):
         return InvalidURLError(message, url=url)
     if isinstance(exc, (httpx.ReadError, httpx.WriteError)):
-        return ConnectionResetError(message, url=url)
+        return ConnectionLostError(f"the connection was lost ({message})", url=url)
     if isinstance(exc, httpx.RemoteProtocolError):
         text = str(exc).lower()
         if "disconnect" in text or "closed" in text or "incomplete" in text:
-            return ConnectionResetError(message, url=url)
-        return ProtocolError(message, url=url)
+            return ConnectionLostError(f"the connection was closed mid-response ({exc})", url=url)
+        return ProtocolError(f"the answer was not valid HTTP ({exc})", url=url)
     if isinstance(exc, httpx.LocalProtocolError):
         return InvalidURLError(message, url=url)
     return TransportError(message, url=url)

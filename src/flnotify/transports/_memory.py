@@ -10,7 +10,7 @@ from typing import Union
 import attrs
 
 from .._exceptions import TransportError
-from ._base import HttpResponse
+from .._types import HttpResponse
 
 __all__ = ["MemoryRequest", "MemoryTransport"]
 

@@ -21,7 +21,7 @@ import re
 import socket
 import ssl
 from collections.abc import Iterator, Mapping
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import attrs
@@ -36,12 +36,12 @@ from .._closing import AsyncClosing
 from .._exceptions import (
     ConfigurationError,
     ConnectError,
-    ConnectionResetError,
+    ConnectionLostError,
     DNSError,
     InvalidURLError,
     ProtocolError,
-    TimeoutError,
     TransportError,
+    TransportTimeoutError,
 )
 from .._version import __version__
 from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts
@@ -143,6 +143,7 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_body_len",
         "_deadline",
+        "_hard_deadline",
         "_head_bytes",
         "_headers_done",
         "_interim",
@@ -176,6 +177,7 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[HttpResponse] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
+        self._hard_deadline = 0.0  # the end of the whole attempt (Timeouts.total)
         self._paused = False
         self._lost_waiter: asyncio.Future[None] | None = None
         self.counted = False  # holds one of the pool's slots
@@ -200,8 +202,10 @@ class _Connection(asyncio.Protocol):
 
     # -- used by the pool's client ----------------------------------------------------------
 
-    def send(self, url: str, data: bytes, body: bytes | None) -> asyncio.Future[HttpResponse]:
-        """Write one request; return the future of its response."""
+    def send(
+        self, url: str, data: bytes, body: bytes | None, hard_deadline: float
+    ) -> asyncio.Future[HttpResponse]:
+        """Write one request; return the future of its response (due by ``hard_deadline``)."""
         pool = self._pool
         loop = pool.loop
         self._url = url
@@ -213,7 +217,8 @@ class _Connection(asyncio.Protocol):
         if transport is None or self.lost:  # closed while being handed over: as if stale
             self._end_of_stream(None)
             return waiter
-        self._deadline = loop.time() + pool.read_timeout
+        self._hard_deadline = hard_deadline
+        self._deadline = min(loop.time() + pool.read_timeout, hard_deadline)
         self._arm()
         transport.write(data)
         if body is not None:
@@ -261,14 +266,18 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done() or self.lost:
             return
-        if self._deadline - self._pool.loop.time() > 0.001:
+        pool = self._pool
+        now = pool.loop.time()
+        if self._deadline - now > 0.001:
             self._arm()
             return
-        if self._paused:
-            what, seconds = "write", self._pool.write_timeout
+        if self._hard_deadline - now <= 0.001:
+            seconds, what = pool.total_timeout, "the whole attempt took too long"
+        elif self._paused:
+            seconds, what = pool.write_timeout, "writing the request"
         else:
-            what, seconds = "read", self._pool.read_timeout
-        self._fail(TimeoutError(f"{what} timeout: no progress for {seconds} s", url=self._url))
+            seconds, what = pool.read_timeout, "reading the response"
+        self._fail(TransportTimeoutError(f"timed out after {seconds:g} s {what}", url=self._url))
         self.abort()
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -278,12 +287,12 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused = True
-        self._deadline = self._pool.loop.time() + self._pool.write_timeout
+        self._deadline = min(self._pool.loop.time() + self._pool.write_timeout, self._hard_deadline)
         self._arm()
 
     def resume_writing(self) -> None:
         self._paused = False
-        self._deadline = self._pool.loop.time() + self._pool.read_timeout
+        self._deadline = min(self._pool.loop.time() + self._pool.read_timeout, self._hard_deadline)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -305,7 +314,9 @@ class _Connection(asyncio.Protocol):
         if waiter.done():
             return  # the usual case: the whole response came in one piece
         if not self._paused:
-            self._deadline = self._pool.loop.time() + self._pool.read_timeout
+            self._deadline = min(
+                self._pool.loop.time() + self._pool.read_timeout, self._hard_deadline
+            )
         if not self._headers_done:
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_HEAD_BYTES:
@@ -419,7 +430,7 @@ class _Connection(asyncio.Protocol):
             message = "connection closed before any response"
         if exc is not None:
             message = f"{message}: {exc}"
-        error = ConnectionResetError(message, url=self._url)
+        error = ConnectionLostError(message, url=self._url)
         error.__cause__ = exc
         self._fail(error)
 
@@ -452,7 +463,9 @@ def _connect_error(exc: BaseException, url: str, host: str, port: int) -> Transp
     if isinstance(exc, ssl.SSLError):
         return ConnectError(f"TLS handshake with {where} failed: {exc}", url=url)
     if isinstance(exc, builtins.TimeoutError):
-        return TimeoutError(f"connect timeout: {where}: {exc}", url=url)
+        return TransportTimeoutError(f"timed out connecting to {where}: {exc}", url=url)
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(f"connection refused by {where}", url=url)
     if isinstance(exc, OSError):
         return ConnectError(f"could not connect to {where}: {exc.strerror or exc}", url=url)
     return ConnectError(f"could not connect to {where}: {exc!r}", url=url)
@@ -475,6 +488,7 @@ class _Pool:
         "max_response_bytes",
         "read_timeout",
         "size",
+        "total_timeout",
         "waiters",
         "write_timeout",
     )
@@ -490,6 +504,7 @@ class _Pool:
         self.limit = settings.max_connections_per_origin
         self.read_timeout = settings.timeouts.read
         self.write_timeout = settings.timeouts.write
+        self.total_timeout = settings.timeouts.total
         self.max_response_bytes = settings.max_response_bytes
         self.idle: list[_Connection] = []
         self.connections: set[_Connection] = set()
@@ -517,22 +532,28 @@ class _Pool:
             self.discard(conn)
         return None
 
-    async def acquire(self, url: str) -> _Connection:
-        """An idle connection, a new one in a free slot, or the next one released."""
+    async def acquire(self, url: str) -> tuple[_Connection, float]:
+        """An idle connection, a new one in a free slot, or the next one released.
+
+        Returns:
+            The connection, and when the attempt began: when its slot was had, so that
+            queueing for a slot is not part of the attempt's time (connecting is).
+        """
         conn = self.take_idle()
         if conn is not None:
-            return conn
+            return conn, self.loop.time()
         if self.size < self.limit:
             self.size += 1
-            return await self.open(url)
+            begun = self.loop.time()
+            return await self.open(url), begun
         return await self._wait(url)
 
-    async def _wait(self, url: str) -> _Connection:
+    async def _wait(self, url: str) -> tuple[_Connection, float]:
         loop = self.loop
         waiter: asyncio.Future[_Connection | None] = loop.create_future()
         self.waiters.append(waiter)
         timeout = self._state.settings.timeouts.pool
-        timer = loop.call_later(timeout, _expire_waiter, waiter)
+        timer = None if timeout is None else loop.call_later(timeout, _expire_waiter, waiter)
         try:
             got = await waiter
         except asyncio.CancelledError:
@@ -540,17 +561,19 @@ class _Pool:
                 self._give_back(waiter.result())  # handed over just as we were cancelled
             raise
         except _PoolTimeoutError:
-            msg = f"pool timeout: no free connection within {timeout} s"
-            raise TimeoutError(msg, url=url) from None
+            msg = f"timed out after {timeout:g} s waiting for a free connection"
+            raise TransportTimeoutError(msg, url=url) from None
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
+        begun = loop.time()
         if got is None:
-            return await self.open(url)  # a free slot was handed over
-        if not got.usable(loop.time(), self._state.settings.keepalive_expiry):
+            return await self.open(url), begun  # a free slot was handed over
+        if not got.usable(begun, self._state.settings.keepalive_expiry):
             self.discard(got, keep_slot=True)
-            return await self.open(url)
+            return await self.open(url), begun
         got.reused = True
-        return got
+        return got, begun
 
     def _give_back(self, conn: _Connection | None) -> None:
         if conn is None:
@@ -611,7 +634,7 @@ class _Pool:
         """Connect in a slot the caller holds; the slot is freed if that fails."""
         try:
             if self.closed:
-                raise ConnectionResetError("the transport was closed", url=url)
+                raise ConnectionLostError("the transport was closed", url=url)
             conn = await self._connect(url)
         except BaseException:
             self._free_slot()
@@ -646,7 +669,8 @@ class _Pool:
         if not done:
             task.cancel()
             task.add_done_callback(_discard_late_connection)
-            raise TimeoutError(f"connect timeout: no connection within {timeout} s", url=url)
+            msg = f"timed out after {timeout:g} s connecting to {self._host}:{self._port}"
+            raise TransportTimeoutError(msg, url=url)
         try:
             _, conn = task.result()
         except (OSError, EOFError, ssl.SSLError) as exc:
@@ -795,8 +819,10 @@ class StreamTransport(AsyncClosing):
     Connections belong to the event loop that opened them; each loop gets its own pools.
 
     Args:
-        timeouts: Connect (TCP and TLS handshake), write, read (each wait for data) and
-            pool (waiting for a free connection) timeouts.
+        timeouts: Connect (TCP and TLS handshake), write, read (each wait for data), the
+            whole attempt (``total``, from having a connection slot to the last byte) and
+            the optional pool limit (waiting for a free slot is queueing, unbounded unless
+            set).
         max_response_bytes: How much of a response body is read.
         max_connections_per_origin: Connections open at once to one origin.
         ssl_context: For ``https``; by default ``ssl.create_default_context()``:
@@ -806,6 +832,9 @@ class StreamTransport(AsyncClosing):
         max_idle_connections: Idle connections kept over all origins (a fan-out to many
             hosts); a connection released beyond this number is closed instead.
     """
+
+    bounds_attempts: ClassVar[bool] = True
+    """Every attempt ends within ``timeouts.total`` (the Notifier adds no bound of its own)."""
 
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     max_response_bytes: int = attrs.field(
@@ -839,8 +868,8 @@ class StreamTransport(AsyncClosing):
             InvalidURLError: ``url`` or a header cannot be sent (raised before any I/O).
             ConnectError: Refused, unreachable, or the TLS handshake failed.
             DNSError: The host name did not resolve.
-            TimeoutError: A connect, write, read or pool timeout expired.
-            ConnectionResetError: The connection broke before the response was complete.
+            TransportTimeoutError: A connect, write, read, pool or total limit passed.
+            ConnectionLostError: The connection broke before the response was complete.
             ProtocolError: The answer was not valid HTTP/1.1.
         """
         state = self._state
@@ -886,10 +915,13 @@ class StreamTransport(AsyncClosing):
         pool = origin.pool
         conn = pool.take_idle() if pool.idle else None
         if conn is None:
-            conn = await pool.acquire(url)
+            conn, begun = await pool.acquire(url)
+        else:
+            begun = loop.time()
+        hard_deadline = begun + pool.total_timeout
         try:
-            response = await conn.send(url, data, rest)
-        except ConnectionResetError:
+            response = await conn.send(url, data, rest, hard_deadline)
+        except ConnectionLostError:
             if not conn.reused or conn.got_bytes:
                 pool.discard(conn)
                 raise
@@ -901,7 +933,7 @@ class StreamTransport(AsyncClosing):
             pool.discard(conn, keep_slot=True)
             conn = await pool.open(url)
             try:
-                response = await conn.send(url, data, rest)
+                response = await conn.send(url, data, rest, hard_deadline)
             except BaseException:
                 pool.discard(conn)
                 raise

@@ -1,0 +1,372 @@
+"""The delivery core: one attempt, from endpoint check to outcome, without any I/O.
+
+Every driver (the in-process [`Notifier`][flnotify.Notifier], Celery workers, the outbox
+dispatcher) runs the same steps through one [`Core`][flnotify._attempt.Core] per send and
+only schedules and does the I/O in between::
+
+    check(course)            -> Delivery (refused) | (host, port) to resolve | None
+    host_checked(course, e)  -> Delivery (refused) | None
+    request(course)          -> headers of the next attempt | Delivery (could not sign)
+        ... the driver POSTs ...
+    judge(course, response or exception) -> seconds until the next attempt | Delivery
+    fail(course, error)      -> Delivery (deadline passed, driver broke)
+
+Each step catches whatever a component raises (the endpoint policy, a resolver, the signer,
+the transport, the retry policy) and turns it into a FAILED [`Delivery`][flnotify.Delivery]
+with a typed error, so every receiver ends with exactly one outcome. Only cancellation
+(``BaseException``) passes through. The core owns the headers of an attempt, the judgement
+of its answer, the construction of each ``Delivery`` and the calls of the hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import (
+    BlockedAddressError,
+    ConfigurationError,
+    EndpointError,
+    FlnotifyError,
+    InternalError,
+    InvalidURLError,
+    TransportError,
+    TransportErrorKind,
+)
+from ._hooks import AttemptEnded, AttemptStarted, HookSet
+from ._notification import Notification
+from ._report import Delivery
+from ._retry import RetryPolicy
+from ._types import HttpResponse, Outcome, ReceiverLike
+from .endpoints import EndpointPolicy
+
+if TYPE_CHECKING:
+    from .signing import Signer
+
+__all__ = [
+    "Core",
+    "Course",
+    "build_delivery",
+    "internal_error",
+    "message_ids_for",
+    "refused_endpoint",
+]
+
+logger = logging.getLogger("flnotify")
+
+
+def message_ids_for(
+    notification: Notification[Any], message_ids: Sequence[str] | None
+) -> Sequence[str]:
+    """One ``webhook-id`` per receiver: the given ones (checked), or new unique ones.
+
+    Raises:
+        ConfigurationError: ``message_ids`` does not have one string id per receiver.
+    """
+    n = len(notification.receivers)
+    if message_ids is None:  # one random 96-bit prefix per send, then the receiver's index
+        prefix = "msg_" + secrets.token_hex(12)
+        return [f"{prefix}_{i:x}" for i in range(n)]
+    if len(message_ids) != n:
+        msg = f"{len(message_ids)} message ids for {n} receivers"
+        raise ConfigurationError(msg)
+    for message_id in message_ids:
+        if not isinstance(message_id, str) or not message_id:
+            msg = f"message id {message_id!r} is not a non-empty string"
+            raise ConfigurationError(msg)
+    return message_ids
+
+
+def refused_endpoint(exc: EndpointError | TransportError, url: str) -> TransportError:
+    """The failure of a receiver whose endpoint was refused before any POST.
+
+    An invalid URL becomes an [`InvalidURLError`][flnotify.InvalidURLError], a guarded
+    address a ``TransportError`` of kind ``BLOCKED`` (both never retried); a failed name
+    resolution of the guard is kept as it is. The policy's error stays as ``__cause__``.
+    """
+    if isinstance(exc, TransportError):
+        return exc
+    error: TransportError
+    if isinstance(exc, BlockedAddressError):
+        error = TransportError(str(exc), url=url, kind=TransportErrorKind.BLOCKED)
+    else:
+        error = InvalidURLError(str(exc), url=url)
+    error.__cause__ = exc
+    return error
+
+
+def internal_error(what: str, exc: BaseException, url: str = "") -> InternalError:
+    """An [`InternalError`][flnotify.InternalError] saying which component broke, and how."""
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    error = InternalError(f"{what} raised {detail}", url=url)
+    error.__cause__ = exc
+    return error
+
+
+class Course:
+    """One receiver's way through a send: what the core needs between its steps."""
+
+    __slots__ = ("attempts", "begun", "index", "last", "message_id", "receiver", "started", "url")
+
+    def __init__(
+        self,
+        index: int,
+        receiver: ReceiverLike,
+        message_id: str,
+        attempts: int = 0,
+        started: float | None = None,
+    ) -> None:
+        self.index = index
+        self.receiver = receiver
+        self.message_id = message_id
+        self.url = ""
+        self.attempts = attempts  # attempts made, earlier runs (Celery retries) included
+        self.started = started  # driver clock at the first attempt
+        self.last: HttpResponse | None = None  # last answer, while waiting for a retry
+        self.begun = 0.0  # driver clock at the start of the current attempt
+
+
+class Core:
+    """The steps of every attempt of one send; see the module docstring.
+
+    Args:
+        notification: What is sent.
+        body: Its encoded bytes (encoded once for the whole send).
+        retry: Judges each answer or error.
+        signer: Signs each attempt, if set.
+        policy: Which endpoints may be POSTed to.
+        user_agent: The ``User-Agent`` header.
+        clock: The driver's clock (seconds) for ``elapsed`` and attempt durations.
+        wall_clock: Epoch seconds, for ``webhook-timestamp`` and ``Retry-After`` dates.
+        rng: Jitter in [0, 1).
+        hooks: Observers of attempts and outcomes.
+    """
+
+    __slots__ = (
+        "_base_headers",
+        "_clock",
+        "_hooks",
+        "_policy",
+        "_retry",
+        "_rng",
+        "_signer",
+        "_wall_clock",
+        "body",
+        "notification",
+    )
+
+    def __init__(
+        self,
+        notification: Notification[Any],
+        body: bytes,
+        *,
+        retry: RetryPolicy,
+        signer: Signer | None,
+        policy: EndpointPolicy,
+        user_agent: str,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        rng: Callable[[], float],
+        hooks: HookSet,
+    ) -> None:
+        self.notification = notification
+        self.body = body
+        self._retry = retry
+        self._signer = signer
+        self._policy = policy
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._rng = rng
+        self._hooks = hooks
+        self._base_headers = {"content-type": "application/json", "user-agent": user_agent}
+
+    # -- before the first attempt --------------------------------------------------------
+
+    def check(self, course: Course) -> Delivery | tuple[str, int] | None:
+        """Check the receiver's endpoint without I/O.
+
+        Returns:
+            A FAILED delivery if it is refused; ``(host, port)`` if the address guard must
+            check the resolved address (the driver resolves, then calls
+            [`host_checked`][flnotify._attempt.Core.host_checked]); ``None`` if it may be
+            POSTed to.
+        """
+        try:
+            url = course.url = course.receiver.message_endpoint
+            policy = self._policy
+            if policy.block_private:
+                endpoint = policy.check_url(url)
+                return (endpoint.host, endpoint.port)
+            policy.validate_url(url)
+        except (EndpointError, TransportError) as exc:
+            return self.finish(course, Outcome.FAILED, error=refused_endpoint(exc, course.url))
+        except Exception as exc:
+            error = internal_error("checking the endpoint", exc, course.url)
+            return self.finish(course, Outcome.FAILED, error=error)
+        return None
+
+    def host_checked(self, course: Course, exc: BaseException | None) -> Delivery | None:
+        """The result of the driver's resolved-address check: refused, or ``None`` (go on)."""
+        if exc is None:
+            return None
+        if isinstance(exc, (EndpointError, TransportError)):
+            return self.finish(course, Outcome.FAILED, error=refused_endpoint(exc, course.url))
+        error = internal_error("checking the resolved address", exc, course.url)
+        return self.finish(course, Outcome.FAILED, error=error)
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    def request(self, course: Course) -> dict[str, str] | Delivery:
+        """Start the next attempt: its headers, or a FAILED delivery if they cannot be made.
+
+        The headers are the core's alone: JSON, ``User-Agent``, ``webhook-id`` (the same on
+        every attempt), ``webhook-timestamp`` (taken now) and the signature if signing.
+        """
+        course.attempts += 1
+        now = self._clock()
+        if course.started is None:
+            course.started = now
+        course.begun = now
+        message_id = course.message_id
+        try:
+            timestamp = int(self._wall_clock())
+            headers = self._base_headers.copy()
+            headers["webhook-id"] = message_id
+            headers["webhook-timestamp"] = str(timestamp)
+            signer = self._signer
+            if signer is not None:
+                headers.update(signer.headers(message_id, timestamp, self.body, course.receiver))
+        except Exception as exc:
+            course.attempts -= 1  # nothing was sent
+            error = internal_error("building the headers", exc, course.url)
+            return self.finish(course, Outcome.FAILED, error=error)
+        hooks = self._hooks
+        if hooks.attempts:
+            hooks.attempt_started(self._started(course))
+        return headers
+
+    def judge(
+        self,
+        course: Course,
+        response: HttpResponse | None = None,
+        exc: BaseException | None = None,
+    ) -> float | Delivery:
+        """Judge the attempt's answer or exception.
+
+        Returns:
+            Seconds to wait before the next attempt, or the receiver's final delivery.
+        """
+        error: TransportError | None = None
+        if exc is not None:
+            response = None
+            if isinstance(exc, TransportError):
+                error = exc
+            else:
+                error = internal_error("the transport", exc, course.url)
+        elif not isinstance(response, HttpResponse) or type(response.status_code) is not int:
+            error = internal_error(
+                "the transport",
+                TypeError(f"it returned {type(response).__name__}, not an HttpResponse"),
+                course.url,
+            )
+            response = None
+        outcome: Outcome | None
+        delay = 0.0
+        try:
+            decision = self._retry.decide(
+                course.attempts,
+                response=response,
+                error=error,
+                rng=self._rng,
+                now=self._wall_clock,
+            )
+            outcome, delay = decision.outcome, decision.delay
+            if outcome is None and not (isinstance(delay, (int, float)) and 0 <= delay < math.inf):
+                msg = f"retry delay {delay!r} is not a finite number of seconds >= 0"
+                raise ValueError(msg)
+            if error is not None and outcome is not Outcome.FAILED and outcome is not None:
+                outcome = Outcome.FAILED  # no answer came back: never delivered or rejected
+        except Exception as failure:
+            outcome = Outcome.FAILED
+            error = internal_error("the retry policy", failure, course.url)
+        hooks = self._hooks
+        if hooks.attempts:
+            hooks.attempt_ended(
+                AttemptEnded(
+                    self._started(course),
+                    self._clock() - course.begun,
+                    None if response is None else response.status_code,
+                    error,
+                    delay if outcome is None else None,
+                )
+            )
+        if outcome is None:
+            course.last = response
+            return float(delay)
+        return self.finish(course, outcome, response=response, error=error)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def fail(self, course: Course, error: FlnotifyError) -> Delivery:
+        """End a receiver now (deadline passed, driver could not go on), with its last answer."""
+        return self.finish(course, Outcome.FAILED, response=course.last, error=error)
+
+    def finish(
+        self,
+        course: Course,
+        outcome: Outcome,
+        *,
+        response: HttpResponse | None = None,
+        error: FlnotifyError | None = None,
+    ) -> Delivery:
+        """Build the receiver's one [`Delivery`][flnotify.Delivery] and tell the hooks."""
+        started = course.started
+        delivery = build_delivery(
+            self.notification,
+            course,
+            outcome,
+            0.0 if started is None else self._clock() - started,
+            None if response is None else response.status_code,
+            error,
+            # kept to diagnose what went wrong; a 2xx answer's body and headers are
+            # dropped so that a report of 100,000 deliveries stays small
+            None if outcome is Outcome.DELIVERED else response,
+        )
+        if self._hooks:
+            self._hooks.outcome(delivery)
+        return delivery
+
+    def _started(self, course: Course) -> AttemptStarted:
+        return AttemptStarted(
+            self.notification, course.receiver, course.message_id, course.attempts, course.url
+        )
+
+
+def build_delivery(
+    notification: Notification[Any],
+    course: Course,
+    outcome: Outcome,
+    elapsed: float,
+    status_code: int | None,
+    error: FlnotifyError | None,
+    response: HttpResponse | None = None,
+) -> Delivery:
+    """The one place a [`Delivery`][flnotify.Delivery] is made.
+
+    The core calls it when an outcome is reached; the outbox when it rebuilds an outcome
+    recorded by an earlier claim (whose hooks were told when it was reached).
+    """
+    return Delivery(
+        receiver=course.receiver,
+        notification=notification,
+        outcome=outcome,
+        message_id=course.message_id,
+        attempts=course.attempts,
+        elapsed=elapsed,
+        status_code=status_code,
+        error=error,
+        response=response,
+    )

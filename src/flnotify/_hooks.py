@@ -1,0 +1,138 @@
+"""Observing deliveries: a hook Protocol and the frozen details it is called with.
+
+Hooks watch; they do not decide. Every driver (the [`Notifier`][flnotify.Notifier], Celery
+workers, the outbox dispatcher) calls them from the one delivery core, so progress
+displays, recorders, metrics and tracing are written once. A hook that raises is logged
+and otherwise ignored: observing never changes an outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from ._exceptions import FlnotifyError
+from ._notification import Notification
+from ._report import Delivery
+from ._types import ReceiverLike
+
+__all__ = ["AttemptEnded", "AttemptStarted", "DeliveryHook", "HookSet", "NullHook"]
+
+logger = logging.getLogger("flnotify")
+
+
+@attrs.frozen
+class AttemptStarted:
+    """One attempt is about to POST.
+
+    Args:
+        notification: What is being sent.
+        receiver: To whom.
+        message_id: Its ``webhook-id`` (the same on every attempt).
+        attempt: Which attempt this is, from 1.
+        url: The endpoint.
+    """
+
+    notification: Notification[Any] = attrs.field(repr=False)
+    receiver: ReceiverLike
+    message_id: str
+    attempt: int
+    url: str
+
+
+@attrs.frozen
+class AttemptEnded:
+    """One attempt is over; ``retry_in`` says whether another one follows.
+
+    Args:
+        started: What the attempt was.
+        duration: Seconds the attempt took (the driver's clock).
+        status_code: The status that came back, if any.
+        error: Why no status came back, if none did.
+        retry_in: Seconds until the next attempt, or ``None`` if this one was the last.
+    """
+
+    started: AttemptStarted
+    duration: float
+    status_code: int | None = None
+    error: FlnotifyError | None = None
+    retry_in: float | None = None
+
+
+class DeliveryHook(Protocol):
+    """Observes deliveries: called by the delivery core of every driver.
+
+    Methods are plain functions called on the event loop (keep them fast and non-blocking).
+    Subclass [`NullHook`][flnotify.NullHook] to implement only some of them.
+    """
+
+    def on_attempt_started(self, details: AttemptStarted, /) -> None:
+        """An attempt is about to POST."""
+        ...
+
+    def on_attempt_ended(self, details: AttemptEnded, /) -> None:
+        """An attempt is over (a status, an error, and whether a retry follows)."""
+        ...
+
+    def on_outcome(self, delivery: Delivery, /) -> None:
+        """A receiver reached its final outcome (called exactly once per receiver)."""
+        ...
+
+
+class NullHook:
+    """A hook that does nothing; subclass it and override what you need."""
+
+    def on_attempt_started(self, details: AttemptStarted, /) -> None:
+        """Nothing."""
+
+    def on_attempt_ended(self, details: AttemptEnded, /) -> None:
+        """Nothing."""
+
+    def on_outcome(self, delivery: Delivery, /) -> None:
+        """Nothing."""
+
+
+class HookSet:
+    """Several hooks called in order; one that raises is logged and the others still run."""
+
+    __slots__ = ("attempts", "hooks")
+
+    def __init__(self, hooks: Sequence[DeliveryHook]) -> None:
+        self.hooks = tuple(hooks)
+        self.attempts = any(
+            type(h).on_attempt_started is not NullHook.on_attempt_started
+            or type(h).on_attempt_ended is not NullHook.on_attempt_ended
+            for h in self.hooks
+        )
+        """Whether any hook watches attempts (else their details are never built)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.hooks)
+
+    def attempt_started(self, details: AttemptStarted) -> None:
+        for hook in self.hooks:
+            try:
+                hook.on_attempt_started(details)
+            except Exception:
+                _log_failure(hook, "on_attempt_started")
+
+    def attempt_ended(self, details: AttemptEnded) -> None:
+        for hook in self.hooks:
+            try:
+                hook.on_attempt_ended(details)
+            except Exception:
+                _log_failure(hook, "on_attempt_ended")
+
+    def outcome(self, delivery: Delivery) -> None:
+        for hook in self.hooks:
+            try:
+                hook.on_outcome(delivery)
+            except Exception:
+                _log_failure(hook, "on_outcome", delivery.log_context())
+
+
+def _log_failure(hook: object, method: str, extra: dict[str, object] | None = None) -> None:
+    logger.exception("The delivery hook %s.%s raised.", type(hook).__name__, method, extra=extra)
