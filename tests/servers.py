@@ -129,6 +129,12 @@ class FaultServer:
     - ``/flaky/<n>/<code>``: 503 for the first ``n`` requests to this target
       (path and query: add ``?id=...`` for independent counters), then ``<code>``.
     - ``/keepalive-close``: 202 with ``Connection: close``, then closes.
+    - ``/delay/<seconds>/<code>``: waits, then answers ``<code>``.
+    - ``/drip/<seconds>[/<code>]``: headers with a large Content-Length, then one body
+      byte every ``<seconds>``, forever (a peer that never lets a read time out).
+    - ``/script/<key>``: the next of ``scripts[key]`` (the last one repeats): raw bytes
+      written as they are (then the connection closes), ``"close"`` (no answer) or
+      ``"reset"`` (RST).
 
     Every other answer keeps the connection alive (unless the client sent
     ``Connection: close`` or spoke HTTP/1.0).
@@ -183,6 +189,10 @@ class FaultServer:
         self._stop_event: asyncio.Event | None = None
         self._started = threading.Event()
         self._startup_error: BaseException | None = None
+
+        self.scripts: dict[str, list[bytes | str]] = {}
+        """Answers of ``/script/<key>``, set by the test before it sends."""
+        self._script_pos: dict[str, int] = {}
 
         # Only touched from the server loop.
         self._flaky: dict[str, int] = {}
@@ -798,6 +808,19 @@ class FaultServer:
         elif name == "keepalive-close":
             await self._send_simple(writer, 202, close=True)
             return False
+        elif name == "delay":
+            await asyncio.sleep(float(args[0]))
+            await self._send_simple(writer, int(args[1]), close=close)
+        elif name == "drip":
+            interval, status = float(args[0]), int(args[1]) if len(args) > 1 else 200
+            headers = [("Content-Type", "text/plain"), ("Content-Length", "100000000")]
+            writer.write(self._head(status, headers, close=close))
+            while True:
+                await writer.drain()
+                await asyncio.sleep(interval)
+                writer.write(b".")
+        elif name == "script":
+            return await self._scripted(args[0], writer)
         else:
             await self._send_simple(
                 writer,
@@ -806,6 +829,22 @@ class FaultServer:
                 body=self._json_body(self.default_status, error=f"no behaviour {request.path!r}"),
             )
         return True
+
+    async def _scripted(self, key: str, writer: asyncio.StreamWriter) -> bool:
+        with self._cond:
+            answers = self.scripts[key]
+            position = self._script_pos.get(key, 0)
+            self._script_pos[key] = position + 1
+        answer = answers[min(position, len(answers) - 1)]
+        if answer == "reset":
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        elif isinstance(answer, bytes):
+            writer.write(answer)
+            await writer.drain()
+        return False
 
     async def _send_big(
         self, writer: asyncio.StreamWriter, size: int, status: int, close: bool

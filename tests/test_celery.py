@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,8 @@ import redis
 from celery import Celery  # type: ignore[import-untyped]
 from celery.contrib.testing.worker import start_worker  # type: ignore[import-untyped]
 from celery.signals import task_postrun  # type: ignore[import-untyped]
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import flnotify
 from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
@@ -29,6 +32,16 @@ from flnotify.contrib.celery import CeleryDelivery
 from flnotify.signing import Signer, Verifier, generate_secret
 from flnotify.testing import RecordingCallbacks
 from flnotify.transports import HttpxTransport
+from hostile import (
+    CountingCallbacks,
+    HostileTransport,
+    World,
+    check_invariants,
+    notification,
+    notifier_options,
+    receivers,
+    worlds,
+)
 from servers import FaultServer, refused_url
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
@@ -374,3 +387,48 @@ def test_a_receiver_waiting_to_retry_does_not_hold_the_only_worker_slot(
     ends = {task_id: at for task_id, _, at in finished.final()}
     busy_end = ends[first.results[0].id]
     assert all(ends[r.id] < busy_end for r in then.results)
+
+
+# -- the delivery invariant, with hostile components on a real worker -----------------------
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(world=worlds(max_receivers=5), chunk_size=st.integers(1, 3))
+def test_hostile_world_one_delivery_and_one_callback_per_receiver(
+    redis_url: str, world: World, chunk_size: int
+) -> None:
+    rs = receivers(world)
+    transport = HostileTransport(world, [r.message_endpoint for r in rs])
+    callbacks = CountingCallbacks(world)
+    app = Celery(f"flnotify-hostile-{uuid.uuid4().hex[:8]}", broker=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=f"flnotify-{uuid.uuid4().hex[:8]}",
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    sender = CeleryDelivery(
+        app,
+        transport_factory=lambda: transport,
+        callbacks={"count": lambda _repository: callbacks},
+        chunk_size=chunk_size,
+        **notifier_options(world),
+    )
+    logger = logging.getLogger("flnotify")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # the hostile components are loud on purpose
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False):
+            sender.enqueue(notification(rs), callbacks="count")
+            callbacks.wait_for(len(rs))
+    finally:
+        logger.setLevel(level)
+        sender.close()
+        app.close()
+    deliveries = [calls[0] for calls in callbacks.calls.values()]
+    check_invariants(world, rs, deliveries, callbacks, transport.seen)

@@ -333,7 +333,7 @@ class Core:
             error,
             # kept to diagnose what went wrong; a 2xx answer's body and headers are
             # dropped so that a report of 100,000 deliveries stays small
-            None if outcome is Outcome.DELIVERED else response,
+            None if outcome is Outcome.DELIVERED or response is None else _kept(response),
         )
         if self._hooks:
             self._hooks.outcome(delivery)
@@ -343,6 +343,23 @@ class Core:
         return AttemptStarted(
             self.notification, course.receiver, course.message_id, course.attempts, course.url
         )
+
+
+def _kept(response: HttpResponse) -> HttpResponse:
+    """A response safe to keep on a report: plain headers and a bytes body.
+
+    A transport may not have been so careful (headers that raise, a body of another type).
+    """
+    try:
+        headers = response.headers
+        if type(headers) is not dict:
+            headers = {str(k): str(v) for k, v in headers.items()}
+        body = response.body
+        if type(body) is not bytes:
+            body = bytes(body)
+        return HttpResponse(response.status_code, headers, body, bool(response.truncated))
+    except Exception:
+        return HttpResponse(response.status_code)
 
 
 def build_delivery(

@@ -108,7 +108,9 @@ class SQLiteConnection:
                         conn.rollback()
                     raise
                 conn.commit()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, UnicodeEncodeError, OverflowError) as exc:
+                # OverflowError: an integer beyond 64 bits; UnicodeEncodeError: a lone
+                # surrogate in a string. Both are refused by sqlite3 while binding.
                 if not self.wrap_errors:
                     raise
                 raise self.error(f"{self.label} {self.path!r}: {exc}") from exc

@@ -207,6 +207,11 @@ def _entry(row: Sequence[Any]) -> OutboxEntry:
     )
 
 
+def _storable(text: str) -> str:
+    """Text SQLite can store: an error message may carry lone surrogates from a peer."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _fspath(path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
@@ -393,7 +398,7 @@ class Outbox(Closing):
                         d.outcome.value,
                         d.attempts,
                         d.status_code,
-                        None if error is None else str(error),
+                        None if error is None else _storable(str(error)),
                         kind,
                         d.elapsed,
                         now,

@@ -29,6 +29,7 @@ from ._closing import Closing
 from ._exceptions import ConfigurationError, RepositoryError, TrainingNotFoundError
 from ._sqlite import SQLiteConnection
 from ._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState, as_receivers
+from ._validators import positive
 
 __all__ = [
     "AsyncRepositoryAdapter",
@@ -544,6 +545,7 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
 
     Args:
         path: The database file, or ``":memory:"`` for a private in-memory database.
+        busy_timeout: Seconds to wait for another connection's write lock.
 
     Every :mod:`sqlite3` error (locked, disk full, corrupt file) is raised as a
     [`RepositoryError`][flnotify.RepositoryError], never as it is.
@@ -554,6 +556,7 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
     """
 
     path: str = attrs.field(converter=_fspath)
+    busy_timeout: float = attrs.field(default=5.0, validator=positive, repr=False)
     _db: SQLiteConnection = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -562,6 +565,7 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
             label="SQLite database",
             error=RepositoryError,
             prepare=self._prepare,
+            timeout=self.busy_timeout,
             wrap_errors=True,
         )
 
