@@ -146,14 +146,17 @@ class Core:
     """
 
     __slots__ = (
-        "_base_headers",
         "_clock",
         "_hooks",
+        "_plain_retry",
         "_policy",
         "_retry",
         "_rng",
         "_signer",
+        "_tell",
+        "_user_agent",
         "_wall_clock",
+        "_watch",
         "body",
         "notification",
     )
@@ -181,7 +184,10 @@ class Core:
         self._wall_clock = wall_clock
         self._rng = rng
         self._hooks = hooks
-        self._base_headers = {"content-type": "application/json", "user-agent": user_agent}
+        self._tell = bool(hooks.hooks)  # any hook at all
+        self._watch = hooks.attempts  # any hook that watches attempts
+        self._user_agent = user_agent
+        self._plain_retry = type(retry) is RetryPolicy  # its decide() is known: 2xx is final
 
     # -- before the first attempt --------------------------------------------------------
 
@@ -233,9 +239,12 @@ class Core:
         message_id = course.message_id
         try:
             timestamp = int(self._wall_clock())
-            headers = self._base_headers.copy()
-            headers["webhook-id"] = message_id
-            headers["webhook-timestamp"] = str(timestamp)
+            headers = {
+                "content-type": "application/json",
+                "user-agent": self._user_agent,
+                "webhook-id": message_id,
+                "webhook-timestamp": str(timestamp),
+            }
             signer = self._signer
             if signer is not None:
                 headers.update(signer.headers(message_id, timestamp, self.body, course.receiver))
@@ -243,9 +252,8 @@ class Core:
             course.attempts -= 1  # nothing was sent
             error = internal_error("building the headers", exc, course.url)
             return self.finish(course, Outcome.FAILED, error=error)
-        hooks = self._hooks
-        if hooks.attempts:
-            hooks.attempt_started(self._started(course))
+        if self._watch:
+            self._hooks.attempt_started(self._started(course))
         return headers
 
     def judge(
@@ -259,6 +267,15 @@ class Core:
         Returns:
             Seconds to wait before the next attempt, or the receiver's final delivery.
         """
+        if (
+            exc is None
+            and type(response) is HttpResponse
+            and type(response.status_code) is int
+            and 200 <= response.status_code < 300
+            and self._plain_retry
+            and not self._watch
+        ):  # the hot path of a fan-out: delivered, nothing else to decide or tell
+            return self.finish(course, Outcome.DELIVERED, response=response)
         error: TransportError | None = None
         if exc is not None:
             response = None
@@ -292,9 +309,8 @@ class Core:
         except Exception as failure:
             outcome = Outcome.FAILED
             error = internal_error("the retry policy", failure, course.url)
-        hooks = self._hooks
-        if hooks.attempts:
-            hooks.attempt_ended(
+        if self._watch:
+            self._hooks.attempt_ended(
                 AttemptEnded(
                     self._started(course),
                     self._clock() - course.begun,
@@ -335,7 +351,7 @@ class Core:
             # dropped so that a report of 100,000 deliveries stays small
             None if outcome is Outcome.DELIVERED or response is None else _kept(response),
         )
-        if self._hooks:
+        if self._tell:
             self._hooks.outcome(delivery)
         return delivery
 

@@ -26,7 +26,13 @@ import attrs
 from ._attempt import Core, Course, internal_error, message_ids_for
 from ._closing import AsyncClosing, Closing
 from ._codec import Codec
-from ._exceptions import CallbackError, ConfigurationError, FlnotifyError, TransportError
+from ._exceptions import (
+    CallbackError,
+    ConfigurationError,
+    FlnotifyError,
+    TransportError,
+    TransportTimeoutError,
+)
 from ._exceptions import TransportErrorKind as Kind
 from ._hooks import DeliveryHook, HookSet
 from ._notification import Notification
@@ -37,7 +43,7 @@ from ._validators import at_least_one, positive
 from ._version import __version__
 from .callbacks import Callbacks, default_callbacks_for, run_callbacks
 from .endpoints import EndpointPolicy
-from .transports._base import AsyncTransport, Transport, within
+from .transports._base import AsyncTransport, Transport
 from .transports._httpx import HttpxTransport
 
 if TYPE_CHECKING:
@@ -222,27 +228,26 @@ class Notifier(Closing, AsyncClosing):
 
     # -- one POST ------------------------------------------------------------------------
 
-    def _poster(self) -> Post:
-        """The transport's ``apost`` (its blocking ``post`` in a thread pool), time-bounded."""
+    def _poster(self) -> tuple[Post, bool]:
+        """The transport's ``apost`` (its blocking ``post`` in a thread pool).
+
+        Returns:
+            The POST, and whether the transport bounds each attempt itself (flnotify's own
+            do, by ``Timeouts.total``); if not, the send's watchdog bounds it by
+            ``attempt_timeout``.
+        """
         transport = self.transport
-        limit = self.attempt_timeout
         apost: Post | None = getattr(transport, "apost", None)
         if apost is not None:
-            if getattr(transport, "bounds_attempts", False) is True:
-                return apost  # it enforces its own Timeouts.total
-
-            async def bounded(url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
-                return await within(limit, apost(url, body, headers), url)
-
-            return bounded
+            return apost, getattr(transport, "bounds_attempts", False) is True
         post = cast(Transport, transport).post
         pool = self._thread_pool()
 
         async def in_thread(url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
-            future = asyncio.get_running_loop().run_in_executor(pool, post, url, body, headers)
-            return await within(limit, future, url)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(pool, post, url, body, headers)
 
-        return in_thread
+        return in_thread, False
 
     def _thread_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
@@ -318,12 +323,19 @@ class _Send:
         self.remaining = n
         self.ready: collections.deque[Course] = collections.deque()
         self.waiting: dict[int, Course] = {}  # receivers sleeping until their retry
-        self.current: dict[int, Course] = {}  # worker number -> the course it works on
+        self.current: list[Course | None] = [None] * min(notifier.concurrency, n)
+        """The course each worker is on (for the deadline: attempts made so far)."""
         self.deferred: list[tuple[int, float]] = []
         self.wakeup = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()
-        self.post = notifier._poster()
+        self.post, bounded = notifier._poster()
+        workers = min(notifier.concurrency, n)
+        self.workers: list[asyncio.Task[None]] = []
+        # The watchdog of transports that do not bound their attempts: when each worker's
+        # POST began (0.0: none in flight), and the workers it cancelled for overrunning.
+        self.began: list[float] | None = None if bounded else [0.0] * workers
+        self.overdue = [False] * workers
         self.queue: asyncio.Queue[Delivery | None] | None = (
             asyncio.Queue() if callbacks is not None else None
         )  # final deliveries for the callbacks, then None once every receiver is settled
@@ -351,7 +363,9 @@ class _Send:
         )
         fresh = iter(range(n) if refused is None else ())
         for worker in range(min(notifier.concurrency, self.remaining)):
-            self.spawn(self.work(worker, fresh))
+            self.workers.append(self.spawn(self.work(worker, fresh)))
+        if self.began is not None and self.workers:
+            self.spawn(self.watchdog(notifier.attempt_timeout))
         try:
             if self.remaining == 0:
                 self.settled()
@@ -382,10 +396,37 @@ class _Send:
             )
         return _Run(report, tuple(self.deferred))
 
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def watchdog(self, limit: float) -> None:
+        """Cancel the POST of any worker in flight for longer than ``limit`` seconds.
+
+        One sleeping task per send instead of a timer per attempt: an attempt ends between
+        ``limit`` and ``1.25 * limit`` seconds after it began.
+        """
+        loop = asyncio.get_running_loop()
+        began, overdue = self.began, self.overdue
+        assert began is not None  # noqa: S101 - only started for unbounded transports
+        while True:
+            await asyncio.sleep(limit / 4)
+            too_old = loop.time() - limit
+            for worker, since in enumerate(began):
+                if since and since <= too_old and not overdue[worker]:
+                    overdue[worker] = True
+                    self.workers[worker].cancel()
+
+    def overran(self, worker: int) -> bool:
+        """Whether the CancelledError a worker got is the watchdog's (else: propagate)."""
+        if not self.overdue[worker]:
+            return False
+        self.overdue[worker] = False
+        task = asyncio.current_task()
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        return uncancel is None or uncancel() == 0
 
     def cancel_all(self) -> None:
         for task in list(self.tasks):
@@ -403,6 +444,8 @@ class _Send:
         current = self.current
         post = self.post
         body = core.body
+        began = self.began
+        now = asyncio.get_running_loop().time
         while True:
             if ready:
                 course = ready.popleft()
@@ -410,7 +453,7 @@ class _Send:
                 index = next(fresh, None)
                 if index is None:
                     if not self.waiting:
-                        current.pop(worker, None)
+                        current[worker] = None
                         self.wakeup.set()  # nothing is left: let idle workers see it and end
                         return
                     self.wakeup.clear()
@@ -419,7 +462,7 @@ class _Send:
                 course = self.course(index)
             current[worker] = course
             try:
-                if course.attempts == 0 or not course.url:
+                if not course.url:  # a fresh (or resumed) receiver: check its endpoint
                     checked = core.check(course)
                     if checked is not None:
                         if type(checked) is tuple:
@@ -436,12 +479,28 @@ class _Send:
                 if type(headers) is not dict:
                     self.record(course.index, cast(Delivery, headers))
                     continue
-                try:
-                    response = await post(course.url, body, headers)
-                except Exception as exc:
-                    step = core.judge(course, exc=exc)
+                if began is None:
+                    try:
+                        response = await post(course.url, body, headers)
+                    except Exception as exc:
+                        step = core.judge(course, exc=exc)
+                    else:
+                        step = core.judge(course, response)
                 else:
-                    step = core.judge(course, response)
+                    began[worker] = now()
+                    try:
+                        response = await post(course.url, body, headers)
+                    except asyncio.CancelledError:
+                        began[worker] = 0.0
+                        if not self.overran(worker):
+                            raise
+                        step = core.judge(course, exc=self.timed_out(course.url))
+                    except Exception as exc:
+                        began[worker] = 0.0
+                        step = core.judge(course, exc=exc)
+                    else:
+                        began[worker] = 0.0
+                        step = core.judge(course, response)
                 if type(step) is float:
                     self.again(course, step)
                 else:
@@ -450,6 +509,12 @@ class _Send:
                 logger.exception("The Notifier failed while delivering to %s.", course.receiver.id)
                 error = internal_error("the Notifier", exc, course.url)
                 self.record(course.index, core.fail(course, error))
+
+    def timed_out(self, url: str) -> TransportTimeoutError:
+        limit = self.notifier.attempt_timeout
+        return TransportTimeoutError(
+            f"timed out after {limit:g} s: the whole attempt took too long", url=url
+        )
 
     def again(self, course: Course, delay: float) -> None:
         """Another attempt after ``delay``: deferred to the caller, or a sleeping task."""
@@ -496,7 +561,8 @@ class _Send:
     def expire(self) -> None:
         """The deadline passed: everything still pending fails now, callbacks included."""
         self.cancel_all()  # first, so that nothing records after this
-        known = {c.index: c for c in (*self.current.values(), *self.waiting.values(), *self.ready)}
+        working = [c for c in self.current if c is not None]
+        known = {c.index: c for c in (*working, *self.waiting.values(), *self.ready)}
         deferred = {index for index, _ in self.deferred}
         error_text = f"deadline of {self.deadline:g} s passed before an outcome"
         for index in range(len(self.receivers)):

@@ -109,9 +109,6 @@ class HookSet:
         )
         """Whether any hook watches attempts (else their details are never built)."""
 
-    def __bool__(self) -> bool:
-        return bool(self.hooks)
-
     def attempt_started(self, details: AttemptStarted) -> None:
         for hook in self.hooks:
             try:

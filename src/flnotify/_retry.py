@@ -28,6 +28,11 @@ class Decision:
     delay: float = 0.0
 
 
+_DELIVERED = Decision(Outcome.DELIVERED)
+_REJECTED = Decision(Outcome.REJECTED)
+_FAILED = Decision(Outcome.FAILED)
+
+
 @attrs.frozen
 class RetryPolicy:
     """When and how soon a delivery is tried again.
@@ -88,18 +93,18 @@ class RetryPolicy:
         if response is not None:
             status = response.status_code
             if 200 <= status < 300:
-                return Decision(Outcome.DELIVERED)
+                return _DELIVERED
             if status not in self.retry_statuses:
-                return Decision(Outcome.REJECTED)
+                return _REJECTED
             if attempt >= self.max_attempts:
-                return Decision(Outcome.FAILED)
+                return _FAILED
             delay = self.backoff(attempt, rng)
             asked = parse_retry_after(response.headers, now)
             if asked is not None:
                 delay = max(delay, min(asked, self.max_retry_after))
             return Decision(None, delay)
         if error is None or not error.retryable or attempt >= self.max_attempts:
-            return Decision(Outcome.FAILED)
+            return _FAILED
         return Decision(None, self.backoff(attempt, rng))
 
 
