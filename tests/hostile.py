@@ -134,7 +134,13 @@ class World:
         return len(self.scripts)
 
 
-_HOOK_METHODS = ("on_attempt_started", "on_attempt_ended", "on_outcome")
+_HOOK_METHODS = (
+    "on_send_started",
+    "on_send_ended",
+    "on_attempt_started",
+    "on_attempt_ended",
+    "on_outcome",
+)
 
 
 @st.composite
@@ -248,6 +254,12 @@ class HostileHook(flnotify.NullHook):
     def _maybe(self, name: str) -> None:
         if name == self.method:
             raise RuntimeError(f"{name} broke")
+
+    def on_send_started(self, notification: Any, /) -> None:
+        self._maybe("on_send_started")
+
+    def on_send_ended(self, report: Any, /) -> None:
+        self._maybe("on_send_ended")
 
     def on_attempt_started(self, details: flnotify.AttemptStarted, /) -> None:
         self._maybe("on_attempt_started")

@@ -266,6 +266,8 @@ def test_hooks_see_every_attempt_and_one_outcome_per_receiver() -> None:
     assert hook.ended[0].started == hook.started[0]
     assert sorted(d.receiver.id.int for d in hook.outcomes) == [1, 2]
     assert set(hook.outcomes) == set(report)
+    assert hook.sends == [report.notification]
+    assert hook.reports == [report]
 
 
 def test_readable_values() -> None:

@@ -203,6 +203,7 @@ class Notifier(Closing, AsyncClosing):
             hooks: Observers of this run only, after the Notifier's own.
             refused: Fail every receiver at once with this error (nothing is sent).
         """
+        watchers = HookSet((*self.hooks, *hooks))
         core = Core(
             notification,
             body,
@@ -213,7 +214,7 @@ class Notifier(Closing, AsyncClosing):
             clock=self.clock,
             wall_clock=self.wall_clock,
             rng=self.rng,
-            hooks=HookSet((*self.hooks, *hooks)),
+            hooks=watchers,
         )
         run = _Send(
             self,
@@ -224,7 +225,12 @@ class Notifier(Closing, AsyncClosing):
             defer_retries=defer_retries,
             deadline=self.deadline if deadline is None else deadline,
         )
-        return await run.run(refused)
+        if watchers.hooks:
+            watchers.send_started(notification)
+        result = await run.run(refused)
+        if watchers.hooks:
+            watchers.send_ended(result.report)
+        return result
 
     # -- one POST ------------------------------------------------------------------------
 

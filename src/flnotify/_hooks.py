@@ -16,7 +16,7 @@ import attrs
 
 from ._exceptions import FlnotifyError
 from ._notification import Notification
-from ._report import Delivery
+from ._report import Delivery, DeliveryReport
 from ._types import ReceiverLike
 
 __all__ = ["AttemptEnded", "AttemptStarted", "DeliveryHook", "HookSet", "NullHook"]
@@ -66,8 +66,18 @@ class DeliveryHook(Protocol):
     """Observes deliveries: called by the delivery core of every driver.
 
     Methods are plain functions called on the event loop (keep them fast and non-blocking).
-    Subclass [`NullHook`][flnotify.NullHook] to implement only some of them.
+    Subclass [`NullHook`][flnotify.NullHook] to implement only some of them. A "send" is one
+    run of the engine: a ``Notifier.send``, one Celery task execution (a chunk), or one
+    stored notification of an outbox claim.
     """
+
+    def on_send_started(self, notification: Notification[Any], /) -> None:
+        """A send to ``notification.receivers`` begins."""
+        ...
+
+    def on_send_ended(self, report: DeliveryReport, /) -> None:
+        """A send is over; ``report`` holds its final deliveries (deferred retries aside)."""
+        ...
 
     def on_attempt_started(self, details: AttemptStarted, /) -> None:
         """An attempt is about to POST."""
@@ -84,6 +94,12 @@ class DeliveryHook(Protocol):
 
 class NullHook:
     """A hook that does nothing; subclass it and override what you need."""
+
+    def on_send_started(self, notification: Notification[Any], /) -> None:
+        """Nothing."""
+
+    def on_send_ended(self, report: DeliveryReport, /) -> None:
+        """Nothing."""
 
     def on_attempt_started(self, details: AttemptStarted, /) -> None:
         """Nothing."""
@@ -103,11 +119,25 @@ class HookSet:
     def __init__(self, hooks: Sequence[DeliveryHook]) -> None:
         self.hooks = tuple(hooks)
         self.attempts = any(
-            type(h).on_attempt_started is not NullHook.on_attempt_started
-            or type(h).on_attempt_ended is not NullHook.on_attempt_ended
+            getattr(type(h), "on_attempt_started", None) is not NullHook.on_attempt_started
+            or getattr(type(h), "on_attempt_ended", None) is not NullHook.on_attempt_ended
             for h in self.hooks
         )
         """Whether any hook watches attempts (else their details are never built)."""
+
+    def send_started(self, notification: Notification[Any]) -> None:
+        for hook in self.hooks:
+            try:
+                hook.on_send_started(notification)
+            except Exception:
+                _log_failure(hook, "on_send_started")
+
+    def send_ended(self, report: DeliveryReport) -> None:
+        for hook in self.hooks:
+            try:
+                hook.on_send_ended(report)
+            except Exception:
+                _log_failure(hook, "on_send_ended")
 
     def attempt_started(self, details: AttemptStarted) -> None:
         for hook in self.hooks:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._hooks import AttemptEnded, AttemptStarted, NullHook
-from ._report import Delivery
+from ._notification import Notification
+from ._report import Delivery, DeliveryReport
 from ._types import HttpResponse
 from .repository import InMemoryTrainingRepository
 from .transports._memory import MemoryRequest, MemoryTransport
@@ -63,10 +64,22 @@ class RecordingHook(NullHook):
     Pass it as ``Notifier(hooks=[hook])`` and assert on its lists afterwards.
     """
 
+    sends: list[Notification[Any]] = attrs.field(init=False, factory=list)
+    reports: list[DeliveryReport] = attrs.field(init=False, factory=list)
     started: list[AttemptStarted] = attrs.field(init=False, factory=list)
     ended: list[AttemptEnded] = attrs.field(init=False, factory=list)
     outcomes: list[Delivery] = attrs.field(init=False, factory=list)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+
+    def on_send_started(self, notification: Notification[Any], /) -> None:
+        """Remember a send that began."""
+        with self._lock:
+            self.sends.append(notification)
+
+    def on_send_ended(self, report: DeliveryReport, /) -> None:
+        """Remember a send's report."""
+        with self._lock:
+            self.reports.append(report)
 
     def on_attempt_started(self, details: AttemptStarted, /) -> None:
         """Remember an attempt that began."""
