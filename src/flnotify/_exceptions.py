@@ -20,6 +20,8 @@ Every error flnotify raises derives from :class:`FlnotifyError`; errors of a bac
     │   ├── ResponseTooLargeError                        (only raised when a transport is told to)
     │   └── ProtocolError                                peer spoke broken HTTP
     ├── DeliveryError                                    raise_for_failures() on a report
+    ├── RequestTooLargeError         (also ValueError)   a received request over a limit
+    ├── IdStoreError                                     a message id store failed
     └── VerificationError                                a received request failed verification
         ├── MissingHeaderError
         ├── MalformedHeaderError
@@ -45,10 +47,12 @@ __all__ = [
     "DeliveryError",
     "EndpointError",
     "FlnotifyError",
+    "IdStoreError",
     "InvalidURLError",
     "MalformedHeaderError",
     "MissingHeaderError",
     "ProtocolError",
+    "RequestTooLargeError",
     "ResponseTooLargeError",
     "SignatureMismatchError",
     "TimeoutError",
@@ -260,3 +264,30 @@ class TimestampError(VerificationError):
         self.timestamp = timestamp
         self.now = now
         self.too_old = too_old
+
+
+class RequestTooLargeError(FlnotifyError, ValueError):
+    """A received request exceeds one of the receiving limits (headers or body).
+
+    Attributes:
+        limit: The name of the limit, as ``max_headers`` or ``max_body_bytes``.
+        maximum: The configured value of that limit.
+    """
+
+    def __init__(self, limit: str, maximum: int, what: str) -> None:
+        super().__init__(f"{what} (limit {limit}={maximum})")
+        self.limit = limit
+        self.maximum = maximum
+
+
+class IdStoreError(FlnotifyError):
+    """A message id store (SQLite, Redis, ...) failed; the backend's error is the cause.
+
+    Attributes:
+        store: Which kind of store failed, as ``sqlite`` or ``redis``.
+    """
+
+    def __init__(self, store: str, problem: str) -> None:
+        super().__init__(f"{store} id store failed: {problem}")
+        self.store = store
+        self.problem = problem
