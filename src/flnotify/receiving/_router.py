@@ -1,93 +1,69 @@
-"""Client side: receive, verify, deduplicate and dispatch notifications to typed handlers.
+"""[`NotificationRouter`][flnotify.NotificationRouter]: one request in, one answer out.
 
-A :class:`NotificationRouter` turns one HTTP request into one answer. Its core,
-:meth:`~NotificationRouter.handle` (sync) and :meth:`~NotificationRouter.ahandle` (async),
-takes ``(method, headers, body)`` and returns a :class:`Response`; the decisions are
-written once and both twins only call (or await) the handler. Thin adapters serve it as an
-ASGI 3 app (uvicorn, Starlette, FastAPI ``mount``) or a PEP 3333 WSGI app (wsgiref, gunicorn).
-
-Answers, in the order they are decided:
-
-* not ``POST``: 405 with ``Allow: POST``;
-* body over ``max_body_bytes`` (``Content-Length`` is checked before reading): 413;
-* signature or timestamp missing, malformed or wrong (when ``secrets`` are set): 401;
-* body is not a valid notification: 400, naming the path and the problem;
-* unknown or unhandled ``notification_type``: ``unknown_type_status`` (400);
-* ``webhook-id`` already handled: 200, the handler is not run again;
-* ``webhook-id`` being handled right now by another request: 503, ``Retry-After: 1``;
-* the handler raised: 500, logged to the ``flnotify`` logger, no details in the body;
-* the handler returned ``None``: 202 for round and test starts, 200 for the others;
-* the handler returned an ``int`` or a :class:`Reply`: that status (and body).
-
-Error bodies are JSON ``{"error": "<code>", "detail": "<text>"}``.
-
-Deduplication: a message id counts as handled once its handler answered 2xx; ids whose
-handler failed (or said no) are not remembered, so the server's retry runs the handler
-again. A duplicate that arrives while the first is still running gets 503 with
-``Retry-After`` (retryable for the sender) rather than waiting or running twice; handlers
-should therefore answer fast and start long work (a training round) in the background.
-The in-flight guard is per process: with several worker processes, give them one shared
-:class:`IdStore` (e.g. a database table) and make handlers idempotent.
+The decisions are written once, I/O-free ([`inspect_request`][flnotify.receiving.parse_notification]
+for the request, `_Dispatch` for the handler's answer); `handle` (sync) and `ahandle`
+(async) only call or await the handler and the id store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import inspect
-import json
 import logging
-import re
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
-from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, runtime_checkable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, overload
 
 import attrs
 
-from ._codec import Codec
-from ._exceptions import (
+from .._codec import Codec
+from .._exceptions import (
     ConfigurationError,
     DecodeError,
+    RequestTooLargeError,
     UnknownNotificationTypeError,
     VerificationError,
 )
-from ._notification import Notification
-from ._types import NotificationKind, NotificationType
-from ._validators import at_least_one, positive
-from .endpoints import DEFAULT_MAX_BODY_BYTES
-from .signing import DEFAULT_TOLERANCE, ID_HEADER, TIMESTAMP_HEADER, Verifier
+from .._notification import Notification
+from .._types import NotificationKind, NotificationType
+from ..signing import DEFAULT_TOLERANCE, Verifier
+from ._asgi import ASGIApp, asgi_app
+from ._dedupe import AsyncIdStore, Claim, IdStore, InMemoryIdStore
+from ._parse import (
+    RawHeaders,
+    ReceivedNotification,
+    ReceivingLimits,
+    inspect_request,
+    read_headers,
+)
+from ._responses import (
+    INTERNAL_ERROR,
+    Reply,
+    Response,
+    _valid_status,
+    error,
+    json_response,
+    reply_response,
+    response,
+    too_large,
+)
+from ._wsgi import wsgi_app
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication
 
-__all__ = [
-    "ASGIApp",
-    "Handler",
-    "IdStore",
-    "InMemoryIdStore",
-    "MessageContext",
-    "NotificationRouter",
-    "Reply",
-    "Response",
-    "asgi_app",
-    "wsgi_app",
-]
+__all__ = ["Handler", "HandlerDecorator", "MessageContext", "NotificationRouter"]
 
 logger = logging.getLogger("flnotify")
 
 Handler: TypeAlias = Callable[..., Any]
 """``handler(notification)`` or ``handler(notification, context)``, sync or async; returns
-``None``, an ``int`` status or a :class:`Reply`."""
+``None``, an ``int`` status or a [`Reply`][flnotify.Reply]."""
 
 HandlerT = TypeVar("HandlerT", bound=Handler)
-
-ASGIScope: TypeAlias = MutableMapping[str, Any]
-ASGIReceive: TypeAlias = Callable[[], Awaitable[MutableMapping[str, Any]]]
-ASGISend: TypeAlias = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp: TypeAlias = Callable[[ASGIScope, ASGIReceive, ASGISend], Awaitable[None]]
-"""A plain ASGI 3 application callable."""
+N = TypeVar("N", bound=Notification[Any])
+R = TypeVar("R")
 
 _ACCEPTED_TYPES = frozenset(
     t.value
@@ -98,55 +74,7 @@ _ACCEPTED_TYPES = frozenset(
     )
 )
 _NO_DEDUP: Any = object()
-_TIMESTAMP = re.compile(r"[0-9]{1,15}")
-
-
-def _valid_status(_: Any, __: Any, value: int) -> None:
-    if type(value) is not int or not 200 <= value <= 599:
-        msg = f"status must be an int from 200 to 599, not {value!r}"
-        raise ValueError(msg)
-
-
-# --------------------------------------------------------------------------- values
-
-
-@attrs.frozen
-class Reply:
-    """What a handler may return to choose the status and body of the answer.
-
-    Args:
-        status: The HTTP status (200-599).
-        body: ``bytes`` as they are, ``str`` as UTF-8 text, anything else as JSON.
-        content_type: Overrides the content type inferred from ``body``.
-    """
-
-    status: int = attrs.field(default=200, validator=_valid_status)
-    body: Any = None
-    content_type: str | None = None
-
-
-@attrs.frozen
-class Response:
-    """The router's answer to one request.
-
-    Args:
-        status: The HTTP status.
-        headers: ``(name, value)`` pairs, names lower-case; always with ``content-length``.
-        body: The body bytes.
-    """
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        """The value of header ``name`` (case-insensitive), or ``None``."""
-        wanted = name.lower()
-        return next((v for k, v in self.headers if k == wanted), None)
-
-    def json(self) -> Any:
-        """The body parsed as JSON."""
-        return json.loads(self.body)
+_HEADER_LIMITS = frozenset({"max_headers", "max_header_bytes"})
 
 
 @attrs.frozen
@@ -166,103 +94,21 @@ class MessageContext:
     headers: Mapping[str, str]
 
 
-def _response(
-    status: int, body: bytes = b"", content_type: str | None = None, *extra: tuple[str, str]
-) -> Response:
-    headers = [("content-length", str(len(body)))]
-    if content_type is not None:
-        headers.append(("content-type", content_type))
-    headers.extend(extra)
-    return Response(status, tuple(headers), body)
+class HandlerDecorator(Protocol[N]):
+    """What [`router.on(SomeNotification)`][flnotify.NotificationRouter.on] returns.
 
-
-def _json_response(status: int, document: Any, *extra: tuple[str, str]) -> Response:
-    body = json.dumps(document, separators=(",", ":")).encode()
-    return _response(status, body, "application/json", *extra)
-
-
-def _error(status: int, error: str, detail: str, *extra: tuple[str, str]) -> Response:
-    return _json_response(status, {"error": error, "detail": detail}, *extra)
-
-
-def _reply_response(reply: Reply) -> Response:
-    body, content_type = reply.body, reply.content_type
-    if body is None:
-        return _response(reply.status, b"", content_type)
-    if isinstance(body, (bytes, bytearray, memoryview)):
-        return _response(reply.status, bytes(body), content_type or "application/octet-stream")
-    if isinstance(body, str):
-        return _response(reply.status, body.encode(), content_type or "text/plain; charset=utf-8")
-    encoded = json.dumps(body, separators=(",", ":")).encode()
-    return _response(reply.status, encoded, content_type or "application/json")
-
-
-# --------------------------------------------------------------------------- dedup
-
-
-@runtime_checkable
-class IdStore(Protocol):
-    """Remembers the ids of handled messages.
-
-    Implement it over a database table (a primary key on the id and an insertion time
-    for expiry) to survive restarts or share it between worker processes.
+    It takes a handler of that notification class (with or without a
+    [`MessageContext`][flnotify.MessageContext] parameter) and returns it unchanged;
+    a handler typed for another class is a type error.
     """
 
-    def seen(self, message_id: str) -> bool:
-        """Whether ``message_id`` was handled (within the store's window)."""
-        ...
+    @overload
+    def __call__(self, handler: Callable[[N], R], /) -> Callable[[N], R]: ...
 
-    def add(self, message_id: str) -> None:
-        """Remember that ``message_id`` was handled."""
-        ...
-
-
-@attrs.define
-class InMemoryIdStore:
-    """A bounded, thread-safe :class:`IdStore` in memory, for one process.
-
-    Args:
-        max_entries: At most this many ids are kept; the oldest are forgotten first.
-        window_seconds: Ids are forgotten this long after they were handled (default 24 h;
-            keep it longer than the server's retry deadline).
-        clock: A monotonic clock in seconds; inject one in tests.
-    """
-
-    max_entries: int = attrs.field(default=10_000, validator=at_least_one)
-    window_seconds: float = attrs.field(default=24 * 3600.0, validator=positive)
-    clock: Callable[[], float] = time.monotonic
-    _expiry: OrderedDict[str, float] = attrs.field(init=False, factory=OrderedDict)
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
-
-    def _expire(self, now: float) -> None:
-        entries = self._expiry
-        while entries:
-            oldest, expires = next(iter(entries.items()))
-            if expires > now:
-                break
-            del entries[oldest]
-
-    def seen(self, message_id: str) -> bool:
-        """Whether ``message_id`` was added within the window."""
-        with self._lock:
-            self._expire(self.clock())
-            return message_id in self._expiry
-
-    def add(self, message_id: str) -> None:
-        """Remember ``message_id`` for ``window_seconds``, forgetting the oldest if full."""
-        with self._lock:
-            now = self.clock()
-            self._expiry[message_id] = now + self.window_seconds
-            self._expiry.move_to_end(message_id)
-            self._expire(now)
-            while len(self._expiry) > self.max_entries:
-                self._expiry.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-
-# --------------------------------------------------------------------------- router
+    @overload
+    def __call__(
+        self, handler: Callable[[N, MessageContext], R], /
+    ) -> Callable[[N, MessageContext], R]: ...
 
 
 def _is_async(func: Handler) -> bool:
@@ -294,32 +140,6 @@ class _Registered:
     status: int | None
 
 
-def _wire_type(kind: NotificationKind | type[Notification[Any]] | str) -> str:
-    if isinstance(kind, str):
-        return kind
-    if isinstance(kind, type) and issubclass(kind, Notification):
-        kind = kind.notification_type
-    wire = getattr(kind, "value", None)
-    if not isinstance(wire, str):
-        msg = f"cannot route on {kind!r}: expected a notification type, class or wire string"
-        raise ConfigurationError(msg)
-    return wire
-
-
-def _header_pairs(headers: Mapping[str, str] | Iterable[tuple[Any, Any]]) -> list[tuple[str, str]]:
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    pairs = []
-    for name, value in items:
-        n = name.decode("latin-1") if isinstance(name, bytes) else str(name)
-        v = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-        pairs.append((n.lower(), v))
-    return pairs
-
-
-def _too_large(limit: int) -> Response:
-    return _error(413, "payload_too_large", f"the body exceeds {limit} bytes")
-
-
 def _resolve_sync(awaitable: Awaitable[Any]) -> Any:
     """Run an async handler's awaitable to completion from sync code."""
     try:
@@ -338,80 +158,136 @@ def _resolve_sync(awaitable: Awaitable[Any]) -> Any:
     return asyncio.run(wait())
 
 
+def _refusal(exc: Exception, unknown_type_status: int, limits: ReceivingLimits) -> Response:
+    """The answer to each error the request's inspection raises: the one table."""
+    if isinstance(exc, RequestTooLargeError):
+        if exc.limit in _HEADER_LIMITS:
+            return error(431, "headers_too_large", str(exc))
+        return too_large(limits.max_body_bytes)
+    if isinstance(exc, VerificationError):
+        logger.warning("refused a notification: %s", exc)
+        return error(401, "verification_failed", str(exc))
+    if isinstance(exc, UnknownNotificationTypeError):
+        return error(unknown_type_status, "unknown_notification_type", exc.problem)
+    if isinstance(exc, DecodeError):
+        return error(400, "invalid_notification", f"{exc.path}: {exc.problem}")
+    raise exc
+
+
+_IN_PROGRESS = error(
+    503, "in_progress", "this message is being handled; retry later", ("retry-after", "1")
+)
+_DUPLICATE = json_response(200, {"detail": "duplicate of an already handled message"})
+_STORE_DOWN = error(
+    503, "dedup_unavailable", "the message store failed; retry later", ("retry-after", "1")
+)
+
+
+def _claim_answer(claim: Claim, message_id: str) -> Response | None:
+    if claim is Claim.CLAIMED:
+        return None
+    if claim is Claim.HANDLED:
+        logger.info("message %s was already handled; not handling it again", message_id)
+        return _DUPLICATE
+    return _IN_PROGRESS
+
+
 @attrs.define
 class _Dispatch:
     """A request that passed every check: which handler to call and how to answer after."""
 
-    router: NotificationRouter
     handler: _Registered
-    notification: Notification[Any]
+    received: ReceivedNotification
     context: MessageContext
-    claimed: str | None
+
+    @property
+    def message_id(self) -> str | None:
+        return self.received.id
 
     def call(self) -> Any:
+        notification = self.received.notification
         if self.handler.wants_context:
-            return self.handler.func(self.notification, self.context)
-        return self.handler.func(self.notification)
+            return self.handler.func(notification, self.context)
+        return self.handler.func(notification)
 
     def _answer(self, result: Any) -> Response:
         if result is None:
-            wire = self.notification.notification_type.value
-            return _response(self.handler.status or (202 if wire in _ACCEPTED_TYPES else 200))
+            wire = self.received.notification.notification_type.value
+            return response(self.handler.status or (202 if wire in _ACCEPTED_TYPES else 200))
         if isinstance(result, Reply):
-            return _reply_response(result)
+            return reply_response(result)
         if type(result) is int and 200 <= result <= 599:
-            return _response(result)
+            return response(result)
         msg = f"returned {result!r}; expected None, an int status from 200 to 599 or a Reply"
         raise TypeError(msg)
 
     def finish(self, result: Any) -> Response:
-        """Turn the handler's result into the answer; remember the id after a 2xx."""
+        """Turn the handler's result into the answer."""
         try:
-            response = self._answer(result)
+            return self._answer(result)
         except Exception as exc:  # a nonsense result, or a Reply body that is not JSON
             return self.fail(exc)
-        if self.claimed is not None and 200 <= response.status < 300:
-            store = self.router.dedup
-            try:
-                if store is not None:
-                    store.add(self.claimed)
-            except Exception:
-                logger.exception("could not remember message id %s", self.claimed)
-        return response
 
     def fail(self, exc: BaseException) -> Response:
         """Log the handler's exception and answer 500 without revealing it."""
         logger.error(
             "handler for %s (message %s) failed",
-            self.notification.notification_type.value,
+            self.received.notification.notification_type.value,
             self.context.id,
             exc_info=exc,
         )
-        return _error(500, "handler_error", "the handler failed; see the client's log")
+        return error(500, "handler_error", "the handler failed; see the client's log")
 
-    def __enter__(self) -> _Dispatch:
-        return self
 
-    def __exit__(self, *_: object) -> None:
-        if self.claimed is not None:
-            self.router._release(self.claimed)
+def _store_failed(action: str, message_id: str) -> None:
+    logger.exception("could not %s message id %s", action, message_id)
 
 
 @attrs.define(init=False, repr=False)
 class NotificationRouter:
     """Verifies received notifications and dispatches them to handlers per type.
 
+    Answers, in the order they are decided:
+
+    * not ``POST``: 405 with ``Allow: POST``;
+    * more than ``limits.max_headers`` headers, or more than ``limits.max_header_bytes``
+      of them: 431;
+    * body over ``max_body_bytes`` (adapters check ``Content-Length`` before reading): 413;
+    * signature or timestamp missing, malformed or wrong (when ``secrets`` are set), or
+      more than ``limits.max_signatures`` signature entries: 401;
+    * body is not a valid notification, or nests deeper than ``limits.max_depth``: 400,
+      naming the path and the problem;
+    * unknown or unhandled ``notification_type``: ``unknown_type_status`` (400);
+    * ``webhook-id`` already handled: 200, the handler is not run again;
+    * ``webhook-id`` being handled right now by another request (in any process sharing
+      the store): 503, ``Retry-After: 1``; the id store failing: 503 as well;
+    * the handler raised: 500, logged to the ``flnotify`` logger, no details in the body;
+    * the handler returned ``None``: 202 for round and test starts, 200 for the others;
+    * the handler returned an ``int`` or a [`Reply`][flnotify.Reply]: that status (and body).
+
+    Error bodies are JSON ``{"error": "<code>", "detail": "<text>"}``; a bug inside the
+    router itself is still answered with its own JSON 500, never the server's page.
+
+    Deduplication: before the handler runs, the message id is claimed in ``dedup``
+    atomically; a 2xx answer marks it handled, anything else releases the claim so the
+    server's retry runs the handler again. Handlers should answer fast and start long
+    work (a training round) in the background.
+
     Args:
         secrets: The ``whsec_...`` secret(s) requests must be signed with; ``None``
             accepts unsigned requests (anyone who can reach the port can then send).
         tolerance: How many seconds a ``webhook-timestamp`` may lie from ``clock()``.
         codec: Decodes bodies; defaults to the six training notifications.
-        dedup: Where handled message ids are kept; ``None`` turns deduplication off.
-        max_body_bytes: Larger request bodies are answered 413 unread.
+        dedup: Where message ids are claimed ([`IdStore`][flnotify.IdStore], also
+            [`AsyncIdStore`][flnotify.receiving.AsyncIdStore]); the default
+            [`InMemoryIdStore`][flnotify.InMemoryIdStore] serves one process only;
+            ``None`` turns deduplication off.
+        max_body_bytes: Larger request bodies are answered 413 (overrides ``limits``).
+        limits: The request limits; see [`ReceivingLimits`][flnotify.receiving.ReceivingLimits].
         unknown_type_status: The status for unknown or unhandled notification types.
         clock: The wall clock for timestamp checks; inject one in tests.
         handlers: Initial handlers, ``{type or class or wire string: handler}``.
-        sync_handlers_in_thread: In :meth:`ahandle`, run sync handlers in a worker thread
+        sync_handlers_in_thread: In `ahandle`, run sync handlers in a worker thread
             (default) so they cannot block the event loop; ``False`` calls them directly.
 
     Raises:
@@ -420,13 +296,11 @@ class NotificationRouter:
 
     codec: Codec
     dedup: IdStore | None
-    max_body_bytes: int
+    limits: ReceivingLimits
     unknown_type_status: int
     sync_handlers_in_thread: bool
     _verifier: Verifier | None
     _handlers: dict[str, _Registered]
-    _in_flight: set[str]
-    _lock: threading.Lock
 
     def __init__(
         self,
@@ -435,32 +309,39 @@ class NotificationRouter:
         tolerance: float = DEFAULT_TOLERANCE,
         codec: Codec | None = None,
         dedup: IdStore | None = _NO_DEDUP,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int | None = None,
+        limits: ReceivingLimits | None = None,
         unknown_type_status: int = 400,
         clock: Callable[[], float] = time.time,
         handlers: Mapping[NotificationKind | type[Notification[Any]] | str, Handler] | None = None,
         sync_handlers_in_thread: bool = True,
     ) -> None:
-        if type(max_body_bytes) is not int or max_body_bytes <= 0:
-            msg = f"max_body_bytes must be a positive integer, not {max_body_bytes!r}"
-            raise ConfigurationError(msg)
+        limits = ReceivingLimits() if limits is None else limits
+        if max_body_bytes is not None:
+            if type(max_body_bytes) is not int or max_body_bytes <= 0:
+                msg = f"max_body_bytes must be a positive integer, not {max_body_bytes!r}"
+                raise ConfigurationError(msg)
+            limits = attrs.evolve(limits, max_body_bytes=max_body_bytes)
         try:
             _valid_status(None, None, unknown_type_status)
         except ValueError as exc:
             msg = f"unknown_type_status: {exc}"
             raise ConfigurationError(msg) from None
+        if dedup is not None and dedup is not _NO_DEDUP and not isinstance(dedup, IdStore):
+            msg = f"dedup must be an IdStore (claim/complete/release), not {type(dedup).__name__}"
+            raise ConfigurationError(msg)
         self.__attrs_init__(
             codec=Codec() if codec is None else codec,
             dedup=InMemoryIdStore() if dedup is _NO_DEDUP else dedup,
-            max_body_bytes=max_body_bytes,
+            limits=limits,
             unknown_type_status=unknown_type_status,
             sync_handlers_in_thread=sync_handlers_in_thread,
             verifier=None
             if secrets is None
-            else Verifier(secrets, tolerance=tolerance, clock=clock),
+            else Verifier(
+                secrets, tolerance=tolerance, clock=clock, max_signatures=limits.max_signatures
+            ),
             handlers={},
-            in_flight=set(),
-            lock=threading.Lock(),
         )
         for kind, handler in (handlers or {}).items():
             self.add_handler(kind, handler)
@@ -474,7 +355,50 @@ class NotificationRouter:
         """Whether requests must carry a valid signature."""
         return self._verifier is not None
 
+    @property
+    def max_body_bytes(self) -> int:
+        """Larger request bodies are answered 413 (``limits.max_body_bytes``)."""
+        return self.limits.max_body_bytes
+
     # ---------------------------------------------------------------- registration
+
+    def _wire_type(self, kind: NotificationKind | type[Notification[Any]] | str) -> str:
+        """The wire string of ``kind``, which must be known to the codec's registry."""
+        if isinstance(kind, type) and issubclass(kind, Notification):
+            wire = getattr(kind.notification_type, "value", None)
+        else:
+            wire = kind if isinstance(kind, str) else getattr(kind, "value", None)
+        if not isinstance(wire, str):
+            msg = f"cannot route on {kind!r}: expected a notification type, class or wire string"
+            raise ConfigurationError(msg)
+        registry = self.codec.registry
+        if wire not in registry:
+            known = sorted(cls.notification_type.value for cls in registry)
+            close = difflib.get_close_matches(wire.upper(), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            msg = (
+                f"{wire!r} is not a known notification type{hint} "
+                f"(known: {', '.join(known)}; register new classes with the codec's registry)"
+            )
+            raise ConfigurationError(msg)
+        if isinstance(kind, type) and registry.get(wire) is not kind:
+            msg = f"{kind.__qualname__} is not the class registered for {wire!r}"
+            raise ConfigurationError(msg)
+        return wire
+
+    @overload
+    def add_handler(
+        self,
+        kind: type[N],
+        handler: Callable[[N], object] | Callable[[N, MessageContext], object],
+        *,
+        status: int | None = None,
+    ) -> None: ...
+
+    @overload
+    def add_handler(
+        self, kind: NotificationKind | str, handler: Handler, *, status: int | None = None
+    ) -> None: ...
 
     def add_handler(
         self,
@@ -486,16 +410,19 @@ class NotificationRouter:
         """Route notifications of ``kind`` to ``handler``.
 
         Args:
-            kind: A :class:`~flnotify.NotificationType`, a notification class or a wire string.
+            kind: A notification class (then the handler's type is checked), a
+                [`NotificationType`][flnotify.NotificationType] or an exact wire string.
             handler: ``handler(notification)`` or ``handler(notification, context)``,
                 sync or async.
             status: The answer when the handler returns ``None`` (default: 202 for round
                 and test starts, 200 otherwise).
 
         Raises:
-            ConfigurationError: ``kind`` already has a handler, or is not a type.
+            ConfigurationError: ``kind`` is not a notification type the codec knows (the
+                message lists the known ones), already has a handler, or ``handler`` is
+                not callable.
         """
-        wire = _wire_type(kind)
+        wire = self._wire_type(kind)
         if not callable(handler):
             msg = f"the handler for {wire!r} is not callable"
             raise ConfigurationError(msg)
@@ -511,300 +438,216 @@ class NotificationRouter:
             handler, _is_async(handler), _wants_context(handler), status
         )
 
+    @overload
     def on(
-        self, *kinds: NotificationKind | type[Notification[Any]] | str, status: int | None = None
-    ) -> Callable[[HandlerT], HandlerT]:
-        """Decorator form of :meth:`add_handler`, for one or more kinds.
+        self, kind: type[N], /, *kinds: type[N], status: int | None = None
+    ) -> HandlerDecorator[N]: ...
 
-        Example::
+    @overload
+    def on(
+        self,
+        kind: NotificationKind | str,
+        /,
+        *kinds: NotificationKind | type[Notification[Any]] | str,
+        status: int | None = None,
+    ) -> Callable[[HandlerT], HandlerT]: ...
 
-            @router.on(NotificationType.UPDATE_ROUND_START)
+    def on(
+        self,
+        *kinds: NotificationKind | type[Notification[Any]] | str,
+        status: int | None = None,
+    ) -> Any:
+        """Decorator form of [`add_handler`][flnotify.NotificationRouter.add_handler].
+
+        With notification classes, a type checker makes sure the handler takes them:
+
+            @router.on(TrainingRoundStartNotification)
             async def start_round(notification: TrainingRoundStartNotification) -> None: ...
         """
         if not kinds:
             msg = "on() needs at least one notification type"
             raise ConfigurationError(msg)
+        wires = [self._wire_type(kind) for kind in kinds]  # refuse before registering any
 
         def register(handler: HandlerT) -> HandlerT:
-            for kind in kinds:
-                self.add_handler(kind, handler, status=status)
+            for wire in wires:
+                self.add_handler(wire, handler, status=status)
             return handler
 
         return register
 
     # ---------------------------------------------------------------- the core
 
-    def _early(self, method: str, length: int | None) -> Response | None:
-        """The answer decided before the body is read (method, size), if any."""
+    def _early(self, method: str) -> Response | None:
+        """The answer decided before anything else is looked at (the method), if any."""
         if method.upper() != "POST":
-            return _error(
+            return error(
                 405, "method_not_allowed", f"{method} is not allowed; use POST", ("allow", "POST")
             )
-        if length is not None and length > self.max_body_bytes:
-            return _too_large(self.max_body_bytes)
         return None
 
-    def _precheck(self, method: str, content_length: str | None) -> tuple[Response | None, int]:
-        """For adapters: the early answer (if any) and the parsed Content-Length (-1: none)."""
-        if content_length is None:
-            return self._early(method, None), -1
-        text = content_length.strip()
-        if not text.isascii() or not text.isdigit():
-            return _error(400, "bad_request", "invalid Content-Length header"), -1
-        length = int(text)
-        return self._early(method, length), length
+    def _precheck(
+        self, method: str, headers: RawHeaders
+    ) -> tuple[Response | None, list[tuple[str, str]], int]:
+        """For adapters, before the body is read: an early answer, headers, Content-Length.
 
-    def _prepare(
-        self, method: str, headers: Mapping[str, str] | Iterable[tuple[Any, Any]], body: bytes
-    ) -> Response | _Dispatch:
-        """Everything up to the handler call; the answer, or what to call."""
-        early = self._early(method, len(body))
+        The early answer is ``None`` when the request may go on; the length is -1 when
+        the request has no ``Content-Length``.
+        """
+        early = self._early(method)
+        if early is not None:
+            return early, [], -1
+        try:
+            pairs = read_headers(headers, self.limits)
+        except RequestTooLargeError as exc:
+            return error(431, "headers_too_large", str(exc)), [], -1
+        raw = next((v for k, v in pairs if k == "content-length"), None)
+        if raw is None:
+            return None, pairs, -1
+        text = raw.strip()
+        if not text.isascii() or not text.isdigit():
+            return error(400, "bad_request", "invalid Content-Length header"), pairs, -1
+        length = int(text)
+        if length > self.limits.max_body_bytes:
+            return too_large(self.limits.max_body_bytes), pairs, length
+        return None, pairs, length
+
+    def _prepare(self, method: str, headers: RawHeaders, body: bytes) -> Response | _Dispatch:
+        """Everything up to the id claim; the answer, or what to call."""
+        early = self._early(method)
         if early is not None:
             return early
-        pairs = _header_pairs(headers)
-        header_map = dict(pairs)
-        message_id: str | None
-        timestamp: int | None
-        if self._verifier is not None:
-            try:
-                verified = self._verifier.verify(pairs, body)
-            except VerificationError as exc:
-                logger.warning("refused a notification: %s", exc)
-                return _error(401, "verification_failed", str(exc))
-            message_id, timestamp = verified.id, verified.timestamp
-        else:
-            message_id = header_map.get(ID_HEADER) or None
-            raw = header_map.get(TIMESTAMP_HEADER, "").strip()
-            timestamp = int(raw) if _TIMESTAMP.fullmatch(raw) else None
         try:
-            notification = self.codec.decode(bytes(body))
-        except UnknownNotificationTypeError as exc:
-            return _error(self.unknown_type_status, "unknown_notification_type", exc.problem)
-        except DecodeError as exc:
-            return _error(400, "invalid_notification", f"{exc.path}: {exc.problem}")
-        wire = notification.notification_type.value
+            received = inspect_request(
+                headers, body, verifier=self._verifier, codec=self.codec, limits=self.limits
+            )
+        except (RequestTooLargeError, VerificationError, DecodeError) as exc:
+            return _refusal(exc, self.unknown_type_status, self.limits)
+        wire = received.notification.notification_type.value
         handler = self._handlers.get(wire)
         if handler is None:
-            return _error(
+            return error(
                 self.unknown_type_status, "unhandled_notification_type", f"no handler for {wire!r}"
             )
-        claimed = None
-        if message_id is not None and self.dedup is not None:
-            refused = self._claim(message_id)
-            if refused is not None:
-                return refused
-            claimed = message_id
-        context = MessageContext(message_id, timestamp, self._verifier is not None, header_map)
-        return _Dispatch(self, handler, notification, context, claimed)
+        context = MessageContext(
+            received.id, received.timestamp, received.verified, received.headers
+        )
+        return _Dispatch(handler, received, context)
 
-    def _claim(self, message_id: str) -> Response | None:
-        """Mark ``message_id`` in flight; the answer instead if it is a duplicate."""
-        with self._lock:
-            if message_id in self._in_flight:
-                return _error(
-                    503,
-                    "in_progress",
-                    "this message is being handled; retry later",
-                    ("retry-after", "1"),
-                )
-            self._in_flight.add(message_id)
+    def _safe_prepare(self, method: str, headers: RawHeaders, body: bytes) -> Response | _Dispatch:
         try:
-            seen = self.dedup is not None and self.dedup.seen(message_id)
+            return self._prepare(method, headers, body)
         except Exception:
-            self._release(message_id)
-            logger.exception("could not look up message id %s", message_id)
-            return _error(500, "dedup_error", "the message store failed; see the client's log")
-        if seen:
-            self._release(message_id)
-            logger.info("message %s was already handled; not handling it again", message_id)
-            return _json_response(200, {"detail": "duplicate of an already handled message"})
-        return None
+            logger.exception("the router failed on a request")
+            return INTERNAL_ERROR
 
-    def _release(self, message_id: str) -> None:
-        with self._lock:
-            self._in_flight.discard(message_id)
-
-    def handle(
-        self, method: str, headers: Mapping[str, str] | Iterable[tuple[Any, Any]], body: bytes
-    ) -> Response:
+    def handle(self, method: str, headers: RawHeaders, body: bytes) -> Response:
         """Answer one request, calling the handler in this thread (for WSGI and tests).
 
-        An async handler is run with :func:`asyncio.run`; inside a running event loop that
-        is impossible and answers 500 (use :meth:`ahandle` there).
+        An async handler is run with `asyncio.run`; inside a running event loop that
+        is impossible and answers 500 (use [`ahandle`][flnotify.NotificationRouter.ahandle]).
 
         Args:
             method: The HTTP method.
             headers: A mapping or ``(name, value)`` pairs (``str`` or ``bytes``).
             body: The whole request body.
         """
-        step = self._prepare(method, headers, body)
+        step = self._safe_prepare(method, headers, body)
         if isinstance(step, Response):
             return step
-        with step:
+        store, message_id = self.dedup, step.message_id
+        if store is None or message_id is None:
+            return self._run(step)
+        try:
+            refused = _claim_answer(store.claim(message_id), message_id)
+        except Exception:
+            _store_failed("claim", message_id)
+            return _STORE_DOWN
+        if refused is not None:
+            return refused
+        answer: Response | None = None
+        try:
+            answer = self._run(step)
+            return answer
+        finally:
             try:
-                result = step.call()
-                if inspect.isawaitable(result):
-                    result = _resolve_sync(result)
-            except Exception as exc:
-                return step.fail(exc)
-            return step.finish(result)
+                if answer is not None and 200 <= answer.status < 300:
+                    store.complete(message_id)
+                else:
+                    store.release(message_id)
+            except Exception:
+                _store_failed("record", message_id)
 
-    async def ahandle(
-        self, method: str, headers: Mapping[str, str] | Iterable[tuple[Any, Any]], body: bytes
-    ) -> Response:
+    def _run(self, step: _Dispatch) -> Response:
+        try:
+            result = step.call()
+            if inspect.isawaitable(result):
+                result = _resolve_sync(result)
+        except Exception as exc:
+            return step.fail(exc)
+        return step.finish(result)
+
+    async def ahandle(self, method: str, headers: RawHeaders, body: bytes) -> Response:
         """Answer one request; async handlers are awaited, sync ones run in a thread.
 
-        See :meth:`handle` for the arguments; ``sync_handlers_in_thread=False`` calls
-        sync handlers directly on the event loop instead.
+        See [`handle`][flnotify.NotificationRouter.handle] for the arguments;
+        ``sync_handlers_in_thread=False`` calls sync handlers directly on the event loop.
+        An [`AsyncIdStore`][flnotify.receiving.AsyncIdStore] is awaited; a sync-only
+        store is called in a worker thread.
         """
-        step = self._prepare(method, headers, body)
+        step = self._safe_prepare(method, headers, body)
         if isinstance(step, Response):
             return step
-        with step:
-            try:
-                if step.handler.is_async or not self.sync_handlers_in_thread:
-                    result = step.call()
-                else:
-                    result = await asyncio.to_thread(step.call)
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception as exc:
-                return step.fail(exc)
-            return step.finish(result)
+        store, message_id = self.dedup, step.message_id
+        if store is None or message_id is None:
+            return await self._arun(step)
+        try:
+            if isinstance(store, AsyncIdStore):
+                claim = await store.aclaim(message_id)
+            else:
+                claim = await asyncio.to_thread(store.claim, message_id)
+        except Exception:
+            _store_failed("claim", message_id)
+            return _STORE_DOWN
+        refused = _claim_answer(claim, message_id)
+        if refused is not None:
+            return refused
+        answer: Response | None = None
+        try:
+            answer = await self._arun(step)
+            return answer
+        finally:
+            # also on cancellation: a shielded release, so the id is not blocked for a lease
+            await asyncio.shield(self._arecord(store, message_id, answer))
+
+    async def _arecord(self, store: IdStore, message_id: str, answer: Response | None) -> None:
+        done = answer is not None and 200 <= answer.status < 300
+        try:
+            if isinstance(store, AsyncIdStore):
+                await (store.acomplete(message_id) if done else store.arelease(message_id))
+            else:
+                await asyncio.to_thread(store.complete if done else store.release, message_id)
+        except Exception:
+            _store_failed("record", message_id)
+
+    async def _arun(self, step: _Dispatch) -> Response:
+        try:
+            if step.handler.is_async or not self.sync_handlers_in_thread:
+                result = step.call()
+            else:
+                result = await asyncio.to_thread(step.call)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            return step.fail(exc)
+        return step.finish(result)
 
     # ---------------------------------------------------------------- adapters
 
     def asgi_app(self) -> ASGIApp:
-        """The router as an ASGI 3 application; see :func:`asgi_app`."""
+        """The router as an ASGI 3 application; see [`asgi_app`][flnotify.receiving.asgi_app]."""
         return asgi_app(self)
 
     def wsgi_app(self) -> WSGIApplication:
-        """The router as a WSGI application; see :func:`wsgi_app`."""
+        """The router as a WSGI application; see [`wsgi_app`][flnotify.receiving.wsgi_app]."""
         return wsgi_app(self)
-
-
-# --------------------------------------------------------------------------- ASGI
-
-
-class _BodyTooLargeError(Exception):
-    pass
-
-
-class _DisconnectedError(Exception):
-    pass
-
-
-async def _read_asgi_body(receive: ASGIReceive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _DisconnectedError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLargeError
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _lifespan(receive: ASGIReceive, send: ASGISend) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-def asgi_app(router: NotificationRouter) -> ASGIApp:
-    """Serve ``router`` as a plain ASGI 3 application (any path answers).
-
-    Handles ``http`` (the body is read up to ``max_body_bytes``, a larger Content-Length
-    is refused unread) and ``lifespan``; ``websocket`` connections are closed.
-    """
-
-    async def app(scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if kind == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        if kind != "http":
-            return
-        method: str = scope["method"]
-        headers = _header_pairs(scope.get("headers", ()))
-        raw_length = next((v for k, v in headers if k == "content-length"), None)
-        response, _ = router._precheck(method, raw_length)
-        if response is None:
-            try:
-                body = await _read_asgi_body(receive, router.max_body_bytes)
-            except _DisconnectedError:
-                return
-            except _BodyTooLargeError:
-                response = _too_large(router.max_body_bytes)
-            else:
-                response = await router.ahandle(method, headers, body)
-        raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": raw_headers,
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
-
-    return app
-
-
-# --------------------------------------------------------------------------- WSGI
-
-
-def _wsgi_headers(environ: WSGIEnvironment) -> list[tuple[str, str]]:
-    pairs = []
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            pairs.append((key[5:].replace("_", "-").lower(), value))
-        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
-            pairs.append((key.replace("_", "-").lower(), value))
-    return pairs
-
-
-def _status_line(status: int) -> str:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    return f"{status} {phrase}"
-
-
-def wsgi_app(router: NotificationRouter) -> WSGIApplication:
-    """Serve ``router`` as a PEP 3333 WSGI application (any path answers).
-
-    The body is read by ``Content-Length`` (a POST without one is answered 411 unless the
-    server sets ``wsgi.input_terminated``); a larger length is refused unread.
-    """
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        headers = _wsgi_headers(environ)
-        response, length = router._precheck(method, environ.get("CONTENT_LENGTH") or None)
-        if response is None:
-            stream = environ["wsgi.input"]
-            if length >= 0:
-                response = router.handle(method, headers, stream.read(length))
-            elif environ.get("wsgi.input_terminated"):
-                body = stream.read(router.max_body_bytes + 1)
-                response = router.handle(method, headers, body)
-            else:
-                response = _error(411, "length_required", "a Content-Length header is required")
-        start_response(_status_line(response.status), list(response.headers))
-        return [response.body]
-
-    return app
