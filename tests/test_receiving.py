@@ -719,13 +719,60 @@ def test_registration_errors() -> None:
     with pytest.raises(ConfigurationError, match="already has a handler"):
         router.on(NotificationType.TRAINING_START)(Recorder())
     with pytest.raises(ConfigurationError):
-        router.on()
+        router.on()  # type: ignore[call-overload]
     with pytest.raises(ConfigurationError):
-        NotificationRouter().add_handler(42, Recorder())  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError):
-        NotificationRouter().add_handler("X", "not callable")  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError):
-        NotificationRouter().add_handler("X", Recorder(), status=700)
+        NotificationRouter().add_handler(42, Recorder())  # type: ignore[call-overload]
+    with pytest.raises(ConfigurationError, match="not callable"):
+        NotificationRouter().add_handler("TRAINING_START", "not callable")  # type: ignore[call-overload]
+    with pytest.raises(ConfigurationError, match="status"):
+        NotificationRouter().add_handler("TRAINING_START", Recorder(), status=700)
+
+
+@pytest.mark.parametrize(
+    ("kind", "hint"),
+    [
+        ("update_round_start", "did you mean 'UPDATE_ROUND_START'?"),
+        ("NO_SUCH_TYPE", "known: CLIENT_REMOVED, MODEL_TEST_ROUND, SWAG_ROUND_START"),
+        ("UPDATE_ROUND_START ", "did you mean 'UPDATE_ROUND_START'?"),
+    ],
+)
+def test_unknown_wire_types_are_refused_at_registration(kind: str, hint: str) -> None:
+    router = NotificationRouter()
+    with pytest.raises(ConfigurationError, match="is not a known notification type") as caught:
+        router.add_handler(kind, Recorder())
+    assert hint in str(caught.value)
+    assert "TRAINING_FINISHED, TRAINING_START, UPDATE_ROUND_START" in str(caught.value)
+    with pytest.raises(ConfigurationError, match="not a known notification type"):
+        router.on("TRAINING_START", kind)(Recorder())
+    assert repr(router) == "NotificationRouter(<unsigned>, handlers=[])"  # none registered
+
+
+def test_unregistered_classes_and_kinds_are_refused() -> None:
+    import enum
+
+    import attrs
+
+    class Kind(enum.Enum):
+        EVAL = "MODEL_EVAL"
+
+        @property
+        def description(self) -> str:
+            return "Evaluate"
+
+    @attrs.frozen
+    class EvalNotification(flnotify.TrainingNotification[GlobalModelBody]):
+        notification_type = Kind.EVAL
+
+    router = NotificationRouter()
+    with pytest.raises(ConfigurationError, match="'MODEL_EVAL' is not a known"):
+        router.add_handler(EvalNotification, Recorder())
+    with pytest.raises(ConfigurationError, match="'MODEL_EVAL' is not a known"):
+        router.add_handler(Kind.EVAL, Recorder())
+    registry = flnotify.default_registry().copy()
+    registry.register(EvalNotification)
+    custom = NotificationRouter(codec=flnotify.Codec(registry=registry), secrets=None)
+    custom.add_handler(Kind.EVAL, Recorder())
+    assert "MODEL_EVAL" in repr(custom)
 
 
 def test_decorator_returns_the_function() -> None:
