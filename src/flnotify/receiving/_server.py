@@ -1,6 +1,6 @@
 """A small threaded WSGI server with bounds: for ``flnotify listen``, demos and try-outs.
 
-[`make_wsgi_server`][flnotify.receiving.make_wsgi_server] builds on :mod:`wsgiref` and
+[`make_wsgi_server`][flnotify.receiving.make_wsgi_server] builds on `wsgiref` and
 bounds what a peer can hold:
 
 * **a read timeout per connection**: each read waits at most ``read_timeout`` seconds
