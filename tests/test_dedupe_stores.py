@@ -167,10 +167,10 @@ def test_sqlite_survives_reopening(tmp_path: Path) -> None:
         assert second.claim("kept") is Claim.HANDLED
 
 
-def _claim_in_process(path: str, start: Any) -> str:
-    start.wait(30)
+def _claim_in_process(path: str, start: Any, results: Any) -> None:
     with SQLiteIdStore(path) as store:
-        return store.claim("across-processes").value
+        start.wait(30)  # every process claims at the same moment
+        results.put(store.claim("across-processes").value)
 
 
 def test_sqlite_claims_are_atomic_across_processes(tmp_path: Path) -> None:
@@ -178,11 +178,17 @@ def test_sqlite_claims_are_atomic_across_processes(tmp_path: Path) -> None:
     with SQLiteIdStore(path) as store:
         store.claim("warm")  # creates the schema first
     context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        start = manager.Barrier(6)
-        with concurrent.futures.ProcessPoolExecutor(6, mp_context=context) as pool:
-            results = list(pool.map(_claim_in_process, [path] * 6, [start] * 6))
-    assert sorted(results) == ["claimed"] + ["in_flight"] * 5
+    start, results = context.Barrier(4), context.Queue()
+    processes = [
+        context.Process(target=_claim_in_process, args=(path, start, results)) for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    claims = sorted(results.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0
+    assert claims == ["claimed"] + ["in_flight"] * 3
 
 
 def test_sqlite_errors_become_id_store_errors(tmp_path: Path) -> None:
