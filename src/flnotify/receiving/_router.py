@@ -1,8 +1,9 @@
 """[`NotificationRouter`][flnotify.NotificationRouter]: one request in, one answer out.
 
-The decisions are written once, I/O-free ([`inspect_request`][flnotify.receiving.parse_notification]
-for the request, `_Dispatch` for the handler's answer); `handle` (sync) and `ahandle`
-(async) only call or await the handler and the id store.
+The decisions are written once and I/O-free: the request's inspection (the same as
+[`parse_notification`][flnotify.receiving.parse_notification]) and `_Dispatch` for the
+handler's answer; `handle` (sync) and `ahandle` (async) only call or await the handler
+and the id store.
 """
 
 from __future__ import annotations
@@ -459,7 +460,8 @@ class NotificationRouter:
     ) -> Any:
         """Decorator form of [`add_handler`][flnotify.NotificationRouter.add_handler].
 
-        With notification classes, a type checker makes sure the handler takes them:
+        With notification classes only, a type checker makes sure the handler takes them
+        (put a type or wire string first to register a mix, unchecked):
 
             @router.on(TrainingRoundStartNotification)
             async def start_round(notification: TrainingRoundStartNotification) -> None: ...
