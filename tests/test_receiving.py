@@ -27,6 +27,7 @@ from flnotify import (
     ClientRemovedNotification,
     ConfigurationError,
     GlobalModelBody,
+    IdStoreError,
     Notification,
     NotificationType,
     RoundBody,
@@ -37,6 +38,8 @@ from flnotify import (
     TrainingSWAGRoundStartNotification,
 )
 from flnotify.receiving import (
+    AsyncIdStore,
+    Claim,
     IdStore,
     InMemoryIdStore,
     MessageContext,
@@ -490,60 +493,101 @@ def test_ids_are_remembered_only_after_verification() -> None:
 
 
 def test_custom_id_store() -> None:
-    class SetStore:
+    class DictStore:
         def __init__(self) -> None:
-            self.ids: set[str] = set()
+            self.ids: dict[str, Claim] = {}
 
-        def seen(self, message_id: str) -> bool:
-            return message_id in self.ids
+        def claim(self, message_id: str) -> Claim:
+            if message_id in self.ids:
+                return self.ids[message_id]
+            self.ids[message_id] = Claim.IN_FLIGHT
+            return Claim.CLAIMED
 
-        def add(self, message_id: str) -> None:
-            self.ids.add(message_id)
+        def complete(self, message_id: str) -> None:
+            self.ids[message_id] = Claim.HANDLED
 
-    store = SetStore()
+        def release(self, message_id: str) -> None:
+            self.ids.pop(message_id, None)
+
+    store = DictStore()
     assert isinstance(store, IdStore)
-    router = make_router(Recorder(), dedup=store)
+    assert not isinstance(store, AsyncIdStore)
+    handler = Recorder()
+    router = make_router(handler, dedup=store)
     post(router, *signed_request(msg_id="msg_db"))
-    assert store.ids == {"msg_db"}
+    assert store.ids == {"msg_db": Claim.HANDLED}
+    # a sync-only store under ahandle runs in a worker thread
+    headers, body = signed_request(msg_id="msg_db_async")
+    assert asyncio.run(router.ahandle("POST", headers, body)).status == 202
+    assert asyncio.run(router.ahandle("POST", headers, body)).status == 200
+    assert len(handler.calls) == 2
 
 
-def test_failing_id_store_is_a_500(caplog: pytest.LogCaptureFixture) -> None:
-    class Broken:
+def test_an_object_without_claim_is_refused_as_store() -> None:
+    class Old:
         def seen(self, message_id: str) -> bool:
-            raise OSError("db down")
+            return False
 
         def add(self, message_id: str) -> None:
-            raise AssertionError
+            pass
 
-    response = post(make_router(Recorder(), dedup=Broken()), *signed_request())
-    assert response.status == 500
-    assert "db down" not in response.body.decode()
+    with pytest.raises(ConfigurationError, match="claim/complete/release"):
+        NotificationRouter(dedup=Old())  # type: ignore[arg-type]
 
 
-def test_in_memory_store_window_and_bound() -> None:
+@pytest.mark.parametrize("failing", ["claim", "complete"])
+def test_failing_id_store_is_a_retryable_503_or_logged(
+    failing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(InMemoryIdStore):
+        def claim(self, message_id: str) -> Claim:
+            if failing == "claim":
+                raise IdStoreError("sqlite", "database is locked")
+            return super().claim(message_id)
+
+        def complete(self, message_id: str) -> None:
+            raise IdStoreError("sqlite", "disk I/O error")
+
+    handler = Recorder()
+    response = post(make_router(handler, dedup=Broken()), *signed_request())
+    if failing == "claim":
+        assert response.status == 503  # retryable: the sender tries again later
+        assert response.header("retry-after") == "1"
+        assert "locked" not in response.body.decode()
+        assert handler.calls == []
+    else:
+        assert response.status == 202  # the handler ran; failing to record it is logged
+        assert "could not record message id" in caplog.text
+
+
+def test_in_memory_store_claims_window_lease_and_bound() -> None:
     now = [0.0]
-    store = InMemoryIdStore(max_entries=3, window_seconds=10, clock=lambda: now[0])
-    store.add("a")
+    store = InMemoryIdStore(max_entries=3, window_seconds=10, lease_seconds=2, clock=lambda: now[0])
+    assert store.claim("a") is Claim.CLAIMED
+    assert store.claim("a") is Claim.IN_FLIGHT
+    store.complete("a")
+    assert store.claim("a") is Claim.HANDLED
     now[0] = 5
-    store.add("b")
-    assert store.seen("a")
-    assert store.seen("b")
+    assert store.claim("b") is Claim.CLAIMED
+    store.release("b")  # the handler failed: the retry may claim it again
+    assert store.claim("b") is Claim.CLAIMED
+    now[0] = 7.5
+    assert store.claim("b") is Claim.CLAIMED  # the lease lapsed (a crashed worker)
+    store.complete("b")
+    store.release("b")  # a release never forgets a handled id
     now[0] = 10.5
-    assert not store.seen("a")  # expired
-    assert store.seen("b")
+    assert store.claim("a") is Claim.CLAIMED  # handled "a" expired
+    store.complete("a")
     for name in "cde":
-        store.add(name)
+        assert store.claim(name) is Claim.CLAIMED
     assert len(store) == 3
-    assert not store.seen("b")  # evicted: the oldest
-    assert all(store.seen(n) for n in "cde")
-    store.add("c")  # refreshing moves it to the end
-    store.add("f")
-    assert store.seen("c")
-    assert not store.seen("d")
+    assert store.claim("b") is Claim.CLAIMED  # evicted: the oldest
     with pytest.raises(ConfigurationError):
         InMemoryIdStore(max_entries=0)
     with pytest.raises(ConfigurationError):
         InMemoryIdStore(window_seconds=-1)
+    with pytest.raises(ConfigurationError):
+        InMemoryIdStore(lease_seconds=0)
 
 
 # ---------------------------------------------------------------- bad requests
@@ -675,13 +719,60 @@ def test_registration_errors() -> None:
     with pytest.raises(ConfigurationError, match="already has a handler"):
         router.on(NotificationType.TRAINING_START)(Recorder())
     with pytest.raises(ConfigurationError):
-        router.on()
+        router.on()  # type: ignore[call-overload]
     with pytest.raises(ConfigurationError):
-        NotificationRouter().add_handler(42, Recorder())  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError):
-        NotificationRouter().add_handler("X", "not callable")  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError):
-        NotificationRouter().add_handler("X", Recorder(), status=700)
+        NotificationRouter().add_handler(42, Recorder())  # type: ignore[call-overload]
+    with pytest.raises(ConfigurationError, match="not callable"):
+        NotificationRouter().add_handler("TRAINING_START", "not callable")  # type: ignore[call-overload]
+    with pytest.raises(ConfigurationError, match="status"):
+        NotificationRouter().add_handler("TRAINING_START", Recorder(), status=700)
+
+
+@pytest.mark.parametrize(
+    ("kind", "hint"),
+    [
+        ("update_round_start", "did you mean 'UPDATE_ROUND_START'?"),
+        ("NO_SUCH_TYPE", "known: CLIENT_REMOVED, MODEL_TEST_ROUND, SWAG_ROUND_START"),
+        ("UPDATE_ROUND_START ", "did you mean 'UPDATE_ROUND_START'?"),
+    ],
+)
+def test_unknown_wire_types_are_refused_at_registration(kind: str, hint: str) -> None:
+    router = NotificationRouter()
+    with pytest.raises(ConfigurationError, match="is not a known notification type") as caught:
+        router.add_handler(kind, Recorder())
+    assert hint in str(caught.value)
+    assert "TRAINING_FINISHED, TRAINING_START, UPDATE_ROUND_START" in str(caught.value)
+    with pytest.raises(ConfigurationError, match="not a known notification type"):
+        router.on("TRAINING_START", kind)(Recorder())
+    assert repr(router) == "NotificationRouter(<unsigned>, handlers=[])"  # none registered
+
+
+def test_unregistered_classes_and_kinds_are_refused() -> None:
+    import enum
+
+    import attrs
+
+    class Kind(enum.Enum):
+        EVAL = "MODEL_EVAL"
+
+        @property
+        def description(self) -> str:
+            return "Evaluate"
+
+    @attrs.frozen
+    class EvalNotification(flnotify.TrainingNotification[GlobalModelBody]):
+        notification_type = Kind.EVAL
+
+    router = NotificationRouter()
+    with pytest.raises(ConfigurationError, match="'MODEL_EVAL' is not a known"):
+        router.add_handler(EvalNotification, Recorder())
+    with pytest.raises(ConfigurationError, match="'MODEL_EVAL' is not a known"):
+        router.add_handler(Kind.EVAL, Recorder())
+    registry = flnotify.default_registry().copy()
+    registry.register(EvalNotification)
+    custom = NotificationRouter(codec=flnotify.Codec(registry=registry), secrets=None)
+    custom.add_handler(Kind.EVAL, Recorder())
+    assert "MODEL_EVAL" in repr(custom)
 
 
 def test_decorator_returns_the_function() -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import json
+import operator
 import re
 import sys
 import types
@@ -248,6 +250,12 @@ class Codec:
                 or carries a malformed value; ``path`` and ``problem`` say which.
             UnknownNotificationTypeError: ``notification_type`` is not registered.
         """
+        try:
+            return self._decode(data)
+        except RecursionError:  # a mapping nested too deeply for a converter hook
+            raise DecodeError("$", "nested too deeply to decode", data) from None
+
+    def _decode(self, data: bytes | str | Mapping[str, Any]) -> Notification[Any]:
         document = _load(data)
         if "notification_type" not in document:
             raise DecodeError("$.notification_type", "required field missing", data)
@@ -293,13 +301,47 @@ def _format(exc: BaseException, tp: Any) -> str:
     return cattrs.v.format_exception(exc, tp)
 
 
+MAX_NESTING = 256
+"""The deepest nesting of arrays and objects ``decode`` parses; deeper input is a
+[`DecodeError`][flnotify.DecodeError] found by a linear scan, before the parser could
+exhaust the stack."""
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_OPENERS = b"[{"
+_BRACKETS = b"[]{}"
+# after dropping everything else: an opener counts 2, a closer 0; minus 1 per byte, the
+# running sum is the depth
+_DEPTH_STEP = bytes.maketrans(b"[]{}", b"\x02\x00\x02\x00")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
+
+
+def nested_deeper_than(data: bytes | str, limit: int) -> bool:
+    """Whether ``[``/``{`` outside JSON strings nest deeper than ``limit``, in linear time.
+
+    Strings are removed by one regular expression and the brackets counted by C-level
+    iterators, so a hostile body costs a few passes over its bytes whatever its shape.
+    Malformed input gets some answer; the JSON parser then refuses it.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if raw.count(b"[") + raw.count(b"{") <= limit:  # the common case: too few to be deep
+        return False
+    steps = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS).translate(_DEPTH_STEP)
+    depths = map(operator.sub, itertools.accumulate(steps), range(1, len(steps) + 1))
+    return max(depths, default=0) > limit
+
+
 def _load(data: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
     document: object
     if isinstance(data, (bytes, bytearray, memoryview, str)):
+        text = bytes(data) if isinstance(data, (bytearray, memoryview)) else data
+        if nested_deeper_than(text, MAX_NESTING):
+            raise DecodeError("$", f"nested deeper than {MAX_NESTING} levels", data)
         try:
-            document = json.loads(bytes(data) if isinstance(data, memoryview) else data)
+            document = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecodeError("$", f"invalid JSON: {exc}", data) from exc
+        except RecursionError:
+            raise DecodeError("$", "nested too deeply to parse", data) from None
     else:
         document = data
     if not isinstance(document, Mapping):

@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import socket
-import socketserver
 import tempfile
 import threading
 import time
@@ -28,7 +27,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import WSGIServer
 
 import attrs
 
@@ -38,7 +37,7 @@ from ._notification import Notification, TrainingNotification
 from ._report import Delivery
 from ._retry import RetryPolicy
 from ._types import Outcome, Receiver, TrainingSnapshot, TrainingState
-from .receiving import NotificationRouter, Reply
+from .receiving import NotificationRouter, Reply, make_wsgi_server
 from .repository import SQLiteTrainingRepository
 from .signing import Signer, generate_secret
 from .training import (
@@ -74,43 +73,6 @@ REJECT_STATUS = 409
 
 
 # --------------------------------------------------------------------------- a WSGI server
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """wsgiref's request handler without the access log on stderr."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Drop the access log line."""
-
-
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    """wsgiref's server, one thread per connection, without the reverse DNS lookup."""
-
-    daemon_threads = True
-    request_queue_size = 1024  # socketserver's 5 drops concurrent SYNs: 1 s retransmits
-
-    def server_bind(self) -> None:
-        """Bind without ``socket.getfqdn`` (HTTPServer's default may query DNS)."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-        self.setup_environ()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that went away mid-request is not worth a traceback."""
-
-
-class _ThreadingWSGIServer6(_ThreadingWSGIServer):
-    address_family = socket.AF_INET6
-
-
-def make_wsgi_server(host: str, port: int, app: WSGIApplication) -> WSGIServer:
-    """A threaded, quiet :mod:`wsgiref` server bound to ``host:port`` (0: any free port)."""
-    cls = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
-    server = cls((host, port), _QuietHandler)
-    server.set_app(app)
-    return server
 
 
 @contextlib.contextmanager

@@ -23,6 +23,8 @@ of a backend (httpx, httptools, sqlite3, ...) are translated at the edge and kep
     │   └── InternalError                                a component broke (not retried)
     ├── CallbackError                                    a callback raised (kept on the report)
     ├── DeliveryError                                    raise_for_failures() on a report
+    ├── RequestTooLargeError         (also ValueError)   a received request over a limit
+    ├── IdStoreError                                     a message id store failed
     └── VerificationError                                a received request failed verification
         ├── MissingHeaderError
         ├── MalformedHeaderError
@@ -47,12 +49,14 @@ __all__ = [
     "DeliveryError",
     "EndpointError",
     "FlnotifyError",
+    "IdStoreError",
     "InternalError",
     "InvalidURLError",
     "MalformedHeaderError",
     "MissingHeaderError",
     "ProtocolError",
     "RepositoryError",
+    "RequestTooLargeError",
     "SignatureMismatchError",
     "TimestampError",
     "TrainingNotFoundError",
@@ -296,3 +300,30 @@ class TimestampError(VerificationError):
         self.timestamp = timestamp
         self.now = now
         self.too_old = too_old
+
+
+class RequestTooLargeError(FlnotifyError, ValueError):
+    """A received request exceeds one of the receiving limits (headers or body).
+
+    Attributes:
+        limit: The name of the limit, as ``max_headers`` or ``max_body_bytes``.
+        maximum: The configured value of that limit.
+    """
+
+    def __init__(self, limit: str, maximum: int, what: str) -> None:
+        super().__init__(f"{what} (limit {limit}={maximum})")
+        self.limit = limit
+        self.maximum = maximum
+
+
+class IdStoreError(FlnotifyError):
+    """A message id store (SQLite, Redis, ...) failed; the backend's error is the cause.
+
+    Attributes:
+        store: Which kind of store failed, as ``sqlite`` or ``redis``.
+    """
+
+    def __init__(self, store: str, problem: str) -> None:
+        super().__init__(f"{store} id store failed: {problem}")
+        self.store = store
+        self.problem = problem

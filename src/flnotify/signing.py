@@ -8,14 +8,16 @@ Three headers travel with every notification (https://www.standardwebhooks.com/)
 * ``webhook-signature`` — ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, one
   space-separated entry per secret while a key rotation is in progress.
 
-Secrets are ``whsec_`` + base64 of the key bytes (:func:`generate_secret` makes one). The
+Secrets are ``whsec_`` + base64 of the key bytes
+([`generate_secret`][flnotify.generate_secret] makes one). The
 ``whsec_`` prefix is optional when parsing, and unpadded base64 is accepted, as by the
 ``standardwebhooks`` reference package; unlike it, characters outside the base64 alphabet
 are refused instead of being silently dropped (which would yield a different key).
 
-Server side, :class:`Signer` holds the parsed keys and makes the three headers; client side,
-:class:`Verifier` (or the one-shot :func:`verify`) checks them in constant time.
-:func:`sign_payload` signs a test payload in one call.
+Server side, [`Signer`][flnotify.Signer] holds the parsed keys and makes the three headers;
+client side, [`Verifier`][flnotify.Verifier] (or the one-shot
+[`verify`][flnotify.signing.verify]) checks them in constant time.
+[`sign_payload`][flnotify.sign_payload] signs a test payload in one call.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ._exceptions import (
 from ._types import ReceiverLike
 
 __all__ = [
+    "DEFAULT_MAX_SIGNATURES",
     "DEFAULT_TOLERANCE",
     "ID_HEADER",
     "SECRET_PREFIX",
@@ -81,6 +84,8 @@ SecretLookup: TypeAlias = Callable[[ReceiverLike], str | Sequence[str] | None]
 """Returns a receiver's own secret(s), or ``None`` to fall back to the shared ones."""
 
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
+DEFAULT_MAX_SIGNATURES = 16
+"""How many ``v1,`` entries a [`Verifier`][flnotify.Verifier] accepts in one request."""
 _SIGNATURE_BYTES = hashlib.sha256().digest_size
 _LOOKUP_CACHE_SIZE = 4096
 
@@ -273,7 +278,7 @@ def sign_payload(
     Args:
         body: The exact request body bytes.
         secret: The ``whsec_...`` secret, or several.
-        msg_id: Defaults to :func:`new_message_id`.
+        msg_id: Defaults to [`new_message_id`][flnotify.new_message_id].
         timestamp: Defaults to now.
     """
     return Signer(secret).headers(
@@ -299,23 +304,36 @@ class VerifiedMessage:
     timestamp: int
 
 
-def _webhook_headers(headers: HeadersLike) -> tuple[str | None, str | None, str | None]:
+def _webhook_headers(
+    headers: HeadersLike, max_signatures: int
+) -> tuple[str | None, str | None, str | None]:
     """The id, timestamp and signature header values, names matched case-insensitively.
 
-    A repeated signature header is joined with spaces; a repeated id or timestamp is refused.
+    Repeated signature headers are folded in linear time (collected, joined once) and
+    refused once they carry more than ``max_signatures`` entries; a repeated id or
+    timestamp is refused.
     """
     items = headers.items() if isinstance(headers, Mapping) else headers
-    found: dict[str, str] = {}
+    msg_id: str | None = None
+    timestamp: str | None = None
+    signatures: list[str] = []
+    entries = 0
     for name, value in items:
         key = name.lower()
-        if key not in (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER):
-            continue
-        if key in found:
-            if key != SIGNATURE_HEADER:
+        if key == SIGNATURE_HEADER:
+            entries += len(value.split())
+            if entries > max_signatures:
+                raise MalformedHeaderError(key, f"more than {max_signatures} signatures")
+            signatures.append(value)
+        elif key == ID_HEADER:
+            if msg_id is not None:
                 raise MalformedHeaderError(key, "header appears more than once")
-            value = f"{found[key]} {value}"
-        found[key] = value
-    return found.get(ID_HEADER), found.get(TIMESTAMP_HEADER), found.get(SIGNATURE_HEADER)
+            msg_id = value
+        elif key == TIMESTAMP_HEADER:
+            if timestamp is not None:
+                raise MalformedHeaderError(key, "header appears more than once")
+            timestamp = value
+    return msg_id, timestamp, " ".join(signatures) if signatures else None
 
 
 def _v1_signatures(header: str) -> list[bytes]:
@@ -341,21 +359,25 @@ class Verifier:
     Every configured secret is tried against every ``v1,`` entry (constant-time compares),
     so during a rotation requests signed with the old or the new secret both pass. Entries
     of other versions (``v1a,...``) are ignored. The signature is checked before the
-    timestamp, so a :class:`~flnotify.TimestampError` always concerns a genuine message.
+    timestamp, so a [`TimestampError`][flnotify.TimestampError] always concerns a genuine
+    message.
 
     Args:
         secrets: The ``whsec_...`` secret, or several during a rotation.
         tolerance: How many seconds the timestamp may lie before or after ``clock()``.
         clock: The receiver's wall clock (seconds since the epoch); inject one in tests.
+        max_signatures: More ``webhook-signature`` entries than this (over all repeated
+            headers) are refused unchecked, so a flood of them costs no HMAC compares.
 
     Raises:
         ConfigurationError: A secret is not a ``whsec_`` base64 string, the sequence is
-            empty, or ``tolerance`` is negative.
+            empty, ``tolerance`` is negative or ``max_signatures`` below 1.
     """
 
     _keys: tuple[Any, ...]
     tolerance: float
     clock: Callable[[], float]
+    max_signatures: int
 
     def __init__(
         self,
@@ -363,11 +385,15 @@ class Verifier:
         *,
         tolerance: float = DEFAULT_TOLERANCE,
         clock: Callable[[], float] = time.time,
+        max_signatures: int = DEFAULT_MAX_SIGNATURES,
     ) -> None:
         if not tolerance >= 0:
             msg = f"tolerance must be a non-negative number of seconds, not {tolerance!r}"
             raise ConfigurationError(msg)
-        self.__attrs_init__(_parse_secrets(secrets), float(tolerance), clock)
+        if type(max_signatures) is not int or max_signatures < 1:
+            msg = f"max_signatures must be a positive integer, not {max_signatures!r}"
+            raise ConfigurationError(msg)
+        self.__attrs_init__(_parse_secrets(secrets), float(tolerance), clock, max_signatures)
 
     def __repr__(self) -> str:
         return f"Verifier(<{len(self._keys)} secret(s)>, tolerance={self.tolerance})"
@@ -384,12 +410,13 @@ class Verifier:
 
         Raises:
             MissingHeaderError: A ``webhook-*`` header is absent or empty.
-            MalformedHeaderError: The timestamp is not an integer, or the signature header
-                has no parseable ``v1,`` entry.
+            MalformedHeaderError: The timestamp is not an integer, the id or timestamp
+                header is repeated, or the signature header has no parseable ``v1,`` entry
+                or more than ``max_signatures`` entries.
             SignatureMismatchError: No ``v1,`` entry matches any secret.
             TimestampError: The timestamp is further than ``tolerance`` from now.
         """
-        msg_id, raw_timestamp, header = _webhook_headers(headers)
+        msg_id, raw_timestamp, header = _webhook_headers(headers, self.max_signatures)
         if not msg_id:
             raise MissingHeaderError(ID_HEADER)
         if not raw_timestamp:
@@ -426,7 +453,9 @@ def verify(
     tolerance: float = DEFAULT_TOLERANCE,
     now: float | None = None,
 ) -> VerifiedMessage:
-    """Verify one request in one call; see :meth:`Verifier.verify` (reuse one to save parsing).
+    """Verify one request in one call; see [`Verifier.verify`][flnotify.Verifier.verify].
+
+    Reuse one [`Verifier`][flnotify.Verifier] instead to parse the secrets once.
 
     Args:
         headers: The request headers (a mapping or ``(name, value)`` pairs).
