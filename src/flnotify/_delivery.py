@@ -1,7 +1,7 @@
 """The Notifier: encode once, fan out concurrently, retry without blocking, report everything.
 
-Per receiver there is exactly one :class:`Delivery` and exactly one callback call (DESIGN §2).
-All decisions (what an answer means, when to retry) come from :class:`RetryPolicy`; this
+Per receiver there is exactly one [`Delivery`][] and exactly one callback call.
+All decisions (what an answer means, when to retry) come from [`RetryPolicy`][]; this
 module only schedules. The engine is asyncio; ``Notifier.send`` runs it on a private event
 loop thread, so it works from plain sync code and from inside a running event loop alike.
 """
@@ -125,7 +125,7 @@ class Delivery:
 
 @attrs.frozen
 class DeliveryReport:
-    """Every receiver's :class:`Delivery` for one send, in the order of the receivers."""
+    """Every receiver's [`Delivery`][] for one send, in the order of the receivers."""
 
     notification: Notification[Any] = attrs.field(repr=False)
     deliveries: tuple[Delivery, ...]
@@ -168,7 +168,7 @@ class DeliveryReport:
         return all(d.outcome is Outcome.DELIVERED for d in self.deliveries)
 
     def raise_for_failures(self) -> Self:
-        """Return ``self`` if all were delivered, else raise :class:`DeliveryError`."""
+        """Return ``self`` if all were delivered, else raise [`DeliveryError`][]."""
         bad = tuple(d for d in self.deliveries if d.outcome is not Outcome.DELIVERED)
         if bad:
             raise DeliveryError(bad)
@@ -199,7 +199,7 @@ def build_headers(
 def refused_endpoint(exc: EndpointError | TransportError, url: str) -> TransportError:
     """The failure of a receiver whose endpoint was refused before any POST.
 
-    An invalid URL becomes an :class:`InvalidURLError`, a guarded address a
+    An invalid URL becomes an [`InvalidURLError`][], a guarded address a
     ``TransportError`` of kind ``BLOCKED`` (both never retried); a failed name resolution of
     the guard is kept as it is. The policy's error stays as ``__cause__``.
     """
@@ -242,7 +242,7 @@ class Notifier(Closing, AsyncClosing):
 
     Args:
         transport: How POSTs are made; anything with ``apost`` (preferred) or ``post``.
-            Defaults to a pooled :class:`~flnotify.transports.HttpxTransport`.
+            Defaults to a pooled [`HttpxTransport`][].
         retry: When to try again.
         concurrency: At most this many POSTs in flight at once; receivers waiting for a
             retry do not hold a slot.
@@ -251,7 +251,7 @@ class Notifier(Closing, AsyncClosing):
         signer: Signs each attempt (Standard Webhooks); unsigned without one.
         policy: Which endpoints may be POSTed to, checked before any I/O.
         repository: Lets notification classes with default callbacks (the round-type
-            ones) build them, e.g. :class:`~flnotify.callbacks.TrainingCallbacks`.
+            ones) build them, e.g. [`TrainingCallbacks`][flnotify.TrainingCallbacks].
         codec: Encodes the notification (once per send).
         sleep: Awaited for each backoff; inject a fake in tests.
         clock: Monotonic seconds, for ``elapsed``.
@@ -299,7 +299,7 @@ class Notifier(Closing, AsyncClosing):
         Args:
             notification: What to send, and to whom.
             callbacks: Called once per receiver; defaults to the notification class's
-                default callbacks (built with :attr:`repository`), if any.
+                default callbacks (built with `repository`), if any.
             message_ids: One ``webhook-id`` per receiver (e.g. kept in an outbox so a
                 resend carries the same ids); new random ids by default.
 
@@ -320,7 +320,7 @@ class Notifier(Closing, AsyncClosing):
         *,
         message_ids: Sequence[str] | None = None,
     ) -> DeliveryReport:
-        """Blocking :meth:`asend`; also safe to call from inside a running event loop."""
+        """Blocking [`asend`][]; also safe to call from inside a running event loop."""
         return self._run_sync(self.asend(notification, callbacks, message_ids=message_ids))
 
     def _callbacks_for(

@@ -1,6 +1,6 @@
 """The one exception tree of flnotify.
 
-Every error flnotify raises derives from :class:`FlnotifyError`; errors of a backend
+Every error flnotify raises derives from [`FlnotifyError`][]; errors of a backend
 (httpx, aiohttp, sqlite3, ...) are translated at the edge and kept as ``__cause__``::
 
     FlnotifyError

@@ -1,6 +1,6 @@
 """Retry decisions, written once and shared by every way of delivering (in-process, Celery).
 
-Nothing here does I/O or sleeps: :meth:`RetryPolicy.decide` looks at one attempt's result
+Nothing here does I/O or sleeps: [`RetryPolicy.decide`][] looks at one attempt's result
 and says "this is final" or "try again after so many seconds".
 """
 
@@ -22,7 +22,7 @@ __all__ = ["Decision", "Outcome", "RetryPolicy", "parse_retry_after"]
 
 
 class Outcome(enum.Enum):
-    """How a delivery to one receiver ended (DESIGN §2)."""
+    """How a delivery to one receiver ended."""
 
     DELIVERED = "delivered"
     """Any 2xx answer."""

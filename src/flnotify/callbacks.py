@@ -2,7 +2,7 @@
 
 A callback object has ``on_success`` and ``on_error``; each may be a plain function or a
 coroutine function. The Notifier calls exactly one of them exactly once per receiver, with
-the frozen :class:`~flnotify.Delivery` for that receiver. A callback that raises is logged
+the frozen [`Delivery`][flnotify.Delivery] for that receiver. A callback that raises is logged
 and does not disturb other deliveries.
 """
 
@@ -94,7 +94,7 @@ def _name(method: Callable[..., object]) -> str:
 
 
 class Reaction(enum.Enum):
-    """What :class:`TrainingCallbacks` does to the training for one outcome."""
+    """What [`TrainingCallbacks`][] does to the training for one outcome."""
 
     REMOVE_PARTICIPANT = "remove_participant"
     """Remove the receiver from the training's participants."""
@@ -106,11 +106,11 @@ class Reaction(enum.Enum):
 
 @attrs.define
 class TrainingCallbacks:
-    """The default callbacks of the round-type notifications (DESIGN §2).
+    """The default callbacks of the round-type notifications.
 
     Rejected -> the client is removed from the training (warning logged); failed -> the
     training goes to ``ERROR`` (error logged); delivered -> a debug log line. Works with a
-    sync :class:`~flnotify.repository.TrainingRepository` (its calls run in a worker thread,
+    sync [`TrainingRepository`][flnotify.TrainingRepository] (its calls run in a worker thread,
     so ORMs that refuse to run inside an event loop are fine) or an async one.
 
     Args:

@@ -1,7 +1,7 @@
 """The ``flnotify`` command: ``demo``, ``send`` and ``listen``.
 
 * ``flnotify demo`` runs a whole training against FL clients on loopback (see
-  :mod:`flnotify._demo`) and shows what happened to every notification.
+  `flnotify._demo`) and shows what happened to every notification.
 * ``flnotify send TYPE URL...`` sends one notification and prints the delivery report;
   the exit status is 1 when a receiver did not answer 2xx.
 * ``flnotify listen`` is an FL client that prints every verified notification.

@@ -1,8 +1,9 @@
 """Client side: receive, verify, deduplicate and dispatch notifications to typed handlers.
 
-A :class:`NotificationRouter` turns one HTTP request into one answer. Its core,
-:meth:`~NotificationRouter.handle` (sync) and :meth:`~NotificationRouter.ahandle` (async),
-takes ``(method, headers, body)`` and returns a :class:`Response`; the decisions are
+A [`NotificationRouter`][] turns one HTTP request into one answer. Its core,
+[`handle`][flnotify.NotificationRouter.handle] (sync) and
+ [`ahandle`][flnotify.NotificationRouter.ahandle] (async),
+takes ``(method, headers, body)`` and returns a [`Response`][]; the decisions are
 written once and both twins only call (or await) the handler. Thin adapters serve it as an
 ASGI 3 app (uvicorn, Starlette, FastAPI ``mount``) or a PEP 3333 WSGI app (wsgiref, gunicorn).
 
@@ -17,7 +18,7 @@ Answers, in the order they are decided:
 * ``webhook-id`` being handled right now by another request: 503, ``Retry-After: 1``;
 * the handler raised: 500, logged to the ``flnotify`` logger, no details in the body;
 * the handler returned ``None``: 202 for round and test starts, 200 for the others;
-* the handler returned an ``int`` or a :class:`Reply`: that status (and body).
+* the handler returned an ``int`` or a [`Reply`][]: that status (and body).
 
 Error bodies are JSON ``{"error": "<code>", "detail": "<text>"}``.
 
@@ -27,7 +28,7 @@ again. A duplicate that arrives while the first is still running gets 503 with
 ``Retry-After`` (retryable for the sender) rather than waiting or running twice; handlers
 should therefore answer fast and start long work (a training round) in the background.
 The in-flight guard is per process: with several worker processes, give them one shared
-:class:`IdStore` (e.g. a database table) and make handlers idempotent.
+[`IdStore`][] (e.g. a database table) and make handlers idempotent.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ logger = logging.getLogger("flnotify")
 
 Handler: TypeAlias = Callable[..., Any]
 """``handler(notification)`` or ``handler(notification, context)``, sync or async; returns
-``None``, an ``int`` status or a :class:`Reply`."""
+``None``, an ``int`` status or a [`Reply`][]."""
 
 HandlerT = TypeVar("HandlerT", bound=Handler)
 
@@ -219,7 +220,7 @@ class IdStore(Protocol):
 
 @attrs.define
 class InMemoryIdStore:
-    """A bounded, thread-safe :class:`IdStore` in memory, for one process.
+    """A bounded, thread-safe [`IdStore`][] in memory, for one process.
 
     Args:
         max_entries: At most this many ids are kept; the oldest are forgotten first.
@@ -411,7 +412,7 @@ class NotificationRouter:
         unknown_type_status: The status for unknown or unhandled notification types.
         clock: The wall clock for timestamp checks; inject one in tests.
         handlers: Initial handlers, ``{type or class or wire string: handler}``.
-        sync_handlers_in_thread: In :meth:`ahandle`, run sync handlers in a worker thread
+        sync_handlers_in_thread: In [`ahandle`][], run sync handlers in a worker thread
             (default) so they cannot block the event loop; ``False`` calls them directly.
 
     Raises:
@@ -486,7 +487,7 @@ class NotificationRouter:
         """Route notifications of ``kind`` to ``handler``.
 
         Args:
-            kind: A :class:`~flnotify.NotificationType`, a notification class or a wire string.
+            kind: A [`NotificationType`][], a notification class or a wire string.
             handler: ``handler(notification)`` or ``handler(notification, context)``,
                 sync or async.
             status: The answer when the handler returns ``None`` (default: 202 for round
@@ -514,7 +515,7 @@ class NotificationRouter:
     def on(
         self, *kinds: NotificationKind | type[Notification[Any]] | str, status: int | None = None
     ) -> Callable[[HandlerT], HandlerT]:
-        """Decorator form of :meth:`add_handler`, for one or more kinds.
+        """Decorator form of [`add_handler`][], for one or more kinds.
 
         Example::
 
@@ -629,8 +630,8 @@ class NotificationRouter:
     ) -> Response:
         """Answer one request, calling the handler in this thread (for WSGI and tests).
 
-        An async handler is run with :func:`asyncio.run`; inside a running event loop that
-        is impossible and answers 500 (use :meth:`ahandle` there).
+        An async handler is run with `asyncio.run`; inside a running event loop that
+        is impossible and answers 500 (use [`ahandle`][] there).
 
         Args:
             method: The HTTP method.
@@ -654,7 +655,7 @@ class NotificationRouter:
     ) -> Response:
         """Answer one request; async handlers are awaited, sync ones run in a thread.
 
-        See :meth:`handle` for the arguments; ``sync_handlers_in_thread=False`` calls
+        See [`handle`][] for the arguments; ``sync_handlers_in_thread=False`` calls
         sync handlers directly on the event loop instead.
         """
         step = self._prepare(method, headers, body)
@@ -675,11 +676,11 @@ class NotificationRouter:
     # ---------------------------------------------------------------- adapters
 
     def asgi_app(self) -> ASGIApp:
-        """The router as an ASGI 3 application; see :func:`asgi_app`."""
+        """The router as an ASGI 3 application; see [`asgi_app`][]."""
         return asgi_app(self)
 
     def wsgi_app(self) -> WSGIApplication:
-        """The router as a WSGI application; see :func:`wsgi_app`."""
+        """The router as a WSGI application; see [`wsgi_app`][]."""
         return wsgi_app(self)
 
 

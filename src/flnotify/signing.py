@@ -8,14 +8,14 @@ Three headers travel with every notification (https://www.standardwebhooks.com/)
 * ``webhook-signature`` — ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, one
   space-separated entry per secret while a key rotation is in progress.
 
-Secrets are ``whsec_`` + base64 of the key bytes (:func:`generate_secret` makes one). The
+Secrets are ``whsec_`` + base64 of the key bytes ([`generate_secret`][] makes one). The
 ``whsec_`` prefix is optional when parsing, and unpadded base64 is accepted, as by the
 ``standardwebhooks`` reference package; unlike it, characters outside the base64 alphabet
 are refused instead of being silently dropped (which would yield a different key).
 
-Server side, :class:`Signer` holds the parsed keys and makes the three headers; client side,
-:class:`Verifier` (or the one-shot :func:`verify`) checks them in constant time.
-:func:`sign_payload` signs a test payload in one call.
+Server side, [`Signer`][] holds the parsed keys and makes the three headers; client side,
+[`Verifier`][] (or the one-shot [`verify`][]) checks them in constant time.
+[`sign_payload`][] signs a test payload in one call.
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def sign_payload(
     Args:
         body: The exact request body bytes.
         secret: The ``whsec_...`` secret, or several.
-        msg_id: Defaults to :func:`new_message_id`.
+        msg_id: Defaults to [`new_message_id`][].
         timestamp: Defaults to now.
     """
     return Signer(secret).headers(
@@ -341,7 +341,7 @@ class Verifier:
     Every configured secret is tried against every ``v1,`` entry (constant-time compares),
     so during a rotation requests signed with the old or the new secret both pass. Entries
     of other versions (``v1a,...``) are ignored. The signature is checked before the
-    timestamp, so a :class:`~flnotify.TimestampError` always concerns a genuine message.
+    timestamp, so a [`TimestampError`][] always concerns a genuine message.
 
     Args:
         secrets: The ``whsec_...`` secret, or several during a rotation.
@@ -426,7 +426,7 @@ def verify(
     tolerance: float = DEFAULT_TOLERANCE,
     now: float | None = None,
 ) -> VerifiedMessage:
-    """Verify one request in one call; see :meth:`Verifier.verify` (reuse one to save parsing).
+    """Verify one request in one call; see [`Verifier.verify`][] (reuse one to save parsing).
 
     Args:
         headers: The request headers (a mapping or ``(name, value)`` pairs).

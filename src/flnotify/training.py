@@ -1,4 +1,4 @@
-"""The six training notifications of DESIGN §1, their bodies, and ``from_training`` factories.
+"""The six training notifications of wire format v1, their bodies, and ``from_training`` factories.
 
 Every class can be built two ways, both one call:
 

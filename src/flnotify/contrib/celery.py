@@ -1,7 +1,7 @@
 """Deliver notifications on Celery workers (``pip install 'flnotify[celery]'``).
 
-The host gives its Celery app; :class:`CeleryDelivery` registers one task on it and
-:meth:`CeleryDelivery.enqueue` sends a notification as tasks of up to ``chunk_size``
+The host gives its Celery app; [`CeleryDelivery`][] registers one task on it and
+[`CeleryDelivery.enqueue`][] sends a notification as tasks of up to ``chunk_size``
 receivers each. What travels through the broker is JSON only (the task is declared with
 the ``json`` serializer): the wire document exactly as flnotify encodes it (a string,
 encoded once per notification), the receivers as ``{"id": str, "message_endpoint": str}``
@@ -9,14 +9,14 @@ and their ``webhook-id`` s, chosen at enqueue time. No host object is ever pickl
 
 On the worker each execution makes **one** attempt per receiver of its chunk with the
 transport's blocking ``post``; the receivers that should be tried again go back to the
-broker with ``task.retry(countdown=...)`` on the :class:`~flnotify.RetryPolicy`'s schedule
+broker with ``task.retry(countdown=...)`` on the [`RetryPolicy`][]'s schedule
 (the longest delay any of them asked for), so a worker never sleeps through a backoff and
 a retrying receiver never holds a worker slot. Each receiver's final outcome calls its
-callbacks once, on the worker, with the same :class:`~flnotify.Delivery` as in-process:
+callbacks once, on the worker, with the same [`Delivery`][] as in-process:
 the notification class's default callbacks built with the repository from
 ``repository_factory``, or callbacks registered by name.
 
-The same :class:`CeleryDelivery` must be built in the worker (typically in the module that
+The same [`CeleryDelivery`][] must be built in the worker (typically in the module that
 creates the app), so that the task and its configuration exist there.
 """
 
@@ -62,7 +62,7 @@ _WireReceiver = dict[str, str]
 
 @attrs.frozen
 class Enqueued:
-    """What :meth:`CeleryDelivery.enqueue` sent to the broker.
+    """What [`CeleryDelivery.enqueue`][] sent to the broker.
 
     Args:
         message_ids: The ``webhook-id`` of each receiver, in the order of the receivers.
@@ -98,7 +98,7 @@ class CeleryDelivery:
         policy: Which endpoints may be POSTed to, checked on the worker before each POST.
         codec: Encodes notifications at enqueue time and decodes them on the worker; its
             registry must know every class that is sent.
-        callbacks: Callback factories selectable by name in :meth:`enqueue`; each is called
+        callbacks: Callback factories selectable by name in [`enqueue`][]; each is called
             on the worker with the repository (or ``None``) and returns the callbacks.
         chunk_size: Receivers per task.
         task_name: The registered task's name (one per app and configuration).

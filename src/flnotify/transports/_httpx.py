@@ -41,7 +41,7 @@ class HttpxTransport(Closing, AsyncClosing):
     """POSTs through one pooled ``httpx.Client`` (sync) and small per-origin ``AsyncClient``s.
 
     Clients are created on first use, share one TLS context, and are reused for every send
-    until :meth:`close` / :meth:`aclose` (or the context manager) ends them. Environment
+    until [`close`][] / [`aclose`][] (or the context manager) ends them. Environment
     proxy settings are ignored (``trust_env=False``); pass your own client to use a proxy.
     Redirects are never followed; the response body is read up to ``max_response_bytes``
     and the rest discarded unread.
@@ -125,7 +125,7 @@ class HttpxTransport(Closing, AsyncClosing):
         return clients.use(_origin(url), self._new_async_client)
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
-        """POST once, blocking; see :class:`~flnotify.transports.Transport`."""
+        """POST once, blocking; see [`Transport`][flnotify.transports.Transport]."""
         try:
             with self._sync_client().stream(
                 "POST", url, content=body, headers=headers, follow_redirects=False
@@ -141,7 +141,7 @@ class HttpxTransport(Closing, AsyncClosing):
             raise InvalidURLError(str(exc), url=url) from exc
 
     async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
-        """POST once; see :class:`~flnotify.transports.AsyncTransport`."""
+        """POST once; see [`AsyncTransport`][flnotify.transports.AsyncTransport]."""
         try:
             with self._async_client(url) as client:
                 async with client.stream(
