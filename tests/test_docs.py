@@ -440,6 +440,7 @@ def test_api_page_in_a_headless_browser(site: Path, tmp_path: Path) -> None:
             "--headless",
             "--no-sandbox",  # tests run as root in CI
             "--disable-gpu",
+            "--disable-dev-shm-usage",  # small /dev/shm in containers
             "--no-first-run",
             f"--user-data-dir={tmp_path / 'profile'}",
             "--dump-dom",
