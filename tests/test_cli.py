@@ -4,6 +4,7 @@ as real processes talking over loopback."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import pty
@@ -17,7 +18,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import IO, Any
+from types import SimpleNamespace
+from typing import IO, Any, cast
 
 import pytest
 import standardwebhooks
@@ -25,6 +27,7 @@ import standardwebhooks
 import flnotify
 from flnotify import cli
 from flnotify._demo import make_wsgi_server
+from flnotify.cli import _output
 from flnotify.receiving import NotificationRouter, Reply
 from flnotify.signing import generate_secret
 
@@ -306,6 +309,27 @@ def test_secret_prints_a_new_standard_webhooks_secret(capsys: pytest.CaptureFixt
     standardwebhooks.Webhook(secrets[0]).verify(b'{"x":1}', signed)
 
 
+def test_send_progress_line_counts_outcomes_and_rate() -> None:
+    """The progress display itself, with a fake clock: what the line says, and its erasure."""
+    now = [100.0]
+    screen = io.StringIO()
+    progress = _output.SendProgress(screen, "sending", 4, clock=lambda: now[0], interval=3600)
+    with progress:
+        assert progress.line() == "sending: 0/4 done (0 delivered, 0 rejected, 0 failed), -/s, 0 ms"
+        now[0] = 102.0
+        for outcome in (flnotify.Outcome.DELIVERED, flnotify.Outcome.FAILED):
+            progress.on_outcome(cast(Any, SimpleNamespace(outcome=outcome)))
+        assert progress.line() == (
+            "sending: 2/4 done (1 delivered, 0 rejected, 1 failed), 1/s, 2.00 s"
+        )
+    drawn = screen.getvalue()
+    assert drawn.count("\r") >= 4  # first draw, one per outcome, and the erasure
+    assert drawn.endswith("\r")  # the cursor is back at the start of an empty line
+    assert _output.outcome_counts({"delivered": 2, "failed": 1}) == (
+        "2 delivered, 0 rejected, 1 failed"
+    )
+
+
 # --------------------------------------------------------------------------- real processes
 
 
@@ -419,8 +443,9 @@ def _read_until(fd: int, pattern: re.Pattern[bytes], timeout: float = 60.0) -> b
     return seen
 
 
-def test_send_shows_live_progress_on_a_terminal() -> None:
+def test_send_shows_live_progress_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under a pseudo-terminal: a progress line per outcome on stderr, then the report."""
+    monkeypatch.setenv("COLUMNS", "200")  # the progress line is cut to the terminal's width
     with Client(SECRET) as running:
         urls = [running.url, running.url, running.url, "http://127.0.0.1:9/nobody"]
         controller, terminal = pty.openpty()

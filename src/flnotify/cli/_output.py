@@ -201,12 +201,14 @@ class SendProgress:
     def line(self) -> str:
         """The text of the progress line as it stands."""
         with self._lock:
-            done = sum(self.counts.values())
-            counts = dict(self.counts)
+            return self._line()
+
+    def _line(self) -> str:
+        done = sum(self.counts.values())
         elapsed = max(self.clock() - self.started, 1e-9)
         rate = f"{done / elapsed:,.0f}/s" if done else "-/s"
         return (
-            f"{self.label}: {done}/{self.total} done ({outcome_counts(counts)}), "
+            f"{self.label}: {done}/{self.total} done ({outcome_counts(self.counts)}), "
             f"{rate}, {seconds(elapsed)}"
         )
 
@@ -215,12 +217,11 @@ class SendProgress:
             self._draw()
 
     def _draw(self) -> None:
-        text = self.line()
         width = max(shutil.get_terminal_size().columns - 1, 20)
-        text = text[:width]
-        with self._lock:
+        with self._lock:  # one writer at a time, and never an older count after a newer one
             if self._closed:
                 return
+            text = self._line()[:width]
             self.out.write("\r" + text.ljust(self._drawn))
             self.out.flush()
             self._drawn = len(text)
