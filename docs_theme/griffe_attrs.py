@@ -28,8 +28,10 @@ def default_text(field: attrs.Attribute[Any]) -> str | None:
         factory = default.factory
         if default.takes_self:
             return "computed from the other fields"
-        if factory.__name__ == "<lambda>":
-            return "a new value per instance"
+        if factory.__name__.startswith(("<", "_")):  # a lambda or a private helper
+            made = inspect.signature(factory).return_annotation
+            name = made if isinstance(made, str) else getattr(made, "__name__", None)
+            return f"{name}(...)" if name and name != "_empty" else "a new value per instance"
         return f"{factory.__name__}()"
     if callable(default) and hasattr(default, "__qualname__"):
         owner = getattr(default, "__self__", None)
