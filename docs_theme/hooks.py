@@ -55,6 +55,9 @@ def repository_url() -> str | None:
 def on_config(config: Any) -> Any:
     """Put the version (and the repository link, when known) into the site's config."""
     config["extra"]["version"] = project_version()
+    snippets = config["mdx_configs"].get("pymdownx.snippets")
+    if snippets is not None:  # includes name files of the repository, from any directory
+        snippets["base_path"] = [str(ROOT)]
     url = repository_url()
     if url and not config.get("repo_url"):
         config["repo_url"] = url

@@ -150,10 +150,11 @@ def delivery_detail(delivery: Delivery) -> str:
 class SendProgress:
     """A live line on a terminal while ``send`` runs: done / total, outcomes so far, rate.
 
-    Fed one call of ``on_outcome`` per finished receiver (from any thread); a ticker
-    thread redraws it meanwhile, so the elapsed time moves on even while every receiver
-    is still waiting for an answer. The line is erased when the send ends, before the
-    report is printed.
+    Shaped as a delivery hook (``on_attempt_started``, ``on_attempt_ended``,
+    ``on_outcome``), of which it uses ``on_outcome``: one call per finished receiver
+    (from any thread). A ticker thread redraws it meanwhile, so the elapsed time moves on
+    even while every receiver is still waiting for an answer. The line is erased when the
+    send ends, before the report is printed.
     """
 
     def __init__(
@@ -192,7 +193,13 @@ class SendProgress:
             self.out.flush()
             self._drawn = 0
 
-    def on_outcome(self, delivery: Delivery) -> None:
+    def on_attempt_started(self, details: object, /) -> None:
+        """An attempt starts: the line counts outcomes only."""
+
+    def on_attempt_ended(self, details: object, /) -> None:
+        """An attempt ended: the line counts outcomes only."""
+
+    def on_outcome(self, delivery: Delivery, /) -> None:
         """One receiver reached its outcome."""
         with self._lock:
             self.counts[delivery.outcome] += 1
