@@ -1,4 +1,4 @@
-"""The code in the docs runs: every ```python block of docs/*.md and README.md, and the site builds.
+"""The code in the docs runs (every ```python block of docs/*.md and README.md); the site is right.
 
 Each page's blocks run in order in one namespace (so a page can build on its earlier
 blocks), with ``__name__`` set to ``"docs"`` (``if __name__ == "__main__":`` parts do not
@@ -11,6 +11,12 @@ show the default retry policy against a closed loopback port without the tests w
 seconds for it; what is retried, and how often, is unchanged.
 
 Blocks must only contact 127.0.0.1.
+
+The site is built once (``mkdocs build --strict``, and again with ProperDocs) and its HTML
+is scanned: no Sphinx role, snippet marker, unresolved cross-reference or outside document
+left as text, local links that work from disk, every public name on the API page with its
+parameters' types and defaults, and the API page as headless chromium shows it. Under
+``CI`` a missing docs tool or browser fails these tests instead of skipping them.
 """
 
 from __future__ import annotations
