@@ -7,10 +7,7 @@ import os
 from collections.abc import Callable
 from uuid import UUID
 
-from .. import __version__
-from .._exceptions import ConfigurationError
-from .._types import NotificationType
-from ..signing import Signer
+from .. import ConfigurationError, NotificationType, Signer, __version__
 
 __all__ = [
     "SECRET_ENV",

@@ -9,13 +9,15 @@ import sys
 import threading
 from typing import Any, TextIO, Union
 
-from .._delivery import Delivery
+from .. import (
+    ConfigurationError,
+    Delivery,
+    Notification,
+    Outcome,
+    RoundBody,
+    SQLiteTrainingRepository,
+)
 from .._demo import DemoConfig, DemoResult, StepResult, run_demo
-from .._exceptions import ConfigurationError
-from .._notification import Notification
-from .._retry import Outcome
-from ..repository import SQLiteTrainingRepository
-from ..training import RoundBody
 from ._output import Style, emit, rich_module, seconds, table
 
 __all__ = ["run_demo_command"]

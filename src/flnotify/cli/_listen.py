@@ -13,11 +13,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .._codec import Codec
+from .. import Codec, MessageContext, Notification, NotificationRouter, NotificationType
 from .._demo import make_wsgi_server
-from .._notification import Notification
-from .._types import NotificationType
-from ..receiving import MessageContext, NotificationRouter
 from ._args import check_secret
 from ._output import emit
 

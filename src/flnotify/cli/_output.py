@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TextIO
 
-from .._delivery import Delivery, DeliveryReport
-from .._retry import Outcome
+from .. import Delivery, DeliveryReport, Outcome
 
 __all__ = [
     "ProgressCallbacks",

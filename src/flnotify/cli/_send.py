@@ -9,24 +9,28 @@ import uuid
 from typing import Any
 from uuid import UUID
 
-from .._codec import Codec
-from .._delivery import Delivery, DeliveryReport, Notifier
-from .._exceptions import EndpointError, TransportError
-from .._notification import TrainingNotification
-from .._retry import RetryPolicy
-from .._types import NotificationType, Receiver
-from ..endpoints import EndpointPolicy
-from ..signing import Signer
-from ..training import (
+from .. import (
     ClientRemovedBody,
     ClientRemovedNotification,
+    Codec,
+    Delivery,
+    DeliveryReport,
+    EndpointError,
+    EndpointPolicy,
     GlobalModelBody,
+    NotificationType,
+    Notifier,
+    Receiver,
+    RetryPolicy,
     RoundBody,
+    Signer,
     TrainingFinishedNotification,
     TrainingModelTestNotification,
+    TrainingNotification,
     TrainingRoundStartNotification,
     TrainingStartNotification,
     TrainingSWAGRoundStartNotification,
+    TransportError,
 )
 from ..transports import HttpxTransport, Timeouts
 from ._args import check_secret
