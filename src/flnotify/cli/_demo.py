@@ -10,8 +10,8 @@ import threading
 from typing import Any, TextIO, Union
 
 from .. import (
-    ConfigurationError,
     Delivery,
+    FlnotifyError,
     Notification,
     Outcome,
     RoundBody,
@@ -32,7 +32,7 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if args.db is not None:
         try:
             SQLiteTrainingRepository(args.db).close()  # refuse a bad file before starting
-        except ConfigurationError as exc:
+        except FlnotifyError as exc:  # a bad path or a file that is not a database
             parser.error(f"argument --db: {exc}")
     config = DemoConfig(
         clients=args.clients, rounds=args.rounds, faults=args.faults, seed=args.seed, db=args.db
