@@ -179,6 +179,7 @@ class SendProgress:
         self._closed = False
 
     def __enter__(self) -> SendProgress:
+        self.started = self.clock()
         self._draw()
         self._ticker.start()
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import uuid
@@ -142,6 +143,8 @@ def run_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     training: UUID = uuid.uuid4() if generated else args.training_uuid
     notification = build_notification(args, receivers, training)
     signed = args.secret is not None
+    live = not (args.json or args.quiet) and isatty(sys.stderr)
+    progress = SendProgress(sys.stderr, "sending", len(receivers)) if live else None
     notifier = Notifier(
         transport=HttpxTransport(timeouts=Timeouts.all(args.timeout)),
         retry=RetryPolicy(max_attempts=args.attempts),
@@ -152,14 +155,10 @@ def run_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     style = Style(out)
     if not (args.json or args.quiet):
         emit(_header(notification, signed=signed, generated=generated), out)
-    live = not (args.json or args.quiet) and isatty(sys.stderr)
-    with notifier:
-        if live:
-            label = "sending"
-            with SendProgress(sys.stderr, label, len(receivers)) as progress:
-                report = notifier.send(notification, callbacks=ProgressCallbacks(progress))
-        else:
-            report = notifier.send(notification)
+    with notifier, progress if progress is not None else contextlib.nullcontext():
+        # the one place progress is wired: outcomes reach it through callbacks=
+        callbacks = None if progress is None else ProgressCallbacks(progress)
+        report = notifier.send(notification, callbacks=callbacks)
     if args.json:
         document = report_dict(report, signed=signed, generated=generated)
         emit(json.dumps(document, indent=2), out)
