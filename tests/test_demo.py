@@ -131,7 +131,7 @@ def test_demo_live_progress_on_a_terminal(monkeypatch: pytest.MonkeyPatch, with_
     if with_rich:
         pytest.importorskip("rich")
     else:
-        monkeypatch.setattr(cli, "_rich", lambda module: None)
+        monkeypatch.setattr("flnotify.cli._demo.rich_module", lambda module: None)
     monkeypatch.delenv("NO_COLOR", raising=False)
     terminal = FakeTerminal()
     monkeypatch.setattr("sys.stdout", terminal)
@@ -145,7 +145,7 @@ def test_demo_live_progress_on_a_terminal(monkeypatch: pytest.MonkeyPatch, with_
 
 
 def test_demo_honours_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_rich", lambda module: None)
+    monkeypatch.setattr("flnotify.cli._demo.rich_module", lambda module: None)
     monkeypatch.setenv("NO_COLOR", "1")
     terminal = FakeTerminal()
     monkeypatch.setattr("sys.stdout", terminal)

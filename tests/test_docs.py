@@ -1,4 +1,4 @@
-"""The code in the docs runs: every ```python block of docs/*.md and README.md, and the site builds.
+"""The code in the docs runs (every ```python block of docs/*.md and README.md); the site is right.
 
 Each page's blocks run in order in one namespace (so a page can build on its earlier
 blocks), with ``__name__`` set to ``"docs"`` (``if __name__ == "__main__":`` parts do not
@@ -11,14 +11,24 @@ show the default retry policy against a closed loopback port without the tests w
 seconds for it; what is retried, and how often, is unchanged.
 
 Blocks must only contact 127.0.0.1.
+
+The site is built once (``mkdocs build --strict``, and again with ProperDocs) and its HTML
+is scanned: no Sphinx role, snippet marker, unresolved cross-reference or outside document
+left as text, local links that work from disk, every public name on the API page with its
+parameters' types and defaults, and the API page as headless chromium shows it. Under
+``CI`` a missing docs tool or browser fails these tests instead of skipping them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html.parser
+import importlib
 import importlib.util
+import inspect
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -178,20 +188,282 @@ def test_pages_have_python_blocks() -> None:
 # --------------------------------------------------------------------------- the site
 
 
-def test_site_builds_strict(tmp_path: Path) -> None:
-    """``mkdocs build --strict``: every nav page exists, links resolve, docstrings render."""
-    for package in ("mkdocs", "material", "mkdocstrings_handlers.python"):
-        if importlib.util.find_spec(package.split(".")[0]) is None:
-            pytest.skip(f"{package} is not installed (the docs extra)")
-    result = subprocess.run(  # noqa: S603 - a fixed command
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+def _missing_or_fail(reason: str) -> None:
+    """Skip locally; in CI (``CI`` set) a skipped docs check is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI runs every docs check)")
+    pytest.skip(reason)
+
+
+def _build(command: list[str], site: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - a fixed command
+        [*command, "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built once with ``mkdocs build --strict``."""
+    for package in ("mkdocs", "mkdocstrings_handlers.python"):
+        if importlib.util.find_spec(package.split(".")[0]) is None:
+            _missing_or_fail(f"{package} is not installed (the docs extra)")
+    built = tmp_path_factory.mktemp("site")
+    result = _build([sys.executable, "-m", "mkdocs"], built)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return built
+
+
+def test_site_builds_strict(site: Path) -> None:
+    """``mkdocs build --strict``: every nav page exists, links resolve, docstrings render."""
+    assert (site / "index.html").is_file()
+    assert (site / "api.html").is_file()  # pages are files: the site works from disk
+
+
+def test_site_builds_with_properdocs(tmp_path: Path) -> None:
+    """The same mkdocs.yml builds with ProperDocs, the maintained continuation of MkDocs 1.x."""
+    if importlib.util.find_spec("properdocs") is None:
+        _missing_or_fail("properdocs is not installed (the docs extra)")
+    result = _build([sys.executable, "-m", "properdocs", "-q"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "api.html").is_file()
+
+
+# --------------------------------------------------------------------------- the built HTML
+
+
+class _Text(html.parser.HTMLParser):
+    """The text of an HTML page (scripts and styles left out), and its links and ids."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag in ("script", "style"):
+            self._skip += 1
+        if values.get("id"):
+            self.ids.add(str(values["id"]))
+        for name in ("href", "src"):
+            if tag != "link" and values.get(name):
+                self.links.append(str(values[name]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+    @property
+    def text(self) -> str:
+        """The text, one space where there was any white space or a tag boundary."""
+        return " ".join(" ".join(self.parts).split())
+
+    @property
+    def inline_text(self) -> str:
+        """The text as an inline fragment reads: tags join without a space."""
+        text = " ".join("".join(self.parts).split())
+        return re.sub(r"\s+(?=[)\],])|(?<=[(\[])\s+", "", text)
+
+
+def _read(page: Path) -> _Text:
+    parsed = _Text()
+    parsed.feed(page.read_text(encoding="utf-8"))
+    return parsed
+
+
+def _pages(site: Path) -> list[Path]:
+    return [p for p in sorted(site.rglob("*.html")) if p.name != "404.html"]
+
+
+_LEFTOVERS = {
+    "a Sphinx role": re.compile(
+        r":(?:py:)?(?:class|func|meth|attr|mod|exc|data|obj|const):\s*`?[~\w]"
+    ),
+    "a snippet marker": re.compile(r"-{1,2}8\s*<\s*-{1,2}"),
+    "an unresolved cross-reference": re.compile(r"\[`?[\w.]+`?\]\[[\w.]*\]"),
+    "a document outside the repository": re.compile(r"DESIGN\s*§|DESIGN\.md|STYLE\.md"),
+}
+
+
+def test_html_has_no_leftover_markup(site: Path) -> None:
+    """No raw roles, snippet markers, unresolved references or outside documents on any page."""
+    problems = []
+    for page in _pages(site):
+        text = _read(page).text
+        for what, pattern in _LEFTOVERS.items():
+            for match in pattern.finditer(text):
+                around = text[max(0, match.start() - 40) : match.end() + 40]
+                problems.append(f"{page.relative_to(site)}: {what}: ...{around}...")
+    assert not problems, "\n".join(problems)
+
+
+def test_html_links_work_from_disk(site: Path) -> None:
+    """Every local link names a file of the site (and an id on it), so file:// works."""
+    ids = {page: _read(page).ids for page in site.rglob("*.html")}
+    broken = []
+    for page in _pages(site):
+        for link in _read(page).links:
+            if re.match(r"^[a-z][a-z0-9+.-]*:", link) or link.startswith("//"):
+                assert not link.startswith("http://"), f"{page.name}: plain-http link {link}"
+                continue  # outside links (https, mailto) are the reader's to follow
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            if target.is_dir() or not target.exists():
+                broken.append(f"{page.relative_to(site)}: {link}")
+            elif anchor and target.suffix == ".html" and anchor not in ids[target]:
+                broken.append(f"{page.relative_to(site)}: {link} (no such id)")
+    assert not broken, "\n".join(broken)
+
+
+def test_site_shows_version(site: Path) -> None:
+    text = _read(site / "index.html").text
+    assert flnotify.__version__ in text
+
+
+def _section(page: str, anchor: str) -> str:
+    """The HTML of one object's documentation, up to the next heading of an object."""
+    start = page.index(f'id="{anchor}"')
+    end = page.find('class="doc doc-heading"', page.index("</h", start))
+    return page[start : end if end != -1 else None]
+
+
+_ENTRY = re.compile(r"<li>\s*<b><code>(?P<name>[^<]+)</code></b>(?P<rest>.*?)</li>", re.DOTALL)
+
+
+def _parameters(section: str) -> dict[str, str]:
+    """Name -> the text after it ("(type, default: value) - description")."""
+    found = {}
+    for match in _ENTRY.finditer(section):
+        parsed = _Text()
+        parsed.feed(match["rest"])
+        found[match["name"]] = parsed.inline_text
+    return found
+
+
+def _api_placement() -> dict[str, str]:
+    """Public name ("flnotify.transports.HttpResponse") -> the anchor it is rendered under."""
+    sys.path.insert(0, str(ROOT / "docs_theme"))
+    try:
+        hooks = importlib.import_module("hooks")
+    finally:
+        sys.path.remove(str(ROOT / "docs_theme"))
+    modules = re.findall(r"^::: ([\w.]+)\s*$", (DOCS / "api.md").read_text(), re.MULTILINE)
+    placement = {}
+    for module, (rendered, elsewhere) in hooks.api_members(modules).items():
+        placement.update({f"{module}.{name}": f"{module}.{name}" for name in rendered})
+        placement.update({f"{module}.{name}": target for name, target in elsewhere})
+    return placement
+
+
+def test_api_reaches_every_public_name(site: Path) -> None:
+    ids = _read(site / "api.html").ids
+    placement = _api_placement()
+    assert "flnotify.Notifier" in placement
+    missing = [name for name, anchor in placement.items() if anchor not in ids]
+    assert not missing, f"not on the API page: {missing}"
+    private = sorted(i for i in ids if re.search(r"(^|\.)_[A-Za-z]", i))
+    assert not private, f"private objects shown: {private}"
+    text = _read(site / "api.html").text
+    bases = sorted(set(re.findall(r"\b_[A-Z][a-z]\w*|\bAsyncClosing\b|\bClosing\b", text)))
+    assert not bases, f"private classes named on the API page: {bases}"
+
+
+def test_api_never_calls_a_defaulted_parameter_required(site: Path) -> None:
+    """Each listed parameter with a default shows it, and "required" only where there is none."""
+    page = (site / "api.html").read_text(encoding="utf-8")
+    wrong = []
+    for public, anchor in _api_placement().items():
+        module, _, name = public.rpartition(".")
+        obj = getattr(importlib.import_module(module), name)
+        if public != anchor or not callable(obj):
+            continue
+        try:
+            signature = inspect.signature(obj)
+        except (TypeError, ValueError):
+            continue
+        shown = _parameters(_section(page, anchor).split('class="doc doc-children"')[0])
+        for parameter in signature.parameters.values():
+            text = shown.get(parameter.name)
+            if text is None:
+                continue
+            has_default = parameter.default is not inspect.Parameter.empty
+            head = text.split(" \N{EN DASH} ")[0]  # "(type, default: value)", no description
+            if has_default and ("default:" not in head or "required" in head):
+                wrong.append(f"{public}({parameter.name}): {text[:80]}")
+            if not has_default and "default:" in text:
+                wrong.append(f"{public}({parameter.name}) has no default: {text[:80]}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_api_shows_types_and_defaults_of_the_main_classes(site: Path) -> None:
+    page = (site / "api.html").read_text(encoding="utf-8")
+    notifier = _parameters(_section(page, "flnotify.Notifier"))
+    fields = [f.alias for f in attrs.fields(flnotify.Notifier) if f.init]
+    assert list(notifier) == fields, "every Notifier parameter, in order"
+    assert notifier["concurrency"].startswith("(int, default: 100)")
+    assert notifier["retry"].startswith("(RetryPolicy, default: RetryPolicy())")
+    assert notifier["deadline"].startswith("(float | None, default: None)")
+    assert notifier["sleep"].startswith("(Callable[[float], Awaitable[object]], default: asyncio")
+    retry = _parameters(_section(page, "flnotify.RetryPolicy"))
+    for field in attrs.fields(flnotify.RetryPolicy):
+        assert f"default: {field.default!r}" in retry[field.name] or field.name == "retry_statuses"
+    assert retry["retry_statuses"].startswith("(frozenset[int], default: frozenset({")
+    body = _parameters(_section(page, "flnotify.RoundBody"))
+    assert body["round"].startswith("(int)")
+    assert body["global_model_uuid"].startswith("(UUID)")
+
+
+# --------------------------------------------------------------------------- in a browser
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    _missing_or_fail("chromium is not installed (the README's test command installs it)")
+    raise AssertionError  # unreachable: _missing_or_fail raises
+
+
+def test_api_page_in_a_headless_browser(site: Path, tmp_path: Path) -> None:
+    """Debian's chromium opens the built page from disk and shows Notifier's parameters."""
+    browser = _chromium()
+    result = subprocess.run(  # noqa: S603 - a fixed command on a local file
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",  # tests run as root in CI
+            "--disable-gpu",
+            "--disable-dev-shm-usage",  # small /dev/shm in containers
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            (site / "api.html").as_uri(),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "index.html").is_file()
-    assert (tmp_path / "api" / "index.html").is_file()
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    assert "</html>" in dom
+    notifier = _parameters(_section(dom, "flnotify.Notifier"))
+    assert notifier["concurrency"].startswith("(int, default: 100)")
+    assert notifier["retry"].startswith("(RetryPolicy, default: RetryPolicy())")
+    assert notifier["transport"].startswith("(AsyncTransport | Transport, default:")
+    text = _Text()
+    text.feed(dom)
+    assert flnotify.__version__ in text.text

@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 import flnotify
 from flnotify.receiving import ASGIApp, IdStore, InMemoryIdStore, NotificationRouter, SQLiteIdStore
@@ -123,7 +124,8 @@ def create_app(
     app = FastAPI(title="FL client")
     notify = router.asgi_app()
     app.mount("/flnotify", notify)  # /flnotify/ and anything below it
-    app.add_route("/flnotify", _Endpoint(notify), methods=["POST"])  # no redirect for /flnotify
+    # no redirect for /flnotify: the same app as a route of its own
+    app.router.routes.append(Route("/flnotify", _Endpoint(notify), methods=["POST"]))
 
     @app.get("/events")
     async def events() -> list[dict[str, Any]]:

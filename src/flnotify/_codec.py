@@ -1,9 +1,9 @@
 """Wire encoding: one private cattrs converter, a registry of notification classes, a codec.
 
-``encode`` writes DESIGN §1 exactly: compact JSON, keys in the order ``notification_type``,
+``encode`` writes wire format v1 exactly: compact JSON, keys in the order ``notification_type``,
 ``body``, then the class's other fields (``training_uuid``); UUIDs as lowercase strings.
 ``decode`` picks the class by ``notification_type`` from a registry (users add their own) and
-turns every problem into a :class:`~flnotify.DecodeError` naming the path.
+turns every problem into a [`DecodeError`][] naming the path.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def make_converter() -> cattrs.Converter:
 
     Starts from cattrs' JSON preset; integers are strict (no bools, no strings), strings
     are strict, UUIDs travel as canonical lowercase strings. Host apps may register hooks
-    for their own body types on the returned converter and pass it to :class:`Codec`.
+    for their own body types on the returned converter and pass it to [`Codec`][].
     """
     converter = _make_json_converter(detailed_validation=True, forbid_extra_keys=False)
     converter.register_structure_hook(int, _structure_int)
@@ -98,7 +98,7 @@ def make_converter() -> cattrs.Converter:
 class NotificationRegistry:
     """Maps ``notification_type`` wire strings to notification classes, for decoding.
 
-    Use :meth:`register` (also as a class decorator) to add your own notifications.
+    Use [`register`][] (also as a class decorator) to add your own notifications.
     """
 
     _classes: dict[str, type[Notification[Any]]] = attrs.field(factory=dict, alias="classes")
@@ -197,8 +197,8 @@ def _field_type(cls: type[Any], name: str, tp: Any) -> Any:
 def default_registry() -> NotificationRegistry:
     """The process-wide registry; holds the six training notifications from the start.
 
-    Registering here makes :func:`decode` know your class everywhere; build a
-    :class:`NotificationRegistry` of your own to keep it local.
+    Registering here makes [`decode`][] know your class everywhere; build a
+    [`NotificationRegistry`][] of your own to keep it local.
     """
     from . import training
 
@@ -221,7 +221,7 @@ class Codec:
 
     Args:
         registry: The classes ``decode`` knows; defaults to the six training notifications.
-        converter: The cattrs converter; defaults to :func:`make_converter`.
+        converter: The cattrs converter; defaults to [`make_converter`][].
     """
 
     registry: NotificationRegistry = attrs.field(factory=default_registry)
@@ -239,7 +239,7 @@ class Codec:
         return document
 
     def encode(self, notification: Notification[Any]) -> bytes:
-        """The wire bytes: compact JSON (non-ASCII escaped, so any text encodes), as DESIGN §1."""
+        """The wire bytes: compact JSON (non-ASCII escaped, so any text encodes)."""
         return json.dumps(self.to_dict(notification), separators=(",", ":")).encode()
 
     def decode(self, data: bytes | str | Mapping[str, Any]) -> Notification[Any]:
@@ -355,10 +355,10 @@ def _default_codec() -> Codec:
 
 
 def encode(notification: Notification[Any]) -> bytes:
-    """Encode with the default codec; see :meth:`Codec.encode`."""
+    """Encode with the default codec; see [`Codec.encode`][]."""
     return _default_codec().encode(notification)
 
 
 def decode(data: bytes | str | Mapping[str, Any]) -> Notification[Any]:
-    """Decode with the default codec; see :meth:`Codec.decode`."""
+    """Decode with the default codec; see [`Codec.decode`][]."""
     return _default_codec().decode(data)

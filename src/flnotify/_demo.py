@@ -1,16 +1,16 @@
 """``flnotify demo``: a whole training against real, signed FL clients on loopback, in seconds.
 
-The FL clients are :class:`~flnotify.receiving.NotificationRouter` s, each with a secret of
-its own, served as WSGI apps by one threaded :mod:`wsgiref` server on ``127.0.0.1`` (one
+The FL clients are [`NotificationRouter`][] s, each with a secret of
+its own, served as WSGI apps by one threaded `wsgiref` server on ``127.0.0.1`` (one
 path per client). The FL server side is what a host application writes: a
-:class:`~flnotify.SQLiteTrainingRepository`, a :class:`~flnotify.Notifier` signing with a
-per-receiver :class:`~flnotify.signing.Signer` lookup, and the notifications of one
+[`SQLiteTrainingRepository`][], a [`Notifier`][] signing with a
+per-receiver [`Signer`][] lookup, and the notifications of one
 training built with ``from_training``. The round-type notifications bring their default
 callbacks, so rejecting clients leave the training and an unreachable one puts it into
 ``ERROR``; the step results show it.
 
-Nothing here prints: :func:`run_demo` reports to a :class:`DemoObserver` and returns a
-:class:`DemoResult`; the command line renders both.
+Nothing here prints: `run_demo` reports to a `DemoObserver` and returns a
+`DemoResult`; the command line renders both.
 """
 
 from __future__ import annotations

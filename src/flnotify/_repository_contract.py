@@ -1,5 +1,5 @@
 # ruff: noqa: S101 - a pytest suite: plain asserts are the point
-"""A pytest suite any :class:`~flnotify.repository.TrainingRepository` must pass."""
+"""A pytest suite any [`TrainingRepository`][] must pass."""
 
 from __future__ import annotations
 
@@ -64,10 +64,10 @@ def _run_together(workers: Sequence[Callable[[], None]]) -> None:
 
 
 class TrainingRepositoryContract:
-    """Tests every :class:`~flnotify.repository.TrainingRepository` must pass.
+    """Tests every [`TrainingRepository`][] must pass.
 
     Subclass it in a ``test_*.py`` file under a ``Test``-prefixed name and implement
-    :meth:`make_repository`; implement :meth:`seed` too unless the repository has a
+    [`make_repository`][]; implement [`seed`][] too unless the repository has a
     ``create_training`` call like the bundled ones::
 
         from flnotify._repository_contract import TrainingRepositoryContract
@@ -79,8 +79,8 @@ class TrainingRepositoryContract:
             def seed(self, repo, *, actor, participants, model_id, round, state):
                 return repo.insert_training_for_tests(actor, participants, model_id, round, state)
 
-    Each test gets a fresh repository from :meth:`make_repository` and hands it to
-    :meth:`dispose_repository` afterwards (by default: ``repo.close()`` if it exists).
+    Each test gets a fresh repository from [`make_repository`][] and hands it to
+    [`dispose_repository`][] afterwards (by default: ``repo.close()`` if it exists).
     To use a pytest fixture such as ``tmp_path`` there, store it on ``self`` from an
     ``autouse`` fixture method of the subclass. The concurrency tests call the
     repository from 8 threads at once. Participant order is not checked. To get pytest's
@@ -129,7 +129,7 @@ class TrainingRepositoryContract:
 
     @pytest.fixture
     def repo(self) -> Iterator[TrainingRepository]:
-        """A fresh repository from :meth:`make_repository`, disposed of afterwards."""
+        """A fresh repository from [`make_repository`][], disposed of afterwards."""
         repository = self.make_repository()
         try:
             yield repository

@@ -1,4 +1,4 @@
-"""The one SQLite connection behind :class:`~flnotify.SQLiteTrainingRepository` and the outbox."""
+"""The one SQLite connection behind `SQLiteTrainingRepository` and the outbox."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ __all__ = ["SQLiteConnection"]
 
 @attrs.define(eq=False)
 class SQLiteConnection:
-    """One :mod:`sqlite3` connection shared by all threads behind a lock.
+    """One `sqlite3` connection shared by all threads behind a lock.
 
-    Made by :meth:`open`; every use is one :meth:`transaction`, one at a time.
+    Made by `open`; every use is one `transaction`, one at a time.
 
     Args:
-        path: The database file, as given to :func:`sqlite3.connect`.
+        path: The database file, as given to `sqlite3.connect`.
         label: What the file is, in error messages (``"cannot open {label} {path!r}"``).
         error: Makes the error raised for a database that cannot be opened or used.
-        wrap_errors: Whether :mod:`sqlite3` errors inside a transaction become ``error``
+        wrap_errors: Whether `sqlite3` errors inside a transaction become ``error``
             too (``"{label} {path!r}: ..."``) instead of passing through.
     """
 
@@ -59,7 +59,7 @@ class SQLiteConnection:
 
         Raises:
             FlnotifyError: What ``error`` makes, if connecting or ``prepare`` fails with
-                an :mod:`sqlite3` error; other errors of ``prepare`` pass through.
+                an `sqlite3` error; other errors of ``prepare`` pass through.
         """
         try:
             conn = sqlite3.connect(

@@ -32,7 +32,7 @@ __all__ = [
 class NotificationKind(Protocol):
     """What a notification type must offer: its wire string and a human description.
 
-    :class:`NotificationType` is the built-in implementation; users who add their own
+    [`NotificationType`][] is the built-in implementation; users who add their own
     notifications may define their own enum with the same two attributes.
     """
 

@@ -1,8 +1,8 @@
 """Server-side endpoint policy: which receiver URLs flnotify will POST to, and how much.
 
-:class:`EndpointPolicy` decides, before any request is made:
+[`EndpointPolicy`][] decides, before any request is made:
 
-* **URL shape** (:meth:`~EndpointPolicy.check_url`, pure and cached): an absolute
+* **URL shape** ([`check_url`][flnotify.EndpointPolicy.check_url], pure and cached): an absolute
   ``http``/``https`` URL with a host, a valid port, no whitespace or control characters
   and (by default) no ``user:password@`` part, which would end up in logs and reports.
 * **Address guard** (optional, ``block_private=True``): every address the host resolves to
@@ -10,7 +10,7 @@
   reserved or a cloud metadata address, also when written as IPv4-mapped, NAT64 or 6to4
   IPv6 — unless it lies in one of ``allow_networks``. FL clients often live on private
   networks, hence the allow-list, and hence the guard is off by default.
-* **Request body size** (:meth:`~EndpointPolicy.check_body_size`).
+* **Request body size** ([`check_body_size`][flnotify.EndpointPolicy.check_body_size]).
 
 What the guard does **not** protect against:
 
@@ -180,7 +180,7 @@ def _to_schemes(values: Iterable[str]) -> frozenset[str]:
 
 @attrs.frozen
 class ParsedEndpoint:
-    """A receiver URL that passed :meth:`EndpointPolicy.check_url`.
+    """A receiver URL that passed [`EndpointPolicy.check_url`][].
 
     Args:
         url: The URL as given.
@@ -292,14 +292,14 @@ class EndpointPolicy:
         return result
 
     def validate_url(self, url: str) -> None:
-        """Refuse what :meth:`check_url` refuses, without building a :class:`ParsedEndpoint`.
+        """Refuse what [`check_url`][] refuses, without building a [`ParsedEndpoint`][].
 
         The hot path of a fan-out: every receiver has a URL of its own, but thousands share
         a few origins, so the ``scheme://authority`` part is checked once per origin
         (cached) and only the path is checked per URL.
 
         Raises:
-            EndpointError: As :meth:`check_url`.
+            EndpointError: As [`check_url`][].
         """
         if isinstance(url, str):
             start = url.find("://")
@@ -365,7 +365,7 @@ class EndpointPolicy:
         return addresses
 
     def check_host(self, host: str, port: int, *, url: str | None = None) -> list[str]:
-        """Resolve ``host`` and check every address (blocking); see :meth:`acheck_host`."""
+        """Resolve ``host`` and check every address (blocking); see [`acheck_host`][]."""
         done = self._precheck_host(host, url)
         if done is not None:
             return done
@@ -404,13 +404,13 @@ class EndpointPolicy:
         return self._check_resolved(infos, host, url)
 
     def check_endpoint(self, url: str) -> ParsedEndpoint:
-        """:meth:`check_url`, then :meth:`check_host` (blocking) when the guard is on."""
+        """[`check_url`][], then [`check_host`][] (blocking) when the guard is on."""
         endpoint = self.check_url(url)
         self.check_host(endpoint.host, endpoint.port, url=url)
         return endpoint
 
     async def acheck_endpoint(self, url: str) -> ParsedEndpoint:
-        """:meth:`check_url`, then :meth:`acheck_host` when the guard is on."""
+        """[`check_url`][], then [`acheck_host`][] when the guard is on."""
         endpoint = self.check_url(url)
         await self.acheck_host(endpoint.host, endpoint.port, url=url)
         return endpoint

@@ -1,8 +1,8 @@
 """A durable outbox on SQLite: store every delivery first, send it later, lose none in a crash.
 
-:meth:`Outbox.put` commits one row per receiver (receiver, endpoint, ``webhook-id``) before
-anything is sent. An :class:`OutboxDispatcher` claims open rows under a lease, sends them
-with a :class:`~flnotify.Notifier` (each row keeps its ``webhook-id`` on every redelivery),
+[`Outbox.put`][] commits one row per receiver (receiver, endpoint, ``webhook-id``) before
+anything is sent. An [`OutboxDispatcher`][] claims open rows under a lease, sends them
+with a [`Notifier`][] (each row keeps its ``webhook-id`` on every redelivery),
 records each outcome once, then runs the callbacks. A row goes::
 
     pending --claim--> claimed --outcome recorded--> claimed + outcome --callbacks--> done
@@ -77,7 +77,7 @@ class OutboxEntry:
     """One delivery (one receiver of one stored notification) as the outbox holds it.
 
     Args:
-        batch_id: The :meth:`Outbox.put` call it belongs to.
+        batch_id: The [`Outbox.put`][] call it belongs to.
         receiver: Who it is for (id and endpoint as stored).
         message_id: Its ``webhook-id``, the same on every (re)delivery.
         state: Pending, claimed or done.
@@ -86,7 +86,7 @@ class OutboxEntry:
         claims: How often the delivery was claimed (above 1: it was resumed).
         status_code: The last HTTP status, if the outcome came with one.
         error: Why it failed, as text, if it did without a final status.
-        error_kind: The :class:`~flnotify.TransportErrorKind` of that error.
+        error_kind: The [`TransportErrorKind`][] of that error.
         elapsed: Seconds from first attempt to outcome in the recording claim.
         lease_until: When the current claim's lease ends (epoch seconds of the outbox clock).
     """
@@ -222,12 +222,12 @@ class Outbox(Closing):
 
     Several processes may share the file (WAL mode; claims are made in ``BEGIN IMMEDIATE``
     transactions, so two never take the same row). Commits are synchronous (``FULL``):
-    what :meth:`put` returned is on disk. Use it as a context manager or call :meth:`close`.
+    what [`put`][] returned is on disk. Use it as a context manager or call [`close`][].
 
     Args:
         path: The database file (it may also hold other tables, e.g. a
-            :class:`~flnotify.SQLiteTrainingRepository`'s).
-        codec: Encodes notifications on :meth:`put` (dispatchers decode with it too); its
+            [`SQLiteTrainingRepository`][flnotify.SQLiteTrainingRepository]'s).
+        codec: Encodes notifications on [`put`][] (dispatchers decode with it too); its
             registry must know every notification class that is put.
         clock: Epoch seconds for leases; shared by all processes, so a wall clock.
         busy_timeout: Seconds to wait for another process's write lock.
@@ -291,7 +291,7 @@ class Outbox(Closing):
             message_ids: One ``webhook-id`` per receiver; fresh random ids by default.
 
         Returns:
-            The batch id, to look the deliveries up with :meth:`entries`.
+            The batch id, to look the deliveries up with [`entries`][].
 
         Raises:
             ConfigurationError: ``message_ids`` does not match the receivers, or a
@@ -326,7 +326,7 @@ class Outbox(Closing):
     async def aput(
         self, notification: Notification[Any], *, message_ids: Sequence[str] | None = None
     ) -> str:
-        """:meth:`put` from async code (the write runs in a worker thread)."""
+        """[`put`][] from async code (the write runs in a worker thread)."""
         return await asyncio.to_thread(self.put, notification, message_ids=message_ids)
 
     # -- claiming and recording (what dispatchers do) ------------------------------------
@@ -379,7 +379,7 @@ class Outbox(Closing):
             claim: The claim the deliveries were sent under.
             deliveries: Final deliveries, matched to rows by ``message_id``.
             done: Mark them done at once (no callbacks to run); otherwise call
-                :meth:`finish` after the callbacks.
+                [`finish`][] after the callbacks.
 
         Returns:
             The deliveries whose outcome this call recorded (others were recorded already,
@@ -512,7 +512,7 @@ class _Recorder(NullHook):
 
 @attrs.define(eq=False)
 class OutboxDispatcher:
-    """Delivers what an :class:`Outbox` holds with a :class:`~flnotify.Notifier`.
+    """Delivers what an [`Outbox`][] holds with a [`Notifier`][].
 
     Each round claims up to ``batch_size`` deliveries, sends them (one ``asend`` per stored
     notification, with the stored message ids), records each outcome as it arrives and then
@@ -529,9 +529,9 @@ class OutboxDispatcher:
         lease_seconds: How long a claim is held without renewal; a crashed dispatcher's
             deliveries resume this long after its last renewal.
         batch_size: Deliveries per claim.
-        poll_interval: Longest wait of :meth:`arun` between looks at other dispatchers'
+        poll_interval: Longest wait of [`arun`][] between looks at other dispatchers'
             leases.
-        sleep: Awaited by :meth:`arun` while waiting for leases; inject a fake in tests.
+        sleep: Awaited by [`arun`][] while waiting for leases; inject a fake in tests.
     """
 
     outbox: Outbox
@@ -600,11 +600,11 @@ class OutboxDispatcher:
             await self.sleep(wait)
 
     def run_once(self) -> int:
-        """Blocking :meth:`arun_once` (runs on the Notifier's event loop thread)."""
+        """Blocking [`arun_once`][] (runs on the Notifier's event loop thread)."""
         return self.notifier._run_sync(self.arun_once())
 
     def run(self) -> int:
-        """Blocking :meth:`arun`."""
+        """Blocking [`arun`][]."""
         return self.notifier._run_sync(self.arun())
 
     # -- one claim ---------------------------------------------------------------------

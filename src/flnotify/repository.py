@@ -1,12 +1,12 @@
 """Where trainings live: the repository protocols and two ready-made implementations.
 
 flnotify only ever *reads* a training, removes a participant and sets a state, so that
-is all :class:`TrainingRepository` asks of a host's storage. Hosts without a database of
-their own can use :class:`InMemoryTrainingRepository` or :class:`SQLiteTrainingRepository`,
+is all [`TrainingRepository`][] asks of a host's storage. Hosts without a database of
+their own can use [`InMemoryTrainingRepository`][] or [`SQLiteTrainingRepository`][],
 which add the calls needed to create and update trainings.
 
-Async hosts implement :class:`AsyncTrainingRepository` instead, or wrap a sync repository
-in :class:`AsyncRepositoryAdapter`; :func:`is_async_repository` tells the two apart.
+Async hosts implement [`AsyncTrainingRepository`][] instead, or wrap a sync repository
+in [`AsyncRepositoryAdapter`][]; [`is_async_repository`][] tells the two apart.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class TrainingRepository(Protocol):
     """What flnotify needs from a host's storage of trainings (synchronous).
 
     Implementations must be safe to call from several threads at once. Run
-    :class:`flnotify._repository_contract.TrainingRepositoryContract` against yours.
+    [`flnotify.testing.TrainingRepositoryContract`][] against yours.
     """
 
     def get_training(self, training_id: UUID) -> TrainingSnapshot:
@@ -74,7 +74,7 @@ class TrainingRepository(Protocol):
 
 
 class AsyncTrainingRepository(Protocol):
-    """The async twin of :class:`TrainingRepository`: the same calls, as coroutines."""
+    """The async twin of [`TrainingRepository`][]: the same calls, as coroutines."""
 
     async def get_training(self, training_id: UUID) -> TrainingSnapshot:
         """The training as it is now.
@@ -108,7 +108,7 @@ def is_async_repository(obj: object) -> TypeGuard[AsyncTrainingRepository]:
 
 @attrs.define(eq=False)
 class AsyncRepositoryAdapter:
-    """Serve a sync :class:`TrainingRepository` as an async one via :func:`asyncio.to_thread`.
+    """Serve a sync [`TrainingRepository`][] as an async one via `asyncio.to_thread`.
 
     Args:
         repo: The repository to wrap; it must be thread-safe.
@@ -117,15 +117,15 @@ class AsyncRepositoryAdapter:
     repo: TrainingRepository
 
     async def get_training(self, training_id: UUID) -> TrainingSnapshot:
-        """See :meth:`TrainingRepository.get_training`."""
+        """See [`TrainingRepository.get_training`][]."""
         return await asyncio.to_thread(self.repo.get_training, training_id)
 
     async def remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
-        """See :meth:`TrainingRepository.remove_participant`."""
+        """See [`TrainingRepository.remove_participant`][]."""
         await asyncio.to_thread(self.repo.remove_participant, training_id, receiver_id)
 
     async def set_state(self, training_id: UUID, state: TrainingState) -> None:
-        """See :meth:`TrainingRepository.set_state`."""
+        """See [`TrainingRepository.set_state`][]."""
         await asyncio.to_thread(self.repo.set_state, training_id, state)
 
 
@@ -230,7 +230,7 @@ class _RepositoryBase(abc.ABC):
 
         Raises:
             TrainingNotFoundError: No training has this id.
-            ConfigurationError: ``state`` is not a :class:`TrainingState`.
+            ConfigurationError: ``state`` is not a [`TrainingState`][].
         """
         self.update_training(training_id, state=state)
 
@@ -240,7 +240,7 @@ class _RepositoryBase(abc.ABC):
         """Store a receiver's id and endpoint, replacing the endpoint if the id is known.
 
         Returns:
-            The stored receiver as a plain :class:`Receiver`.
+            The stored receiver as a plain [`Receiver`][].
 
         Raises:
             ConfigurationError: ``receiver`` lacks a UUID ``id`` or a str endpoint.
@@ -269,7 +269,7 @@ class _RepositoryBase(abc.ABC):
             model_id: The global model's id.
             round: The round number to start at.
             state: The initial state.
-            training_id: The id to use; a fresh :func:`uuid.uuid4` if omitted.
+            training_id: The id to use; a fresh `uuid.uuid4` if omitted.
 
         Returns:
             The snapshot of the new training.
@@ -537,17 +537,17 @@ def _sqlite_integer(name: str, value: int) -> int:
 
 @attrs.define(eq=False)
 class SQLiteTrainingRepository(_RepositoryBase, Closing):
-    """Trainings in an SQLite database (stdlib :mod:`sqlite3`); creates its schema.
+    """Trainings in an SQLite database (stdlib `sqlite3`); creates its schema.
 
     One connection is shared by all threads behind a lock, each call is one
     transaction; files use WAL mode so other processes may read meanwhile. Use it as a
-    context manager or call :meth:`close`.
+    context manager or call [`close`][].
 
     Args:
         path: The database file, or ``":memory:"`` for a private in-memory database.
         busy_timeout: Seconds to wait for another connection's write lock.
 
-    Every :mod:`sqlite3` error (locked, disk full, corrupt file) is raised as a
+    Every `sqlite3` error (locked, disk full, corrupt file) is raised as a
     [`RepositoryError`][flnotify.RepositoryError], never as it is.
 
     Raises:
@@ -584,7 +584,7 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
             )
 
     def close(self) -> None:
-        """Close the connection; idempotent. Later calls raise :class:`ConfigurationError`."""
+        """Close the connection; idempotent. Later calls raise [`ConfigurationError`][]."""
         self._db.close()
 
     def _transaction(self, *, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:

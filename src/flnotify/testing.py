@@ -40,7 +40,7 @@ class RecordingCallbacks:
     """Callbacks that remember every delivery they are called with, from any thread.
 
     Pass it as ``send(notification, callbacks=...)`` (or to Celery/outbox delivery) and
-    assert on :attr:`calls` afterwards: one entry per receiver, in the order of the calls.
+    assert on `calls` afterwards: one entry per receiver, in the order of the calls.
     """
 
     calls: list[Delivery] = attrs.field(init=False, factory=list)

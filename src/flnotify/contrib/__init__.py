@@ -1,6 +1,6 @@
 """Integrations with other frameworks; each submodule needs its own extra installed.
 
-* :mod:`flnotify.contrib.celery` — deliver on Celery workers (``flnotify[celery]``).
+* [`flnotify.contrib.celery`][] — deliver on Celery workers (``flnotify[celery]``).
 
 Importing this package imports none of them.
 """

@@ -1,7 +1,7 @@
 """Deliver notifications on Celery workers (``pip install 'flnotify[celery]'``).
 
-The host gives its Celery app; :class:`CeleryDelivery` registers one task on it and
-:meth:`CeleryDelivery.enqueue` sends a notification as tasks of up to ``chunk_size``
+The host gives its Celery app; [`CeleryDelivery`][] registers one task on it and
+[`CeleryDelivery.enqueue`][] sends a notification as tasks of up to ``chunk_size``
 receivers each. What travels through the broker is JSON only (the task is declared with
 the ``json`` serializer): the wire document exactly as flnotify encodes it (a string,
 encoded once per notification), the receivers as ``{"id": str, "message_endpoint": str}``
@@ -19,7 +19,7 @@ the notification class's default callbacks built with the repository from
 ``repository_factory``, or callbacks registered by name. A ``deadline`` counts from the
 first execution: receivers still without an outcome when it has passed fail (``DEADLINE``).
 
-The same :class:`CeleryDelivery` must be built in the worker (typically in the module that
+The same [`CeleryDelivery`][] must be built in the worker (typically in the module that
 creates the app), so that the task and its configuration exist there.
 """
 
@@ -62,7 +62,7 @@ _WireReceiver = dict[str, str]
 
 @attrs.frozen
 class Enqueued:
-    """What :meth:`CeleryDelivery.enqueue` sent to the broker.
+    """What [`CeleryDelivery.enqueue`][] sent to the broker.
 
     Args:
         message_ids: The ``webhook-id`` of each receiver, in the order of the receivers.
@@ -89,7 +89,7 @@ class CeleryDelivery:
         policy: Which endpoints may be POSTed to, checked on the worker before each POST.
         codec: Encodes notifications at enqueue time and decodes them on the worker; its
             registry must know every class that is sent.
-        callbacks: Callback factories selectable by name in :meth:`enqueue`; each is called
+        callbacks: Callback factories selectable by name in [`enqueue`][]; each is called
             on the worker with the repository (or ``None``) and returns the callbacks.
         chunk_size: Receivers per task (delivered concurrently).
         deadline: Seconds from a chunk's first execution after which its receivers

@@ -17,7 +17,7 @@ __all__ = ["MemoryRequest", "MemoryTransport"]
 
 @attrs.frozen
 class MemoryRequest:
-    """One POST as the :class:`MemoryTransport` saw it."""
+    """One POST as the [`MemoryTransport`][] saw it."""
 
     url: str
     body: bytes
@@ -36,10 +36,10 @@ def _accept(_: MemoryRequest) -> HandlerResult:
 class MemoryTransport:
     """Answers every POST by calling ``handler`` (sync or async) instead of the network.
 
-    The handler gets a :class:`MemoryRequest` and returns a status code or an
-    :class:`HttpResponse`; raising a :class:`~flnotify.TransportError` (for example
+    The handler gets a [`MemoryRequest`][] and returns a status code or an
+    [`HttpResponse`][]; raising a [`TransportError`][] (for example
     ``flnotify.ConnectError("down")``) simulates a network failure. Every request is
-    recorded in :attr:`requests`, in order.
+    recorded in `requests`, in order.
 
     Args:
         handler: Stands in for the clients; by default every POST is answered 200.

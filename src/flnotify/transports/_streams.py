@@ -814,7 +814,7 @@ class StreamTransport(AsyncClosing):
     response byte arrived is retried once on a new connection (servers close idle
     keep-alives at any moment). Response bodies are read up to ``max_response_bytes``; a
     longer one is cut (``truncated=True``, the status counts) and its connection closed.
-    Redirects are never followed. Cancelling :meth:`apost` closes the connection it used.
+    Redirects are never followed. Cancelling [`apost`][] closes the connection it used.
 
     Connections belong to the event loop that opened them; each loop gets its own pools.
 

@@ -1,0 +1,240 @@
+"""Arguments: the parser of every subcommand and the checks of single values."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from uuid import UUID
+
+from .. import ConfigurationError, NotificationType, Signer, __version__
+
+__all__ = [
+    "SECRET_ENV",
+    "build_parser",
+    "check_secret",
+    "int_arg",
+    "positive_float",
+    "secret_option",
+    "type_arg",
+    "uuid_arg",
+]
+
+SECRET_ENV = "FLNOTIFY_SECRET"  # noqa: S105 - the name of a variable, not a secret
+"""Environment variable read when ``--secret`` is not given (keeps it out of ``ps``)."""
+
+
+def uuid_arg(value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        msg = f"not a UUID: {value!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def type_arg(value: str) -> NotificationType:
+    wanted = value.strip().upper()
+    for kind in NotificationType:
+        if kind.value == wanted:
+            return kind
+    names = ", ".join(t.value for t in NotificationType)
+    msg = f"unknown notification type {value!r} (choose from {names})"
+    raise argparse.ArgumentTypeError(msg)
+
+
+def int_arg(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            msg = f"not an integer: {value!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if number < low or (high is not None and number > high):
+            bound = f"from {low} to {high}" if high is not None else f">= {low}"
+            msg = f"must be {bound}, not {number}"
+            raise argparse.ArgumentTypeError(msg)
+        return number
+
+    return parse
+
+
+def positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        msg = f"not a number: {value!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not number > 0:
+        msg = f"must be > 0, not {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return number
+
+
+def secret_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--secret",
+        metavar="WHSEC",
+        default=os.environ.get(SECRET_ENV) or None,
+        help=(
+            f"the whsec_... secret {what} (default: ${SECRET_ENV}; none: unsigned; "
+            "make one with: flnotify secret)"
+        ),
+    )
+
+
+def check_secret(parser: argparse.ArgumentParser, secret: str | None) -> None:
+    if secret is None:
+        return
+    try:
+        Signer(secret)
+    except ConfigurationError as exc:  # names the problem, never the secret
+        parser.error(f"argument --secret: {exc}")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each subcommand's own (for errors that name the subcommand)."""
+    parser = argparse.ArgumentParser(
+        prog="flnotify",
+        description="Typed, signed notifications from an FL server to its clients.",
+    )
+    parser.add_argument("--version", action="version", version=f"flnotify {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a whole training against FL clients on 127.0.0.1",
+        description=(
+            "Start FL clients on 127.0.0.1 (each verifying signatures with a secret of its "
+            "own), then run one training through the Notifier with an SQLite training "
+            "store: TRAINING_START, the update rounds, a MODEL_TEST_ROUND and "
+            "TRAINING_FINISHED. With --faults a few clients reject a round (the default "
+            "callbacks remove them) and one is unreachable (the training goes to ERROR)."
+        ),
+    )
+    demo.add_argument(
+        "--clients", type=int_arg(1, 500), default=20, metavar="N", help="FL clients (default 20)"
+    )
+    demo.add_argument(
+        "--rounds", type=int_arg(1, 100), default=3, metavar="N", help="update rounds (default 3)"
+    )
+    demo.add_argument(
+        "--faults", action="store_true", help="some clients reject a round, one is unreachable"
+    )
+    demo.add_argument(
+        "--seed", type=int, metavar="N", help="repeat a run: same ids, same faulty clients"
+    )
+    demo.add_argument("--db", metavar="PATH", help="SQLite file to keep (default: a temporary one)")
+    demo.add_argument("--json", action="store_true", help="print a JSON summary only")
+    demo.add_argument(
+        "-v", "--verbose", action="store_true", help="also print what the flnotify logger said"
+    )
+
+    send = commands.add_parser(
+        "send",
+        help="send one notification and print the delivery report",
+        description=(
+            "Send one notification to the given receiver URLs and print what happened to "
+            "each. Exit status 0 when every receiver answered 2xx, 1 otherwise."
+        ),
+        epilog=(
+            "Receiver ids (sent nowhere, but used for signing lookups and shown in the report) "
+            "are random unless given with --receiver-id, once per URL in the same order. "
+            "On a terminal a progress line shows on stderr while the send runs. "
+            "Example: flnotify send UPDATE_ROUND_START http://127.0.0.1:8080/ --round 1 "
+            "--model-uuid 8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6 (make a secret for --secret "
+            "with: flnotify secret)"
+        ),
+    )
+    send.add_argument(
+        "type",
+        metavar="TYPE",
+        type=type_arg,
+        help="notification type, e.g. UPDATE_ROUND_START (case-insensitive)",
+    )
+    send.add_argument("urls", metavar="URL", nargs="+", help="receiver endpoint(s)")
+    send.add_argument(
+        "--training-uuid",
+        type=uuid_arg,
+        metavar="UUID",
+        help="the training (default: a new random UUID, shown in the output)",
+    )
+    send.add_argument(
+        "--model-uuid",
+        type=uuid_arg,
+        metavar="UUID",
+        help="the global model (all types but CLIENT_REMOVED)",
+    )
+    send.add_argument(
+        "--round", type=int_arg(0), metavar="N", help="round number (round and test types)"
+    )
+    send.add_argument(
+        "--client-uuid", type=uuid_arg, metavar="UUID", help="the removed client (CLIENT_REMOVED)"
+    )
+    send.add_argument("--reason", help="why the client was removed (CLIENT_REMOVED)")
+    send.add_argument(
+        "--receiver-id",
+        type=uuid_arg,
+        action="append",
+        metavar="UUID",
+        help="receiver id, once per URL in order (default: random ids)",
+    )
+    secret_option(send, "to sign with")
+    send.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="connect/read/write timeout per attempt in seconds (default 10)",
+    )
+    send.add_argument(
+        "--attempts",
+        type=int_arg(1, 20),
+        default=3,
+        metavar="N",
+        help="attempts per receiver, the first included (default 3)",
+    )
+    quiet_or_json = send.add_mutually_exclusive_group()
+    quiet_or_json.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress and no table: the summary line only"
+    )
+    quiet_or_json.add_argument(
+        "--json", action="store_true", help="print the report as JSON (and no progress)"
+    )
+
+    secret = commands.add_parser(
+        "secret",
+        help="print a new whsec_ signing secret",
+        description=(
+            "Print a new random secret in the Standard Webhooks format (whsec_ and the base64 "
+            "of random bytes), for --secret / $FLNOTIFY_SECRET on the server and its clients."
+        ),
+    )
+    secret.add_argument(
+        "--bytes",
+        type=int_arg(24, 64),
+        default=32,
+        metavar="N",
+        help="random bytes in the secret, 24 to 64 (default 32)",
+    )
+
+    listen = commands.add_parser(
+        "listen",
+        help="receive notifications and print each one",
+        description=(
+            "An FL client: verify each notification (with --secret), print it as one line "
+            "and answer as the reference client does (200 for TRAINING_START and "
+            "TRAINING_FINISHED, 202 for rounds and tests). Ctrl-C stops it."
+        ),
+    )
+    listen.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    listen.add_argument(
+        "--port", type=int_arg(0, 65535), default=8080, help="port (default 8080; 0: any free)"
+    )
+    listen.add_argument("--path", default="/", help="the endpoint's path (default /)")
+    secret_option(listen, "notifications must be signed with")
+    listen.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per notification on stdout (start-up lines go to stderr)",
+    )
+    return parser, {"demo": demo, "send": send, "secret": secret, "listen": listen}

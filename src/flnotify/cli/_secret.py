@@ -1,0 +1,16 @@
+"""``flnotify secret``: a new signing secret, for the server and its clients alike."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..signing import generate_secret
+from ._output import emit
+
+__all__ = ["run_secret"]
+
+
+def run_secret(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Print one new ``whsec_`` secret (Standard Webhooks format) on stdout."""
+    emit(generate_secret(args.bytes))
+    return 0
