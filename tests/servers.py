@@ -132,6 +132,8 @@ class FaultServer:
     - ``/delay/<seconds>/<code>``: waits, then answers ``<code>``.
     - ``/drip/<seconds>[/<code>]``: headers with a large Content-Length, then one body
       byte every ``<seconds>``, forever (a peer that never lets a read time out).
+    - ``/down-for-rounds``: 503 to anything but a ``CLIENT_REMOVED`` notification, which it
+      accepts (200): a client that cannot take part, but can be told it was removed.
     - ``/script/<key>``: the next of ``scripts[key]`` (the last one repeats): raw bytes
       written as they are (then the connection closes), ``"close"`` (no answer) or
       ``"reset"`` (RST).
@@ -821,6 +823,9 @@ class FaultServer:
                 writer.write(b".")
         elif name == "script":
             return await self._scripted(args[0], writer)
+        elif name == "down-for-rounds":
+            status = 200 if b'"CLIENT_REMOVED"' in request.body else 503
+            await self._send_simple(writer, status, close=close)
         else:
             await self._send_simple(
                 writer,

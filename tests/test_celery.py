@@ -215,7 +215,9 @@ def test_the_broker_carries_flnotify_json_and_the_message_ids(
     messages = sorted((json.loads(m) for m in raw), key=lambda m: len(m["body"]), reverse=True)
     assert [m["content-type"] for m in messages] == ["application/json"] * 2
     bodies = [json.loads(base64.b64decode(m["body"])) for m in messages]
-    assert [kwargs for _, kwargs, _ in bodies] == [{"callbacks": "tee"}] * 2
+    assert [kwargs["callbacks"] for _, kwargs, _ in bodies] == ["tee"] * 2
+    (send,) = {tuple(kwargs["send"]) for _, kwargs, _ in bodies}  # both chunks: one send
+    assert send[1] == 3
     args = [args for args, _, _ in bodies]
     wire = flnotify.encode(notification).decode()
     assert args == [
@@ -319,7 +321,9 @@ def test_a_rejecting_client_is_removed_by_the_default_callbacks(
         after = repo.get_training(training.id)
     assert after.participant_ids() == {g.id for g in good}
     assert after.state is TrainingState.INITIAL
-    assert len(clients.requests_for("/status/404")) == 1  # a rejection is not retried
+    to_rejecting = clients.requests_for("/status/404")
+    kinds = [json.loads(r.body)["notification_type"] for r in to_rejecting]
+    assert kinds == ["UPDATE_ROUND_START", "CLIENT_REMOVED"]  # not retried; told it was removed
 
 
 def test_a_dead_client_puts_the_training_into_error_after_the_retries(
@@ -432,3 +436,53 @@ def test_hostile_world_one_delivery_and_one_callback_per_receiver(
         app.close()
     deliveries = [calls[0] for calls in callbacks.calls.values()]
     check_invariants(world, rs, deliveries, callbacks, transport.seen)
+
+
+# -- failures the way FL runs them, on a real worker ----------------------------------------
+
+
+def test_tolerant_policy_over_chunks_removes_the_dead_after_k_rounds_and_tells_them(
+    app: Celery, clients: FaultServer, finished: Finished, tmp_path: Path
+) -> None:
+    """100 clients in chunks of 10, 3 of them down: the training goes on, and after two
+    failed rounds the three are removed (counts shared by all chunks through the SQLite
+    repository) and told."""
+    repo_path = tmp_path / "trainings.db"
+    live = [receiver(clients.url(f"/status/202?c={i}")) for i in range(97)]
+    down = [receiver(clients.url(f"/down-for-rounds?c={i}")) for i in range(3)]
+    with flnotify.SQLiteTrainingRepository(repo_path) as repo:
+        training = repo.create_training(actor=live[0], participants=live + down, model_id=MODEL)
+        repo.update_training(training.id, state=TrainingState.ONGOING)
+    sender = CeleryDelivery(
+        app,
+        repository_factory=lambda: flnotify.SQLiteTrainingRepository(repo_path),
+        retry=RetryPolicy.no_retries(),
+        chunk_size=10,
+        failure_policy=flnotify.FailurePolicy.tolerant(min_delivered_fraction=0.9, remove_after=2),
+    )
+    try:
+        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
+            for round_ in (1, 2):
+                with flnotify.SQLiteTrainingRepository(repo_path) as repo:
+                    snapshot = repo.update_training(training.id, round=round_)
+                enqueued = sender.enqueue(
+                    flnotify.TrainingRoundStartNotification.from_training(snapshot)
+                )
+                finished.wait({r.id for r in enqueued.results}, timeout=60)
+                with flnotify.SQLiteTrainingRepository(repo_path) as repo:
+                    after = repo.get_training(training.id)
+                assert after.state is TrainingState.ONGOING
+                assert len(after.participants) == (100 if round_ == 1 else 97)
+    finally:
+        sender.close()
+    assert after.participant_ids() == {r.id for r in live}
+    for dead in down:
+        notices = [
+            json.loads(r.body)
+            for r in clients.requests_for("/down-for-rounds")
+            if r.target.endswith(dead.message_endpoint.rsplit("?", 1)[1])
+            and json.loads(r.body)["notification_type"] == "CLIENT_REMOVED"
+        ]
+        assert len(notices) == 1, notices
+        assert notices[0]["body"]["client_uuid"] == str(dead.id)
+        assert notices[0]["body"]["reason"] == "unreachable for 2 notifications in a row"

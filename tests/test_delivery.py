@@ -502,12 +502,15 @@ def test_logs_carry_ids_endpoint_and_type_but_never_secrets(
     n = flnotify.TrainingRoundStartNotification.from_training(training)
     with caplog.at_level(logging.DEBUG, logger="flnotify"):
         notifier(MemoryTransport(by_url(table)), repository=repo, signer=Signer(secret)).send(n)
-    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert warning.training_id == str(training.id)  # type: ignore[attr-defined]
-    assert warning.receiver_id == str(rs[1].id)  # type: ignore[attr-defined]
-    assert warning.endpoint == rs[1].message_endpoint  # type: ignore[attr-defined]
-    assert warning.notification_type == "UPDATE_ROUND_START"  # type: ignore[attr-defined]
-    assert rs[1].message_endpoint in warning.getMessage()
+    rejected, removing = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "rejected" in rejected.getMessage()
+    assert "Removing" in removing.getMessage()
+    for warning in (rejected, removing):
+        assert warning.training_id == str(training.id)  # type: ignore[attr-defined]
+        assert warning.receiver_id == str(rs[1].id)  # type: ignore[attr-defined]
+        assert warning.endpoint == rs[1].message_endpoint  # type: ignore[attr-defined]
+        assert warning.notification_type == "UPDATE_ROUND_START"  # type: ignore[attr-defined]
+    assert rs[1].message_endpoint in rejected.getMessage()
     key = secret.removeprefix("whsec_")
     for record in caplog.records:
         text = record.getMessage() + repr(record.__dict__)

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"flnotify._notification"},
     {"flnotify.training", "flnotify._codec"},
     {"flnotify.signing", "flnotify.endpoints", "flnotify._sqlite"},
-    {"flnotify._retry", "flnotify._report", "flnotify.transports"},
+    {"flnotify._retry", "flnotify._report", "flnotify.transports", "flnotify.health"},
     {"flnotify.repository", "flnotify._repository_contract", "flnotify._hooks"},
     {"flnotify.callbacks"},
     {"flnotify._attempt"},

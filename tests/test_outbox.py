@@ -201,10 +201,13 @@ def test_sync_dispatcher_records_each_outcome_once_and_runs_the_training_callbac
     assert entries[rejecting.id].status_code == 404
     assert entries[dead.id].error_kind is flnotify.TransportErrorKind.CONNECT
     assert {e.state for e in entries.values()} == {OutboxState.DONE}
-    assert len(transport.requests) == 3
-    assert {r.headers["webhook-id"] for r in transport.requests} == {
-        e.message_id for e in entries.values()
-    }
+    rounds = [
+        r for r in transport.requests if b'"notification_type":"UPDATE_ROUND_START"' in r.body
+    ]
+    assert len(rounds) == 3
+    assert {r.headers["webhook-id"] for r in rounds} == {e.message_id for e in entries.values()}
+    told = [r for r in transport.requests if b'"notification_type":"CLIENT_REMOVED"' in r.body]
+    assert {r.url for r in told} == {rejecting.message_endpoint, training.actor.message_endpoint}
     after = repo.get_training(training.id)
     assert after.participant_ids() == {good.id, dead.id}  # the rejecting client was removed
     assert after.state is TrainingState.ERROR  # the dead one failed the training

@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from flnotify._exceptions import ConfigurationError, RepositoryError, TrainingNotFoundError
-from flnotify._repository_contract import TrainingRepositoryContract
+from flnotify._repository_contract import OutcomeTrackingContract, TrainingRepositoryContract
 from flnotify._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState
 from flnotify.repository import (
     AsyncRepositoryAdapter,
@@ -27,17 +27,17 @@ Repo = InMemoryTrainingRepository | SQLiteTrainingRepository
 # --------------------------------------------------------------------------- contract
 
 
-class TestInMemoryContract(TrainingRepositoryContract):
+class TestInMemoryContract(OutcomeTrackingContract):
     def make_repository(self) -> TrainingRepository:
         return InMemoryTrainingRepository()
 
 
-class TestSQLiteMemoryContract(TrainingRepositoryContract):
+class TestSQLiteMemoryContract(OutcomeTrackingContract):
     def make_repository(self) -> TrainingRepository:
         return SQLiteTrainingRepository(":memory:")
 
 
-class TestSQLiteFileContract(TrainingRepositoryContract):
+class TestSQLiteFileContract(OutcomeTrackingContract):
     tmp_path: Path
 
     @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from ._delivery import Notifier
 from ._exceptions import (
     BlockedAddressError,
     CallbackError,
+    CircuitOpenError,
     ConfigurationError,
     ConnectError,
     ConnectionLostError,
@@ -48,13 +49,16 @@ from ._types import (
 from ._version import __version__
 from .callbacks import (
     Callbacks,
+    FailurePolicy,
     FunctionCallbacks,
     Reaction,
     TrainingCallbacks,
+    Verdict,
     default_callbacks_for,
     register_default_callbacks,
 )
 from .endpoints import EndpointPolicy, ParsedEndpoint, PayloadTooLargeError
+from .health import CircuitBreaker
 from .receiving import IdStore, InMemoryIdStore, MessageContext, NotificationRouter, Reply
 from .repository import (
     AsyncTrainingRepository,
@@ -89,6 +93,8 @@ __all__ = [
     "BlockedAddressError",
     "CallbackError",
     "Callbacks",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ClientRemovedBody",
     "ClientRemovedNotification",
     "Codec",
@@ -103,6 +109,7 @@ __all__ = [
     "DeliveryReport",
     "EndpointError",
     "EndpointPolicy",
+    "FailurePolicy",
     "FlnotifyError",
     "FunctionCallbacks",
     "GlobalModelBody",
@@ -156,6 +163,7 @@ __all__ = [
     "TransportErrorKind",
     "TransportTimeoutError",
     "UnknownNotificationTypeError",
+    "Verdict",
     "VerificationError",
     "VerifiedMessage",
     "Verifier",

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import (
     BlockedAddressError,
+    CircuitOpenError,
     ConfigurationError,
     EndpointError,
     FlnotifyError,
@@ -42,6 +43,7 @@ from ._report import Delivery
 from ._retry import RetryPolicy
 from ._types import HttpResponse, Outcome, ReceiverLike
 from .endpoints import EndpointPolicy
+from .health import CircuitBreaker, healthy_answer
 
 if TYPE_CHECKING:
     from .signing import Signer
@@ -52,6 +54,7 @@ __all__ = [
     "build_delivery",
     "internal_error",
     "message_ids_for",
+    "new_send_id",
     "refused_endpoint",
 ]
 
@@ -78,6 +81,11 @@ def message_ids_for(
             msg = f"message id {message_id!r} is not a non-empty string"
             raise ConfigurationError(msg)
     return message_ids
+
+
+def new_send_id() -> str:
+    """A fresh id for one send (all receivers of one notification sent together)."""
+    return "snd_" + secrets.token_hex(12)
 
 
 def refused_endpoint(exc: EndpointError | TransportError, url: str) -> TransportError:
@@ -143,9 +151,13 @@ class Core:
         wall_clock: Epoch seconds, for ``webhook-timestamp`` and ``Retry-After`` dates.
         rng: Jitter in [0, 1).
         hooks: Observers of attempts and outcomes.
+        breaker: Skips endpoints that keep failing, if set.
+        send_id: The send's id, on every delivery (for failure policies).
+        send_size: The send's receivers in all (for failure policies).
     """
 
     __slots__ = (
+        "_breaker",
         "_clock",
         "_hooks",
         "_plain_retry",
@@ -159,6 +171,8 @@ class Core:
         "_watch",
         "body",
         "notification",
+        "send_id",
+        "send_size",
     )
 
     def __init__(
@@ -174,6 +188,9 @@ class Core:
         wall_clock: Callable[[], float],
         rng: Callable[[], float],
         hooks: HookSet,
+        breaker: CircuitBreaker | None = None,
+        send_id: str = "",
+        send_size: int = 0,
     ) -> None:
         self.notification = notification
         self.body = body
@@ -187,6 +204,9 @@ class Core:
         self._tell = bool(hooks.hooks)  # any hook at all
         self._watch = hooks.attempts  # any hook that watches attempts
         self._user_agent = user_agent
+        self._breaker = breaker
+        self.send_id = send_id
+        self.send_size = send_size
         self._plain_retry = type(retry) is RetryPolicy  # its decide() is known: 2xx is final
 
     # -- before the first attempt --------------------------------------------------------
@@ -203,10 +223,15 @@ class Core:
         try:
             url = course.url = course.receiver.message_endpoint
             policy = self._policy
-            if policy.block_private:
-                endpoint = policy.check_url(url)
+            endpoint = policy.check_url(url) if policy.block_private else None
+            if endpoint is None:
+                policy.validate_url(url)
+            if self._breaker is not None:
+                refused = self._admit(course)
+                if refused is not None:
+                    return refused
+            if endpoint is not None:
                 return (endpoint.host, endpoint.port)
-            policy.validate_url(url)
         except (EndpointError, TransportError) as exc:
             return self.finish(course, Outcome.FAILED, error=refused_endpoint(exc, course.url))
         except Exception as exc:
@@ -275,6 +300,8 @@ class Core:
             and self._plain_retry
             and not self._watch
         ):  # the hot path of a fan-out: delivered, nothing else to decide or tell
+            if self._breaker is not None:
+                self._note_health(course, response.status_code, None)
             return self.finish(course, Outcome.DELIVERED, response=response)
         error: TransportError | None = None
         if exc is not None:
@@ -319,10 +346,51 @@ class Core:
                     delay if outcome is None else None,
                 )
             )
+        if self._breaker is not None:
+            self._note_health(course, None if response is None else response.status_code, error)
+            if outcome is None:  # no retry into a circuit this attempt just opened
+                refused = self._admit(course, last=response)
+                if refused is not None:
+                    return refused
         if outcome is None:
             course.last = response
             return float(delay)
         return self.finish(course, outcome, response=response, error=error)
+
+    # -- endpoint health -------------------------------------------------------------------
+
+    def _admit(self, course: Course, last: HttpResponse | None = None) -> Delivery | None:
+        """A FAILED delivery if the endpoint's breaker is open (no attempt), else ``None``."""
+        breaker = self._breaker
+        assert breaker is not None  # noqa: S101 - only called with a breaker
+        now = self._wall_clock()
+        try:
+            until = breaker.admit(course.url, now)
+        except Exception:  # a broken health store never costs a receiver its attempt
+            logger.exception("The circuit breaker's store failed; %s is let through.", course.url)
+            return None
+        if until is None:
+            return None
+        error = CircuitOpenError(
+            f"endpoint skipped: it failed {breaker.failure_threshold} or more attempts in a "
+            f"row; its circuit is open for {max(0.0, until - now):.0f} s more",
+            url=course.url,
+        )
+        return self.finish(course, Outcome.FAILED, response=last, error=error)
+
+    def _note_health(
+        self, course: Course, status: int | None, error: TransportError | None
+    ) -> None:
+        """Tell the breaker how the attempt went (a broken component says nothing of it)."""
+        if error is not None and error.kind is TransportErrorKind.INTERNAL:
+            return
+        breaker = self._breaker
+        assert breaker is not None  # noqa: S101 - only called with a breaker
+        healthy = error is None and healthy_answer(status, self._retry.retry_statuses)
+        try:
+            breaker.record(course.url, healthy, self._wall_clock())
+        except Exception:
+            logger.exception("The circuit breaker's store failed to record %s.", course.url)
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -350,6 +418,8 @@ class Core:
             # kept to diagnose what went wrong; a 2xx answer's body and headers are
             # dropped so that a report of 100,000 deliveries stays small
             None if outcome is Outcome.DELIVERED or response is None else _kept(response),
+            send_id=self.send_id,
+            send_size=self.send_size,
         )
         if self._tell:
             self._hooks.outcome(delivery)
@@ -386,6 +456,9 @@ def build_delivery(
     status_code: int | None,
     error: FlnotifyError | None,
     response: HttpResponse | None = None,
+    *,
+    send_id: str = "",
+    send_size: int = 0,
 ) -> Delivery:
     """The one place a [`Delivery`][flnotify.Delivery] is made.
 
@@ -402,4 +475,6 @@ def build_delivery(
         status_code=status_code,
         error=error,
         response=response,
+        send_id=send_id,
+        send_size=send_size,
     )

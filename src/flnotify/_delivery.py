@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 
-from ._attempt import Core, Course, internal_error, message_ids_for
+from ._attempt import Core, Course, internal_error, message_ids_for, new_send_id
 from ._closing import AsyncClosing, Closing
 from ._codec import Codec
 from ._exceptions import (
@@ -41,8 +41,9 @@ from ._retry import RetryPolicy
 from ._types import HttpResponse
 from ._validators import at_least_one, positive
 from ._version import __version__
-from .callbacks import Callbacks, default_callbacks_for, run_callbacks
+from .callbacks import Callbacks, FailurePolicy, default_callbacks_for, run_callbacks
 from .endpoints import EndpointPolicy
+from .health import CircuitBreaker
 from .transports._base import AsyncTransport, Transport
 from .transports._httpx import HttpxTransport
 
@@ -100,6 +101,10 @@ class Notifier(Closing, AsyncClosing):
             ones) build them, e.g. [`TrainingCallbacks`][flnotify.TrainingCallbacks].
         codec: Encodes the notification (once per send).
         hooks: Observers of attempts and outcomes (progress, metrics, tracing).
+        breaker: Skips endpoints that keep failing (a circuit breaker per endpoint); none
+            by default.
+        failure_policy: When a send puts its training into ``ERROR`` (the default
+            callbacks' policy); strict by default: any failure does.
         attempt_timeout: Upper bound of one attempt for transports that do not bound
             attempts themselves (flnotify's own enforce their ``Timeouts.total``).
         sleep: Awaited for each backoff; inject a fake in tests.
@@ -120,6 +125,8 @@ class Notifier(Closing, AsyncClosing):
     repository: TrainingRepository | AsyncTrainingRepository | None = None
     codec: Codec = attrs.field(factory=Codec)
     hooks: tuple[DeliveryHook, ...] = attrs.field(default=(), converter=_hooks)
+    breaker: CircuitBreaker | None = None
+    failure_policy: FailurePolicy = attrs.field(factory=FailurePolicy)
     attempt_timeout: float = attrs.field(default=30.0, validator=positive)
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
     clock: Callable[[], float] = time.monotonic
@@ -162,9 +169,15 @@ class Notifier(Closing, AsyncClosing):
         self.policy.check_body_size(body)
         ids = message_ids_for(notification, message_ids)
         if callbacks is None:
-            callbacks = default_callbacks_for(notification, self.repository)
+            callbacks = self._default_callbacks(notification)
         run = await self._deliver(notification, body, ids, callbacks)
         return run.report
+
+    def _default_callbacks(self, notification: Notification[Any]) -> Callbacks | None:
+        """The notification's default callbacks, with this Notifier's policy and as sender."""
+        return default_callbacks_for(
+            notification, self.repository, policy=self.failure_policy, sender=self
+        )
 
     def send(
         self,
@@ -188,6 +201,7 @@ class Notifier(Closing, AsyncClosing):
         deadline: float | None = None,
         hooks: Sequence[DeliveryHook] = (),
         refused: FlnotifyError | None = None,
+        send: tuple[str, int] | None = None,
     ) -> _Run:
         """The engine every driver runs: each receiver to one outcome (or a deferred retry).
 
@@ -202,7 +216,11 @@ class Notifier(Closing, AsyncClosing):
             deadline: Seconds for this run; the Notifier's ``deadline`` if ``None``.
             hooks: Observers of this run only, after the Notifier's own.
             refused: Fail every receiver at once with this error (nothing is sent).
+            send: The send's id and its receivers in all, when this run is part of a larger
+                send (a Celery chunk, an outbox claim); a new id and these receivers if not.
         """
+        if send is None:
+            send = (new_send_id(), len(notification.receivers))
         watchers = HookSet((*self.hooks, *hooks))
         core = Core(
             notification,
@@ -215,6 +233,9 @@ class Notifier(Closing, AsyncClosing):
             wall_clock=self.wall_clock,
             rng=self.rng,
             hooks=watchers,
+            breaker=self.breaker,
+            send_id=send[0],
+            send_size=send[1],
         )
         run = _Send(
             self,

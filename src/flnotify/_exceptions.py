@@ -20,6 +20,7 @@ of a backend (httpx, httptools, sqlite3, ...) are translated at the edge and kep
     │   ├── ConnectionLostError                          peer reset or closed mid-exchange
     │   ├── InvalidURLError                              URL cannot be requested (not retried)
     │   ├── ProtocolError                                peer spoke broken HTTP
+    │   ├── CircuitOpenError                             endpoint skipped by its breaker
     │   └── InternalError                                a component broke (not retried)
     ├── CallbackError                                    a callback raised (kept on the report)
     ├── DeliveryError                                    raise_for_failures() on a report
@@ -41,6 +42,7 @@ from typing import Any
 __all__ = [
     "BlockedAddressError",
     "CallbackError",
+    "CircuitOpenError",
     "ConfigurationError",
     "ConnectError",
     "ConnectionLostError",
@@ -143,6 +145,7 @@ class TransportErrorKind(enum.Enum):
     BLOCKED = "blocked"
     DEADLINE = "deadline"
     INTERNAL = "internal"
+    CIRCUIT_OPEN = "circuit_open"
 
 
 class TransportError(FlnotifyError):
@@ -178,6 +181,7 @@ _FINAL_KINDS = frozenset(
         TransportErrorKind.BLOCKED,
         TransportErrorKind.INTERNAL,
         TransportErrorKind.DEADLINE,
+        TransportErrorKind.CIRCUIT_OPEN,
     }
 )
 
@@ -226,6 +230,12 @@ class InternalError(TransportError):
     """
 
     kind = TransportErrorKind.INTERNAL
+
+
+class CircuitOpenError(TransportError):
+    """The endpoint's circuit breaker is open: no attempt was made (it kept failing)."""
+
+    kind = TransportErrorKind.CIRCUIT_OPEN
 
 
 class CallbackError(FlnotifyError):

@@ -34,6 +34,9 @@ class Delivery:
         response: The last answer (body capped by the transport) of a receiver that was
             not delivered, for diagnosis; ``None`` for delivered ones (``status_code``
             says enough, and a large fan-out's report stays small).
+        send_id: The send it belongs to (one ``send``, one Celery ``enqueue``, one outbox
+            ``put``), so a failure policy can judge all its receivers together.
+        send_size: How many receivers that send had in all.
     """
 
     receiver: ReceiverLike
@@ -45,6 +48,8 @@ class Delivery:
     status_code: int | None = None
     error: FlnotifyError | None = None
     response: HttpResponse | None = attrs.field(default=None, repr=False)
+    send_id: str = attrs.field(default="", repr=False)
+    send_size: int = attrs.field(default=0, repr=False)
 
     @property
     def ok(self) -> bool:

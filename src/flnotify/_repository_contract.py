@@ -12,10 +12,10 @@ import attrs
 import pytest
 
 from ._exceptions import TrainingNotFoundError
-from ._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState
-from .repository import TrainingRepository
+from ._types import Outcome, Receiver, ReceiverLike, TrainingSnapshot, TrainingState
+from .repository import SendTally, TrainingRepository
 
-__all__ = ["TrainingRepositoryContract"]
+__all__ = ["OutcomeTrackingContract", "TrainingRepositoryContract"]
 
 _THREADS = 8
 _JOIN_TIMEOUT = 30.0
@@ -356,3 +356,73 @@ class TrainingRepositoryContract:
         final = repo.get_training(seeded.id)
         self._assert_matches(final, seeded, participants=remaining, state=TrainingState.COMPLETED)
         self._assert_matches(repo.get_training(other.id), other)
+
+
+class OutcomeTrackingContract(TrainingRepositoryContract):
+    """Tests a repository that also implements `OutcomeTracking`.
+
+    Subclass it instead of `TrainingRepositoryContract` (it includes those tests).
+    Outcomes are counted once per (send, receiver), a verdict is claimed once per send, and
+    a client's run of failures grows once per send.
+    """
+
+    def test_outcomes_are_counted_once_per_send_and_receiver(self, repo: Any) -> None:
+        seeded = self._seed(repo, 3)
+        a, b, c = (p.id for p in seeded.participants)
+        first = repo.record_outcome(seeded.id, "send-1", 3, a, Outcome.DELIVERED)
+        assert first.tally == SendTally(3, delivered=1)
+        again = repo.record_outcome(seeded.id, "send-1", 3, a, Outcome.FAILED)  # redelivered
+        assert again.tally == SendTally(3, delivered=1)
+        repo.record_outcome(seeded.id, "send-1", 3, b, Outcome.REJECTED)
+        last = repo.record_outcome(seeded.id, "send-1", 3, c, Outcome.FAILED)
+        assert last.tally == SendTally(3, delivered=1, rejected=1, failed=1)
+        assert last.tally.pending == 0
+        other = repo.record_outcome(seeded.id, "send-2", 3, a, Outcome.FAILED)
+        assert other.tally == SendTally(3, failed=1)  # sends are counted apart
+
+    def test_consecutive_failures_grow_once_per_send_and_reset(self, repo: Any) -> None:
+        seeded = self._seed(repo, 1)
+        client = seeded.participants[0].id
+        runs = [
+            repo.record_outcome(seeded.id, f"send-{i}", 1, client, Outcome.FAILED) for i in range(3)
+        ]
+        assert [r.consecutive_failures for r in runs] == [1, 2, 3]
+        same = repo.record_outcome(seeded.id, "send-2", 1, client, Outcome.FAILED)
+        assert same.consecutive_failures == 3  # the same send again counts nothing
+        ok = repo.record_outcome(seeded.id, "send-3", 1, client, Outcome.DELIVERED)
+        assert ok.consecutive_failures == 0
+        after = repo.record_outcome(seeded.id, "send-4", 1, client, Outcome.FAILED)
+        assert after.consecutive_failures == 1
+
+    def test_failure_runs_are_per_training(self, repo: Any) -> None:
+        one, two = self._seed(repo, 1), self._seed(repo, 1)
+        client = one.participants[0].id
+        repo.record_outcome(one.id, "s1", 1, client, Outcome.FAILED)
+        record = repo.record_outcome(two.id, "s2", 1, client, Outcome.FAILED)
+        assert record.consecutive_failures == 1
+
+    def test_a_verdict_is_claimed_once_per_send(self, repo: Any) -> None:
+        assert repo.claim_verdict("send-1") is True
+        assert repo.claim_verdict("send-1") is False
+        assert repo.claim_verdict("send-2") is True
+
+    def test_concurrent_outcomes_and_claims(self, repo: Any) -> None:
+        seeded = self._seed(repo, _THREADS)
+        wins: list[bool] = []
+        lock = threading.Lock()
+
+        def work(receiver: UUID) -> Callable[[], None]:
+            def run() -> None:
+                repo.record_outcome(seeded.id, "storm", _THREADS, receiver, Outcome.DELIVERED)
+                won = repo.claim_verdict("storm")
+                with lock:
+                    wins.append(won)
+
+            return run
+
+        _run_together([work(p.id) for p in seeded.participants])
+        final = repo.record_outcome(
+            seeded.id, "storm", _THREADS, seeded.participants[0].id, Outcome.DELIVERED
+        )
+        assert final.tally == SendTally(_THREADS, delivered=_THREADS)
+        assert sorted(wins) == [False] * (_THREADS - 1) + [True]

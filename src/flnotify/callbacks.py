@@ -19,12 +19,20 @@ from uuid import UUID
 
 import attrs
 
-from ._exceptions import CallbackError
+from ._exceptions import CallbackError, ConfigurationError
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery
 from ._types import Outcome, TrainingState
-from .repository import AsyncTrainingRepository, TrainingRepository
+from .repository import (
+    AsyncTrainingRepository,
+    InMemoryTrainingRepository,
+    OutcomeRecord,
+    SendTally,
+    TrainingRepository,
+    tracks_outcomes,
+)
 from .training import (
+    ClientRemovedNotification,
     TrainingModelTestNotification,
     TrainingRoundStartNotification,
     TrainingSWAGRoundStartNotification,
@@ -33,9 +41,12 @@ from .training import (
 __all__ = [
     "CallbackFactory",
     "Callbacks",
+    "FailurePolicy",
     "FunctionCallbacks",
+    "NotificationSender",
     "Reaction",
     "TrainingCallbacks",
+    "Verdict",
     "default_callbacks_for",
     "register_default_callbacks",
     "run_callbacks",
@@ -136,38 +147,223 @@ class Reaction(enum.Enum):
     """Only log."""
 
 
+class Verdict(enum.Enum):
+    """What a [`FailurePolicy`][flnotify.FailurePolicy] says of a send so far."""
+
+    ERROR = "error"
+    """The send failed the policy: the training goes to ``ERROR``."""
+    FINE = "fine"
+    """The send met the policy, whatever the receivers still pending do."""
+    OPEN = "open"
+    """Not decided yet: it depends on receivers still pending."""
+
+
+def _count(value: object, name: str, *, none: bool = False) -> None:
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        msg = f"FailurePolicy.{name} must be an int >= 0{' or None' if none else ''}, got {value!r}"
+        raise ConfigurationError(msg)
+
+
+@attrs.frozen
+class FailurePolicy:
+    """When a send puts its training into ``ERROR``: decided once, over all its receivers.
+
+    A send fails the policy when more of its receivers failed than ``max_failures``, or
+    fewer were delivered than ``min_delivered`` or than ``min_delivered_fraction`` of them
+    (rejected receivers count as not delivered, never as failed). The default is the
+    original platform's strict rule: one failure puts the training into ``ERROR``.
+    Like Flower's ``accept_failures`` and minimum completion rates, a tolerant policy lets a
+    round go on without some clients; ``remove_after`` removes a client that failed that
+    many notifications of the training in a row (the count lives with the training, see
+    [`OutcomeTracking`][flnotify.repository.OutcomeTracking]).
+
+    Args:
+        max_failures: Failed receivers a send may have; ``None`` for no limit.
+        min_delivered: Receivers a send must deliver to.
+        min_delivered_fraction: Share of its receivers a send must deliver to (0 to 1).
+        remove_after: Remove a client after this many consecutive failed notifications of
+            the training; ``None`` never removes for failures.
+    """
+
+    max_failures: int | None = attrs.field(default=0)
+    min_delivered: int = attrs.field(default=0)
+    min_delivered_fraction: float = attrs.field(default=0.0)
+    remove_after: int | None = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        _count(self.max_failures, "max_failures", none=True)
+        _count(self.min_delivered, "min_delivered")
+        fraction = self.min_delivered_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            msg = f"FailurePolicy.min_delivered_fraction must be a number, got {fraction!r}"
+            raise ConfigurationError(msg)
+        if not 0.0 <= fraction <= 1.0:
+            msg = f"FailurePolicy.min_delivered_fraction must be in [0, 1], got {fraction!r}"
+            raise ConfigurationError(msg)
+        _count(self.remove_after, "remove_after", none=True)
+        if self.remove_after == 0:
+            msg = "FailurePolicy.remove_after must be >= 1 or None, got 0"
+            raise ConfigurationError(msg)
+
+    @classmethod
+    def strict(cls) -> FailurePolicy:
+        """Any failure puts the training into ``ERROR`` (the default)."""
+        return cls()
+
+    @classmethod
+    def tolerant(
+        cls, *, min_delivered_fraction: float = 0.5, remove_after: int | None = 3
+    ) -> FailurePolicy:
+        """No limit on failures as long as enough receivers are delivered; remove the dead."""
+        return cls(
+            max_failures=None,
+            min_delivered_fraction=min_delivered_fraction,
+            remove_after=remove_after,
+        )
+
+    @property
+    def counts_deliveries(self) -> bool:
+        """Whether delivered and rejected outcomes matter (else only failures do)."""
+        return bool(self.min_delivered or self.min_delivered_fraction or self.remove_after)
+
+    def verdict(self, tally: SendTally) -> Verdict:
+        """Judge a send from its counts so far; ``ERROR`` or ``FINE`` as soon as it is certain."""
+        pending = tally.pending
+        best = tally.delivered + pending  # delivered if every pending receiver delivers
+        limit = self.max_failures
+        if (
+            (limit is not None and tally.failed > limit)
+            or best < self.min_delivered
+            or best < self.min_delivered_fraction * tally.total
+        ):
+            return Verdict.ERROR
+        if pending == 0:
+            return Verdict.FINE
+        worst = tally.failed + pending  # failed if every pending receiver fails
+        if (
+            (limit is None or worst <= limit)
+            and tally.delivered >= self.min_delivered
+            and tally.delivered >= self.min_delivered_fraction * tally.total
+        ):
+            return Verdict.FINE
+        return Verdict.OPEN
+
+    def explain(self, tally: SendTally) -> str:
+        """The verdict in a sentence, with the counts that led to it."""
+        verdict = self.verdict(tally)
+        counts = (
+            f"{tally.delivered} delivered, {tally.rejected} rejected, {tally.failed} failed "
+            f"of {tally.total}"
+        )
+        rules = []
+        if self.max_failures is not None:
+            rules.append(f"at most {self.max_failures} failed")
+        if self.min_delivered:
+            rules.append(f"at least {self.min_delivered} delivered")
+        if self.min_delivered_fraction:
+            rules.append(f"at least {self.min_delivered_fraction:.0%} delivered")
+        wanted = " and ".join(rules) or "nothing"
+        if verdict is Verdict.ERROR:
+            return f"{counts}: the policy asks {wanted}, so the training goes to ERROR"
+        if verdict is Verdict.FINE:
+            return f"{counts}: the policy ({wanted}) is met, the training goes on"
+        return f"{counts}: not decided yet ({wanted})"
+
+
+class NotificationSender(Protocol):
+    """What tells a removed client: anything with a Notifier's ``asend``.
+
+    The drivers pass their [`Notifier`][flnotify.Notifier].
+    """
+
+    async def asend(self, notification: Notification[Any], callbacks: Callbacks | None) -> Any:
+        """Deliver ``notification``."""
+        ...
+
+
+class _Quiet:
+    """Callbacks of a CLIENT_REMOVED notice: its outcome never removes or errors anything."""
+
+    def on_success(self, delivery: Delivery, /) -> None:
+        logger.debug("Told %s it was removed.", delivery.receiver.id, extra=delivery.log_context())
+
+    def on_error(self, delivery: Delivery, /) -> None:
+        logger.info(
+            "Could not tell %s it was removed: %s.",
+            delivery.receiver.id,
+            delivery.describe(),
+            extra=delivery.log_context(),
+        )
+
+
 @attrs.define
 class TrainingCallbacks:
     """The default callbacks of the round-type notifications.
 
-    Rejected -> the client is removed from the training (warning logged); failed -> the
-    training goes to ``ERROR`` (error logged); delivered -> a debug log line. Works with a
-    sync [`TrainingRepository`][flnotify.TrainingRepository] (its calls run in a worker thread,
-    so ORMs that refuse to run inside an event loop are fine) or an async one.
+    Rejected: the client is removed from the training (warning logged) and told so.
+    Failed: the failure counts toward the send's [`FailurePolicy`][flnotify.FailurePolicy],
+    which decides once per send whether the training goes to ``ERROR`` (strict by default:
+    any failure does); with ``remove_after`` a client failing that many notifications in a
+    row is removed and told. Delivered: counted where the policy needs it. Works with a sync
+    [`TrainingRepository`][flnotify.TrainingRepository] (its calls run in a worker thread,
+    so ORMs that refuse to run inside an event loop are fine) or an async one. Repositories
+    that implement [`OutcomeTracking`][flnotify.repository.OutcomeTracking] keep the counts
+    across processes; for others they are kept here, for the sends these callbacks see.
 
     Args:
         repository: Where trainings live.
         on_rejected: What a rejection does.
-        on_failed: What a failure does.
+        on_failed: What a failure does: ``SET_ERROR`` lets the policy decide.
+        policy: When a send puts the training into ``ERROR``, and when a failing client is
+            removed.
+        sender: Sends ``CLIENT_REMOVED`` to a removed client and the training's actor (the
+            driver passes its Notifier); nobody is told without one.
+        tell_removed: Whether removed clients are told.
+
+    Raises:
+        ConfigurationError: ``policy.remove_after`` is set but the repository does not
+            keep outcomes (it must survive restarts).
     """
 
     repository: TrainingRepository | AsyncTrainingRepository
     on_rejected: Reaction = Reaction.REMOVE_PARTICIPANT
     on_failed: Reaction = Reaction.SET_ERROR
+    policy: FailurePolicy = attrs.field(factory=FailurePolicy)
+    sender: NotificationSender | None = attrs.field(default=None, repr=False)
+    tell_removed: bool = True
+    _outcomes: Any = attrs.field(init=False, repr=False)
 
-    def on_success(self, delivery: Delivery, /) -> None:
-        """Log at debug level."""
-        logger.debug("delivered to %s", delivery.receiver.id, extra=delivery.log_context())
+    def __attrs_post_init__(self) -> None:
+        if tracks_outcomes(self.repository):
+            self._outcomes = self.repository
+        elif self.policy.remove_after is not None:
+            msg = (
+                f"FailurePolicy(remove_after={self.policy.remove_after}) needs a repository "
+                f"that keeps outcomes (OutcomeTracking); {type(self.repository).__name__} "
+                "does not"
+            )
+            raise ConfigurationError(msg)
+        else:
+            self._outcomes = InMemoryTrainingRepository()  # counts for this process only
+
+    def on_success(self, delivery: Delivery, /) -> Awaitable[None] | None:
+        """Count the delivery where the policy needs it; log at debug level."""
+        logger.debug("Delivered to %s.", delivery.receiver.id, extra=delivery.log_context())
+        if self.policy.counts_deliveries and self.on_failed is Reaction.SET_ERROR:
+            return self._judge(delivery)
+        return None
 
     async def on_error(self, delivery: Delivery, /) -> None:
-        """Apply the configured reaction to the training."""
+        """Apply the configured reaction, and the policy to a failure."""
         rejected = delivery.outcome is Outcome.REJECTED
         reaction = self.on_rejected if rejected else self.on_failed
         notification = delivery.notification
         context = delivery.log_context()
         log = logger.warning if rejected else logger.error
         log(
-            "%s %s for receiver %s (%s): %s",
+            "%s %s for receiver %s (%s): %s.",
             notification.notification_type.value,
             delivery.outcome.value,
             delivery.receiver.id,
@@ -175,28 +371,114 @@ class TrainingCallbacks:
             reaction.value,
             extra=context,
         )
-        if reaction is Reaction.LOG:
-            return
         if not isinstance(notification, TrainingNotification):
-            logger.warning(
-                "%s is not about a training; nothing to %s",
-                type(notification).__name__,
-                reaction.value,
+            if reaction is not Reaction.LOG:
+                logger.warning(
+                    "%s is not about a training; nothing to %s.",
+                    type(notification).__name__,
+                    reaction.value,
+                    extra=context,
+                )
+            return
+        if reaction is Reaction.REMOVE_PARTICIPANT:
+            why = f"rejected {notification.notification_type.value}" + (
+                f" with status {delivery.status_code}" if delivery.status_code is not None else ""
+            )
+            await self._remove(delivery, why)
+        elif reaction is Reaction.SET_ERROR and rejected:
+            await self._call("set_state", notification.training_uuid, TrainingState.ERROR)
+        if self.on_failed is Reaction.SET_ERROR and (
+            not rejected or self.policy.counts_deliveries
+        ):  # the policy judges the send: failures always, the others where it counts them
+            await self._judge(delivery)
+
+    async def _judge(self, delivery: Delivery) -> None:
+        """Count the outcome; remove a client failing too long; apply the send's verdict."""
+        notification = delivery.notification
+        assert isinstance(notification, TrainingNotification)  # noqa: S101 - callers check
+        training_id: UUID = notification.training_uuid
+        record: OutcomeRecord = await self._call_on(
+            self._outcomes,
+            "record_outcome",
+            training_id,
+            delivery.send_id,
+            max(delivery.send_size, 1),
+            delivery.receiver.id,
+            delivery.outcome,
+        )
+        policy = self.policy
+        if (
+            delivery.outcome is Outcome.FAILED
+            and policy.remove_after is not None
+            and record.consecutive_failures >= policy.remove_after
+        ):
+            await self._remove(
+                delivery,
+                f"unreachable for {record.consecutive_failures} notifications in a row",
+            )
+        verdict = policy.verdict(record.tally)
+        if verdict is Verdict.OPEN:
+            return
+        if not await self._call_on(self._outcomes, "claim_verdict", delivery.send_id):
+            return  # decided already, here or on another worker
+        explanation = policy.explain(record.tally)
+        context = delivery.log_context()
+        if verdict is Verdict.ERROR:
+            logger.error(
+                "%s of training %s: %s.",
+                notification.notification_type.value,
+                training_id,
+                explanation,
                 extra=context,
             )
-            return
-        training_id: UUID = notification.training_uuid
-        if reaction is Reaction.REMOVE_PARTICIPANT:
-            await self._call("remove_participant", training_id, delivery.receiver.id)
-        else:
             await self._call("set_state", training_id, TrainingState.ERROR)
-
-    async def _call(self, name: str, *args: object) -> None:
-        method = getattr(self.repository, name)
-        if inspect.iscoroutinefunction(method):
-            await method(*args)
         else:
-            await asyncio.to_thread(method, *args)
+            logger.info(
+                "%s of training %s: %s.",
+                notification.notification_type.value,
+                training_id,
+                explanation,
+                extra=context,
+            )
+
+    async def _remove(self, delivery: Delivery, reason: str) -> None:
+        """Remove the receiver from the training and tell it (and the actor), best effort."""
+        notification = delivery.notification
+        assert isinstance(notification, TrainingNotification)  # noqa: S101 - callers check
+        training_id: UUID = notification.training_uuid
+        logger.warning(
+            "Removing %s from training %s: %s.",
+            delivery.receiver.id,
+            training_id,
+            reason,
+            extra=delivery.log_context(),
+        )
+        await self._call("remove_participant", training_id, delivery.receiver.id)
+        if self.sender is None or not self.tell_removed:
+            return
+        try:
+            snapshot = await self._call("get_training", training_id)
+            notice = ClientRemovedNotification.from_training(
+                snapshot, client=delivery.receiver, reason=reason
+            )
+            await self.sender.asend(notice, _Quiet())
+        except Exception:  # best effort: telling never changes the training
+            logger.warning(
+                "Could not tell %s it was removed.",
+                delivery.receiver.id,
+                exc_info=True,
+                extra=delivery.log_context(),
+            )
+
+    async def _call(self, name: str, *args: object) -> Any:
+        return await self._call_on(self.repository, name, *args)
+
+    @staticmethod
+    async def _call_on(target: object, name: str, *args: object) -> Any:
+        method = getattr(target, name)
+        if inspect.iscoroutinefunction(method):
+            return await method(*args)
+        return await asyncio.to_thread(method, *args)
 
 
 _DEFAULTS: dict[type[Notification[Any]], CallbackFactory] = {
@@ -225,11 +507,15 @@ def register_default_callbacks(
 def default_callbacks_for(
     notification: Notification[Any],
     repository: TrainingRepository | AsyncTrainingRepository | None,
+    *,
+    policy: FailurePolicy | None = None,
+    sender: NotificationSender | None = None,
 ) -> Callbacks | None:
     """The callbacks a driver uses for ``notification`` when it is given none.
 
     The round-type notifications (update round, SWAG round, model test) get
-    [`TrainingCallbacks`][flnotify.TrainingCallbacks]; other classes get what
+    [`TrainingCallbacks`][flnotify.TrainingCallbacks] (with ``policy`` and ``sender``);
+    other classes get what
     [`register_default_callbacks`][flnotify.register_default_callbacks] gave them (looked up
     along the class's MRO). Without a repository there are none.
     """
@@ -237,6 +523,8 @@ def default_callbacks_for(
         return None
     for cls in type(notification).__mro__:
         factory = _DEFAULTS.get(cls)
+        if factory is TrainingCallbacks:
+            return TrainingCallbacks(repository, policy=policy or FailurePolicy(), sender=sender)
         if factory is not None:
             return factory(repository)
     return None

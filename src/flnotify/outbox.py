@@ -50,7 +50,7 @@ from ._report import Delivery
 from ._sqlite import SQLiteConnection
 from ._types import Outcome, Receiver
 from ._validators import at_least_one, positive
-from .callbacks import Callbacks, default_callbacks_for, run_callbacks
+from .callbacks import Callbacks, run_callbacks
 
 __all__ = ["Claim", "Outbox", "OutboxDispatcher", "OutboxEntry", "OutboxError", "OutboxState"]
 
@@ -441,6 +441,14 @@ class Outbox(Closing):
             ).fetchall()
         return [_entry(row) for row in rows]
 
+    def batch_size(self, batch_id: str) -> int:
+        """How many deliveries (receivers) one [`put`][flnotify.outbox.Outbox.put] stored."""
+        with self._transaction(write=False) as conn:
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM flnotify_outbox WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+        return int(n)
+
     def counts(self) -> dict[OutboxState, int]:
         """How many deliveries are in each state (every state present)."""
         counts = dict.fromkeys(OutboxState, 0)
@@ -482,7 +490,7 @@ class Outbox(Closing):
         return n
 
 
-def _stored_delivery(entry: OutboxEntry, notification: Notification[Any]) -> Delivery:
+def _stored_delivery(entry: OutboxEntry, notification: Notification[Any], size: int) -> Delivery:
     """The delivery of an outcome recorded by an earlier claim, rebuilt from its row."""
     assert entry.outcome is not None  # noqa: S101 - only called for recorded entries
     error: TransportError | None = None
@@ -496,7 +504,14 @@ def _stored_delivery(entry: OutboxEntry, notification: Notification[Any]) -> Del
         )
     course = Course(0, entry.receiver, entry.message_id, entry.attempts)
     return build_delivery(
-        notification, course, entry.outcome, entry.elapsed or 0.0, entry.status_code, error
+        notification,
+        course,
+        entry.outcome,
+        entry.elapsed or 0.0,
+        entry.status_code,
+        error,
+        send_id=entry.batch_id,
+        send_size=size,
     )
 
 
@@ -622,11 +637,16 @@ class OutboxDispatcher:
     ) -> None:
         callbacks = self.callbacks
         if callbacks is None:
-            callbacks = default_callbacks_for(notification, self.notifier.repository)
+            callbacks = self.notifier._default_callbacks(notification)
+        send = (
+            entries[0].batch_id,
+            await asyncio.to_thread(self.outbox.batch_size, entries[0].batch_id),
+        )
         recovered = [e for e in entries if e.outcome is not None]
         if recovered:  # recorded by a claim that ended before its callbacks ran
             stored = notification.with_receivers([e.receiver for e in recovered])
-            await self._settle(claim, [_stored_delivery(e, stored) for e in recovered], callbacks)
+            stored_deliveries = [_stored_delivery(e, stored, send[1]) for e in recovered]
+            await self._settle(claim, stored_deliveries, callbacks)
         todo = [e for e in entries if e.outcome is None]
         if not todo:
             return
@@ -648,6 +668,7 @@ class OutboxDispatcher:
                 None,  # callbacks run here, after each outcome is recorded
                 hooks=(recorder,),
                 refused=refused,
+                send=send,
             )
         except BaseException:
             writer.cancel()

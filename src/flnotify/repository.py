@@ -28,16 +28,27 @@ import attrs
 from ._closing import Closing
 from ._exceptions import ConfigurationError, RepositoryError, TrainingNotFoundError
 from ._sqlite import SQLiteConnection
-from ._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState, as_receivers
+from ._types import (
+    Outcome,
+    Receiver,
+    ReceiverLike,
+    TrainingSnapshot,
+    TrainingState,
+    as_receivers,
+)
 from ._validators import positive
 
 __all__ = [
     "AsyncRepositoryAdapter",
     "AsyncTrainingRepository",
     "InMemoryTrainingRepository",
+    "OutcomeRecord",
+    "OutcomeTracking",
     "SQLiteTrainingRepository",
+    "SendTally",
     "TrainingRepository",
     "is_async_repository",
+    "tracks_outcomes",
 ]
 
 
@@ -99,6 +110,80 @@ class AsyncTrainingRepository(Protocol):
             TrainingNotFoundError: No training has this id.
         """
         ...
+
+
+@attrs.frozen
+class SendTally:
+    """How the receivers of one send ended so far.
+
+    Args:
+        total: The send's receivers.
+        delivered: Those that answered 2xx.
+        rejected: Those that said no.
+        failed: Those that could not be reached (or were skipped by an open breaker).
+    """
+
+    total: int
+    delivered: int = 0
+    rejected: int = 0
+    failed: int = 0
+
+    @property
+    def pending(self) -> int:
+        """Receivers without an outcome yet."""
+        return max(0, self.total - self.delivered - self.rejected - self.failed)
+
+
+@attrs.frozen
+class OutcomeRecord:
+    """What recording one outcome left behind: the send's tally, the client's failure run.
+
+    Args:
+        tally: The send's counts after this outcome.
+        consecutive_failures: Failed notifications of this training in a row for this client
+            (0 after a delivered or rejected one).
+    """
+
+    tally: SendTally
+    consecutive_failures: int
+
+
+class OutcomeTracking(Protocol):
+    """An optional extension of a training repository: outcomes counted across processes.
+
+    With it, a send's failure policy is decided once over all its receivers even when
+    their outcomes arrive on different Celery workers or outbox dispatchers, and a client's
+    consecutive failures survive restarts (``FailurePolicy.remove_after``). Without it the
+    default callbacks count in memory, per process. Both bundled repositories implement
+    it; run ``OutcomeTrackingContract`` (in ``flnotify.testing``) against yours. Methods may
+    also be coroutine functions.
+    """
+
+    def record_outcome(
+        self,
+        training_id: UUID,
+        send_id: str,
+        send_size: int,
+        receiver_id: UUID,
+        outcome: Outcome,
+    ) -> OutcomeRecord:
+        """Count one receiver's outcome of one send, atomically and at most once.
+
+        Recording the same (send, receiver) again changes nothing and returns the
+        current counts (a redelivered callback must not count twice).
+        """
+        ...
+
+    def claim_verdict(self, send_id: str) -> bool:
+        """``True`` exactly once per send, for the caller that applies its verdict."""
+        ...
+
+
+def tracks_outcomes(obj: object) -> bool:
+    """Whether a repository implements [`OutcomeTracking`][flnotify.repository.OutcomeTracking]."""
+    return callable(getattr(obj, "record_outcome", None)) and callable(
+        getattr(obj, "claim_verdict", None)
+    )
 
 
 def is_async_repository(obj: object) -> TypeGuard[AsyncTrainingRepository]:
@@ -330,6 +415,45 @@ class _RepositoryBase(abc.ABC):
         """Every training, in the order they were created."""
         return self._fetch_all()
 
+    # -- the OutcomeTracking extension
+
+    def record_outcome(
+        self,
+        training_id: UUID,
+        send_id: str,
+        send_size: int,
+        receiver_id: UUID,
+        outcome: Outcome,
+    ) -> OutcomeRecord:
+        """Count one receiver's outcome of one send, at most once; see `OutcomeTracking`.
+
+        Raises:
+            ConfigurationError: An argument is invalid.
+        """
+        if not isinstance(send_id, str) or not send_id:
+            msg = f"send_id must be a non-empty string, got {send_id!r}"
+            raise ConfigurationError(msg)
+        if isinstance(send_size, bool) or not isinstance(send_size, int) or send_size < 1:
+            msg = f"send_size must be an int >= 1, got {send_size!r}"
+            raise ConfigurationError(msg)
+        if not isinstance(outcome, Outcome):
+            msg = f"outcome must be an Outcome, got {outcome!r}"
+            raise ConfigurationError(msg)
+        return self._record_outcome(
+            _require_uuid(training_id, "training_id"),
+            send_id,
+            send_size,
+            _require_uuid(receiver_id, "receiver_id"),
+            outcome,
+        )
+
+    def claim_verdict(self, send_id: str) -> bool:
+        """``True`` exactly once per send; see `OutcomeTracking`."""
+        if not isinstance(send_id, str) or not send_id:
+            msg = f"send_id must be a non-empty string, got {send_id!r}"
+            raise ConfigurationError(msg)
+        return self._claim_verdict(send_id)
+
     # -- primitives; each must be atomic and thread-safe
 
     @abc.abstractmethod
@@ -361,6 +485,19 @@ class _RepositoryBase(abc.ABC):
     @abc.abstractmethod
     def _add_participant(self, training_id: UUID, receiver: Receiver) -> None: ...
 
+    @abc.abstractmethod
+    def _record_outcome(
+        self,
+        training_id: UUID,
+        send_id: str,
+        send_size: int,
+        receiver_id: UUID,
+        outcome: Outcome,
+    ) -> OutcomeRecord: ...
+
+    @abc.abstractmethod
+    def _claim_verdict(self, send_id: str) -> bool: ...
+
 
 def _receivers_of(snapshot: TrainingSnapshot) -> tuple[Receiver, ...]:
     """The actor and participants of a snapshot built by ``create_training``."""
@@ -391,6 +528,46 @@ class InMemoryTrainingRepository(_RepositoryBase):
     _receivers: dict[UUID, Receiver] = attrs.field(factory=dict, init=False, repr=False)
     _trainings: dict[UUID, _Record] = attrs.field(factory=dict, init=False, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+    _sends: dict[str, tuple[int, dict[UUID, Outcome]]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
+    _failures: dict[tuple[UUID, UUID], tuple[int, str]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
+    _verdicts: set[str] = attrs.field(factory=set, init=False, repr=False)
+
+    def _record_outcome(
+        self,
+        training_id: UUID,
+        send_id: str,
+        send_size: int,
+        receiver_id: UUID,
+        outcome: Outcome,
+    ) -> OutcomeRecord:
+        with self._lock:
+            total, outcomes = self._sends.setdefault(send_id, (send_size, {}))
+            key = (training_id, receiver_id)
+            if receiver_id not in outcomes:
+                outcomes[receiver_id] = outcome
+                run, last = self._failures.get(key, (0, ""))
+                if outcome is not Outcome.FAILED:
+                    self._failures[key] = (0, send_id)
+                elif last != send_id:
+                    self._failures[key] = (run + 1, send_id)
+            counts = dict.fromkeys(Outcome, 0)
+            for seen in outcomes.values():
+                counts[seen] += 1
+            tally = SendTally(
+                total, counts[Outcome.DELIVERED], counts[Outcome.REJECTED], counts[Outcome.FAILED]
+            )
+            return OutcomeRecord(tally, self._failures.get(key, (0, ""))[0])
+
+    def _claim_verdict(self, send_id: str) -> bool:
+        with self._lock:
+            if send_id in self._verdicts:
+                return False
+            self._verdicts.add(send_id)
+            return True
 
     def _record(self, training_id: UUID) -> _Record:
         try:
@@ -465,7 +642,7 @@ class InMemoryTrainingRepository(_RepositoryBase):
 
 # --------------------------------------------------------------------------- sqlite
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: outcome tracking (send_outcomes, send_verdicts, participant_failures)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receivers (
@@ -485,6 +662,22 @@ CREATE TABLE IF NOT EXISTS participants (
     training_id TEXT NOT NULL REFERENCES trainings (id) ON DELETE CASCADE,
     receiver_id TEXT NOT NULL REFERENCES receivers (id),
     UNIQUE (training_id, receiver_id)
+);
+CREATE TABLE IF NOT EXISTS send_outcomes (
+    send_id TEXT NOT NULL,
+    receiver_id TEXT NOT NULL,
+    training_id TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'rejected', 'failed')),
+    PRIMARY KEY (send_id, receiver_id)
+);
+CREATE TABLE IF NOT EXISTS send_verdicts (send_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS participant_failures (
+    training_id TEXT NOT NULL,
+    receiver_id TEXT NOT NULL,
+    consecutive INTEGER NOT NULL,
+    last_send TEXT NOT NULL,
+    PRIMARY KEY (training_id, receiver_id)
 );
 """
 
@@ -682,3 +875,66 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
             self._require_exists(conn, training_id)
             conn.execute(_UPSERT_RECEIVER, (str(receiver.id), receiver.message_endpoint))
             conn.execute(_ADD_PARTICIPANT, (str(training_id), str(receiver.id)))
+
+    def _record_outcome(
+        self,
+        training_id: UUID,
+        send_id: str,
+        send_size: int,
+        receiver_id: UUID,
+        outcome: Outcome,
+    ) -> OutcomeRecord:
+        training, receiver = str(training_id), str(receiver_id)
+        with self._transaction(write=True) as conn:
+            first = conn.execute(
+                "INSERT INTO send_outcomes (send_id, receiver_id, training_id, total, outcome) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (send_id, receiver_id) DO NOTHING",
+                (
+                    send_id,
+                    receiver,
+                    training,
+                    _sqlite_integer("send_size", send_size),
+                    outcome.value,
+                ),
+            ).rowcount
+            if first and outcome is Outcome.FAILED:
+                conn.execute(
+                    "INSERT INTO participant_failures VALUES (?, ?, 1, ?) "
+                    "ON CONFLICT (training_id, receiver_id) DO UPDATE SET "
+                    "consecutive = consecutive + (last_send != excluded.last_send), "
+                    "last_send = excluded.last_send",
+                    (training, receiver, send_id),
+                )
+            elif first:
+                conn.execute(
+                    "DELETE FROM participant_failures WHERE training_id = ? AND receiver_id = ?",
+                    (training, receiver),
+                )
+            counts = dict.fromkeys(Outcome, 0)
+            total = send_size
+            for value, n, stored_total in conn.execute(
+                "SELECT outcome, COUNT(*), MAX(total) FROM send_outcomes WHERE send_id = ? "
+                "GROUP BY outcome",
+                (send_id,),
+            ):
+                counts[Outcome(value)] = n
+                total = stored_total
+            row = conn.execute(
+                "SELECT consecutive FROM participant_failures "
+                "WHERE training_id = ? AND receiver_id = ?",
+                (training, receiver),
+            ).fetchone()
+        tally = SendTally(
+            total, counts[Outcome.DELIVERED], counts[Outcome.REJECTED], counts[Outcome.FAILED]
+        )
+        return OutcomeRecord(tally, 0 if row is None else int(row[0]))
+
+    def _claim_verdict(self, send_id: str) -> bool:
+        with self._transaction(write=True) as conn:
+            return bool(
+                conn.execute(
+                    "INSERT INTO send_verdicts (send_id) VALUES (?) "
+                    "ON CONFLICT (send_id) DO NOTHING",
+                    (send_id,),
+                ).rowcount
+            )

@@ -19,13 +19,14 @@ from .repository import InMemoryTrainingRepository
 from .transports._memory import MemoryRequest, MemoryTransport
 
 if TYPE_CHECKING:
-    from ._repository_contract import TrainingRepositoryContract
+    from ._repository_contract import OutcomeTrackingContract, TrainingRepositoryContract
 
 __all__ = [
     "FakeTrainingRepository",
     "HttpResponse",
     "MemoryRequest",
     "MemoryTransport",
+    "OutcomeTrackingContract",
     "RecordingCallbacks",
     "RecordingHook",
     "TrainingRepositoryContract",
@@ -98,9 +99,9 @@ class RecordingHook(NullHook):
 
 
 def __getattr__(name: str) -> Any:
-    if name == "TrainingRepositoryContract":
-        from ._repository_contract import TrainingRepositoryContract
+    if name in ("TrainingRepositoryContract", "OutcomeTrackingContract"):
+        from . import _repository_contract
 
-        return TrainingRepositoryContract
+        return getattr(_repository_contract, name)
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)

@@ -34,7 +34,7 @@ from uuid import UUID
 
 import attrs
 
-from .._attempt import message_ids_for
+from .._attempt import message_ids_for, new_send_id
 from .._codec import Codec
 from .._delivery import Notifier, _Resume
 from .._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
@@ -44,8 +44,9 @@ from .._retry import RetryPolicy
 from .._types import Receiver
 from .._validators import at_least_one, positive
 from .._version import __version__
-from ..callbacks import CallbackFactory, Callbacks, default_callbacks_for
+from ..callbacks import CallbackFactory, Callbacks, FailurePolicy, default_callbacks_for
 from ..endpoints import EndpointPolicy
+from ..health import CircuitBreaker
 from ..transports import AsyncTransport, HttpxTransport, Transport
 
 if TYPE_CHECKING:
@@ -95,6 +96,10 @@ class CeleryDelivery:
         deadline: Seconds from a chunk's first execution after which its receivers
             still without an outcome fail (``DEADLINE``); none by default.
         hooks: Observers of attempts and outcomes on the worker.
+        breaker: Skips endpoints that keep failing; share its store between workers
+            (e.g. an [`SQLiteHealthStore`][flnotify.health.SQLiteHealthStore]).
+        failure_policy: The default callbacks' policy, decided over all chunks of a send
+            when the repository keeps outcomes (``OutcomeTracking``).
         task_name: The registered task's name (one per app and configuration).
         user_agent: The ``User-Agent`` header.
         wall_clock: Epoch seconds, for ``webhook-timestamp``, ``Retry-After`` and ``elapsed``.
@@ -114,6 +119,8 @@ class CeleryDelivery:
         default=None, validator=attrs.validators.optional(positive)
     )
     hooks: Sequence[DeliveryHook] = ()
+    breaker: CircuitBreaker | None = None
+    failure_policy: FailurePolicy = attrs.field(factory=FailurePolicy)
     task_name: str = DEFAULT_TASK_NAME
     user_agent: str = f"flnotify/{__version__}"
     wall_clock: Callable[[], float] = time.time
@@ -133,8 +140,9 @@ class CeleryDelivery:
             message_ids: list[str],
             callbacks: str | None = None,
             started: float | None = None,
+            send: list[Any] | None = None,
         ) -> None:
-            self._execute(task, notification, receivers, message_ids, callbacks, started)
+            self._execute(task, notification, receivers, message_ids, callbacks, started, send)
 
         deliver.__doc__ = "flnotify: one attempt per receiver of a chunk; retries via Celery."
         deliver.__name__ = deliver.__qualname__ = "deliver"
@@ -187,10 +195,11 @@ class CeleryDelivery:
         message_ids = list(message_ids_for(notification, message_ids))
         ids = [str(m) for m in message_ids]
         wire = [{"id": str(r.id), "message_endpoint": r.message_endpoint} for r in receivers]
+        send = [new_send_id(), len(wire)]  # the chunks are one send, for failure policies
         results = tuple(
             self._task.apply_async(
                 args=(payload, wire[i : i + self.chunk_size], ids[i : i + self.chunk_size]),
-                kwargs={"callbacks": callbacks},
+                kwargs={"callbacks": callbacks, "send": send},
                 serializer="json",
                 **options,
             )
@@ -208,6 +217,7 @@ class CeleryDelivery:
         message_ids: list[str],
         callbacks_name: str | None,
         started: float | None,
+        send: list[Any] | None,
     ) -> None:
         now = self.wall_clock()
         if started is None:
@@ -235,13 +245,14 @@ class CeleryDelivery:
                 defer_retries=True,
                 deadline=remaining,
                 refused=refused,
+                send=None if send is None else (str(send[0]), int(send[1])),
             )
         )
         if run.deferred:
             again = [index for index, _ in run.deferred]
             raise task.retry(
                 args=(payload, [wire[i] for i in again], [message_ids[i] for i in again]),
-                kwargs={"callbacks": callbacks_name, "started": started},
+                kwargs={"callbacks": callbacks_name, "started": started, "send": send},
                 countdown=max(delay for _, delay in run.deferred),
                 max_retries=self.retry.max_attempts - 1,
             )
@@ -253,7 +264,12 @@ class CeleryDelivery:
                 msg = f"no callbacks registered as {name!r} on this worker"
                 raise ConfigurationError(msg)
             return factory(self._get_repository())
-        return default_callbacks_for(notification, self._get_repository())
+        return default_callbacks_for(
+            notification,
+            self._get_repository(),
+            policy=self.failure_policy,
+            sender=self._get_notifier(),
+        )
 
     def _get_notifier(self) -> Notifier:
         """The Notifier of this process: one transport and event loop for all its tasks."""
@@ -267,6 +283,8 @@ class CeleryDelivery:
                     policy=self.policy,
                     codec=self.codec,
                     hooks=self.hooks,
+                    breaker=self.breaker,
+                    failure_policy=self.failure_policy,
                     clock=self.wall_clock,  # elapsed counts across executions
                     wall_clock=self.wall_clock,
                     rng=self.rng,
