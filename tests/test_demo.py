@@ -61,8 +61,13 @@ def test_demo_runs_a_whole_training(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(c["fault"] is None for c in summary["clients"])
 
 
-def test_demo_with_faults_removes_rejecters_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    summary = run_json(capsys, "--clients", "12", "--rounds", "3", "--faults", "--seed", "5")
+def test_demo_strict_with_faults_removes_rejecters_and_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    summary = run_json(
+        capsys, "--clients", "12", "--rounds", "3", "--faults", "--seed", "5", "--strict"
+    )
+    assert summary["strict"] is True
     clients = summary["clients"]
     unreachable = [c["id"] for c in clients if c["fault"] == "unreachable"]
     rejecting = {
@@ -88,6 +93,29 @@ def test_demo_with_faults_removes_rejecters_and_errors(capsys: pytest.CaptureFix
     assert final["state"] == "ERROR"
     assert set(final["participants"]) == {c["id"] for c in clients} - set(rejecting)
     assert unreachable[0] in final["participants"]  # failing does not remove
+    assert all(not s["skipped"] for s in steps)  # no breaker under the strict rule
+
+
+def test_demo_with_faults_is_tolerant_skips_the_dead_client_and_completes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    summary = run_json(capsys, "--clients", "12", "--rounds", "3", "--faults", "--seed", "5")
+    assert summary["strict"] is False
+    clients = summary["clients"]
+    (dead,) = [c["id"] for c in clients if c["fault"] == "unreachable"]
+    steps = summary["steps"]
+    # TRAINING_START: three failed attempts open its circuit; the next two rounds skip it
+    assert steps[0]["failed"] == 1
+    assert dead not in steps[0]["skipped"]
+    assert [dead in s["skipped"] for s in steps[1:3]] == [True, True]
+    # two failed round notifications in a row: removed at the second, the training goes on
+    assert dead in steps[2]["removed"]
+    assert all(s["state"] == "ONGOING" for s in steps)
+    assert all("the training goes on" in s["decision"] for s in steps[1:5])
+    assert steps[0]["decision"] == ""  # TRAINING_START has no default callbacks
+    final = summary["final"]
+    assert final["state"] == "COMPLETED"
+    assert dead not in final["participants"]
 
 
 def test_demo_seed_repeats_the_run(capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,7 +143,9 @@ def test_demo_plain_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert "\x1b" not in out  # not a terminal: no colour, no cursor movement
     assert "[1/4] TRAINING_START: 3 delivered, 0 rejected, 1 failed" in out
     assert re.search(r"^#\s+notification\s+round\s+to\s+delivered", out, re.MULTILINE)
-    assert ": ERROR, round 1" in out
+    assert ": COMPLETED, round 1" in out
+    assert "skipped it at no cost (0 attempts, no timeout)" in out
+    assert "decisions of the failure policy:" in out
     assert "rejects round 1" in out
     assert "unreachable" in out
     assert "(--seed 3 repeats this run)" in out

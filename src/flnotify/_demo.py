@@ -6,8 +6,10 @@ path per client). The FL server side is what a host application writes: a
 [`SQLiteTrainingRepository`][], a [`Notifier`][] signing with a
 per-receiver [`Signer`][] lookup, and the notifications of one
 training built with ``from_training``. The round-type notifications bring their default
-callbacks, so rejecting clients leave the training and an unreachable one puts it into
-``ERROR``; the step results show it.
+callbacks, so rejecting clients leave the training (and are told), and an unreachable one
+is skipped by its circuit breaker and removed after two failed rounds (tolerant policy, the
+default), or puts the training into ``ERROR`` (``strict``, the original platform's rule);
+the step results show it.
 
 Nothing here prints: `run_demo` reports to a `DemoObserver` and returns a
 `DemoResult`; the command line renders both.
@@ -32,13 +34,16 @@ from wsgiref.simple_server import WSGIServer
 import attrs
 
 from ._delivery import Notifier
+from ._exceptions import CircuitOpenError
 from ._hooks import NullHook
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery
 from ._retry import RetryPolicy
 from ._types import Outcome, Receiver, TrainingSnapshot, TrainingState
+from .callbacks import FailurePolicy, default_callbacks_for
+from .health import CircuitBreaker
 from .receiving import NotificationRouter, Reply, make_wsgi_server
-from .repository import SQLiteTrainingRepository
+from .repository import SendTally, SQLiteTrainingRepository
 from .signing import Signer, generate_secret
 from .training import (
     RoundBody,
@@ -113,6 +118,8 @@ class DemoConfig:
         faults: Let a few clients reject a round and make one unreachable.
         seed: Makes ids and the choice of faulty clients repeatable; random if ``None``.
         db: The SQLite file for the training store; a temporary one if ``None``.
+        strict: The original platform's rule (any failure puts the training into
+            ``ERROR``, no breaker) instead of the tolerant policy.
     """
 
     clients: int = 20
@@ -120,6 +127,19 @@ class DemoConfig:
     faults: bool = False
     seed: int | None = None
     db: str | None = None
+    strict: bool = False
+
+    def policy(self) -> FailurePolicy:
+        """The default callbacks' policy: strict, or tolerant with removal after 2 rounds."""
+        if self.strict:
+            return FailurePolicy.strict()
+        return FailurePolicy.tolerant(min_delivered_fraction=0.5, remove_after=2)
+
+    def breaker(self) -> CircuitBreaker | None:
+        """Open after one send's attempts failed; no probe within the demo (strict: none)."""
+        if self.strict:
+            return None
+        return CircuitBreaker(failure_threshold=DEMO_RETRY.max_attempts, cool_down=3600.0)
 
 
 @attrs.frozen
@@ -166,6 +186,9 @@ class StepResult:
         state: The training's state after the send (and its callbacks).
         participants: How many participants were left after it.
         removed: The ids the callbacks removed from the training during this step.
+        skipped: The ids whose open circuit skipped them (0 attempts, no timeout).
+        decision: The failure policy's verdict on this send, in a sentence (round-type
+            notifications only).
     """
 
     number: int
@@ -179,6 +202,8 @@ class StepResult:
     state: TrainingState
     participants: int
     removed: tuple[UUID, ...]
+    skipped: tuple[UUID, ...] = ()
+    decision: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -194,6 +219,8 @@ class StepResult:
             "state": self.state.value,
             "participants": self.participants,
             "removed": [str(i) for i in self.removed],
+            "skipped": [str(i) for i in self.skipped],
+            "decision": self.decision,
         }
 
 
@@ -242,6 +269,7 @@ class DemoResult:
             "seed": self.seed,
             "rounds": self.config.rounds,
             "faults": self.config.faults,
+            "strict": self.config.strict,
             "db": self.db,
             "training_id": str(final.id),
             "actor": str(final.actor.id),
@@ -383,9 +411,11 @@ class _Progress(NullHook):
 
     watch: DemoObserver
     number: int = 0
+    notification: Notification[Any] | None = None
 
     def on_outcome(self, delivery: Delivery, /) -> None:
-        self.watch.delivery_done(self.number, delivery)
+        if delivery.notification is self.notification:  # not a CLIENT_REMOVED notice
+            self.watch.delivery_done(self.number, delivery)
 
 
 class _ListHandler(logging.Handler):
@@ -457,6 +487,8 @@ def run_demo(config: DemoConfig, observer: DemoObserver | None = None) -> DemoRe
                 signer=Signer(lookup=lambda receiver: secrets.get(receiver.id)),
                 repository=repo,
                 hooks=[progress],
+                failure_policy=config.policy(),
+                breaker=config.breaker(),
             )
         )
         receivers = [Receiver(s.id, s.message_endpoint) for s in specs]
@@ -476,8 +508,8 @@ def run_demo(config: DemoConfig, observer: DemoObserver | None = None) -> DemoRe
                 snapshot = repo.get_training(training.id)
             notification = cls.from_training(snapshot)
             watch.step_started(number, len(plan), notification)
-            progress.number = number
-            step = _send(number, notification, notifier, repo)
+            progress.number, progress.notification = number, notification
+            step = _send(number, notification, notifier, repo, config.policy())
             steps.append(step)
             watch.step_finished(step, len(plan))
         final = repo.get_training(training.id)
@@ -517,6 +549,7 @@ def _send(
     notification: TrainingNotification[Any],
     notifier: Notifier,
     repo: SQLiteTrainingRepository,
+    policy: FailurePolicy,
 ) -> StepResult:
     """Send with the notification's default callbacks (if any) and see what changed."""
     before = repo.get_training(notification.training_uuid)
@@ -537,4 +570,10 @@ def _send(
         state=after.state,
         participants=len(after.participants),
         removed=tuple(p.id for p in before.participants if p.id not in remaining),
+        skipped=tuple(d.receiver.id for d in report if isinstance(d.error, CircuitOpenError)),
+        decision=policy.explain(
+            SendTally(len(report), counts.delivered, counts.rejected, counts.failed)
+        )
+        if default_callbacks_for(notification, repo) is not None
+        else "",
     )

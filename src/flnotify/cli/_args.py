@@ -108,7 +108,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             "own), then run one training through the Notifier with an SQLite training "
             "store: TRAINING_START, the update rounds, a MODEL_TEST_ROUND and "
             "TRAINING_FINISHED. With --faults a few clients reject a round (the default "
-            "callbacks remove them) and one is unreachable (the training goes to ERROR)."
+            "callbacks remove them and tell them) and one is unreachable: its circuit "
+            "breaker skips it at no cost, the tolerant failure policy keeps the training "
+            "going and removes it after two failed rounds. --strict applies the original "
+            "rule instead: one failure puts the training into ERROR."
         ),
     )
     demo.add_argument(
@@ -119,6 +122,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     demo.add_argument(
         "--faults", action="store_true", help="some clients reject a round, one is unreachable"
+    )
+    demo.add_argument(
+        "--strict",
+        action="store_true",
+        help="the original rule: any failure puts the training into ERROR (no breaker)",
     )
     demo.add_argument(
         "--seed", type=int, metavar="N", help="repeat a run: same ids, same faulty clients"

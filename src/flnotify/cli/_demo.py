@@ -17,7 +17,7 @@ from .. import (
     RoundBody,
     SQLiteTrainingRepository,
 )
-from .._demo import DemoConfig, DemoResult, StepResult, run_demo
+from .._demo import DEMO_RETRY, DemoClient, DemoConfig, DemoResult, StepResult, run_demo
 from ._output import Style, emit, rich_module, seconds, table
 
 __all__ = ["run_demo_command"]
@@ -35,7 +35,12 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         except FlnotifyError as exc:  # a bad path or a file that is not a database
             parser.error(f"argument --db: {exc}")
     config = DemoConfig(
-        clients=args.clients, rounds=args.rounds, faults=args.faults, seed=args.seed, db=args.db
+        clients=args.clients,
+        rounds=args.rounds,
+        faults=args.faults,
+        seed=args.seed,
+        db=args.db,
+        strict=args.strict,
     )
     out = sys.stdout
     style = Style(out)
@@ -51,6 +56,7 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     else:
         progress = _PlainProgress(out)
     faults = " with faults" if args.faults else ""
+    faults += ", strict failure policy" if args.strict else ", tolerant failure policy"
     where = args.db or "a temporary SQLite file"
     emit(
         style(
@@ -224,6 +230,7 @@ _SUMMARY_HEADER = [
     "time",
     "state",
     "participants",
+    "skipped (open circuit)",
     "removed",
 ]
 
@@ -243,6 +250,7 @@ def _summary_rows(result: DemoResult) -> list[list[str]]:
                 seconds(step.elapsed),
                 step.state.value,
                 str(step.participants),
+                ", ".join(result.name_of(i) for i in step.skipped),
                 ", ".join(result.name_of(i) for i in step.removed),
             ]
         )
@@ -263,11 +271,14 @@ def _final_lines(result: DemoResult, style: Style) -> list[str]:
     if faulty:
         lines.append("faults:")
         for client in faulty:
-            if client.unreachable:
-                effect = "failed on every send -> the default callbacks set the training to ERROR"
-            else:
-                effect = "-> the default callbacks removed it from the training"
-            lines.append(f"  {client.name} {client.fault} ({client.message_endpoint}) {effect}")
+            lines.append(f"  {client.name} {client.fault} ({client.message_endpoint}) -> ")
+            lines[-1] += _effect(result, client)
+    decisions = [s for s in result.steps if s.decision]
+    if decisions:
+        lines.append("decisions of the failure policy:")
+        for step in decisions:
+            label = _step_label(step.number, len(result.steps), step.notification_type, step.round)
+            lines.append(f"  {label}: {step.decision}")
     totals = result.totals()
     lines.append(
         f"{totals['delivered']} delivered, {totals['rejected']} rejected, "
@@ -276,6 +287,26 @@ def _final_lines(result: DemoResult, style: Style) -> list[str]:
     )
     lines.append(style(f"(--seed {result.seed} repeats this run)", "dim"))
     return lines
+
+
+def _effect(result: DemoResult, client: DemoClient) -> str:
+    """What happened to one faulty client, in a sentence."""
+    removed = next((s for s in result.steps if client.id in s.removed), None)
+    if not client.unreachable:
+        return "the default callbacks removed it from the training and told it so"
+    if result.config.strict:
+        return "it failed its first round: the strict policy set the training to ERROR"
+    skipped = [s.number for s in result.steps if client.id in s.skipped]
+    parts = [f"its circuit opened after {DEMO_RETRY.max_attempts} failed attempts"]
+    if skipped:
+        steps = ", ".join(f"#{n}" for n in skipped)
+        parts.append(f"steps {steps} skipped it at no cost (0 attempts, no timeout)")
+    if removed is not None:
+        parts.append(
+            f"removed at step #{removed.number} after 2 failed rounds in a row, and told "
+            "(best effort: CLIENT_REMOVED)"
+        )
+    return "; ".join(parts)
 
 
 def _plain_demo_summary(result: DemoResult, style: Style) -> None:
