@@ -5,7 +5,7 @@ dispatcher) runs the same steps through one [`Core`][flnotify._attempt.Core] per
 only schedules and does the I/O in between::
 
     check(course)            -> Delivery (refused) | (host, port) to resolve | None
-    host_checked(course, e)  -> Delivery (refused) | None
+    host_checked(course, e, addresses) -> Delivery (refused) | None (course.address set)
     request(course)          -> headers of the next attempt | Delivery (could not sign)
         ... the driver POSTs ...
     judge(course, response or exception) -> seconds until the next attempt | Delivery
@@ -24,7 +24,7 @@ import logging
 import math
 import secrets
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._exceptions import (
     BlockedAddressError,
@@ -109,7 +109,17 @@ def internal_error(what: str, exc: BaseException, url: str = "") -> InternalErro
 class Course:
     """One receiver's way through a send: what the core needs between its steps."""
 
-    __slots__ = ("attempts", "begun", "index", "last", "message_id", "receiver", "started", "url")
+    __slots__ = (
+        "address",
+        "attempts",
+        "begun",
+        "index",
+        "last",
+        "message_id",
+        "receiver",
+        "started",
+        "url",
+    )
 
     def __init__(
         self,
@@ -127,6 +137,7 @@ class Course:
         self.started = started  # driver clock at the first attempt
         self.last: HttpResponse | None = None  # last answer, while waiting for a retry
         self.begun = 0.0  # driver clock at the start of the current attempt
+        self.address: str | None = None  # the checked address to connect to (guard on)
 
 
 class Core:
@@ -143,11 +154,15 @@ class Core:
         wall_clock: Epoch seconds, for ``webhook-timestamp`` and ``Retry-After`` dates.
         rng: Jitter in [0, 1).
         hooks: Observers of attempts and outcomes.
+        pins: Whether the driver's transport can connect to a given address
+            (``connect_to=``); if not, a guarded host name is refused rather than
+            resolved a second time by the transport.
     """
 
     __slots__ = (
         "_clock",
         "_hooks",
+        "_pins",
         "_plain_retry",
         "_policy",
         "_retry",
@@ -174,6 +189,7 @@ class Core:
         wall_clock: Callable[[], float],
         rng: Callable[[], float],
         hooks: HookSet,
+        pins: bool = True,
     ) -> None:
         self.notification = notification
         self.body = body
@@ -184,6 +200,7 @@ class Core:
         self._wall_clock = wall_clock
         self._rng = rng
         self._hooks = hooks
+        self._pins = pins
         self._tell = bool(hooks.hooks)  # any hook at all
         self._watch = hooks.attempts  # any hook that watches attempts
         self._user_agent = user_agent
@@ -214,10 +231,40 @@ class Core:
             return self.finish(course, Outcome.FAILED, error=error)
         return None
 
-    def host_checked(self, course: Course, exc: BaseException | None) -> Delivery | None:
-        """The result of the driver's resolved-address check: refused, or ``None`` (go on)."""
+    def host_checked(
+        self, course: Course, exc: BaseException | None, addresses: object = ()
+    ) -> Delivery | None:
+        """The result of the driver's resolved-address check: refused, or ``None`` (go on).
+
+        Args:
+            course: The receiver.
+            exc: What the check raised, if it did.
+            addresses: What it returned: the checked addresses, best first. The first
+                becomes ``course.address``, where the transport must connect (no second
+                lookup of the name); an IP literal needs no pinning.
+        """
         if exc is None:
-            return None
+            try:
+                host = self._policy.check_url(course.url).host
+                first = next(iter(cast(Sequence[object], addresses)), None)
+                if not isinstance(first, str) or not first:
+                    msg = f"the check returned {addresses!r}, not a list of addresses"
+                    raise TypeError(msg)
+            except Exception as failure:
+                exc = failure
+            else:
+                if first == host:
+                    return None  # an IP literal: the transport connects to it as it is
+                if not self._pins:
+                    exc = TransportError(
+                        "the address guard is on but the transport cannot connect to the"
+                        f" checked address {first} (it would look {host!r} up again)",
+                        url=course.url,
+                        kind=TransportErrorKind.BLOCKED,
+                    )
+                else:
+                    course.address = first
+                    return None
         if isinstance(exc, (EndpointError, TransportError)):
             return self.finish(course, Outcome.FAILED, error=refused_endpoint(exc, course.url))
         error = internal_error("checking the resolved address", exc, course.url)
