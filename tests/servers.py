@@ -950,6 +950,9 @@ class AddressServer(FaultServer):
         if self._client_ca is not None:
             ctx.verify_mode = ssl.CERT_REQUIRED
             self._client_ca.configure_trust(ctx)
+            # TLS 1.2: a refused client certificate fails the handshake itself (under 1.3
+            # the refusal is an alert after it, which this asyncio server may not flush)
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         self._server_ctx = ctx
         self._tmpdir = tempfile.TemporaryDirectory(prefix="flnotify-ca-")
         path = os.path.join(self._tmpdir.name, "ca.pem")

@@ -378,13 +378,43 @@ class _CappedBody:
         )
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+def _caused_by(
+    exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]
+) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, kind):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _tls_refusal(exc: httpx.HTTPError, url: str) -> ConnectError | None:
+    """A failed or refused TLS handshake (a certificate not trusted, on either side)."""
+    if not url.startswith("https:"):
+        return None
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            detail = seen.verify_message or str(seen)
+            return ConnectError(
+                f"the TLS certificate of the server is not trusted: {detail}", url=url
+            )
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, ssl.SSLEOFError):
+            # an alert: the server refused the handshake (under TLS 1.3 it may arrive with
+            # the first read, after the handshake seemed complete)
+            reason = seen.reason or str(seen)
+            return ConnectError(f"the TLS handshake was refused: {reason}", url=url)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, httpx.ConnectError) and _caused_by(
+        exc, (ConnectionResetError, ssl.SSLEOFError, EOFError)
+    ):
+        return ConnectError(
+            "the TLS handshake was refused: the server closed the connection"
+            " (does it require a client certificate?)",
+            url=url,
+        )
+    return None
 
 
 def _translate(exc: httpx.HTTPError, url: str, timeouts: Timeouts) -> TransportError:
@@ -399,6 +429,9 @@ def _translate(exc: httpx.HTTPError, url: str, timeouts: Timeouts) -> TransportE
                 seconds = getattr(timeouts, phase)
                 return TransportTimeoutError(f"timed out after {seconds:g} s {doing}", url=url)
         return TransportTimeoutError(f"timed out ({message})", url=url)
+    tls = _tls_refusal(exc, url)
+    if tls is not None:
+        return tls
     if isinstance(exc, httpx.ConnectError):
         if _caused_by(exc, socket.gaierror):
             return DNSError(f"the host name did not resolve ({exc})", url=url)

@@ -429,9 +429,16 @@ class _Connection(asyncio.Protocol):
             message = "connection closed in the middle of the response"
         else:
             message = "connection closed before any response"
-        if exc is not None:
-            message = f"{message}: {exc}"
-        error = ConnectionLostError(message, url=self._url)
+        error: TransportError
+        if isinstance(exc, ssl.SSLError) and not self.got_bytes and not self.reused:
+            # an alert on a new connection: under TLS 1.3 a server refuses a client
+            # certificate after the handshake seemed complete, with the first read
+            reason = exc.reason or str(exc)
+            error = ConnectError(f"the TLS handshake was refused: {reason}", url=self._url)
+        else:
+            if exc is not None:
+                message = f"{message}: {exc}"
+            error = ConnectionLostError(message, url=self._url)
         error.__cause__ = exc
         self._fail(error)
 
@@ -453,7 +460,9 @@ def _discard_late_connection(
         cast(asyncio.Transport, task.result()[0]).abort()
 
 
-def _connect_error(exc: BaseException, url: str, host: str, port: int) -> TransportError:
+def _connect_error(
+    exc: BaseException, url: str, host: str, port: int, tls: bool = False
+) -> TransportError:
     """Translate what ``loop.create_connection`` raised (the one place that knows these)."""
     where = f"{host}:{port}"
     if isinstance(exc, socket.gaierror):
@@ -461,6 +470,12 @@ def _connect_error(exc: BaseException, url: str, host: str, port: int) -> Transp
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or str(exc)
         return ConnectError(f"TLS certificate of {where} not trusted: {detail}", url=url)
+    if tls and isinstance(exc, (ConnectionResetError, EOFError, ssl.SSLEOFError)):
+        return ConnectError(
+            f"the TLS handshake was refused by {where}: it closed the connection"
+            " (does it require a client certificate?)",
+            url=url,
+        )
     if isinstance(exc, ssl.SSLError):
         return ConnectError(f"TLS handshake with {where} failed: {exc}", url=url)
     if isinstance(exc, builtins.TimeoutError):
@@ -683,7 +698,7 @@ class _Pool:
         try:
             _, conn = task.result()
         except (OSError, EOFError, ssl.SSLError) as exc:
-            raise _connect_error(exc, url, self._address, self._port) from exc
+            raise _connect_error(exc, url, self._address, self._port, self._tls) from exc
         return conn
 
 
