@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ._exceptions import (
@@ -161,6 +161,7 @@ class Core:
 
     __slots__ = (
         "_clock",
+        "_extra",
         "_hooks",
         "_pins",
         "_plain_retry",
@@ -203,6 +204,10 @@ class Core:
         self._pins = pins
         self._tell = bool(hooks.hooks)  # any hook at all
         self._watch = hooks.attempts  # any hook that watches attempts
+        # hooks that add headers to attempts (trace context): their optional method
+        self._extra = tuple(
+            add for hook in hooks.hooks if callable(add := getattr(hook, "attempt_headers", None))
+        )
         self._user_agent = user_agent
         self._plain_retry = type(retry) is RetryPolicy  # its decide() is known: 2xx is final
 
@@ -275,8 +280,11 @@ class Core:
     def request(self, course: Course) -> dict[str, str] | Delivery:
         """Start the next attempt: its headers, or a FAILED delivery if they cannot be made.
 
-        The headers are the core's alone: JSON, ``User-Agent``, ``webhook-id`` (the same on
-        every attempt), ``webhook-timestamp`` (taken now) and the signature if signing.
+        The headers are the core's: JSON, ``User-Agent``, ``webhook-id`` (the same on
+        every attempt), ``webhook-timestamp`` (taken now) and the signature if signing. A
+        hook may add others (a trace context) with an optional method
+        ``attempt_headers(details: AttemptStarted) -> Mapping[str, str] | None``, called
+        after ``on_attempt_started``; it never replaces one of the core's.
         """
         course.attempts += 1
         now = self._clock()
@@ -299,9 +307,30 @@ class Core:
             course.attempts -= 1  # nothing was sent
             error = internal_error("building the headers", exc, course.url)
             return self.finish(course, Outcome.FAILED, error=error)
-        if self._watch:
-            self._hooks.attempt_started(self._started(course))
+        if self._watch or self._extra:
+            details = self._started(course)
+            if self._watch:
+                self._hooks.attempt_started(details)
+            for add in self._extra:
+                self._add_headers(headers, add, details)
         return headers
+
+    def _add_headers(
+        self,
+        headers: dict[str, str],
+        add: Callable[[AttemptStarted], Mapping[str, str] | None],
+        details: AttemptStarted,
+    ) -> None:
+        """A hook's extra headers; one that raises or returns junk is logged and ignored."""
+        try:
+            extra = add(details)
+            if extra:
+                for name, value in extra.items():
+                    if type(name) is str and type(value) is str:
+                        headers.setdefault(name.lower(), value)  # the core's stay
+        except Exception:
+            hook = type(getattr(add, "__self__", add)).__name__
+            logger.exception("The delivery hook %s.attempt_headers raised.", hook)
 
     def judge(
         self,
