@@ -14,12 +14,14 @@ import ssl
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import flnotify
 from flnotify import Outcome, Receiver, RetryPolicy, TransportErrorKind
+from flnotify.callbacks import FunctionCallbacks
 from flnotify.endpoints import AsyncResolver, EndpointPolicy, Resolver
 from flnotify.transports import HttpxTransport, MemoryTransport, Timeouts
 from servers import AddressServer
@@ -225,3 +227,60 @@ def test_resolver_protocols_and_errors() -> None:
         block_private=True, allow_networks=[f"{CHECKED}/32"], resolver=SyncRebinding(CHECKED)
     )
     assert allowed.check_host("client.example", 443) == [CHECKED]
+
+
+def _rebinding_policy() -> tuple[EndpointPolicy, SyncRebinding]:
+    resolver = SyncRebinding(CHECKED, OTHER)
+    policy = EndpointPolicy(block_private=True, allow_networks=[f"{CHECKED}/32"], resolver=resolver)
+    return policy, resolver
+
+
+def test_the_outbox_dispatcher_posts_to_the_checked_address_only(
+    make_transport: TransportFactory, tmp_path: Path
+) -> None:
+    from flnotify.outbox import Outbox, OutboxDispatcher
+
+    for checked, other in _servers(CHECKED, OTHER):
+        policy, resolver = _rebinding_policy()
+        with (
+            Outbox(tmp_path / "outbox.db") as outbox,
+            flnotify.Notifier(transport=make_transport(None), policy=policy) as notifier,
+        ):
+            batch = outbox.put(_notification(checked.url("/status/202", host="localhost")))
+            OutboxDispatcher(outbox, notifier).run()
+            (entry,) = outbox.entries(batch)
+        assert entry.outcome is Outcome.DELIVERED
+        assert len(resolver.lookups) == 1
+        assert len(checked.requests) == 1
+        assert other.connections_opened == 0
+
+
+def test_a_celery_task_posts_to_the_checked_address_only() -> None:
+    """The task body of a worker (run eagerly here: no broker is needed to show it)."""
+    from celery import Celery  # type: ignore[import-untyped]
+
+    from flnotify.contrib.celery import CeleryDelivery
+
+    app = Celery(f"flnotify-pinning-{uuid.uuid4().hex[:8]}", broker="memory://")
+    app.conf.update(task_always_eager=True, task_eager_propagates=True)
+    for checked, other in _servers(CHECKED, OTHER):
+        policy, resolver = _rebinding_policy()
+        outcomes: list[flnotify.Delivery] = []
+        record = FunctionCallbacks(outcomes.append, outcomes.append)
+        sender = CeleryDelivery(
+            app,
+            transport_factory=lambda: HttpxTransport(timeouts=TIMEOUTS),
+            policy=policy,
+            callbacks={"record": lambda _, record=record: record},
+        )
+        try:
+            sender.enqueue(
+                _notification(checked.url("/status/202", host="localhost")), callbacks="record"
+            )
+        finally:
+            sender.close()
+            app.close()
+        assert [d.outcome for d in outcomes] == [Outcome.DELIVERED]
+        assert len(resolver.lookups) == 1
+        assert len(checked.requests) == 1
+        assert other.connections_opened == 0
