@@ -970,3 +970,61 @@ class AddressServer(FaultServer):
     def __enter__(self) -> AddressServer:
         self.start()
         return self
+
+
+class ClientCertRefusingServer:
+    """A TLS 1.3 server that requires a client certificate and refuses every one it gets.
+
+    Blocking sockets on purpose: OpenSSL writes the refusal alert before the handshake call
+    returns, and the server then half-closes and drains the connection, so the client
+    reads the alert (not a reset). Under TLS 1.3 that alert arrives after the client's
+    handshake completed, with the first read of the answer.
+    """
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.ca = ca
+        self.refused = 0
+        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(HOST, "localhost").configure_cert(self._ctx)
+        self._ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self._ctx.verify_mode = ssl.CERT_REQUIRED
+        trustme.CA().configure_trust(self._ctx)  # no client certificate can pass
+        self._sock = socket.create_server((HOST, 0))
+        self._sock.settimeout(0.2)
+        self.port: int = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, path: str = "/") -> str:
+        return f"https://{HOST}:{self.port}{path}"
+
+    def __enter__(self) -> ClientCertRefusingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(5)
+            # the TLS socket takes the connection over (and closes it when done)
+            with self._ctx.wrap_socket(
+                conn, server_side=True, do_handshake_on_connect=False
+            ) as tls:
+                try:
+                    tls.do_handshake()
+                except (ssl.SSLError, OSError):
+                    self.refused += 1
+                with contextlib.suppress(OSError):
+                    tls.shutdown(socket.SHUT_WR)  # the alert is out; no more TLS from here
+                    while tls.recv(65536):  # until the client closes: no reset
+                        pass

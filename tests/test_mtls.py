@@ -18,7 +18,7 @@ import trustme
 import flnotify
 from flnotify import Outcome, Receiver, RetryPolicy
 from flnotify.transports import HttpxTransport, Timeouts, TLSConfig, TLSFor
-from servers import AddressServer
+from servers import AddressServer, ClientCertRefusingServer
 
 TIMEOUTS = Timeouts(connect=2.0, read=2.0, write=2.0, pool=2.0, total=5.0)
 
@@ -169,3 +169,15 @@ def test_settings_are_checked_when_the_transport_is_built(
 def test_contexts_are_built_once_per_value(site: Site) -> None:
     assert site.tls().context() is site.tls().context()
     assert TLSConfig(ca_bundle=site.ca_bundle).context() is not site.tls().context()
+
+
+def test_a_refusal_after_a_tls13_handshake_is_typed(
+    make_transport: TransportFactory, site: Site
+) -> None:
+    with ClientCertRefusingServer(site.server_ca) as server:
+        (delivery,) = _send(make_transport(tls=site.tls()), server.url("/status/202"))
+    assert delivery.outcome is Outcome.FAILED
+    assert isinstance(delivery.error, flnotify.ConnectError), delivery.error
+    assert "the TLS handshake was refused" in str(delivery.error)
+    assert "ALERT" in str(delivery.error)  # what the server said, e.g. TLSV1_ALERT_UNKNOWN_CA
+    assert server.refused == 1

@@ -196,6 +196,8 @@ class HttpxTransport(Closing, AsyncClosing):
             raise _translate(exc, url, self.timeouts) from exc
         except (httpx.InvalidURL, httpx.CookieConflict) as exc:
             raise InvalidURLError(str(exc), url=url) from exc
+        except ssl.SSLError as exc:  # httpcore lets a TLS alert read with the answer escape
+            raise _tls_alert(exc, url) from exc
 
     async def apost(
         self,
@@ -227,6 +229,8 @@ class HttpxTransport(Closing, AsyncClosing):
             raise _translate(exc, url, self.timeouts) from exc
         except (httpx.InvalidURL, httpx.CookieConflict) as exc:
             raise InvalidURLError(str(exc), url=url) from exc
+        except ssl.SSLError as exc:  # httpcore lets a TLS alert read with the answer escape
+            raise _tls_alert(exc, url) from exc
 
     async def _apost(
         self,
@@ -389,22 +393,26 @@ def _caused_by(
     return False
 
 
+def _tls_alert(exc: ssl.SSLError, url: str) -> ConnectError:
+    """A TLS error: the server's certificate is not trusted, or the server refused us.
+
+    Under TLS 1.3 a refused client certificate arrives after the handshake seemed
+    complete, with the first read of the answer.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or str(exc)
+        return ConnectError(f"the TLS certificate of the server is not trusted: {detail}", url=url)
+    return ConnectError(f"the TLS handshake was refused: {exc.reason or exc}", url=url)
+
+
 def _tls_refusal(exc: httpx.HTTPError, url: str) -> ConnectError | None:
     """A failed or refused TLS handshake (a certificate not trusted, on either side)."""
     if not url.startswith("https:"):
         return None
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            detail = seen.verify_message or str(seen)
-            return ConnectError(
-                f"the TLS certificate of the server is not trusted: {detail}", url=url
-            )
         if isinstance(seen, ssl.SSLError) and not isinstance(seen, ssl.SSLEOFError):
-            # an alert: the server refused the handshake (under TLS 1.3 it may arrive with
-            # the first read, after the handshake seemed complete)
-            reason = seen.reason or str(seen)
-            return ConnectError(f"the TLS handshake was refused: {reason}", url=url)
+            return _tls_alert(seen, url)
         seen = seen.__cause__ or seen.__context__
     if isinstance(exc, httpx.ConnectError) and _caused_by(
         exc, (ConnectionResetError, ssl.SSLEOFError, EOFError)
