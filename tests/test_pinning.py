@@ -284,3 +284,27 @@ def test_a_celery_task_posts_to_the_checked_address_only() -> None:
         assert len(resolver.lookups) == 1
         assert len(checked.requests) == 1
         assert other.connections_opened == 0
+
+
+def test_a_hosts_own_httpx_client_is_pinned_by_addressing_the_checked_ip() -> None:
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    policy = EndpointPolicy(
+        block_private=True, allow_networks=[f"{CHECKED}/32"], resolver=SyncRebinding(CHECKED)
+    )
+    transport = HttpxTransport(async_client=client)
+    with flnotify.Notifier(transport=transport, policy=policy) as notifier:
+        (delivery,) = notifier.send(_notification("https://client.example:8443/fl?x=1"))
+        notifier._run_sync(client.aclose())
+    assert delivery.outcome is Outcome.DELIVERED
+    (request,) = seen
+    assert str(request.url) == f"https://{CHECKED}:8443/fl?x=1"
+    assert request.headers["host"] == "client.example:8443"
+    assert request.extensions["sni_hostname"] == "client.example"  # TLS checks the name
