@@ -888,3 +888,148 @@ class SinkServer(FaultServer):
     def __enter__(self) -> SinkServer:
         self.start()
         return self
+
+
+class AddressServer(FaultServer):
+    """A ``FaultServer`` on another loopback address, port or certificate.
+
+    For what ``127.0.0.1`` alone cannot show: two servers on the same port of two loopback
+    addresses (Linux routes all of 127.0.0.0/8 to loopback), a certificate for a name
+    only, a server that requires a client certificate.
+
+    Args:
+        address: The loopback address to bind (``127.x.y.z`` only).
+        port: The port to bind; 0 for an ephemeral one.
+        names: The names (and addresses) the TLS certificate is issued for.
+        client_ca: Require a client certificate signed by this CA (mutual TLS).
+        **kwargs: As for ``FaultServer``.
+    """
+
+    def __init__(
+        self,
+        address: str = HOST,
+        *,
+        port: int = 0,
+        names: tuple[str, ...] = (HOST, "localhost", "::1"),
+        client_ca: trustme.CA | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not address.startswith("127."):
+            raise ValueError("test servers bind loopback addresses only")
+        super().__init__(**kwargs)
+        self.address = address
+        self._bind_port = port
+        self._names = names
+        self._client_ca = client_ca
+
+    def start(self) -> None:
+        """Bind ``address:port`` and start serving in a background thread."""
+        if self._thread is not None or self._ports:
+            raise RuntimeError("a server can be started only once")
+        try:
+            if self.tls:
+                self._setup_tls()
+            sock = socket.create_server((self.address, self._bind_port), backlog=_BACKLOG)
+            self._listeners.append(sock)
+            sock.setblocking(False)
+            self._ports.append(sock.getsockname()[1])
+            self._thread = threading.Thread(
+                target=self._run, name=f"AddressServer-{self.address}", daemon=True
+            )
+            self._thread.start()
+            if not self._started.wait(10):
+                raise RuntimeError("server thread did not start")
+            if self._startup_error is not None:
+                raise RuntimeError("server failed to start") from self._startup_error
+        except BaseException:
+            self.stop()
+            raise
+
+    def _setup_tls(self) -> None:
+        if self._ca is None:
+            self._ca = trustme.CA()
+        cert = self._ca.issue_cert(*self._names)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(ctx)
+        ctx.set_alpn_protocols(["http/1.1"])
+        if self._client_ca is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            self._client_ca.configure_trust(ctx)
+            # TLS 1.2: a refused client certificate fails the handshake itself (under 1.3
+            # the refusal is an alert after it, which this asyncio server may not flush)
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        self._server_ctx = ctx
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="flnotify-ca-")
+        path = os.path.join(self._tmpdir.name, "ca.pem")
+        self._ca.cert_pem.write_to_path(path)
+        self._ca_pem_path = path
+
+    def base_url(self, index: int = 0, *, host: str | None = None) -> str:
+        """``scheme://host:port``, the host defaulting to the bound address."""
+        return super().base_url(index, host=self.address if host is None else host)
+
+    def url(self, path: str = "/", *, index: int = 0, host: str | None = None) -> str:
+        """The URL of ``path``, the host defaulting to the bound address."""
+        return super().url(path, index=index, host=self.address if host is None else host)
+
+    def __enter__(self) -> AddressServer:
+        self.start()
+        return self
+
+
+class ClientCertRefusingServer:
+    """A TLS 1.3 server that requires a client certificate and refuses every one it gets.
+
+    Blocking sockets on purpose: OpenSSL writes the refusal alert before the handshake call
+    returns, and the server then half-closes and drains the connection, so the client
+    reads the alert (not a reset). Under TLS 1.3 that alert arrives after the client's
+    handshake completed, with the first read of the answer.
+    """
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.ca = ca
+        self.refused = 0
+        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(HOST, "localhost").configure_cert(self._ctx)
+        self._ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self._ctx.verify_mode = ssl.CERT_REQUIRED
+        trustme.CA().configure_trust(self._ctx)  # no client certificate can pass
+        self._sock = socket.create_server((HOST, 0))
+        self._sock.settimeout(0.2)
+        self.port: int = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, path: str = "/") -> str:
+        return f"https://{HOST}:{self.port}{path}"
+
+    def __enter__(self) -> ClientCertRefusingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(5)
+            # the TLS socket takes the connection over (and closes it when done)
+            with self._ctx.wrap_socket(
+                conn, server_side=True, do_handshake_on_connect=False
+            ) as tls:
+                try:
+                    tls.do_handshake()
+                except (ssl.SSLError, OSError):
+                    self.refused += 1
+                with contextlib.suppress(OSError):
+                    tls.shutdown(socket.SHUT_WR)  # the alert is out; no more TLS from here
+                    while tls.recv(65536):  # until the client closes: no reset
+                        pass

@@ -5,7 +5,7 @@ dispatcher) runs the same steps through one [`Core`][flnotify._attempt.Core] per
 only schedules and does the I/O in between::
 
     check(course)            -> Delivery (refused) | (host, port) to resolve | None
-    host_checked(course, e)  -> Delivery (refused) | None
+    host_checked(course, e, addresses) -> Delivery (refused) | None (course.address set)
     request(course)          -> headers of the next attempt | Delivery (could not sign)
         ... the driver POSTs ...
     judge(course, response or exception) -> seconds until the next attempt | Delivery
@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from ._exceptions import (
     BlockedAddressError,
@@ -117,7 +117,17 @@ def internal_error(what: str, exc: BaseException, url: str = "") -> InternalErro
 class Course:
     """One receiver's way through a send: what the core needs between its steps."""
 
-    __slots__ = ("attempts", "begun", "index", "last", "message_id", "receiver", "started", "url")
+    __slots__ = (
+        "address",
+        "attempts",
+        "begun",
+        "index",
+        "last",
+        "message_id",
+        "receiver",
+        "started",
+        "url",
+    )
 
     def __init__(
         self,
@@ -135,6 +145,7 @@ class Course:
         self.started = started  # driver clock at the first attempt
         self.last: HttpResponse | None = None  # last answer, while waiting for a retry
         self.begun = 0.0  # driver clock at the start of the current attempt
+        self.address: str | None = None  # the checked address to connect to (guard on)
 
 
 class Core:
@@ -154,12 +165,17 @@ class Core:
         breaker: Skips endpoints that keep failing, if set.
         send_id: The send's id, on every delivery (for failure policies).
         send_size: The send's receivers in all (for failure policies).
+        pins: Whether the driver's transport can connect to a given address
+            (``connect_to=``); if not, a guarded host name is refused rather than
+            resolved a second time by the transport.
     """
 
     __slots__ = (
         "_breaker",
         "_clock",
+        "_extra",
         "_hooks",
+        "_pins",
         "_plain_retry",
         "_policy",
         "_retry",
@@ -191,6 +207,7 @@ class Core:
         breaker: CircuitBreaker | None = None,
         send_id: str = "",
         send_size: int = 0,
+        pins: bool = True,
     ) -> None:
         self.notification = notification
         self.body = body
@@ -201,8 +218,13 @@ class Core:
         self._wall_clock = wall_clock
         self._rng = rng
         self._hooks = hooks
+        self._pins = pins
         self._tell = bool(hooks.hooks)  # any hook at all
         self._watch = hooks.attempts  # any hook that watches attempts
+        # hooks that add headers to attempts (trace context): their optional method
+        self._extra = tuple(
+            add for hook in hooks.hooks if callable(add := getattr(hook, "attempt_headers", None))
+        )
         self._user_agent = user_agent
         self._breaker = breaker
         self.send_id = send_id
@@ -239,10 +261,40 @@ class Core:
             return self.finish(course, Outcome.FAILED, error=error)
         return None
 
-    def host_checked(self, course: Course, exc: BaseException | None) -> Delivery | None:
-        """The result of the driver's resolved-address check: refused, or ``None`` (go on)."""
+    def host_checked(
+        self, course: Course, exc: BaseException | None, addresses: object = ()
+    ) -> Delivery | None:
+        """The result of the driver's resolved-address check: refused, or ``None`` (go on).
+
+        Args:
+            course: The receiver.
+            exc: What the check raised, if it did.
+            addresses: What it returned: the checked addresses, best first. The first
+                becomes ``course.address``, where the transport must connect (no second
+                lookup of the name); an IP literal needs no pinning.
+        """
         if exc is None:
-            return None
+            try:
+                host = self._policy.check_url(course.url).host
+                first = next(iter(cast(Sequence[object], addresses)), None)
+                if not isinstance(first, str) or not first:
+                    msg = f"the check returned {addresses!r}, not a list of addresses"
+                    raise TypeError(msg)
+            except Exception as failure:
+                exc = failure
+            else:
+                if first == host:
+                    return None  # an IP literal: the transport connects to it as it is
+                if not self._pins:
+                    exc = TransportError(
+                        "the address guard is on but the transport cannot connect to the"
+                        f" checked address {first} (it would look {host!r} up again)",
+                        url=course.url,
+                        kind=TransportErrorKind.BLOCKED,
+                    )
+                else:
+                    course.address = first
+                    return None
         if isinstance(exc, (EndpointError, TransportError)):
             return self.finish(course, Outcome.FAILED, error=refused_endpoint(exc, course.url))
         error = internal_error("checking the resolved address", exc, course.url)
@@ -253,8 +305,11 @@ class Core:
     def request(self, course: Course) -> dict[str, str] | Delivery:
         """Start the next attempt: its headers, or a FAILED delivery if they cannot be made.
 
-        The headers are the core's alone: JSON, ``User-Agent``, ``webhook-id`` (the same on
-        every attempt), ``webhook-timestamp`` (taken now) and the signature if signing.
+        The headers are the core's: JSON, ``User-Agent``, ``webhook-id`` (the same on
+        every attempt), ``webhook-timestamp`` (taken now) and the signature if signing. A
+        hook may add others (a trace context) with an optional method
+        ``attempt_headers(details: AttemptStarted) -> Mapping[str, str] | None``, called
+        after ``on_attempt_started``; it never replaces one of the core's.
         """
         course.attempts += 1
         now = self._clock()
@@ -277,9 +332,30 @@ class Core:
             course.attempts -= 1  # nothing was sent
             error = internal_error("building the headers", exc, course.url)
             return self.finish(course, Outcome.FAILED, error=error)
-        if self._watch:
-            self._hooks.attempt_started(self._started(course))
+        if self._watch or self._extra:
+            details = self._started(course)
+            if self._watch:
+                self._hooks.attempt_started(details)
+            for add in self._extra:
+                self._add_headers(headers, add, details)
         return headers
+
+    def _add_headers(
+        self,
+        headers: dict[str, str],
+        add: Callable[[AttemptStarted], Mapping[str, str] | None],
+        details: AttemptStarted,
+    ) -> None:
+        """A hook's extra headers; one that raises or returns junk is logged and ignored."""
+        try:
+            extra = add(details)
+            if extra:
+                for name, value in extra.items():
+                    if type(name) is str and type(value) is str:
+                        headers.setdefault(name.lower(), value)  # the core's stay
+        except Exception:
+            hook = type(getattr(add, "__self__", add)).__name__
+            logger.exception("The delivery hook %s.attempt_headers raised.", hook)
 
     def judge(
         self,

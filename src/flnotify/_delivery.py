@@ -62,6 +62,11 @@ def _default_transport() -> HttpxTransport:
     return HttpxTransport()
 
 
+def _pins(transport: object) -> bool:
+    """Whether ``transport.apost`` takes ``connect_to=`` (the checked address to connect to)."""
+    return getattr(transport, "pins_connections", False) is True and hasattr(transport, "apost")
+
+
 def _hooks(value: Sequence[DeliveryHook]) -> tuple[DeliveryHook, ...]:
     return tuple(value)
 
@@ -236,6 +241,7 @@ class Notifier(Closing, AsyncClosing):
             breaker=self.breaker,
             send_id=send[0],
             send_size=send[1],
+            pins=_pins(self.transport),
         )
         run = _Send(
             self,
@@ -357,6 +363,9 @@ class _Send:
         self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()
         self.post, bounded = notifier._poster()
+        self.pinned: Callable[..., Awaitable[HttpResponse]] | None = (
+            getattr(notifier.transport, "apost", None) if _pins(notifier.transport) else None
+        )  # the transport's apost taking connect_to=, if it has one
         workers = min(notifier.concurrency, n)
         self.workers: list[asyncio.Task[None]] = []
         # The watchdog of transports that do not bound their attempts: when each worker's
@@ -470,6 +479,7 @@ class _Send:
         ready = self.ready
         current = self.current
         post = self.post
+        pin = cast(Callable[..., Awaitable[HttpResponse]], self.pinned)
         body = core.body
         began = self.began
         now = asyncio.get_running_loop().time
@@ -494,11 +504,11 @@ class _Send:
                     if checked is not None:
                         if type(checked) is tuple:
                             try:
-                                await policy.acheck_host(*checked, url=course.url)
+                                addresses = await policy.acheck_host(*checked, url=course.url)
                             except Exception as exc:
                                 checked = core.host_checked(course, exc)
                             else:
-                                checked = None
+                                checked = core.host_checked(course, None, addresses)
                         if checked is not None:
                             self.record(course.index, cast(Delivery, checked))
                             continue
@@ -506,9 +516,14 @@ class _Send:
                 if type(headers) is not dict:
                     self.record(course.index, cast(Delivery, headers))
                     continue
+                address = course.address  # set when the guard checked a name: connect there
                 if began is None:
                     try:
-                        response = await post(course.url, body, headers)
+                        response = await (
+                            post(course.url, body, headers)
+                            if address is None
+                            else pin(course.url, body, headers, connect_to=address)
+                        )
                     except Exception as exc:
                         step = core.judge(course, exc=exc)
                     else:
@@ -516,7 +531,11 @@ class _Send:
                 else:
                     began[worker] = now()
                     try:
-                        response = await post(course.url, body, headers)
+                        response = await (
+                            post(course.url, body, headers)
+                            if address is None
+                            else pin(course.url, body, headers, connect_to=address)
+                        )
                     except asyncio.CancelledError:
                         began[worker] = 0.0
                         if not self.overran(worker):

@@ -14,13 +14,15 @@
 
 What the guard does **not** protect against:
 
-* **DNS rebinding.** The name is resolved here and again by the HTTP client when it
-  connects; a hostile DNS server can answer a public address to the first lookup and a
-  private one to the second. Only literal-IP endpoints, or a resolver you control, close
-  that gap.
 * **Proxies.** When the HTTP client goes through a proxy (e.g. ``HTTPS_PROXY``), the proxy
   connects wherever it likes; the check sees only the name.
 * Redirects are not a hole: flnotify never follows them.
+
+DNS rebinding is closed by the drivers, not here: the addresses [`EndpointPolicy.acheck_host`][]
+returns are the ones checked, and the [`Notifier`][flnotify.Notifier] makes the transport
+connect to the first of them (``connect_to=``) instead of resolving the name again. A
+``resolver=`` (a [`Resolver`][flnotify.endpoints.Resolver] or
+[`AsyncResolver`][flnotify.endpoints.AsyncResolver]) replaces the system's name lookup.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeAlias
+from typing import Protocol, TypeAlias, cast, runtime_checkable
 from urllib.parse import urlsplit
 
 import attrs
@@ -41,11 +43,13 @@ from ._validators import at_least_one
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "AsyncResolver",
     "EndpointPolicy",
     "IPAddress",
     "IPNetwork",
     "ParsedEndpoint",
     "PayloadTooLargeError",
+    "Resolver",
 ]
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -75,6 +79,30 @@ class PayloadTooLargeError(ConfigurationError):
         super().__init__(f"request body of {size} bytes exceeds the limit of {limit} bytes")
         self.size = size
         self.limit = limit
+
+
+@runtime_checkable
+class Resolver(Protocol):
+    """Resolves host names for the address guard, blocking (e.g. a pinned table in tests)."""
+
+    def resolve(self, host: str, port: int) -> Sequence[str | IPAddress]:
+        """The addresses of ``host``, best first; raise ``OSError`` when it does not resolve."""
+        ...
+
+
+@runtime_checkable
+class AsyncResolver(Protocol):
+    """Resolves host names for the address guard, on the event loop (e.g. aiodns)."""
+
+    async def aresolve(self, host: str, port: int) -> Sequence[str | IPAddress]:
+        """The addresses of ``host``, best first; raise ``OSError`` when it does not resolve."""
+        ...
+
+
+def _check_resolver(_: object, __: object, value: Resolver | AsyncResolver | None) -> None:
+    if value is not None and not hasattr(value, "resolve") and not hasattr(value, "aresolve"):
+        msg = f"resolver {type(value).__name__} has neither resolve() nor aresolve()"
+        raise ConfigurationError(msg)
 
 
 def _networks(*entries: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
@@ -268,6 +296,10 @@ class EndpointPolicy:
             ``("10.20.0.0/16",)``; strings are converted.
         allow_userinfo: Accept ``user:password@`` in URLs (off: it would leak into logs).
         max_body_bytes: The largest request body that may be sent.
+        resolver: Resolves host names for the guard instead of the system's
+            ``getaddrinfo`` (a [`Resolver`][flnotify.endpoints.Resolver], an
+            [`AsyncResolver`][flnotify.endpoints.AsyncResolver], or both). The Notifier
+            connects to the first address it returns, so the name is never resolved twice.
     """
 
     schemes: frozenset[str] = attrs.field(default=frozenset(_DEFAULT_PORTS), converter=_to_schemes)
@@ -275,6 +307,7 @@ class EndpointPolicy:
     allow_networks: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks)
     allow_userinfo: bool = False
     max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=at_least_one)
+    resolver: Resolver | AsyncResolver | None = attrs.field(default=None, validator=_check_resolver)
 
     def check_url(self, url: str) -> ParsedEndpoint:
         """Parse and check a receiver URL; pure, no I/O, cached by URL.
@@ -353,11 +386,9 @@ class EndpointPolicy:
         self.check_address(address, url=url)
         return [str(address)]
 
-    def _check_resolved(
-        self, infos: Sequence[tuple[Any, ...]], host: str, url: str | None
-    ) -> list[str]:
+    def _check_resolved(self, resolved: Iterable[object], host: str, url: str | None) -> list[str]:
         """Check every resolved address; any blocked one refuses the host."""
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        addresses = list(dict.fromkeys(str(address) for address in resolved))
         if not addresses:
             raise DNSError(f"cannot resolve {host!r}: no addresses", url=url or host)
         for address in addresses:
@@ -365,21 +396,35 @@ class EndpointPolicy:
         return addresses
 
     def check_host(self, host: str, port: int, *, url: str | None = None) -> list[str]:
-        """Resolve ``host`` and check every address (blocking); see [`acheck_host`][]."""
+        """Resolve ``host`` and check every address (blocking); see [`acheck_host`][].
+
+        Raises:
+            ConfigurationError: The ``resolver`` has only ``aresolve``.
+        """
         done = self._precheck_host(host, url)
         if done is not None:
             return done
+        resolver = self.resolver
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            if resolver is None:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                return self._check_resolved((info[4][0] for info in infos), host, url)
+            resolve = getattr(resolver, "resolve", None)
+            if resolve is None:
+                msg = f"resolver {type(resolver).__name__} has no resolve(); use acheck_host"
+                raise ConfigurationError(msg)
+            resolved = resolve(host, port)
         except (OSError, UnicodeError) as exc:
             raise _dns_error(host, url, exc) from exc
-        return self._check_resolved(infos, host, url)
+        return self._check_resolved(resolved, host, url)
 
     async def acheck_host(self, host: str, port: int, *, url: str | None = None) -> list[str]:
         """Resolve ``host`` and check every address it resolves to.
 
         Skips resolution entirely while ``block_private`` is off (returns ``[]``); an IP
-        literal is checked without resolving.
+        literal is checked without resolving. Uses the ``resolver``'s ``aresolve`` if it
+        has one, else its ``resolve`` in a worker thread, else the event loop's
+        ``getaddrinfo``.
 
         Args:
             host: The host name or IP literal.
@@ -387,7 +432,8 @@ class EndpointPolicy:
             url: The endpoint, for errors.
 
         Returns:
-            The distinct addresses checked.
+            The distinct addresses checked, in the resolver's order: the transport
+            connects to the first one.
 
         Raises:
             BlockedAddressError: Any resolved address is guarded.
@@ -397,11 +443,21 @@ class EndpointPolicy:
         if done is not None:
             return done
         loop = asyncio.get_running_loop()
+        resolver = self.resolver
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            if resolver is None:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                return self._check_resolved((info[4][0] for info in infos), host, url)
+            aresolve = getattr(resolver, "aresolve", None)
+            if aresolve is not None:
+                resolved = await aresolve(host, port)
+            else:
+                resolved = await loop.run_in_executor(
+                    None, cast(Resolver, resolver).resolve, host, port
+                )
         except (OSError, UnicodeError) as exc:
             raise _dns_error(host, url, exc) from exc
-        return self._check_resolved(infos, host, url)
+        return self._check_resolved(resolved, host, url)
 
     def check_endpoint(self, url: str) -> ParsedEndpoint:
         """[`check_url`][], then [`check_host`][] (blocking) when the guard is on."""

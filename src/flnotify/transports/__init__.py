@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ._base import DEFAULT_MAX_RESPONSE_BYTES, AsyncTransport, HttpResponse, Timeouts, Transport
 from ._httpx import HttpxTransport
 from ._memory import MemoryRequest, MemoryTransport
+from ._tls import TLSConfig, TLSFor
 
 if TYPE_CHECKING:
     from ._streams import StreamTransport
@@ -22,6 +23,8 @@ __all__ = [
     "MemoryRequest",
     "MemoryTransport",
     "StreamTransport",
+    "TLSConfig",
+    "TLSFor",
     "Timeouts",
     "Transport",
 ]

@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import certifi
@@ -19,6 +19,7 @@ import httpx
 
 from .._closing import AsyncClosing, Closing
 from .._exceptions import (
+    ConfigurationError,
     ConnectError,
     ConnectionLostError,
     DNSError,
@@ -28,6 +29,7 @@ from .._exceptions import (
     TransportTimeoutError,
 )
 from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts, within
+from ._tls import TLSConfig, TLSFor, tls_context
 
 __all__ = ["HttpxTransport"]
 
@@ -71,10 +73,17 @@ class HttpxTransport(Closing, AsyncClosing):
             closed beyond that).
         verify: TLS verification for the clients flnotify creates: ``True``, or an
             ``ssl.SSLContext`` (e.g. trusting a private CA).
+        tls: A client certificate and trusted CAs (mutual TLS) for the clients flnotify
+            creates, instead of ``verify``.
+        tls_for: Per-receiver TLS for async sends: called once per ``https`` origin with
+            its host and port; its context or settings, or ``None`` for the transport's.
     """
 
     bounds_attempts: ClassVar[bool] = True
     """Every async attempt ends within ``timeouts.total``."""
+
+    pins_connections: ClassVar[bool] = True
+    """``apost`` takes ``connect_to=``: the address the endpoint guard checked."""
 
     client: httpx.Client | None = None
     async_client: httpx.AsyncClient | None = None
@@ -84,6 +93,8 @@ class HttpxTransport(Closing, AsyncClosing):
     max_connections_per_origin: int = 8
     max_origins: int = 256
     verify: bool | ssl.SSLContext = True
+    tls: TLSConfig | None = None
+    tls_for: TLSFor | None = None
     _own_client: httpx.Client | None = attrs.field(init=False, default=None)
     _own_async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _OriginClients] = attrs.field(
         init=False, factory=weakref.WeakKeyDictionary
@@ -91,11 +102,28 @@ class HttpxTransport(Closing, AsyncClosing):
     _ssl: ssl.SSLContext | None = attrs.field(init=False, default=None)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
+    def __attrs_post_init__(self) -> None:
+        if self.tls is not None and isinstance(self.verify, ssl.SSLContext):
+            msg = "HttpxTransport takes tls= or verify=<SSLContext>, not both"
+            raise ConfigurationError(msg)
+        if self.tls is not None:
+            self.tls.context()  # a missing or broken file is refused now, not at a POST
+
     def _limits(self, connections: int) -> httpx.Limits:
         return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        """One TLS context for every client: building one loads the CA bundle (~ms)."""
+    def _ssl_context(self, origin: str | None = None) -> ssl.SSLContext:
+        """One TLS context for every client: building one loads the CA bundle (~ms).
+
+        An ``https`` origin's own (``tls_for``) comes first, then ``tls``, then ``verify``.
+        """
+        if self.tls_for is not None and origin is not None and origin.startswith("https:"):
+            target = httpx.URL(origin)
+            custom = self.tls_for(target.host, target.port or 443)
+            if custom is not None:
+                return tls_context(custom)
+        if self.tls is not None:
+            return self.tls.context()
         if isinstance(self.verify, ssl.SSLContext):
             return self.verify
         if self._ssl is None:
@@ -122,16 +150,18 @@ class HttpxTransport(Closing, AsyncClosing):
             trust_env=False,
         )
 
-    def _new_async_client(self) -> httpx.AsyncClient:
+    def _new_async_client(self, origin: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             timeout=_httpx_timeout(self.timeouts),
             limits=self._limits(self.max_connections_per_origin),
             follow_redirects=False,
-            verify=self._ssl_context(),
+            verify=self._ssl_context(origin),
             trust_env=False,
         )
 
-    def _async_client(self, url: str) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+    def _async_client(
+        self, url: str, connect_to: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
         if self.async_client is not None:
             return contextlib.nullcontext(self.async_client)
         loop = asyncio.get_running_loop()
@@ -140,7 +170,11 @@ class HttpxTransport(Closing, AsyncClosing):
             clients = self._own_async[loop] = _OriginClients(
                 self.max_origins, self.max_connections_per_origin
             )
-        return clients.use(_origin(url), self._new_async_client)
+        origin = _origin(url)
+        # A pinned origin has a client of its own per address: its pool (keyed by the
+        # address) never carries another host name's requests, nor another address's.
+        key = origin if connect_to is None else f"{origin} {connect_to}"
+        return clients.use(key, lambda: self._new_async_client(origin))
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
         """POST once, blocking; see [`Transport`][flnotify.transports.Transport]."""
@@ -162,24 +196,57 @@ class HttpxTransport(Closing, AsyncClosing):
             raise _translate(exc, url, self.timeouts) from exc
         except (httpx.InvalidURL, httpx.CookieConflict) as exc:
             raise InvalidURLError(str(exc), url=url) from exc
+        except ssl.SSLError as exc:  # httpcore lets a TLS alert read with the answer escape
+            raise _tls_alert(exc, url) from exc
 
-    async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
-        """POST once; see [`AsyncTransport`][flnotify.transports.AsyncTransport]."""
+    async def apost(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        connect_to: str | None = None,
+    ) -> HttpResponse:
+        """POST once; see [`AsyncTransport`][flnotify.transports.AsyncTransport].
+
+        Args:
+            url: The endpoint.
+            body: The request body.
+            headers: The request headers.
+            connect_to: Connect to this IP address instead of resolving the URL's host
+                (the address the endpoint guard checked); the host name stays in the
+                ``Host`` header and, for ``https``, in SNI and certificate verification.
+        """
         try:
-            async with self._async_client(url) as client:
-                return await within(
-                    self.timeouts.total, self._apost(client, url, body, headers), url
-                )
+            async with self._async_client(url, connect_to) as client:
+                if connect_to is None:
+                    sent = self._apost(client, url, body, headers)
+                else:
+                    target, pinned, extensions = _pinned(url, headers, connect_to)
+                    sent = self._apost(client, target, body, pinned, extensions)
+                return await within(self.timeouts.total, sent, url)
         except httpx.HTTPError as exc:
             raise _translate(exc, url, self.timeouts) from exc
         except (httpx.InvalidURL, httpx.CookieConflict) as exc:
             raise InvalidURLError(str(exc), url=url) from exc
+        except ssl.SSLError as exc:  # httpcore lets a TLS alert read with the answer escape
+            raise _tls_alert(exc, url) from exc
 
     async def _apost(
-        self, client: httpx.AsyncClient, url: str, body: bytes, headers: Mapping[str, str]
+        self,
+        client: httpx.AsyncClient,
+        url: str | httpx.URL,
+        body: bytes,
+        headers: Mapping[str, str],
+        extensions: dict[str, Any] | None = None,
     ) -> HttpResponse:
         async with client.stream(
-            "POST", url, content=body, headers=headers, follow_redirects=False
+            "POST",
+            url,
+            content=body,
+            headers=headers,
+            follow_redirects=False,
+            extensions=extensions,
         ) as response:
             capped = _CappedBody(self.max_response_bytes)
             async for chunk in response.aiter_bytes():
@@ -199,6 +266,24 @@ class HttpxTransport(Closing, AsyncClosing):
         clients = self._own_async.pop(asyncio.get_running_loop(), None)
         if clients is not None:
             await clients.aclose()
+
+
+def _pinned(
+    url: str, headers: Mapping[str, str], address: str
+) -> tuple[httpx.URL, Mapping[str, str], dict[str, Any] | None]:
+    """The URL, headers and extensions that send ``url``'s request to ``address``.
+
+    The URL names the address (so httpcore connects there without resolving anything);
+    the host name stays in ``Host`` and, for ``https``, in SNI and certificate checks.
+    """
+    target = httpx.URL(url)
+    name = target.host
+    if name == address:
+        return target, headers, None
+    pinned = {**headers, "host": target.netloc.decode("ascii")}
+    # httpcore verifies the certificate against sni_hostname (it is the server_hostname)
+    extensions = {"sni_hostname": name} if target.scheme == "https" else None
+    return target.copy_with(host=address), pinned, extensions
 
 
 def _origin(url: str) -> str:
@@ -297,13 +382,47 @@ class _CappedBody:
         )
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+def _caused_by(
+    exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]
+) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, kind):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _tls_alert(exc: ssl.SSLError, url: str) -> ConnectError:
+    """A TLS error: the server's certificate is not trusted, or the server refused us.
+
+    Under TLS 1.3 a refused client certificate arrives after the handshake seemed
+    complete, with the first read of the answer.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or str(exc)
+        return ConnectError(f"the TLS certificate of the server is not trusted: {detail}", url=url)
+    return ConnectError(f"the TLS handshake was refused: {exc.reason or exc}", url=url)
+
+
+def _tls_refusal(exc: httpx.HTTPError, url: str) -> ConnectError | None:
+    """A failed or refused TLS handshake (a certificate not trusted, on either side)."""
+    if not url.startswith("https:"):
+        return None
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, ssl.SSLEOFError):
+            return _tls_alert(seen, url)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, httpx.ConnectError) and _caused_by(
+        exc, (ConnectionResetError, ssl.SSLEOFError, EOFError)
+    ):
+        return ConnectError(
+            "the TLS handshake was refused: the server closed the connection"
+            " (does it require a client certificate?)",
+            url=url,
+        )
+    return None
 
 
 def _translate(exc: httpx.HTTPError, url: str, timeouts: Timeouts) -> TransportError:
@@ -318,6 +437,9 @@ def _translate(exc: httpx.HTTPError, url: str, timeouts: Timeouts) -> TransportE
                 seconds = getattr(timeouts, phase)
                 return TransportTimeoutError(f"timed out after {seconds:g} s {doing}", url=url)
         return TransportTimeoutError(f"timed out ({message})", url=url)
+    tls = _tls_refusal(exc, url)
+    if tls is not None:
+        return tls
     if isinstance(exc, httpx.ConnectError):
         if _caused_by(exc, socket.gaierror):
             return DNSError(f"the host name did not resolve ({exc})", url=url)

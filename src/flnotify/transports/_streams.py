@@ -45,6 +45,7 @@ from .._exceptions import (
 )
 from .._version import __version__
 from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts
+from ._tls import TLSConfig, TLSFor, tls_context
 
 __all__ = ["StreamTransport"]
 
@@ -428,9 +429,16 @@ class _Connection(asyncio.Protocol):
             message = "connection closed in the middle of the response"
         else:
             message = "connection closed before any response"
-        if exc is not None:
-            message = f"{message}: {exc}"
-        error = ConnectionLostError(message, url=self._url)
+        error: TransportError
+        if isinstance(exc, ssl.SSLError) and not self.got_bytes and not self.reused:
+            # an alert on a new connection: under TLS 1.3 a server refuses a client
+            # certificate after the handshake seemed complete, with the first read
+            reason = exc.reason or str(exc)
+            error = ConnectError(f"the TLS handshake was refused: {reason}", url=self._url)
+        else:
+            if exc is not None:
+                message = f"{message}: {exc}"
+            error = ConnectionLostError(message, url=self._url)
         error.__cause__ = exc
         self._fail(error)
 
@@ -452,7 +460,9 @@ def _discard_late_connection(
         cast(asyncio.Transport, task.result()[0]).abort()
 
 
-def _connect_error(exc: BaseException, url: str, host: str, port: int) -> TransportError:
+def _connect_error(
+    exc: BaseException, url: str, host: str, port: int, tls: bool = False
+) -> TransportError:
     """Translate what ``loop.create_connection`` raised (the one place that knows these)."""
     where = f"{host}:{port}"
     if isinstance(exc, socket.gaierror):
@@ -460,6 +470,12 @@ def _connect_error(exc: BaseException, url: str, host: str, port: int) -> Transp
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or str(exc)
         return ConnectError(f"TLS certificate of {where} not trusted: {detail}", url=url)
+    if tls and isinstance(exc, (ConnectionResetError, EOFError, ssl.SSLEOFError)):
+        return ConnectError(
+            f"the TLS handshake was refused by {where}: it closed the connection"
+            " (does it require a client certificate?)",
+            url=url,
+        )
     if isinstance(exc, ssl.SSLError):
         return ConnectError(f"TLS handshake with {where} failed: {exc}", url=url)
     if isinstance(exc, builtins.TimeoutError):
@@ -475,6 +491,8 @@ class _Pool:
     """The connections to one origin: at most ``limit``, idle ones reused newest first."""
 
     __slots__ = (
+        "_address",
+        "_context",
         "_host",
         "_port",
         "_server_hostname",
@@ -493,13 +511,17 @@ class _Pool:
         "write_timeout",
     )
 
-    def __init__(self, state: _LoopState, host: str, port: int, tls: bool) -> None:
+    def __init__(
+        self, state: _LoopState, host: str, port: int, tls: bool, address: str | None = None
+    ) -> None:
         settings = state.settings
         self._state = state
         self.loop = state.loop
         self._host = host
         self._port = port
+        self._address = host if address is None else address  # where to connect
         self._tls = tls
+        self._context: ssl.SSLContext | None = None
         self._server_hostname = host if tls else None
         self.limit = settings.max_connections_per_origin
         self.read_timeout = settings.timeouts.read
@@ -646,11 +668,13 @@ class _Pool:
     async def _connect(self, url: str) -> _Connection:
         loop = self.loop
         timeout = self._state.settings.timeouts.connect
-        context = self._state.settings._tls_context() if self._tls else None
+        context = self._context
+        if context is None and self._tls:  # once per pool: per-receiver settings are looked up
+            context = self._context = self._state.settings._tls_context(self._host, self._port)
         task: asyncio.Task[tuple[asyncio.BaseTransport, _Connection]] = loop.create_task(
             loop.create_connection(
                 lambda: _Connection(self),
-                self._host,
+                self._address,  # the host, or the address the endpoint guard checked
                 self._port,
                 ssl=context,
                 server_hostname=self._server_hostname,
@@ -674,7 +698,7 @@ class _Pool:
         try:
             _, conn = task.result()
         except (OSError, EOFError, ssl.SSLError) as exc:
-            raise _connect_error(exc, url, self._host, self._port) from exc
+            raise _connect_error(exc, url, self._address, self._port, self._tls) from exc
         return conn
 
 
@@ -684,6 +708,7 @@ class _Origin:
 
     pool: _Pool
     lines: str  # "Host: ...\r\n", plus "Authorization: ...\r\n" for user:password@
+    key: tuple[str, str, int]  # (scheme, host, port)
 
 
 class _LoopState:
@@ -695,7 +720,7 @@ class _LoopState:
         self.settings = settings
         self.loop = loop
         self.origins: dict[str, _Origin] = {}
-        self.pools: dict[tuple[str, str, int], _Pool] = {}
+        self.pools: dict[tuple[str | int, ...], _Pool] = {}  # (scheme, host, port[, address])
         self.idle_count = 0  # over all origins
 
     def origin(self, prefix: str, url: str) -> _Origin:
@@ -741,8 +766,17 @@ class _LoopState:
             pool = self.pools[key] = _Pool(self, host, port, scheme == "https")
         if len(self.origins) >= _MAX_CACHED_ORIGINS:
             self._prune()
-        origin = self.origins[prefix] = _Origin(pool, lines)
+        origin = self.origins[prefix] = _Origin(pool, lines, key)
         return origin
+
+    def pinned(self, origin: _Origin, address: str) -> _Pool:
+        """The pool of ``origin``'s connections to ``address`` (never shared with another)."""
+        key = (*origin.key, address)
+        pool = self.pools.get(key)
+        if pool is None:
+            scheme, host, port = origin.key
+            pool = self.pools[key] = _Pool(self, host, port, scheme == "https", address)
+        return pool
 
     def _prune(self) -> None:
         """Forget cached prefixes, and pools holding nothing (a fan-out to many hosts)."""
@@ -831,10 +865,17 @@ class StreamTransport(AsyncClosing):
         keepalive_expiry: Idle connections older than this many seconds are not reused.
         max_idle_connections: Idle connections kept over all origins (a fan-out to many
             hosts); a connection released beyond this number is closed instead.
+        tls: A client certificate and trusted CAs (mutual TLS), instead of
+            ``ssl_context``.
+        tls_for: Per-receiver TLS: called once per ``https`` origin (and event loop) with
+            its host and port; its context or settings, or ``None`` for the transport's.
     """
 
     bounds_attempts: ClassVar[bool] = True
     """Every attempt ends within ``timeouts.total`` (the Notifier adds no bound of its own)."""
+
+    pins_connections: ClassVar[bool] = True
+    """``apost`` takes ``connect_to=``: the address the endpoint guard checked."""
 
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     max_response_bytes: int = attrs.field(
@@ -845,6 +886,8 @@ class StreamTransport(AsyncClosing):
     user_agent: str = attrs.field(factory=_default_user_agent, validator=_check_user_agent)
     keepalive_expiry: float = attrs.field(default=5.0, validator=_check_non_negative)
     max_idle_connections: int = attrs.field(default=512, validator=_check_positive)
+    tls: TLSConfig | None = None
+    tls_for: TLSFor | None = None
     _state: _LoopState | None = attrs.field(init=False, default=None, repr=False)
     _states: dict[asyncio.AbstractEventLoop, _LoopState] = attrs.field(
         init=False, factory=dict, repr=False
@@ -854,7 +897,21 @@ class StreamTransport(AsyncClosing):
 
     # -- public API -------------------------------------------------------------------------
 
-    async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
+    def __attrs_post_init__(self) -> None:
+        if self.tls is not None and self.ssl_context is not None:
+            msg = "StreamTransport takes tls= or ssl_context=, not both"
+            raise ConfigurationError(msg)
+        if self.tls is not None:
+            self.tls.context()  # a missing or broken file is refused now, not at a POST
+
+    async def apost(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        connect_to: str | None = None,
+    ) -> HttpResponse:
         """POST ``body`` to ``url`` and return the response, its body capped.
 
         Args:
@@ -863,6 +920,10 @@ class StreamTransport(AsyncClosing):
             headers: Request headers (``Content-Type``, signatures, ...). Framing and
                 connection headers (``Host``, ``Content-Length``, ``Transfer-Encoding``,
                 ``Connection``, ...) are the transport's own; these are ignored.
+            connect_to: Connect to this IP address instead of resolving the URL's host
+                (the address the endpoint guard checked); the host name stays in the
+                ``Host`` header and, for ``https``, in SNI and certificate verification.
+                Its connections are pooled apart from every other address's.
 
         Raises:
             InvalidURLError: ``url`` or a header cannot be sent (raised before any I/O).
@@ -912,7 +973,7 @@ class StreamTransport(AsyncClosing):
         else:
             data, rest = head, body
 
-        pool = origin.pool
+        pool = origin.pool if connect_to is None else state.pinned(origin, connect_to)
         conn = pool.take_idle() if pool.idle else None
         if conn is None:
             conn, begun = await pool.acquire(url)
@@ -957,10 +1018,16 @@ class StreamTransport(AsyncClosing):
         if state is not None:
             await state.aclose()
 
-    def _tls_context(self) -> ssl.SSLContext:
-        """The context for ``https`` origins (the default one is made on first use)."""
+    def _tls_context(self, host: str, port: int) -> ssl.SSLContext:
+        """The context for an ``https`` origin (the default one is made on first use)."""
+        if self.tls_for is not None:
+            custom = self.tls_for(host, port)
+            if custom is not None:
+                return tls_context(custom)
         if self.ssl_context is not None:
             return self.ssl_context
+        if self.tls is not None:
+            return self.tls.context()
         if self._default_tls is None:
             self._default_tls = ssl.create_default_context()
         return self._default_tls
