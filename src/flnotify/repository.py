@@ -430,9 +430,7 @@ class _RepositoryBase(abc.ABC):
         Raises:
             ConfigurationError: An argument is invalid.
         """
-        if not isinstance(send_id, str) or not send_id:
-            msg = f"send_id must be a non-empty string, got {send_id!r}"
-            raise ConfigurationError(msg)
+        _require_send_id(send_id)
         if isinstance(send_size, bool) or not isinstance(send_size, int) or send_size < 1:
             msg = f"send_size must be an int >= 1, got {send_size!r}"
             raise ConfigurationError(msg)
@@ -449,10 +447,7 @@ class _RepositoryBase(abc.ABC):
 
     def claim_verdict(self, send_id: str) -> bool:
         """``True`` exactly once per send; see `OutcomeTracking`."""
-        if not isinstance(send_id, str) or not send_id:
-            msg = f"send_id must be a non-empty string, got {send_id!r}"
-            raise ConfigurationError(msg)
-        return self._claim_verdict(send_id)
+        return self._claim_verdict(_require_send_id(send_id))
 
     # -- primitives; each must be atomic and thread-safe
 
@@ -497,6 +492,13 @@ class _RepositoryBase(abc.ABC):
 
     @abc.abstractmethod
     def _claim_verdict(self, send_id: str) -> bool: ...
+
+
+def _require_send_id(send_id: object) -> str:
+    if not isinstance(send_id, str) or not send_id:
+        msg = f"send_id must be a non-empty string, got {send_id!r}"
+        raise ConfigurationError(msg)
+    return send_id
 
 
 def _receivers_of(snapshot: TrainingSnapshot) -> tuple[Receiver, ...]:
