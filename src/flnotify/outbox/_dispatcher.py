@@ -49,6 +49,12 @@ def _stored_delivery(entry: OutboxEntry, notification: Notification[Any]) -> Del
     )
 
 
+def _finished() -> asyncio.Future[None]:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
+
+
 class _Recorder(NullHook):
     """A delivery hook that collects final deliveries until the writer takes them."""
 
@@ -130,21 +136,112 @@ class OutboxDispatcher:
             DecodeError: A stored notification's class is unknown to the outbox's codec;
                 the claim is released (so are claims interrupted by any other error).
         """
+        held = await self._claim()
+        if held is None:
+            return 0
+        return await self._work(*held)
+
+    async def arun(self) -> int:
+        """Dispatch until every delivery in the outbox is done.
+
+        The database never holds the sending up: the next claim is taken (and its lease
+        kept) while the current one is being sent, and its sending starts as soon as the
+        current claim's POSTs are done, while that claim's last outcomes are still being
+        recorded. Deliveries claimed by another dispatcher are waited for: finished by
+        it, or claimed here once its lease ends (it crashed).
+
+        Returns:
+            How many deliveries this dispatcher claimed.
+        """
+        total = 0
+        ahead: asyncio.Task[tuple[Claim, asyncio.Task[None]] | None] | None = None
+        tails: list[asyncio.Task[int]] = []  # claims sent, still recording
+        try:
+            while True:
+                held = await (ahead if ahead is not None else self._claim())
+                ahead = None
+                if held is not None:
+                    ahead = asyncio.create_task(self._claim())
+                    while len(tails) >= 2:  # recording fell behind: wait for it
+                        await tails.pop(0)
+                    total += len(held[0].entries)
+                    sent = asyncio.Event()
+                    work = asyncio.create_task(self._work(*held, sent=sent))
+                    tails.append(work)
+                    until_sent = asyncio.create_task(sent.wait())
+                    await asyncio.wait({work, until_sent}, return_when=asyncio.FIRST_COMPLETED)
+                    until_sent.cancel()
+                    for done in [t for t in tails if t.done()]:
+                        tails.remove(done)
+                        done.result()  # its error, if it failed
+                    continue
+                if tails:  # their rows are not done yet: finish them, then look again
+                    while tails:
+                        await tails.pop(0)
+                    continue
+                when = await asyncio.to_thread(self.outbox.next_claimable)
+                if when is None:
+                    return total
+                now = await asyncio.to_thread(self.outbox.now)
+                await self.sleep(min(self.poll_interval, max(0.0, when - now)))
+        finally:
+            for tail in tails:  # stopped by an error: each gives its claim back
+                tail.cancel()
+            for tail in tails:
+                with contextlib.suppress(BaseException):
+                    await tail
+            if ahead is not None:  # and so does the claim taken ahead
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    held = await ahead
+                    if held is not None:
+                        await self._give_back(*held)
+
+    async def _claim(self) -> tuple[Claim, asyncio.Task[None]] | None:
+        """A claim and the heartbeat that keeps its lease, or ``None`` if nothing is open."""
         claim = await asyncio.to_thread(self.outbox.claim, self.batch_size, self.lease_seconds)
         if not claim.entries:
-            return 0
+            return None
+        return claim, asyncio.create_task(self._heartbeat(claim))
+
+    async def _give_back(self, claim: Claim, heartbeat: asyncio.Task[None]) -> None:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        with contextlib.suppress(FlnotifyError):
+            self.outbox.release(claim)
+
+    async def _work(
+        self, claim: Claim, heartbeat: asyncio.Task[None], *, sent: asyncio.Event | None = None
+    ) -> int:
+        """See every delivery of ``claim`` to its outcome and callbacks.
+
+        ``sent`` is set once every POST of the claim is done (outcomes may still be
+        being recorded).
+        """
         resumed = sum(1 for e in claim.entries if e.claims > 1)
         if resumed:
             logger.info("outbox: resuming %d delivery(ies) of an earlier claim", resumed)
-        heartbeat = asyncio.create_task(self._heartbeat(claim))
+        writers: list[asyncio.Future[None]] = []
         try:
             groups: dict[str, list[OutboxEntry]] = {}
             for entry in claim.entries:
                 groups.setdefault(entry.batch_id, []).append(entry)
-            for batch_id, entries in groups.items():
-                notification = self.outbox.codec.decode(claim.payloads[batch_id])
-                await self._deliver(claim, notification, entries)
+            try:
+                for batch_id, entries in groups.items():
+                    notification = self.outbox.codec.decode(claim.payloads[batch_id])
+                    writers.append(await self._deliver(claim, notification, entries))
+            finally:
+                if sent is not None:
+                    sent.set()
+            for writer in writers:
+                await writer
         except BaseException:
+            for writer in writers:
+                writer.cancel()
+            for writer in writers:
+                with contextlib.suppress(BaseException):
+                    await writer
             # Give back what is unfinished now rather than when the lease ends; whatever
             # was sent already goes again, with the same message ids (at least once).
             with contextlib.suppress(FlnotifyError):
@@ -155,27 +252,6 @@ class OutboxDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
         return len(claim.entries)
-
-    async def arun(self) -> int:
-        """Dispatch until every delivery in the outbox is done.
-
-        Deliveries claimed by another dispatcher are waited for: finished by it, or
-        claimed here once its lease ends (it crashed).
-
-        Returns:
-            How many deliveries this dispatcher claimed.
-        """
-        total = 0
-        while True:
-            claimed = await self.arun_once()
-            total += claimed
-            if claimed:
-                continue
-            when = await asyncio.to_thread(self.outbox.next_claimable)
-            if when is None:
-                return total
-            now = await asyncio.to_thread(self.outbox.now)
-            await self.sleep(min(self.poll_interval, max(0.0, when - now)))
 
     def run_once(self) -> int:
         """Blocking [`arun_once`][flnotify.outbox.OutboxDispatcher.arun_once]."""
@@ -197,7 +273,11 @@ class OutboxDispatcher:
 
     async def _deliver(
         self, claim: Claim, notification: Notification[Any], entries: list[OutboxEntry]
-    ) -> None:
+    ) -> asyncio.Future[None]:
+        """Send the claim's deliveries of one notification; the task recording them.
+
+        Whatever was not recorded yet when the returned task is cancelled stays claimed.
+        """
         callbacks = self.callbacks
         if callbacks is None:
             callbacks = default_callbacks_for(notification, self.notifier.repository)
@@ -207,7 +287,7 @@ class OutboxDispatcher:
             await self._settle(claim, [_stored_delivery(e, stored) for e in recovered], callbacks)
         todo = [e for e in entries if e.outcome is None]
         if not todo:
-            return
+            return _finished()
         outgoing = notification.with_receivers([e.receiver for e in todo])
         notifier = self.notifier
         body = notifier.codec.encode(outgoing)
@@ -232,7 +312,7 @@ class OutboxDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
             raise
-        await writer
+        return writer
 
     async def _write(
         self, claim: Claim, recorder: _Recorder, expected: int, callbacks: Callbacks | None

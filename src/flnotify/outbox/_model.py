@@ -195,24 +195,32 @@ COLUMNS = (
 """The columns [`entry_from_row`][flnotify.outbox._model.entry_from_row] reads, in order."""
 
 
+_STATES = {state.value: state for state in OutboxState}
+_OUTCOMES: dict[str | None, Outcome | None] = {None: None, **{o.value: o for o in Outcome}}
+_KINDS: dict[str | None, TransportErrorKind | None] = {
+    None: None,
+    **{k.value: k for k in TransportErrorKind},
+}
+
+
 def entry_from_row(row: Sequence[Any]) -> OutboxEntry:
-    """An entry from a row of [`COLUMNS`][flnotify.outbox._model.COLUMNS]."""
+    """An entry from a row of [`COLUMNS`][flnotify.outbox._model.COLUMNS].
+
+    On the path of every claimed row, so the enums are looked up in dictionaries.
+    """
     (batch, rid, endpoint, mid, state, outcome, attempts, claims, status, error, kind) = row[:11]
-    elapsed, lease, recorded = row[11:14]
     return OutboxEntry(
-        batch_id=batch,
-        receiver=Receiver(UUID(rid), endpoint),
-        message_id=mid,
-        state=OutboxState(state),
-        outcome=None if outcome is None else Outcome(outcome),
-        attempts=attempts,
-        claims=claims,
-        status_code=status,
-        error=error,
-        error_kind=None if kind is None else TransportErrorKind(kind),
-        elapsed=elapsed,
-        lease_until=lease,
-        recorded_at=recorded,
+        batch,
+        Receiver(UUID(rid), endpoint),
+        mid,
+        _STATES[state],
+        _OUTCOMES[outcome],
+        attempts,
+        claims,
+        status,
+        error,
+        _KINDS[kind],
+        *row[11:14],
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import sqlite3
@@ -64,25 +65,48 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox (
     elapsed REAL,
     recorded_at REAL
 );
-CREATE INDEX IF NOT EXISTS flnotify_outbox_open ON flnotify_outbox (state, lease_until);
 CREATE INDEX IF NOT EXISTS flnotify_outbox_batch ON flnotify_outbox (batch_id);
+DROP INDEX IF EXISTS flnotify_outbox_open;
+CREATE INDEX IF NOT EXISTS flnotify_outbox_undone ON flnotify_outbox (seq) WHERE state != 'done';
 CREATE INDEX IF NOT EXISTS flnotify_outbox_token ON flnotify_outbox (claim_token)
-    WHERE state = 'claimed';
+    WHERE claim_token IS NOT NULL;
 """
+# The open rows in claim order: a claim (pending -> claimed) leaves this index alone, and
+# an outcome (-> done) takes the row out of it; the old (state, lease_until) index had
+# to move an entry on every claim, renewal and outcome.
 
-_CLAIM = f"""
+# Every hot statement takes or returns a whole batch in one step (rows as one JSON array):
+# sqlite3 gives up the GIL around each step, and a step per row made the database thread
+# queue for the GIL behind the event loop once per row.
+_CLAIM = """
 UPDATE flnotify_outbox
 SET state = 'claimed', claim_token = :token, lease_until = :until, claims = claims + 1
 WHERE seq IN (
-    SELECT seq FROM flnotify_outbox
-    WHERE state = 'pending' OR (state = 'claimed' AND lease_until <= :now)
+    SELECT seq FROM flnotify_outbox INDEXED BY flnotify_outbox_undone
+    WHERE state != 'done' AND (state = 'pending' OR lease_until <= :now)
     ORDER BY seq LIMIT :limit
 )
-RETURNING seq, {COLUMNS}
+"""
+
+_CLAIMED = f"""
+SELECT
+    (SELECT json_group_array(json_array(seq, {COLUMNS})) FROM (
+        SELECT * FROM flnotify_outbox WHERE claim_token = :token ORDER BY seq)),
+    (SELECT json_group_object(id, payload) FROM flnotify_outbox_batches WHERE id IN (
+        SELECT batch_id FROM flnotify_outbox WHERE claim_token = :token))
 """  # noqa: S608 - constants only
 
+_PUT = """
+INSERT INTO flnotify_outbox (batch_id, receiver_id, message_endpoint, message_id)
+SELECT :batch, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+    json_extract(value, '$[2]')
+FROM json_each(:rows) ORDER BY key
+"""
+
 # One statement records a whole batch of outcomes, given as one JSON array of rows
-# (message id, outcome, attempts, status, error, error kind, elapsed).
+# (message id, outcome, attempts, status, error, error kind, elapsed). The unary "+" keeps
+# SQLite from driving the join by the claim_token index (rows x batch JSON lookups): each
+# JSON row finds its row by the message_id index instead.
 _RECORD = """
 UPDATE flnotify_outbox
 SET outcome = json_extract(v.value, '$[1]'), attempts = json_extract(v.value, '$[2]'),
@@ -92,14 +116,19 @@ SET outcome = json_extract(v.value, '$[1]'), attempts = json_extract(v.value, '$
     lease_until = CASE WHEN :state = 'done' THEN NULL ELSE lease_until END
 FROM json_each(:rows) AS v
 WHERE flnotify_outbox.message_id = json_extract(v.value, '$[0]')
-    AND claim_token = :token AND state = 'claimed' AND outcome IS NULL
-RETURNING flnotify_outbox.message_id
+    AND +claim_token = :token AND +state = 'claimed' AND outcome IS NULL
+"""
+
+_RECORDABLE = """
+SELECT json_group_array(message_id) FROM flnotify_outbox
+WHERE message_id IN (SELECT json_extract(value, '$[0]') FROM json_each(:rows))
+    AND +claim_token = :token AND +state = 'claimed' AND outcome IS NULL
 """
 
 _FINISH = """
 UPDATE flnotify_outbox SET state = 'done', lease_until = NULL
 WHERE message_id IN (SELECT value FROM json_each(:ids))
-    AND claim_token = :token AND state = 'claimed' AND outcome IS NOT NULL
+    AND +claim_token = :token AND +state = 'claimed' AND outcome IS NOT NULL
 """
 
 _RETRY = """
@@ -107,7 +136,7 @@ UPDATE flnotify_outbox
 SET state = 'pending', outcome = NULL, claim_token = NULL, lease_until = NULL,
     attempts = 0, status_code = NULL, error = NULL, error_kind = NULL, elapsed = NULL,
     recorded_at = NULL
-WHERE state = 'done' AND outcome = 'failed'
+WHERE +state = 'done' AND outcome = 'failed'
 """
 
 
@@ -212,11 +241,7 @@ class Outbox(Closing):
                 "INSERT INTO flnotify_outbox_batches (id, payload, created_at) VALUES (?, ?, ?)",
                 (batch_id, payload, self.clock()),
             )
-            conn.executemany(
-                "INSERT INTO flnotify_outbox (batch_id, receiver_id, message_endpoint, "
-                "message_id) VALUES (?, ?, ?, ?)",
-                ((batch_id, *row) for row in rows),
-            )
+            conn.execute(_PUT, {"batch": batch_id, "rows": outcome_json(rows)})
         return batch_id
 
     async def aput(
@@ -238,21 +263,13 @@ class Outbox(Closing):
         with self._transaction() as conn:
             now = self.clock()
             until = now + lease_seconds
-            rows = conn.execute(
-                _CLAIM, {"token": token, "until": until, "now": now, "limit": limit}
-            ).fetchall()
-            rows.sort(key=lambda row: row[0])
-            entries = tuple(entry_from_row(row[1:]) for row in rows)
-            batches = sorted({e.batch_id for e in entries})
-            payloads: dict[str, str] = {}
-            if batches:
-                marks = ",".join("?" * len(batches))
-                payloads.update(
-                    conn.execute(
-                        f"SELECT id, payload FROM flnotify_outbox_batches WHERE id IN ({marks})",  # noqa: S608 - placeholders only
-                        batches,
-                    ).fetchall()
-                )
+            params = {"token": token, "until": until, "now": now, "limit": limit}
+            if conn.execute(_CLAIM, params).rowcount == 0:
+                return Claim(token, until, (), {})
+            rows, payloads = conn.execute(_CLAIMED, {"token": token}).fetchone()
+        ordered = sorted(json.loads(rows), key=lambda row: row[0])  # by seq: put order
+        entries = tuple(entry_from_row(row[1:]) for row in ordered)
+        payloads = json.loads(payloads)
         return Claim(token, until, entries, payloads)
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
@@ -287,13 +304,13 @@ class Outbox(Closing):
         state = OutboxState.DONE.value if done else OutboxState.CLAIMED.value
         rows = outcome_json(outcome_rows(deliveries))
         with self._transaction() as conn:
-            recorded = {
-                mid
-                for (mid,) in conn.execute(
-                    _RECORD,
-                    {"rows": rows, "now": self.clock(), "state": state, "token": claim.token},
-                )
-            }
+            params = {"rows": rows, "token": claim.token}
+            (recordable,) = conn.execute(_RECORDABLE, params).fetchone()
+            recorded = set(json.loads(recordable))
+            if recorded:
+                conn.execute(_RECORD, {**params, "now": self.clock(), "state": state})
+        if len(recorded) == len(deliveries):
+            return deliveries
         return [d for d in deliveries if d.message_id in recorded]
 
     def finish(self, claim: Claim, message_ids: Iterable[str]) -> int:
