@@ -30,7 +30,7 @@ import attrs
 try:
     import httptools
 except ImportError:  # without the fast extra: h11's parser behind httptools' interface
-    from . import _h11parser as httptools  # type: ignore[no-redef]
+    import flnotify.transports._h11parser as httptools  # type: ignore[no-redef]
 
 from .._closing import AsyncClosing
 from .._exceptions import (
