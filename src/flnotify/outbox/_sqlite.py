@@ -68,8 +68,7 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox (
 CREATE INDEX IF NOT EXISTS flnotify_outbox_batch ON flnotify_outbox (batch_id);
 DROP INDEX IF EXISTS flnotify_outbox_open;
 CREATE INDEX IF NOT EXISTS flnotify_outbox_undone ON flnotify_outbox (seq) WHERE state != 'done';
-CREATE INDEX IF NOT EXISTS flnotify_outbox_token ON flnotify_outbox (claim_token)
-    WHERE claim_token IS NOT NULL;
+DROP INDEX IF EXISTS flnotify_outbox_token;
 """
 # The open rows in claim order: a claim (pending -> claimed) leaves this index alone, and
 # an outcome (-> done) takes the row out of it; the old (state, lease_until) index had
@@ -78,22 +77,26 @@ CREATE INDEX IF NOT EXISTS flnotify_outbox_token ON flnotify_outbox (claim_token
 # Every hot statement takes or returns a whole batch in one step (rows as one JSON array):
 # sqlite3 gives up the GIL around each step, and a step per row made the database thread
 # queue for the GIL behind the event loop once per row.
-_CLAIM = """
-UPDATE flnotify_outbox
-SET state = 'claimed', claim_token = :token, lease_until = :until, claims = claims + 1
-WHERE seq IN (
+_CLAIMABLE = """
+SELECT json_group_array(seq) FROM (
     SELECT seq FROM flnotify_outbox INDEXED BY flnotify_outbox_undone
     WHERE state != 'done' AND (state = 'pending' OR lease_until <= :now)
     ORDER BY seq LIMIT :limit
 )
 """
 
+_CLAIM = """
+UPDATE flnotify_outbox
+SET state = 'claimed', claim_token = :token, lease_until = :until, claims = claims + 1
+WHERE seq IN (SELECT value FROM json_each(:seqs))
+"""
+
 _CLAIMED = f"""
 SELECT
-    (SELECT json_group_array(json_array(seq, {COLUMNS})) FROM (
-        SELECT * FROM flnotify_outbox WHERE claim_token = :token ORDER BY seq)),
+    (SELECT json_group_array(json_array(seq, {COLUMNS})) FROM flnotify_outbox
+        WHERE seq IN (SELECT value FROM json_each(:seqs))),
     (SELECT json_group_object(id, payload) FROM flnotify_outbox_batches WHERE id IN (
-        SELECT batch_id FROM flnotify_outbox WHERE claim_token = :token))
+        SELECT batch_id FROM flnotify_outbox WHERE seq IN (SELECT value FROM json_each(:seqs))))
 """  # noqa: S608 - constants only
 
 _PUT = """
@@ -263,10 +266,11 @@ class Outbox(Closing):
         with self._transaction() as conn:
             now = self.clock()
             until = now + lease_seconds
-            params = {"token": token, "until": until, "now": now, "limit": limit}
-            if conn.execute(_CLAIM, params).rowcount == 0:
+            (seqs,) = conn.execute(_CLAIMABLE, {"now": now, "limit": limit}).fetchone()
+            if seqs == "[]":
                 return Claim(token, until, (), {})
-            rows, payloads = conn.execute(_CLAIMED, {"token": token}).fetchone()
+            conn.execute(_CLAIM, {"token": token, "until": until, "seqs": seqs})
+            rows, payloads = conn.execute(_CLAIMED, {"seqs": seqs}).fetchone()
         ordered = sorted(json.loads(rows), key=lambda row: row[0])  # by seq: put order
         entries = tuple(entry_from_row(row[1:]) for row in ordered)
         payloads = json.loads(payloads)
@@ -277,7 +281,7 @@ class Outbox(Closing):
         with self._transaction() as conn:
             return conn.execute(
                 "UPDATE flnotify_outbox SET lease_until = ? "
-                "WHERE claim_token = ? AND state = 'claimed'",
+                "WHERE claim_token = ? AND state = 'claimed' AND state != 'done'",  # the index
                 (self.clock() + lease_seconds, claim.token),
             ).rowcount
 
@@ -324,7 +328,7 @@ class Outbox(Closing):
         with self._transaction() as conn:
             return conn.execute(
                 "UPDATE flnotify_outbox SET lease_until = ? "
-                "WHERE claim_token = ? AND state = 'claimed'",
+                "WHERE claim_token = ? AND state = 'claimed' AND state != 'done'",  # the index
                 (self.clock(), claim.token),
             ).rowcount
 
