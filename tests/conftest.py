@@ -18,3 +18,30 @@ def pytest_runtest_makereport(
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every dependency is installed: {report.longrepr}"
+
+
+# -- a real PostgreSQL server, started by the tests on 127.0.0.1 --------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Generator[str, None, None]:
+    """One server for the session (fails, never skips, without PostgreSQL)."""
+    from pgserver import PostgresMissingError, postgres_server
+
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except PostgresMissingError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty database on the session's server."""
+    from pgserver import fresh_database
+
+    return fresh_database(postgres_server)

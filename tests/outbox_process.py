@@ -1,10 +1,13 @@
 """A dispatcher process for tests/test_outbox.py: put (optionally), then dispatch everything.
 
-Run as ``python outbox_process.py --db FILE --base URL [--put N] --log FILE``. With ``--put``
-it first stores one TRAINING_START for N receivers (ids ``UUID(int=i + 1)``, endpoints
+Run as ``python outbox_process.py --db FILE|URL --base URL [--put N] --log FILE``; ``--db``
+is an SQLite file or a ``postgresql://`` URL. With ``--put`` it first stores one
+TRAINING_START for N receivers (ids ``UUID(int=i + 1)``, endpoints
 ``<base>/slow-headers/<delay>/200?r=<i>``) and then dispatches; without, it only dispatches
-(the restart after a crash). Each callback call appends ``<message id> <outcome>`` to the
-log with one ``write`` on an ``O_APPEND`` descriptor, so a SIGKILL never leaves half a line.
+(the restart after a crash). With ``--wait-go`` it prints ``ready`` once set up and waits
+for a line on stdin before dispatching (to start several at the same moment). Each callback
+call appends ``<message id> <outcome> <pid>`` to the log with one ``write`` on an
+``O_APPEND`` descriptor, so a SIGKILL never leaves half a line.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import uuid
 from collections.abc import Mapping
 
 import flnotify
-from flnotify.outbox import Outbox, OutboxDispatcher
+from flnotify.outbox import OutboxDispatcher, open_outbox
 from flnotify.transports import HttpResponse, HttpxTransport
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
@@ -57,7 +60,8 @@ class LogCallbacks:
         self._write(delivery)
 
     def _write(self, delivery: flnotify.Delivery) -> None:
-        os.write(self.fd, f"{delivery.message_id} {delivery.outcome.value}\n".encode())
+        line = f"{delivery.message_id} {delivery.outcome.value} {os.getpid()}\n"
+        os.write(self.fd, line.encode())
 
 
 def main(argv: list[str]) -> int:
@@ -70,11 +74,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lease", type=float, default=1.5)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--wait-go", action="store_true")
     args = parser.parse_args(argv)
 
     fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        with Outbox(args.db) as outbox:
+        with open_outbox(args.db) as outbox:
             if args.put:
                 receivers = [
                     flnotify.Receiver(uuid.UUID(int=i + 1), receiver_url(args.base, i, args.delay))
@@ -87,6 +92,9 @@ def main(argv: list[str]) -> int:
                         training_uuid=TRAINING,
                     )
                 )
+            if args.wait_go:
+                print("ready", flush=True)
+                sys.stdin.readline()
             with flnotify.Notifier(
                 transport=ThreadedHttpx(), concurrency=args.concurrency
             ) as notifier:

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"flnotify._attempt"},
     {"flnotify._delivery"},
     {"flnotify.outbox", "flnotify.contrib", "flnotify.receiving"},
-    {"flnotify.testing", "flnotify._demo"},
+    {"flnotify.testing", "flnotify._demo", "flnotify._outbox_cli"},
     {"flnotify.cli", "flnotify", "flnotify.__main__"},
 ]
 

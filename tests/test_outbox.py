@@ -17,7 +17,14 @@ import pytest
 import flnotify
 from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
 from flnotify.endpoints import EndpointPolicy
-from flnotify.outbox import Claim, Outbox, OutboxDispatcher, OutboxError, OutboxState
+from flnotify.outbox import (
+    Claim,
+    Outbox,
+    OutboxDispatcher,
+    OutboxError,
+    OutboxState,
+    open_outbox,
+)
 from flnotify.testing import RecordingCallbacks
 from flnotify.transports import MemoryRequest, MemoryTransport
 from servers import FaultServer
@@ -346,15 +353,33 @@ def test_prune_forgets_old_done_deliveries(db: str) -> None:
 # -- a real crash -------------------------------------------------------------------------
 
 
-def _run_helper(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, str(HELPER), *args])  # noqa: S603
+def _run_helper(
+    *args: str, stdin: int | None = None, stdout: int | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(HELPER), *args], stdin=stdin, stdout=stdout)  # noqa: S603
 
 
-def test_a_dispatcher_killed_mid_fan_out_resumes_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the dispatcher processes keep their outbox: a file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "outbox.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def _callback_log(path: str) -> list[list[str]]:
+    with open(path, encoding="ascii") as lines:
+        return [line.split() for line in lines]
+
+
+def test_a_dispatcher_killed_mid_fan_out_resumes_and_loses_nothing(
+    store: str, tmp_path: Path
+) -> None:
     n = 1000
-    db, log = str(tmp_path / "outbox.db"), str(tmp_path / "callbacks.log")
+    log = str(tmp_path / "callbacks.log")
     with FaultServer() as server:
-        args = ("--db", db, "--base", server.base_url(), "--log", log)
+        args = ("--db", store, "--base", server.base_url(), "--log", log)
         first = _run_helper(*args, "--put", str(n))
         try:
             server.wait_until(lambda: server.request_count >= 200, timeout=30)
@@ -363,7 +388,7 @@ def test_a_dispatcher_killed_mid_fan_out_resumes_and_loses_nothing(tmp_path: Pat
             first.wait(timeout=10)
         assert first.returncode == -signal.SIGKILL
 
-        with Outbox(db) as outbox:
+        with open_outbox(store) as outbox:
             at_kill = outbox.entries()
         assert len(at_kill) == n  # the put was committed before anything was sent
         cut_short = {e.message_id for e in at_kill if e.state is OutboxState.CLAIMED}
@@ -374,7 +399,7 @@ def test_a_dispatcher_killed_mid_fan_out_resumes_and_loses_nothing(tmp_path: Pat
         assert second.wait(timeout=60) == 0
         requests = server.requests
 
-    with Outbox(db) as outbox:
+    with open_outbox(store) as outbox:
         entries = outbox.entries()
     message_id = {e.receiver.id.int - 1: e.message_id for e in entries}
 
@@ -393,11 +418,59 @@ def test_a_dispatcher_killed_mid_fan_out_resumes_and_loses_nothing(tmp_path: Pat
     sent_twice = {message_id[i] for i, ids in by_receiver.items() if len(ids) > 1}
     assert sent_twice <= resumed
 
-    with open(log, encoding="ascii") as lines:
-        calls = collections.Counter(line.split()[0] for line in lines)
+    calls = collections.Counter(line[0] for line in _callback_log(log))
     assert set(calls) == set(message_id.values())  # a callback for every outcome
     once = {e.message_id for e in entries if e.claims == 1}
     assert all(calls[m] == 1 for m in once)  # and exactly one unless a crash cut in
+
+
+def test_two_dispatcher_processes_at_once_deliver_each_row_once(store: str, tmp_path: Path) -> None:
+    n = 1000
+    log = str(tmp_path / "callbacks.log")
+    with FaultServer() as server:
+        base = server.base_url()
+        with open_outbox(store) as outbox:
+            outbox.put(
+                start(
+                    [
+                        Receiver(uuid.UUID(int=i + 1), f"{base}/slow-headers/0.002/200?r={i}")
+                        for i in range(n)
+                    ]
+                )
+            )
+        args = ("--db", store, "--base", base, "--log", log, "--batch", "50", "--lease", "60")
+        pipe = subprocess.PIPE
+        helpers = [_run_helper(*args, "--wait-go", stdin=pipe, stdout=pipe) for _ in range(2)]
+        try:
+            for helper in helpers:  # both set up: let them go at the same moment
+                assert helper.stdout is not None
+                assert helper.stdout.readline() == b"ready\n"
+            for helper in helpers:
+                assert helper.stdin is not None
+                helper.stdin.write(b"go\n")
+                helper.stdin.close()
+            for helper in helpers:
+                assert helper.wait(timeout=60) == 0
+        finally:
+            for helper in helpers:
+                if helper.poll() is None:
+                    helper.kill()
+                    helper.wait()
+                assert helper.stdout is not None
+                helper.stdout.close()
+        sent = collections.Counter(r.headers["webhook-id"] for r in server.requests)
+
+    with open_outbox(store) as outbox:
+        entries = outbox.entries()
+    ids = {e.message_id for e in entries}
+    assert set(sent) == ids
+    assert set(sent.values()) == {1}  # each row POSTed once
+    assert {(e.state, e.outcome, e.claims) for e in entries} == {
+        (OutboxState.DONE, Outcome.DELIVERED, 1)
+    }
+    lines = _callback_log(log)
+    assert sorted(line[0] for line in lines) == sorted(ids)  # one callback per row
+    assert len({line[2] for line in lines}) == 2  # and both dispatchers did part of it
 
 
 def test_sync_api_from_inside_an_event_loop(db: str) -> None:

@@ -120,7 +120,9 @@ def as_receivers(receivers: Iterable[ReceiverLike]) -> tuple[ReceiverLike, ...]:
         raise TypeError(msg)
     frozen = tuple(receivers)
     for index, receiver in enumerate(frozen):
-        if not isinstance(receiver, ReceiverLike):
+        # a plain Receiver first: the runtime Protocol check costs ~40 µs per receiver,
+        # on the path of every outbox claim and Celery task
+        if type(receiver) is not Receiver and not isinstance(receiver, ReceiverLike):
             msg = (
                 f"receivers[{index}] ({type(receiver).__name__}) has no "
                 "'id' and 'message_endpoint' attributes"

@@ -1,7 +1,7 @@
-"""Helpers for your own tests: an in-memory transport, a fake repository, a contract suite.
+"""Helpers for your own tests: an in-memory transport, a fake repository, contract suites.
 
-``TrainingRepositoryContract`` needs pytest and is imported only when asked for, so
-importing this module never requires pytest.
+``TrainingRepositoryContract`` and ``OutboxStoreContract`` need pytest and are imported only
+when asked for, so importing this module never requires pytest.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from .transports._memory import MemoryRequest, MemoryTransport
 
 if TYPE_CHECKING:
     from ._repository_contract import OutcomeTrackingContract, TrainingRepositoryContract
+    from .outbox._contract import OutboxStoreContract
 
 __all__ = [
     "FakeTrainingRepository",
     "HttpResponse",
     "MemoryRequest",
     "MemoryTransport",
+    "OutboxStoreContract",
     "OutcomeTrackingContract",
     "RecordingCallbacks",
     "RecordingHook",
@@ -103,5 +105,9 @@ def __getattr__(name: str) -> Any:
         from . import _repository_contract
 
         return getattr(_repository_contract, name)
+    if name == "OutboxStoreContract":
+        from .outbox._contract import OutboxStoreContract
+
+        return OutboxStoreContract
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)

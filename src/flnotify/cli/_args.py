@@ -8,6 +8,7 @@ from collections.abc import Callable
 from uuid import UUID
 
 from .. import ConfigurationError, NotificationType, Signer, __version__
+from .._outbox_cli import add_arguments as add_outbox_arguments
 
 __all__ = [
     "SECRET_ENV",
@@ -245,4 +246,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         action="store_true",
         help="print one JSON object per notification on stdout (start-up lines go to stderr)",
     )
-    return parser, {"demo": demo, "send": send, "secret": secret, "listen": listen}
+    outbox = commands.add_parser(
+        "outbox",
+        help="see and re-drive the durable outbox (SQLite or PostgreSQL)",
+        description=(
+            "Counts by state, the failed deliveries with their last error, re-drive of "
+            "failed deliveries (same webhook-id, so deduplicating clients run their "
+            "handler once), and pruning of old done rows."
+        ),
+    )
+    add_outbox_arguments(outbox)
+    commands_by_name = {"demo": demo, "send": send, "secret": secret, "listen": listen}
+    return parser, {**commands_by_name, "outbox": outbox}

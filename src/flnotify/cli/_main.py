@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
 from collections.abc import Sequence
 
+from .._outbox_cli import run as run_outbox
 from ._args import build_parser
 from ._demo import run_demo_command
 from ._listen import run_listen
@@ -14,6 +16,10 @@ from ._secret import run_secret
 from ._send import run_send
 
 __all__ = ["main"]
+
+
+def _run_outbox(args: argparse.Namespace, _: argparse.ArgumentParser) -> int:
+    return run_outbox(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "send": run_send,
         "secret": run_secret,
         "listen": run_listen,
+        "outbox": _run_outbox,
     }[command]
     try:
         return run(args, commands[command])

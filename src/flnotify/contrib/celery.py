@@ -92,7 +92,11 @@ class CeleryDelivery:
             registry must know every class that is sent.
         callbacks: Callback factories selectable by name in [`enqueue`][]; each is called
             on the worker with the repository (or ``None``) and returns the callbacks.
-        chunk_size: Receivers per task (delivered concurrently).
+        chunk_size: Receivers per task. A task costs the worker about a millisecond of its
+            own, so chunks of hundreds keep that small beside the POSTs (50 ran the 2
+            prefork processes at 0.3x of one in-process Notifier, 500 at about 1x; see
+            ``docs/benchmarks.md``).
+        concurrency: At most this many POSTs in flight per task execution.
         deadline: Seconds from a chunk's first execution after which its receivers
             still without an outcome fail (``DEADLINE``); none by default.
         hooks: Observers of attempts and outcomes on the worker.
@@ -114,7 +118,8 @@ class CeleryDelivery:
     policy: EndpointPolicy = attrs.field(factory=EndpointPolicy)
     codec: Codec = attrs.field(factory=Codec)
     callbacks: Mapping[str, CallbackFactory] = attrs.field(factory=dict)
-    chunk_size: int = attrs.field(default=50, validator=at_least_one)
+    chunk_size: int = attrs.field(default=500, validator=at_least_one)
+    concurrency: int = attrs.field(default=100, validator=at_least_one)
     deadline: float | None = attrs.field(
         default=None, validator=attrs.validators.optional(positive)
     )
@@ -278,7 +283,7 @@ class CeleryDelivery:
                 self._notifier = Notifier(
                     transport=self.transport_factory(),
                     retry=self.retry,
-                    concurrency=self.chunk_size,
+                    concurrency=min(self.concurrency, self.chunk_size),
                     signer=self.signer,
                     policy=self.policy,
                     codec=self.codec,

@@ -8,7 +8,8 @@ with a ``Content-Length`` body (never chunked); responses framed by ``Content-Le
 chunked encoding or the end of the connection; interim ``1xx`` answers skipped; redirects
 never followed.
 
-Requires the ``httptools`` package (``pip install flnotify[fast]``).
+Parses with ``httptools`` (``pip install flnotify[fast]``) if installed, else with h11
+(installed with httpx) through ``_h11parser``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ import attrs
 
 try:
     import httptools
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    msg = "StreamTransport needs httptools: pip install 'flnotify[fast]'"
-    raise ImportError(msg) from exc
+except ImportError:  # without the fast extra: h11's parser behind httptools' interface
+    import flnotify.transports._h11parser as httptools  # type: ignore[no-redef]
 
 from .._closing import AsyncClosing
 from .._exceptions import (

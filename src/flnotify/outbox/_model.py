@@ -1,0 +1,294 @@
+"""What every outbox store holds and offers: states, entries, claims, the store Protocol.
+
+The stores ([`Outbox`][flnotify.outbox.Outbox] on SQLite,
+[`PostgresOutbox`][flnotify.outbox.PostgresOutbox]) share these values and the helpers that
+turn notifications and deliveries into rows, so both write exactly the same thing.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+from uuid import UUID
+
+import attrs
+
+from .._attempt import message_ids_for
+from .._codec import Codec
+from .._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
+from .._notification import Notification
+from .._report import Delivery
+from .._types import Outcome, Receiver
+
+__all__ = [
+    "COLUMNS",
+    "Claim",
+    "OutboxEntry",
+    "OutboxError",
+    "OutboxState",
+    "OutboxStore",
+    "check_claim_args",
+    "entry_from_row",
+    "new_batch",
+    "outcome_json",
+    "outcome_rows",
+    "storable",
+]
+
+
+class OutboxError(FlnotifyError):
+    """The outbox's database could not be opened, read or written."""
+
+
+class OutboxState(enum.Enum):
+    """Where one delivery stands in the outbox."""
+
+    PENDING = "pending"
+    """Stored, not claimed yet."""
+    CLAIMED = "claimed"
+    """Held by a dispatcher until ``lease_until``; ``outcome`` is set once recorded."""
+    DONE = "done"
+    """Outcome recorded and callbacks run; never touched again (unless re-driven)."""
+
+
+@attrs.frozen
+class OutboxEntry:
+    """One delivery (one receiver of one stored notification) as the outbox holds it.
+
+    Args:
+        batch_id: The `put` call it belongs to.
+        receiver: Who it is for (id and endpoint as stored).
+        message_id: Its ``webhook-id``, the same on every (re)delivery.
+        state: Pending, claimed or done.
+        outcome: The recorded outcome, once there is one.
+        attempts: POSTs made by the claim that recorded the outcome.
+        claims: How often the delivery was claimed (above 1: it was resumed or re-driven).
+        status_code: The last HTTP status, if the outcome came with one.
+        error: Why it failed, as text, if it did without a final status.
+        error_kind: The [`TransportErrorKind`][flnotify.TransportErrorKind] of that error.
+        elapsed: Seconds from first attempt to outcome in the recording claim.
+        lease_until: When the current claim's lease ends (epoch seconds of the outbox clock).
+        recorded_at: When the outcome was recorded (epoch seconds of the outbox clock).
+    """
+
+    batch_id: str
+    receiver: Receiver
+    message_id: str
+    state: OutboxState
+    outcome: Outcome | None = None
+    attempts: int = 0
+    claims: int = 0
+    status_code: int | None = None
+    error: str | None = None
+    error_kind: TransportErrorKind | None = None
+    elapsed: float | None = None
+    lease_until: float | None = None
+    recorded_at: float | None = None
+
+
+@attrs.frozen
+class Claim:
+    """Deliveries one dispatcher holds until ``lease_until`` (renewable), under ``token``.
+
+    Args:
+        token: The secret of this claim; only it may record outcomes of its entries.
+        lease_until: When the lease ends unless renewed (epoch seconds, outbox clock).
+        entries: The claimed deliveries, in the order they were put.
+        payloads: The encoded notification of each batch among the entries.
+    """
+
+    token: str
+    lease_until: float
+    entries: tuple[OutboxEntry, ...]
+    payloads: Mapping[str, str] = attrs.field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@runtime_checkable
+class OutboxStore(Protocol):
+    """What an [`OutboxDispatcher`][flnotify.outbox.OutboxDispatcher] and operators need.
+
+    Implemented by [`Outbox`][flnotify.outbox.Outbox] (SQLite) and
+    [`PostgresOutbox`][flnotify.outbox.PostgresOutbox]; every implementation must pass
+    [`OutboxStoreContract`][flnotify.testing.OutboxStoreContract]. Every method is
+    blocking; the dispatcher calls them from a worker thread.
+    """
+
+    @property
+    def codec(self) -> Codec:
+        """Encodes notifications on `put`; dispatchers decode with it."""
+        ...
+
+    def now(self) -> float:
+        """The outbox clock (epoch seconds) that leases are measured by."""
+        ...
+
+    def put(
+        self, notification: Notification[Any], *, message_ids: Sequence[str] | None = None
+    ) -> str:
+        """Store one row per receiver, committed on return; the batch id."""
+        ...
+
+    def claim(self, limit: int, lease_seconds: float) -> Claim:
+        """Take up to ``limit`` claimable deliveries under a new lease."""
+        ...
+
+    def renew(self, claim: Claim, lease_seconds: float) -> int:
+        """Extend the lease of the claim's unfinished entries; how many still belong to it."""
+        ...
+
+    def record(
+        self, claim: Claim, deliveries: Iterable[Delivery], *, done: bool = False
+    ) -> list[Delivery]:
+        """Record outcomes once, while ``claim`` holds the rows; the ones recorded."""
+        ...
+
+    def finish(self, claim: Claim, message_ids: Iterable[str]) -> int:
+        """Mark recorded deliveries done once their callbacks ran; how many were."""
+        ...
+
+    def release(self, claim: Claim) -> int:
+        """Give the claim's unfinished entries back at once."""
+        ...
+
+    def entries(self, batch_id: str | None = None) -> list[OutboxEntry]:
+        """Every delivery (of one batch, if given), in the order they were put."""
+        ...
+
+    def counts(self) -> dict[OutboxState, int]:
+        """How many deliveries are in each state (every state present)."""
+        ...
+
+    def batch_size(self, batch_id: str) -> int:
+        """How many deliveries (receivers) one ``put`` stored: the size of that send."""
+        ...
+
+    def failed(self, limit: int | None = None) -> list[OutboxEntry]:
+        """Done deliveries whose outcome is failed, oldest first."""
+        ...
+
+    def retry_failed(self, message_ids: Iterable[str] | None = None) -> int:
+        """Make failed deliveries (all, or these) pending again, same ids; how many."""
+        ...
+
+    def next_claimable(self) -> float | None:
+        """When a delivery may next be claimed, or ``None`` if none is open."""
+        ...
+
+    def prune(self, before: float) -> int:
+        """Delete done deliveries recorded before ``before``; how many."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; idempotent."""
+        ...
+
+
+# -- shared by the stores ---------------------------------------------------------------
+
+COLUMNS = (
+    "batch_id, receiver_id, message_endpoint, message_id, state, outcome, attempts, claims, "
+    "status_code, error, error_kind, elapsed, lease_until, recorded_at"
+)
+"""The columns [`entry_from_row`][flnotify.outbox._model.entry_from_row] reads, in order."""
+
+
+_STATES = {state.value: state for state in OutboxState}
+_OUTCOMES: dict[str | None, Outcome | None] = {None: None, **{o.value: o for o in Outcome}}
+_KINDS: dict[str | None, TransportErrorKind | None] = {
+    None: None,
+    **{k.value: k for k in TransportErrorKind},
+}
+
+
+def entry_from_row(row: Sequence[Any]) -> OutboxEntry:
+    """An entry from a row of [`COLUMNS`][flnotify.outbox._model.COLUMNS].
+
+    On the path of every claimed row, so the enums are looked up in dictionaries.
+    """
+    (batch, rid, endpoint, mid, state, outcome, attempts, claims, status, error, kind) = row[:11]
+    return OutboxEntry(
+        batch,
+        Receiver(UUID(rid), endpoint),
+        mid,
+        _STATES[state],
+        _OUTCOMES[outcome],
+        attempts,
+        claims,
+        status,
+        error,
+        _KINDS[kind],
+        *row[11:14],
+    )
+
+
+def storable(text: str) -> str:
+    """Text every store keeps as given: no lone surrogates (SQLite), no NUL (PostgreSQL).
+
+    An error message may carry either from a peer's bytes.
+    """
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
+
+
+def new_batch(
+    codec: Codec, notification: Notification[Any], message_ids: Sequence[str] | None
+) -> tuple[str, str, list[tuple[str, str, str]]]:
+    """What `put` writes: batch id, payload and (receiver id, endpoint, message id) rows.
+
+    Raises:
+        ConfigurationError: ``message_ids`` does not match the receivers, or a receiver's
+            id is not a UUID.
+        DecodeError: The codec cannot read the notification back.
+    """
+    payload = codec.encode(notification)
+    codec.decode(payload)  # fail here, not in a dispatcher later
+    rows = []
+    for receiver, message_id in zip(
+        notification.receivers, message_ids_for(notification, message_ids), strict=True
+    ):
+        if not isinstance(receiver.id, UUID):
+            msg = f"receiver id {receiver.id!r} is not a UUID"
+            raise ConfigurationError(msg)
+        rows.append((str(receiver.id), receiver.message_endpoint, message_id))
+    return "ob_" + secrets.token_hex(12), payload.decode(), rows
+
+
+def outcome_rows(
+    deliveries: Iterable[Delivery],
+) -> list[tuple[str, str, int, int | None, str | None, str | None, float | None]]:
+    """(message id, outcome, attempts, status, error, error kind, elapsed) per delivery."""
+    rows = []
+    for d in deliveries:
+        error = d.error
+        kind = error.kind.value if isinstance(error, TransportError) else None
+        rows.append(
+            (
+                d.message_id,
+                d.outcome.value,
+                d.attempts,
+                d.status_code,
+                None if error is None else storable(str(error)),
+                kind,
+                d.elapsed if math.isfinite(d.elapsed) else None,
+            )
+        )
+    return rows
+
+
+def outcome_json(rows: Sequence[Any]) -> str:
+    """Rows (or ids) as one JSON array, for stores that take a batch as one parameter."""
+    return json.dumps(rows, ensure_ascii=False, allow_nan=False)
+
+
+def check_claim_args(limit: int, lease_seconds: float) -> None:
+    """Refuse a claim of nothing or a lease of no time."""
+    if limit < 1 or lease_seconds <= 0:
+        msg = f"limit must be >= 1 and lease_seconds > 0, got {limit!r}, {lease_seconds!r}"
+        raise ConfigurationError(msg)

@@ -1,0 +1,418 @@
+"""The embedded outbox store: one SQLite file, shared by the processes of one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import attrs
+
+from .._closing import Closing
+from .._codec import Codec
+from .._notification import Notification
+from .._report import Delivery
+from .._sqlite import SQLiteConnection
+from .._validators import positive
+from ._model import (
+    COLUMNS,
+    Claim,
+    OutboxEntry,
+    OutboxError,
+    OutboxState,
+    check_claim_args,
+    entry_from_row,
+    new_batch,
+    outcome_json,
+    outcome_rows,
+)
+
+__all__ = ["Outbox"]
+
+_SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS flnotify_outbox_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flnotify_outbox_batches (
+    id TEXT PRIMARY KEY,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flnotify_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_id TEXT NOT NULL REFERENCES flnotify_outbox_batches (id) ON DELETE CASCADE,
+    receiver_id TEXT NOT NULL,
+    message_endpoint TEXT NOT NULL,
+    message_id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'claimed', 'done')),
+    claim_token TEXT,
+    lease_until REAL,
+    claims INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT CHECK (outcome IN ('delivered', 'rejected', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    status_code INTEGER,
+    error TEXT,
+    error_kind TEXT,
+    elapsed REAL,
+    recorded_at REAL
+);
+CREATE INDEX IF NOT EXISTS flnotify_outbox_batch ON flnotify_outbox (batch_id);
+DROP INDEX IF EXISTS flnotify_outbox_open;
+CREATE INDEX IF NOT EXISTS flnotify_outbox_undone ON flnotify_outbox (seq) WHERE state != 'done';
+DROP INDEX IF EXISTS flnotify_outbox_token;
+"""
+# The open rows in claim order: a claim (pending -> claimed) leaves this index alone, and
+# an outcome (-> done) takes the row out of it; the old (state, lease_until) index had
+# to move an entry on every claim, renewal and outcome.
+
+# Every hot statement takes or returns a whole batch in one step (rows as one JSON array):
+# sqlite3 gives up the GIL around each step, and a step per row made the database thread
+# queue for the GIL behind the event loop once per row.
+_CLAIMABLE = """
+SELECT json_group_array(seq) FROM (
+    SELECT seq FROM flnotify_outbox INDEXED BY flnotify_outbox_undone
+    WHERE state != 'done' AND (state = 'pending' OR lease_until <= :now)
+    ORDER BY seq LIMIT :limit
+)
+"""
+
+_CLAIM = """
+UPDATE flnotify_outbox
+SET state = 'claimed', claim_token = :token, lease_until = :until, claims = claims + 1
+WHERE seq IN (SELECT value FROM json_each(:seqs))
+"""
+
+_CLAIMED = f"""
+SELECT
+    (SELECT json_group_array(json_array(seq, {COLUMNS})) FROM flnotify_outbox
+        WHERE seq IN (SELECT value FROM json_each(:seqs))),
+    (SELECT json_group_object(id, payload) FROM flnotify_outbox_batches WHERE id IN (
+        SELECT batch_id FROM flnotify_outbox WHERE seq IN (SELECT value FROM json_each(:seqs))))
+"""  # noqa: S608 - constants only
+
+_PUT = """
+INSERT INTO flnotify_outbox (batch_id, receiver_id, message_endpoint, message_id)
+SELECT :batch, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+    json_extract(value, '$[2]')
+FROM json_each(:rows) ORDER BY key
+"""
+
+# One statement records a whole batch of outcomes, given as one JSON array of rows
+# (message id, outcome, attempts, status, error, error kind, elapsed). The unary "+" keeps
+# SQLite from driving the join by the claim_token index (rows x batch JSON lookups): each
+# JSON row finds its row by the message_id index instead.
+_RECORD = """
+UPDATE flnotify_outbox
+SET outcome = json_extract(v.value, '$[1]'), attempts = json_extract(v.value, '$[2]'),
+    status_code = json_extract(v.value, '$[3]'), error = json_extract(v.value, '$[4]'),
+    error_kind = json_extract(v.value, '$[5]'), elapsed = json_extract(v.value, '$[6]'),
+    recorded_at = :now, state = :state,
+    lease_until = CASE WHEN :state = 'done' THEN NULL ELSE lease_until END
+FROM json_each(:rows) AS v
+WHERE flnotify_outbox.message_id = json_extract(v.value, '$[0]')
+    AND +claim_token = :token AND +state = 'claimed' AND outcome IS NULL
+"""
+
+_RECORDABLE = """
+SELECT json_group_array(message_id) FROM flnotify_outbox
+WHERE message_id IN (SELECT json_extract(value, '$[0]') FROM json_each(:rows))
+    AND +claim_token = :token AND +state = 'claimed' AND outcome IS NULL
+"""
+
+_FINISH = """
+UPDATE flnotify_outbox SET state = 'done', lease_until = NULL
+WHERE message_id IN (SELECT value FROM json_each(:ids))
+    AND +claim_token = :token AND +state = 'claimed' AND outcome IS NOT NULL
+"""
+
+_RETRY = """
+UPDATE flnotify_outbox
+SET state = 'pending', outcome = NULL, claim_token = NULL, lease_until = NULL,
+    attempts = 0, status_code = NULL, error = NULL, error_kind = NULL, elapsed = NULL,
+    recorded_at = NULL
+WHERE +state = 'done' AND outcome = 'failed'
+"""
+
+
+def _fspath(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path)
+
+
+@attrs.define(eq=False)
+class Outbox(Closing):
+    """Notifications waiting to be delivered, one row per receiver, in an SQLite file.
+
+    Several processes of one machine may share the file (WAL mode; claims are made in
+    ``BEGIN IMMEDIATE`` transactions, so two never take the same row). Commits are
+    synchronous (``FULL``): what [`put`][flnotify.outbox.Outbox.put] returned is on disk.
+    For several hosts use [`PostgresOutbox`][flnotify.outbox.PostgresOutbox]. Use it as a
+    context manager or call [`close`][flnotify.outbox.Outbox.close].
+
+    Args:
+        path: The database file (it may also hold other tables, e.g. a
+            [`SQLiteTrainingRepository`][flnotify.SQLiteTrainingRepository]'s).
+        codec: Encodes notifications on `put` (dispatchers decode with it too); its
+            registry must know every notification class that is put.
+        clock: Epoch seconds for leases; shared by all processes, so a wall clock.
+        busy_timeout: Seconds to wait for another process's write lock.
+
+    Raises:
+        OutboxError: The file cannot be opened or is not an SQLite database.
+    """
+
+    path: str = attrs.field(converter=_fspath)
+    codec: Codec = attrs.field(factory=Codec, repr=False)
+    clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
+    busy_timeout: float = attrs.field(default=30.0, validator=positive, repr=False)
+    _db: SQLiteConnection = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._db = SQLiteConnection.open(
+            self.path,
+            label="outbox",
+            error=OutboxError,
+            prepare=self._prepare,
+            timeout=self.busy_timeout,
+            wrap_errors=True,
+        )
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA foreign_keys = ON")
+        if self.path not in {"", ":memory:"}:
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}")
+        row = conn.execute("SELECT value FROM flnotify_outbox_meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO flnotify_outbox_meta VALUES ('schema', ?)", (_SCHEMA_VERSION,)
+            )
+        elif row[0] != _SCHEMA_VERSION:
+            msg = f"outbox schema {row[0]} is not this flnotify's ({_SCHEMA_VERSION})"
+            raise OutboxError(msg)
+        conn.execute("COMMIT")
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+        self._db.close()
+
+    def now(self) -> float:
+        """The outbox clock: ``clock()``."""
+        return self.clock()
+
+    def _transaction(self, *, write: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction (``BEGIN IMMEDIATE`` to write); sqlite3 errors become OutboxError."""
+        return self._db.transaction(self, write=write)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def put(
+        self, notification: Notification[Any], *, message_ids: Sequence[str] | None = None
+    ) -> str:
+        """Store ``notification`` for each of its receivers; committed when this returns.
+
+        Args:
+            notification: What to deliver, and to whom; receivers are stored by id and
+                endpoint only.
+            message_ids: One ``webhook-id`` per receiver; fresh random ids by default.
+
+        Returns:
+            The batch id, to look the deliveries up with
+            [`entries`][flnotify.outbox.Outbox.entries].
+
+        Raises:
+            ConfigurationError: ``message_ids`` does not match the receivers, or a
+                receiver's id is not a UUID.
+            DecodeError: The codec cannot read the notification back (e.g. its class is
+                not in the codec's registry), so no dispatcher could.
+            OutboxError: The database refused the write (e.g. a message id is taken).
+        """
+        batch_id, payload, rows = new_batch(self.codec, notification, message_ids)
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO flnotify_outbox_batches (id, payload, created_at) VALUES (?, ?, ?)",
+                (batch_id, payload, self.clock()),
+            )
+            conn.execute(_PUT, {"batch": batch_id, "rows": outcome_json(rows)})
+        return batch_id
+
+    async def aput(
+        self, notification: Notification[Any], *, message_ids: Sequence[str] | None = None
+    ) -> str:
+        """[`put`][flnotify.outbox.Outbox.put] from async code (in a worker thread)."""
+        return await asyncio.to_thread(self.put, notification, message_ids=message_ids)
+
+    # -- claiming and recording (what dispatchers do) ------------------------------------
+
+    def claim(self, limit: int, lease_seconds: float) -> Claim:
+        """Take up to ``limit`` claimable deliveries (pending, or with an expired lease).
+
+        One ``BEGIN IMMEDIATE`` transaction: no two claims ever hold the same row at once.
+        A claim with no entries means nothing is claimable now.
+        """
+        check_claim_args(limit, lease_seconds)
+        token = secrets.token_hex(16)
+        with self._transaction() as conn:
+            now = self.clock()
+            until = now + lease_seconds
+            (seqs,) = conn.execute(_CLAIMABLE, {"now": now, "limit": limit}).fetchone()
+            if seqs == "[]":
+                return Claim(token, until, (), {})
+            conn.execute(_CLAIM, {"token": token, "until": until, "seqs": seqs})
+            rows, payloads = conn.execute(_CLAIMED, {"seqs": seqs}).fetchone()
+        ordered = sorted(json.loads(rows), key=lambda row: row[0])  # by seq: put order
+        entries = tuple(entry_from_row(row[1:]) for row in ordered)
+        payloads = json.loads(payloads)
+        return Claim(token, until, entries, payloads)
+
+    def renew(self, claim: Claim, lease_seconds: float) -> int:
+        """Extend the lease of the claim's unfinished entries; how many still belong to it."""
+        with self._transaction() as conn:
+            return conn.execute(
+                "UPDATE flnotify_outbox SET lease_until = ? "
+                "WHERE claim_token = ? AND state = 'claimed' AND state != 'done'",  # the index
+                (self.clock() + lease_seconds, claim.token),
+            ).rowcount
+
+    def record(
+        self, claim: Claim, deliveries: Iterable[Delivery], *, done: bool = False
+    ) -> list[Delivery]:
+        """Record outcomes, each at most once, and only while ``claim`` still holds the row.
+
+        All of them in one statement of one transaction.
+
+        Args:
+            claim: The claim the deliveries were sent under.
+            deliveries: Final deliveries, matched to rows by ``message_id``.
+            done: Mark them done at once (no callbacks to run); otherwise call
+                [`finish`][flnotify.outbox.Outbox.finish] after the callbacks.
+
+        Returns:
+            The deliveries whose outcome this call recorded (others were recorded already,
+            or their row was claimed again after this claim's lease expired).
+        """
+        deliveries = list(deliveries)
+        if not deliveries:
+            return []
+        state = OutboxState.DONE.value if done else OutboxState.CLAIMED.value
+        rows = outcome_json(outcome_rows(deliveries))
+        with self._transaction() as conn:
+            params = {"rows": rows, "token": claim.token}
+            (recordable,) = conn.execute(_RECORDABLE, params).fetchone()
+            recorded = set(json.loads(recordable))
+            if recorded:
+                conn.execute(_RECORD, {**params, "now": self.clock(), "state": state})
+        if len(recorded) == len(deliveries):
+            return deliveries
+        return [d for d in deliveries if d.message_id in recorded]
+
+    def finish(self, claim: Claim, message_ids: Iterable[str]) -> int:
+        """Mark recorded deliveries done once their callbacks ran; how many were."""
+        ids = outcome_json(list(message_ids))
+        with self._transaction() as conn:
+            return conn.execute(_FINISH, {"ids": ids, "token": claim.token}).rowcount
+
+    def release(self, claim: Claim) -> int:
+        """Give back the claim's unfinished entries without waiting for the lease to end."""
+        with self._transaction() as conn:
+            return conn.execute(
+                "UPDATE flnotify_outbox SET lease_until = ? "
+                "WHERE claim_token = ? AND state = 'claimed' AND state != 'done'",  # the index
+                (self.clock(), claim.token),
+            ).rowcount
+
+    # -- reading and operating ---------------------------------------------------------
+
+    def entries(self, batch_id: str | None = None) -> list[OutboxEntry]:
+        """Every delivery (of one batch, if given), in the order they were put."""
+        where, args = ("WHERE batch_id = ?", (batch_id,)) if batch_id is not None else ("", ())
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM flnotify_outbox {where} ORDER BY seq",  # noqa: S608 - constants only
+                args,
+            ).fetchall()
+        return [entry_from_row(row) for row in rows]
+
+    def batch_size(self, batch_id: str) -> int:
+        """How many deliveries (receivers) one ``put`` stored: the size of that send."""
+        with self._transaction(write=False) as conn:
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM flnotify_outbox WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+        return int(n)
+
+    def counts(self) -> dict[OutboxState, int]:
+        """How many deliveries are in each state (every state present)."""
+        counts = dict.fromkeys(OutboxState, 0)
+        with self._transaction(write=False) as conn:
+            for state, n in conn.execute(
+                "SELECT state, COUNT(*) FROM flnotify_outbox GROUP BY state"
+            ):
+                counts[OutboxState(state)] = n
+        return counts
+
+    def failed(self, limit: int | None = None) -> list[OutboxEntry]:
+        """Done deliveries whose outcome is failed, in the order they were put."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM flnotify_outbox "  # noqa: S608 - constants only
+                "WHERE state = 'done' AND outcome = 'failed' ORDER BY seq LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+        return [entry_from_row(row) for row in rows]
+
+    def retry_failed(self, message_ids: Iterable[str] | None = None) -> int:
+        """Make failed deliveries pending again, with the same ``webhook-id``; how many.
+
+        Args:
+            message_ids: Only these; every failed delivery by default.
+        """
+        with self._transaction() as conn:
+            if message_ids is None:
+                return conn.execute(_RETRY).rowcount
+            ids = outcome_json(list(message_ids))
+            return conn.execute(
+                _RETRY + " AND message_id IN (SELECT value FROM json_each(?))",  # noqa: S608 - constants only
+                (ids,),
+            ).rowcount
+
+    def next_claimable(self) -> float | None:
+        """When a delivery may next be claimed: ``None`` if none is open, else epoch seconds.
+
+        A pending delivery is claimable now (the current time is returned); a claimed one
+        when its lease ends.
+        """
+        with self._transaction(write=False) as conn:
+            now = self.clock()
+            (when,) = conn.execute(
+                "SELECT MIN(CASE state WHEN 'pending' THEN ? ELSE lease_until END) "
+                "FROM flnotify_outbox WHERE state != 'done'",
+                (now,),
+            ).fetchone()
+        return None if when is None else float(when)
+
+    def prune(self, before: float) -> int:
+        """Delete done deliveries recorded before ``before`` (epoch seconds); how many.
+
+        Batches left without deliveries go too.
+        """
+        with self._transaction() as conn:
+            n = conn.execute(
+                "DELETE FROM flnotify_outbox WHERE state = 'done' AND recorded_at < ?", (before,)
+            ).rowcount
+            conn.execute(
+                "DELETE FROM flnotify_outbox_batches WHERE NOT EXISTS "
+                "(SELECT 1 FROM flnotify_outbox o WHERE o.batch_id = flnotify_outbox_batches.id)"
+            )
+        return n
