@@ -303,7 +303,7 @@ PEERS: dict[str, tuple[str, Callable[..., Any], int | None]] = {
 }
 NOTIFIER_PEERS: dict[str, tuple[str, Callable[..., Any], int | None]] = {
     "notifier-stream": ("flnotify Notifier + StreamTransport", run_notifier_stream, None),
-    "notifier-httpx": ("flnotify Notifier + HttpxTransport (default)", run_notifier_httpx, 10_000),
+    "notifier-httpx": ("flnotify Notifier + HttpxTransport", run_notifier_httpx, 10_000),
 }
 
 
