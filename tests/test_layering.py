@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"flnotify._types"},
     {"flnotify._notification"},
     {"flnotify.training", "flnotify._codec"},
-    {"flnotify.signing", "flnotify.endpoints", "flnotify._sqlite"},
+    {"flnotify.signing", "flnotify.endpoints", "flnotify._sqlite", "flnotify._mailwire"},
     {"flnotify._retry", "flnotify._report", "flnotify.transports", "flnotify.health"},
     {"flnotify.repository", "flnotify._repository_contract", "flnotify._hooks"},
     {"flnotify.callbacks"},

@@ -1,0 +1,276 @@
+"""The mailbox's wire format, shared by the server's app and the client's poller.
+
+A client behind NAT talks to the mailbox app with two JSON requests, each signed the
+Standard Webhooks way with the client's own secret (``webhook-id`` is a fresh request
+nonce, ``webhook-timestamp`` the time of the request)::
+
+    POST {base}/fetch  {"op": "fetch", "client": "<uuid>", "wait": 25, "max": 100}
+    200                {"messages": [{"headers": {...}, "body": "<base64>"}, ...]}
+
+    POST {base}/ack    {"op": "ack", "client": "<uuid>", "acks": [{"id": "msg_...", "status": 204}]}
+    200                {"accepted": 1}
+
+Each fetched message carries exactly what a push carries: the body bytes (base64, so they
+come back byte for byte) and the ``content-type``, ``user-agent``, ``webhook-id``,
+``webhook-timestamp`` and ``webhook-signature`` headers. Every parser here treats its
+input as hostile: a bad document raises [`MailboxProtocolError`][flnotify.MailboxProtocolError]
+naming what is wrong, never anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+from ._exceptions import FlnotifyError
+
+__all__ = [
+    "ACK_PATH",
+    "FETCH_PATH",
+    "MAILBOX_ENDPOINT",
+    "MAX_MESSAGE_HEADERS",
+    "Ack",
+    "FetchRequest",
+    "MailboxProtocolError",
+    "WireMessage",
+    "ack_document",
+    "client_of",
+    "fetch_document",
+    "is_mailbox",
+    "messages_document",
+    "parse_ack",
+    "parse_fetch",
+    "parse_messages",
+]
+
+MAILBOX_ENDPOINT = "mailbox:"
+"""The ``message_endpoint`` of a receiver that polls a mailbox instead of being pushed to."""
+
+FETCH_PATH = "/fetch"
+ACK_PATH = "/ack"
+MAX_MESSAGE_HEADERS = 32
+"""Most headers one fetched message may carry (a push carries five or six)."""
+
+_ID = re.compile(r"[\x21-\x7e]{1,256}")  # a webhook-id: printable ASCII, no spaces
+
+
+class MailboxProtocolError(FlnotifyError):
+    """A mailbox request or answer is not what the mailbox protocol says; names why."""
+
+
+def is_mailbox(endpoint: str) -> bool:
+    """Whether ``endpoint`` marks a polling receiver (exactly ``"mailbox:"``)."""
+    return endpoint == MAILBOX_ENDPOINT
+
+
+@attrs.frozen
+class FetchRequest:
+    """A client's request for its pending messages.
+
+    Args:
+        client: The client's (receiver's) id.
+        wait: Seconds the server may hold the request open while the mailbox is empty.
+        max: Most messages to return.
+    """
+
+    client: UUID
+    wait: float
+    max: int
+
+
+@attrs.frozen
+class Ack:
+    """One acknowledgement: the status the client's handler answered a message with."""
+
+    id: str
+    status: int
+
+
+@attrs.frozen
+class WireMessage:
+    """One fetched message: the headers and body bytes a push would have carried."""
+
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def id(self) -> str:
+        """Its ``webhook-id``."""
+        return self.headers.get("webhook-id", "")
+
+
+def _dumps(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _loads(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        msg = f"the {what} is not JSON: {exc}"
+        raise MailboxProtocolError(msg) from None
+    if not isinstance(document, dict):
+        msg = f"the {what} is not a JSON object"
+        raise MailboxProtocolError(msg)
+    return document
+
+
+def _client(document: Mapping[str, Any], what: str) -> UUID:
+    value = document.get("client")
+    if not isinstance(value, str) or len(value) > 64:
+        msg = f"the {what} has no client id"
+        raise MailboxProtocolError(msg)
+    try:
+        return UUID(value)
+    except ValueError:
+        msg = f"the {what}'s client id {value[:64]!r} is not a UUID"
+        raise MailboxProtocolError(msg) from None
+
+
+def _op(document: Mapping[str, Any], op: str, what: str) -> None:
+    if document.get("op") != op:
+        msg = f"the {what} is not an {op!r} request (op={document.get('op')!r:.40})"
+        raise MailboxProtocolError(msg)
+
+
+# -- fetch --------------------------------------------------------------------------------
+
+
+def fetch_document(client: UUID, wait: float, max_messages: int) -> bytes:
+    """The body of a fetch request."""
+    return _dumps({"op": "fetch", "client": str(client), "wait": wait, "max": max_messages})
+
+
+def parse_fetch(raw: bytes) -> FetchRequest:
+    """A fetch request's body, checked.
+
+    Raises:
+        MailboxProtocolError: It is not JSON, not a fetch, or a field is missing or wrong.
+    """
+    document = _loads(raw, "fetch request")
+    _op(document, "fetch", "fetch request")
+    client = _client(document, "fetch request")
+    wait = document.get("wait", 0)
+    if type(wait) not in (int, float) or not (math.isfinite(wait) and wait >= 0):
+        msg = f"'wait' must be a number of seconds >= 0, not {wait!r:.40}"
+        raise MailboxProtocolError(msg)
+    most = document.get("max", 1)
+    if type(most) is not int or most < 1:
+        msg = f"'max' must be an integer >= 1, not {most!r:.40}"
+        raise MailboxProtocolError(msg)
+    return FetchRequest(client, float(wait), most)
+
+
+def messages_document(messages: Sequence[WireMessage]) -> bytes:
+    """The body of a fetch answer."""
+    return _dumps(
+        {
+            "messages": [
+                {"headers": dict(m.headers), "body": base64.b64encode(m.body).decode("ascii")}
+                for m in messages
+            ]
+        }
+    )
+
+
+def parse_messages(raw: bytes, *, max_messages: int) -> list[WireMessage]:
+    """A fetch answer's messages, checked (the server may be anyone's).
+
+    Args:
+        raw: The answer's body.
+        max_messages: More messages than this (what was asked for) is refused.
+
+    Raises:
+        MailboxProtocolError: The answer is not a well-formed list of messages.
+    """
+    document = _loads(raw, "fetch answer")
+    items = document.get("messages")
+    if not isinstance(items, list):
+        msg = "the fetch answer has no 'messages' list"
+        raise MailboxProtocolError(msg)
+    if len(items) > max_messages:
+        msg = f"the fetch answer has {len(items)} messages, more than the {max_messages} asked for"
+        raise MailboxProtocolError(msg)
+    messages = []
+    for index, item in enumerate(items):
+        headers = item.get("headers") if isinstance(item, dict) else None
+        body = item.get("body") if isinstance(item, dict) else None
+        if (
+            not isinstance(headers, dict)
+            or len(headers) > MAX_MESSAGE_HEADERS
+            or not all(type(k) is str and type(v) is str for k, v in headers.items())
+        ):
+            msg = f"message {index} has no valid 'headers' object of strings"
+            raise MailboxProtocolError(msg)
+        if not isinstance(body, str):
+            msg = f"message {index} has no base64 'body' string"
+            raise MailboxProtocolError(msg)
+        try:
+            data = base64.b64decode(body.encode("ascii"), validate=True)
+        except (UnicodeEncodeError, binascii.Error):
+            msg = f"message {index}'s body is not base64"
+            raise MailboxProtocolError(msg) from None
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if not _ID.fullmatch(lowered.get("webhook-id", "")):
+            msg = f"message {index} has no valid 'webhook-id' header"
+            raise MailboxProtocolError(msg)
+        messages.append(WireMessage(lowered, data))
+    return messages
+
+
+# -- ack ----------------------------------------------------------------------------------
+
+
+def ack_document(client: UUID, acks: Sequence[Ack]) -> bytes:
+    """The body of an acknowledgement request."""
+    return _dumps(
+        {
+            "op": "ack",
+            "client": str(client),
+            "acks": [{"id": a.id, "status": a.status} for a in acks],
+        }
+    )
+
+
+def parse_ack(raw: bytes, *, max_acks: int) -> tuple[UUID, list[Ack]]:
+    """An acknowledgement request's client and acknowledgements, checked.
+
+    Raises:
+        MailboxProtocolError: It is not JSON, not an ack, has more than ``max_acks``
+            entries, or an entry is not an id with a status from 100 to 599.
+    """
+    document = _loads(raw, "ack request")
+    _op(document, "ack", "ack request")
+    client = _client(document, "ack request")
+    items = document.get("acks")
+    if not isinstance(items, list) or len(items) > max_acks:
+        msg = f"'acks' must be a list of at most {max_acks} acknowledgements"
+        raise MailboxProtocolError(msg)
+    acks = []
+    for index, item in enumerate(items):
+        mid = item.get("id") if isinstance(item, dict) else None
+        status = item.get("status") if isinstance(item, dict) else None
+        if not isinstance(mid, str) or not _ID.fullmatch(mid):
+            msg = f"acknowledgement {index} has no valid message id"
+            raise MailboxProtocolError(msg)
+        if type(status) is not int or not 100 <= status <= 599:
+            msg = f"acknowledgement {index}'s status {status!r:.20} is not an HTTP status"
+            raise MailboxProtocolError(msg)
+        acks.append(Ack(mid, status))
+    return client, acks
+
+
+def client_of(raw: bytes) -> UUID | None:
+    """The client id a request body names, or ``None`` (before it is authenticated)."""
+    try:
+        return _client(_loads(raw, "request"), "request")
+    except MailboxProtocolError:
+        return None
