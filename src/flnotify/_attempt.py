@@ -38,6 +38,7 @@ from ._exceptions import (
     TransportErrorKind,
 )
 from ._hooks import AttemptEnded, AttemptStarted, HookSet
+from ._mailwire import MAILBOX_ENDPOINT, is_mailbox
 from ._notification import Notification
 from ._report import Delivery
 from ._retry import RetryPolicy
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Core",
     "Course",
+    "attempt_headers",
     "build_delivery",
     "internal_error",
     "message_ids_for",
@@ -112,6 +114,32 @@ def internal_error(what: str, exc: BaseException, url: str = "") -> InternalErro
     error = InternalError(f"{what} raised {detail}", url=url)
     error.__cause__ = exc
     return error
+
+
+def attempt_headers(
+    message_id: str,
+    timestamp: int,
+    body: bytes,
+    receiver: ReceiverLike,
+    signer: Signer | None,
+    user_agent: str,
+) -> dict[str, str]:
+    """The headers of one attempt: the only place they are made.
+
+    JSON, ``User-Agent``, ``webhook-id`` (the same on every attempt), ``webhook-timestamp``
+    (the attempt's time) and, when signing, ``webhook-signature``. The core calls it for
+    each POST; the mailbox app for each offer of a message to a polling client, so a
+    fetched notification carries exactly what a push would.
+    """
+    headers = {
+        "content-type": "application/json",
+        "user-agent": user_agent,
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+    }
+    if signer is not None:
+        headers.update(signer.headers(message_id, timestamp, body, receiver))
+    return headers
 
 
 class Course:
@@ -255,6 +283,13 @@ class Core:
             if endpoint is not None:
                 return (endpoint.host, endpoint.port)
         except (EndpointError, TransportError) as exc:
+            if is_mailbox(course.url):  # a polling receiver, and no mailbox to put it in
+                error: TransportError = InvalidURLError(
+                    f"{MAILBOX_ENDPOINT!r} marks a receiver that polls a mailbox, but this"
+                    " Notifier has none (Notifier(mailbox=...))",
+                    url=course.url,
+                )
+                return self.finish(course, Outcome.FAILED, error=error)
             return self.finish(course, Outcome.FAILED, error=refused_endpoint(exc, course.url))
         except Exception as exc:
             error = internal_error("checking the endpoint", exc, course.url)
@@ -318,16 +353,14 @@ class Core:
         course.begun = now
         message_id = course.message_id
         try:
-            timestamp = int(self._wall_clock())
-            headers = {
-                "content-type": "application/json",
-                "user-agent": self._user_agent,
-                "webhook-id": message_id,
-                "webhook-timestamp": str(timestamp),
-            }
-            signer = self._signer
-            if signer is not None:
-                headers.update(signer.headers(message_id, timestamp, self.body, course.receiver))
+            headers = attempt_headers(
+                message_id,
+                int(self._wall_clock()),
+                self.body,
+                course.receiver,
+                self._signer,
+                self._user_agent,
+            )
         except Exception as exc:
             course.attempts -= 1  # nothing was sent
             error = internal_error("building the headers", exc, course.url)
@@ -432,6 +465,39 @@ class Core:
             course.last = response
             return float(delay)
         return self.finish(course, outcome, response=response, error=error)
+
+    def answered(
+        self, course: Course, status: int | None, fetches: int, deadline: float
+    ) -> float | Delivery:
+        """Judge a polling receiver's acknowledgement exactly like the answer of a POST.
+
+        Args:
+            course: The receiver.
+            status: The status its handler answered, or ``None`` if the mailbox's
+                acknowledgement deadline passed first (then the receiver fails).
+            fetches: How often the client fetched the message (its attempts).
+            deadline: The mailbox's acknowledgement deadline (seconds), for the message.
+
+        Returns:
+            Seconds after which the message is offered again, or the final delivery.
+        """
+        course.attempts = max(course.attempts, fetches)
+        if status is None:
+            what = (
+                "never fetched"
+                if fetches == 0
+                else f"fetched {fetches} time(s) but not acknowledged"
+            )
+            error = TransportError(
+                f"{what} within the mailbox's deadline of {deadline:g} s",
+                url=course.url,
+                kind=TransportErrorKind.DEADLINE,
+            )
+            return self.fail(course, error)
+        if self._watch:
+            course.begun = self._clock()
+            self._hooks.attempt_started(self._started(course))
+        return self.judge(course, HttpResponse(status))
 
     # -- endpoint health -------------------------------------------------------------------
 

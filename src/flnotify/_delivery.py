@@ -35,7 +35,9 @@ from ._exceptions import (
 )
 from ._exceptions import TransportErrorKind as Kind
 from ._hooks import DeliveryHook, HookSet
+from ._mailwire import is_mailbox
 from ._notification import Notification
+from ._pull import MailLeg, new_owner, post_letters
 from ._report import Delivery, DeliveryReport
 from ._retry import RetryPolicy
 from ._types import HttpResponse
@@ -47,6 +49,7 @@ from .health import CircuitBreaker
 from .transports._base import AsyncTransport, Transport
 
 if TYPE_CHECKING:
+    from ._mailbox import MailboxStore
     from .repository import AsyncTrainingRepository, TrainingRepository
     from .signing import Signer
 
@@ -72,6 +75,14 @@ def _default_transport() -> AsyncTransport:
 def _pins(transport: object) -> bool:
     """Whether ``transport.apost`` takes ``connect_to=`` (the checked address to connect to)."""
     return getattr(transport, "pins_connections", False) is True and hasattr(transport, "apost")
+
+
+def _polls(receiver: Any) -> bool:
+    """Whether a receiver polls a mailbox (a broken receiver is the core's to fail)."""
+    try:
+        return is_mailbox(receiver.message_endpoint)
+    except Exception:
+        return False
 
 
 def _hooks(value: Sequence[DeliveryHook]) -> tuple[DeliveryHook, ...]:
@@ -126,6 +137,13 @@ class Notifier(Closing, AsyncClosing):
         wall_clock: Epoch seconds, for ``webhook-timestamp`` and ``Retry-After`` dates.
         rng: Jitter source returning floats in [0, 1).
         user_agent: The ``User-Agent`` header.
+        mailbox: Where notifications for polling receivers (``message_endpoint``
+            ``"mailbox:"``) wait for their clients, e.g. a
+            [`Mailbox`][flnotify.mailbox.Mailbox]; a send waits for their
+            acknowledgements like for the answers of its POSTs.
+        mailbox_lease: Seconds this Notifier's hold on the messages it posted lasts without
+            renewal (renewed every third); if it stops, a
+            [`MailboxDispatcher`][flnotify.mailbox.MailboxDispatcher] adopts them after that.
     """
 
     transport: AsyncTransport | Transport = attrs.field(factory=_default_transport)
@@ -147,6 +165,8 @@ class Notifier(Closing, AsyncClosing):
     wall_clock: Callable[[], float] = time.time
     rng: Callable[[], float] = random.random
     user_agent: str = f"flnotify/{__version__}"
+    mailbox: MailboxStore | None = None
+    mailbox_lease: float = attrs.field(default=60.0, validator=positive)
     _portal: _Portal | None = attrs.field(init=False, default=None, repr=False)
     _executor: concurrent.futures.ThreadPoolExecutor | None = attrs.field(
         init=False, default=None, repr=False
@@ -236,22 +256,7 @@ class Notifier(Closing, AsyncClosing):
         if send is None:
             send = (new_send_id(), len(notification.receivers))
         watchers = HookSet((*self.hooks, *hooks))
-        core = Core(
-            notification,
-            body,
-            retry=self.retry,
-            signer=self.signer,
-            policy=self.policy,
-            user_agent=self.user_agent,
-            clock=self.clock,
-            wall_clock=self.wall_clock,
-            rng=self.rng,
-            hooks=watchers,
-            breaker=self.breaker,
-            send_id=send[0],
-            send_size=send[1],
-            pins=_pins(self.transport),
-        )
+        core = self._core(notification, body, watchers, send)
         run = _Send(
             self,
             core,
@@ -267,6 +272,27 @@ class Notifier(Closing, AsyncClosing):
         if watchers.hooks:
             watchers.send_ended(result.report)
         return result
+
+    def _core(
+        self, notification: Notification[Any], body: bytes, hooks: HookSet, send: tuple[str, int]
+    ) -> Core:
+        """The delivery core of one send, configured by this Notifier."""
+        return Core(
+            notification,
+            body,
+            retry=self.retry,
+            signer=self.signer,
+            policy=self.policy,
+            user_agent=self.user_agent,
+            clock=self.clock,
+            wall_clock=self.wall_clock,
+            rng=self.rng,
+            hooks=hooks,
+            breaker=self.breaker,
+            send_id=send[0],
+            send_size=send[1],
+            pins=_pins(self.transport),
+        )
 
     # -- one POST ------------------------------------------------------------------------
 
@@ -385,6 +411,7 @@ class _Send:
             asyncio.Queue() if callbacks is not None else None
         )  # final deliveries for the callbacks, then None once every receiver is settled
         self.callback_errors: list[CallbackError] = []
+        self.polling: dict[int, Course] = {}  # receivers whose letters are in the mailbox
 
     def course(self, index: int) -> Course:
         resume = self.resume
@@ -406,8 +433,17 @@ class _Send:
             if self.deadline is not None and self.remaining
             else None
         )
-        fresh = iter(range(n) if refused is None else ())
-        for worker in range(min(notifier.concurrency, self.remaining)):
+        fresh: Iterator[int] = iter(range(n) if refused is None else ())
+        mailbox = notifier.mailbox
+        pushed = self.remaining
+        if mailbox is not None and refused is None:
+            mail = [i for i, r in enumerate(self.receivers) if _polls(r)]
+            if mail:
+                polling = set(mail)
+                fresh = (i for i in range(n) if i not in polling)
+                pushed -= len(mail)
+                self.spawn(self.mail(mailbox, mail))
+        for worker in range(min(notifier.concurrency, pushed)):
             self.workers.append(self.spawn(self.work(worker, fresh)))
         if self.began is not None and self.workers:
             self.spawn(self.watchdog(notifier.attempt_timeout))
@@ -565,6 +601,53 @@ class _Send:
                 error = internal_error("the Notifier", exc, course.url)
                 self.record(course.index, core.fail(course, error))
 
+    async def mail(self, store: MailboxStore, indices: list[int]) -> None:
+        """The polling receivers: post their letters, then judge their answers."""
+        core, notifier = self.core, self.notifier
+        started = notifier.clock()
+        courses = []
+        for index in indices:
+            course = self.polling[index] = self.course(index)
+            if course.started is None:
+                course.started = started
+            courses.append(course)
+        by_id = {course.message_id: course.index for course in courses}
+        owner = new_owner()
+        posted, refused = await post_letters(store, core, courses, owner, notifier.mailbox_lease)
+        for delivery in refused:
+            self.record(by_id[delivery.message_id], delivery)
+
+        async def settle(deliveries: list[Delivery]) -> None:
+            try:
+                kept = await asyncio.to_thread(store.settle, owner, deliveries)
+            except Exception:
+                logger.exception("mailbox: could not record %d outcome(s)", len(deliveries))
+            else:
+                if len(kept) < len(deliveries):
+                    logger.warning(
+                        "mailbox: %d outcome(s) were judged elsewhere too (the lease of this"
+                        " send ended while it waited)",
+                        len(deliveries) - len(kept),
+                    )
+            for delivery in deliveries:
+                self.record(by_id[delivery.message_id], delivery)
+
+        leg = MailLeg(store, core, posted, owner, notifier.mailbox_lease, settle)
+        try:
+            await leg.run()
+        except asyncio.CancelledError:
+            # The send's deadline failed the rest (expire() recorded them first), or the
+            # send was cancelled: record what was decided here, and let a dispatcher adopt
+            # the others at once.
+            ended = [d for c in leg.pending.values() if (d := self.results[c.index]) is not None]
+            try:
+                if ended:
+                    store.settle(owner, ended)
+                store.release(owner)
+            except Exception:
+                logger.exception("mailbox: could not give up the messages of a stopped send")
+            raise
+
     def timed_out(self, url: str) -> TransportTimeoutError:
         limit = self.notifier.attempt_timeout
         return TransportTimeoutError(
@@ -617,7 +700,10 @@ class _Send:
         """The deadline passed: everything still pending fails now, callbacks included."""
         self.cancel_all()  # first, so that nothing records after this
         working = [c for c in self.current if c is not None]
-        known = {c.index: c for c in (*working, *self.waiting.values(), *self.ready)}
+        known = {
+            c.index: c
+            for c in (*working, *self.waiting.values(), *self.ready, *self.polling.values())
+        }
         deferred = {index for index, _ in self.deferred}
         error_text = f"deadline of {self.deadline:g} s passed before an outcome"
         for index in range(len(self.receivers)):

@@ -165,6 +165,9 @@ def _digests(prototypes: tuple[Any, ...], msg_id: str, timestamp: str, body: byt
     return digests
 
 
+_UNKNOWN: tuple[Any, ...] = ()  # set below, once _parse_secrets exists
+
+
 def _b64(raw: bytes) -> str:
     return binascii.b2a_base64(raw, newline=False).decode("ascii")
 
@@ -251,6 +254,39 @@ class Signer:
         if len(digests) == 1:
             return "v1," + _b64(digests[0])
         return " ".join(["v1," + _b64(d) for d in digests])
+
+    def verify_from(
+        self,
+        receiver: ReceiverLike,
+        headers: HeadersLike,
+        body: bytes,
+        *,
+        tolerance: float,
+        now: float,
+        max_signatures: int = DEFAULT_MAX_SIGNATURES,
+    ) -> VerifiedMessage:
+        """Verify a request that ``receiver`` signed with its own secret(s).
+
+        The other direction of [`headers`][flnotify.Signer.headers]: the mailbox app
+        authenticates a polling client by it. Only the receiver's own secrets (from
+        ``lookup``) count, never the shared ones: with a shared secret any client could
+        pass for any other. A receiver without one costs the same HMAC work as one with a
+        wrong signature, so timing does not tell whether it is known.
+
+        Raises:
+            SignatureMismatchError: The receiver has no secret of its own, or no entry
+                matches one.
+            MissingHeaderError: A ``webhook-*`` header is absent or empty.
+            MalformedHeaderError: A header cannot be parsed.
+            TimestampError: The timestamp is further than ``tolerance`` from ``now``.
+        """
+        found = None if self._lookup is None else self._lookup(receiver)
+        if found is None:
+            _checked(_UNKNOWN, headers, body, tolerance, now, max_signatures)  # same work
+            msg = "no signature matches a configured secret"
+            raise SignatureMismatchError(msg)
+        keys = self._parse_cached(_lookup_key(found))
+        return _checked(keys, headers, body, tolerance, now, max_signatures)
 
     def headers(
         self, msg_id: str, timestamp: int, body: bytes, receiver: ReceiverLike | None = None
@@ -416,33 +452,51 @@ class Verifier:
             SignatureMismatchError: No ``v1,`` entry matches any secret.
             TimestampError: The timestamp is further than ``tolerance`` from now.
         """
-        msg_id, raw_timestamp, header = _webhook_headers(headers, self.max_signatures)
-        if not msg_id:
-            raise MissingHeaderError(ID_HEADER)
-        if not raw_timestamp:
-            raise MissingHeaderError(TIMESTAMP_HEADER)
-        if not header:
-            raise MissingHeaderError(SIGNATURE_HEADER)
-        raw_timestamp = raw_timestamp.strip()
-        if not _TIMESTAMP.fullmatch(raw_timestamp):
-            raise MalformedHeaderError(TIMESTAMP_HEADER, "not an integer number of seconds")
-        timestamp = int(raw_timestamp)
-        offered = _v1_signatures(header)
-        if not offered:
-            raise MalformedHeaderError(SIGNATURE_HEADER, "no parseable 'v1,<base64>' entry")
-        matched = False
-        for expected in _digests(self._keys, msg_id, raw_timestamp, body):
-            for signature in offered:
-                matched |= hmac.compare_digest(expected, signature)
-        if not matched:
-            msg = "no signature matches a configured secret"
-            raise SignatureMismatchError(msg)
-        current = self.clock() if now is None else now
-        if timestamp < current - self.tolerance:
-            raise TimestampError(timestamp, current, too_old=True)
-        if timestamp > current + self.tolerance:
-            raise TimestampError(timestamp, current, too_old=False)
-        return VerifiedMessage(id=msg_id, timestamp=timestamp)
+        return _checked(
+            self._keys,
+            headers,
+            body,
+            self.tolerance,
+            self.clock() if now is None else now,
+            self.max_signatures,
+        )
+
+
+def _checked(
+    keys: tuple[Any, ...],
+    headers: HeadersLike,
+    body: bytes,
+    tolerance: float,
+    current: float,
+    max_signatures: int,
+) -> VerifiedMessage:
+    """Verify one request against ``keys``; see [`Verifier.verify`][flnotify.Verifier.verify]."""
+    msg_id, raw_timestamp, header = _webhook_headers(headers, max_signatures)
+    if not msg_id:
+        raise MissingHeaderError(ID_HEADER)
+    if not raw_timestamp:
+        raise MissingHeaderError(TIMESTAMP_HEADER)
+    if not header:
+        raise MissingHeaderError(SIGNATURE_HEADER)
+    raw_timestamp = raw_timestamp.strip()
+    if not _TIMESTAMP.fullmatch(raw_timestamp):
+        raise MalformedHeaderError(TIMESTAMP_HEADER, "not an integer number of seconds")
+    timestamp = int(raw_timestamp)
+    offered = _v1_signatures(header)
+    if not offered:
+        raise MalformedHeaderError(SIGNATURE_HEADER, "no parseable 'v1,<base64>' entry")
+    matched = False
+    for expected in _digests(keys, msg_id, raw_timestamp, body):
+        for signature in offered:
+            matched |= hmac.compare_digest(expected, signature)
+    if not matched:
+        msg = "no signature matches a configured secret"
+        raise SignatureMismatchError(msg)
+    if timestamp < current - tolerance:
+        raise TimestampError(timestamp, current, too_old=True)
+    if timestamp > current + tolerance:
+        raise TimestampError(timestamp, current, too_old=False)
+    return VerifiedMessage(id=msg_id, timestamp=timestamp)
 
 
 def verify(
@@ -465,3 +519,7 @@ def verify(
         now: The receiver's time; defaults to ``time.time()``.
     """
     return Verifier(secrets, tolerance=tolerance).verify(headers, body, now=now)
+
+
+_UNKNOWN = _parse_secrets(generate_secret())
+"""A random key no request matches: checked for receivers without one (equal timing)."""

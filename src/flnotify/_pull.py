@@ -1,0 +1,202 @@
+"""The mailbox's driver of the delivery core: post letters, wait for answers, judge them.
+
+A polling receiver (``message_endpoint`` ``"mailbox:"``) is not POSTed to: its notification
+is posted to a [`MailboxStore`][flnotify._mailbox.MailboxStore], the mailbox app offers it to
+the client (the headers made by the core's
+[`attempt_headers`][flnotify._attempt.attempt_headers] at each fetch), and the client's
+acknowledgement comes back as an answer. [`MailLeg`][flnotify._pull.MailLeg] waits for the
+answers and has the core judge each one like the answer of a POST
+([`Core.answered`][flnotify._attempt.Core.answered]): delivered, rejected, offered again
+after a retry delay, or failed at the acknowledgement deadline. The judging process holds a
+renewable lease; if it stops, a [`MailboxDispatcher`][flnotify.mailbox.MailboxDispatcher]
+adopts the messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from typing import cast
+from uuid import UUID
+
+from ._attempt import Core, Course, internal_error
+from ._exceptions import ConfigurationError, FlnotifyError
+from ._mailbox import Answer, MailboxStore
+from ._mailwire import MAILBOX_ENDPOINT
+from ._report import Delivery
+
+__all__ = ["ANSWER_POLL_SECONDS", "MailLeg", "new_owner", "post_letters"]
+
+logger = logging.getLogger("flnotify")
+
+ANSWER_POLL_SECONDS = 0.5
+"""How often a judge asks its store for answers that another process took (and deadlines)."""
+
+
+def new_owner() -> str:
+    """A fresh judge id: the owner of a lease on posted messages."""
+    return "jdg_" + secrets.token_hex(12)
+
+
+async def post_letters(
+    store: MailboxStore,
+    core: Core,
+    courses: Iterable[Course],
+    owner: str,
+    lease_seconds: float,
+) -> tuple[list[Course], list[Delivery]]:
+    """Post the core's body for each course; the posted courses and the refused deliveries.
+
+    A receiver whose id is not a UUID fails alone (the mailbox is keyed by it); if the
+    store refuses the post, every course fails with the store's error.
+    """
+    posted: list[Course] = []
+    refused: list[Delivery] = []
+    for course in courses:
+        course.url = MAILBOX_ENDPOINT
+        if isinstance(course.receiver.id, UUID):
+            posted.append(course)
+        else:
+            error = internal_error(
+                "the mailbox",
+                ConfigurationError(f"receiver id {course.receiver.id!r} is not a UUID"),
+                MAILBOX_ENDPOINT,
+            )
+            refused.append(core.fail(course, error))
+    if not posted:
+        return posted, refused
+    letters = [(course.receiver.id, course.message_id) for course in posted]
+    try:
+        await asyncio.to_thread(
+            store.post,
+            core.send_id,
+            core.send_size,
+            core.body,
+            letters,
+            owner=owner,
+            lease_seconds=lease_seconds,
+        )
+    except Exception as exc:
+        error = internal_error("the mailbox", exc, MAILBOX_ENDPOINT)
+        refused.extend(core.fail(course, error) for course in posted)
+        return [], refused
+    return posted, refused
+
+
+class MailLeg:
+    """Waits for the answers of posted messages and has the core judge them.
+
+    Args:
+        store: Where the messages are.
+        core: Judges each answer (the send's retry policy, hooks, send id).
+        courses: One per message still to judge, by message id.
+        owner: The lease the messages are held under.
+        lease_seconds: How long the lease lasts without renewal (renewed every third).
+        settle: Called with each batch of final deliveries, in order; it records them.
+        poll_interval: Seconds between looks at the store when no in-process signal came.
+    """
+
+    def __init__(
+        self,
+        store: MailboxStore,
+        core: Core,
+        courses: Iterable[Course],
+        owner: str,
+        lease_seconds: float,
+        settle: Callable[[list[Delivery]], Awaitable[None]],
+        poll_interval: float = ANSWER_POLL_SECONDS,
+    ) -> None:
+        self.store = store
+        self.core = core
+        self.pending = {course.message_id: course for course in courses}
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.settle = settle
+        self.poll_interval = poll_interval
+
+    async def run(self) -> None:
+        """Until every message is judged final; the lease is kept meanwhile."""
+        if not self.pending:
+            return
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(woken.set)
+
+        unsubscribe = self.store.signals.on_answer(wake)
+        heartbeat = loop.create_task(self._heartbeat())
+        # If the store cannot tell (it is down), the deadline is still kept, by this clock.
+        give_up = loop.time() + self.store.ack_deadline + 4 * self.poll_interval
+        try:
+            while self.pending:
+                if loop.time() > give_up:
+                    await self._give_up()
+                    return
+                woken.clear()
+                try:
+                    answers = await asyncio.to_thread(self.store.answers, self.owner)
+                except FlnotifyError:
+                    logger.warning("mailbox: could not read answers", exc_info=True)
+                    answers = []
+                if answers:
+                    await self._judge(answers)
+                    continue
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(woken.wait(), self.poll_interval)
+        finally:
+            unsubscribe()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _judge(self, answers: list[Answer]) -> None:
+        core = self.core
+        deadline = self.store.ack_deadline
+        final: list[Delivery] = []
+        retries: list[tuple[str, float]] = []
+        for answer in answers:
+            course = self.pending.get(answer.message_id)
+            if course is None:  # not this leg's (another send under the same owner)
+                continue
+            try:
+                step = core.answered(course, answer.status, answer.fetches, deadline)
+            except Exception as exc:  # the core catches everything; this is its own bug
+                step = core.fail(course, internal_error("the mailbox driver", exc, course.url))
+            if type(step) is float:
+                retries.append((answer.message_id, step))
+            else:
+                assert isinstance(step, Delivery)  # noqa: S101 - the core returns one of two
+                final.append(step)
+        if retries:
+            try:
+                await asyncio.to_thread(self.store.requeue, self.owner, retries)
+            except Exception as exc:
+                error = internal_error("the mailbox", exc, MAILBOX_ENDPOINT)
+                final.extend(core.fail(self.pending[mid], error) for mid, _ in retries)
+        for delivery in final:
+            self.pending.pop(delivery.message_id, None)
+        if final:
+            await self.settle(final)
+
+    async def _give_up(self) -> None:
+        """Fail what is still pending: the deadline passed and the store did not say so."""
+        deadline = self.store.ack_deadline
+        final = [
+            cast(Delivery, self.core.answered(course, None, course.attempts, deadline))
+            for course in self.pending.values()
+        ]  # with no status, always a (failed) delivery
+        self.pending.clear()
+        await self.settle(final)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await asyncio.to_thread(self.store.renew, self.owner, self.lease_seconds)
+            except FlnotifyError:
+                logger.warning("mailbox: could not renew a lease", exc_info=True)

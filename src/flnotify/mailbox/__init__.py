@@ -1,0 +1,52 @@
+"""Clients behind NAT: a durable mailbox they poll, with everything a push carries.
+
+A receiver whose ``message_endpoint`` is ``"mailbox:"``
+([`MAILBOX_ENDPOINT`][flnotify.MAILBOX_ENDPOINT]) is not POSTed to. A
+[`Notifier`][flnotify.Notifier] with ``mailbox=`` posts its notification to a store
+([`Mailbox`][flnotify.mailbox.Mailbox] on SQLite, or
+[`PostgresMailbox`][flnotify.mailbox.PostgresMailbox]) and waits for the client's
+acknowledgement as it waits for a POST's answer. The client fetches from a
+[`MailboxApp`][flnotify.mailbox.MailboxApp] mounted next to the server's API, with a
+[`MailboxPoller`][flnotify.receiving.MailboxPoller] that feeds its usual
+[`NotificationRouter`][flnotify.NotificationRouter], and acknowledges each message with the
+status the router answered. That status is judged like an HTTP answer; no acknowledgement
+within the store's ``ack_deadline`` fails the receiver. One send may mix pushed and polling
+receivers. Messages of a sender that stopped are adopted by a
+[`MailboxDispatcher`][flnotify.mailbox.MailboxDispatcher].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._mailbox import Adopted, Answer, Letter, MailboxSignals, MailboxStore
+from .._mailwire import MAILBOX_ENDPOINT, MailboxProtocolError
+from ._app import MailboxApp
+from ._dispatcher import MailboxDispatcher
+from ._model import MailboxError
+from ._sqlite import Mailbox
+
+__all__ = [
+    "MAILBOX_ENDPOINT",
+    "Adopted",
+    "Answer",
+    "Letter",
+    "Mailbox",
+    "MailboxApp",
+    "MailboxDispatcher",
+    "MailboxError",
+    "MailboxProtocolError",
+    "MailboxSignals",
+    "MailboxStore",
+    "open_mailbox",
+]
+
+
+def open_mailbox(target: str, **options: Any) -> Mailbox:
+    """The mailbox at ``target``: an SQLite file path (PostgreSQL URLs: see below).
+
+    Args:
+        target: A file path for a [`Mailbox`][flnotify.mailbox.Mailbox].
+        **options: Passed on to the store (``codec=``, ``ack_deadline=``, ...).
+    """
+    return Mailbox(target, **options)

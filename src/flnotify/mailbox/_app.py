@@ -1,0 +1,435 @@
+"""The mailbox app: where polling clients fetch their notifications and acknowledge them.
+
+Mounted next to the FL server's own API (ASGI or WSGI). Each request is authenticated with
+the client's own secret before anything else is looked at; a client reads and
+acknowledges only its own mailbox. A fetch is a long poll: held open (up to ``max_wait``)
+until mail arrives, woken at once by a send in the same process and, for sends in other
+processes, by one look at the store per ``poll_interval`` for all waiting clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import attrs
+
+from .._attempt import attempt_headers
+from .._exceptions import FlnotifyError
+from .._mailbox import Letter, MailboxStore
+from .._mailwire import (
+    ACK_PATH,
+    FETCH_PATH,
+    MAILBOX_ENDPOINT,
+    FetchRequest,
+    MailboxProtocolError,
+    WireMessage,
+    client_of,
+    messages_document,
+    parse_ack,
+    parse_fetch,
+)
+from .._types import Receiver
+from .._validators import at_least_one, positive
+from .._version import __version__
+from ..receiving._asgi import (
+    ASGIApp,
+    ASGIReceive,
+    ASGIScope,
+    ASGISend,
+    _BodyTooLargeError,
+    _DisconnectedError,
+    _lifespan,
+    _read_body,
+)
+from ..receiving._responses import Response, error, json_response, status_line
+from ..receiving._wsgi import _wsgi_headers
+from ..signing import Signer
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["MailboxApp"]
+
+logger = logging.getLogger("flnotify")
+
+_UNAUTHORIZED = error(401, "unauthorized", "the request is not signed by this client's secret")
+_MAX_HEADERS = 100
+_MAX_HEADER_BYTES = 32 * 1024
+
+
+class _Waiter:
+    """One long poll waiting for mail: an asyncio event (ASGI) or a threading one (WSGI)."""
+
+    __slots__ = ("event", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop
+        self.event: asyncio.Event | threading.Event = (
+            threading.Event() if loop is None else asyncio.Event()
+        )
+
+    def wake(self) -> None:
+        if self.loop is None:
+            self.event.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                self.loop.call_soon_threadsafe(self.event.set)
+
+
+class _Waiting:
+    """The long polls of this process, and the thread that looks for their mail."""
+
+    def __init__(self, store: MailboxStore, interval: float) -> None:
+        self.store = store
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.by_client: dict[UUID, set[_Waiter]] = {}
+        self.open = 0
+        self.watcher: threading.Thread | None = None
+        store.signals.on_mail(self.wake)
+
+    def add(self, client: UUID, waiter: _Waiter, per_client: int, most: int) -> str | None:
+        """Register ``waiter``; why not (too many polls), or ``None``."""
+        with self.lock:
+            waiters = self.by_client.setdefault(client, set())
+            if len(waiters) >= per_client:
+                return "client"
+            if self.open >= most:
+                return "server"
+            waiters.add(waiter)
+            self.open += 1
+            if self.watcher is None:
+                self.watcher = threading.Thread(
+                    target=self._watch, name="flnotify-mailbox-watch", daemon=True
+                )
+                self.watcher.start()
+        return None
+
+    def remove(self, client: UUID, waiter: _Waiter) -> None:
+        with self.lock:
+            waiters = self.by_client.get(client)
+            if waiters is not None and waiter in waiters:
+                waiters.discard(waiter)
+                self.open -= 1
+                if not waiters:
+                    del self.by_client[client]
+
+    def wake(self, clients: Iterable[UUID]) -> None:
+        with self.lock:
+            found = [w for c in clients for w in self.by_client.get(c, ())]
+        for waiter in found:
+            waiter.wake()
+
+    def _watch(self) -> None:
+        """Every ``interval``, wake the polls whose mail another process queued."""
+        stop = threading.Event()
+        while True:
+            stop.wait(self.interval)
+            with self.lock:
+                clients = list(self.by_client)
+                if not clients:
+                    self.watcher = None
+                    return
+            try:
+                ready = self.store.fetchable(clients)
+            except Exception:
+                logger.warning("mailbox: could not look for mail", exc_info=True)
+                continue
+            if ready:
+                self.wake(ready)
+
+
+@attrs.define(eq=False)
+class MailboxApp:
+    """Serves a mailbox to its polling clients: ``POST .../fetch`` and ``POST .../ack``.
+
+    Every request must be signed the Standard Webhooks way with the client's own secret
+    (the ``signer``'s ``lookup``; shared secrets never authenticate a client), carry a
+    timestamp within ``tolerance`` and a ``webhook-id`` never used before (replays are
+    refused across processes: nonces are kept in the store). Whatever is wrong (unknown
+    client, wrong or stale signature, a replay) is answered the same 401, after the same
+    HMAC work. A fetched message carries the headers a push would: made by the delivery
+    core's header function at each offer, so its timestamp is fresh and its signature
+    the client's.
+
+    Args:
+        mailbox: The store the server's [`Notifier`][flnotify.Notifier] posts to.
+        signer: The server's signer (the Notifier's): it signs each offered message and
+            authenticates each client with its own secret.
+        max_wait: Longest long poll (seconds), below the idle timeouts of common proxies.
+        max_batch: Most messages per fetch (a client may ask for fewer).
+        max_acks: Most acknowledgements per request.
+        max_polls_per_client: Open long polls of one client in this process; more are
+            answered 429.
+        max_open_polls: Open long polls in this process; more are answered 503.
+        tolerance: Seconds a request's timestamp may lie from the server's clock.
+        poll_interval: Seconds between looks for mail posted by other processes.
+        max_body_bytes: Largest request body.
+        user_agent: The ``User-Agent`` header of offered messages (as a push's).
+        clock: Epoch seconds (timestamps of offered messages, request tolerance).
+    """
+
+    mailbox: MailboxStore
+    signer: Signer
+    max_wait: float = attrs.field(default=25.0, validator=positive)
+    max_batch: int = attrs.field(default=100, validator=at_least_one)
+    max_acks: int = attrs.field(default=1000, validator=at_least_one)
+    max_polls_per_client: int = attrs.field(default=2, validator=at_least_one)
+    max_open_polls: int = attrs.field(default=10_000, validator=at_least_one)
+    tolerance: float = attrs.field(default=60.0, validator=positive)
+    poll_interval: float = attrs.field(default=0.5, validator=positive)
+    max_body_bytes: int = attrs.field(default=256 * 1024, validator=at_least_one)
+    user_agent: str = f"flnotify/{__version__}"
+    clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
+    _waiting: _Waiting = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._waiting = _Waiting(self.mailbox, self.poll_interval)
+
+    # -- the steps, without waiting ------------------------------------------------------
+
+    def _precheck(
+        self, method: str, path: str, headers: Sequence[tuple[str, str]]
+    ) -> Response | None:
+        if not path.endswith((FETCH_PATH, ACK_PATH)):
+            return error(404, "not_found", "the mailbox answers at .../fetch and .../ack")
+        if method != "POST":
+            return error(405, "method_not_allowed", "use POST", ("allow", "POST"))
+        if len(headers) > _MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > (
+            _MAX_HEADER_BYTES
+        ):
+            return error(431, "headers_too_large", "too many or too large headers")
+        return None
+
+    def _authenticate(self, headers: Sequence[tuple[str, str]], body: bytes) -> Receiver | Response:
+        """The client that signed the request, or the answer refusing it."""
+        client = client_of(body)
+        if client is None:
+            return error(400, "malformed", "the body names no client id")
+        receiver = Receiver(client, MAILBOX_ENDPOINT)
+        now = self.clock()
+        try:
+            verified = self.signer.verify_from(
+                receiver, headers, body, tolerance=self.tolerance, now=now
+            )
+        except FlnotifyError:
+            return _UNAUTHORIZED
+        if not self.mailbox.remember(f"{client}:{verified.id}", now + 2 * self.tolerance):
+            return _UNAUTHORIZED  # a replay
+        return receiver
+
+    def _begin(
+        self, path: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> Response | tuple[Receiver, FetchRequest]:
+        """Authenticate; then answer an ack, or return the fetch to serve."""
+        try:
+            who = self._authenticate(headers, body)
+            if isinstance(who, Response):
+                return who
+            if path.endswith(ACK_PATH):
+                client, acks = parse_ack(body, max_acks=self.max_acks)
+                taken = self.mailbox.ack(client, [(a.id, a.status) for a in acks])
+                return json_response(200, {"accepted": taken})
+            request = parse_fetch(body)
+        except MailboxProtocolError as exc:
+            return error(400, "malformed", str(exc))
+        except Exception:
+            logger.exception("mailbox: a request failed")
+            return error(503, "unavailable", "the mailbox is unavailable; try again later")
+        return who, request
+
+    def _offer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
+        """The client's messages now, as an answer; ``None`` if it has none."""
+        limit = min(request.max, self.max_batch)
+        try:
+            letters = self.mailbox.fetch(receiver.id, limit)
+        except Exception:
+            logger.exception("mailbox: a fetch failed")
+            return error(503, "unavailable", "the mailbox is unavailable; try again later")
+        if not letters:
+            return None
+        return self._answer(receiver, letters)
+
+    def _answer(self, receiver: Receiver, letters: list[Letter]) -> Response:
+        timestamp = int(self.clock())
+        messages = [
+            WireMessage(
+                attempt_headers(
+                    letter.message_id,
+                    timestamp,
+                    letter.body,
+                    receiver,
+                    self.signer,
+                    self.user_agent,
+                ),
+                letter.body,
+            )
+            for letter in letters
+        ]
+        body = messages_document(messages)
+        return Response(
+            200,
+            (("content-length", str(len(body))), ("content-type", "application/json")),
+            body,
+        )
+
+    def _too_many(self, why: str) -> Response:
+        if why == "client":
+            return error(
+                429, "too_many_polls", "this client has too many open polls", ("retry-after", "1")
+            )
+        return error(503, "busy", "too many open polls; try again later", ("retry-after", "1"))
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def _aserve(self, scope: ASGIScope, receive: ASGIReceive) -> Response:
+        method: str = scope["method"]
+        path: str = scope.get("path", "")
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        refused = self._precheck(method, path, headers)
+        if refused is not None:
+            return refused
+        try:
+            body = await _read_body(receive, self.max_body_bytes)
+        except _BodyTooLargeError:
+            return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
+        begun = await asyncio.to_thread(self._begin, path, headers, body)
+        if isinstance(begun, Response):
+            return begun
+        receiver, request = begun
+        offered = await asyncio.to_thread(self._offer, receiver, request)
+        wait = min(request.wait, self.max_wait)
+        if offered is not None or wait <= 0:
+            return offered or self._answer(receiver, [])
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop)
+        why = self._waiting.add(receiver.id, waiter, self.max_polls_per_client, self.max_open_polls)
+        if why is not None:
+            return self._too_many(why)
+        gone = loop.create_task(_disconnected(receive))
+        event = waiter.event
+        assert isinstance(event, asyncio.Event)  # noqa: S101 - an asyncio waiter
+        try:
+            until = loop.time() + wait
+            while (left := until - loop.time()) > 0:
+                woken = loop.create_task(event.wait())
+                await asyncio.wait({woken, gone}, timeout=left, return_when="FIRST_COMPLETED")
+                woken.cancel()
+                if gone.done():
+                    raise _DisconnectedError
+                event.clear()
+                offered = await asyncio.to_thread(self._offer, receiver, request)
+                if offered is not None:
+                    return offered
+            return self._answer(receiver, [])
+        finally:
+            gone.cancel()
+            self._waiting.remove(receiver.id, waiter)
+
+    def asgi_app(self) -> ASGIApp:
+        """The app as a plain ASGI 3 application (mount it at e.g. ``/mailbox``)."""
+
+        async def app(scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
+            kind = scope["type"]
+            if kind == "lifespan":
+                await _lifespan(receive, send)
+                return
+            if kind != "http":
+                if kind == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                return
+            try:
+                response = await self._aserve(scope, receive)
+            except _DisconnectedError:
+                return
+            except Exception:
+                logger.exception("mailbox: the ASGI app failed on a request")
+                response = error(500, "internal_error", "the mailbox failed")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": [
+                        (k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": response.body})
+
+        return app
+
+    # -- WSGI ------------------------------------------------------------------------------
+
+    def _serve(self, environ: WSGIEnvironment) -> Response:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        headers = _wsgi_headers(environ)
+        refused = self._precheck(method, path, headers)
+        if refused is not None:
+            return refused
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            length = -1
+        if length < 0:
+            return error(411, "length_required", "a Content-Length header is required")
+        if length > self.max_body_bytes:
+            return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
+        try:
+            body = environ["wsgi.input"].read(length)
+        except OSError:
+            return error(408, "request_timeout", "the body did not arrive in time")
+        begun = self._begin(path, headers, body)
+        if isinstance(begun, Response):
+            return begun
+        receiver, request = begun
+        offered = self._offer(receiver, request)
+        wait = min(request.wait, self.max_wait)
+        if offered is not None or wait <= 0:
+            return offered or self._answer(receiver, [])
+        waiter = _Waiter(None)
+        why = self._waiting.add(receiver.id, waiter, self.max_polls_per_client, self.max_open_polls)
+        if why is not None:
+            return self._too_many(why)
+        event = waiter.event
+        assert isinstance(event, threading.Event)  # noqa: S101 - a threading waiter
+        try:
+            until = time.monotonic() + wait
+            while (left := until - time.monotonic()) > 0:
+                event.wait(left)
+                event.clear()
+                offered = self._offer(receiver, request)
+                if offered is not None:
+                    return offered
+            return self._answer(receiver, [])
+        finally:
+            self._waiting.remove(receiver.id, waiter)
+
+    def wsgi_app(self) -> WSGIApplication:
+        """The app as a PEP 3333 WSGI application; each open poll holds a thread."""
+
+        def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+            try:
+                response = self._serve(environ)
+            except Exception:
+                logger.exception("mailbox: the WSGI app failed on a request")
+                response = error(500, "internal_error", "the mailbox failed")
+            start_response(status_line(response.status), list(response.headers))
+            return [response.body]
+
+        return app
+
+
+async def _disconnected(receive: ASGIReceive) -> None:
+    """Until the client goes away (its long poll is then abandoned, nothing fetched)."""
+    while True:
+        message: dict[str, Any] = dict(await receive())
+        if message.get("type") == "http.disconnect":
+            return

@@ -1,0 +1,443 @@
+"""The embedded mailbox store: one SQLite file, shared by the processes of one machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+from .._closing import Closing
+from .._codec import Codec
+from .._mailbox import Adopted, Answer, Letter, MailboxSignals
+from .._report import Delivery
+from .._sqlite import SQLiteConnection
+from .._validators import positive
+from ..outbox._model import outcome_json, outcome_rows
+from ._model import STATES, MailboxError, check_lease, check_post, fetchable_sql
+
+__all__ = ["Mailbox"]
+
+_SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS flnotify_mailbox_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flnotify_mailbox_sends (
+    id TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    posted_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flnotify_mailbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    send_id TEXT NOT NULL REFERENCES flnotify_mailbox_sends (id) ON DELETE CASCADE,
+    client_id TEXT NOT NULL,
+    message_id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL DEFAULT 'queued'
+        CHECK (state IN ('queued', 'offered', 'answered', 'done')),
+    available_at REAL NOT NULL,
+    offered_until REAL,
+    deadline_at REAL NOT NULL,
+    fetches INTEGER NOT NULL DEFAULT 0,
+    status INTEGER,
+    owner TEXT NOT NULL,
+    lease_until REAL NOT NULL,
+    outcome TEXT CHECK (outcome IN ('delivered', 'rejected', 'failed')),
+    attempts INTEGER,
+    status_code INTEGER,
+    error TEXT,
+    error_kind TEXT,
+    elapsed REAL,
+    settled_at REAL
+);
+CREATE INDEX IF NOT EXISTS flnotify_mailbox_waiting
+    ON flnotify_mailbox (client_id, seq) WHERE state IN ('queued', 'offered');
+CREATE INDEX IF NOT EXISTS flnotify_mailbox_owner
+    ON flnotify_mailbox (owner) WHERE state != 'done';
+CREATE INDEX IF NOT EXISTS flnotify_mailbox_lease
+    ON flnotify_mailbox (lease_until) WHERE state != 'done';
+CREATE TABLE IF NOT EXISTS flnotify_mailbox_nonces (
+    nonce TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flnotify_mailbox_nonces_until ON flnotify_mailbox_nonces (until);
+"""
+
+_POST = """
+INSERT INTO flnotify_mailbox
+    (send_id, client_id, message_id, available_at, deadline_at, owner, lease_until)
+SELECT :send, json_extract(value, '$[0]'), json_extract(value, '$[1]'), :now, :deadline,
+    :owner, :until
+FROM json_each(:rows) ORDER BY key
+"""
+
+_FETCH = f"""
+UPDATE flnotify_mailbox
+SET state = 'offered', offered_until = :now + :visibility, fetches = fetches + 1
+WHERE seq IN (
+    SELECT seq FROM flnotify_mailbox INDEXED BY flnotify_mailbox_waiting
+    WHERE client_id = :client AND {fetchable_sql(":now")}
+    ORDER BY seq LIMIT :limit
+)
+RETURNING seq, message_id, fetches, send_id
+"""  # noqa: S608 - constants only
+
+_FETCHABLE = f"""
+SELECT DISTINCT client_id FROM flnotify_mailbox INDEXED BY flnotify_mailbox_waiting
+WHERE client_id IN (SELECT value FROM json_each(:clients)) AND {fetchable_sql(":now")}
+"""  # noqa: S608 - constants only
+
+_ACK = """
+UPDATE flnotify_mailbox SET state = 'answered', status = json_extract(v.value, '$[1]')
+FROM json_each(:acks) AS v
+WHERE flnotify_mailbox.message_id = json_extract(v.value, '$[0]')
+    AND client_id = :client AND +state = 'offered' AND deadline_at > :now
+"""
+
+_EXPIRE = """
+UPDATE flnotify_mailbox SET state = 'answered', status = NULL
+WHERE owner = :owner AND state IN ('queued', 'offered') AND deadline_at <= :now
+"""
+
+_ANSWERS = """
+SELECT message_id, client_id, status, fetches, send_id FROM flnotify_mailbox
+WHERE owner = :owner AND state = 'answered' AND state != 'done' ORDER BY seq
+"""
+
+_REQUEUE = """
+UPDATE flnotify_mailbox
+SET state = 'queued', status = NULL, available_at = :now + json_extract(v.value, '$[1]')
+FROM json_each(:retries) AS v
+WHERE flnotify_mailbox.message_id = json_extract(v.value, '$[0]')
+    AND owner = :owner AND +state = 'answered'
+RETURNING client_id
+"""
+
+_SETTLE = """
+UPDATE flnotify_mailbox
+SET state = 'done', outcome = json_extract(v.value, '$[1]'),
+    attempts = json_extract(v.value, '$[2]'), status_code = json_extract(v.value, '$[3]'),
+    error = json_extract(v.value, '$[4]'), error_kind = json_extract(v.value, '$[5]'),
+    elapsed = json_extract(v.value, '$[6]'), settled_at = :now
+FROM json_each(:rows) AS v
+WHERE flnotify_mailbox.message_id = json_extract(v.value, '$[0]')
+    AND owner = :owner AND +state != 'done'
+RETURNING message_id
+"""
+
+_ADOPT = """
+UPDATE flnotify_mailbox SET owner = :owner, lease_until = :now + :lease
+WHERE seq IN (
+    SELECT seq FROM flnotify_mailbox INDEXED BY flnotify_mailbox_lease
+    WHERE state != 'done' AND lease_until <= :now ORDER BY lease_until, seq LIMIT :limit
+)
+RETURNING seq, message_id, client_id, send_id
+"""
+
+
+def _fspath(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path)
+
+
+@attrs.define(eq=False)
+class Mailbox(Closing):
+    """The notifications of polling receivers, one row per message, in an SQLite file.
+
+    Several processes of one machine may share the file (WAL mode, every write one
+    ``BEGIN IMMEDIATE`` transaction, commits synchronous): the server's workers, its
+    mailbox app and a [`MailboxDispatcher`][flnotify.mailbox.MailboxDispatcher]. For
+    several hosts use [`PostgresMailbox`][flnotify.mailbox.PostgresMailbox]. It may share
+    its file with an [`Outbox`][flnotify.outbox.Outbox] or a repository.
+
+    Args:
+        path: The database file.
+        codec: Decodes stored notifications for a dispatcher that adopts them; its
+            registry must know every notification class that is sent.
+        ack_deadline: Seconds from posting after which an unacknowledged message fails.
+        visibility: Seconds a fetched message waits for its acknowledgement before it is
+            offered again (same ``webhook-id``).
+        clock: Epoch seconds; shared by all processes, so a wall clock.
+        busy_timeout: Seconds to wait for another process's write lock.
+
+    Raises:
+        MailboxError: The file cannot be opened or holds another mailbox schema.
+    """
+
+    path: str = attrs.field(converter=_fspath)
+    codec: Codec = attrs.field(factory=Codec, repr=False)
+    ack_deadline: float = attrs.field(default=300.0, validator=positive)
+    visibility: float = attrs.field(default=30.0, validator=positive)
+    clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
+    busy_timeout: float = attrs.field(default=30.0, validator=positive, repr=False)
+    signals: MailboxSignals = attrs.field(init=False, factory=MailboxSignals, repr=False)
+    _db: SQLiteConnection = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._db = SQLiteConnection.open(
+            self.path,
+            label="mailbox",
+            error=MailboxError,
+            prepare=self._prepare,
+            timeout=self.busy_timeout,
+            wrap_errors=True,
+        )
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA foreign_keys = ON")
+        if self.path not in {"", ":memory:"}:
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}")
+        row = conn.execute(
+            "SELECT value FROM flnotify_mailbox_meta WHERE key = 'schema'"
+        ).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO flnotify_mailbox_meta VALUES ('schema', ?)", (_SCHEMA_VERSION,)
+            )
+        elif row[0] != _SCHEMA_VERSION:
+            msg = f"mailbox schema {row[0]} is not this flnotify's ({_SCHEMA_VERSION})"
+            raise MailboxError(msg)
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+        self._db.close()
+
+    def now(self) -> float:
+        """The store clock: ``clock()``."""
+        return self.clock()
+
+    def _transaction(self, *, write: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.transaction(self, write=write)
+
+    # -- the sender's side ---------------------------------------------------------------
+
+    def post(
+        self,
+        send_id: str,
+        send_size: int,
+        body: bytes,
+        letters: Sequence[tuple[UUID, str]],
+        *,
+        owner: str,
+        lease_seconds: float,
+    ) -> None:
+        """Queue ``body`` for each (client id, message id), judged by ``owner``.
+
+        Committed when this returns; the send may be posted in several calls (its row in
+        the sends table is written once).
+
+        Raises:
+            ConfigurationError: A client id is not a UUID, or a message id not a string.
+            MailboxError: The database refused the write (e.g. a message id is taken).
+        """
+        rows = check_post(send_size, letters, lease_seconds)
+        if not rows:
+            return
+        with self._transaction() as conn:
+            now = self.clock()
+            conn.execute(
+                "INSERT OR IGNORE INTO flnotify_mailbox_sends (id, size, payload, posted_at)"
+                " VALUES (?, ?, ?, ?)",
+                (send_id, send_size, body, now),
+            )
+            conn.execute(
+                _POST,
+                {
+                    "send": send_id,
+                    "rows": outcome_json(rows),
+                    "now": now,
+                    "deadline": now + self.ack_deadline,
+                    "owner": owner,
+                    "until": now + lease_seconds,
+                },
+            )
+        self.signals.mail(UUID(client) for client, _ in rows)
+
+    def answers(self, owner: str) -> list[Answer]:
+        """The owner's answered messages, oldest first.
+
+        Messages of the owner whose acknowledgement deadline passed are answered first,
+        with no status.
+        """
+        with self._transaction() as conn:
+            params = {"owner": owner, "now": self.clock()}
+            conn.execute(_EXPIRE, params)
+            rows = conn.execute(_ANSWERS, params).fetchall()
+        return [Answer(mid, UUID(client), status, n, send) for mid, client, status, n, send in rows]
+
+    def requeue(self, owner: str, retries: Sequence[tuple[str, float]]) -> int:
+        """Queue the owner's answered messages again, each after its delay in seconds."""
+        if not retries:
+            return 0
+        with self._transaction() as conn:
+            params = {"owner": owner, "now": self.clock(), "retries": outcome_json(retries)}
+            clients = [row[0] for row in conn.execute(_REQUEUE, params).fetchall()]
+        if clients:
+            self.signals.mail(UUID(client) for client in clients)
+        return len(clients)
+
+    def settle(self, owner: str, deliveries: Iterable[Delivery]) -> list[Delivery]:
+        """Record the final outcome of the owner's unsettled messages; the ones recorded."""
+        deliveries = list(deliveries)
+        if not deliveries:
+            return []
+        with self._transaction() as conn:
+            params = {
+                "owner": owner,
+                "now": self.clock(),
+                "rows": outcome_json(outcome_rows(deliveries)),
+            }
+            settled = {row[0] for row in conn.execute(_SETTLE, params).fetchall()}
+        if len(settled) == len(deliveries):
+            return deliveries
+        return [d for d in deliveries if d.message_id in settled]
+
+    def renew(self, owner: str, lease_seconds: float) -> int:
+        """Extend the owner's lease on its unsettled messages; how many it holds."""
+        check_lease(lease_seconds)
+        with self._transaction() as conn:
+            return conn.execute(
+                "UPDATE flnotify_mailbox SET lease_until = ? WHERE owner = ? AND state != 'done'",
+                (self.clock() + lease_seconds, owner),
+            ).rowcount
+
+    def release(self, owner: str) -> int:
+        """End the owner's lease now; a dispatcher adopts its messages at its next look."""
+        with self._transaction() as conn:
+            return conn.execute(
+                "UPDATE flnotify_mailbox SET lease_until = ? WHERE owner = ? AND state != 'done'",
+                (self.clock(), owner),
+            ).rowcount
+
+    def adopt(self, owner: str, lease_seconds: float, limit: int) -> list[Adopted]:
+        """Take over up to ``limit`` unsettled messages whose judge's lease ended."""
+        check_lease(lease_seconds)
+        with self._transaction() as conn:
+            params = {"owner": owner, "now": self.clock(), "lease": lease_seconds, "limit": limit}
+            rows = sorted(conn.execute(_ADOPT, params).fetchall())
+            sends = {row[3] for row in rows}
+            found: dict[str, tuple[int, bytes, float]] = {}
+            for send in sends:
+                size, payload, posted = conn.execute(
+                    "SELECT size, payload, posted_at FROM flnotify_mailbox_sends WHERE id = ?",
+                    (send,),
+                ).fetchone()
+                found[send] = (size, bytes(payload), posted)
+        return [
+            Adopted(mid, UUID(client), send, found[send][0], found[send][1], found[send][2])
+            for _, mid, client, send in rows
+        ]
+
+    # -- the client's side (the mailbox app) ---------------------------------------------
+
+    def fetch(self, client_id: UUID, limit: int) -> list[Letter]:
+        """Offer up to ``limit`` of the client's messages, oldest first.
+
+        Queued ones, and offered ones whose acknowledgement did not come within
+        ``visibility``; each offer counts one fetch. Messages past their deadline are not
+        offered (their judge fails them).
+        """
+        with self._transaction() as conn:
+            params = {
+                "client": str(client_id),
+                "now": self.clock(),
+                "visibility": self.visibility,
+                "limit": limit,
+            }
+            rows = sorted(conn.execute(_FETCH, params).fetchall())
+            if not rows:
+                return []
+            bodies: dict[str, bytes] = {}
+            for send in {row[3] for row in rows}:
+                (payload,) = conn.execute(
+                    "SELECT payload FROM flnotify_mailbox_sends WHERE id = ?", (send,)
+                ).fetchone()
+                bodies[send] = bytes(payload)
+        return [Letter(mid, client_id, bodies[send], n) for _, mid, n, send in rows]
+
+    def fetchable(self, client_ids: Iterable[UUID]) -> set[UUID]:
+        """Which of these clients have a message that a fetch would offer now."""
+        clients = [str(c) for c in client_ids]
+        if not clients:
+            return set()
+        with self._transaction(write=False) as conn:
+            params = {"clients": json.dumps(clients), "now": self.clock()}
+            return {UUID(row[0]) for row in conn.execute(_FETCHABLE, params)}
+
+    def ack(self, client_id: UUID, acks: Sequence[tuple[str, int]]) -> int:
+        """Take the client's answers (message id, status) of its offered messages.
+
+        An answer counts only for a message that is offered to this client and not past
+        its deadline; the first answer of a message wins. Returns how many counted.
+        """
+        if not acks:
+            return 0
+        first: dict[str, int] = {}
+        for message_id, status in acks:
+            first.setdefault(message_id, status)
+        with self._transaction() as conn:
+            params = {
+                "client": str(client_id),
+                "now": self.clock(),
+                "acks": outcome_json(list(first.items())),
+            }
+            taken = conn.execute(_ACK, params).rowcount
+        if taken:
+            self.signals.answered()
+        return taken
+
+    def remember(self, nonce: str, until: float) -> bool:
+        """Record a request nonce until ``until``; ``False`` if it is known already."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM flnotify_mailbox_nonces WHERE until <= ?", (self.clock(),))
+            return (
+                conn.execute(
+                    "INSERT OR IGNORE INTO flnotify_mailbox_nonces VALUES (?, ?)", (nonce, until)
+                ).rowcount
+                == 1
+            )
+
+    # -- operating -----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """How many messages are in each state (every state present)."""
+        counts = dict.fromkeys(STATES, 0)
+        with self._transaction(write=False) as conn:
+            for state, n in conn.execute(
+                "SELECT state, COUNT(*) FROM flnotify_mailbox GROUP BY state"
+            ):
+                counts[state] = n
+        return counts
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every message with its state and outcome, in the order posted (for operators)."""
+        with self._transaction(write=False) as conn:
+            cursor = conn.execute(
+                "SELECT message_id, client_id, send_id, state, fetches, status, outcome,"
+                " attempts, error FROM flnotify_mailbox ORDER BY seq"
+            )
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def prune(self, before: float) -> int:
+        """Delete done messages settled before ``before`` (and sends left empty)."""
+        with self._transaction() as conn:
+            n = conn.execute(
+                "DELETE FROM flnotify_mailbox WHERE state = 'done' AND settled_at < ?", (before,)
+            ).rowcount
+            conn.execute(
+                "DELETE FROM flnotify_mailbox_sends WHERE NOT EXISTS (SELECT 1 FROM"
+                " flnotify_mailbox m WHERE m.send_id = flnotify_mailbox_sends.id)"
+            )
+        return n
