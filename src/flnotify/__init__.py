@@ -32,6 +32,7 @@ from ._exceptions import (
     VerificationError,
 )
 from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook
+from ._mailwire import MAILBOX_ENDPOINT, MailboxProtocolError
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery, DeliveryReport, OutcomeCounts
 from ._retry import RetryPolicy
@@ -87,6 +88,7 @@ from .training import (
 )
 
 __all__ = [
+    "MAILBOX_ENDPOINT",
     "AsyncTrainingRepository",
     "AttemptEnded",
     "AttemptStarted",
@@ -120,6 +122,7 @@ __all__ = [
     "InMemoryTrainingRepository",
     "InternalError",
     "InvalidURLError",
+    "MailboxProtocolError",
     "MalformedHeaderError",
     "MessageContext",
     "MissingHeaderError",
