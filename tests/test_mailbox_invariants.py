@@ -35,9 +35,10 @@ FAULTY = ("post", "answers", "requeue", "settle", "renew")
 class FailingStore:
     """A Mailbox whose methods fail their first calls as told; tells of each answers()."""
 
-    def __init__(self, store: Mailbox, faults: dict[str, int]) -> None:
+    def __init__(self, store: Mailbox, faults: dict[str, tuple[int, bool]]) -> None:
         self.store = store
-        self.faults = dict(faults)
+        self.faults = {name: n for name, (n, _) in faults.items()}
+        self.typed = {name: typed for name, (_, typed) in faults.items()}
         self.loop = asyncio.get_running_loop()
         self.looked = asyncio.Event()
 
@@ -49,7 +50,7 @@ class FailingStore:
         def call(*args: Any, **kwargs: Any) -> Any:
             if self.faults.get(name, 0) > 0:
                 self.faults[name] -= 1
-                raise (MailboxError if len(args) % 2 else RuntimeError)(f"{name} broke")
+                raise (MailboxError if self.typed[name] else RuntimeError)(f"{name} broke")
             try:
                 return method(*args, **kwargs)
             finally:
@@ -64,13 +65,13 @@ class FailingStore:
     world=worlds(max_receivers=5),
     polling=st.sets(st.integers(0, 4), min_size=1),
     scripts=st.lists(st.lists(ACTIONS, min_size=1, max_size=4), min_size=5, max_size=5),
-    faults=st.dictionaries(st.sampled_from(FAULTY), st.integers(0, 2)),
+    faults=st.dictionaries(st.sampled_from(FAULTY), st.tuples(st.integers(0, 2), st.booleans())),
 )
 def test_one_delivery_and_one_callback_per_receiver_pushed_or_polling(
     world: World,
     polling: set[int],
     scripts: list[list[tuple[str, int]]],
-    faults: dict[str, int],
+    faults: dict[str, tuple[int, bool]],
     tmp_path: Path,
 ) -> None:
     rs = receivers(world)
