@@ -88,7 +88,6 @@ from .training import (
 )
 
 __all__ = [
-    "MAILBOX_ENDPOINT",
     "AsyncTrainingRepository",
     "AttemptEnded",
     "AttemptStarted",
@@ -122,6 +121,7 @@ __all__ = [
     "InMemoryTrainingRepository",
     "InternalError",
     "InvalidURLError",
+    "MAILBOX_ENDPOINT",
     "MailboxProtocolError",
     "MalformedHeaderError",
     "MessageContext",
