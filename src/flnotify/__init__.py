@@ -32,7 +32,7 @@ from ._exceptions import (
     VerificationError,
 )
 from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook
-from ._mailwire import MAILBOX_ENDPOINT, MailboxProtocolError
+from ._mailwire import MailboxProtocolError
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery, DeliveryReport, OutcomeCounts
 from ._retry import RetryPolicy
@@ -121,7 +121,6 @@ __all__ = [
     "InMemoryTrainingRepository",
     "InternalError",
     "InvalidURLError",
-    "MAILBOX_ENDPOINT",
     "MailboxProtocolError",
     "MalformedHeaderError",
     "MessageContext",
