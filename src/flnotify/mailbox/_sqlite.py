@@ -20,7 +20,7 @@ from .._report import Delivery
 from .._sqlite import SQLiteConnection
 from .._validators import positive
 from ..outbox._model import outcome_json, outcome_rows
-from ._model import STATES, MailboxError, check_lease, check_post, fetchable_sql
+from ._model import STATES, MailboxError, check_lease, check_post, fetchable_sql, first_per_id
 
 __all__ = ["Mailbox"]
 
@@ -288,8 +288,11 @@ class Mailbox(Closing):
         return len(clients)
 
     def settle(self, owner: str, deliveries: Iterable[Delivery]) -> list[Delivery]:
-        """Record the final outcome of the owner's unsettled messages; the ones recorded."""
-        deliveries = list(deliveries)
+        """Record the final outcome of the owner's unsettled messages; the ones recorded.
+
+        The first delivery of a message id counts (one outcome per message).
+        """
+        deliveries = first_per_id(deliveries)
         if not deliveries:
             return []
         with self._transaction() as conn:
