@@ -12,6 +12,7 @@ __all__ = [
     "STATES",
     "MailboxError",
     "check_lease",
+    "check_limit",
     "check_post",
     "fetchable_sql",
     "first_per_id",
@@ -38,6 +39,13 @@ def check_lease(lease_seconds: float) -> None:
     """Refuse a lease of no time."""
     if not lease_seconds > 0:
         msg = f"lease_seconds must be > 0, not {lease_seconds!r}"
+        raise ConfigurationError(msg)
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a fetch or adoption of nothing (a negative SQL ``LIMIT`` is no limit)."""
+    if type(limit) is not int or limit < 1:
+        msg = f"limit must be an int >= 1, not {limit!r}"
         raise ConfigurationError(msg)
 
 
