@@ -477,7 +477,7 @@ class Child:
         assert stdout is not None
         line = stdout.readline()
         if not line:
-            raise RuntimeError(f"child {self.proc.args} ended (exit {self.proc.wait()})")
+            raise RuntimeError(f"child {self.proc.args!r} ended (exit {self.proc.wait()})")
         return json.loads(line)
 
     def write(self, line: str) -> None:
@@ -728,8 +728,8 @@ def scale(args: argparse.Namespace, config: str, tmp: str, sink_ports: list[int]
         good = [r for r in runs if r["delivered"] == n] or runs
         rates = [n / r["elapsed"] for r in good]
         rate = statistics.median(rates)
-        ccpu = [r["client_cpu"] for r in good if r["client_cpu"] is not None]
-        client_us = f"{statistics.median(ccpu) / n * 1e6:.0f}" if ccpu else "- (nginx)"
+        client_cpu = [r["client_cpu"] for r in good if r["client_cpu"] is not None]
+        client_us = f"{statistics.median(client_cpu) / n * 1e6:.0f}" if client_cpu else "- (nginx)"
         lines.append(
             f"| {labels[kind]} | {fanout.fmt_rate(rate)} | {fanout.fmt_rate(min(rates))}-"
             f"{fanout.fmt_rate(max(rates))} | {statistics.median(r['elapsed'] for r in good):.2f} |"
@@ -856,7 +856,8 @@ def measure(args: argparse.Namespace) -> None:
         " synchronous=FULL), default `poll_interval` 0.5 s. Clients and receivers in their own"
         f" processes. Push sink: {info.get('sink', '-')}. Libraries: {info['libraries']}.",
         "",
-        f"Command: `python bench/mailbox.py {' '.join(args.argv)}`".rstrip() + ".",
+        f"Command: `{' '.join(['python bench/mailbox.py', *args.argv])}` (--clients"
+        f" {args.clients} --latency-count {args.latency_count} --reps {args.reps}).",
         "",
     ]
     text = "\n".join(head + [p + "\n" for p in parts]).rstrip() + "\n"
