@@ -180,9 +180,9 @@ def timed_mailbox(path: str, timer: _StoreTimer, **options: Any) -> Any:
     from flnotify.mailbox import Mailbox
 
     class TimedMailbox(Mailbox):
-        def _transaction(self, *, write: bool = True) -> Any:
+        def _transaction(self, *, write: bool = True, light: bool = False) -> Any:
             caller = sys._getframe(1).f_code.co_name
-            return timer.timed(caller, super()._transaction(write=write))
+            return timer.timed(caller, super()._transaction(write=write, light=light))
 
     return TimedMailbox(path, **options)
 

@@ -80,8 +80,9 @@ CREATE TABLE IF NOT EXISTS flnotify_mailbox (
 );
 CREATE INDEX IF NOT EXISTS flnotify_mailbox_waiting
     ON flnotify_mailbox (client_id, seq) WHERE state IN ('queued', 'offered');
-CREATE INDEX IF NOT EXISTS flnotify_mailbox_owner
-    ON flnotify_mailbox (owner) WHERE state <> 'done';
+DROP INDEX IF EXISTS flnotify_mailbox_owner;
+CREATE INDEX IF NOT EXISTS flnotify_mailbox_judge
+    ON flnotify_mailbox (owner, state, deadline_at) WHERE state <> 'done';
 CREATE INDEX IF NOT EXISTS flnotify_mailbox_lease
     ON flnotify_mailbox (lease_until) WHERE state <> 'done';
 CREATE TABLE IF NOT EXISTS flnotify_mailbox_nonces (
