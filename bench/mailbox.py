@@ -852,8 +852,9 @@ def measure(args: argparse.Namespace) -> None:
         " (the machine is shared: other work may have competed for the 2 cores).",
         "",
         f"Server: uvicorn {uvicorn.__version__} (1 worker, asyncio loop, httptools), MailboxApp"
-        " and a Notifier in one process, SQLite Mailbox on the local disk (WAL,"
-        " synchronous=FULL), default `poll_interval` 0.5 s. Clients and receivers in their own"
+        " and a Notifier in one process, SQLite Mailbox on the local disk (WAL; posts and"
+        " outcomes synchronous=FULL, fetches, acks and nonces NORMAL), default"
+        " `poll_interval` 0.5 s. Clients and receivers in their own"
         f" processes. Push sink: {info.get('sink', '-')}. Libraries: {info['libraries']}.",
         "",
         f"Command: `{' '.join(['python bench/mailbox.py', *args.argv])}` (--clients"
