@@ -308,7 +308,8 @@ class MailboxPoller(AsyncClosing):
     [`arun`][flnotify.receiving.MailboxPoller.arun] polls until
     [`stop`][flnotify.receiving.MailboxPoller.stop]. Between polls it waits only after a
     failure: no answer, an error status, an answer that is not the protocol's or larger
-    than the cap (the next fetch then asks for half as many messages), an empty answer
+    than the cap (the next fetches ask for half as many messages, until the mailbox runs
+    short), an empty answer
     that came back at once, or a batch the router refused entirely. It waits
     ``backoff_initial`` doubled per failure in a row, at most ``backoff_max``, with full
     jitter, and at least what a ``Retry-After`` asks (up to ``backoff_max``). A 401
@@ -625,7 +626,8 @@ class MailboxPoller(AsyncClosing):
             self._batch = max(1, most // 2)
             raise
         elapsed = self.clock() - started
-        self._batch = min(self.max_messages, most * 2)
+        if len(messages) < most:  # the backlog is drained: full batches again
+            self._batch = self.max_messages
         answers = await self._handle(messages)
         if answers:
             await self._acknowledge(_acks(answers))
