@@ -486,3 +486,54 @@ def test_tolerant_policy_over_chunks_removes_the_dead_after_k_rounds_and_tells_t
         assert len(notices) == 1, notices
         assert notices[0]["body"]["client_uuid"] == str(dead.id)
         assert notices[0]["body"]["reason"] == "unreachable for 2 notifications in a row"
+
+
+def test_polling_receivers_of_a_chunk_are_reached_through_the_mailbox(
+    app: Celery, clients: FaultServer, finished: Finished, repo_path: Path, tmp_path: Path
+) -> None:
+    """Pushed and polling receivers in one enqueue; the worker waits for the acks."""
+    from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp
+    from mailbox_env import BareClient, asgi_server
+
+    secrets: dict[uuid.UUID, str] = {}
+    pushed = [receiver(clients.url(f"/status/202?c={i}")) for i in range(2)]
+    polling = [Receiver(uuid.uuid4(), MAILBOX_ENDPOINT) for _ in range(2)]
+    for r in [*pushed, *polling]:
+        secrets[r.id] = generate_secret()
+    signer = Signer(lookup=lambda r: secrets.get(r.id))
+    with flnotify.SQLiteTrainingRepository(repo_path) as repo:
+        training = repo.create_training(
+            actor=pushed[0], participants=[*pushed, *polling], model_id=MODEL
+        )
+    recorder = Recorder()
+    mail_path = tmp_path / "mail.db"
+    sender = delivery_for(
+        app,
+        recorder,
+        repo_path,
+        chunk_size=2,
+        signer=signer,
+        mailbox_factory=lambda: Mailbox(mail_path),
+    )
+    notification = flnotify.TrainingRoundStartNotification.from_training(training)
+    seen: list[str] = []
+    with Mailbox(mail_path) as store, asgi_server(MailboxApp(store, signer).asgi_app()) as base:
+        try:
+            with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
+                enqueued = sender.enqueue(notification, callbacks="tee")
+                for r in polling:  # another process's store: woken by the app's look
+                    client = BareClient(base, r.id, secrets[r.id])
+                    (message,) = client.fetch(wait=20)
+                    Verifier(secrets[r.id]).verify(message.headers, message.body)
+                    seen.append(message.id)
+                    assert client.ack((message.id, 202)) == 1
+                    client.close()
+                finished.wait({t.id for t in enqueued.results})
+        finally:
+            sender.close()
+        assert store.counts()["done"] == 2
+    by_receiver = {d.receiver.id: d for d in recorder.calls}
+    assert len(recorder.calls) == 4  # once per receiver, pushed or polling
+    assert {d.outcome for d in recorder.calls} == {Outcome.DELIVERED}
+    assert sorted(seen) == sorted(by_receiver[r.id].message_id for r in polling)
+    assert {by_receiver[r.id].send_id for r in polling} == {by_receiver[pushed[0].id].send_id}

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import flnotify
 from flnotify import (
@@ -416,3 +418,90 @@ def test_a_notifier_without_a_mailbox_fails_polling_receivers_clearly(world: Wor
     (delivery,) = report.deliveries
     assert delivery.outcome is Outcome.FAILED
     assert "has none (Notifier(mailbox=...))" in str(delivery.error)
+
+
+# -- hostile requests -------------------------------------------------------------------
+
+
+def _call_wsgi(app: Any, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    import io
+
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    for name, value in headers.items():
+        key = name.upper().replace("-", "_")
+        environ[key if key == "CONTENT_TYPE" else "HTTP_" + key] = value
+    answer: list[str] = []
+    chunks = app(environ, lambda status, _headers: answer.append(status))
+    return int(answer[0].split()[0]), b"".join(chunks)
+
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(["/mailbox/fetch", "/mailbox/ack", "/mailbox/other", "/fetch"]),
+    document=st.one_of(
+        _JSONISH,
+        st.fixed_dictionaries(
+            {"op": st.sampled_from(["fetch", "ack", "x"]), "client": st.just("ME")},
+            optional={"wait": _JSONISH, "max": _JSONISH, "acks": _JSONISH},
+        ),
+    ),
+    raw=st.one_of(st.none(), st.binary(max_size=64)),
+    sign=st.sampled_from(["own", "other", "none", "garbage"]),
+    skew=st.sampled_from([0, 0, 59, -59, 61, -3600]),
+)
+def test_hostile_requests_get_a_typed_answer_and_never_touch_another_mailbox(
+    world: World, path: str, document: Any, raw: bytes | None, sign: str, skew: int
+) -> None:
+    import json
+
+    receiver, secret = world.client()
+    other, other_secret = world.client()
+    world.store.post(
+        f"snd_{uuid.uuid4().hex}",
+        1,
+        b"{}",
+        [(other.id, f"msg_{uuid.uuid4().hex}")],
+        owner="o",
+        lease_seconds=60,
+    )
+    if raw is None:
+        text = json.dumps(document).replace('"ME"', f'"{receiver.id}"')
+        body = text.encode()
+    else:
+        body = raw
+    now = int(world.clock()) + skew
+    headers = {
+        "own": signed(secret, body, timestamp=now),
+        "other": signed(other_secret, body, timestamp=now),
+        "none": {"content-type": "application/json"},
+        "garbage": {
+            "webhook-id": "\x00" * 3,
+            "webhook-timestamp": "x",
+            "webhook-signature": "v1,@@",
+        },
+    }[sign]
+    app = world.app(max_wait=0.01).wsgi_app()
+    status, answer = _call_wsgi(app, path, headers, body)
+    assert status in {200, 400, 401, 404}, (status, answer)
+    if status != 200:
+        assert json.loads(answer)["error"]  # a typed refusal, never a server's page
+    else:
+        assert sign == "own"
+        assert abs(skew) <= 60
+    assert len(world.store.fetch(other.id, 10)) == 1  # the other mailbox is untouched

@@ -32,6 +32,7 @@ from ._exceptions import (
     VerificationError,
 )
 from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook
+from ._mailwire import MailboxProtocolError
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery, DeliveryReport, OutcomeCounts
 from ._retry import RetryPolicy
@@ -120,6 +121,7 @@ __all__ = [
     "InMemoryTrainingRepository",
     "InternalError",
     "InvalidURLError",
+    "MailboxProtocolError",
     "MalformedHeaderError",
     "MessageContext",
     "MissingHeaderError",

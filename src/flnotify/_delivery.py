@@ -35,7 +35,7 @@ from ._exceptions import (
 )
 from ._exceptions import TransportErrorKind as Kind
 from ._hooks import DeliveryHook, HookSet
-from ._mailwire import is_mailbox
+from ._mailwire import MAILBOX_ENDPOINT, is_mailbox
 from ._notification import Notification
 from ._pull import MailLeg, new_owner, post_letters
 from ._report import Delivery, DeliveryReport
@@ -613,9 +613,6 @@ class _Send:
             courses.append(course)
         by_id = {course.message_id: course.index for course in courses}
         owner = new_owner()
-        posted, refused = await post_letters(store, core, courses, owner, notifier.mailbox_lease)
-        for delivery in refused:
-            self.record(by_id[delivery.message_id], delivery)
 
         async def settle(deliveries: list[Delivery]) -> None:
             try:
@@ -632,14 +629,18 @@ class _Send:
             for delivery in deliveries:
                 self.record(by_id[delivery.message_id], delivery)
 
-        leg = MailLeg(store, core, posted, owner, notifier.mailbox_lease, settle)
         try:
-            await leg.run()
+            posted, refused = await post_letters(
+                store, core, courses, owner, notifier.mailbox_lease
+            )
+            for delivery in refused:
+                self.record(by_id[delivery.message_id], delivery)
+            await MailLeg(store, core, posted, owner, notifier.mailbox_lease, settle).run()
         except asyncio.CancelledError:
             # The send's deadline failed the rest (expire() recorded them first), or the
             # send was cancelled: record what was decided here, and let a dispatcher adopt
             # the others at once.
-            ended = [d for c in leg.pending.values() if (d := self.results[c.index]) is not None]
+            ended = [d for c in courses if (d := self.results[c.index]) is not None]
             try:
                 if ended:
                     store.settle(owner, ended)
@@ -647,6 +648,12 @@ class _Send:
             except Exception:
                 logger.exception("mailbox: could not give up the messages of a stopped send")
             raise
+        except Exception as exc:  # the driver itself broke: still one outcome each
+            logger.exception("The Notifier failed while waiting for its mailbox.")
+            error = internal_error("the Notifier's mailbox driver", exc, MAILBOX_ENDPOINT)
+            for course in courses:
+                if self.results[course.index] is None:
+                    self.record(course.index, core.fail(course, error))
 
     def timed_out(self, url: str) -> TransportTimeoutError:
         limit = self.notifier.attempt_timeout

@@ -50,6 +50,7 @@ from ..health import CircuitBreaker
 from ..transports import AsyncTransport, HttpxTransport, Transport
 
 if TYPE_CHECKING:
+    from .._mailbox import MailboxStore
     from ..repository import AsyncTrainingRepository, TrainingRepository
     from ..signing import Signer
 
@@ -108,6 +109,10 @@ class CeleryDelivery:
         user_agent: The ``User-Agent`` header.
         wall_clock: Epoch seconds, for ``webhook-timestamp``, ``Retry-After`` and ``elapsed``.
         rng: Jitter source returning floats in [0, 1).
+        mailbox_factory: Opens the mailbox on the worker (once per process) for polling
+            receivers (``message_endpoint`` ``"mailbox:"``), e.g. ``lambda:
+            Mailbox("mail.db")``; a task waits for their acknowledgements as for answers.
+            Without it they fail with a clear error.
     """
 
     app: Any
@@ -130,6 +135,7 @@ class CeleryDelivery:
     user_agent: str = f"flnotify/{__version__}"
     wall_clock: Callable[[], float] = time.time
     rng: Callable[[], float] = random.random
+    mailbox_factory: Callable[[], MailboxStore] | None = None
     _task: Any = attrs.field(init=False, default=None, repr=False)
     _notifier: Notifier | None = attrs.field(init=False, default=None, repr=False)
     _repository: TrainingRepository | AsyncTrainingRepository | None = attrs.field(
@@ -294,6 +300,7 @@ class CeleryDelivery:
                     wall_clock=self.wall_clock,
                     rng=self.rng,
                     user_agent=self.user_agent,
+                    mailbox=None if self.mailbox_factory is None else self.mailbox_factory(),
                 )
             return self._notifier
 

@@ -1,7 +1,7 @@
 """Clients behind NAT: a durable mailbox they poll, with everything a push carries.
 
 A receiver whose ``message_endpoint`` is ``"mailbox:"``
-([`MAILBOX_ENDPOINT`][flnotify.MAILBOX_ENDPOINT]) is not POSTed to. A
+([`MAILBOX_ENDPOINT`][flnotify.mailbox.MAILBOX_ENDPOINT]) is not POSTed to. A
 [`Notifier`][flnotify.Notifier] with ``mailbox=`` posts its notification to a store
 ([`Mailbox`][flnotify.mailbox.Mailbox] on SQLite, or
 [`PostgresMailbox`][flnotify.mailbox.PostgresMailbox]) and waits for the client's

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 from .._exceptions import ConfigurationError, FlnotifyError
+from .._report import Delivery
 
-__all__ = ["STATES", "MailboxError", "check_lease", "check_post", "fetchable_sql"]
+__all__ = [
+    "STATES",
+    "MailboxError",
+    "check_lease",
+    "check_limit",
+    "check_post",
+    "fetchable_sql",
+    "first_per_id",
+]
 
 STATES = ("queued", "offered", "answered", "done")
 """A message's states, in the order it goes through them."""
@@ -31,6 +40,24 @@ def check_lease(lease_seconds: float) -> None:
     if not lease_seconds > 0:
         msg = f"lease_seconds must be > 0, not {lease_seconds!r}"
         raise ConfigurationError(msg)
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a fetch or adoption of nothing (a negative SQL ``LIMIT`` is no limit)."""
+    if type(limit) is not int or limit < 1:
+        msg = f"limit must be an int >= 1, not {limit!r}"
+        raise ConfigurationError(msg)
+
+
+def first_per_id(deliveries: Iterable[Delivery]) -> list[Delivery]:
+    """The deliveries with the first of each message id only: one outcome per message."""
+    seen: set[str] = set()
+    kept = []
+    for delivery in deliveries:
+        if delivery.message_id not in seen:
+            seen.add(delivery.message_id)
+            kept.append(delivery)
+    return kept
 
 
 def check_post(

@@ -20,7 +20,15 @@ from .._report import Delivery
 from .._sqlite import SQLiteConnection
 from .._validators import positive
 from ..outbox._model import outcome_json, outcome_rows
-from ._model import STATES, MailboxError, check_lease, check_post, fetchable_sql
+from ._model import (
+    STATES,
+    MailboxError,
+    check_lease,
+    check_limit,
+    check_post,
+    fetchable_sql,
+    first_per_id,
+)
 
 __all__ = ["Mailbox"]
 
@@ -288,8 +296,11 @@ class Mailbox(Closing):
         return len(clients)
 
     def settle(self, owner: str, deliveries: Iterable[Delivery]) -> list[Delivery]:
-        """Record the final outcome of the owner's unsettled messages; the ones recorded."""
-        deliveries = list(deliveries)
+        """Record the final outcome of the owner's unsettled messages; the ones recorded.
+
+        The first delivery of a message id counts (one outcome per message).
+        """
+        deliveries = first_per_id(deliveries)
         if not deliveries:
             return []
         with self._transaction() as conn:
@@ -323,6 +334,7 @@ class Mailbox(Closing):
     def adopt(self, owner: str, lease_seconds: float, limit: int) -> list[Adopted]:
         """Take over up to ``limit`` unsettled messages whose judge's lease ended."""
         check_lease(lease_seconds)
+        check_limit(limit)
         with self._transaction() as conn:
             params = {"owner": owner, "now": self.clock(), "lease": lease_seconds, "limit": limit}
             rows = sorted(conn.execute(_ADOPT, params).fetchall())
@@ -347,7 +359,11 @@ class Mailbox(Closing):
         Queued ones, and offered ones whose acknowledgement did not come within
         ``visibility``; each offer counts one fetch. Messages past their deadline are not
         offered (their judge fails them).
+
+        Raises:
+            ConfigurationError: ``limit`` is below 1.
         """
+        check_limit(limit)
         with self._transaction() as conn:
             params = {
                 "client": str(client_id),

@@ -1,0 +1,541 @@
+"""The shared mailbox store: PostgreSQL, for mailbox apps and senders on several hosts.
+
+Needs psycopg 3 (``pip install 'flnotify[postgres]'``). Fetches and adoptions take rows
+with ``FOR UPDATE SKIP LOCKED``: app processes and dispatchers on any number of hosts
+never hand one message out twice at once and never wait for each other. Deadlines,
+visibility and leases are measured by the database server's clock, so the hosts' clocks
+need not agree. Every psycopg error is translated here, at one edge, into
+[`MailboxError`][flnotify.mailbox.MailboxError]. It may share a database with a
+[`PostgresOutbox`][flnotify.outbox.PostgresOutbox]: its tables are ``flnotify_mailbox*``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import attrs
+
+from .._closing import Closing
+from .._codec import Codec
+from .._exceptions import ConfigurationError
+from .._mailbox import Adopted, Answer, Letter, MailboxSignals
+from .._report import Delivery
+from .._validators import positive
+from ..outbox._model import outcome_rows
+from ..outbox._postgres import _NOW, _import_psycopg, _redacted
+from ._model import (
+    STATES,
+    MailboxError,
+    check_lease,
+    check_limit,
+    check_post,
+    fetchable_sql,
+    first_per_id,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PostgresMailbox"]
+
+_SCHEMA_VERSION = "1"
+_SCHEMA_LOCK = zlib.crc32(b"flnotify_mailbox schema")  # serialises concurrent set-ups
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS flnotify_mailbox_meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flnotify_mailbox_sends (
+    id text PRIMARY KEY,
+    size integer NOT NULL,
+    payload bytea NOT NULL,
+    posted_at double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flnotify_mailbox (
+    seq bigserial PRIMARY KEY,
+    send_id text NOT NULL REFERENCES flnotify_mailbox_sends (id) ON DELETE CASCADE,
+    client_id uuid NOT NULL,
+    message_id text NOT NULL UNIQUE,
+    state text NOT NULL DEFAULT 'queued'
+        CHECK (state IN ('queued', 'offered', 'answered', 'done')),
+    available_at double precision NOT NULL,
+    offered_until double precision,
+    deadline_at double precision NOT NULL,
+    fetches integer NOT NULL DEFAULT 0,
+    status integer,
+    owner text NOT NULL,
+    lease_until double precision NOT NULL,
+    outcome text CHECK (outcome IN ('delivered', 'rejected', 'failed')),
+    attempts integer,
+    status_code integer,
+    error text,
+    error_kind text,
+    elapsed double precision,
+    settled_at double precision
+);
+CREATE INDEX IF NOT EXISTS flnotify_mailbox_waiting
+    ON flnotify_mailbox (client_id, seq) WHERE state IN ('queued', 'offered');
+CREATE INDEX IF NOT EXISTS flnotify_mailbox_owner
+    ON flnotify_mailbox (owner) WHERE state <> 'done';
+CREATE INDEX IF NOT EXISTS flnotify_mailbox_lease
+    ON flnotify_mailbox (lease_until) WHERE state <> 'done';
+CREATE TABLE IF NOT EXISTS flnotify_mailbox_nonces (
+    nonce text PRIMARY KEY,
+    until double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flnotify_mailbox_nonces_until ON flnotify_mailbox_nonces (until);
+"""
+
+# Every hot call is one statement, sent as one round trip in its own (autocommit)
+# transaction. The clock is read once per statement (the ``clock`` CTE): %(now)s is NULL
+# unless the mailbox has a clock of its own, and then the server's clock is read.
+_CLOCK = f"clock AS (SELECT {_NOW} AS now)"
+_T = "(SELECT now FROM clock)"
+
+# The send row is written once (a send may be posted in several calls); both inserts are
+# one statement, so a taken message id leaves nothing behind.
+_POST = f"""
+WITH {_CLOCK},
+send AS (
+    INSERT INTO flnotify_mailbox_sends (id, size, payload, posted_at)
+    VALUES (%(send)s, %(size)s, %(body)s, {_T})
+    ON CONFLICT (id) DO NOTHING
+)
+INSERT INTO flnotify_mailbox
+    (send_id, client_id, message_id, available_at, deadline_at, owner, lease_until)
+SELECT %(send)s, v.client_id, v.message_id, {_T}, {_T} + %(deadline)s, %(owner)s,
+    {_T} + %(lease)s
+FROM unnest(%(clients)s::uuid[], %(ids)s::text[]) WITH ORDINALITY AS v (client_id, message_id, i)
+ORDER BY v.i
+"""  # noqa: S608 - constants only
+
+_FETCH = f"""
+WITH {_CLOCK},
+picked AS (
+    SELECT seq FROM flnotify_mailbox
+    WHERE client_id = %(client)s AND {fetchable_sql(_T)}
+    ORDER BY seq LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+offered AS (
+    UPDATE flnotify_mailbox AS m
+    SET state = 'offered', offered_until = {_T} + %(visibility)s, fetches = m.fetches + 1
+    WHERE m.seq = ANY(ARRAY(SELECT seq FROM picked))
+    RETURNING m.seq, m.message_id, m.fetches, m.send_id
+)
+SELECT o.message_id, o.fetches, s.payload
+FROM offered AS o JOIN flnotify_mailbox_sends AS s ON s.id = o.send_id
+ORDER BY o.seq
+"""  # noqa: S608 - constants only
+
+_FETCHABLE = f"""
+WITH {_CLOCK}
+SELECT DISTINCT client_id FROM flnotify_mailbox
+WHERE client_id = ANY(%(clients)s::uuid[]) AND {fetchable_sql(_T)}
+"""  # noqa: S608 - constants only
+
+_ACK = f"""
+WITH {_CLOCK}
+UPDATE flnotify_mailbox AS m SET state = 'answered', status = v.status
+FROM unnest(%(ids)s::text[], %(statuses)s::integer[]) AS v (message_id, status)
+WHERE m.message_id = ANY(%(ids)s::text[])  -- found by the message_id index, never a scan
+    AND m.message_id = v.message_id AND m.client_id = %(client)s AND m.state = 'offered'
+    AND m.deadline_at > {_T}
+"""  # noqa: S608 - constants only
+
+# The SELECT reads the rows as they were before the statement, so the ones the deadline
+# answers now come from ``expired`` only.
+_ANSWERS = f"""
+WITH {_CLOCK},
+expired AS (
+    UPDATE flnotify_mailbox SET state = 'answered', status = NULL
+    WHERE owner = %(owner)s AND state IN ('queued', 'offered') AND deadline_at <= {_T}
+    RETURNING seq, message_id, client_id, status, fetches, send_id
+)
+SELECT message_id, client_id, status, fetches, send_id FROM (
+    SELECT seq, message_id, client_id, status, fetches, send_id FROM flnotify_mailbox
+    WHERE owner = %(owner)s AND state = 'answered'
+    UNION ALL
+    SELECT * FROM expired
+) AS answered
+ORDER BY seq
+"""  # noqa: S608 - constants only
+
+_REQUEUE = f"""
+WITH {_CLOCK}
+UPDATE flnotify_mailbox AS m SET state = 'queued', status = NULL, available_at = {_T} + v.delay
+FROM unnest(%(ids)s::text[], %(delays)s::double precision[]) AS v (message_id, delay)
+WHERE m.message_id = ANY(%(ids)s::text[]) AND m.message_id = v.message_id
+    AND m.owner = %(owner)s AND m.state = 'answered'
+RETURNING m.client_id
+"""  # noqa: S608 - constants only
+
+_SETTLE = f"""
+WITH {_CLOCK}
+UPDATE flnotify_mailbox AS m
+SET state = 'done', outcome = v.outcome, attempts = v.attempts, status_code = v.status_code,
+    error = v.error, error_kind = v.error_kind, elapsed = v.elapsed, settled_at = {_T}
+FROM unnest(%(ids)s::text[], %(outcomes)s::text[], %(attempts)s::integer[],
+            %(statuses)s::integer[], %(errors)s::text[], %(kinds)s::text[],
+            %(elapsed)s::double precision[])
+    AS v (message_id, outcome, attempts, status_code, error, error_kind, elapsed)
+WHERE m.message_id = ANY(%(ids)s::text[]) AND m.message_id = v.message_id
+    AND m.owner = %(owner)s AND m.state <> 'done'
+RETURNING m.message_id
+"""  # noqa: S608 - constants only
+
+_LEASE = f"""
+WITH {_CLOCK}
+UPDATE flnotify_mailbox SET lease_until = {_T} + %(lease)s
+WHERE owner = %(owner)s AND state <> 'done'
+"""  # noqa: S608 - constants only
+
+# A send's payload comes once, with its first adopted message.
+_ADOPT = f"""
+WITH {_CLOCK},
+picked AS (
+    SELECT seq FROM flnotify_mailbox
+    WHERE state <> 'done' AND lease_until <= {_T}
+    ORDER BY lease_until, seq LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+adopted AS (
+    UPDATE flnotify_mailbox AS m SET owner = %(owner)s, lease_until = {_T} + %(lease)s
+    WHERE m.seq = ANY(ARRAY(SELECT seq FROM picked))
+    RETURNING m.seq, m.message_id, m.client_id, m.send_id
+)
+SELECT a.message_id, a.client_id, a.send_id, s.size,
+    CASE WHEN row_number() OVER (PARTITION BY a.send_id ORDER BY a.seq) = 1
+        THEN s.payload END,
+    s.posted_at
+FROM adopted AS a JOIN flnotify_mailbox_sends AS s ON s.id = a.send_id
+ORDER BY a.seq
+"""  # noqa: S608 - constants only
+
+# Expired nonces are swept by whoever comes along; rows another sweep holds are skipped,
+# so two sweeps never wait for (or deadlock on) each other. An expired copy of this very
+# nonce is taken over by the insert instead.
+_REMEMBER = f"""
+WITH {_CLOCK},
+swept AS (
+    DELETE FROM flnotify_mailbox_nonces
+    WHERE nonce IN (
+        SELECT nonce FROM flnotify_mailbox_nonces
+        WHERE until <= {_T} AND nonce <> %(nonce)s
+        FOR UPDATE SKIP LOCKED
+    )
+)
+INSERT INTO flnotify_mailbox_nonces AS n (nonce, until) VALUES (%(nonce)s, %(until)s)
+ON CONFLICT (nonce) DO UPDATE SET until = EXCLUDED.until WHERE n.until <= {_T}
+"""  # noqa: S608 - constants only
+
+_ROWS = """
+SELECT message_id, client_id::text AS client_id, send_id, state, fetches, status, outcome,
+    attempts, error
+FROM flnotify_mailbox ORDER BY seq
+"""
+
+
+@attrs.define(eq=False)
+class PostgresMailbox(Closing):
+    """The [`Mailbox`][flnotify.mailbox.Mailbox] semantics on a PostgreSQL database.
+
+    Any number of processes on any number of hosts may share the database: the server's
+    workers, its mailbox apps and [`MailboxDispatcher`][flnotify.mailbox.MailboxDispatcher]s.
+    Every call is one transaction, committed (durable as the server's settings make it)
+    when it returns. One connection per instance, used by one thread at a time; it is
+    reopened after the server dropped it.
+
+    Args:
+        url: A libpq connection string or URL, e.g.
+            ``"postgresql://flnotify@db.internal/fl"``.
+        codec: Decodes stored notifications for a dispatcher that adopts them; its
+            registry must know every notification class that is sent.
+        ack_deadline: Seconds from posting after which an unacknowledged message fails.
+        visibility: Seconds a fetched message waits for its acknowledgement before it is
+            offered again (same ``webhook-id``).
+        clock: Epoch seconds; by default the database server's clock, shared by every host.
+        connect_timeout: Seconds to wait for a connection.
+
+    Raises:
+        MailboxError: The database cannot be reached or holds another mailbox schema.
+        ConfigurationError: psycopg is not installed.
+    """
+
+    url: str = attrs.field(repr=_redacted)
+    codec: Codec = attrs.field(factory=Codec, repr=False)
+    ack_deadline: float = attrs.field(default=300.0, validator=positive)
+    visibility: float = attrs.field(default=30.0, validator=positive)
+    clock: Callable[[], float] | None = attrs.field(default=None, repr=False)
+    connect_timeout: float = attrs.field(default=10.0, validator=positive, repr=False)
+    signals: MailboxSignals = attrs.field(init=False, factory=MailboxSignals, repr=False)
+    _psycopg: Any = attrs.field(init=False, repr=False)
+    _conn: psycopg.Connection[Any] | None = attrs.field(init=False, default=None, repr=False)
+    _closed: bool = attrs.field(init=False, default=False, repr=False)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._psycopg = _import_psycopg()
+        with self._lock:
+            self._conn = self._connect()
+
+    # -- the edge: connections, transactions, error translation --------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A new connection on which the schema is set up (once, under an advisory lock)."""
+        pg = self._psycopg
+        stage = "open"
+        try:
+            conn: psycopg.Connection[Any] = pg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+            )
+            stage = "use"
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    cur.execute(_SCHEMA)
+                    cur.execute("SELECT value FROM flnotify_mailbox_meta WHERE key = 'schema'")
+                    row = cur.fetchone()
+                    if row is None:
+                        cur.execute(
+                            "INSERT INTO flnotify_mailbox_meta VALUES ('schema', %s)",
+                            (_SCHEMA_VERSION,),
+                        )
+                    elif row[0] != _SCHEMA_VERSION:
+                        msg = f"mailbox schema {row[0]} is not this flnotify's ({_SCHEMA_VERSION})"
+                        raise MailboxError(msg)
+            except BaseException:
+                conn.close()
+                raise
+        except pg.Error as exc:
+            msg = f"cannot {stage} mailbox {_redacted(self.url)!r}: {exc}"
+            raise MailboxError(msg) from exc
+        return conn
+
+    @contextlib.contextmanager
+    def _cursor(self, *, single: bool = True) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor for one statement (its own transaction) or, not ``single``, several.
+
+        psycopg errors become MailboxError; a dropped connection is reopened first.
+        """
+        pg = self._psycopg
+        with self._lock:
+            if self._closed:
+                msg = f"{self!r} is closed"
+                raise ConfigurationError(msg)
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                if conn is not None:
+                    conn.close()
+                conn = self._conn = self._connect()
+            try:
+                with (
+                    contextlib.nullcontext() if single else conn.transaction(),
+                    conn.cursor() as cur,
+                ):
+                    yield cur
+            except pg.Error as exc:
+                msg = f"mailbox {_redacted(self.url)!r}: {exc}"
+                raise MailboxError(msg) from exc
+
+    def _run(self, sql: str, params: dict[str, Any]) -> tuple[list[Any], int]:
+        """Run one prepared hot statement with the clock parameter: its rows and rowcount."""
+        params["now"] = None if self.clock is None else self.clock()
+        with self._cursor() as cur:
+            cur.execute(sql, params, prepare=True)
+            rows = cur.fetchall() if cur.description is not None else []
+            return rows, cur.rowcount
+
+    def now(self) -> float:
+        """The store clock: ``clock()``, or the database server's time."""
+        if self.clock is not None:
+            return self.clock()
+        with self._cursor() as cur:
+            cur.execute(f"SELECT {_NOW}", {"now": None}, prepare=True)
+            row = cur.fetchone()
+        assert row is not None  # noqa: S101 - SELECT without FROM returns one row
+        return float(row[0])
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- the sender's side ---------------------------------------------------------------
+
+    def post(
+        self,
+        send_id: str,
+        send_size: int,
+        body: bytes,
+        letters: Sequence[tuple[UUID, str]],
+        *,
+        owner: str,
+        lease_seconds: float,
+    ) -> None:
+        """Queue ``body`` for each (client id, message id), judged by ``owner``.
+
+        One statement, committed when this returns; see
+        [`Mailbox.post`][flnotify.mailbox.Mailbox.post].
+
+        Raises:
+            ConfigurationError: A client id is not a UUID, or a message id not a string.
+            MailboxError: The database refused the write (e.g. a message id is taken).
+        """
+        rows = check_post(send_size, letters, lease_seconds)
+        if not rows:
+            return
+        clients, ids = (list(column) for column in zip(*rows, strict=True))
+        self._run(
+            _POST,
+            {
+                "send": send_id,
+                "size": send_size,
+                "body": bytes(body),
+                "clients": clients,
+                "ids": ids,
+                "deadline": self.ack_deadline,
+                "owner": owner,
+                "lease": lease_seconds,
+            },
+        )
+        self.signals.mail(UUID(client) for client in clients)
+
+    def answers(self, owner: str) -> list[Answer]:
+        """The owner's answered messages, oldest first; overdue ones are answered first."""
+        rows = self._run(_ANSWERS, {"owner": owner})[0]
+        return [Answer(mid, client, status, n, send) for mid, client, status, n, send in rows]
+
+    def requeue(self, owner: str, retries: Sequence[tuple[str, float]]) -> int:
+        """Queue the owner's answered messages again, each after its delay in seconds."""
+        if not retries:
+            return 0
+        ids, delays = (list(column) for column in zip(*retries, strict=True))
+        params = {"owner": owner, "ids": ids, "delays": delays}
+        clients = [row[0] for row in self._run(_REQUEUE, params)[0]]
+        if clients:
+            self.signals.mail(clients)
+        return len(clients)
+
+    def settle(self, owner: str, deliveries: Iterable[Delivery]) -> list[Delivery]:
+        """Record the final outcome of the owner's unsettled messages; the ones recorded.
+
+        All of them in one statement; the first delivery of a message id counts.
+        """
+        deliveries = first_per_id(deliveries)
+        if not deliveries:
+            return []
+        columns = list(zip(*outcome_rows(deliveries), strict=True))
+        names = ("ids", "outcomes", "attempts", "statuses", "errors", "kinds", "elapsed")
+        params: dict[str, Any] = {name: list(col) for name, col in zip(names, columns, strict=True)}
+        params["owner"] = owner
+        settled = {mid for (mid,) in self._run(_SETTLE, params)[0]}
+        return [d for d in deliveries if d.message_id in settled]
+
+    def renew(self, owner: str, lease_seconds: float) -> int:
+        """Extend the owner's lease on its unsettled messages; how many it holds."""
+        check_lease(lease_seconds)
+        return self._run(_LEASE, {"owner": owner, "lease": lease_seconds})[1]
+
+    def release(self, owner: str) -> int:
+        """End the owner's lease now; a dispatcher adopts its messages at its next look."""
+        return self._run(_LEASE, {"owner": owner, "lease": 0.0})[1]
+
+    def adopt(self, owner: str, lease_seconds: float, limit: int) -> list[Adopted]:
+        """Take over up to ``limit`` unsettled messages whose judge's lease ended.
+
+        Rows another adoption is taking at the same moment are skipped, not waited for.
+        """
+        check_lease(lease_seconds)
+        check_limit(limit)
+        params = {"owner": owner, "lease": lease_seconds, "limit": limit}
+        adopted = []
+        payloads: dict[str, bytes] = {}
+        for mid, client, send, size, payload, posted in self._run(_ADOPT, params)[0]:
+            if payload is not None:
+                payloads[send] = bytes(payload)
+            adopted.append(Adopted(mid, client, send, size, payloads[send], posted))
+        return adopted
+
+    # -- the client's side (the mailbox app) ---------------------------------------------
+
+    def fetch(self, client_id: UUID, limit: int) -> list[Letter]:
+        """Offer up to ``limit`` of the client's messages, oldest first.
+
+        See [`Mailbox.fetch`][flnotify.mailbox.Mailbox.fetch]; letters another fetch is
+        taking at the same moment are skipped, not waited for.
+        """
+        check_limit(limit)
+        params = {"client": client_id, "visibility": self.visibility, "limit": limit}
+        rows = self._run(_FETCH, params)[0]
+        return [Letter(mid, client_id, bytes(payload), n) for mid, n, payload in rows]
+
+    def fetchable(self, client_ids: Iterable[UUID]) -> set[UUID]:
+        """Which of these clients have a message that a fetch would offer now."""
+        clients = list(client_ids)
+        if not clients:
+            return set()
+        return {row[0] for row in self._run(_FETCHABLE, {"clients": clients})[0]}
+
+    def ack(self, client_id: UUID, acks: Sequence[tuple[str, int]]) -> int:
+        """Take the client's answers (message id, status) of its offered messages.
+
+        See [`Mailbox.ack`][flnotify.mailbox.Mailbox.ack]: the first answer of a message
+        wins. Returns how many counted.
+        """
+        if not acks:
+            return 0
+        first: dict[str, int] = {}
+        for message_id, status in acks:
+            first.setdefault(message_id, status)
+        params = {"client": client_id, "ids": list(first), "statuses": list(first.values())}
+        taken = self._run(_ACK, params)[1]
+        if taken:
+            self.signals.answered()
+        return taken
+
+    def remember(self, nonce: str, until: float) -> bool:
+        """Record a request nonce until ``until``; ``False`` if it is known already."""
+        return self._run(_REMEMBER, {"nonce": nonce, "until": until})[1] == 1
+
+    # -- operating -----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """How many messages are in each state (every state present)."""
+        counts = dict.fromkeys(STATES, 0)
+        with self._cursor() as cur:
+            cur.execute("SELECT state, COUNT(*) FROM flnotify_mailbox GROUP BY state")
+            for state, n in cur.fetchall():
+                counts[state] = n
+        return counts
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every message with its state and outcome, in the order posted (for operators)."""
+        with self._cursor() as cur:
+            cur.execute(_ROWS)
+            assert cur.description is not None  # noqa: S101 - a SELECT describes its columns
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def prune(self, before: float) -> int:
+        """Delete done messages settled before ``before`` (and sends left empty)."""
+        with self._cursor(single=False) as cur:
+            cur.execute(
+                "DELETE FROM flnotify_mailbox WHERE state = 'done' AND settled_at < %s",
+                (before,),
+            )
+            n = cur.rowcount
+            cur.execute(
+                "DELETE FROM flnotify_mailbox_sends AS s WHERE NOT EXISTS "
+                "(SELECT 1 FROM flnotify_mailbox AS m WHERE m.send_id = s.id)"
+            )
+        return n
