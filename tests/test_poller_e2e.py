@@ -50,9 +50,7 @@ class Client:
             self.router.add_handler(kind, handle)
 
     def poller(self, base: str, secret: str | None = None) -> MailboxPoller:
-        return MailboxPoller(
-            base, client_id=self.receiver.id, secret=secret or self.secret, router=self.router
-        )
+        return MailboxPoller(base, self.receiver.id, secret or self.secret, self.router)
 
 
 @pytest.fixture

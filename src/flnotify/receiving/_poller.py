@@ -380,10 +380,10 @@ class MailboxPoller(AsyncClosing):
     def __init__(
         self,
         url: str,
-        *,
         client_id: UUID,
         secret: str,
         router: NotificationRouter,
+        *,
         wait: float = 25.0,
         max_messages: int = 100,
         request_timeout: float = 10.0,
