@@ -339,7 +339,8 @@ class MailboxPoller(AsyncClosing):
         client: An ``httpx.AsyncClient`` of the host's (proxies, TLS, client certificates,
             ``httpx.MockTransport``), closed by the host; by default the poller makes one
             on first use (TLS verified, no redirects) and closes it in
-            [`aclose`][flnotify.receiving.MailboxPoller.aclose].
+            [`aclose`][flnotify.receiving.MailboxPoller.aclose]; it honours the
+            environment's proxy settings (``HTTPS_PROXY``, ``NO_PROXY``).
         verify: TLS verification for the client the poller makes: ``True`` or an
             ``ssl.SSLContext`` (e.g. trusting a private CA).
         sleep: Awaited to wait between polls; inject a fake in tests.
@@ -743,10 +744,16 @@ class MailboxPoller(AsyncClosing):
         asyncio.run(main())
 
     async def aclose(self) -> None:
-        """Stop, wait for `arun` to end (if it runs on this loop) and close the own client."""
+        """Stop, wait for `arun` to end and close the client the poller made.
+
+        Call it on the loop that runs `arun`; from another loop it only stops (the
+        client is then closed by `run`, or by an `aclose` on the running loop).
+        """
         self.stop()
         running = self._running
-        if running is not None and running[0] is asyncio.get_running_loop():
+        if running is not None and not running[1].is_set():
+            if running[0] is not asyncio.get_running_loop():
+                return
             await running[1].wait()
         own, self._own = self._own, None
         if own is not None:
