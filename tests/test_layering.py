@@ -19,7 +19,13 @@ LAYERS: list[set[str]] = [
     {"flnotify._types"},
     {"flnotify._notification"},
     {"flnotify.training", "flnotify._codec"},
-    {"flnotify.signing", "flnotify.endpoints", "flnotify._sqlite", "flnotify._mailwire"},
+    {
+        "flnotify.signing",
+        "flnotify.endpoints",
+        "flnotify._sqlite",
+        "flnotify._postgres",
+        "flnotify._mailwire",
+    },
     {"flnotify._retry", "flnotify._report", "flnotify.transports", "flnotify.health"},
     {
         "flnotify.repository",

@@ -11,11 +11,18 @@ import psycopg
 import pytest
 
 from flnotify import ConnectError, Delivery, Outcome, Receiver
-from flnotify.mailbox import MAILBOX_ENDPOINT, Letter, Mailbox, MailboxError, MailboxStore
-from flnotify.mailbox._contract import MailboxStoreContract
-from flnotify.mailbox._postgres import PostgresMailbox
+from flnotify.mailbox import (
+    MAILBOX_ENDPOINT,
+    Letter,
+    Mailbox,
+    MailboxError,
+    MailboxStore,
+    PostgresMailbox,
+    open_mailbox,
+)
 from flnotify.outbox import PostgresOutbox
 from flnotify.outbox._contract import ContractClock
+from flnotify.testing import MailboxStoreContract
 from flnotify.training import GlobalModelBody, TrainingStartNotification
 
 
@@ -146,3 +153,12 @@ def test_both_stores_show_operators_the_same_rows(tmp_path: Path, postgres_url: 
         ]
         assert seen[1][2]["outcome"] == "failed"
         assert seen[1][2]["client_id"] == str(others[1])
+
+
+def test_open_mailbox_picks_the_store_by_its_target(tmp_path: Path, postgres_url: str) -> None:
+    with open_mailbox(str(tmp_path / "mail.db"), ack_deadline=5.0) as embedded:
+        assert isinstance(embedded, Mailbox)
+        assert embedded.ack_deadline == 5.0
+    with open_mailbox(postgres_url, visibility=7.0) as shared:
+        assert isinstance(shared, PostgresMailbox)
+        assert shared.visibility == 7.0

@@ -12,7 +12,7 @@ from typing_extensions import Self
 
 from ._exceptions import ConfigurationError, FlnotifyError
 
-__all__ = ["SQLiteConnection"]
+__all__ = ["SQLiteConnection", "set_up_durable_schema"]
 
 
 @attrs.define(eq=False)
@@ -114,3 +114,35 @@ class SQLiteConnection:
                 if not self.wrap_errors:
                     raise
                 raise self.error(f"{self.label} {self.path!r}: {exc}") from exc
+
+
+def set_up_durable_schema(
+    conn: sqlite3.Connection,
+    path: str,
+    *,
+    schema: str,
+    meta_table: str,
+    version: str,
+    label: str,
+    error: Callable[[str], FlnotifyError],
+) -> None:
+    """Set up a store whose commits are durable: the outbox's and the mailbox's.
+
+    Foreign keys on, WAL for a file (several processes), synchronous commits (what a call
+    returned is on disk), the tables created in one ``BEGIN IMMEDIATE`` transaction (two
+    processes opening a new file at once), and the schema version kept in ``meta_table``.
+
+    Raises:
+        FlnotifyError: What ``error`` makes, if the file holds another schema version.
+    """
+    conn.execute("PRAGMA foreign_keys = ON")
+    if path not in {"", ":memory:"}:
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript(f"BEGIN IMMEDIATE;{schema}")
+    row = conn.execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'").fetchone()  # noqa: S608 - a constant
+    if row is None:
+        conn.execute(f"INSERT INTO {meta_table} VALUES ('schema', ?)", (version,))  # noqa: S608 - a constant
+    elif row[0] != version:
+        raise error(f"{label} schema {row[0]} is not this flnotify's ({version})")
+    conn.execute("COMMIT")

@@ -1,7 +1,7 @@
 """Helpers for your own tests: an in-memory transport, a fake repository, contract suites.
 
-``TrainingRepositoryContract`` and ``OutboxStoreContract`` need pytest and are imported only
-when asked for, so importing this module never requires pytest.
+``TrainingRepositoryContract``, ``OutboxStoreContract`` and ``MailboxStoreContract`` need
+pytest and are imported only when asked for, so importing this module never requires pytest.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from .transports._memory import MemoryRequest, MemoryTransport
 
 if TYPE_CHECKING:
     from ._repository_contract import OutcomeTrackingContract, TrainingRepositoryContract
+    from .mailbox._contract import MailboxStoreContract
     from .outbox._contract import OutboxStoreContract
 
 __all__ = [
     "FakeTrainingRepository",
     "HttpResponse",
+    "MailboxStoreContract",
     "MemoryRequest",
     "MemoryTransport",
     "OutboxStoreContract",
@@ -109,5 +111,9 @@ def __getattr__(name: str) -> Any:
         from .outbox._contract import OutboxStoreContract
 
         return OutboxStoreContract
+    if name == "MailboxStoreContract":
+        from .mailbox._contract import MailboxStoreContract
+
+        return MailboxStoreContract
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)

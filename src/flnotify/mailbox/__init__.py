@@ -24,6 +24,7 @@ from .._mailwire import MAILBOX_ENDPOINT, MailboxProtocolError
 from ._app import MailboxApp
 from ._dispatcher import MailboxDispatcher
 from ._model import MailboxError
+from ._postgres import PostgresMailbox
 from ._sqlite import Mailbox
 
 __all__ = [
@@ -38,15 +39,20 @@ __all__ = [
     "MailboxProtocolError",
     "MailboxSignals",
     "MailboxStore",
+    "PostgresMailbox",
     "open_mailbox",
 ]
 
 
-def open_mailbox(target: str, **options: Any) -> Mailbox:
-    """The mailbox at ``target``: an SQLite file path (PostgreSQL URLs: see below).
+def open_mailbox(target: str, **options: Any) -> Mailbox | PostgresMailbox:
+    """The mailbox at ``target``: a PostgreSQL URL, or else an SQLite file path.
 
     Args:
-        target: A file path for a [`Mailbox`][flnotify.mailbox.Mailbox].
+        target: ``postgresql://...`` / ``postgres://...`` for a
+            [`PostgresMailbox`][flnotify.mailbox.PostgresMailbox], anything else is a path
+            for a [`Mailbox`][flnotify.mailbox.Mailbox].
         **options: Passed on to the store (``codec=``, ``ack_deadline=``, ...).
     """
+    if target.startswith(("postgresql://", "postgres://")):
+        return PostgresMailbox(target, **options)
     return Mailbox(target, **options)

@@ -11,10 +11,9 @@ need not agree. Every psycopg error is translated here, at one edge, into
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -22,12 +21,12 @@ import attrs
 
 from .._closing import Closing
 from .._codec import Codec
-from .._exceptions import ConfigurationError
 from .._mailbox import Adopted, Answer, Letter, MailboxSignals
+from .._postgres import NOW as _NOW
+from .._postgres import PostgresConnection, redacted, set_up_schema
 from .._report import Delivery
 from .._validators import positive
 from ..outbox._model import outcome_rows
-from ..outbox._postgres import _NOW, _import_psycopg, _redacted
 from ._model import (
     STATES,
     MailboxError,
@@ -242,6 +241,18 @@ FROM flnotify_mailbox ORDER BY seq
 """
 
 
+def _prepare(conn: psycopg.Connection[Any]) -> None:
+    set_up_schema(
+        conn,
+        lock=_SCHEMA_LOCK,
+        schema=_SCHEMA,
+        meta_table="flnotify_mailbox_meta",
+        version=_SCHEMA_VERSION,
+        label="mailbox",
+        error=MailboxError,
+    )
+
+
 @attrs.define(eq=False)
 class PostgresMailbox(Closing):
     """The [`Mailbox`][flnotify.mailbox.Mailbox] semantics on a PostgreSQL database.
@@ -268,81 +279,28 @@ class PostgresMailbox(Closing):
         ConfigurationError: psycopg is not installed.
     """
 
-    url: str = attrs.field(repr=_redacted)
+    url: str = attrs.field(repr=redacted)
     codec: Codec = attrs.field(factory=Codec, repr=False)
     ack_deadline: float = attrs.field(default=300.0, validator=positive)
     visibility: float = attrs.field(default=30.0, validator=positive)
     clock: Callable[[], float] | None = attrs.field(default=None, repr=False)
     connect_timeout: float = attrs.field(default=10.0, validator=positive, repr=False)
     signals: MailboxSignals = attrs.field(init=False, factory=MailboxSignals, repr=False)
-    _psycopg: Any = attrs.field(init=False, repr=False)
-    _conn: psycopg.Connection[Any] | None = attrs.field(init=False, default=None, repr=False)
-    _closed: bool = attrs.field(init=False, default=False, repr=False)
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+    _db: PostgresConnection = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        self._psycopg = _import_psycopg()
-        with self._lock:
-            self._conn = self._connect()
+        self._db = PostgresConnection.open(
+            self.url,
+            who="PostgresMailbox",
+            label="mailbox",
+            error=MailboxError,
+            prepare=_prepare,
+            connect_timeout=self.connect_timeout,
+        )
 
-    # -- the edge: connections, transactions, error translation --------------------------
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        """A new connection on which the schema is set up (once, under an advisory lock)."""
-        pg = self._psycopg
-        stage = "open"
-        try:
-            conn: psycopg.Connection[Any] = pg.connect(
-                self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
-            )
-            stage = "use"
-            try:
-                with conn.transaction(), conn.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                    cur.execute(_SCHEMA)
-                    cur.execute("SELECT value FROM flnotify_mailbox_meta WHERE key = 'schema'")
-                    row = cur.fetchone()
-                    if row is None:
-                        cur.execute(
-                            "INSERT INTO flnotify_mailbox_meta VALUES ('schema', %s)",
-                            (_SCHEMA_VERSION,),
-                        )
-                    elif row[0] != _SCHEMA_VERSION:
-                        msg = f"mailbox schema {row[0]} is not this flnotify's ({_SCHEMA_VERSION})"
-                        raise MailboxError(msg)
-            except BaseException:
-                conn.close()
-                raise
-        except pg.Error as exc:
-            msg = f"cannot {stage} mailbox {_redacted(self.url)!r}: {exc}"
-            raise MailboxError(msg) from exc
-        return conn
-
-    @contextlib.contextmanager
-    def _cursor(self, *, single: bool = True) -> Iterator[psycopg.Cursor[Any]]:
-        """A cursor for one statement (its own transaction) or, not ``single``, several.
-
-        psycopg errors become MailboxError; a dropped connection is reopened first.
-        """
-        pg = self._psycopg
-        with self._lock:
-            if self._closed:
-                msg = f"{self!r} is closed"
-                raise ConfigurationError(msg)
-            conn = self._conn
-            if conn is None or conn.closed or conn.broken:
-                if conn is not None:
-                    conn.close()
-                conn = self._conn = self._connect()
-            try:
-                with (
-                    contextlib.nullcontext() if single else conn.transaction(),
-                    conn.cursor() as cur,
-                ):
-                    yield cur
-            except pg.Error as exc:
-                msg = f"mailbox {_redacted(self.url)!r}: {exc}"
-                raise MailboxError(msg) from exc
+    def _cursor(self, *, single: bool = True) -> AbstractContextManager[psycopg.Cursor[Any]]:
+        """A cursor for one statement (its own transaction) or, not ``single``, several."""
+        return self._db.cursor(self, single=single)
 
     def _run(self, sql: str, params: dict[str, Any]) -> tuple[list[Any], int]:
         """Run one prepared hot statement with the clock parameter: its rows and rowcount."""
@@ -364,11 +322,7 @@ class PostgresMailbox(Closing):
 
     def close(self) -> None:
         """Close the connection; idempotent."""
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        self._db.close()
 
     # -- the sender's side ---------------------------------------------------------------
 

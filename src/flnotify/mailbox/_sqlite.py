@@ -17,7 +17,7 @@ from .._closing import Closing
 from .._codec import Codec
 from .._mailbox import Adopted, Answer, Letter, MailboxSignals
 from .._report import Delivery
-from .._sqlite import SQLiteConnection
+from .._sqlite import SQLiteConnection, set_up_durable_schema
 from .._validators import positive
 from ..outbox._model import outcome_json, outcome_rows
 from ._model import (
@@ -200,22 +200,15 @@ class Mailbox(Closing):
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA foreign_keys = ON")
-        if self.path not in {"", ":memory:"}:
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}")
-        row = conn.execute(
-            "SELECT value FROM flnotify_mailbox_meta WHERE key = 'schema'"
-        ).fetchone()
-        if row is None:
-            conn.execute(
-                "INSERT INTO flnotify_mailbox_meta VALUES ('schema', ?)", (_SCHEMA_VERSION,)
-            )
-        elif row[0] != _SCHEMA_VERSION:
-            msg = f"mailbox schema {row[0]} is not this flnotify's ({_SCHEMA_VERSION})"
-            raise MailboxError(msg)
-        conn.execute("COMMIT")
+        set_up_durable_schema(
+            conn,
+            self.path,
+            schema=_SCHEMA,
+            meta_table="flnotify_mailbox_meta",
+            version=_SCHEMA_VERSION,
+            label="mailbox",
+            error=MailboxError,
+        )
 
     def close(self) -> None:
         """Close the connection; idempotent."""

@@ -10,20 +10,18 @@ into [`OutboxError`][flnotify.outbox.OutboxError].
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
 import secrets
-import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._closing import Closing
 from .._codec import Codec
-from .._exceptions import ConfigurationError
 from .._notification import Notification
+from .._postgres import NOW, PostgresConnection, redacted, set_up_schema
 from .._report import Delivery
 from .._validators import positive
 from ._model import (
@@ -84,7 +82,7 @@ CREATE INDEX IF NOT EXISTS flnotify_outbox_open ON flnotify_outbox (seq) WHERE s
 # Every hot call is one statement, sent as one round trip in its own (autocommit)
 # transaction; %(now)s is NULL unless the outbox has a clock of its own, and then the
 # server's clock is read inside the statement.
-_NOW = "COALESCE(%(now)s::double precision, extract(epoch FROM clock_timestamp()))"
+_NOW = NOW
 
 _CLAIM = f"""
 WITH clock AS (SELECT {_NOW} AS now),
@@ -147,21 +145,22 @@ SET state = 'pending', outcome = NULL, claim_token = NULL, lease_until = NULL,
 WHERE state = 'done' AND outcome = 'failed'
 """
 
-_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@|(password\s*=\s*)\S+", re.IGNORECASE)
 
-
-def _redacted(url: str) -> str:
-    """The connection string without its password, for messages."""
-    return _PASSWORD.sub(lambda m: f"{m.group(1)}***@" if m.group(1) else f"{m.group(2)}***", url)
-
-
-def _import_psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError as exc:  # pragma: no cover - the test extra installs it
-        msg = "PostgresOutbox needs psycopg 3: pip install 'flnotify[postgres]'"
-        raise ConfigurationError(msg) from exc
-    return psycopg
+def _prepare(conn: psycopg.Connection[Any]) -> None:
+    # A fresh outbox has no statistics yet, and the planner then joins a batch of outcomes
+    # to its rows by a nested loop over both (rows x batch comparisons, 0.2 s for 500
+    # outcomes); hash joins are right for every statement here. The setting belongs to
+    # this connection only.
+    conn.execute("SET enable_nestloop = off")
+    set_up_schema(
+        conn,
+        lock=_SCHEMA_LOCK,
+        schema=_SCHEMA,
+        meta_table="flnotify_outbox_meta",
+        version=_SCHEMA_VERSION,
+        label="outbox",
+        error=OutboxError,
+    )
 
 
 @attrs.define(eq=False)
@@ -188,85 +187,29 @@ class PostgresOutbox(Closing):
         ConfigurationError: psycopg is not installed.
     """
 
-    url: str = attrs.field(repr=_redacted)
+    url: str = attrs.field(repr=redacted)
     codec: Codec = attrs.field(factory=Codec, repr=False)
     clock: Callable[[], float] | None = attrs.field(default=None, repr=False)
     connect_timeout: float = attrs.field(default=10.0, validator=positive, repr=False)
-    _psycopg: Any = attrs.field(init=False, repr=False)
-    _conn: psycopg.Connection[Any] | None = attrs.field(init=False, default=None, repr=False)
-    _closed: bool = attrs.field(init=False, default=False, repr=False)
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+    _db: PostgresConnection = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        self._psycopg = _import_psycopg()
-        with self._lock:
-            self._connect()
+        self._db = PostgresConnection.open(
+            self.url,
+            who="PostgresOutbox",
+            label="outbox",
+            error=OutboxError,
+            prepare=_prepare,
+            connect_timeout=self.connect_timeout,
+        )
 
-    # -- the edge: connections, transactions, error translation --------------------------
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        pg = self._psycopg
-        try:
-            conn: psycopg.Connection[Any] = pg.connect(
-                self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
-            )
-        except pg.Error as exc:
-            msg = f"cannot open outbox {_redacted(self.url)!r}: {exc}"
-            raise OutboxError(msg) from exc
-        try:
-            # A fresh outbox has no statistics yet, and the planner then joins a batch of
-            # outcomes to its rows by a nested loop over both (rows x batch comparisons,
-            # 0.2 s for 500 outcomes); hash joins are right for every statement here.
-            # The setting belongs to this connection only.
-            conn.execute("SET enable_nestloop = off")
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                cur.execute(_SCHEMA)
-                cur.execute("SELECT value FROM flnotify_outbox_meta WHERE key = 'schema'")
-                row = cur.fetchone()
-                if row is None:
-                    cur.execute(
-                        "INSERT INTO flnotify_outbox_meta VALUES ('schema', %s)",
-                        (_SCHEMA_VERSION,),
-                    )
-                elif row[0] != _SCHEMA_VERSION:
-                    msg = f"outbox schema {row[0]} is not this flnotify's ({_SCHEMA_VERSION})"
-                    raise OutboxError(msg)
-        except BaseException as exc:
-            conn.close()
-            if isinstance(exc, pg.Error):
-                msg = f"cannot use outbox {_redacted(self.url)!r}: {exc}"
-                raise OutboxError(msg) from exc
-            raise
-        self._conn = conn
-        return conn
-
-    @contextlib.contextmanager
-    def _transaction(self, *, single: bool = False) -> Iterator[psycopg.Cursor[Any]]:
+    def _transaction(self, *, single: bool = False) -> AbstractContextManager[psycopg.Cursor[Any]]:
         """One transaction on the connection; psycopg errors become OutboxError.
 
         ``single``: the body runs one statement, its own transaction (no BEGIN/COMMIT
         round trips).
         """
-        pg = self._psycopg
-        with self._lock:
-            if self._closed:
-                msg = f"{self!r} is closed"
-                raise ConfigurationError(msg)
-            conn = self._conn
-            if conn is None or conn.closed or conn.broken:
-                if conn is not None:
-                    conn.close()
-                conn = self._connect()
-            try:
-                with (
-                    contextlib.nullcontext() if single else conn.transaction(),
-                    conn.cursor() as cur,
-                ):
-                    yield cur
-            except pg.Error as exc:
-                msg = f"outbox {_redacted(self.url)!r}: {exc}"
-                raise OutboxError(msg) from exc
+        return self._db.cursor(self, single=single)
 
     def _clock(self) -> float | None:
         """The ``now`` parameter of the statements: ``None`` reads the server's clock."""
@@ -287,11 +230,7 @@ class PostgresOutbox(Closing):
 
     def close(self) -> None:
         """Close the connection; idempotent."""
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        self._db.close()
 
     # -- writing -----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from .._closing import Closing
 from .._codec import Codec
 from .._notification import Notification
 from .._report import Delivery
-from .._sqlite import SQLiteConnection
+from .._sqlite import SQLiteConnection, set_up_durable_schema
 from .._validators import positive
 from ._model import (
     COLUMNS,
@@ -186,22 +186,15 @@ class Outbox(Closing):
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA foreign_keys = ON")
-        if self.path not in {"", ":memory:"}:
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}")
-        row = conn.execute("SELECT value FROM flnotify_outbox_meta WHERE key = 'schema'").fetchone()
-        if row is None:
-            conn.execute(
-                "INSERT INTO flnotify_outbox_meta VALUES ('schema', ?)", (_SCHEMA_VERSION,)
-            )
-        elif row[0] != _SCHEMA_VERSION:
-            msg = f"outbox schema {row[0]} is not this flnotify's ({_SCHEMA_VERSION})"
-            raise OutboxError(msg)
-        conn.execute("COMMIT")
-
-    # -- life cycle --------------------------------------------------------------------
+        set_up_durable_schema(
+            conn,
+            self.path,
+            schema=_SCHEMA,
+            meta_table="flnotify_outbox_meta",
+            version=_SCHEMA_VERSION,
+            label="outbox",
+            error=OutboxError,
+        )
 
     def close(self) -> None:
         """Close the connection; idempotent."""
