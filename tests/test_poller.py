@@ -174,6 +174,7 @@ def test_messages_go_through_the_router_and_are_acked_with_its_status(
 def test_a_message_offered_again_runs_its_handler_once_and_is_acked_again(
     mailbox: FakeMailbox, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="flnotify")
     handled = Handled()
     router = make_router(handled)
     message_id = mailbox.post(ROUND)
@@ -223,6 +224,7 @@ def test_an_acknowledgement_refused_as_malformed_is_not_retried(mailbox: FakeMai
 def test_a_wrong_secret_is_a_401_logged_and_backed_off_to_the_cap(
     mailbox: FakeMailbox, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="flnotify")
     sleeps = Sleeps(limit=4)
     poller = poller_for(
         mailbox.url, sleeps=sleeps, secret=OTHER_SECRET, rng=random.Random(3).random
@@ -530,6 +532,7 @@ def test_bad_configuration_is_refused_by_name(options: dict[str, Any], message: 
 def test_a_router_that_checks_no_signature_is_warned_about(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="flnotify")
     MailboxPoller(
         "https://example.org/mailbox/",
         client_id=CLIENT,
