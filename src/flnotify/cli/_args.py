@@ -232,15 +232,36 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         description=(
             "An FL client: verify each notification (with --secret), print it as one line "
             "and answer as the reference client does (200 for TRAINING_START and "
-            "TRAINING_FINISHED, 202 for rounds and tests). Ctrl-C stops it."
+            "TRAINING_FINISHED, 202 for rounds and tests). With --pull it opens no port "
+            "(a client behind NAT): it long-polls the server's mailbox at URL as "
+            "--client-id, signs its requests with --secret and acknowledges each "
+            "notification with that answer. Ctrl-C stops it."
         ),
     )
-    listen.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     listen.add_argument(
-        "--port", type=int_arg(0, 65535), default=8080, help="port (default 8080; 0: any free)"
+        "--host", help="address to bind (default 127.0.0.1; not with --pull)", default=None
     )
-    listen.add_argument("--path", default="/", help="the endpoint's path (default /)")
-    secret_option(listen, "notifications must be signed with")
+    listen.add_argument(
+        "--port",
+        type=int_arg(0, 65535),
+        default=None,
+        help="port (default 8080; 0: any free; not with --pull)",
+    )
+    listen.add_argument(
+        "--path", default=None, help="the endpoint's path (default /; not with --pull)"
+    )
+    listen.add_argument(
+        "--pull",
+        metavar="URL",
+        help="poll the server's mailbox at URL instead of listening (needs --client-id, --secret)",
+    )
+    listen.add_argument(
+        "--client-id",
+        type=uuid_arg,
+        metavar="UUID",
+        help="this client's receiver id, whose mailbox --pull polls",
+    )
+    secret_option(listen, "notifications must be signed with (with --pull: the client's own)")
     listen.add_argument(
         "--json",
         action="store_true",

@@ -1,8 +1,13 @@
-"""``flnotify listen``: an FL client that prints every verified notification."""
+"""``flnotify listen``: an FL client that prints every verified notification.
+
+It is pushed to (a WSGI server on ``--host``/``--port``) or, with ``--pull``, polls the
+server's mailbox and opens no port at all; both print through the same `_Printer`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -13,9 +18,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .. import Codec, MessageContext, Notification, NotificationRouter, NotificationType
+from .. import (
+    Codec,
+    ConfigurationError,
+    MessageContext,
+    Notification,
+    NotificationRouter,
+    NotificationType,
+)
 from .._demo import make_wsgi_server
-from ._args import check_secret
+from ..receiving import MailboxPoller
+from ._args import SECRET_ENV, check_secret
 from ._output import emit
 
 __all__ = ["run_listen"]
@@ -56,15 +69,39 @@ class _Printer:
             emit(line)
 
 
-def run_listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Serve until Ctrl-C or SIGTERM, printing each verified notification."""
-    check_secret(parser, args.secret)
-    path = _normal_path(args.path)
+def _router(args: argparse.Namespace) -> NotificationRouter:
     router = NotificationRouter(secrets=args.secret)
     printer = _Printer(as_json=args.json, verified=args.secret is not None)
     for kind in NotificationType:
         router.add_handler(kind, printer)
-    inner = router.wsgi_app()
+    return router
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """What the ``flnotify`` logger warns about (refused requests, failing polls) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("flnotify: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("flnotify")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def run_listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Serve (or with ``--pull``, poll) until Ctrl-C or SIGTERM, printing each notification."""
+    check_secret(parser, args.secret)
+    if args.pull is not None:
+        return _run_pull(args, parser)
+    if args.client_id is not None:
+        parser.error("--client-id goes with --pull (a pushed client is told apart by its URL)")
+    host = "127.0.0.1" if args.host is None else args.host
+    port = 8080 if args.port is None else args.port
+    path = _normal_path("/" if args.path is None else args.path)
+    inner = _router(args).wsgi_app()
 
     def app(environ: Any, start_response: Any) -> Any:
         if _normal_path(environ.get("PATH_INFO", "")) != path:
@@ -76,36 +113,75 @@ def run_listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             return [body]
         return inner(environ, start_response)
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("flnotify: %(message)s"))
-    handler.setLevel(logging.WARNING)
-    logger = logging.getLogger("flnotify")
-    logger.addHandler(handler)
-    try:
-        server = make_wsgi_server(args.host, args.port, app)
-    except OSError as exc:
-        logger.removeHandler(handler)
-        emit(f"flnotify listen: cannot listen on {args.host}:{args.port}: {exc}", sys.stderr)
-        return 1
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    # with --json, stdout carries JSON lines only: where it listens goes to stderr
-    where = f"listening on http://{host}:{server.server_port}{path}"
-    emit(where, sys.stderr if args.json else None)
+    with _warnings_to_stderr():
+        try:
+            server = make_wsgi_server(host, port, app)
+        except OSError as exc:
+            emit(f"flnotify listen: cannot listen on {host}:{port}: {exc}", sys.stderr)
+            return 1
+        shown = f"[{host}]" if ":" in host else host
+        # with --json, stdout carries JSON lines only: where it listens goes to stderr
+        where = f"listening on http://{shown}:{server.server_port}{path}"
+        emit(where, sys.stderr if args.json else None)
+        if args.secret is None:
+            emit(
+                "flnotify listen: no --secret: unsigned notifications are accepted "
+                "(anyone who can reach this port can send)",
+                sys.stderr,
+            )
+        try:
+            with _stop_on_sigterm():
+                server.serve_forever(poll_interval=0.2)
+        except (KeyboardInterrupt, _StopError):
+            emit("flnotify listen: stopped", sys.stderr)
+        finally:
+            server.server_close()
+    return 0
+
+
+def _run_pull(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Poll the mailbox at ``--pull`` until Ctrl-C or SIGTERM; no port is opened."""
+    pushed = [f"--{name}" for name in ("host", "port", "path") if getattr(args, name) is not None]
+    if pushed:
+        parser.error(f"{', '.join(pushed)} cannot be used with --pull (it opens no port)")
+    if args.client_id is None:
+        parser.error("--pull needs --client-id UUID: the receiver id whose mailbox it polls")
     if args.secret is None:
-        emit(
-            "flnotify listen: no --secret: unsigned notifications are accepted "
-            "(anyone who can reach this port can send)",
-            sys.stderr,
+        parser.error(
+            f"--pull needs --secret (or ${SECRET_ENV}): the client's own secret signs its "
+            "requests and the notifications"
         )
     try:
-        with _stop_on_sigterm():
-            server.serve_forever(poll_interval=0.2)
-    except (KeyboardInterrupt, _StopError):
+        poller = MailboxPoller(
+            args.pull, client_id=args.client_id, secret=args.secret, router=_router(args)
+        )
+    except ConfigurationError as exc:  # names the problem, never the secret
+        parser.error(f"argument --pull: {exc}")
+    with _warnings_to_stderr():
+        # with --json, stdout carries JSON lines only: where it polls goes to stderr
+        emit(f"polling {poller.url} as client {args.client_id}", sys.stderr if args.json else None)
+        with contextlib.suppress(KeyboardInterrupt):  # where no signal handler could go in
+            asyncio.run(_poll(poller))
         emit("flnotify listen: stopped", sys.stderr)
-    finally:
-        server.server_close()
-        logger.removeHandler(handler)
     return 0
+
+
+async def _poll(poller: MailboxPoller) -> None:
+    """Run ``poller`` until SIGINT or SIGTERM stops it (a pending long poll at once)."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, poller.stop)
+        except (NotImplementedError, RuntimeError, ValueError):  # not Unix, or not main thread
+            continue
+        installed.append(signum)
+    try:
+        async with poller:
+            await poller.arun()
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 class _StopError(Exception):

@@ -11,6 +11,9 @@ Deduplication claims each ``webhook-id`` atomically in an id store:
 [`SQLiteIdStore`][flnotify.receiving.SQLiteIdStore] for several worker processes on one
 host and across restarts, [`RedisIdStore`][flnotify.receiving.RedisIdStore] for several
 hosts. Hostile requests are bounded by [`ReceivingLimits`][flnotify.receiving.ReceivingLimits].
+
+A client behind NAT opens no port: a [`MailboxPoller`][flnotify.receiving.MailboxPoller]
+long-polls the server's mailbox and feeds each message to the same router.
 """
 
 from ._asgi import ASGIApp, asgi_app
@@ -32,6 +35,7 @@ from ._parse import (
     ReceivingLimits,
     parse_notification,
 )
+from ._poller import DEFAULT_MAX_ANSWER_BYTES, MailboxPoller, MailboxStatusError
 from ._redis_store import RedisIdStore
 from ._responses import Reply, Response
 from ._router import Handler, HandlerDecorator, MessageContext, NotificationRouter
@@ -41,6 +45,7 @@ from ._wsgi import wsgi_app
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_MAX_ANSWER_BYTES",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_HEADERS",
@@ -54,6 +59,8 @@ __all__ = [
     "HandlerDecorator",
     "IdStore",
     "InMemoryIdStore",
+    "MailboxPoller",
+    "MailboxStatusError",
     "MessageContext",
     "NotificationRouter",
     "RawHeaders",
