@@ -198,6 +198,11 @@ def test_demo_verbose_shows_the_callback_log(capsys: pytest.CaptureFixture[str])
         (["--rounds", "x"], "argument --rounds: not an integer: 'x'"),
         (["--faults", "--clients", "2"], "--faults needs at least 3 clients"),
         (["--db", "."], "argument --db: cannot open SQLite database '.'"),
+        (["--clients", "4", "--pull", "4"], "argument --pull: at most 3 of 4 clients can poll"),
+        (
+            ["--clients", "4", "--faults", "--pull", "3"],
+            "argument --pull: at most 2 of 4 clients can poll",
+        ),
     ],
 )
 def test_demo_argument_errors(
@@ -207,3 +212,29 @@ def test_demo_argument_errors(
         cli.main(["demo", *argv])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_demo_with_polling_clients_reaches_them_through_the_mailbox(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    summary = run_json(capsys, "--clients", "6", "--rounds", "2", "--pull", "3", "--seed", "2")
+    clients = summary["clients"]
+    polling = [c for c in clients if c["polling"]]
+    assert summary["pull"] == 3
+    assert len(polling) == 3
+    assert not clients[0]["polling"]  # the actor is pushed to
+    for step in summary["steps"]:  # one send reaches pushed and polling clients alike
+        assert (step["receivers"], step["delivered"], step["failed"]) == (6, 6, 0)
+    assert summary["verified_by_clients"] == 30  # the polling ones verified theirs too
+    assert summary["final"]["state"] == "COMPLETED"
+    assert summary["final"]["participants"] == [c["id"] for c in clients]
+
+
+def test_demo_pull_with_faults_judges_polling_clients_like_the_others(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["demo", "--clients", "8", "--pull", "3", "--faults", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "3 polling a mailbox (behind NAT)" in out
+    assert "polling the mailbox, no socket of their own (3): " in out
+    assert "COMPLETED" in out

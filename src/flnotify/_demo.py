@@ -17,6 +17,7 @@ Nothing here prints: `run_demo` reports to a `DemoObserver` and returns a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -42,7 +43,8 @@ from ._retry import RetryPolicy
 from ._types import Outcome, Receiver, TrainingSnapshot, TrainingState
 from .callbacks import FailurePolicy, default_callbacks_for
 from .health import CircuitBreaker
-from .receiving import NotificationRouter, Reply, make_wsgi_server
+from .mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp
+from .receiving import MailboxPoller, NotificationRouter, Reply, make_wsgi_server
 from .repository import SendTally, SQLiteTrainingRepository
 from .signing import Signer, generate_secret
 from .training import (
@@ -95,6 +97,33 @@ def _serving(server: WSGIServer) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _polling(
+    url: str, clients: list[tuple[DemoClient, _Client]], secrets: dict[UUID, str]
+) -> Iterator[None]:
+    """The polling clients' pollers, on an event loop of their own, until the run ends."""
+    pollers = [
+        MailboxPoller(url, spec.id, secrets[spec.id], client.router, wait=10.0)
+        for spec, client in clients
+    ]
+
+    async def poll() -> None:
+        try:
+            await asyncio.gather(*(poller.arun() for poller in pollers))
+        finally:
+            for poller in pollers:
+                await poller.aclose()
+
+    thread = threading.Thread(target=asyncio.run, args=(poll(),), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        for poller in pollers:
+            poller.stop()
+        thread.join()
+
+
+@contextlib.contextmanager
 def _closed_port() -> Iterator[int]:
     """A loopback port that refuses connections: bound, never listening, for the whole run."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -120,6 +149,8 @@ class DemoConfig:
         db: The SQLite file for the training store; a temporary one if ``None``.
         strict: The original platform's rule (any failure puts the training into
             ``ERROR``, no breaker) instead of the tolerant policy.
+        pull: How many clients poll a mailbox instead of being pushed to (clients behind
+            NAT); never the actor nor the unreachable one.
     """
 
     clients: int = 20
@@ -128,6 +159,7 @@ class DemoConfig:
     seed: int | None = None
     db: str | None = None
     strict: bool = False
+    pull: int = 0
 
     def policy(self) -> FailurePolicy:
         """The default callbacks' policy: strict, or tolerant with removal after 2 rounds."""
@@ -152,6 +184,7 @@ class DemoClient:
         message_endpoint: Where it listens.
         reject_round: The update round it answers 409 to, if any.
         unreachable: Whether its endpoint is a closed port.
+        polling: Whether it polls the server's mailbox (it has no endpoint of its own).
     """
 
     name: str
@@ -159,6 +192,7 @@ class DemoClient:
     message_endpoint: str
     reject_round: int | None = None
     unreachable: bool = False
+    polling: bool = False
 
     @property
     def fault(self) -> str | None:
@@ -273,7 +307,11 @@ class DemoResult:
             "db": self.db,
             "training_id": str(final.id),
             "actor": str(final.actor.id),
-            "clients": [{"name": c.name, "id": str(c.id), "fault": c.fault} for c in self.clients],
+            "pull": self.config.pull,
+            "clients": [
+                {"name": c.name, "id": str(c.id), "fault": c.fault, "polling": c.polling}
+                for c in self.clients
+            ],
             "steps": [s.as_dict() for s in self.steps],
             "totals": self.totals(),
             "verified_by_clients": self.verified,
@@ -360,11 +398,13 @@ class _Client:
 
 
 def _dispatcher(apps: dict[str, WSGIApplication]) -> WSGIApplication:
-    """One WSGI app serving each client's app under ``/client/<n>/``."""
+    """One WSGI app: each client's app under ``/client/<n>/``, the mailbox's at ``/mailbox/``."""
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         parts = environ.get("PATH_INFO", "").strip("/").split("/")
         target = apps.get(parts[1]) if len(parts) == 2 and parts[0] == "client" else None
+        if parts[0] == "mailbox" and len(parts) == 2:
+            target = apps.get("mailbox")
         if target is None:
             start_response("404 Not Found", [("content-length", "0")])
             return [b""]
@@ -389,6 +429,7 @@ def _plan(config: DemoConfig, rng: random.Random, base: str, closed: str) -> lis
         chosen = rng.sample(range(1, n), max(1, n // 10) + 1)
         unreachable = chosen.pop()
         reject = {i: rng.randint(1, config.rounds) for i in chosen}
+    polling = set([i for i in range(n - 1, 0, -1) if i != unreachable][: config.pull])
     width = max(2, len(str(n)))
     clients = []
     for i in range(n):
@@ -397,9 +438,12 @@ def _plan(config: DemoConfig, rng: random.Random, base: str, closed: str) -> lis
             DemoClient(
                 name=f"client-{i + 1:0{width}d}",
                 id=_uuid(rng),
-                message_endpoint=f"{closed if down else base}/client/{i}/",
+                message_endpoint=MAILBOX_ENDPOINT
+                if i in polling
+                else f"{closed if down else base}/client/{i}/",
                 reject_round=reject.get(i),
                 unreachable=down,
+                polling=i in polling,
             )
         )
     return clients
@@ -469,23 +513,32 @@ def run_demo(config: DemoConfig, observer: DemoObserver | None = None) -> DemoRe
         log = stack.enter_context(_captured_log())
         closed_port = stack.enter_context(_closed_port())
         apps: dict[str, WSGIApplication] = {}
-        server = make_wsgi_server(HOST, 0, _dispatcher(apps))
+        # each polling client holds one long poll (a server thread) open
+        server = make_wsgi_server(HOST, 0, _dispatcher(apps), max_connections=64 + config.pull)
         base = f"http://{HOST}:{server.server_port}"
         specs = _plan(config, rng, base, f"http://{HOST}:{closed_port}")
         secrets = {spec.id: generate_secret() for spec in specs}
+        signer = Signer(lookup=lambda receiver: secrets.get(receiver.id))
         clients = [_Client.create(spec, secrets[spec.id]) for spec in specs]
         apps.update((str(i), c.router.wsgi_app()) for i, c in enumerate(clients))
-        stack.enter_context(_serving(server))
 
         path = stack.enter_context(_database(config.db))
+        mailbox = stack.enter_context(Mailbox(path, ack_deadline=30.0)) if config.pull else None
+        if mailbox is not None:  # the server's mailbox app, next to the clients' endpoints
+            apps["mailbox"] = MailboxApp(mailbox, signer).wsgi_app()
+        stack.enter_context(_serving(server))
+        if mailbox is not None:
+            pollers = [(spec, c) for spec, c in zip(specs, clients, strict=True) if spec.polling]
+            stack.enter_context(_polling(f"{base}/mailbox", pollers, secrets))
         repo = stack.enter_context(SQLiteTrainingRepository(path))
         progress = _Progress(watch)
         notifier = stack.enter_context(
             Notifier(
                 transport=HttpxTransport(timeouts=Timeouts.all(5.0)),
                 retry=DEMO_RETRY,
-                signer=Signer(lookup=lambda receiver: secrets.get(receiver.id)),
+                signer=signer,
                 repository=repo,
+                mailbox=mailbox,
                 hooks=[progress],
                 failure_policy=config.policy(),
                 breaker=config.breaker(),

@@ -112,7 +112,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             "callbacks remove them and tell them) and one is unreachable: its circuit "
             "breaker skips it at no cost, the tolerant failure policy keeps the training "
             "going and removes it after two failed rounds. --strict applies the original "
-            "rule instead: one failure puts the training into ERROR."
+            "rule instead: one failure puts the training into ERROR. With --pull N, N "
+            "clients open no socket: they long-poll the server's mailbox and acknowledge "
+            "each notification, and the same send reaches them and the others."
         ),
     )
     demo.add_argument(
@@ -128,6 +130,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--strict",
         action="store_true",
         help="the original rule: any failure puts the training into ERROR (no breaker)",
+    )
+    demo.add_argument(
+        "--pull",
+        type=int_arg(0, 500),
+        default=0,
+        metavar="N",
+        help="N clients poll the server's mailbox instead of listening (clients behind NAT)",
     )
     demo.add_argument(
         "--seed", type=int, metavar="N", help="repeat a run: same ids, same faulty clients"

@@ -29,6 +29,12 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     """Run the demo and show its progress and summary."""
     if args.faults and args.clients < 3:
         parser.error("--faults needs at least 3 clients (--clients 3 or more)")
+    pollable = args.clients - 1 - (1 if args.faults else 0)  # not the actor, not the dead one
+    if args.pull > pollable:
+        parser.error(
+            f"argument --pull: at most {pollable} of {args.clients} clients can poll"
+            " (the actor and the unreachable client are pushed to)"
+        )
     if args.db is not None:
         try:
             SQLiteTrainingRepository(args.db).close()  # refuse a bad file before starting
@@ -41,6 +47,7 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         seed=args.seed,
         db=args.db,
         strict=args.strict,
+        pull=args.pull,
     )
     out = sys.stdout
     style = Style(out)
@@ -57,6 +64,8 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         progress = _PlainProgress(out)
     faults = " with faults" if args.faults else ""
     faults += ", strict failure policy" if args.strict else ", tolerant failure policy"
+    if args.pull:
+        faults += f", {args.pull} polling a mailbox (behind NAT)"
     where = args.db or "a temporary SQLite file"
     emit(
         style(
@@ -267,6 +276,11 @@ def _final_lines(result: DemoResult, style: Style) -> list[str]:
         f"participants ({len(final.participants)} of {len(result.clients)}): "
         + ", ".join(result.name_of(p.id) for p in final.participants),
     ]
+    polling = [c.name for c in result.clients if c.polling]
+    if polling:
+        lines.append(
+            f"polling the mailbox, no socket of their own ({len(polling)}): " + ", ".join(polling)
+        )
     faulty = [c for c in result.clients if c.fault is not None]
     if faulty:
         lines.append("faults:")
