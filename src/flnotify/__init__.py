@@ -17,6 +17,8 @@ from ._exceptions import (
     IdStoreError,
     InternalError,
     InvalidURLError,
+    MailboxProtocolError,
+    MailboxStatusError,
     MalformedHeaderError,
     MissingHeaderError,
     ProtocolError,
@@ -32,7 +34,6 @@ from ._exceptions import (
     VerificationError,
 )
 from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook
-from ._mailwire import MailboxProtocolError
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery, DeliveryReport, OutcomeCounts
 from ._retry import RetryPolicy
@@ -60,7 +61,14 @@ from .callbacks import (
 )
 from .endpoints import EndpointPolicy, ParsedEndpoint, PayloadTooLargeError
 from .health import CircuitBreaker
-from .receiving import IdStore, InMemoryIdStore, MessageContext, NotificationRouter, Reply
+from .receiving import (
+    IdStore,
+    InMemoryIdStore,
+    MailboxPoller,
+    MessageContext,
+    NotificationRouter,
+    Reply,
+)
 from .repository import (
     AsyncTrainingRepository,
     InMemoryTrainingRepository,
@@ -121,7 +129,9 @@ __all__ = [
     "InMemoryTrainingRepository",
     "InternalError",
     "InvalidURLError",
+    "MailboxPoller",
     "MailboxProtocolError",
+    "MailboxStatusError",
     "MalformedHeaderError",
     "MessageContext",
     "MissingHeaderError",

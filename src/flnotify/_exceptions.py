@@ -54,6 +54,8 @@ __all__ = [
     "IdStoreError",
     "InternalError",
     "InvalidURLError",
+    "MailboxProtocolError",
+    "MailboxStatusError",
     "MalformedHeaderError",
     "MissingHeaderError",
     "ProtocolError",
@@ -337,3 +339,37 @@ class IdStoreError(FlnotifyError):
         super().__init__(f"{store} id store failed: {problem}")
         self.store = store
         self.problem = problem
+
+
+class MailboxProtocolError(FlnotifyError):
+    """A mailbox request or answer is not what the mailbox protocol says; names why."""
+
+
+class MailboxStatusError(FlnotifyError):
+    """The mailbox answered a fetch or an acknowledgement with another status than 200.
+
+    Attributes:
+        operation: ``"fetch"`` or ``"ack"``.
+        status: The HTTP status.
+        retry_after: The seconds a ``Retry-After`` header asked for, when it had a valid one.
+        code: The ``error`` code of the answer's JSON body, when it had a short one.
+    """
+
+    def __init__(
+        self, operation: str, status: int, *, retry_after: float | None = None, code: str = ""
+    ) -> None:
+        what = f"the mailbox answered the {operation} with {status}"
+        if code:
+            what += f" ({code})"
+        if status == 401:
+            what += ": it refused the credentials; check the client id, its secret and the clock"
+        super().__init__(what)
+        self.operation = operation
+        self.status = status
+        self.retry_after = retry_after
+        self.code = code
+
+    @property
+    def unauthorized(self) -> bool:
+        """Whether the mailbox refused the client's credentials (401)."""
+        return self.status == 401

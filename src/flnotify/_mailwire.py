@@ -30,7 +30,7 @@ from uuid import UUID
 
 import attrs
 
-from ._exceptions import FlnotifyError
+from ._exceptions import MailboxProtocolError
 
 __all__ = [
     "ACK_PATH",
@@ -60,10 +60,6 @@ MAX_MESSAGE_HEADERS = 32
 """Most headers one fetched message may carry (a push carries five or six)."""
 
 _ID = re.compile(r"[\x21-\x7e]{1,256}")  # a webhook-id: printable ASCII, no spaces
-
-
-class MailboxProtocolError(FlnotifyError):
-    """A mailbox request or answer is not what the mailbox protocol says; names why."""
 
 
 def is_mailbox(endpoint: str) -> bool:

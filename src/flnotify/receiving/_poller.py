@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import logging
 import random
@@ -36,11 +35,13 @@ from .._exceptions import (
     ConnectError,
     ConnectionLostError,
     FlnotifyError,
+    MailboxStatusError,
     ProtocolError,
     TransportError,
     TransportErrorKind,
     TransportTimeoutError,
 )
+from .._http import parse_retry_after
 from .._mailwire import (
     ACK_PATH,
     FETCH_PATH,
@@ -72,36 +73,6 @@ _ERROR_BODY_BYTES = 4096  # what is read of an answer that is not a 200
 _ACK_ANSWER_BYTES = 64 * 1024
 _QUICK_EMPTY = 1.0  # an empty answer sooner than half of min(wait, this) is no long poll
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
-
-
-class MailboxStatusError(FlnotifyError):
-    """The mailbox answered a fetch or an acknowledgement with another status than 200.
-
-    Attributes:
-        operation: ``"fetch"`` or ``"ack"``.
-        status: The HTTP status.
-        retry_after: The seconds a ``Retry-After`` header asked for, when it had a valid one.
-        code: The ``error`` code of the answer's JSON body, when it had a short one.
-    """
-
-    def __init__(
-        self, operation: str, status: int, *, retry_after: float | None = None, code: str = ""
-    ) -> None:
-        what = f"the mailbox answered the {operation} with {status}"
-        if code:
-            what += f" ({code})"
-        if status == 401:
-            what += ": it refused the credentials; check the client id, its secret and the clock"
-        super().__init__(what)
-        self.operation = operation
-        self.status = status
-        self.retry_after = retry_after
-        self.code = code
-
-    @property
-    def unauthorized(self) -> bool:
-        """Whether the mailbox refused the client's credentials (401)."""
-        return self.status == 401
 
 
 class _AnswerTooLargeError(MailboxProtocolError):
@@ -142,24 +113,6 @@ class _Polled:
         return self.elapsed >= min(wait, _QUICK_EMPTY) / 2
 
 
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds a ``Retry-After`` value asks for (delay-seconds or an HTTP date), or ``None``."""
-    if value is None:
-        return None
-    text = value.strip(" \t")
-    if not text or not text.isascii():
-        return None
-    if text.isdigit():
-        return float(text) if len(text) <= 12 else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
 def _error_code(body: bytes) -> str:
     """The ``error`` code of a JSON error body (``"too_many_polls"``), or ``""``."""
     try:
@@ -174,7 +127,7 @@ def _refusal(operation: str, answer: _Answer, now: float) -> MailboxStatusError:
     return MailboxStatusError(
         operation,
         answer.status,
-        retry_after=_retry_after(answer.headers.get("retry-after"), now),
+        retry_after=parse_retry_after(answer.headers, lambda: now),
         code=_error_code(answer.body),
     )
 
