@@ -19,7 +19,7 @@ import pytest
 
 import flnotify
 from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
-from flnotify._retry import parse_retry_after
+from flnotify._http import parse_retry_after
 from flnotify.testing import RecordingCallbacks, RecordingHook
 from flnotify.transports import (
     HttpResponse,

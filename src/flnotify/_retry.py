@@ -6,14 +6,13 @@ at one attempt's result and says "this is final" or "try again after so many sec
 
 from __future__ import annotations
 
-import email.utils
 import random
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import attrs
 
 from ._exceptions import TransportError
+from ._http import parse_retry_after
 from ._types import HttpResponse, Outcome
 from ._validators import at_least_one, fraction, non_negative
 
@@ -106,33 +105,3 @@ class RetryPolicy:
         if error is None or not error.retryable or attempt >= self.max_attempts:
             return _FAILED
         return Decision(None, self.backoff(attempt, rng))
-
-
-_MAX_DIGITS = 12  # about 31,000 years of seconds; anything longer is nonsense, not a delay
-
-
-def parse_retry_after(
-    headers: Mapping[str, str], now: Callable[[], float] | None = None
-) -> float | None:
-    """Seconds asked for by a ``Retry-After`` header, or ``None`` if absent or invalid.
-
-    RFC 9110 section 10.2.3: either delay-seconds (ASCII digits only) or an HTTP-date.
-    Anything else (signs, fractions, other scripts' digits, a date without a zone) counts
-    as absent, never as an error.
-    """
-    value = headers.get("retry-after")
-    if not isinstance(value, str):
-        return None
-    value = value.strip(" \t")
-    if not value or not value.isascii():
-        return None
-    if value.isdigit():
-        return float(value) if len(value) <= _MAX_DIGITS else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        if when.tzinfo is None:
-            return None
-        current = (now or time.time)()
-        return max(0.0, when.timestamp() - current)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
