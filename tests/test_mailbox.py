@@ -505,3 +505,23 @@ def test_hostile_requests_get_a_typed_answer_and_never_touch_another_mailbox(
         assert sign == "own"
         assert abs(skew) <= 60
     assert len(world.store.fetch(other.id, 10)) == 1  # the other mailbox is untouched
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_closing_the_app_answers_held_polls_and_refuses_new_ones(world: World, kind: str) -> None:
+    receiver, secret = world.client()
+    app = world.app(max_wait=30)
+    serve = SERVERS[kind]
+    with serve(app.wsgi_app() if kind == "wsgi" else app.asgi_app()) as base:
+        client = BareClient(base, receiver.id, secret, world.clock)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(client.fetch, 30)
+            while not app._waiting.open:  # until the poll waits
+                os.sched_yield()
+            app.close()
+            assert held.result(timeout=10) == []  # answered at once, empty
+        refused = client.post("/fetch", fetch_document(receiver.id, 5, 1))
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "closing"
+        assert client.fetch(wait=0) == []  # a plain fetch still works
+        client.close()

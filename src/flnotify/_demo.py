@@ -525,8 +525,11 @@ def run_demo(config: DemoConfig, observer: DemoObserver | None = None) -> DemoRe
         path = stack.enter_context(_database(config.db))
         mailbox = stack.enter_context(Mailbox(path, ack_deadline=30.0)) if config.pull else None
         if mailbox is not None:  # the server's mailbox app, next to the clients' endpoints
-            apps["mailbox"] = MailboxApp(mailbox, signer).wsgi_app()
+            app = MailboxApp(mailbox, signer)
+            apps["mailbox"] = app.wsgi_app()
         stack.enter_context(_serving(server))
+        if mailbox is not None:
+            stack.callback(app.close)  # before the server stops: held polls answer now
         if mailbox is not None:
             pollers = [(spec, c) for spec, c in zip(specs, clients, strict=True) if spec.polling]
             stack.enter_context(_polling(f"{base}/mailbox", pollers, secrets))

@@ -92,12 +92,15 @@ class _Waiting:
         self.lock = threading.Lock()
         self.by_client: dict[UUID, set[_Waiter]] = {}
         self.open = 0
+        self.closed = False
         self.watcher: threading.Thread | None = None
         store.signals.on_mail(self.wake)
 
     def add(self, client: UUID, waiter: _Waiter, per_client: int, most: int) -> str | None:
         """Register ``waiter``; why not (too many polls), or ``None``."""
         with self.lock:
+            if self.closed:
+                return "closed"
             waiters = self.by_client.setdefault(client, set())
             if len(waiters) >= per_client:
                 return "client"
@@ -120,6 +123,14 @@ class _Waiting:
                 self.open -= 1
                 if not waiters:
                     del self.by_client[client]
+
+    def close(self) -> None:
+        """Refuse new polls and wake every open one (each answers what it has, or nothing)."""
+        with self.lock:
+            self.closed = True
+            found = [w for waiters in self.by_client.values() for w in waiters]
+        for waiter in found:
+            waiter.wake()
 
     def wake(self, clients: Iterable[UUID]) -> None:
         with self.lock:
@@ -280,7 +291,17 @@ class MailboxApp:
             body,
         )
 
+    def close(self) -> None:
+        """Stop serving long polls: open ones answer at once, new ones are refused (503).
+
+        Call it before the server shuts down (each open poll holds a thread under WSGI),
+        and before the store is closed. Idempotent; acknowledgements are still taken.
+        """
+        self._waiting.close()
+
     def _too_many(self, why: str) -> Response:
+        if why == "closed":
+            return error(503, "closing", "the mailbox is shutting down", ("retry-after", "1"))
         if why == "client":
             return error(
                 429, "too_many_polls", "this client has too many open polls", ("retry-after", "1")
@@ -326,8 +347,8 @@ class MailboxApp:
                     raise _DisconnectedError
                 event.clear()
                 offered = await asyncio.to_thread(self._offer, receiver, request)
-                if offered is not None:
-                    return offered
+                if offered is not None or self._waiting.closed:
+                    return offered or self._answer(receiver, [])
             return self._answer(receiver, [])
         finally:
             gone.cancel()
@@ -406,8 +427,8 @@ class MailboxApp:
                 event.wait(left)
                 event.clear()
                 offered = self._offer(receiver, request)
-                if offered is not None:
-                    return offered
+                if offered is not None or self._waiting.closed:
+                    return offered or self._answer(receiver, [])
             return self._answer(receiver, [])
         finally:
             self._waiting.remove(receiver.id, waiter)

@@ -12,7 +12,7 @@ Deduplication claims each ``webhook-id`` atomically in an id store:
 host and across restarts, [`RedisIdStore`][flnotify.receiving.RedisIdStore] for several
 hosts. Hostile requests are bounded by [`ReceivingLimits`][flnotify.receiving.ReceivingLimits].
 
-A client behind NAT opens no port: a [`MailboxPoller`][flnotify.receiving.MailboxPoller]
+A client behind NAT opens no port: a [`MailboxPoller`][flnotify.MailboxPoller]
 long-polls the server's mailbox and feeds each message to the same router.
 """
 
