@@ -525,3 +525,52 @@ def test_closing_the_app_answers_held_polls_and_refuses_new_ones(world: World, k
         assert refused.json()["error"] == "closing"
         assert client.fetch(wait=0) == []  # a plain fetch still works
         client.close()
+
+
+def test_a_running_dispatcher_adopts_settles_and_survives_a_failing_store(world: World) -> None:
+    """``arun``: each look adopts what is orphaned; a look that fails is only logged."""
+    receiver, _ = world.client()
+    payload = flnotify.Codec().encode(round_start([receiver]))
+    world.store.post("snd_y", 1, payload, [(receiver.id, "msg_y")], owner="gone", lease_seconds=1)
+    world.clock.advance(61)  # the lease and the acknowledgement deadline have passed
+    recorder = RecordingCallbacks()
+    notifier = Notifier(signer=world.signer)
+    store = world.store
+
+    class FlakyAdoptions:
+        """The store, but its first adoption fails."""
+
+        looks = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        def adopt(self, *args: Any) -> Any:
+            self.looks += 1
+            if self.looks == 1:
+                raise flnotify.mailbox.MailboxError("the database is busy")
+            return store.adopt(*args)
+
+    flaky = FlakyAdoptions()
+
+    async def main() -> None:
+        settled = asyncio.Event()
+
+        async def look_again(_: float) -> None:
+            if recorder.calls:
+                settled.set()
+            await asyncio.sleep(0)
+
+        dispatcher = MailboxDispatcher(flaky, notifier, callbacks=recorder, sleep=look_again)
+        task = asyncio.create_task(dispatcher.arun())
+        await asyncio.wait_for(settled.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    notifier._run_sync(main())
+    notifier.close()
+    (delivery,) = recorder.calls
+    assert delivery.outcome is Outcome.FAILED
+    assert flaky.looks >= 2  # the failed look did not end it
+    assert world.store.counts()["done"] == 1

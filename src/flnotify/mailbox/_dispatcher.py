@@ -69,7 +69,11 @@ class MailboxDispatcher:
         running: set[asyncio.Task[None]] = set()
         try:
             while True:
-                _, legs = await self._adopt()
+                try:
+                    _, legs = await self._adopt()
+                except Exception:  # the store is down: look again later
+                    logger.warning("mailbox: could not adopt messages", exc_info=True)
+                    legs = []
                 for leg in legs:
                     task = asyncio.get_running_loop().create_task(leg.run())
                     running.add(task)
@@ -148,4 +152,7 @@ class MailboxDispatcher:
         if callbacks is not None:
             for delivery in deliveries:
                 await run_callbacks(callbacks, delivery)  # a failure is logged at ERROR there
-        await asyncio.to_thread(self.mailbox.settle, self._owner, deliveries)
+        try:
+            await asyncio.to_thread(self.mailbox.settle, self._owner, deliveries)
+        except Exception:  # left answered: adopted again once this lease ends
+            logger.exception("mailbox: could not record %d outcome(s)", len(deliveries))
