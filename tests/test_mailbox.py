@@ -574,3 +574,39 @@ def test_a_running_dispatcher_adopts_settles_and_survives_a_failing_store(world:
     assert delivery.outcome is Outcome.FAILED
     assert flaky.looks >= 2  # the failed look did not end it
     assert world.store.counts()["done"] == 1
+
+
+def test_a_rejecting_polling_client_is_removed_and_told_through_its_mailbox(
+    world: World, pool: concurrent.futures.ThreadPoolExecutor, tmp_path: Path
+) -> None:
+    """The notice waits in its mailbox; the round's send does not wait for it."""
+    receiver, secret = world.client()
+    actor = Receiver(uuid.uuid4(), MAILBOX_ENDPOINT)
+    world.secrets[actor.id] = generate_secret()
+    with (
+        flnotify.SQLiteTrainingRepository(tmp_path / "fl.db") as repo,
+        asgi_server(world.app().asgi_app()) as base,
+    ):
+        training = repo.create_training(
+            actor=actor, participants=[actor, receiver], model_id=uuid.uuid4()
+        )
+        repo.update_training(training.id, state=TrainingState.ONGOING)
+        notifier = Notifier(signer=world.signer, mailbox=world.store)
+        callbacks = flnotify.TrainingCallbacks(repo, sender=notifier, tell_timeout=0.2)
+        round_one = flnotify.TrainingRoundStartNotification.from_training(
+            repo.update_training(training.id, round=1), receivers=[receiver]
+        )
+        sent = pool.submit(notifier.send, round_one, callbacks)
+        client = BareClient(base, receiver.id, secret, world.clock)
+        (message,) = client.fetch(wait=20)
+        assert client.ack((message.id, 409)) == 1  # "I will not train this round"
+        report = sent.result(timeout=60)
+        (later,) = client.fetch()  # the notice is in its mailbox, still unacknowledged
+        notice = flnotify.decode(later.body)
+        client.close()
+        notifier.close()
+        after = repo.get_training(training.id)
+    assert report.deliveries[0].outcome is Outcome.REJECTED
+    assert [p.id for p in after.participants] == [actor.id]
+    assert isinstance(notice, flnotify.ClientRemovedNotification)
+    assert notice.body.client_uuid == receiver.id

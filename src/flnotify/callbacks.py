@@ -23,6 +23,7 @@ from ._exceptions import CallbackError, ConfigurationError
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery
 from ._types import Outcome, TrainingState
+from ._validators import positive
 from .repository import (
     AsyncTrainingRepository,
     InMemoryTrainingRepository,
@@ -321,6 +322,10 @@ class TrainingCallbacks:
         sender: Sends ``CLIENT_REMOVED`` to a removed client and the training's actor (the
             driver passes its Notifier); nobody is told without one.
         tell_removed: Whether removed clients are told.
+        tell_timeout: Seconds the telling may hold up the callback (and so the send whose
+            outcome removed the client). A removed client that polls a mailbox and has
+            gone quiet would otherwise hold it until the mailbox's acknowledgement
+            deadline; the notice stays in its mailbox for when it comes back.
 
     Raises:
         ConfigurationError: ``policy.remove_after`` is set but the repository does not
@@ -333,6 +338,7 @@ class TrainingCallbacks:
     policy: FailurePolicy = attrs.field(factory=FailurePolicy)
     sender: NotificationSender | None = attrs.field(default=None, repr=False)
     tell_removed: bool = True
+    tell_timeout: float = attrs.field(default=10.0, validator=positive)
     _outcomes: Any = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -461,7 +467,7 @@ class TrainingCallbacks:
             notice = ClientRemovedNotification.from_training(
                 snapshot, client=delivery.receiver, reason=reason
             )
-            await self.sender.asend(notice, _Quiet())
+            await asyncio.wait_for(self.sender.asend(notice, _Quiet()), self.tell_timeout)
         except Exception:  # best effort: telling never changes the training
             logger.warning(
                 "Could not tell %s it was removed.",
