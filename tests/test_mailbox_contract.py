@@ -103,6 +103,8 @@ def test_a_dropped_connection_is_an_error_once_then_reopened(postgres_url: str) 
         with pytest.raises(MailboxError):
             mailbox.counts()
         assert mailbox.counts()["queued"] == 1
+        with pytest.raises(MailboxError):  # the clients' connection was dropped too
+            mailbox.fetch(CLIENT, 10)
         assert [x.message_id for x in mailbox.fetch(CLIENT, 10)] == ["m1"]
 
 

@@ -254,6 +254,11 @@ def _prepare(conn: psycopg.Connection[Any]) -> None:
     )
 
 
+def _prepare_light(conn: psycopg.Connection[Any]) -> None:
+    """The connection for what clients do: commits that do not wait for the WAL flush."""
+    conn.execute("SET synchronous_commit = off")
+
+
 @attrs.define(eq=False)
 class PostgresMailbox(Closing):
     """The [`Mailbox`][flnotify.mailbox.Mailbox] semantics on a PostgreSQL database.
@@ -288,6 +293,7 @@ class PostgresMailbox(Closing):
     connect_timeout: float = attrs.field(default=10.0, validator=positive, repr=False)
     signals: MailboxSignals = attrs.field(init=False, factory=MailboxSignals, repr=False)
     _db: PostgresConnection = attrs.field(init=False, repr=False)
+    _light: PostgresConnection = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._db = PostgresConnection.open(
@@ -298,15 +304,34 @@ class PostgresMailbox(Closing):
             prepare=_prepare,
             connect_timeout=self.connect_timeout,
         )
+        try:
+            self._light = PostgresConnection.open(
+                self.url,
+                who="PostgresMailbox",
+                label="mailbox",
+                error=MailboxError,
+                prepare=_prepare_light,
+                connect_timeout=self.connect_timeout,
+            )
+        except BaseException:
+            self._db.close()
+            raise
 
     def _cursor(self, *, single: bool = True) -> AbstractContextManager[psycopg.Cursor[Any]]:
         """A cursor for one statement (its own transaction) or, not ``single``, several."""
         return self._db.cursor(self, single=single)
 
-    def _run(self, sql: str, params: dict[str, Any]) -> tuple[list[Any], int]:
-        """Run one prepared hot statement with the clock parameter: its rows and rowcount."""
+    def _run(
+        self, sql: str, params: dict[str, Any], *, light: bool = False
+    ) -> tuple[list[Any], int]:
+        """Run one prepared hot statement with the clock parameter: its rows and rowcount.
+
+        ``light``: what a client does (fetch, acknowledge, a nonce), committed without
+        waiting for the WAL flush; a crash may lose the last of them, which costs at most
+        an offer again with the same ``webhook-id``. Posts, outcomes and leases wait.
+        """
         params["now"] = None if self.clock is None else self.clock()
-        with self._cursor() as cur:
+        with (self._light if light else self._db).cursor(self, single=True) as cur:
             cur.execute(sql, params, prepare=True)
             rows = cur.fetchall() if cur.description is not None else []
             return rows, cur.rowcount
@@ -322,7 +347,8 @@ class PostgresMailbox(Closing):
         return float(row[0])
 
     def close(self) -> None:
-        """Close the connection; idempotent."""
+        """Close the connections; idempotent."""
+        self._light.close()
         self._db.close()
 
     # -- the sender's side ---------------------------------------------------------------
@@ -431,7 +457,7 @@ class PostgresMailbox(Closing):
         """
         check_limit(limit)
         params = {"client": client_id, "visibility": self.visibility, "limit": limit}
-        rows = self._run(_FETCH, params)[0]
+        rows = self._run(_FETCH, params, light=True)[0]
         return [Letter(mid, client_id, bytes(payload), n) for mid, n, payload in rows]
 
     def fetchable(self, client_ids: Iterable[UUID]) -> set[UUID]:
@@ -439,7 +465,7 @@ class PostgresMailbox(Closing):
         clients = list(client_ids)
         if not clients:
             return set()
-        return {row[0] for row in self._run(_FETCHABLE, {"clients": clients})[0]}
+        return {row[0] for row in self._run(_FETCHABLE, {"clients": clients}, light=True)[0]}
 
     def ack(self, client_id: UUID, acks: Sequence[tuple[str, int]]) -> int:
         """Take the client's answers (message id, status) of its offered messages.
@@ -453,14 +479,14 @@ class PostgresMailbox(Closing):
         for message_id, status in acks:
             first.setdefault(message_id, status)
         params = {"client": client_id, "ids": list(first), "statuses": list(first.values())}
-        taken = self._run(_ACK, params)[1]
+        taken = self._run(_ACK, params, light=True)[1]
         if taken:
             self.signals.answered()
         return taken
 
     def remember(self, nonce: str, until: float) -> bool:
         """Record a request nonce until ``until``; ``False`` if it is known already."""
-        return self._run(_REMEMBER, {"nonce": nonce, "until": until})[1] == 1
+        return self._run(_REMEMBER, {"nonce": nonce, "until": until}, light=True)[1] == 1
 
     # -- operating -----------------------------------------------------------------------
 
