@@ -610,3 +610,21 @@ def test_a_rejecting_polling_client_is_removed_and_told_through_its_mailbox(
     assert [p.id for p in after.participants] == [actor.id]
     assert isinstance(notice, flnotify.ClientRemovedNotification)
     assert notice.body.client_uuid == receiver.id
+
+
+def test_the_sends_deadline_fails_a_silent_poller_once_and_for_all(world: World) -> None:
+    receiver, _ = world.client()
+    recorder = RecordingCallbacks()
+    with Notifier(signer=world.signer, mailbox=world.store, deadline=0.2) as notifier:
+        report = notifier.send(round_start([receiver]), recorder)
+    (delivery,) = report.deliveries
+    assert delivery.outcome is Outcome.FAILED
+    assert isinstance(delivery.error, flnotify.TransportError)
+    assert delivery.error.kind is TransportErrorKind.DEADLINE
+    assert recorder.calls == [delivery]
+    assert world.store.counts()["done"] == 1  # recorded: no dispatcher judges it again
+    world.clock.advance(3600)
+    later = RecordingCallbacks()
+    with Notifier(signer=world.signer) as other:
+        assert MailboxDispatcher(world.store, other, callbacks=later).run_once() == 0
+    assert later.calls == []
