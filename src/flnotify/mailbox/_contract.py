@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
@@ -21,7 +20,7 @@ from .._mailwire import MAILBOX_ENDPOINT
 from .._report import Delivery
 from .._retry import RetryPolicy
 from .._types import Outcome, Receiver
-from ..outbox._contract import ContractClock
+from ..outbox._contract import ContractClock, in_threads
 from ..training import GlobalModelBody, TrainingStartNotification
 from ..transports._memory import MemoryTransport
 from ._dispatcher import MailboxDispatcher
@@ -35,7 +34,6 @@ VISIBILITY = 30.0
 """The visibility of the suite's handles, unless a test asks for another."""
 
 _MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
-_JOIN_TIMEOUT = 60.0
 _C1, _C2, _C3 = (uuid.UUID(int=i) for i in (1, 2, 3))
 _BODY = bytes(range(256)) + b"\x00 end \xff"
 
@@ -84,27 +82,6 @@ def _seen(letters: list[Letter]) -> list[tuple[str, uuid.UUID, int]]:
 
 def _answered(answers: list[Answer]) -> list[tuple[str, int | None, int]]:
     return [(a.message_id, a.status, a.fetches) for a in answers]
-
-
-def _in_threads(work: Callable[[int], None], n: int) -> None:
-    """Run ``work(0..n-1)`` in ``n`` threads started together; re-raise their errors."""
-    barrier = threading.Barrier(n, timeout=_JOIN_TIMEOUT)
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait()
-            work(index)
-        except BaseException as exc:  # reported in the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(_JOIN_TIMEOUT)
-    assert not errors, errors
-    assert not any(thread.is_alive() for thread in threads)
 
 
 class MailboxStoreContract:
@@ -275,7 +252,7 @@ class MailboxStoreContract:
             while letters := mine[index].fetch(_C1, 7):
                 got[index].extend(x.message_id for x in letters)
 
-        _in_threads(work, 4)
+        in_threads(work, 4)
         every = [m for ids in got for m in ids]
         assert sorted(every) == sorted(f"m{i}" for i in range(200))
         assert mailbox.counts()["offered"] == 200
@@ -469,7 +446,7 @@ class MailboxStoreContract:
             while adopted := mine[index].adopt(f"dispatcher-{index}", 60.0, 7):
                 got[index].extend(a.message_id for a in adopted)
 
-        _in_threads(work, 4)
+        in_threads(work, 4)
         every = [m for ids in got for m in ids]
         assert sorted(every) == sorted(f"m{i}" for i in range(200))
         assert sum(mailbox.renew(f"dispatcher-{i}", 60.0) for i in range(4)) == 200

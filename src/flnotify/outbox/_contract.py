@@ -36,6 +36,27 @@ class ContractClock:
         return self.now
 
 
+def in_threads(work: Callable[[int], None], n: int) -> None:
+    """Run ``work(0..n-1)`` in ``n`` threads started together; re-raise their errors."""
+    barrier = threading.Barrier(n, timeout=_JOIN_TIMEOUT)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            work(index)
+        except BaseException as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(_JOIN_TIMEOUT)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads)
+
+
 def _receivers(n: int) -> list[Receiver]:
     return [Receiver(uuid.UUID(int=i + 1), f"http://client-{i}.test/msg") for i in range(n)]
 
@@ -172,24 +193,13 @@ class OutboxStoreContract:
         """Four handles claiming from four threads at once split the rows between them."""
         outbox.put(_start(_receivers(400)))
         mine = [handles() for _ in range(4)]
-        barrier = threading.Barrier(4, timeout=_JOIN_TIMEOUT)
         claimed: list[list[str]] = [[] for _ in range(4)]
-        errors: list[BaseException] = []
 
         def work(index: int) -> None:
-            try:
-                barrier.wait()
-                while claim := mine[index].claim(7, lease_seconds=60).entries:
-                    claimed[index].extend(e.message_id for e in claim)
-            except BaseException as exc:  # reported in the main thread
-                errors.append(exc)
+            while claim := mine[index].claim(7, lease_seconds=60).entries:
+                claimed[index].extend(e.message_id for e in claim)
 
-        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(_JOIN_TIMEOUT)
-        assert not errors, errors
+        in_threads(work, 4)
         every = [m for ids in claimed for m in ids]
         assert len(every) == 400
         assert len(set(every)) == 400
