@@ -42,7 +42,6 @@ __all__ = [
     "MailboxProtocolError",
     "WireMessage",
     "ack_document",
-    "client_of",
     "fetch_document",
     "is_mailbox",
     "messages_document",
@@ -262,11 +261,3 @@ def parse_ack(raw: bytes, *, max_acks: int) -> tuple[UUID, list[Ack]]:
             raise MailboxProtocolError(msg)
         acks.append(Ack(mid, status))
     return client, acks
-
-
-def client_of(raw: bytes) -> UUID | None:
-    """The client id a request body names, or ``None`` (before it is authenticated)."""
-    try:
-        return _client(_loads(raw, "request"), "request")
-    except MailboxProtocolError:
-        return None

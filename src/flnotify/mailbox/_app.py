@@ -1,10 +1,12 @@
 """The mailbox app: where polling clients fetch their notifications and acknowledge them.
 
-Mounted next to the FL server's own API (ASGI or WSGI). Each request is authenticated with
-the client's own secret before anything else is looked at; a client reads and
-acknowledges only its own mailbox. A fetch is a long poll: held open (up to ``max_wait``)
-until mail arrives, woken at once by a send in the same process and, for sends in other
-processes, by one look at the store per ``poll_interval`` for all waiting clients.
+Mounted next to the FL server's own API (ASGI or WSGI). Each request is read once (a bad
+one is answered 400) and authenticated with the secret of the client it names before the
+store is asked anything; a client reads and acknowledges only its own mailbox. A fetch is
+a long poll: held open (up to ``max_wait``) until mail arrives, woken at once by a send in
+the same process and, for sends in other processes, by one look at the store per
+``poll_interval`` for all waiting clients. The ASGI and WSGI adapters share every step
+but the waiting itself.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from .._mailwire import (
     FetchRequest,
     MailboxProtocolError,
     WireMessage,
-    client_of,
     messages_document,
     parse_ack,
     parse_fetch,
@@ -219,11 +220,10 @@ class MailboxApp:
             return error(431, "headers_too_large", "too many or too large headers")
         return None
 
-    def _authenticate(self, headers: Sequence[tuple[str, str]], body: bytes) -> Receiver | Response:
-        """The client that signed the request, or the answer refusing it."""
-        client = client_of(body)
-        if client is None:
-            return error(400, "malformed", "the body names no client id")
+    def _authenticate(
+        self, client: UUID, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> Receiver | Response:
+        """The client the body names, if it signed the request; else the refusal."""
         receiver = Receiver(client, MAILBOX_ENDPOINT)
         now = self.clock()
         try:
@@ -239,21 +239,24 @@ class MailboxApp:
     def _begin(
         self, path: str, headers: Sequence[tuple[str, str]], body: bytes
     ) -> Response | tuple[Receiver, FetchRequest]:
-        """Authenticate; then answer an ack, or return the fetch to serve."""
+        """Read the request (once), authenticate it; answer an ack, or return the fetch."""
         try:
-            who = self._authenticate(headers, body)
-            if isinstance(who, Response):
-                return who
             if path.endswith(ACK_PATH):
                 client, acks = parse_ack(body, max_acks=self.max_acks)
+                who = self._authenticate(client, headers, body)
+                if isinstance(who, Response):
+                    return who
                 taken = self.mailbox.ack(client, [(a.id, a.status) for a in acks])
                 return json_response(200, {"accepted": taken})
             request = parse_fetch(body)
+            who = self._authenticate(request.client, headers, body)
         except MailboxProtocolError as exc:
             return error(400, "malformed", str(exc))
         except Exception:
             logger.exception("mailbox: a request failed")
             return error(503, "unavailable", "the mailbox is unavailable; try again later")
+        if isinstance(who, Response):
+            return who
         return who, request
 
     def _offer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
@@ -299,6 +302,32 @@ class MailboxApp:
         """
         self._waiting.close()
 
+    def _hold(
+        self,
+        receiver: Receiver,
+        request: FetchRequest,
+        offered: Response | None,
+        waiter: _Waiter,
+    ) -> Response | float:
+        """Answer a fetch at once, or hold it: the seconds to wait, ``waiter`` registered.
+
+        At once: it found mail, asked not to wait, or is one poll too many.
+        """
+        wait = min(request.wait, self.max_wait)
+        if offered is not None or wait <= 0:
+            return offered or self._answer(receiver, [])
+        why = self._waiting.add(receiver.id, waiter, self.max_polls_per_client, self.max_open_polls)
+        if why is not None:
+            return self._too_many(why)
+        return wait
+
+    def _look(self, receiver: Receiver, request: FetchRequest) -> Response | None:
+        """After a wake-up: the answer if mail came or the app closes; ``None``: hold on."""
+        offered = self._offer(receiver, request)
+        if offered is not None or self._waiting.closed:
+            return offered or self._answer(receiver, [])
+        return None
+
     def _too_many(self, why: str) -> Response:
         if why == "closed":
             return error(503, "closing", "the mailbox is shutting down", ("retry-after", "1"))
@@ -326,14 +355,11 @@ class MailboxApp:
             return begun
         receiver, request = begun
         offered = await asyncio.to_thread(self._offer, receiver, request)
-        wait = min(request.wait, self.max_wait)
-        if offered is not None or wait <= 0:
-            return offered or self._answer(receiver, [])
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop)
-        why = self._waiting.add(receiver.id, waiter, self.max_polls_per_client, self.max_open_polls)
-        if why is not None:
-            return self._too_many(why)
+        wait = self._hold(receiver, request, offered, waiter)
+        if isinstance(wait, Response):
+            return wait
         gone = loop.create_task(_disconnected(receive))
         event = waiter.event
         assert isinstance(event, asyncio.Event)  # noqa: S101 - an asyncio waiter
@@ -346,9 +372,9 @@ class MailboxApp:
                 if gone.done():
                     raise _DisconnectedError
                 event.clear()
-                offered = await asyncio.to_thread(self._offer, receiver, request)
-                if offered is not None or self._waiting.closed:
-                    return offered or self._answer(receiver, [])
+                answer = await asyncio.to_thread(self._look, receiver, request)
+                if answer is not None:
+                    return answer
             return self._answer(receiver, [])
         finally:
             gone.cancel()
@@ -411,14 +437,10 @@ class MailboxApp:
         if isinstance(begun, Response):
             return begun
         receiver, request = begun
-        offered = self._offer(receiver, request)
-        wait = min(request.wait, self.max_wait)
-        if offered is not None or wait <= 0:
-            return offered or self._answer(receiver, [])
         waiter = _Waiter(None)
-        why = self._waiting.add(receiver.id, waiter, self.max_polls_per_client, self.max_open_polls)
-        if why is not None:
-            return self._too_many(why)
+        wait = self._hold(receiver, request, self._offer(receiver, request), waiter)
+        if isinstance(wait, Response):
+            return wait
         event = waiter.event
         assert isinstance(event, threading.Event)  # noqa: S101 - a threading waiter
         try:
@@ -426,9 +448,9 @@ class MailboxApp:
             while (left := until - time.monotonic()) > 0:
                 event.wait(left)
                 event.clear()
-                offered = self._offer(receiver, request)
-                if offered is not None or self._waiting.closed:
-                    return offered or self._answer(receiver, [])
+                answer = self._look(receiver, request)
+                if answer is not None:
+                    return answer
             return self._answer(receiver, [])
         finally:
             self._waiting.remove(receiver.id, waiter)
