@@ -9,23 +9,20 @@ the second server: the client that said no is removed and told through its mailb
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import flnotify
 from flnotify import Receiver, Reply, Signer, TrainingState, generate_secret
+from flnotify._demo import polling
 from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxDispatcher
 from mailbox_env import asgi_server
 
@@ -52,23 +49,6 @@ def _line(process: subprocess.Popen[str], timeout: float = 30.0) -> str:
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     assert ready, "the first server said nothing"
     return process.stdout.readline().strip()
-
-
-@contextmanager
-def _polling(pollers: list[flnotify.MailboxPoller]) -> Iterator[None]:
-    async def run() -> None:
-        await asyncio.gather(*(p.arun() for p in pollers))
-        for poller in pollers:
-            await poller.aclose()
-
-    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        for poller in pollers:
-            poller.stop()
-        thread.join(30)
 
 
 def test_a_killed_server_loses_nothing_and_the_next_one_settles_it(tmp_path: Path) -> None:
@@ -136,7 +116,7 @@ def test_a_killed_server_loses_nothing_and_the_next_one_settles_it(tmp_path: Pat
                 flnotify.MailboxPoller(base, bob.id, secrets[bob.id], router("bob", 409)),
             ]
             with (
-                _polling(pollers),
+                polling(pollers),
                 flnotify.Notifier(signer=signer, mailbox=store, repository=repo) as notifier,
             ):
                 assert MailboxDispatcher(store, notifier).run_once() == 2

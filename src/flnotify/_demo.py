@@ -67,6 +67,7 @@ __all__ = [
     "DemoResult",
     "StepResult",
     "make_wsgi_server",
+    "polling",
     "run_demo",
 ]
 
@@ -97,14 +98,8 @@ def _serving(server: WSGIServer) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _polling(
-    url: str, clients: list[tuple[DemoClient, _Client]], secrets: dict[UUID, str]
-) -> Iterator[None]:
-    """The polling clients' pollers, on an event loop of their own, until the run ends."""
-    pollers = [
-        MailboxPoller(url, spec.id, secrets[spec.id], client.router, wait=10.0)
-        for spec, client in clients
-    ]
+def polling(pollers: list[MailboxPoller]) -> Iterator[None]:
+    """Run ``pollers`` on an event loop of their own until the block ends, then stop them."""
 
     async def poll() -> None:
         try:
@@ -531,8 +526,12 @@ def run_demo(config: DemoConfig, observer: DemoObserver | None = None) -> DemoRe
         if mailbox is not None:
             stack.callback(app.close)  # before the server stops: held polls answer now
         if mailbox is not None:
-            pollers = [(spec, c) for spec, c in zip(specs, clients, strict=True) if spec.polling]
-            stack.enter_context(_polling(f"{base}/mailbox", pollers, secrets))
+            pollers = [
+                MailboxPoller(f"{base}/mailbox", spec.id, secrets[spec.id], c.router, wait=10.0)
+                for spec, c in zip(specs, clients, strict=True)
+                if spec.polling
+            ]
+            stack.enter_context(polling(pollers))
         repo = stack.enter_context(SQLiteTrainingRepository(path))
         progress = _Progress(watch)
         notifier = stack.enter_context(
