@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -22,6 +20,7 @@ from flnotify._mailwire import Ack
 from flnotify.signing import generate_secret
 from flnotify.training import GlobalModelBody, RoundBody
 from mailbox_fake import FakeMailbox
+from test_cli import Lines
 
 SECRET = generate_secret()
 CLIENT = uuid.UUID("0b9d3c64-5d0e-4c11-9a57-2f1d0f3b6d2e")
@@ -69,22 +68,6 @@ def test_pull_argument_errors_name_the_problem(
     assert out == ""
     assert message in err
     assert SECRET not in err
-
-
-class Lines:
-    """A process's output lines, read in a thread so a test can wait with a timeout."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.queue: queue.Queue[str] = queue.Queue()
-        self.thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.queue.put(line.rstrip("\n"))
-
-    def next(self, timeout: float = 30.0) -> str:
-        return self.queue.get(timeout=timeout)
 
 
 @pytest.fixture
@@ -136,8 +119,8 @@ def test_listen_pull_prints_each_notification_and_acks_it(
         assert process.stdout is not None
         lines = Lines(process.stdout)
         try:
-            assert lines.next() == f"polling {mailbox.url} as client {CLIENT}"
-            first, second = lines.next(), lines.next()
+            assert lines.next(30) == f"polling {mailbox.url} as client {CLIENT}"
+            first, second = lines.next(30), lines.next(30)
             assert mailbox.acked.wait(30)
             assert mailbox.holding_started.wait(30)  # the next long poll is held
         finally:
@@ -159,7 +142,7 @@ def test_listen_pull_json_writes_json_lines_only_on_stdout(mailbox: FakeMailbox)
         assert process.stdout is not None
         lines = Lines(process.stdout)
         try:
-            document: dict[str, Any] = json.loads(lines.next())
+            document: dict[str, Any] = json.loads(lines.next(30))
             assert mailbox.holding_started.wait(30)
         finally:
             err = stopped(process, signal.SIGINT)
@@ -180,9 +163,9 @@ def test_listen_pull_says_when_its_credentials_are_refused() -> None:
             assert process.stderr is not None
             errors = Lines(process.stderr)
             try:
-                line = errors.next()
+                line = errors.next(30)
                 while "refused" not in line:
-                    line = errors.next()
+                    line = errors.next(30)
             finally:
                 process.send_signal(signal.SIGINT)
                 process.wait(timeout=20)
