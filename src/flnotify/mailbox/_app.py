@@ -95,7 +95,7 @@ class _Waiting:
         self.open = 0
         self.closed = False
         self.watcher: threading.Thread | None = None
-        store.signals.on_mail(self.wake)
+        self.unsubscribe = store.signals.on_mail(self.wake)
 
     def add(self, client: UUID, waiter: _Waiter, per_client: int, most: int) -> str | None:
         """Register ``waiter``; why not (too many polls), or ``None``."""
@@ -127,6 +127,7 @@ class _Waiting:
 
     def close(self) -> None:
         """Refuse new polls and wake every open one (each answers what it has, or nothing)."""
+        self.unsubscribe()  # the store outlives the app: it keeps no reference to it
         with self.lock:
             self.closed = True
             found = [w for waiters in self.by_client.values() for w in waiters]
