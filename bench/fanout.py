@@ -176,7 +176,7 @@ def _notification(urls: list[str]) -> Any:
 def notifier_available() -> bool:
     """Whether flnotify's Notifier exists yet (the Notifier rows are added only then)."""
     try:
-        from flnotify._delivery import Notifier  # noqa: F401
+        from flnotify._notifier import Notifier  # noqa: F401
     except ImportError:
         return False
     return True
@@ -308,7 +308,7 @@ NOTIFIER_PEERS: dict[str, tuple[str, Callable[..., Any], int | None]] = {
 
 
 def add_notifier_rows(peers: dict[str, tuple[str, Callable[..., Any], int | None]]) -> None:
-    """NOTIFIER ROWS: measured when flnotify._delivery.Notifier exists (skipped before)."""
+    """NOTIFIER ROWS: measured when flnotify._notifier.Notifier exists (skipped before)."""
     if notifier_available():
         peers.update(NOTIFIER_PEERS)
 

@@ -12,7 +12,7 @@ import asyncio
 import math
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -232,6 +232,14 @@ class HostilePolicy:
         raise _copy(_EXCEPTIONS[self._fault])
 
 
+def world_rng(world: World) -> Callable[[], float] | None:
+    """The world's broken jitter source, if it has one (for ``flnotify.testing.seams``)."""
+    if world.bad_rng is None:
+        return None
+    bad = world.bad_rng
+    return lambda: bad
+
+
 def notifier_options(world: World) -> dict[str, Any]:
     """The hostile components of ``world`` as Notifier (and CeleryDelivery) arguments."""
     options: dict[str, Any] = {
@@ -239,9 +247,6 @@ def notifier_options(world: World) -> dict[str, Any]:
         "signer": HostileSigner(world),
         "hooks": [HostileHook(world.bad_hook)],
     }
-    if world.bad_rng is not None:
-        bad = world.bad_rng
-        options["rng"] = lambda: bad
     if world.bad_resolver is not None:
         options["policy"] = HostilePolicy(world)
     return options

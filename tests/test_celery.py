@@ -30,7 +30,7 @@ from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
 from flnotify.callbacks import TrainingCallbacks
 from flnotify.contrib.celery import CeleryDelivery
 from flnotify.signing import Signer, Verifier, generate_secret
-from flnotify.testing import RecordingCallbacks
+from flnotify.testing import RecordingCallbacks, seams
 from flnotify.transports import HttpxTransport
 from hostile import (
     CountingCallbacks,
@@ -40,6 +40,7 @@ from hostile import (
     notification,
     notifier_options,
     receivers,
+    world_rng,
     worlds,
 )
 from servers import FaultServer, refused_url
@@ -416,13 +417,14 @@ def test_hostile_world_one_delivery_and_one_callback_per_receiver(
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
-    sender = CeleryDelivery(
-        app,
-        transport_factory=lambda: transport,
-        callbacks={"count": lambda _repository: callbacks},
-        chunk_size=chunk_size,
-        **notifier_options(world),
-    )
+    with seams(rng=world_rng(world)):
+        sender = CeleryDelivery(
+            app,
+            transport_factory=lambda: transport,
+            callbacks={"count": lambda _repository: callbacks},
+            chunk_size=chunk_size,
+            **notifier_options(world),
+        )
     logger = logging.getLogger("flnotify")
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # the hostile components are loud on purpose

@@ -17,6 +17,7 @@ import flnotify
 from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
 from flnotify.callbacks import FunctionCallbacks, Reaction, TrainingCallbacks
 from flnotify.repository import AsyncRepositoryAdapter, InMemoryTrainingRepository
+from flnotify.testing import seams
 from flnotify.transports import HttpResponse, HttpxTransport, MemoryRequest, MemoryTransport
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
@@ -51,14 +52,8 @@ class FakeTime:
 
 def notifier(transport: Any, fake: FakeTime | None = None, **kwargs: Any) -> flnotify.Notifier:
     fake = fake or FakeTime()
-    return flnotify.Notifier(
-        transport=transport,
-        sleep=fake.sleep,
-        clock=fake.clock,
-        wall_clock=fake.clock,
-        rng=lambda: 0.5,
-        **kwargs,
-    )
+    with seams(sleep=fake.sleep, clock=fake.clock, wall_clock=fake.clock, rng=lambda: 0.5):
+        return flnotify.Notifier(transport=transport, **kwargs)
 
 
 def by_url(table: dict[str, Callable[[MemoryRequest], Any]], default: int = 200) -> Any:
@@ -399,9 +394,8 @@ def test_a_receiver_in_backoff_does_not_hold_a_slot() -> None:
     async def sleep(_: float) -> None:
         await second_delivered.wait()  # only returns once the other receiver got through
 
-    n = flnotify.Notifier(
-        transport=MemoryTransport(handler), concurrency=1, sleep=sleep, deadline=5
-    )
+    with seams(sleep=sleep):
+        n = flnotify.Notifier(transport=MemoryTransport(handler), concurrency=1, deadline=5)
     report = n.send(round_start(rs))
     n.close()
     assert [d.outcome for d in report] == [Outcome.DELIVERED, Outcome.DELIVERED]

@@ -22,6 +22,7 @@ import flnotify
 from flnotify import FailurePolicy, Outcome, Receiver, RetryPolicy, TrainingState, Verdict
 from flnotify.health import CircuitBreaker, InMemoryHealthStore, SQLiteHealthStore
 from flnotify.repository import SendTally
+from flnotify.testing import seams
 from flnotify.transports import StreamTransport, Timeouts
 from servers import FaultServer
 
@@ -226,9 +227,9 @@ def test_an_open_breaker_costs_no_attempt_and_the_endpoint_is_probed_after_the_c
     )
     transport = StreamTransport(timeouts=Timeouts(connect=2.0, read=0.2, write=2.0, total=5.0))
     retry = RetryPolicy(max_attempts=2, initial_backoff=0.0)
-    with flnotify.Notifier(
-        transport=transport, retry=retry, breaker=breaker, wall_clock=clock
-    ) as n:
+    with seams(wall_clock=clock):
+        n = flnotify.Notifier(transport=transport, retry=retry, breaker=breaker)
+    with n:
         first = n.send(note)  # two timeouts: the circuit opens
         assert isinstance(first.deliveries[0].error, flnotify.TransportTimeoutError)
         assert first.deliveries[0].attempts == 2

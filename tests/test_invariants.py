@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import flnotify
 from flnotify.outbox import Outbox, OutboxDispatcher, OutboxState
+from flnotify.testing import seams
 from flnotify.transports import HttpxTransport, StreamTransport, Timeouts
 from hostile import (
     CountingCallbacks,
@@ -30,6 +31,7 @@ from hostile import (
     notification,
     notifier_options,
     receivers,
+    world_rng,
     worlds,
 )
 from servers import FaultServer
@@ -58,7 +60,8 @@ async def _no_wait(_: float) -> None:
 
 
 def _notifier(world: World, transport: HostileTransport) -> flnotify.Notifier:
-    return flnotify.Notifier(transport=transport, sleep=_no_wait, **notifier_options(world))
+    with seams(sleep=_no_wait, rng=world_rng(world)):
+        return flnotify.Notifier(transport=transport, **notifier_options(world))
 
 
 @PROPERTY

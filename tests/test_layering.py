@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # A name covers the module and, for a package, everything in it.
 LAYERS: list[set[str]] = [
     {"flnotify._version", "flnotify._exceptions"},
-    {"flnotify._validators", "flnotify._closing"},
+    {"flnotify._validators", "flnotify._closing", "flnotify._seams", "flnotify._portal"},
     {"flnotify._types", "flnotify._http"},
     {"flnotify._notification"},
     {"flnotify.training", "flnotify._codec"},
@@ -35,8 +35,9 @@ LAYERS: list[set[str]] = [
     },
     {"flnotify.callbacks"},
     {"flnotify._attempt"},
+    {"flnotify._engine"},
     {"flnotify._pull"},
-    {"flnotify._delivery"},
+    {"flnotify._notifier"},
     {"flnotify.outbox", "flnotify.contrib", "flnotify.receiving", "flnotify.mailbox"},
     {"flnotify.testing", "flnotify._demo", "flnotify._outbox_cli"},
     {"flnotify.cli", "flnotify", "flnotify.__main__"},
@@ -44,7 +45,8 @@ LAYERS: list[set[str]] = [
 
 SENDING = {
     "flnotify._attempt",
-    "flnotify._delivery",
+    "flnotify._engine",
+    "flnotify._notifier",
     "flnotify._retry",
     "flnotify._report",
     "flnotify._hooks",

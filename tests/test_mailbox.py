@@ -281,7 +281,7 @@ def test_a_server_restart_keeps_the_queue_and_a_dispatcher_settles_it(
             with pytest.raises(asyncio.CancelledError):
                 await task
 
-        first._run_sync(send_then_stop())
+        first.engine.run_sync(send_then_stop())
         first.close()
         world.store.close()
         # the second server: a new process on the same file
@@ -568,7 +568,7 @@ def test_a_running_dispatcher_adopts_settles_and_survives_a_failing_store(world:
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    notifier._run_sync(main())
+    notifier.engine.run_sync(main())
     notifier.close()
     (delivery,) = recorder.calls
     assert delivery.outcome is Outcome.FAILED

@@ -24,6 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 import flnotify
 from flnotify import Outcome, Receiver, RetryPolicy
 from flnotify.contrib.opentelemetry import OpenTelemetryHook
+from flnotify.testing import seams
 from flnotify.transports import HttpxTransport, MemoryRequest, MemoryTransport
 from servers import FaultServer
 
@@ -95,10 +96,11 @@ async def _no_sleep(_: float) -> None:
 def _send(hook: OpenTelemetryHook, transport: Any, *urls: str, **kwargs: Any) -> Any:
     options: dict[str, Any] = {
         "retry": RetryPolicy(max_attempts=2, jitter=0.0),
-        "sleep": _no_sleep,
         **kwargs,
     }
-    with flnotify.Notifier(transport=transport, hooks=[hook], **options) as notifier:
+    with seams(sleep=_no_sleep):
+        notifier = flnotify.Notifier(transport=transport, hooks=[hook], **options)
+    with notifier:
         return notifier.send(_notification(*urls))
 
 

@@ -302,7 +302,7 @@ def test_a_hosts_own_httpx_client_is_pinned_by_addressing_the_checked_ip() -> No
     transport = HttpxTransport(async_client=client)
     with flnotify.Notifier(transport=transport, policy=policy) as notifier:
         (delivery,) = notifier.send(_notification("https://client.example:8443/fl?x=1"))
-        notifier._run_sync(client.aclose())
+        notifier.engine.run_sync(client.aclose())
     assert delivery.outcome is Outcome.DELIVERED
     (request,) = seen
     assert str(request.url) == f"https://{CHECKED}:8443/fl?x=1"

@@ -19,6 +19,7 @@ import flnotify
 import flnotify.transports
 from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
 from flnotify.callbacks import FunctionCallbacks
+from flnotify.testing import seams
 from flnotify.transports import HttpxTransport, Timeouts
 from servers import FaultServer, SinkServer, refused_url
 
@@ -65,12 +66,12 @@ class Run:
         async def sleep(seconds: float) -> None:
             self.sleeps.append(seconds)
 
-        self.notifier = flnotify.Notifier(
-            transport=transport,
-            sleep=sleep,
-            retry=kwargs.pop("retry", RetryPolicy(max_attempts=3)),
-            **kwargs,
-        )
+        with seams(sleep=sleep):
+            self.notifier = flnotify.Notifier(
+                transport=transport,
+                retry=kwargs.pop("retry", RetryPolicy(max_attempts=3)),
+                **kwargs,
+            )
 
     def send(self, *urls: str) -> flnotify.DeliveryReport:
         rs = [Receiver(uuid.uuid4(), url) for url in urls]

@@ -1,7 +1,7 @@
 """flnotify: typed, signed, fault-tolerant notifications from an FL server to its clients."""
 
 from ._codec import Codec, NotificationRegistry, decode, default_registry, encode, make_converter
-from ._delivery import Notifier
+from ._engine import Settings
 from ._exceptions import (
     BlockedAddressError,
     CallbackError,
@@ -35,6 +35,7 @@ from ._exceptions import (
 )
 from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook
 from ._notification import Notification, TrainingNotification
+from ._notifier import Notifier
 from ._report import Delivery, DeliveryReport, OutcomeCounts
 from ._retry import RetryPolicy
 from ._types import (
@@ -57,7 +58,6 @@ from .callbacks import (
     TrainingCallbacks,
     Verdict,
     default_callbacks_for,
-    register_default_callbacks,
 )
 from .endpoints import EndpointPolicy, ParsedEndpoint, PayloadTooLargeError
 from .health import CircuitBreaker
@@ -156,6 +156,7 @@ __all__ = [
     "RetryPolicy",
     "RoundBody",
     "SQLiteTrainingRepository",
+    "Settings",
     "SignatureMismatchError",
     "Signer",
     "Timeouts",
@@ -187,6 +188,5 @@ __all__ = [
     "generate_secret",
     "make_converter",
     "new_message_id",
-    "register_default_callbacks",
     "sign_payload",
 ]

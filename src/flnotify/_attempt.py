@@ -38,7 +38,6 @@ from ._exceptions import (
     TransportErrorKind,
 )
 from ._hooks import AttemptEnded, AttemptStarted, HookSet
-from ._mailwire import MAILBOX_ENDPOINT, is_mailbox
 from ._notification import Notification
 from ._report import Delivery
 from ._retry import RetryPolicy
@@ -283,13 +282,6 @@ class Core:
             if endpoint is not None:
                 return (endpoint.host, endpoint.port)
         except (EndpointError, TransportError) as exc:
-            if is_mailbox(course.url):  # a polling receiver, and no mailbox to put it in
-                error: TransportError = InvalidURLError(
-                    f"{MAILBOX_ENDPOINT!r} marks a receiver that polls a mailbox, but this"
-                    " Notifier has none (Notifier(mailbox=...))",
-                    url=course.url,
-                )
-                return self.finish(course, Outcome.FAILED, error=error)
             return self.finish(course, Outcome.FAILED, error=refused_endpoint(exc, course.url))
         except Exception as exc:
             error = internal_error("checking the endpoint", exc, course.url)

@@ -34,10 +34,10 @@ from wsgiref.simple_server import WSGIServer
 
 import attrs
 
-from ._delivery import Notifier
 from ._exceptions import CircuitOpenError
 from ._hooks import NullHook
 from ._notification import Notification, TrainingNotification
+from ._notifier import Notifier
 from ._report import Delivery
 from ._retry import RetryPolicy
 from ._types import Outcome, Receiver, TrainingSnapshot, TrainingState

@@ -18,17 +18,26 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import cast
 from uuid import UUID
 
 from ._attempt import Core, Course, internal_error
-from ._exceptions import ConfigurationError
+from ._engine import Send
+from ._exceptions import ConfigurationError, InvalidURLError
 from ._mailbox import Answer, MailboxStore
-from ._mailwire import MAILBOX_ENDPOINT
+from ._mailwire import MAILBOX_ENDPOINT, is_mailbox
 from ._report import Delivery
+from ._types import ReceiverLike
 
-__all__ = ["ANSWER_POLL_SECONDS", "MailLeg", "new_owner", "post_letters"]
+__all__ = [
+    "ANSWER_POLL_SECONDS",
+    "MailLeg",
+    "MailboxRoute",
+    "UnservedMailboxRoute",
+    "new_owner",
+    "post_letters",
+]
 
 logger = logging.getLogger("flnotify")
 
@@ -200,3 +209,119 @@ class MailLeg:
                 await asyncio.to_thread(self.store.renew, self.owner, self.lease_seconds)
             except Exception:
                 logger.warning("mailbox: could not renew a lease", exc_info=True)
+
+
+def _polls(receiver: ReceiverLike) -> bool:
+    """Whether a receiver polls a mailbox (a broken receiver is the core's to fail)."""
+    try:
+        return is_mailbox(receiver.message_endpoint)
+    except Exception:
+        return False
+
+
+class UnservedMailboxRoute:
+    """Polling receivers of an engine without a mailbox: each fails, saying why."""
+
+    def claims(self, receiver: ReceiverLike) -> bool:
+        """Receivers whose endpoint is ``"mailbox:"``."""
+        return _polls(receiver)
+
+    async def deliver(self, send: Send, indices: Sequence[int]) -> None:
+        """Fail each receiver: there is no mailbox to put its notification in."""
+        for index in indices:
+            course = send.course(index)
+            course.url = MAILBOX_ENDPOINT
+            error = InvalidURLError(
+                f"{MAILBOX_ENDPOINT!r} marks a receiver that polls a mailbox, but this"
+                " Notifier has none (Notifier(mailbox=...))",
+                url=MAILBOX_ENDPOINT,
+            )
+            send.record(index, send.core.fail(course, error))
+
+
+class MailboxRoute:
+    """Polling receivers: their letters go to a mailbox; their acknowledgements are answers.
+
+    The settle order of a route that keeps a record: an outcome is recorded on the send
+    (its callbacks run), and only after those callbacks the store marks the message done,
+    so a process that dies in between leaves it for a
+    [`MailboxDispatcher`][flnotify.mailbox.MailboxDispatcher] to judge again.
+
+    Args:
+        store: The mailbox.
+        lease_seconds: How long the hold on posted messages lasts without renewal.
+    """
+
+    def __init__(self, store: MailboxStore, lease_seconds: float) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+
+    def claims(self, receiver: ReceiverLike) -> bool:
+        """Receivers whose endpoint is ``"mailbox:"``."""
+        return _polls(receiver)
+
+    async def deliver(self, send: Send, indices: Sequence[int]) -> None:
+        """Post the letters, then judge the answers until each receiver has an outcome."""
+        store, core = self.store, send.core
+        started = send.engine.seams.clock()
+        courses = []
+        for index in indices:
+            course = send.course(index)
+            if course.started is None:
+                course.started = started
+            courses.append(course)
+        by_id = {course.message_id: course.index for course in courses}
+        owner = new_owner()
+
+        async def mark_done(deliveries: list[Delivery]) -> None:
+            try:
+                kept = await asyncio.to_thread(store.settle, owner, deliveries)
+            except Exception:
+                logger.exception("mailbox: could not record %d outcome(s)", len(deliveries))
+                return
+            if len(kept) < len(deliveries):
+                logger.warning(
+                    "mailbox: %d outcome(s) were judged elsewhere too (the lease of this"
+                    " send ended while it waited)",
+                    len(deliveries) - len(kept),
+                )
+
+        async def settle(deliveries: list[Delivery]) -> None:
+            for delivery in deliveries:
+                send.record(by_id[delivery.message_id], delivery)
+            send.then(lambda: mark_done(deliveries))
+
+        try:
+            posted, refused = await post_letters(store, core, courses, owner, self.lease_seconds)
+            for delivery in refused:
+                send.record(by_id[delivery.message_id], delivery)
+            await MailLeg(store, core, posted, owner, self.lease_seconds, settle).run()
+        except asyncio.CancelledError:
+            # The send's deadline failed the rest (expire() recorded them first): once the
+            # callbacks of what was decided here ran, mark it done and let a dispatcher
+            # adopt the others at once. The send was cancelled: its callbacks will not run,
+            # so nothing is marked done; a dispatcher adopts and judges it all again.
+            if not send.expired:
+                try:
+                    store.release(owner)
+                except Exception:
+                    logger.exception("mailbox: could not give up the messages of a stopped send")
+                raise
+            ended = [d for c in courses if (d := send.result(c.index)) is not None]
+
+            async def give_up() -> None:
+                try:
+                    if ended:
+                        await asyncio.to_thread(store.settle, owner, ended)
+                    await asyncio.to_thread(store.release, owner)
+                except Exception:
+                    logger.exception("mailbox: could not give up the messages of a stopped send")
+
+            send.then(give_up)
+            raise
+        except Exception as exc:  # the route itself broke: still one outcome each
+            logger.exception("The engine failed while waiting for its mailbox.")
+            error = internal_error("the engine's mailbox route", exc, MAILBOX_ENDPOINT)
+            for course in courses:
+                if send.result(course.index) is None:
+                    send.record(course.index, core.fail(course, error))

@@ -41,6 +41,7 @@ from .training import (
 
 __all__ = [
     "CallbackFactory",
+    "CallbackRegistry",
     "Callbacks",
     "FailurePolicy",
     "FunctionCallbacks",
@@ -48,8 +49,8 @@ __all__ = [
     "Reaction",
     "TrainingCallbacks",
     "Verdict",
+    "default_callback_registry",
     "default_callbacks_for",
-    "register_default_callbacks",
     "run_callbacks",
 ]
 
@@ -487,27 +488,80 @@ class TrainingCallbacks:
         return await asyncio.to_thread(method, *args)
 
 
-_DEFAULTS: dict[type[Notification[Any]], CallbackFactory] = {
-    TrainingRoundStartNotification: TrainingCallbacks,
-    TrainingSWAGRoundStartNotification: TrainingCallbacks,
-    TrainingModelTestNotification: TrainingCallbacks,
-}
+@attrs.define
+class CallbackRegistry:
+    """Which callbacks a notification class gets when a send names none.
 
-
-def register_default_callbacks(
-    notification_class: type[Notification[Any]], factory: CallbackFactory | None
-) -> None:
-    """Give a notification class (and its subclasses) default callbacks, or take them away.
-
-    Args:
-        notification_class: The class, e.g. a notification type of your own.
-        factory: Builds the callbacks from the driver's repository; ``None`` removes the
-            class's entry.
+    One registry belongs to each [`Settings`][flnotify.Settings] (no module global):
+    [`default_callback_registry`][flnotify.callbacks.default_callback_registry] gives the round-type
+    notifications [`TrainingCallbacks`][flnotify.TrainingCallbacks]; register your own
+    classes on a registry you pass in ``Settings(callbacks=...)``. A class's entry covers
+    its subclasses (looked up along the MRO).
     """
-    if factory is None:
-        _DEFAULTS.pop(notification_class, None)
-    else:
-        _DEFAULTS[notification_class] = factory
+
+    _factories: dict[type[Notification[Any]], CallbackFactory] = attrs.field(
+        factory=dict, alias="factories"
+    )
+
+    def register(
+        self, notification_class: type[Notification[Any]], factory: CallbackFactory | None
+    ) -> None:
+        """Give a notification class (and its subclasses) default callbacks, or take them away.
+
+        Args:
+            notification_class: The class, e.g. a notification type of your own.
+            factory: Builds the callbacks from the driver's repository; ``None`` removes
+                the class's entry.
+        """
+        if factory is None:
+            self._factories.pop(notification_class, None)
+        else:
+            self._factories[notification_class] = factory
+
+    def copy(self) -> CallbackRegistry:
+        """A registry with the same entries, to change without touching this one."""
+        return CallbackRegistry(dict(self._factories))
+
+    def for_notification(
+        self,
+        notification: Notification[Any],
+        repository: TrainingRepository | AsyncTrainingRepository | None,
+        *,
+        policy: FailurePolicy | None = None,
+        sender: NotificationSender | None = None,
+    ) -> Callbacks | None:
+        """The callbacks a driver uses for ``notification`` when it is given none.
+
+        [`TrainingCallbacks`][flnotify.TrainingCallbacks] entries are built with ``policy``
+        and ``sender``; other factories get the repository. Without a repository there are
+        none.
+        """
+        if repository is None:
+            return None
+        for cls in type(notification).__mro__:
+            factory = self._factories.get(cls)
+            if factory is TrainingCallbacks:
+                return TrainingCallbacks(
+                    repository, policy=policy or FailurePolicy(), sender=sender
+                )
+            if factory is not None:
+                return factory(repository)
+        return None
+
+
+def default_callback_registry() -> CallbackRegistry:
+    """A new registry with the round-type notifications' defaults.
+
+    Update round, SWAG round and model test get
+    [`TrainingCallbacks`][flnotify.TrainingCallbacks]; nothing else has defaults.
+    """
+    return CallbackRegistry(
+        {
+            TrainingRoundStartNotification: TrainingCallbacks,
+            TrainingSWAGRoundStartNotification: TrainingCallbacks,
+            TrainingModelTestNotification: TrainingCallbacks,
+        }
+    )
 
 
 def default_callbacks_for(
@@ -517,20 +571,10 @@ def default_callbacks_for(
     policy: FailurePolicy | None = None,
     sender: NotificationSender | None = None,
 ) -> Callbacks | None:
-    """The callbacks a driver uses for ``notification`` when it is given none.
+    """The default registry's callbacks for ``notification``.
 
-    The round-type notifications (update round, SWAG round, model test) get
-    [`TrainingCallbacks`][flnotify.TrainingCallbacks] (with ``policy`` and ``sender``);
-    other classes get what
-    [`register_default_callbacks`][flnotify.register_default_callbacks] gave them (looked up
-    along the class's MRO). Without a repository there are none.
+    See [`CallbackRegistry.for_notification`][flnotify.callbacks.CallbackRegistry.for_notification].
     """
-    if repository is None:
-        return None
-    for cls in type(notification).__mro__:
-        factory = _DEFAULTS.get(cls)
-        if factory is TrainingCallbacks:
-            return TrainingCallbacks(repository, policy=policy or FailurePolicy(), sender=sender)
-        if factory is not None:
-            return factory(repository)
-    return None
+    return default_callback_registry().for_notification(
+        notification, repository, policy=policy, sender=sender
+    )

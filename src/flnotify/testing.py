@@ -7,6 +7,8 @@ pytest and are imported only when asked for, so importing this module never requ
 from __future__ import annotations
 
 import threading
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -14,6 +16,7 @@ import attrs
 from ._hooks import AttemptEnded, AttemptStarted, NullHook
 from ._notification import Notification
 from ._report import Delivery, DeliveryReport
+from ._seams import Seams, current_seams, using_seams
 from ._types import HttpResponse
 from .repository import InMemoryTrainingRepository
 from .transports._memory import MemoryRequest, MemoryTransport
@@ -34,6 +37,7 @@ __all__ = [
     "RecordingCallbacks",
     "RecordingHook",
     "TrainingRepositoryContract",
+    "seams",
 ]
 
 FakeTrainingRepository = InMemoryTrainingRepository
@@ -117,3 +121,38 @@ def __getattr__(name: str) -> Any:
         return MailboxStoreContract
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
+
+
+def seams(
+    *,
+    clock: Callable[[], float] | None = None,
+    wall_clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
+    rng: Callable[[], float] | None = None,
+) -> AbstractContextManager[Seams]:
+    """Fake time and chance for engines built inside the ``with`` block.
+
+    Every [`Notifier`][flnotify.Notifier] (and Celery worker engine) made inside takes
+    these instead of the real ``time.monotonic``, ``time.time``, ``asyncio.sleep`` and
+    ``random.random``; those not given stay real. The real ones are back on the way out::
+
+        with flnotify.testing.seams(sleep=fake.sleep, clock=fake.clock):
+            notifier = flnotify.Notifier(...)
+
+    Args:
+        clock: Monotonic seconds, for ``elapsed`` and attempt durations.
+        wall_clock: Epoch seconds, for ``webhook-timestamp`` and ``Retry-After`` dates.
+        sleep: Awaited for each backoff.
+        rng: Jitter source returning floats in [0, 1).
+    """
+    changes: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("clock", clock),
+            ("wall_clock", wall_clock),
+            ("sleep", sleep),
+            ("rng", rng),
+        )
+        if value is not None
+    }
+    return using_seams(attrs.evolve(current_seams(), **changes))

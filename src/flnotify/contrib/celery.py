@@ -25,34 +25,27 @@ creates the app), so that the task and its configuration exist there.
 
 from __future__ import annotations
 
-import random
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import attrs
+from typing_extensions import Unpack
 
 from .._attempt import message_ids_for, new_send_id
-from .._codec import Codec
-from .._delivery import Notifier, _Resume
+from .._engine import Engine, Plan, Resume, Settings, SettingsOptions, with_options
 from .._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
-from .._hooks import DeliveryHook
 from .._notification import Notification
-from .._retry import RetryPolicy
+from .._pull import MailboxRoute, UnservedMailboxRoute
+from .._seams import current_seams
 from .._types import Receiver
-from .._validators import at_least_one, positive
-from .._version import __version__
-from ..callbacks import CallbackFactory, Callbacks, FailurePolicy, default_callbacks_for
-from ..endpoints import EndpointPolicy
-from ..health import CircuitBreaker
-from ..transports import AsyncTransport, HttpxTransport, Transport
+from ..callbacks import CallbackFactory, Callbacks
+from ..transports import AsyncTransport, Transport
 
 if TYPE_CHECKING:
     from .._mailbox import MailboxStore
     from ..repository import AsyncTrainingRepository, TrainingRepository
-    from ..signing import Signer
 
 __all__ = ["DEFAULT_TASK_NAME", "CeleryDelivery", "Enqueued"]
 
@@ -60,6 +53,7 @@ DEFAULT_TASK_NAME = "flnotify.deliver"
 """The name the delivery task is registered under unless told otherwise."""
 
 _WireReceiver = dict[str, str]
+_MAILBOX_LEASE = 60.0
 
 
 @attrs.frozen
@@ -75,75 +69,68 @@ class Enqueued:
     results: tuple[Any, ...] = attrs.field(repr=False)
 
 
-@attrs.define(eq=False)
 class CeleryDelivery:
     """Registers flnotify's delivery task on a Celery app, and enqueues notifications for it.
 
     Args:
         app: The host's ``celery.Celery`` app.
+        settings: How sends are made (the same [`Settings`][flnotify.Settings] value a
+            [`Notifier`][flnotify.Notifier] takes); its ``transport`` is ignored here: each
+            worker process builds its own with ``transport_factory``.
         repository_factory: Builds the repository on the worker (once per worker process)
             for the notification classes' default callbacks, e.g. ``lambda:
             SQLiteTrainingRepository("fl.db")``; without it those callbacks are skipped.
         transport_factory: Builds the transport on the worker (once per process, kept for
-            every task), e.g. ``StreamTransport`` for large fan-out.
-        signer: Signs each attempt (Standard Webhooks).
-        retry: When to try again; ``max_attempts`` includes the first try.
-        policy: Which endpoints may be POSTed to, checked on the worker before each POST.
-        codec: Encodes notifications at enqueue time and decodes them on the worker; its
-            registry must know every class that is sent.
+            every task); the engine's default
+            ([`StreamTransport`][flnotify.transports.StreamTransport]) if ``None``.
         callbacks: Callback factories selectable by name in [`enqueue`][]; each is called
             on the worker with the repository (or ``None``) and returns the callbacks.
         chunk_size: Receivers per task. A task costs the worker about a millisecond of its
             own, so chunks of hundreds keep that small beside the POSTs (50 ran the 2
             prefork processes at 0.3x of one in-process Notifier, 500 at about 1x; see
             ``docs/benchmarks.md``).
-        concurrency: At most this many POSTs in flight per task execution.
-        deadline: Seconds from a chunk's first execution after which its receivers
-            still without an outcome fail (``DEADLINE``); none by default.
-        hooks: Observers of attempts and outcomes on the worker.
-        breaker: Skips endpoints that keep failing; share its store between workers
-            (e.g. an [`SQLiteHealthStore`][flnotify.health.SQLiteHealthStore]).
-        failure_policy: The default callbacks' policy, decided over all chunks of a send
-            when the repository keeps outcomes (``OutcomeTracking``).
         task_name: The registered task's name (one per app and configuration).
-        user_agent: The ``User-Agent`` header.
-        wall_clock: Epoch seconds, for ``webhook-timestamp``, ``Retry-After`` and ``elapsed``.
-        rng: Jitter source returning floats in [0, 1).
         mailbox_factory: Opens the mailbox on the worker (once per process) for polling
             receivers (``message_endpoint`` ``"mailbox:"``), e.g. ``lambda:
             Mailbox("mail.db")``; a task waits for their acknowledgements as for answers.
             Without it they fail with a clear error.
+        **options: Single fields of [`Settings`][flnotify.Settings] (``retry``,
+            ``signer``, ``policy``, ``deadline``, ``failure_policy``, ``hooks``, ...),
+            applied over ``settings``. ``deadline`` counts from a chunk's first execution;
+            ``concurrency`` is per task execution (at most ``chunk_size``).
     """
 
-    app: Any
-    repository_factory: Callable[[], TrainingRepository | AsyncTrainingRepository] | None = None
-    transport_factory: Callable[[], Transport | AsyncTransport] = HttpxTransport
-    signer: Signer | None = None
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
-    policy: EndpointPolicy = attrs.field(factory=EndpointPolicy)
-    codec: Codec = attrs.field(factory=Codec)
-    callbacks: Mapping[str, CallbackFactory] = attrs.field(factory=dict)
-    chunk_size: int = attrs.field(default=500, validator=at_least_one)
-    concurrency: int = attrs.field(default=100, validator=at_least_one)
-    deadline: float | None = attrs.field(
-        default=None, validator=attrs.validators.optional(positive)
-    )
-    hooks: Sequence[DeliveryHook] = ()
-    breaker: CircuitBreaker | None = None
-    failure_policy: FailurePolicy = attrs.field(factory=FailurePolicy)
-    task_name: str = DEFAULT_TASK_NAME
-    user_agent: str = f"flnotify/{__version__}"
-    wall_clock: Callable[[], float] = time.time
-    rng: Callable[[], float] = random.random
-    mailbox_factory: Callable[[], MailboxStore] | None = None
-    _task: Any = attrs.field(init=False, default=None, repr=False)
-    _notifier: Notifier | None = attrs.field(init=False, default=None, repr=False)
-    _repository: TrainingRepository | AsyncTrainingRepository | None = attrs.field(
-        init=False, default=None, repr=False
-    )
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+    def __init__(
+        self,
+        app: Any,
+        *,
+        settings: Settings | None = None,
+        repository_factory: Callable[[], TrainingRepository | AsyncTrainingRepository]
+        | None = None,
+        transport_factory: Callable[[], Transport | AsyncTransport] | None = None,
+        callbacks: Mapping[str, CallbackFactory] | None = None,
+        chunk_size: int = 500,
+        task_name: str = DEFAULT_TASK_NAME,
+        mailbox_factory: Callable[[], MailboxStore] | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            msg = f"chunk_size must be an int >= 1, got {chunk_size!r}"
+            raise ConfigurationError(msg)
+        settings = with_options(settings, options, "CeleryDelivery")
+        self.app = app
+        self.settings = attrs.evolve(settings, transport=None)
+        self.repository_factory = repository_factory
+        self.transport_factory = transport_factory
+        self.callbacks: Mapping[str, CallbackFactory] = dict(callbacks or {})
+        self.chunk_size = chunk_size
+        self.task_name = task_name
+        self.mailbox_factory = mailbox_factory
+        self._seams = current_seams()  # the worker's engines take the seams of now
+        self._engine: Engine | None = None
+        self._repository: TrainingRepository | AsyncTrainingRepository | None = None
+        self._lock = threading.Lock()
 
-    def __attrs_post_init__(self) -> None:
         def deliver(
             task: Any,
             notification: str,
@@ -164,8 +151,11 @@ class CeleryDelivery:
             serializer="json",
             acks_late=True,  # a worker lost mid-task: redelivered with the same ids
             reject_on_worker_lost=True,
-            max_retries=self.retry.max_attempts - 1,
+            max_retries=self.settings.retry.max_attempts - 1,
         )(deliver)
+
+    def __repr__(self) -> str:
+        return f"CeleryDelivery(task_name={self.task_name!r}, settings={self.settings!r})"
 
     @property
     def task(self) -> Any:
@@ -199,8 +189,9 @@ class CeleryDelivery:
         if callbacks is not None and callbacks not in self.callbacks:
             msg = f"no callbacks registered as {callbacks!r}; known: {sorted(self.callbacks)}"
             raise ConfigurationError(msg)
-        body = self.codec.encode(notification)  # once, whatever the number of receivers
-        self.policy.check_body_size(body)
+        settings = self.settings
+        body = settings.codec.encode(notification)  # once, whatever the number of receivers
+        settings.policy.check_body_size(body)
         payload = body.decode()
         receivers = notification.receivers
         message_ids = list(message_ids_for(notification, message_ids))
@@ -230,42 +221,43 @@ class CeleryDelivery:
         started: float | None,
         send: list[Any] | None,
     ) -> None:
-        now = self.wall_clock()
+        engine = self._get_engine()
+        now = engine.seams.clock()
         if started is None:
             started = now
         receivers = [Receiver(UUID(r["id"]), r["message_endpoint"]) for r in wire]
-        notification = self.codec.decode(payload).with_receivers(receivers)
+        notification = self.settings.codec.decode(payload).with_receivers(receivers)
         callbacks = self._callbacks_for(notification, callbacks_name)  # fail before any POST
         refused: FlnotifyError | None = None
         remaining = None
-        if self.deadline is not None:
-            remaining = started + self.deadline - now
+        deadline = self.settings.deadline
+        if deadline is not None:
+            remaining = started + deadline - now
             if remaining <= 0:
                 refused = TransportError(
-                    f"deadline of {self.deadline:g} s passed before an outcome",
+                    f"deadline of {deadline:g} s passed before an outcome",
                     kind=TransportErrorKind.DEADLINE,
                 )
-        notifier = self._get_notifier()
-        run = notifier._run_sync(
-            notifier._deliver(
-                notification,
-                payload.encode(),
-                message_ids,
-                callbacks,
-                resume=_Resume(int(task.request.retries), started),
-                defer_retries=True,
-                deadline=remaining,
-                refused=refused,
-                send=None if send is None else (str(send[0]), int(send[1])),
-            )
+        plan = Plan(
+            notification,
+            payload.encode(),
+            message_ids,
+            callbacks,
+            resume=Resume(int(task.request.retries), started),
+            defer_retries=True,
+            deadline=remaining,
+            refused=refused,
+            send_id=new_send_id() if send is None else str(send[0]),
+            send_size=-1 if send is None else int(send[1]),
         )
+        run = engine.run_sync(engine.run(plan))
         if run.deferred:
             again = [index for index, _ in run.deferred]
             raise task.retry(
                 args=(payload, [wire[i] for i in again], [message_ids[i] for i in again]),
                 kwargs={"callbacks": callbacks_name, "started": started, "send": send},
                 countdown=max(delay for _, delay in run.deferred),
-                max_retries=self.retry.max_attempts - 1,
+                max_retries=self.settings.retry.max_attempts - 1,
             )
 
     def _callbacks_for(self, notification: Notification[Any], name: str | None) -> Callbacks | None:
@@ -275,50 +267,51 @@ class CeleryDelivery:
                 msg = f"no callbacks registered as {name!r} on this worker"
                 raise ConfigurationError(msg)
             return factory(self._get_repository())
-        return default_callbacks_for(
-            notification,
-            self._get_repository(),
-            policy=self.failure_policy,
-            sender=self._get_notifier(),
-        )
+        return self._get_engine().default_callbacks(notification)
 
-    def _get_notifier(self) -> Notifier:
-        """The Notifier of this process: one transport and event loop for all its tasks."""
+    def _get_engine(self) -> Engine:
+        """The engine of this process: one transport and event loop for all its tasks."""
         with self._lock:
-            if self._notifier is None:
-                self._notifier = Notifier(
-                    transport=self.transport_factory(),
-                    retry=self.retry,
-                    concurrency=min(self.concurrency, self.chunk_size),
-                    signer=self.signer,
-                    policy=self.policy,
-                    codec=self.codec,
-                    hooks=self.hooks,
-                    breaker=self.breaker,
-                    failure_policy=self.failure_policy,
-                    clock=self.wall_clock,  # elapsed counts across executions
-                    wall_clock=self.wall_clock,
-                    rng=self.rng,
-                    user_agent=self.user_agent,
-                    mailbox=None if self.mailbox_factory is None else self.mailbox_factory(),
+            if self._engine is None:
+                settings = self.settings
+                if self.transport_factory is not None:
+                    settings = attrs.evolve(settings, transport=self.transport_factory())
+                settings = attrs.evolve(
+                    settings, concurrency=min(settings.concurrency, self.chunk_size)
                 )
-            return self._notifier
+                seams = self._seams
+                mailbox = None if self.mailbox_factory is None else self.mailbox_factory()
+                self._engine = Engine(
+                    settings,
+                    repository=self._repository_locked(),
+                    routes=(
+                        UnservedMailboxRoute()
+                        if mailbox is None
+                        else MailboxRoute(mailbox, _MAILBOX_LEASE),
+                    ),
+                    # elapsed counts across executions (and processes): the wall clock
+                    seams=attrs.evolve(seams, clock=seams.wall_clock),
+                )
+            return self._engine
 
-    def _get_repository(self) -> TrainingRepository | AsyncTrainingRepository | None:
+    def _repository_locked(self) -> TrainingRepository | AsyncTrainingRepository | None:
         if self.repository_factory is None:
             return None
+        if self._repository is None:
+            self._repository = self.repository_factory()
+        return self._repository
+
+    def _get_repository(self) -> TrainingRepository | AsyncTrainingRepository | None:
         with self._lock:
-            if self._repository is None:
-                self._repository = self.repository_factory()
-            return self._repository
+            return self._repository_locked()
 
     def close(self) -> None:
         """Close the transport and repository this process created (the app stays)."""
         with self._lock:
-            notifier, self._notifier = self._notifier, None
+            engine, self._engine = self._engine, None
             repository, self._repository = self._repository, None
-        if notifier is not None:
-            notifier.close()
+        if engine is not None:
+            engine.close()
         closer = getattr(repository, "close", None)
         if callable(closer):
             closer()

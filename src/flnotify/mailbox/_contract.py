@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from .._delivery import Notifier
 from .._exceptions import ConfigurationError
 from .._mailbox import Adopted, Answer, Letter, MailboxStore
 from .._mailwire import MAILBOX_ENDPOINT
+from .._notifier import Notifier
 from .._report import Delivery
 from .._retry import RetryPolicy
 from .._types import Outcome, Receiver

@@ -10,10 +10,9 @@ from collections.abc import Awaitable, Callable
 import attrs
 
 from .._attempt import Course
-from .._delivery import Notifier
-from .._hooks import HookSet
 from .._mailbox import Adopted, MailboxStore
 from .._mailwire import MAILBOX_ENDPOINT
+from .._notifier import Notifier
 from .._pull import MailLeg, new_owner
 from .._report import Delivery
 from .._types import Receiver
@@ -90,7 +89,7 @@ class MailboxDispatcher:
 
     def run_once(self) -> int:
         """Blocking [`arun_once`][flnotify.mailbox.MailboxDispatcher.arun_once]."""
-        return self.notifier._run_sync(self.arun_once())
+        return self.notifier.engine.run_sync(self.arun_once())
 
     # -- one look ------------------------------------------------------------------------
 
@@ -125,11 +124,9 @@ class MailboxDispatcher:
         notification = decoded.with_receivers(
             [Receiver(m.client_id, MAILBOX_ENDPOINT) for m in messages]
         )
-        notifier = self.notifier
-        core = notifier._core(
-            notification, first.payload, HookSet(notifier.hooks), (first.send_id, first.send_size)
-        )
-        started = notifier.clock()
+        engine = self.notifier.engine
+        core = engine.core(notification, first.payload, first.send_id, first.send_size)
+        started = engine.seams.clock()
         courses = []
         for index, message in enumerate(messages):
             course = Course(index, notification.receivers[index], message.message_id)
@@ -137,7 +134,7 @@ class MailboxDispatcher:
             courses.append(course)
         callbacks = self.callbacks
         if callbacks is None:
-            callbacks = notifier._default_callbacks(notification)
+            callbacks = engine.default_callbacks(notification)
         return MailLeg(
             self.mailbox,
             core,

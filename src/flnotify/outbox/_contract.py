@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from .._delivery import Notifier
 from .._exceptions import ConfigurationError, ConnectError, TransportError, TransportErrorKind
+from .._notifier import Notifier
 from .._report import Delivery
 from .._retry import RetryPolicy
 from .._types import Outcome, Receiver

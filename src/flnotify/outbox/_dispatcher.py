@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from .._attempt import Course, build_delivery
-from .._delivery import Notifier
+from .._engine import Plan
 from .._exceptions import (
     ConfigurationError,
     FlnotifyError,
@@ -21,6 +21,7 @@ from .._exceptions import (
 )
 from .._hooks import NullHook
 from .._notification import Notification
+from .._notifier import Notifier
 from .._report import Delivery
 from .._validators import at_least_one, positive
 from ..callbacks import Callbacks, run_callbacks
@@ -262,11 +263,11 @@ class OutboxDispatcher:
 
     def run_once(self) -> int:
         """Blocking [`arun_once`][flnotify.outbox.OutboxDispatcher.arun_once]."""
-        return self.notifier._run_sync(self.arun_once())
+        return self.notifier.engine.run_sync(self.arun_once())
 
     def run(self) -> int:
         """Blocking [`arun`][flnotify.outbox.OutboxDispatcher.arun]."""
-        return self.notifier._run_sync(self.arun())
+        return self.notifier.engine.run_sync(self.arun())
 
     # -- one claim ---------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ class OutboxDispatcher:
         """
         callbacks = self.callbacks
         if callbacks is None:
-            callbacks = self.notifier._default_callbacks(notification)
+            callbacks = self.notifier.engine.default_callbacks(notification)
         # one put is one send, for failure policies: its id and its receivers in all
         batch_id = entries[0].batch_id
         send = (batch_id, await asyncio.to_thread(self.outbox.batch_size, batch_id))
@@ -300,24 +301,27 @@ class OutboxDispatcher:
         if not todo:
             return _finished()
         outgoing = notification.with_receivers([e.receiver for e in todo])
-        notifier = self.notifier
-        body = notifier.codec.encode(outgoing)
+        engine = self.notifier.engine
+        body = engine.settings.codec.encode(outgoing)
         refused: FlnotifyError | None = None
         try:
-            notifier.policy.check_body_size(body)
+            engine.settings.policy.check_body_size(body)
         except ConfigurationError as exc:  # the payload is over the policy's limit
             refused = exc
         recorder = _Recorder()
         writer = asyncio.create_task(self._write(claim, recorder, len(todo), callbacks))
         try:
-            await notifier._deliver(
-                outgoing,
-                body,
-                [e.message_id for e in todo],
-                None,  # callbacks run here, after each outcome is recorded
-                hooks=(recorder,),
-                refused=refused,
-                send=send,
+            await engine.run(
+                Plan(
+                    outgoing,
+                    body,
+                    [e.message_id for e in todo],
+                    None,  # callbacks run here, after each outcome is recorded
+                    send_id=send[0],
+                    send_size=send[1],
+                    hooks=(recorder,),
+                    refused=refused,
+                )
             )
         except BaseException:
             writer.cancel()
