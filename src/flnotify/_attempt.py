@@ -148,6 +148,7 @@ class Course:
         "address",
         "attempts",
         "begun",
+        "in_flight",
         "index",
         "last",
         "message_id",
@@ -172,6 +173,7 @@ class Course:
         self.started = started  # driver clock at the first attempt
         self.last: HttpResponse | None = None  # last answer, while waiting for a retry
         self.begun = 0.0  # driver clock at the start of the current attempt
+        self.in_flight = False  # hooks were told an attempt started and not yet its end
         self.address: str | None = None  # the checked address to connect to (guard on)
 
 
@@ -360,6 +362,7 @@ class Core:
         if self._watch or self._extra:
             details = self._started(course)
             if self._watch:
+                course.in_flight = True
                 self._hooks.attempt_started(details)
             for add in self._extra:
                 self._add_headers(headers, add, details)
@@ -437,22 +440,24 @@ class Core:
         except Exception as failure:
             outcome = Outcome.FAILED
             error = internal_error("the retry policy", failure, course.url)
+        opened: float | None = None  # the circuit this attempt opened: no retry into it
+        if self._breaker is not None:
+            self._note_health(course, None if response is None else response.status_code, error)
+            if outcome is None:
+                opened = self._open_until(course)
         if self._watch:
+            course.in_flight = False
             self._hooks.attempt_ended(
                 AttemptEnded(
                     self._started(course),
                     self._clock() - course.begun,
                     None if response is None else response.status_code,
                     error,
-                    delay if outcome is None else None,
+                    delay if outcome is None and opened is None else None,
                 )
             )
-        if self._breaker is not None:
-            self._note_health(course, None if response is None else response.status_code, error)
-            if outcome is None:  # no retry into a circuit this attempt just opened
-                refused = self._admit(course, last=response)
-                if refused is not None:
-                    return refused
+        if opened is not None:
+            return self._refuse(course, opened, last=response)
         if outcome is None:
             course.last = response
             return float(delay)
@@ -488,23 +493,32 @@ class Core:
             return self.fail(course, error)
         if self._watch:
             course.begun = self._clock()
+            course.in_flight = True
             self._hooks.attempt_started(self._started(course))
         return self.judge(course, HttpResponse(status))
 
     # -- endpoint health -------------------------------------------------------------------
 
-    def _admit(self, course: Course, last: HttpResponse | None = None) -> Delivery | None:
+    def _admit(self, course: Course) -> Delivery | None:
         """A FAILED delivery if the endpoint's breaker is open (no attempt), else ``None``."""
+        until = self._open_until(course)
+        return None if until is None else self._refuse(course, until)
+
+    def _open_until(self, course: Course) -> float | None:
+        """Until when the endpoint's circuit is open (wall clock), or ``None`` if closed."""
         breaker = self._breaker
         assert breaker is not None  # noqa: S101 - only called with a breaker
-        now = self._wall_clock()
         try:
-            until = breaker.admit(course.url, now)
+            return breaker.admit(course.url, self._wall_clock())
         except Exception:  # a broken health store never costs a receiver its attempt
             logger.exception("The circuit breaker's store failed; %s is let through.", course.url)
             return None
-        if until is None:
-            return None
+
+    def _refuse(self, course: Course, until: float, last: HttpResponse | None = None) -> Delivery:
+        """The FAILED delivery of a receiver whose endpoint's circuit is open."""
+        breaker = self._breaker
+        assert breaker is not None  # noqa: S101 - only called with a breaker
+        now = self._wall_clock()
         error = CircuitOpenError(
             f"endpoint skipped: it failed {breaker.failure_threshold} or more attempts in a "
             f"row; its circuit is open for {max(0.0, until - now):.0f} s more",
@@ -528,8 +542,21 @@ class Core:
 
     # -- the end ---------------------------------------------------------------------------
 
+    def cut(self, course: Course, error: FlnotifyError) -> None:
+        """End for the hooks an attempt they were told of that ends now without an answer."""
+        if course.in_flight:
+            course.in_flight = False
+            self._hooks.attempt_ended(
+                AttemptEnded(self._started(course), self._clock() - course.begun, None, error, None)
+            )
+
     def fail(self, course: Course, error: FlnotifyError) -> Delivery:
-        """End a receiver now (deadline passed, driver could not go on), with its last answer."""
+        """End a receiver now (deadline passed, driver could not go on), with its last answer.
+
+        An attempt the hooks were told of and that is cut now ends for them too, with
+        ``error`` and no retry.
+        """
+        self.cut(course, error)
         return self.finish(course, Outcome.FAILED, response=course.last, error=error)
 
     def finish(

@@ -53,8 +53,8 @@ from .callbacks import (
     CallbackRegistry,
     Callbacks,
     FailurePolicy,
+    call_callbacks,
     default_callback_registry,
-    run_callbacks,
 )
 from .endpoints import EndpointPolicy
 from .health import CircuitBreaker
@@ -372,6 +372,17 @@ class Send:
             error = TransportError(error_text, url=url, kind=Kind.DEADLINE)
             self.record(index, self.core.fail(course, error))
 
+    def abandon(self) -> None:
+        """The send was cancelled: attempts the hooks saw start end for them now."""
+        error = TransportError("the send was cancelled", kind=Kind.INTERNAL)
+        for course in self.courses.values():
+            self.core.cut(course, error)
+
+    def partial_report(self) -> DeliveryReport:
+        """What a cancelled send reached: the deliveries recorded so far."""
+        deliveries = tuple(d for d in self.results if d is not None)
+        return DeliveryReport(self.core.notification, deliveries, 0.0, tuple(self.callback_errors))
+
     async def run(self, routes: Sequence[Route]) -> Run:
         engine = self.engine
         begin = engine.seams.clock()
@@ -394,13 +405,7 @@ class Send:
                 self.settled()
             queue, callbacks = self.queue, self.plan.callbacks
             if queue is not None and callbacks is not None:
-                while (item := await queue.get()) is not None:
-                    if isinstance(item, Delivery):
-                        error = await run_callbacks(callbacks, item)
-                        if error is not None:
-                            self.callback_errors.append(error)
-                    else:
-                        await item()
+                await self.run_callbacks(queue, callbacks)
             await self.done.wait()
         finally:
             if timer is not None:
@@ -426,6 +431,53 @@ class Send:
                 extra={"notification_type": report.notification.notification_type.value},
             )
         return Run(report, tuple(self.deferred))
+
+    async def run_callbacks(
+        self, queue: asyncio.Queue[Delivery | Then | None], callbacks: Callbacks
+    ) -> None:
+        """Each final delivery's callbacks, in order of arrival; then-steps after theirs.
+
+        Sync callbacks run at once; async ones overlap, up to ``CALLBACKS_AT_ONCE``, so
+        slow ones (telling removed clients) add the time of one, not the sum. A then-step
+        waits for every callback queued before it.
+        """
+        running: set[asyncio.Task[CallbackError | None]] = set()
+        errors = self.callback_errors
+
+        def collect(done: set[asyncio.Task[CallbackError | None]]) -> None:
+            for task in done:
+                running.discard(task)
+                error = task.result()
+                if error is not None:
+                    errors.append(error)
+
+        loop = asyncio.get_running_loop()
+        try:
+            while (item := await queue.get()) is not None:
+                if not isinstance(item, Delivery):
+                    if running:
+                        collect((await asyncio.wait(running))[0])
+                    await item()
+                    continue
+                called = call_callbacks(callbacks, item)
+                if called is None:
+                    continue
+                if isinstance(called, CallbackError):
+                    errors.append(called)
+                    continue
+                running.add(loop.create_task(called))
+                if len(running) >= CALLBACKS_AT_ONCE:
+                    done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    collect(done)
+            if running:
+                collect((await asyncio.wait(running))[0])
+        finally:
+            for task in running:
+                task.cancel()
+
+
+CALLBACKS_AT_ONCE = 64
+"""Async callbacks of one send that may run at the same time."""
 
 
 def _partition(
@@ -706,16 +758,35 @@ class Engine:
         send = Send(self, core, plan, deadline)
         if watchers.hooks:
             watchers.send_started(plan.notification)
-        result = await send.run(self.routes)
+        try:
+            result = await send.run(self.routes)
+        except asyncio.CancelledError:
+            if watchers.hooks:  # the hooks see this send end too, with what it reached
+                send.abandon()
+                watchers.send_ended(send.partial_report())
+            raise
         if watchers.hooks:
             watchers.send_ended(result.report)
         return result
 
     async def asend(
-        self, notification: Notification[Any], callbacks: Callbacks | None = None
+        self,
+        notification: Notification[Any],
+        callbacks: Callbacks | None = None,
+        *,
+        deadline: float | None = None,
     ) -> DeliveryReport:
-        """Send ``notification`` now (the engine is the default callbacks' sender)."""
-        return (await self.run(self.plan(notification, callbacks))).report
+        """Send ``notification`` now (the engine is the default callbacks' sender).
+
+        Args:
+            notification: What to send.
+            callbacks: Its callbacks; the registry's defaults if ``None``.
+            deadline: Seconds this send may take; the settings' deadline if ``None``.
+        """
+        plan = self.plan(notification, callbacks)
+        if deadline is not None:
+            plan = attrs.evolve(plan, deadline=deadline)
+        return (await self.run(plan)).report
 
     def core(
         self,

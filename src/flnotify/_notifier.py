@@ -104,6 +104,7 @@ class Notifier(Closing, AsyncClosing):
         callbacks: Callbacks | None = None,
         *,
         message_ids: Sequence[str] | None = None,
+        deadline: float | None = None,
     ) -> DeliveryReport:
         """Deliver ``notification`` to all its receivers and report each outcome.
 
@@ -113,14 +114,17 @@ class Notifier(Closing, AsyncClosing):
                 default callbacks (built with ``repository``), if any.
             message_ids: One ``webhook-id`` per receiver (e.g. kept in an outbox so a
                 resend carries the same ids); new random ids by default.
+            deadline: Seconds this send may take; the settings' ``deadline`` if ``None``.
 
         Raises:
             ConfigurationError: ``message_ids`` does not match the receivers.
             PayloadTooLargeError: The encoded body exceeds the endpoint policy's limit.
         """
         engine = self.engine
-        run = await engine.run(engine.plan(notification, callbacks, message_ids=message_ids))
-        return run.report
+        plan = engine.plan(notification, callbacks, message_ids=message_ids)
+        if deadline is not None:
+            plan = attrs.evolve(plan, deadline=deadline)
+        return (await engine.run(plan)).report
 
     def send(
         self,
@@ -128,9 +132,12 @@ class Notifier(Closing, AsyncClosing):
         callbacks: Callbacks | None = None,
         *,
         message_ids: Sequence[str] | None = None,
+        deadline: float | None = None,
     ) -> DeliveryReport:
         """Blocking [`asend`][flnotify.Notifier.asend]; safe inside a running event loop too."""
-        return self.engine.run_sync(self.asend(notification, callbacks, message_ids=message_ids))
+        return self.engine.run_sync(
+            self.asend(notification, callbacks, message_ids=message_ids, deadline=deadline)
+        )
 
     # -- life cycle ----------------------------------------------------------------------
 

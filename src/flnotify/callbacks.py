@@ -13,7 +13,8 @@ import asyncio
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from fractions import Fraction
 from typing import Any, Protocol, Union
 from uuid import UUID
 
@@ -49,6 +50,7 @@ __all__ = [
     "Reaction",
     "TrainingCallbacks",
     "Verdict",
+    "call_callbacks",
     "default_callback_registry",
     "default_callbacks_for",
     "run_callbacks",
@@ -100,38 +102,72 @@ class CallbackFactory(Protocol):
         ...
 
 
-async def run_callbacks(callbacks: Callbacks, delivery: Delivery) -> CallbackError | None:
+def call_callbacks(
+    callbacks: Callbacks, delivery: Delivery
+) -> CallbackError | Coroutine[Any, Any, CallbackError | None] | None:
     """Call the right method of ``callbacks`` for ``delivery``; never raise.
+
+    A sync method is done when this returns; an async one returns a coroutine to await
+    (the engine runs several at once, so slow callbacks such as telling a removed client
+    overlap).
+
+    Returns:
+        ``None``, the [`CallbackError`][flnotify.CallbackError] (logged at ERROR with the
+        receiver and training) when the callback raised, or a coroutine that returns one
+        of the two.
+    """
+    method = callbacks.on_success if delivery.ok else callbacks.on_error
+    try:
+        result = method(delivery)
+    except Exception as exc:
+        return _failed(method, delivery, exc)
+    if inspect.isawaitable(result):
+        return _finish(method, delivery, result)
+    return None
+
+
+async def _finish(
+    method: Callable[..., object], delivery: Delivery, result: Awaitable[object]
+) -> CallbackError | None:
+    try:
+        await result
+    except Exception as exc:
+        return _failed(method, delivery, exc)
+    return None
+
+
+async def run_callbacks(callbacks: Callbacks, delivery: Delivery) -> CallbackError | None:
+    """Call the right method of ``callbacks`` for ``delivery`` and wait for it; never raise.
 
     Returns:
         ``None``, or the [`CallbackError`][flnotify.CallbackError] (logged at ERROR with
         the receiver and training) when the callback raised.
     """
-    method = callbacks.on_success if delivery.ok else callbacks.on_error
-    try:
-        result = method(delivery)
-        if inspect.isawaitable(result):
-            await result
-    except Exception as exc:
-        name = _name(method)
-        context = delivery.log_context()
-        logger.exception(
-            "The callback %s failed for receiver %s of training %s: %s",
-            name,
-            delivery.receiver.id,
-            context["training_id"] or "-",
-            exc,
-            extra=context,
-        )
-        error = CallbackError(
-            f"callback {name} failed for receiver {delivery.receiver.id}: "
-            f"{type(exc).__name__}: {exc}",
-            delivery=delivery,
-            callback=name,
-        )
-        error.__cause__ = exc
-        return error
-    return None
+    called = call_callbacks(callbacks, delivery)
+    if called is None or isinstance(called, CallbackError):
+        return called
+    return await called
+
+
+def _failed(method: Callable[..., object], delivery: Delivery, exc: Exception) -> CallbackError:
+    """The error of a callback that raised, logged at ERROR."""
+    name = _name(method)
+    context = delivery.log_context()
+    logger.exception(
+        "The callback %s failed for receiver %s of training %s: %s",
+        name,
+        delivery.receiver.id,
+        context["training_id"] or "-",
+        exc,
+        extra=context,
+    )
+    error = CallbackError(
+        f"callback {name} failed for receiver {delivery.receiver.id}: {type(exc).__name__}: {exc}",
+        delivery=delivery,
+        callback=name,
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _name(method: Callable[..., object]) -> str:
@@ -226,6 +262,16 @@ class FailurePolicy:
         )
 
     @property
+    def _share(self) -> Fraction:
+        """``min_delivered_fraction`` as the exact ratio its decimal digits say (0.56: 14/25)."""
+        return Fraction(repr(float(self.min_delivered_fraction)))
+
+    def _short_of_share(self, delivered: int, total: int) -> bool:
+        """Whether ``delivered`` of ``total`` is below the share, in integers (no rounding)."""
+        share = self._share
+        return delivered * share.denominator < share.numerator * total
+
+    @property
     def counts_deliveries(self) -> bool:
         """Whether delivered and rejected outcomes matter (else only failures do)."""
         return bool(self.min_delivered or self.min_delivered_fraction or self.remove_after)
@@ -238,7 +284,7 @@ class FailurePolicy:
         if (
             (limit is not None and tally.failed > limit)
             or best < self.min_delivered
-            or best < self.min_delivered_fraction * tally.total
+            or self._short_of_share(best, tally.total)
         ):
             return Verdict.ERROR
         if pending == 0:
@@ -247,7 +293,7 @@ class FailurePolicy:
         if (
             (limit is None or worst <= limit)
             and tally.delivered >= self.min_delivered
-            and tally.delivered >= self.min_delivered_fraction * tally.total
+            and not self._short_of_share(tally.delivered, tally.total)
         ):
             return Verdict.FINE
         return Verdict.OPEN
@@ -280,8 +326,14 @@ class NotificationSender(Protocol):
     The drivers pass their [`Notifier`][flnotify.Notifier].
     """
 
-    async def asend(self, notification: Notification[Any], callbacks: Callbacks | None) -> Any:
-        """Deliver ``notification``."""
+    async def asend(
+        self,
+        notification: Notification[Any],
+        callbacks: Callbacks | None,
+        *,
+        deadline: float | None = None,
+    ) -> Any:
+        """Deliver ``notification``; what is still pending after ``deadline`` s fails."""
         ...
 
 
@@ -460,7 +512,15 @@ class TrainingCallbacks:
             reason,
             extra=delivery.log_context(),
         )
-        await self._call("remove_participant", training_id, delivery.receiver.id)
+        removed = await self._call("remove_participant", training_id, delivery.receiver.id)
+        if removed is False:  # removed already (another send, or these callbacks run again)
+            logger.debug(
+                "%s had left training %s already; it is not told again.",
+                delivery.receiver.id,
+                training_id,
+                extra=delivery.log_context(),
+            )
+            return
         if self.sender is None or not self.tell_removed:
             return
         try:
@@ -468,6 +528,8 @@ class TrainingCallbacks:
             notice = ClientRemovedNotification.from_training(
                 snapshot, client=delivery.receiver, reason=reason
             )
+            # cut at tell_timeout: a quiet polling client finds the notice in its mailbox
+            # when it comes back (the engine tells the hooks that the send ended)
             await asyncio.wait_for(self.sender.asend(notice, _Quiet()), self.tell_timeout)
         except Exception:  # best effort: telling never changes the training
             logger.warning(

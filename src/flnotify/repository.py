@@ -67,8 +67,13 @@ class TrainingRepository(Protocol):
         """
         ...
 
-    def remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+    def remove_participant(self, training_id: UUID, receiver_id: UUID) -> bool | None:
         """Remove one participant; a no-op if it takes no part (idempotent).
+
+        Returns:
+            ``True`` if this call removed it, ``False`` if it took no part (then the
+            default callbacks do not tell it again), ``None`` if the repository cannot
+            tell (then they tell it: at least once).
 
         Raises:
             TrainingNotFoundError: No training has this id.
@@ -95,8 +100,13 @@ class AsyncTrainingRepository(Protocol):
         """
         ...
 
-    async def remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+    async def remove_participant(self, training_id: UUID, receiver_id: UUID) -> bool | None:
         """Remove one participant; a no-op if it takes no part (idempotent).
+
+        Returns:
+            ``True`` if this call removed it, ``False`` if it took no part, ``None`` if
+            the repository cannot tell (see
+            [`TrainingRepository.remove_participant`][flnotify.TrainingRepository.remove_participant]).
 
         Raises:
             TrainingNotFoundError: No training has this id.
@@ -205,9 +215,9 @@ class AsyncRepositoryAdapter:
         """See [`TrainingRepository.get_training`][]."""
         return await asyncio.to_thread(self.repo.get_training, training_id)
 
-    async def remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+    async def remove_participant(self, training_id: UUID, receiver_id: UUID) -> bool | None:
         """See [`TrainingRepository.remove_participant`][]."""
-        await asyncio.to_thread(self.repo.remove_participant, training_id, receiver_id)
+        return await asyncio.to_thread(self.repo.remove_participant, training_id, receiver_id)
 
     async def set_state(self, training_id: UUID, state: TrainingState) -> None:
         """See [`TrainingRepository.set_state`][]."""
@@ -299,14 +309,17 @@ class _RepositoryBase(abc.ABC):
         """
         return self._fetch(_require_uuid(training_id, "training_id"))
 
-    def remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+    def remove_participant(self, training_id: UUID, receiver_id: UUID) -> bool:
         """Remove one participant; a no-op if it takes no part (idempotent).
+
+        Returns:
+            ``True`` if this call removed it, ``False`` if it took no part.
 
         Raises:
             TrainingNotFoundError: No training has this id.
             ConfigurationError: An id is not a UUID.
         """
-        self._remove_participant(
+        return self._remove_participant(
             _require_uuid(training_id, "training_id"), _require_uuid(receiver_id, "receiver_id")
         )
 
@@ -475,7 +488,7 @@ class _RepositoryBase(abc.ABC):
     ) -> TrainingSnapshot: ...
 
     @abc.abstractmethod
-    def _remove_participant(self, training_id: UUID, receiver_id: UUID) -> None: ...
+    def _remove_participant(self, training_id: UUID, receiver_id: UUID) -> bool: ...
 
     @abc.abstractmethod
     def _add_participant(self, training_id: UUID, receiver: Receiver) -> None: ...
@@ -631,9 +644,13 @@ class InMemoryTrainingRepository(_RepositoryBase):
                 record.state = state
             return self._snapshot(training_id, record)
 
-    def _remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+    def _remove_participant(self, training_id: UUID, receiver_id: UUID) -> bool:
         with self._lock:
-            self._record(training_id).participant_ids.pop(receiver_id, None)
+            participants = self._record(training_id).participant_ids
+            if receiver_id not in participants:
+                return False
+            del participants[receiver_id]
+            return True
 
     def _add_participant(self, training_id: UUID, receiver: Receiver) -> None:
         with self._lock:
@@ -864,13 +881,14 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
             )
             return self._select(conn, training_id)
 
-    def _remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+    def _remove_participant(self, training_id: UUID, receiver_id: UUID) -> bool:
         with self._transaction(write=True) as conn:
             self._require_exists(conn, training_id)
-            conn.execute(
+            cursor = conn.execute(
                 "DELETE FROM participants WHERE training_id = ? AND receiver_id = ?",
                 (str(training_id), str(receiver_id)),
             )
+            return cursor.rowcount > 0
 
     def _add_participant(self, training_id: UUID, receiver: Receiver) -> None:
         with self._transaction(write=True) as conn:
