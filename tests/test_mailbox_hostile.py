@@ -1,0 +1,214 @@
+"""The mailbox against hostile clients and unlucky deployments.
+
+Replays under clock skew between the app's host and the store's, limits that contradict
+each other, documents built to crash a parser, and bodies that never finish arriving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flnotify import (
+    Signer,
+    generate_secret,
+)
+from flnotify._mailwire import (
+    MailboxProtocolError,
+    parse_ack,
+    parse_fetch,
+    parse_messages,
+)
+from flnotify.mailbox import Mailbox, MailboxApp
+from flnotify.receiving._poller import _error_code
+from mailbox_env import call_wsgi
+
+
+class Secrets:
+    """Per-client secrets, and the server's signer that looks them up."""
+
+    def __init__(self) -> None:
+        self.by_client: dict[uuid.UUID, str] = {}
+        self.signer = Signer(lookup=lambda r: self.by_client.get(r.id))
+
+    def client(self) -> tuple[uuid.UUID, str]:
+        client = uuid.uuid4()
+        self.by_client[client] = generate_secret()
+        return client, self.by_client[client]
+
+
+# -- documents built to crash a parser ----------------------------------------------------
+
+_CLIENT = str(uuid.UUID(int=7))
+
+_SCALAR = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**308, max_value=10**1000)
+    | st.integers(min_value=-(10**1000), max_value=-(10**308))
+    | st.floats()  # nan and infinities included
+    | st.text(max_size=20)  # lone surrogates included
+)
+_JSONISH = st.recursive(
+    _SCALAR,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_SHAPED = st.fixed_dictionaries(
+    {},
+    optional={
+        "op": st.sampled_from(["fetch", "ack"]) | _JSONISH,
+        "client": st.just(_CLIENT) | _JSONISH,
+        "wait": _JSONISH,
+        "max": _JSONISH,
+        "acks": st.lists(
+            st.fixed_dictionaries(
+                {}, optional={"id": st.just("msg_1") | _JSONISH, "status": _JSONISH}
+            )
+            | _JSONISH,
+            max_size=3,
+        )
+        | _JSONISH,
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "headers": st.dictionaries(st.text(max_size=12), _JSONISH, max_size=3)
+                    | st.just({"webhook-id": "msg_1"})
+                    | _JSONISH,
+                    "body": st.just("e30=") | _JSONISH,
+                },
+            )
+            | _JSONISH,
+            max_size=3,
+        )
+        | _JSONISH,
+        "error": st.just("busy") | _JSONISH,
+    },
+)
+
+
+def _deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+_RAW = st.one_of(
+    _JSONISH.map(lambda v: json.dumps(v).encode()),
+    _SHAPED.map(lambda v: json.dumps(v).encode()),
+    st.tuples(
+        st.sampled_from(["wait", "max", "op", "client", "acks", "messages", "error"]),
+        st.integers(300, 5000),
+        st.sampled_from([b"", b"-"]),
+    ).map(
+        lambda t: (
+            b'{"op":"fetch","client":"%s","%s":%s%s}'
+            % (_CLIENT.encode(), t[0].encode(), t[2], b"9" * t[1])
+        )
+    ),
+    st.integers(1, 100_000).map(_deep),
+    st.binary(max_size=64),
+    st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.text(max_size=40).map(lambda t: t.encode("utf-16", "surrogatepass")),
+)
+
+
+def _only_documented_errors(raw: bytes) -> None:
+    """Each parser returns, or raises its documented error naming what is wrong."""
+    messages: list[str] = []
+    for parse in (
+        parse_fetch,
+        lambda r: parse_ack(r, max_acks=5),
+        lambda r: parse_messages(r, max_messages=5),
+    ):
+        try:
+            parse(raw)
+        except MailboxProtocolError as exc:
+            messages.append(str(exc))
+    assert all(messages)
+    assert isinstance(_error_code(raw), str)  # the poller reads error bodies: never raises
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=_RAW)
+def test_every_mailbox_parser_raises_only_its_documented_error(raw: bytes) -> None:
+    _only_documented_errors(raw)
+
+
+@pytest.mark.parametrize("field", ["op", "client", "wait", "max", "acks", "messages", "error"])
+def test_nesting_at_every_depth_up_to_the_recursion_limit_is_refused_typed(field: str) -> None:
+    """Deep enough for the JSON parser, maybe too deep for ``repr``: still a typed error."""
+    for depth in range(1, 1200, 7):
+        raw = b'{"op":"ack","client":"%s","%s":%s}' % (
+            _CLIENT.encode(),
+            field.encode(),
+            _deep(depth),
+        )
+        _only_documented_errors(raw)
+        raw = (
+            b'{"acks":[{"id":"msg_1","status":%s}],"messages":[{"headers":{"webhook-id":%s}}]}'
+            % (
+                _deep(depth),
+                _deep(depth),
+            )
+        )
+        _only_documented_errors(raw)
+
+
+def test_a_wait_of_400_digits_is_read_as_a_long_wait() -> None:
+    request = parse_fetch(
+        b'{"op":"fetch","client":"%s","wait":%s}' % (_CLIENT.encode(), b"9" * 400)
+    )
+    assert request.wait > 1e300
+    with pytest.raises(MailboxProtocolError, match="'wait' must be a number of seconds >= 0"):
+        parse_fetch(b'{"op":"fetch","client":"%s","wait":-%s}' % (_CLIENT.encode(), b"9" * 400))
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_an_anonymous_wait_of_400_digits_gets_a_401_and_no_error_in_the_log(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = Secrets()
+    body = b'{"op":"fetch","client":"%s","wait":%s}' % (_CLIENT.encode(), b"9" * 400)
+    headers = {"content-type": "application/json"}
+    with Mailbox(tmp_path / "mail.db") as store, caplog.at_level(logging.WARNING, "flnotify"):
+        app = MailboxApp(store, keys.signer)
+        if kind == "wsgi":
+            status, answer = call_wsgi(app.wsgi_app(), "/mailbox/fetch", headers, body)
+        else:
+            status, answer = _call_asgi(app, "/mailbox/fetch", headers, body)
+    assert (status, json.loads(answer)["error"]) == (401, "unauthorized")
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _call_asgi(
+    app: MailboxApp, path: str, headers: dict[str, str], body: bytes
+) -> tuple[int, bytes]:
+    """One POST through the ASGI app in this thread: its status and body."""
+    sent: list[dict[str, Any]] = []
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+    asyncio.run(app.asgi_app()(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
