@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,14 @@ from flnotify import (
 )
 from flnotify._mailwire import (
     MailboxProtocolError,
+    fetch_document,
     parse_ack,
     parse_fetch,
     parse_messages,
 )
-from flnotify.mailbox import Mailbox, MailboxApp
+from flnotify.mailbox import Mailbox, MailboxApp, MailboxStore, PostgresMailbox
 from flnotify.receiving._poller import _error_code
-from mailbox_env import call_wsgi
+from mailbox_env import Clock, call_wsgi, signed
 
 
 class Secrets:
@@ -43,6 +45,63 @@ class Secrets:
         client = uuid.uuid4()
         self.by_client[client] = generate_secret()
         return client, self.by_client[client]
+
+
+# -- replays under clock skew -------------------------------------------------------------
+
+
+def _replay_is_refused(store: MailboxStore, app_clock: Callable[[], float]) -> None:
+    """One signed fetch, then the same request again: the replay gets nothing."""
+    keys = Secrets()
+    alice, secret = keys.client()
+    store.post("snd_1", 2, b"{}", [(alice, "msg_1"), (alice, "msg_2")], owner="o", lease_seconds=60)
+    app = MailboxApp(store, keys.signer, clock=app_clock).wsgi_app()
+    body = fetch_document(alice, 0, 1)
+    headers = signed(secret, body, nonce="req_once", timestamp=int(app_clock()))
+    status, answer = call_wsgi(app, "/mailbox/fetch", headers, body)
+    assert status == 200, answer
+    assert [m["headers"]["webhook-id"] for m in json.loads(answer)["messages"]] == ["msg_1"]
+    assert call_wsgi(app, "/mailbox/fetch", headers, body)[0] == 401  # the same request again
+    assert store.counts()["offered"] == 1  # the replay was handed nothing
+
+
+@pytest.mark.parametrize("skew", [180.0, -180.0, 0.0])
+def test_a_replay_is_refused_whatever_the_stores_clock_says(tmp_path: Path, skew: float) -> None:
+    """The store's clock is ``skew`` seconds off the app's; each judges by its own."""
+    app_clock = Clock()
+    with Mailbox(tmp_path / "mail.db", clock=lambda: app_clock() + skew) as store:
+        _replay_is_refused(store, app_clock)
+
+
+def test_a_replay_is_refused_until_the_request_itself_is_too_old(tmp_path: Path) -> None:
+    """The nonce outlives the request's tolerance on the store's clock, ahead or not."""
+    app_clock = Clock()
+    keys = Secrets()
+    alice, secret = keys.client()
+    with Mailbox(tmp_path / "mail.db", clock=lambda: app_clock() + 180) as store:
+        store.post(
+            "snd_1", 3, b"{}", [(alice, f"msg_{i}") for i in range(3)], owner="o", lease_seconds=600
+        )
+        app = MailboxApp(store, keys.signer, clock=app_clock, tolerance=60).wsgi_app()
+        body = fetch_document(alice, 0, 1)
+        headers = signed(secret, body, nonce="req_once", timestamp=int(app_clock()) + 60)
+        assert call_wsgi(app, "/mailbox/fetch", headers, body)[0] == 200
+        for _ in range(12):  # the request's whole window: 60 s before its timestamp to 60 after
+            app_clock.advance(10)
+            assert call_wsgi(app, "/mailbox/fetch", headers, body)[0] == 401
+        assert store.counts()["offered"] == 1
+
+
+def test_a_replay_is_refused_with_the_database_clock_ahead_of_the_apps(postgres_url: str) -> None:
+    """PostgreSQL judges nonces by its own clock: here 180 s ahead of the app host's."""
+
+    def app_clock() -> float:
+        import time
+
+        return time.time() - 180
+
+    with PostgresMailbox(postgres_url) as store:
+        _replay_is_refused(store, app_clock)
 
 
 # -- documents built to crash a parser ----------------------------------------------------

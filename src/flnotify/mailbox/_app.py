@@ -166,7 +166,8 @@ class MailboxApp:
     Every request must be signed the Standard Webhooks way with the client's own secret
     (the ``signer``'s ``lookup``; shared secrets never authenticate a client), carry a
     timestamp within ``tolerance`` and a ``webhook-id`` never used before (replays are
-    refused across processes: nonces are kept in the store). Whatever is wrong (unknown
+    refused across processes: nonces are kept in the store, for twice ``tolerance`` by
+    the store's own clock, however far it is off the app's). Whatever is wrong (unknown
     client, wrong or stale signature, a replay) is answered the same 401, after the same
     HMAC work. A fetched message carries the headers a push would: made by the delivery
     core's header function at each offer, so its timestamp is fresh and its signature
@@ -233,9 +234,18 @@ class MailboxApp:
             )
         except FlnotifyError:
             return _UNAUTHORIZED
-        if not self.mailbox.remember(f"{client}:{verified.id}", now + 2 * self.tolerance):
+        if not self.mailbox.remember(f"{client}:{verified.id}", self._nonce_until()):
             return _UNAUTHORIZED  # a replay
         return receiver
+
+    def _nonce_until(self) -> float:
+        """Until when a nonce is kept, on the store's clock (the one its sweep reads).
+
+        A request passes for ``tolerance`` either side of its timestamp, so at most for
+        twice that from its first use, on any clock that runs at the rate of the app's:
+        whatever the store's clock reads, it keeps the nonce that long (and a second).
+        """
+        return self.mailbox.now() + 2 * self.tolerance + 1.0
 
     def _begin(
         self, path: str, headers: Sequence[tuple[str, str]], body: bytes
