@@ -18,7 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import flnotify
 from flnotify import (
+    ConfigurationError,
+    InMemoryIdStore,
+    NotificationRouter,
+    Receiver,
     Signer,
     generate_secret,
 )
@@ -29,9 +34,11 @@ from flnotify._mailwire import (
     parse_fetch,
     parse_messages,
 )
-from flnotify.mailbox import Mailbox, MailboxApp, MailboxStore, PostgresMailbox
+from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxStore, PostgresMailbox
+from flnotify.receiving import MailboxPoller
 from flnotify.receiving._poller import _error_code
-from mailbox_env import Clock, call_wsgi, signed
+from flnotify.training import RoundBody, TrainingRoundStartNotification
+from mailbox_env import Clock, asgi_server, call_wsgi, signed
 
 
 class Secrets:
@@ -102,6 +109,53 @@ def test_a_replay_is_refused_with_the_database_clock_ahead_of_the_apps(postgres_
 
     with PostgresMailbox(postgres_url) as store:
         _replay_is_refused(store, app_clock)
+
+
+# -- limits that contradict each other ----------------------------------------------------
+
+
+def test_an_app_that_could_not_take_back_a_whole_batch_is_refused(tmp_path: Path) -> None:
+    keys = Secrets()
+    with Mailbox(tmp_path / "mail.db") as store:
+        with pytest.raises(ConfigurationError, match=r"max_acks \(5\).*max_batch \(100\)"):
+            MailboxApp(store, keys.signer, max_acks=5)
+        with pytest.raises(ConfigurationError, match=r"max_acks \(9\).*max_batch \(10\)"):
+            MailboxApp(store, keys.signer, max_acks=9, max_batch=10)
+        app = MailboxApp(store, keys.signer, max_acks=5, max_batch=5)
+        assert (app.max_acks, app.max_batch) == (5, 5)
+
+
+def test_a_poller_asking_for_more_than_the_app_gives_acknowledges_everything(
+    tmp_path: Path,
+) -> None:
+    """The app caps each fetch at ``max_batch``, so one acknowledgement always fits."""
+    keys = Secrets()
+    client, secret = keys.client()
+    receiver = Receiver(client, MAILBOX_ENDPOINT)
+    payload = flnotify.Codec().encode(
+        TrainingRoundStartNotification(
+            receivers=[receiver],
+            body=RoundBody(round=1, global_model_uuid=uuid.uuid4()),
+            training_uuid=uuid.uuid4(),
+        )
+    )
+    router = NotificationRouter(secrets=secret, dedup=InMemoryIdStore())
+    router.add_handler(flnotify.NotificationType.UPDATE_ROUND_START, lambda _: None)
+    with Mailbox(tmp_path / "mail.db") as store:
+        letters = [(client, f"msg_{i}") for i in range(12)]
+        store.post("snd_1", 12, payload, letters, owner="o", lease_seconds=60)
+        app = MailboxApp(store, keys.signer, max_batch=5, max_acks=5)
+        with asgi_server(app.asgi_app()) as base:
+            poller = MailboxPoller(base, client, secret, router, wait=0.01, max_messages=1000)
+
+            async def poll() -> list[int]:
+                try:
+                    return [await poller.apoll_once() for _ in range(3)]
+                finally:
+                    await poller.aclose()
+
+            assert asyncio.run(poll()) == [5, 5, 2]
+        assert store.counts()["answered"] == 12  # every acknowledgement was taken
 
 
 # -- documents built to crash a parser ----------------------------------------------------

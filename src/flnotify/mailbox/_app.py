@@ -23,7 +23,7 @@ from uuid import UUID
 import attrs
 
 from .._attempt import attempt_headers
-from .._exceptions import FlnotifyError
+from .._exceptions import ConfigurationError, FlnotifyError
 from .._mailbox import Letter, MailboxStore
 from .._mailwire import (
     ACK_PATH,
@@ -179,7 +179,8 @@ class MailboxApp:
             authenticates each client with its own secret.
         max_wait: Longest long poll (seconds), below the idle timeouts of common proxies.
         max_batch: Most messages per fetch (a client may ask for fewer).
-        max_acks: Most acknowledgements per request.
+        max_acks: Most acknowledgements per request; at least ``max_batch``, so that one
+            request acknowledges a whole fetch.
         max_polls_per_client: Open long polls of one client in this process; more are
             answered 429.
         max_open_polls: Open long polls in this process; more are answered 503.
@@ -188,6 +189,10 @@ class MailboxApp:
         max_body_bytes: Largest request body.
         user_agent: The ``User-Agent`` header of offered messages (as a push's).
         clock: Epoch seconds (timestamps of offered messages, request tolerance).
+
+    Raises:
+        ConfigurationError: A limit is out of range, or ``max_acks`` is below
+            ``max_batch``.
     """
 
     mailbox: MailboxStore
@@ -205,6 +210,13 @@ class MailboxApp:
     _waiting: _Waiting = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.max_acks < self.max_batch:
+            msg = (
+                f"max_acks ({self.max_acks}) must be at least max_batch ({self.max_batch}): "
+                "a client acknowledges a whole fetch in one request, and a larger one "
+                "would be refused, its messages failing at their deadline"
+            )
+            raise ConfigurationError(msg)
         self._waiting = _Waiting(self.mailbox, self.poll_interval)
 
     # -- the steps, without waiting ------------------------------------------------------
