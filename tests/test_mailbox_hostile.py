@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +40,7 @@ from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxStore
 from flnotify.receiving import MailboxPoller
 from flnotify.receiving._poller import _error_code
 from flnotify.training import RoundBody, TrainingRoundStartNotification
-from mailbox_env import Clock, asgi_server, call_wsgi, signed
+from mailbox_env import Clock, asgi_server, call_wsgi, signed, wsgi_server
 
 
 class Secrets:
@@ -323,5 +325,90 @@ def _call_asgi(
         "path": path,
         "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
     }
-    asyncio.run(app.asgi_app()(scope, receive, send))
+
+    async def main() -> None:
+        await app.asgi_app()(scope, receive, send)
+
+    asyncio.run(main())
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+# -- bodies that never finish arriving ----------------------------------------------------
+
+
+def _head(base: str, length: int) -> tuple[tuple[str, int], bytes]:
+    """The address of ``base`` and a request head announcing ``length`` body bytes."""
+    host, port = base.split("//")[1].split("/")[0].split(":")
+    head = (
+        f"POST /mailbox/fetch HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        f"content-length: {length}\r\n\r\n"
+    ).encode()
+    return (host, int(port)), head
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a reset ends it too)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def test_a_body_that_stops_arriving_is_answered_408_under_uvicorn(tmp_path: Path) -> None:
+    keys = Secrets()
+    with Mailbox(tmp_path / "mail.db") as store:
+        app = MailboxApp(store, keys.signer, read_timeout=0.2)
+        with asgi_server(app.asgi_app()) as base:
+            address, head = _head(base, 100)
+            with socket.create_connection(address, timeout=30) as sock:
+                sock.sendall(head + b'{"op":"fetch",')  # and nothing more
+                answer = _answer(sock)  # the server closed the connection
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "request_timeout"
+
+
+class SteppedClock:
+    """Monotonic seconds that jump ``later`` seconds at the third reading.
+
+    The app reads it to start the body's deadline, then after each piece of the body:
+    the first piece finds no time passed, the next one finds ``later`` seconds gone.
+    """
+
+    def __init__(self, later: float) -> None:
+        self.later = later
+        self.readings = 0
+        self.first_piece_read = threading.Event()
+
+    def __call__(self) -> float:
+        self.readings += 1
+        if self.readings == 2:
+            self.first_piece_read.set()
+        return 1000.0 + (self.later if self.readings > 2 else 0.0)
+
+
+def test_a_body_that_drips_is_answered_408_under_wsgi(tmp_path: Path) -> None:
+    """The server would wait a minute for each byte; the app gives the body 5 s in all."""
+    keys = Secrets()
+    stepped = SteppedClock(later=6)
+    with Mailbox(tmp_path / "mail.db") as store:
+        app = MailboxApp(store, keys.signer, read_timeout=5, monotonic=stepped)
+        with wsgi_server(app.wsgi_app(), read_timeout=60, request_timeout=60) as base:
+            address, head = _head(base, 100)
+            with socket.create_connection(address, timeout=30) as sock:
+                sock.sendall(head + b'{"op":"fetch",')
+                assert stepped.first_piece_read.wait(30)
+                sock.sendall(b" ")  # one more byte, 6 s later as the app's clock says
+                answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.0 408 "), answer[:80]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "request_timeout"
+
+
+def test_a_read_timeout_must_be_positive(tmp_path: Path) -> None:
+    with (
+        Mailbox(tmp_path / "mail.db") as store,
+        pytest.raises(ConfigurationError, match="read_timeout"),
+    ):
+        MailboxApp(store, Secrets().signer, read_timeout=0)

@@ -63,6 +63,7 @@ logger = logging.getLogger("flnotify")
 _UNAUTHORIZED = error(401, "unauthorized", "the request is not signed by this client's secret")
 _MAX_HEADERS = 100
 _MAX_HEADER_BYTES = 32 * 1024
+_READ_CHUNK = 64 * 1024
 
 
 class _Waiter:
@@ -187,8 +188,15 @@ class MailboxApp:
         tolerance: Seconds a request's timestamp may lie from the server's clock.
         poll_interval: Seconds between looks for mail posted by other processes.
         max_body_bytes: Largest request body.
+        read_timeout: Seconds a request's body may take to arrive, from the end of its
+            headers; a slower one is answered 408 and its connection closed. Under ASGI
+            the app cuts a stalled body itself (uvicorn has no body timeout); under WSGI
+            it checks as the body's pieces arrive, and a peer that sends nothing at all
+            is cut by the server's own read timeout.
         user_agent: The ``User-Agent`` header of offered messages (as a push's).
         clock: Epoch seconds (timestamps of offered messages, request tolerance).
+        monotonic: Monotonic seconds, by which the WSGI app times a body's arrival (the
+            ASGI app uses its event loop's clock).
 
     Raises:
         ConfigurationError: A limit is out of range, or ``max_acks`` is below
@@ -205,8 +213,10 @@ class MailboxApp:
     tolerance: float = attrs.field(default=60.0, validator=positive)
     poll_interval: float = attrs.field(default=0.5, validator=positive)
     max_body_bytes: int = attrs.field(default=256 * 1024, validator=at_least_one)
+    read_timeout: float = attrs.field(default=5.0, validator=positive)
     user_agent: str = f"flnotify/{__version__}"
     clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
+    monotonic: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
     _waiting: _Waiting = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -351,6 +361,10 @@ class MailboxApp:
             return offered or self._answer(receiver, [])
         return None
 
+    def _too_slow(self, *extra: tuple[str, str]) -> Response:
+        detail = f"the body did not arrive within {self.read_timeout:g} s"
+        return error(408, "request_timeout", detail, *extra)
+
     def _too_many(self, why: str) -> Response:
         if why == "closed":
             return error(503, "closing", "the mailbox is shutting down", ("retry-after", "1"))
@@ -370,9 +384,13 @@ class MailboxApp:
         if refused is not None:
             return refused
         try:
-            body = await _read_body(receive, self.max_body_bytes)
+            body = await asyncio.wait_for(
+                _read_body(receive, self.max_body_bytes), self.read_timeout
+            )
         except _BodyTooLargeError:
             return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
+        except asyncio.TimeoutError:
+            return self._too_slow(("connection", "close"))
         begun = await asyncio.to_thread(self._begin, path, headers, body)
         if isinstance(begun, Response):
             return begun
@@ -453,9 +471,13 @@ class MailboxApp:
         if length > self.max_body_bytes:
             return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
         try:
-            body = environ["wsgi.input"].read(length)
-        except OSError:
+            body = _read_within(
+                environ["wsgi.input"], length, self.monotonic() + self.read_timeout, self.monotonic
+            )
+        except OSError:  # the server's own read timeout, or the peer went away
             return error(408, "request_timeout", "the body did not arrive in time")
+        if body is None:
+            return self._too_slow()  # the server closes: WSGI apps may not say so
         begun = self._begin(path, headers, body)
         if isinstance(begun, Response):
             return begun
@@ -491,6 +513,29 @@ class MailboxApp:
             return [response.body]
 
         return app
+
+
+def _read_within(
+    stream: Any, length: int, deadline: float, clock: Callable[[], float]
+) -> bytes | None:
+    """Up to ``length`` bytes of a WSGI body, piece by piece; ``None``: past ``deadline``.
+
+    ``read1`` (wsgiref's and flnotify's servers have it) returns each piece as it
+    arrives, so a body that drips is cut when the next drop comes; a plain ``read``
+    returns only when its piece is complete.
+    """
+    read: Callable[[int], bytes] = getattr(stream, "read1", None) or stream.read
+    chunks: list[bytes] = []
+    left = length
+    while left > 0:
+        chunk = read(min(left, _READ_CHUNK))
+        if not chunk:  # the peer ended the body early: it will not parse
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+        if left > 0 and clock() > deadline:
+            return None
+    return b"".join(chunks)
 
 
 async def _disconnected(receive: ASGIReceive) -> None:
