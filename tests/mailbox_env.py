@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import secrets
 import socket
 import threading
@@ -55,9 +56,13 @@ def asgi_server(app: Any) -> Iterator[str]:
 
 
 @contextmanager
-def wsgi_server(app: Any) -> Iterator[str]:
-    """Serve a WSGI app with flnotify's bounded server on 127.0.0.1; yields its base URL."""
-    server = make_wsgi_server("127.0.0.1", 0, app, request_timeout=60)
+def wsgi_server(app: Any, **options: Any) -> Iterator[str]:
+    """Serve a WSGI app with flnotify's bounded server on 127.0.0.1; yields its base URL.
+
+    ``options`` go to `make_wsgi_server` (``request_timeout`` is 60 s unless given).
+    """
+    options.setdefault("request_timeout", 60)
+    server = make_wsgi_server("127.0.0.1", 0, app, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -111,3 +116,19 @@ class BareClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+def call_wsgi(app: Any, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    """Call a WSGI app in this thread with one POST; its status and body."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    for name, value in headers.items():
+        key = name.upper().replace("-", "_")
+        environ[key if key == "CONTENT_TYPE" else "HTTP_" + key] = value
+    answer: list[str] = []
+    chunks = app(environ, lambda status, _headers: answer.append(status))
+    return int(answer[0].split()[0]), b"".join(chunks)

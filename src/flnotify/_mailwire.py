@@ -24,6 +24,7 @@ import binascii
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -102,6 +103,15 @@ class WireMessage:
         return self.headers.get("webhook-id", "")
 
 
+def _brief(value: object, width: int = 40) -> str:
+    """A short description of a hostile value for an error message (no deep ``repr``)."""
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a JSON array"
+    return f"{value!r:.{width}}"
+
+
 def _dumps(document: object) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode()
 
@@ -132,7 +142,7 @@ def _client(document: Mapping[str, Any], what: str) -> UUID:
 
 def _op(document: Mapping[str, Any], op: str, what: str) -> None:
     if document.get("op") != op:
-        msg = f"the {what} is not an {op!r} request (op={document.get('op')!r:.40})"
+        msg = f"the {what} is not an {op!r} request (op={_brief(document.get('op'))})"
         raise MailboxProtocolError(msg)
 
 
@@ -154,14 +164,18 @@ def parse_fetch(raw: bytes) -> FetchRequest:
     _op(document, "fetch", "fetch request")
     client = _client(document, "fetch request")
     wait = document.get("wait", 0)
-    if type(wait) not in (int, float) or not (math.isfinite(wait) and wait >= 0):
-        msg = f"'wait' must be a number of seconds >= 0, not {wait!r:.40}"
+    if type(wait) is int and wait >= 0:  # any size: one beyond a float waits the longest
+        seconds = float(min(wait, sys.float_info.max))
+    elif type(wait) is float and math.isfinite(wait) and wait >= 0:
+        seconds = wait
+    else:
+        msg = f"'wait' must be a number of seconds >= 0, not {_brief(wait)}"
         raise MailboxProtocolError(msg)
     most = document.get("max", 1)
     if type(most) is not int or most < 1:
-        msg = f"'max' must be an integer >= 1, not {most!r:.40}"
+        msg = f"'max' must be an integer >= 1, not {_brief(most)}"
         raise MailboxProtocolError(msg)
-    return FetchRequest(client, float(wait), most)
+    return FetchRequest(client, seconds, most)
 
 
 def messages_document(messages: Sequence[WireMessage]) -> bytes:
@@ -257,7 +271,7 @@ def parse_ack(raw: bytes, *, max_acks: int) -> tuple[UUID, list[Ack]]:
             msg = f"acknowledgement {index} has no valid message id"
             raise MailboxProtocolError(msg)
         if type(status) is not int or not 100 <= status <= 599:
-            msg = f"acknowledgement {index}'s status {status!r:.20} is not an HTTP status"
+            msg = f"acknowledgement {index}'s status {_brief(status, 20)} is not an HTTP status"
             raise MailboxProtocolError(msg)
         acks.append(Ack(mid, status))
     return client, acks

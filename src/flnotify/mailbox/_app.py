@@ -23,7 +23,7 @@ from uuid import UUID
 import attrs
 
 from .._attempt import attempt_headers
-from .._exceptions import FlnotifyError
+from .._exceptions import ConfigurationError, FlnotifyError
 from .._mailbox import Letter, MailboxStore
 from .._mailwire import (
     ACK_PATH,
@@ -63,6 +63,7 @@ logger = logging.getLogger("flnotify")
 _UNAUTHORIZED = error(401, "unauthorized", "the request is not signed by this client's secret")
 _MAX_HEADERS = 100
 _MAX_HEADER_BYTES = 32 * 1024
+_READ_CHUNK = 64 * 1024
 
 
 class _Waiter:
@@ -166,7 +167,8 @@ class MailboxApp:
     Every request must be signed the Standard Webhooks way with the client's own secret
     (the ``signer``'s ``lookup``; shared secrets never authenticate a client), carry a
     timestamp within ``tolerance`` and a ``webhook-id`` never used before (replays are
-    refused across processes: nonces are kept in the store). Whatever is wrong (unknown
+    refused across processes: nonces are kept in the store, for twice ``tolerance`` by
+    the store's own clock, however far it is off the app's). Whatever is wrong (unknown
     client, wrong or stale signature, a replay) is answered the same 401, after the same
     HMAC work. A fetched message carries the headers a push would: made by the delivery
     core's header function at each offer, so its timestamp is fresh and its signature
@@ -178,15 +180,27 @@ class MailboxApp:
             authenticates each client with its own secret.
         max_wait: Longest long poll (seconds), below the idle timeouts of common proxies.
         max_batch: Most messages per fetch (a client may ask for fewer).
-        max_acks: Most acknowledgements per request.
+        max_acks: Most acknowledgements per request; at least ``max_batch``, so that one
+            request acknowledges a whole fetch.
         max_polls_per_client: Open long polls of one client in this process; more are
             answered 429.
         max_open_polls: Open long polls in this process; more are answered 503.
         tolerance: Seconds a request's timestamp may lie from the server's clock.
         poll_interval: Seconds between looks for mail posted by other processes.
         max_body_bytes: Largest request body.
+        read_timeout: Seconds a request's body may take to arrive, from the end of its
+            headers; a slower one is answered 408 and its connection closed. Under ASGI
+            the app cuts a stalled body itself (uvicorn has no body timeout); under WSGI
+            it checks as the body's pieces arrive, and a peer that sends nothing at all
+            is cut by the server's own read timeout.
         user_agent: The ``User-Agent`` header of offered messages (as a push's).
         clock: Epoch seconds (timestamps of offered messages, request tolerance).
+        monotonic: Monotonic seconds, by which the WSGI app times a body's arrival (the
+            ASGI app uses its event loop's clock).
+
+    Raises:
+        ConfigurationError: A limit is out of range, or ``max_acks`` is below
+            ``max_batch``.
     """
 
     mailbox: MailboxStore
@@ -199,11 +213,20 @@ class MailboxApp:
     tolerance: float = attrs.field(default=60.0, validator=positive)
     poll_interval: float = attrs.field(default=0.5, validator=positive)
     max_body_bytes: int = attrs.field(default=256 * 1024, validator=at_least_one)
+    read_timeout: float = attrs.field(default=5.0, validator=positive)
     user_agent: str = f"flnotify/{__version__}"
     clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
+    monotonic: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
     _waiting: _Waiting = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.max_acks < self.max_batch:
+            msg = (
+                f"max_acks ({self.max_acks}) must be at least max_batch ({self.max_batch}): "
+                "a client acknowledges a whole fetch in one request, and a larger one "
+                "would be refused, its messages failing at their deadline"
+            )
+            raise ConfigurationError(msg)
         self._waiting = _Waiting(self.mailbox, self.poll_interval)
 
     # -- the steps, without waiting ------------------------------------------------------
@@ -233,9 +256,18 @@ class MailboxApp:
             )
         except FlnotifyError:
             return _UNAUTHORIZED
-        if not self.mailbox.remember(f"{client}:{verified.id}", now + 2 * self.tolerance):
+        if not self.mailbox.remember(f"{client}:{verified.id}", self._nonce_until()):
             return _UNAUTHORIZED  # a replay
         return receiver
+
+    def _nonce_until(self) -> float:
+        """Until when a nonce is kept, on the store's clock (the one its sweep reads).
+
+        A request passes for ``tolerance`` either side of its timestamp, so at most for
+        twice that from its first use, on any clock that runs at the rate of the app's:
+        whatever the store's clock reads, it keeps the nonce that long (and a second).
+        """
+        return self.mailbox.now() + 2 * self.tolerance + 1.0
 
     def _begin(
         self, path: str, headers: Sequence[tuple[str, str]], body: bytes
@@ -329,6 +361,10 @@ class MailboxApp:
             return offered or self._answer(receiver, [])
         return None
 
+    def _too_slow(self, *extra: tuple[str, str]) -> Response:
+        detail = f"the body did not arrive within {self.read_timeout:g} s"
+        return error(408, "request_timeout", detail, *extra)
+
     def _too_many(self, why: str) -> Response:
         if why == "closed":
             return error(503, "closing", "the mailbox is shutting down", ("retry-after", "1"))
@@ -348,9 +384,13 @@ class MailboxApp:
         if refused is not None:
             return refused
         try:
-            body = await _read_body(receive, self.max_body_bytes)
+            body = await asyncio.wait_for(
+                _read_body(receive, self.max_body_bytes), self.read_timeout
+            )
         except _BodyTooLargeError:
             return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
+        except asyncio.TimeoutError:
+            return self._too_slow(("connection", "close"))
         begun = await asyncio.to_thread(self._begin, path, headers, body)
         if isinstance(begun, Response):
             return begun
@@ -431,9 +471,13 @@ class MailboxApp:
         if length > self.max_body_bytes:
             return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
         try:
-            body = environ["wsgi.input"].read(length)
-        except OSError:
+            body = _read_within(
+                environ["wsgi.input"], length, self.monotonic() + self.read_timeout, self.monotonic
+            )
+        except OSError:  # the server's own read timeout, or the peer went away
             return error(408, "request_timeout", "the body did not arrive in time")
+        if body is None:
+            return self._too_slow()  # the server closes: WSGI apps may not say so
         begun = self._begin(path, headers, body)
         if isinstance(begun, Response):
             return begun
@@ -469,6 +513,29 @@ class MailboxApp:
             return [response.body]
 
         return app
+
+
+def _read_within(
+    stream: Any, length: int, deadline: float, clock: Callable[[], float]
+) -> bytes | None:
+    """Up to ``length`` bytes of a WSGI body, piece by piece; ``None``: past ``deadline``.
+
+    ``read1`` (wsgiref's and flnotify's servers have it) returns each piece as it
+    arrives, so a body that drips is cut when the next drop comes; a plain ``read``
+    returns only when its piece is complete.
+    """
+    read: Callable[[int], bytes] = getattr(stream, "read1", None) or stream.read
+    chunks: list[bytes] = []
+    left = length
+    while left > 0:
+        chunk = read(min(left, _READ_CHUNK))
+        if not chunk:  # the peer ended the body early: it will not parse
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+        if left > 0 and clock() > deadline:
+            return None
+    return b"".join(chunks)
 
 
 async def _disconnected(receive: ASGIReceive) -> None:
