@@ -229,7 +229,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     secret.add_argument(
         "--bytes",
-        type=int_arg(24, 64),
+        type=int_arg(1, 64),  # below 24: refused by generate_secret, with its message
         default=32,
         metavar="N",
         help="random bytes in the secret, 24 to 64 (default 32)",
