@@ -112,7 +112,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             "callbacks remove them and tell them) and one is unreachable: its circuit "
             "breaker skips it at no cost, the tolerant failure policy keeps the training "
             "going and removes it after two failed rounds. --strict applies the original "
-            "rule instead: one failure puts the training into ERROR. With --pull N, N "
+            "platform's rule instead (the FL platform, Django + Celery, whose notification "
+            "layer flnotify was lifted from): one failure puts the training into ERROR. With --pull N, N "
             "clients open no socket: they long-poll the server's mailbox and acknowledge "
             "each notification, and the same send reaches them and the others."
         ),
@@ -129,7 +130,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     demo.add_argument(
         "--strict",
         action="store_true",
-        help="the original rule: any failure puts the training into ERROR (no breaker)",
+        help=(
+            "the original platform's rule (the FL platform flnotify was lifted from): "
+            "any failure puts the training into ERROR (no breaker)"
+        ),
     )
     demo.add_argument(
         "--pull",
