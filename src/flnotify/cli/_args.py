@@ -113,9 +113,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             "breaker skips it at no cost, the tolerant failure policy keeps the training "
             "going and removes it after two failed rounds. --strict applies the original "
             "platform's rule instead (the FL platform, Django + Celery, whose notification "
-            "layer flnotify was lifted from): one failure puts the training into ERROR. With --pull N, N "
-            "clients open no socket: they long-poll the server's mailbox and acknowledge "
-            "each notification, and the same send reaches them and the others."
+            "layer flnotify was lifted from): one failure puts the training into ERROR. "
+            "With --pull N, N clients open no socket: they long-poll the server's mailbox "
+            "and acknowledge each notification, and the same send reaches them and the others."
         ),
     )
     demo.add_argument(
