@@ -134,7 +134,19 @@ def client() -> Iterator[Client]:
             send_args("--round", "1", "--quiet", "--json", url="http://127.0.0.1:9/"),
             "argument --json: not allowed with argument -q/--quiet",
         ),
-        (["secret", "--bytes", "16"], "argument --bytes: must be from 24 to 64, not 16"),
+        (
+            ["secret", "--bytes", "16"],
+            "argument --bytes: a secret needs at least 24 random bytes, not 16",
+        ),
+        (["secret", "--bytes", "65"], "argument --bytes: must be from 1 to 64, not 65"),
+        (
+            send_args("--round", "1", "--secret", "whsec_AAAA", url="http://127.0.0.1:9/"),
+            "argument --secret: a secret needs at least 24 random bytes, not 3",
+        ),
+        (
+            ["listen", "--secret", "whsec_AAAA"],
+            "argument --secret: a secret needs at least 24 random bytes, not 3",
+        ),
         (
             [
                 "send",

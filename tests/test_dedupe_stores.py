@@ -220,3 +220,24 @@ def test_store_configuration_errors(tmp_path: Path) -> None:
         RedisIdStore()
     with pytest.raises(ConfigurationError, match="sync client"):
         RedisIdStore(async_client=redis.asyncio.Redis()).claim("x")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"client": "redis://127.0.0.1:6379/0"},
+            r"takes a redis\.Redis client, not a str; for a URL use RedisIdStore\.from_url",
+        ),
+        (
+            {"async_client": b"redis://127.0.0.1"},
+            r"async_client=\.\.\.\) takes a redis\.asyncio\.Redis client, not a bytes",
+        ),
+        ({"client": 6379}, r"takes a redis\.Redis client, not int"),
+    ],
+)
+def test_redis_store_refuses_what_is_not_a_client(kwargs: dict[str, object], message: str) -> None:
+    """A URL where a client belongs is refused at once, not answered 503 on every request."""
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        RedisIdStore(**kwargs)  # type: ignore[arg-type]
+    assert "127.0.0.1" not in str(caught.value)  # a URL may hold a password: never echoed

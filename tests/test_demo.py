@@ -51,7 +51,8 @@ def test_demo_runs_a_whole_training(capsys: pytest.CaptureFixture[str]) -> None:
             0,
         )
         assert step["removed"] == []
-        assert step["state"] == "ONGOING"
+    # each row shows the state after its step: TRAINING_FINISHED completes the training
+    assert [step["state"] for step in steps] == ["ONGOING"] * (len(steps) - 1) + ["COMPLETED"]
     assert summary["totals"] == {"delivered": 30, "rejected": 0, "failed": 0}
     assert summary["verified_by_clients"] == 30  # every client checked every signature
     final = summary["final"]
@@ -110,7 +111,8 @@ def test_demo_with_faults_is_tolerant_skips_the_dead_client_and_completes(
     assert [dead in s["skipped"] for s in steps[1:3]] == [True, True]
     # two failed round notifications in a row: removed at the second, the training goes on
     assert dead in steps[2]["removed"]
-    assert all(s["state"] == "ONGOING" for s in steps)
+    assert all(s["state"] == "ONGOING" for s in steps[:-1])
+    assert steps[-1]["state"] == "COMPLETED"  # the row of TRAINING_FINISHED, as the final line
     assert all("the training goes on" in s["decision"] for s in steps[1:5])
     assert steps[0]["decision"] == ""  # TRAINING_START has no default callbacks
     final = summary["final"]

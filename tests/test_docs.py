@@ -15,17 +15,20 @@ Blocks must only contact 127.0.0.1.
 The site is built once (``mkdocs build --strict``, and again with ProperDocs) and its HTML
 is scanned: no Sphinx role, snippet marker, unresolved cross-reference or outside document
 left as text, local links that work from disk, every public name on the API page with its
-parameters' types and defaults, and the API page as headless chromium shows it. Under
+parameters' types and defaults, the API page as headless chromium shows it, and no table or
+code block wider than its column on any page at 1280 px. Under
 ``CI`` a missing docs tool or browser fails these tests instead of skipping them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import html.parser
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import re
 import shutil
@@ -475,3 +478,77 @@ def test_api_page_in_a_headless_browser(site: Path, tmp_path: Path) -> None:
     text = _Text()
     text.feed(dom)
     assert flnotify.__version__ in text.text
+
+
+_MEASURE = """
+window.addEventListener("load", () => {
+  const found = {pages: 0, checked: 0, overflows: []};
+  for (const frame of document.querySelectorAll("iframe")) {
+    const name = frame.getAttribute("src");
+    const main = frame.contentDocument && frame.contentDocument.querySelector('[role="main"]');
+    if (!main) { found.overflows.push(name + ": no content column"); continue; }
+    found.pages += 1;
+    const right = main.getBoundingClientRect().right;
+    for (const element of main.querySelectorAll("table, pre, pre code")) {
+      found.checked += 1;
+      const box = element.getBoundingClientRect();
+      if (element.scrollWidth > element.clientWidth + 1 || box.right > right + 1) {
+        const room = Math.round(Math.min(element.clientWidth, right - box.left));
+        const text = element.textContent.trim().slice(0, 60);
+        found.overflows.push(`${name}: ${element.tagName.toLowerCase()} of ` +
+          `${element.scrollWidth} px in ${room} px: ${text}`);
+      }
+    }
+  }
+  document.getElementById("report").textContent = JSON.stringify(found);
+});
+"""
+
+
+def test_no_table_or_code_overflows_its_column_at_1280px(site: Path, tmp_path: Path) -> None:
+    """Every page in a 1280 px wide window: tables and code blocks fit the content column.
+
+    A probe page holds every page of (a copy of) the site in a 1280 px wide frame and, once
+    they have loaded, measures each table and code block: its content may not be wider than
+    its box (a scroll bar, or text cut off), nor its box run past the column's right edge.
+    """
+    browser = _chromium()
+    copy = tmp_path / "site"
+    shutil.copytree(site, copy)
+    pages = [page.name for page in _pages(copy) if page.parent == copy]
+    frames = "".join(
+        f'<iframe src="{name}" style="display:block;width:1280px;height:600px"></iframe>'
+        for name in pages
+    )
+    probe = copy / "overflow-probe.html"
+    probe.write_text(
+        f'<!doctype html><html><body><pre id="report"></pre>{frames}'
+        f"<script>{_MEASURE}</script></body></html>",
+        encoding="utf-8",
+    )
+    result = subprocess.run(  # noqa: S603 - a fixed command on a local file
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--allow-file-access-from-files",  # the probe reads its frames' documents
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1300,900",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = re.search(r'<pre id="report">(.*?)</pre>', result.stdout, re.DOTALL)
+    assert report is not None, result.stdout[-2000:]
+    found = json.loads(html.unescape(report[1]))
+    assert found["pages"] == len(pages)
+    assert found["checked"] > 100, "the probe measured the pages' tables and code"
+    assert not found["overflows"], "\n".join(found["overflows"])

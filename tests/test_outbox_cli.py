@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -113,14 +115,58 @@ def test_bad_arguments_and_a_bad_database_are_reported(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser(prog="flnotify outbox")
     add_arguments(parser)
     with pytest.raises(SystemExit):
-        parser.parse_args(["status"])  # --db or --url is required
-    with pytest.raises(SystemExit):
         parser.parse_args(["--db", "x", "prune", "--older-than", "soon"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["status", "--db", "x", "--url", "postgresql://h/db"])
+    code, _, err = outbox("status")
+    assert (code, err.strip()) == (
+        2,
+        "flnotify outbox status: give one of --db PATH or --url postgresql://...",
+    )
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not sqlite" * 200)
     code, _, err = outbox("--db", str(junk), "status")
-    assert code == 1
-    assert "flnotify outbox status: cannot use outbox" in err
+    assert code == 2
+    assert f"flnotify outbox status: {junk} is not an SQLite database" in err
+
+
+def test_options_go_before_or_after_the_subcommand(target: list[str]) -> None:
+    before = outbox(*target, "--json", "status")
+    assert outbox("status", *target, "--json") == before
+    assert outbox("--json", "status", *target) == before
+    assert before[0] == 0
+
+
+@pytest.mark.parametrize("command", [["status"], ["list"], ["retry", "--all"]])
+def test_a_missing_file_is_an_error_and_is_not_created(tmp_path: Path, command: list[str]) -> None:
+    typo = tmp_path / "outbx.db"
+    code, out, err = outbox(*command, "--db", str(typo))
+    assert (code, out) == (2, "")
+    assert f"no outbox at {typo}: no such file" in err
+    assert not typo.exists()
+
+
+def test_a_database_without_an_outbox_is_not_added_to(tmp_path: Path) -> None:
+    app = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(app)) as db, db:
+        db.execute("CREATE TABLE trainings (id TEXT PRIMARY KEY)")
+    before = app.read_bytes()
+    for command in (["status"], ["list"]):
+        code, _, err = outbox("--db", str(app), *command)
+        assert code == 2
+        assert f"{app} holds no flnotify outbox (no table flnotify_outbox_meta" in err
+    assert app.read_bytes() == before
+
+
+def test_a_postgres_database_without_an_outbox_is_not_added_to(postgres_url: str) -> None:
+    import psycopg
+
+    code, _, err = outbox("status", "--url", postgres_url)
+    assert code == 2
+    assert "the PostgreSQL database at --url holds no flnotify outbox" in err
+    with psycopg.connect(postgres_url) as db:
+        found = db.execute("SELECT to_regclass('flnotify_outbox')").fetchone()
+    assert found == (None,)
 
 
 def test_flnotify_outbox_is_a_subcommand(
@@ -128,6 +174,7 @@ def test_flnotify_outbox_is_a_subcommand(
 ) -> None:
     from flnotify import cli
 
-    assert cli.main(["outbox", "--db", str(tmp_path / "o.db"), "--json", "status"]) == 0
+    open_outbox(str(tmp_path / "o.db")).close()
+    assert cli.main(["outbox", "status", "--db", str(tmp_path / "o.db"), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document == {"pending": 0, "claimed": 0, "done": 0, "failed": 0}

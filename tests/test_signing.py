@@ -263,6 +263,8 @@ def test_secret_without_prefix_and_unpadded_is_accepted() -> None:
         ("whsec_====", "not valid base64"),
         (b"whsec_abcd", "must be a string"),
         (42, "must be a string"),
+        ("whsec_AAAA", "a secret needs at least 24 random bytes, not 3"),
+        ("whsec_" + base64.b64encode(b"k" * 23).decode(), "at least 24 random bytes, not 23"),
     ],
 )
 def test_bad_secrets_name_the_problem_not_the_secret(secret: object, problem: str) -> None:
@@ -402,3 +404,14 @@ def test_reference_and_we_agree_on_secrets_from_generate_secret() -> None:
     when = datetime.fromtimestamp(NOW, tz=timezone.utc)
     theirs = Webhook(secret).sign(MSG_ID, when, BODY.decode())
     assert Signer(secret).signature(MSG_ID, NOW, BODY) == theirs
+
+
+def test_one_minimum_length_for_given_and_generated_secrets() -> None:
+    """24 bytes is enough for Signer, Verifier and generate_secret; 23 never is."""
+    shortest = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    assert Verifier(shortest).verify(Signer(shortest).headers(MSG_ID, NOW, BODY), BODY, now=NOW)
+    with pytest.raises(ConfigurationError) as given:
+        Signer("whsec_" + base64.b64encode(b"k" * 23).decode())
+    with pytest.raises(ConfigurationError) as generated:
+        generate_secret(23)
+    assert str(given.value) == str(generated.value)

@@ -565,11 +565,14 @@ def run_demo(config: DemoConfig, observer: DemoObserver | None = None) -> DemoRe
             watch.step_started(number, len(plan), notification)
             progress.number, progress.notification = number, notification
             step = _send(number, notification, notifier, repo, config.policy())
+            if cls is TrainingFinishedNotification and step.state is not TrainingState.ERROR:
+                # the server completes the training with the notification that says so: the
+                # step's row shows the state after it, as the final summary does
+                repo.update_training(training.id, state=TrainingState.COMPLETED)
+                step = attrs.evolve(step, state=TrainingState.COMPLETED)
             steps.append(step)
             watch.step_finished(step, len(plan))
         final = repo.get_training(training.id)
-        if final.state is not TrainingState.ERROR:
-            final = repo.update_training(training.id, state=TrainingState.COMPLETED)
         return DemoResult(
             config=config,
             seed=seed,

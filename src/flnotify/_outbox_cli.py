@@ -8,6 +8,10 @@ Subcommands:
   ids); they keep their ``webhook-id``, so clients that deduplicate run their handler once;
 - ``prune --older-than 7d``: delete done deliveries recorded before then.
 
+``--db``, ``--url`` and ``--json`` go before or after the subcommand. The command opens
+only an outbox that exists: a missing file, or a database without the outbox's tables, is
+an error (status 2), never created or added to.
+
 The operations are the outbox's own ([`Outbox.counts`][flnotify.outbox.Outbox.counts],
 [`failed`][flnotify.outbox.Outbox.failed],
 [`retry_failed`][flnotify.outbox.Outbox.retry_failed],
@@ -17,11 +21,14 @@ The operations are the outbox's own ([`Outbox.counts`][flnotify.outbox.Outbox.co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from ._exceptions import FlnotifyError
@@ -42,14 +49,34 @@ def _duration(text: str) -> float:
     return float(match[1]) * _UNITS[match[2] or "s"]
 
 
+def _where(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--db``/``--url``/``--json``: on the command and on each subcommand alike.
+
+    On a subcommand they default to "not given", so a value given before the subcommand
+    stays when none is given after it.
+    """
+    default: Any = None if top else argparse.SUPPRESS
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", metavar="PATH", default=default, help="the outbox's SQLite file")
+    where.add_argument(
+        "--url",
+        metavar="postgresql://...",
+        default=default,
+        help="the outbox's PostgreSQL database",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="print JSON instead of text",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the outbox options and subcommands to ``parser``."""
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--db", metavar="PATH", help="the outbox's SQLite file")
-    where.add_argument("--url", metavar="postgresql://...", help="the outbox's PostgreSQL database")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _where(parser, top=True)
     commands = parser.add_subparsers(dest="outbox_command", metavar="COMMAND", required=True)
-    commands.add_parser("status", help="deliveries by state, and how many failed")
+    status = commands.add_parser("status", help="deliveries by state, and how many failed")
     listing = commands.add_parser("list", help="failed deliveries with their last error")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     retry = commands.add_parser("retry", help="send failed deliveries again, same webhook-id")
@@ -63,6 +90,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="AGE",
         help="recorded longer ago than this (e.g. 7d, 12h)",
     )
+    for command in (status, listing, retry, prune):
+        _where(command, top=False)
+
+
+_TABLES = ("flnotify_outbox_meta", "flnotify_outbox_batches", "flnotify_outbox")
+
+
+class _NoOutboxError(Exception):
+    """The target holds no outbox; the message names it."""
+
+
+def _sqlite_tables(path: str) -> set[str]:
+    """The outbox tables an existing SQLite file has, read without changing the file."""
+    file = Path(path)
+    if not file.is_file():
+        what = "is a directory" if file.is_dir() else "no such file"
+        msg = f"no outbox at {path}: {what} (an outbox is never created by looking at it)"
+        raise _NoOutboxError(msg)
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+        ) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.DatabaseError as exc:
+        msg = f"{path} is not an SQLite database ({exc})"
+        raise _NoOutboxError(msg) from None
+    return {str(name) for (name,) in rows}
+
+
+def _postgres_tables(url: str) -> set[str] | None:
+    """The outbox tables the database has; ``None`` when psycopg is not installed."""
+    try:
+        import psycopg
+    except ImportError:
+        return None  # open_outbox says what to install
+    try:
+        with psycopg.connect(url, autocommit=True) as db:
+            found = db.execute(
+                "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL",
+                (list(_TABLES),),
+            ).fetchall()
+    except psycopg.Error:
+        return None  # unreachable: open_outbox reports it as an OutboxError
+    return {str(name) for (name,) in found}
+
+
+def _check_exists(args: argparse.Namespace) -> None:
+    """Refuse a target without an outbox, so nothing is created or added to by a look."""
+    if args.url:
+        tables = _postgres_tables(args.url)
+        where = "the PostgreSQL database at --url"
+    else:
+        tables = _sqlite_tables(args.db)
+        where = args.db
+    if tables is None:
+        return
+    missing = [name for name in _TABLES if name not in tables]
+    if missing:
+        msg = (
+            f"{where} holds no flnotify outbox (no table {', '.join(missing)}); "
+            "nothing was created or changed"
+        )
+        raise _NoOutboxError(msg)
 
 
 def run(
@@ -78,6 +168,16 @@ def run(
     command = args.outbox_command
     if command == "retry" and bool(args.all) == bool(args.message_ids):
         print("flnotify outbox retry: give message ids or --all (not both)", file=err)
+        return 2
+    if bool(args.db) == bool(args.url):
+        print(
+            f"flnotify outbox {command}: give one of --db PATH or --url postgresql://...", file=err
+        )
+        return 2
+    try:
+        _check_exists(args)
+    except _NoOutboxError as exc:
+        print(f"flnotify outbox {command}: {exc}", file=err)
         return 2
     try:
         with open_outbox(args.url or args.db) as outbox:

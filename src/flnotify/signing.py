@@ -97,12 +97,22 @@ def generate_secret(nbytes: int = 32) -> str:
     """A new random secret, ``whsec_`` + base64 of ``nbytes`` random bytes.
 
     Raises:
-        ConfigurationError: ``nbytes`` is below 24 (the specification's minimum).
+        ConfigurationError: ``nbytes`` is below `MIN_SECRET_BYTES` (24, the specification's
+            minimum; every secret flnotify is given must be as long).
     """
-    if nbytes < 24:  # the specification's minimum key length
-        msg = f"a secret needs at least 24 random bytes, not {nbytes}"
-        raise ConfigurationError(msg)
+    _check_length(nbytes)
     return SECRET_PREFIX + _b64(_secrets.token_bytes(nbytes))
+
+
+MIN_SECRET_BYTES = 24
+"""The shortest key a secret may have, in bytes (the Standard Webhooks minimum)."""
+
+
+def _check_length(nbytes: int) -> None:
+    """Refuse a key shorter than `MIN_SECRET_BYTES`: the one check, with the one message."""
+    if nbytes < MIN_SECRET_BYTES:
+        msg = f"a secret needs at least {MIN_SECRET_BYTES} random bytes, not {nbytes}"
+        raise ConfigurationError(msg)
 
 
 def _parse_secret(secret: object, index: int | None = None) -> bytes:
@@ -124,6 +134,7 @@ def _parse_secret(secret: object, index: int | None = None) -> bytes:
     if not key:
         msg = f"{which} decodes to an empty key"
         raise ConfigurationError(msg)
+    _check_length(len(key))
     return key
 
 

@@ -112,9 +112,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             "callbacks remove them and tell them) and one is unreachable: its circuit "
             "breaker skips it at no cost, the tolerant failure policy keeps the training "
             "going and removes it after two failed rounds. --strict applies the original "
-            "rule instead: one failure puts the training into ERROR. With --pull N, N "
-            "clients open no socket: they long-poll the server's mailbox and acknowledge "
-            "each notification, and the same send reaches them and the others."
+            "platform's rule instead (the FL platform, Django + Celery, whose notification "
+            "layer flnotify was lifted from): one failure puts the training into ERROR. "
+            "With --pull N, N clients open no socket: they long-poll the server's mailbox "
+            "and acknowledge each notification, and the same send reaches them and the others."
         ),
     )
     demo.add_argument(
@@ -129,7 +130,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     demo.add_argument(
         "--strict",
         action="store_true",
-        help="the original rule: any failure puts the training into ERROR (no breaker)",
+        help=(
+            "the original platform's rule (the FL platform flnotify was lifted from): "
+            "any failure puts the training into ERROR (no breaker)"
+        ),
     )
     demo.add_argument(
         "--pull",
@@ -229,7 +233,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     secret.add_argument(
         "--bytes",
-        type=int_arg(24, 64),
+        type=int_arg(1, 64),  # below 24: refused by generate_secret, with its message
         default=32,
         metavar="N",
         help="random bytes in the secret, 24 to 64 (default 32)",

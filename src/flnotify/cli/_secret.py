@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import ConfigurationError
 from ..signing import generate_secret
 from ._output import emit
 
@@ -12,5 +13,9 @@ __all__ = ["run_secret"]
 
 def run_secret(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Print one new ``whsec_`` secret (Standard Webhooks format) on stdout."""
-    emit(generate_secret(args.bytes))
+    try:
+        secret = generate_secret(args.bytes)
+    except ConfigurationError as exc:  # too few bytes: the message every secret check gives
+        parser.error(f"argument --bytes: {exc}")
+    emit(secret)
     return 0

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from .._exceptions import ConfigurationError
 from .._mailbox import Adopted, Answer, Letter, MailboxStore
@@ -20,11 +16,14 @@ from .._notifier import Notifier
 from .._report import Delivery
 from .._retry import RetryPolicy
 from .._types import Outcome, Receiver
-from ..outbox._contract import ContractClock, in_threads
+from ..outbox._contract import ContractClock, fixture, in_threads, install_fixtures, raises
 from ..training import GlobalModelBody, TrainingStartNotification
 from ..transports._memory import MemoryTransport
 from ._dispatcher import MailboxDispatcher
 from ._model import STATES, MailboxError
+
+if TYPE_CHECKING:
+    from hypothesis.stateful import RuleBasedStateMachine
 
 __all__ = ["MailboxStoreContract"]
 
@@ -111,6 +110,10 @@ class MailboxStoreContract:
     examples apart by their own client ids and owners (it never adopts).
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        install_fixtures(cls)
+
     # -- hooks for subclasses
 
     def make_mailbox(
@@ -121,12 +124,12 @@ class MailboxStoreContract:
 
     # -- plumbing
 
-    @pytest.fixture
+    @fixture
     def clock(self) -> ContractClock:
         """The fake clock of this test's handles."""
         return ContractClock()
 
-    @pytest.fixture
+    @fixture
     def handles(self, clock: ContractClock) -> Iterator[OpenMailbox]:
         """Opens handles on the test's mailbox and closes them all afterwards."""
         opened: list[MailboxStore] = []
@@ -142,7 +145,7 @@ class MailboxStoreContract:
         for store in opened:
             store.close()
 
-    @pytest.fixture
+    @fixture
     def mailbox(self, handles: OpenMailbox) -> MailboxStore:
         """One handle on this test's mailbox."""
         return handles()
@@ -171,9 +174,9 @@ class MailboxStoreContract:
         store = handles()
         store.close()
         store.close()
-        with pytest.raises(ConfigurationError, match="closed"):
+        with raises(ConfigurationError, match="closed"):
             store.counts()
-        with pytest.raises(ConfigurationError, match="closed"):
+        with raises(ConfigurationError, match="closed"):
             store.fetch(_C1, 1)
 
     # -- posting and fetching
@@ -521,9 +524,9 @@ class MailboxStoreContract:
     ) -> None:
         """The whole post fails with MailboxError; the handle stays usable."""
         _post(mailbox, [(_C1, "taken")], send="s1")
-        with pytest.raises(MailboxError):
+        with raises(MailboxError):
             _post(mailbox, [(_C2, "fresh"), (_C3, "taken")], send="s2", body=b"first")
-        with pytest.raises(MailboxError):
+        with raises(MailboxError):
             _post(mailbox, [(_C2, "twice"), (_C3, "twice")], send="s2", body=b"first")
         assert mailbox.counts() == {"queued": 1, "offered": 0, "answered": 0, "done": 0}
         assert mailbox.fetchable([_C2, _C3]) == set()
@@ -554,7 +557,7 @@ class MailboxStoreContract:
             lambda: mailbox.fetch(_C1, -1),
         ]
         for call in bad:
-            with pytest.raises(ConfigurationError):
+            with raises(ConfigurationError):
                 call()
         assert mailbox.counts() == dict.fromkeys(STATES, 0)
         _post(mailbox, [(_C1, "m1")], send="s1", body=b"ok")  # still usable
@@ -617,6 +620,9 @@ class MailboxStoreContract:
         Bodies come back exact, a client sees only its letters, each letter settles at
         most once, and a reopened handle has lost nothing.
         """
+        from hypothesis import HealthCheck, settings  # only when the test runs
+        from hypothesis.stateful import run_state_machine_as_test
+
         run_state_machine_as_test(
             _machine(self.make_mailbox),
             settings=settings(
@@ -663,15 +669,22 @@ class _Row:
 
 
 _ADVANCES = (0.5, 1.0, 10.0, VISIBILITY - 0.5, VISIBILITY, 60.0, ACK_DEADLINE / 2, ACK_DEADLINE)
-_PICKS = st.lists(st.integers(0, 1_000), max_size=4)
 
 
 def _machine(make: Callable[..., MailboxStore]) -> type[RuleBasedStateMachine]:
     """A state machine driving one handle and a model side by side.
 
     Its clients, owners and message ids are fresh per example, so the examples of one
-    test need no fresh mailbox each.
+    test need no fresh mailbox each. Hypothesis is imported here, when the test runs.
     """
+    from hypothesis import strategies as st  # only when the test runs
+    from hypothesis.stateful import (
+        RuleBasedStateMachine,
+        invariant,
+        rule,
+    )
+
+    picks_ = st.lists(st.integers(0, 1_000), max_size=4)
 
     class MailboxMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -729,7 +742,7 @@ def _machine(make: Callable[..., MailboxStore]) -> type[RuleBasedStateMachine]:
 
         @rule(
             client=st.integers(0, 2),
-            picks=_PICKS,
+            picks=picks_,
             statuses=st.lists(st.sampled_from([200, 204, 404, 500, 503]), min_size=4, max_size=4),
         )
         def ack(self, client: int, picks: list[int], statuses: list[int]) -> None:
@@ -759,7 +772,7 @@ def _machine(make: Callable[..., MailboxStore]) -> type[RuleBasedStateMachine]:
             ]
             assert self.store.answers(self.owners[owner]) == expected
 
-        @rule(owner=st.integers(0, 1), picks=_PICKS, delay=st.sampled_from([0.0, 5.0, 45.0]))
+        @rule(owner=st.integers(0, 1), picks=picks_, delay=st.sampled_from([0.0, 5.0, 45.0]))
         def requeue(self, owner: int, picks: list[int], delay: float) -> None:
             retries = [(mid, delay) for mid in dict.fromkeys(self._pick(picks))]
             expected = 0
@@ -770,7 +783,7 @@ def _machine(make: Callable[..., MailboxStore]) -> type[RuleBasedStateMachine]:
                     expected += 1
             assert self.store.requeue(self.owners[owner], retries) == expected
 
-        @rule(owner=st.integers(0, 1), picks=_PICKS, outcome=st.sampled_from(list(Outcome)))
+        @rule(owner=st.integers(0, 1), picks=picks_, outcome=st.sampled_from(list(Outcome)))
         def settle(self, owner: int, picks: list[int], outcome: Outcome) -> None:
             deliveries = [_outcome(mid, outcome) for mid in self._pick(picks)]
             expected = []

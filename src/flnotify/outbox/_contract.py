@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
-
-import pytest
+from typing import Any, TypeVar
 
 from .._exceptions import ConfigurationError, ConnectError, TransportError, TransportErrorKind
 from .._notifier import Notifier
@@ -24,6 +23,37 @@ __all__ = ["OutboxStoreContract"]
 
 _MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
 _JOIN_TIMEOUT = 60.0
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_FIXTURE_MARK = "_flnotify_contract_fixture"
+
+
+def fixture(function: _F) -> _F:
+    """Mark a method of a suite as a pytest fixture of the suite's subclasses.
+
+    ``pytest.fixture`` is applied by `install_fixtures` when a suite is subclassed, so
+    importing a suite (the docs build does, to document it) never imports pytest.
+    """
+    setattr(function, _FIXTURE_MARK, True)
+    return function
+
+
+def install_fixtures(cls: type) -> None:
+    """Make the marked methods ``cls`` inherits unchanged pytest fixtures of ``cls``."""
+    import pytest  # only a suite in use needs pytest
+
+    for name in dir(cls):
+        value = inspect.getattr_static(cls, name)
+        if inspect.isfunction(value) and getattr(value, _FIXTURE_MARK, False):
+            setattr(cls, name, pytest.fixture(value))
+
+
+def raises(expected: type[BaseException], *, match: str | None = None) -> Any:
+    """``pytest.raises``, importing pytest when a suite's test runs."""
+    import pytest  # only a suite in use needs pytest
+
+    return pytest.raises(expected, match=match)
 
 
 class ContractClock:
@@ -123,6 +153,10 @@ class OutboxStoreContract:
     The concurrency test uses 4 handles from 4 threads at once.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        install_fixtures(cls)
+
     # -- hooks for subclasses
 
     def make_outbox(self, clock: Callable[[], float]) -> OutboxStore:
@@ -131,12 +165,12 @@ class OutboxStoreContract:
 
     # -- plumbing
 
-    @pytest.fixture
+    @fixture
     def clock(self) -> ContractClock:
         """The fake clock of this test's handles."""
         return ContractClock()
 
-    @pytest.fixture
+    @fixture
     def handles(self, clock: ContractClock) -> Iterator[Callable[[], OutboxStore]]:
         """Opens handles on the test's outbox and closes them all afterwards."""
         opened: list[OutboxStore] = []
@@ -150,7 +184,7 @@ class OutboxStoreContract:
         for store in opened:
             store.close()
 
-    @pytest.fixture
+    @fixture
     def outbox(self, handles: Callable[[], OutboxStore]) -> OutboxStore:
         """One handle on this test's outbox."""
         return handles()
@@ -176,10 +210,10 @@ class OutboxStoreContract:
 
     def test_put_refuses_what_could_not_be_sent(self, outbox: OutboxStore) -> None:
         """Mismatched ids are a ConfigurationError, a taken id an OutboxError; nothing stays."""
-        with pytest.raises(ConfigurationError, match="2 message ids for 3"):
+        with raises(ConfigurationError, match="2 message ids for 3"):
             outbox.put(_start(_receivers(3)), message_ids=["a", "b"])
         outbox.put(_start(_receivers(1)), message_ids=["taken"])
-        with pytest.raises(OutboxError):
+        with raises(OutboxError):
             outbox.put(_start(_receivers(2)), message_ids=["fresh", "taken"])
         assert [e.message_id for e in outbox.entries()] == ["taken"]
         outbox.put(_start(_receivers(1)))  # the handle is still usable after an error
@@ -256,9 +290,9 @@ class OutboxStoreContract:
 
     def test_bad_claim_arguments_are_refused(self, outbox: OutboxStore) -> None:
         """A claim of nothing, or for no time, is a ConfigurationError."""
-        with pytest.raises(ConfigurationError):
+        with raises(ConfigurationError):
             outbox.claim(0, lease_seconds=30)
-        with pytest.raises(ConfigurationError):
+        with raises(ConfigurationError):
             outbox.claim(1, lease_seconds=0)
 
     # -- recording
@@ -380,7 +414,7 @@ class OutboxStoreContract:
         store = handles()
         store.close()
         store.close()
-        with pytest.raises(ConfigurationError, match="closed"):
+        with raises(ConfigurationError, match="closed"):
             store.counts()
 
     # -- with a dispatcher

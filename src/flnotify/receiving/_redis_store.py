@@ -38,6 +38,21 @@ def _state(previous: object) -> Claim:
     return Claim.IN_FLIGHT if raw == _IN_FLIGHT else Claim.HANDLED
 
 
+def _check_client(name: str, client: object, wanted: str) -> None:
+    """Refuse what cannot be a Redis client: a URL string above all (use ``from_url``)."""
+    if client is None:
+        return
+    if isinstance(client, (str, bytes)):
+        msg = (
+            f"RedisIdStore({name}=...) takes a {wanted} client, not a {type(client).__name__}; "
+            "for a URL use RedisIdStore.from_url(url)"
+        )
+        raise ConfigurationError(msg)
+    if not (callable(getattr(client, "set", None)) and callable(getattr(client, "eval", None))):
+        msg = f"RedisIdStore({name}=...) takes a {wanted} client, not {type(client).__name__}"
+        raise ConfigurationError(msg)
+
+
 @attrs.define
 class RedisIdStore:
     """Message ids in Redis: any number of processes on any number of hosts.
@@ -73,6 +88,11 @@ class RedisIdStore:
         if self.client is None and self.async_client is None:
             msg = "RedisIdStore needs a client, an async_client or both (see from_url)"
             raise ConfigurationError(msg)
+        for name, client, wanted in (
+            ("client", self.client, "redis.Redis"),
+            ("async_client", self.async_client, "redis.asyncio.Redis"),
+        ):
+            _check_client(name, client, wanted)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisIdStore:

@@ -1,8 +1,10 @@
 """Transports: how a POST is made.
 
-``HttpxTransport`` is the default; ``MemoryTransport`` stands in for clients in tests;
-``StreamTransport`` (extra ``flnotify[fast]``, needs httptools) is the lean HTTP/1.1 client
-for large fan-out. It is imported on first use, so the core never needs httptools.
+``StreamTransport`` is the ``Notifier``'s default: a lean HTTP/1.1 client for large fan-out
+(responses parsed by httptools with the extra ``flnotify[fast]``, else by h11, which httpx
+brings); it is imported on first use.
+``HttpxTransport`` is the httpx-based one (HTTP/2, proxies, what httpx offers);
+``MemoryTransport`` stands in for clients in tests.
 """
 
 from typing import TYPE_CHECKING, Any
