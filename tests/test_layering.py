@@ -176,3 +176,29 @@ def test_receiving_imports_nothing_of_the_sending_side() -> None:
 
 def test_the_error_module_imports_nothing_of_flnotify() -> None:
     assert GRAPH["flnotify._exceptions"] == set()
+
+
+def test_no_module_imports_another_modules_underscore_names() -> None:
+    """Private modules may be imported; the private names inside another module may not."""
+    wrong = []
+    for path in sorted(SRC.rglob("*.py")):
+        name = module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom) or node.module == "__future__":
+                continue
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                source = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            else:
+                source = node.module or ""
+            if source.split(".")[0] != "flnotify":
+                continue
+            folder = SRC.joinpath(*source.split("."))
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                is_module = (folder / f"{alias.name}.py").exists() or (folder / alias.name).is_dir()
+                if private and not is_module:
+                    wrong.append(f"{name} imports {alias.name} from {source}")
+    assert wrong == []

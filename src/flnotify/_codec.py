@@ -350,15 +350,15 @@ def _load(data: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 @functools.cache
-def _default_codec() -> Codec:
+def default_codec() -> Codec:
     return Codec()
 
 
 def encode(notification: Notification[Any]) -> bytes:
     """Encode with the default codec; see [`Codec.encode`][]."""
-    return _default_codec().encode(notification)
+    return default_codec().encode(notification)
 
 
 def decode(data: bytes | str | Mapping[str, Any]) -> Notification[Any]:
     """Decode with the default codec; see [`Codec.decode`][]."""
-    return _default_codec().decode(data)
+    return default_codec().decode(data)

@@ -44,13 +44,13 @@ from ..receiving._asgi import (
     ASGIReceive,
     ASGIScope,
     ASGISend,
-    _BodyTooLargeError,
-    _DisconnectedError,
-    _lifespan,
-    _read_body,
+    BodyTooLargeError,
+    DisconnectedError,
+    lifespan,
+    read_body,
 )
 from ..receiving._responses import Response, error, json_response, status_line
-from ..receiving._wsgi import _wsgi_headers
+from ..receiving._wsgi import wsgi_headers
 from ..signing import Signer
 
 if TYPE_CHECKING:
@@ -385,9 +385,9 @@ class MailboxApp:
             return refused
         try:
             body = await asyncio.wait_for(
-                _read_body(receive, self.max_body_bytes), self.read_timeout
+                read_body(receive, self.max_body_bytes), self.read_timeout
             )
-        except _BodyTooLargeError:
+        except BodyTooLargeError:
             return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
         except asyncio.TimeoutError:
             return self._too_slow(("connection", "close"))
@@ -411,7 +411,7 @@ class MailboxApp:
                 await asyncio.wait({woken, gone}, timeout=left, return_when="FIRST_COMPLETED")
                 woken.cancel()
                 if gone.done():
-                    raise _DisconnectedError
+                    raise DisconnectedError
                 event.clear()
                 answer = await asyncio.to_thread(self._look, receiver, request)
                 if answer is not None:
@@ -427,7 +427,7 @@ class MailboxApp:
         async def app(scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
             kind = scope["type"]
             if kind == "lifespan":
-                await _lifespan(receive, send)
+                await lifespan(receive, send)
                 return
             if kind != "http":
                 if kind == "websocket":
@@ -435,7 +435,7 @@ class MailboxApp:
                 return
             try:
                 response = await self._aserve(scope, receive)
-            except _DisconnectedError:
+            except DisconnectedError:
                 return
             except Exception:
                 logger.exception("mailbox: the ASGI app failed on a request")
@@ -458,7 +458,7 @@ class MailboxApp:
     def _serve(self, environ: WSGIEnvironment) -> Response:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
-        headers = _wsgi_headers(environ)
+        headers = wsgi_headers(environ)
         refused = self._precheck(method, path, headers)
         if refused is not None:
             return refused

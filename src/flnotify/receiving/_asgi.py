@@ -19,31 +19,31 @@ ASGIApp: TypeAlias = Callable[[ASGIScope, ASGIReceive, ASGISend], Awaitable[None
 """A plain ASGI 3 application callable."""
 
 
-class _BodyTooLargeError(Exception):
+class BodyTooLargeError(Exception):
     pass
 
 
-class _DisconnectedError(Exception):
+class DisconnectedError(Exception):
     pass
 
 
-async def _read_body(receive: ASGIReceive, limit: int) -> bytes:
+async def read_body(receive: ASGIReceive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _DisconnectedError
+            raise DisconnectedError
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _BodyTooLargeError
+            raise BodyTooLargeError
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 
 
-async def _lifespan(receive: ASGIReceive, send: ASGISend) -> None:
+async def lifespan(receive: ASGIReceive, send: ASGISend) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -59,8 +59,8 @@ async def _answer(router: Answering, scope: ASGIScope, receive: ASGIReceive) -> 
     if response is not None:
         return response
     try:
-        body = await _read_body(receive, router.limits.max_body_bytes)
-    except _BodyTooLargeError:
+        body = await read_body(receive, router.limits.max_body_bytes)
+    except BodyTooLargeError:
         return too_large(router.limits.max_body_bytes)
     return await router.ahandle(method, headers, body)
 
@@ -77,7 +77,7 @@ def asgi_app(router: Answering) -> ASGIApp:
     async def app(scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if kind == "websocket":
             await send({"type": "websocket.close", "code": 1008})
@@ -86,7 +86,7 @@ def asgi_app(router: Answering) -> ASGIApp:
             return
         try:
             response = await _answer(router, scope, receive)
-        except _DisconnectedError:
+        except DisconnectedError:
             return
         except Exception:
             logger.exception("the ASGI adapter failed on a request")

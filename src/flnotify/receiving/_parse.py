@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from .._codec import Codec, _default_codec, nested_deeper_than
+from .._codec import Codec, default_codec, nested_deeper_than
 from .._exceptions import ConfigurationError, DecodeError, RequestTooLargeError
 from .._notification import Notification
 from .._validators import at_least_one
@@ -211,6 +211,6 @@ def parse_notification(
         headers,
         body,
         verifier=verifier,
-        codec=_default_codec() if codec is None else codec,
+        codec=default_codec() if codec is None else codec,
         limits=limits,
     )

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["Reply", "Response"]
 
 
-def _valid_status(_: Any, __: Any, value: int) -> None:
+def valid_status(_: Any, __: Any, value: int) -> None:
     if type(value) is not int or not 200 <= value <= 599:
         msg = f"status must be an int from 200 to 599, not {value!r}"
         raise ValueError(msg)
@@ -34,7 +34,7 @@ class Reply:
         content_type: Overrides the content type inferred from ``body``.
     """
 
-    status: int = attrs.field(default=200, validator=_valid_status)
+    status: int = attrs.field(default=200, validator=valid_status)
     body: Any = None
     content_type: str | None = None
 

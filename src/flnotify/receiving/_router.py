@@ -42,12 +42,12 @@ from ._responses import (
     INTERNAL_ERROR,
     Reply,
     Response,
-    _valid_status,
     error,
     json_response,
     reply_response,
     response,
     too_large,
+    valid_status,
 )
 from ._wsgi import wsgi_app
 
@@ -324,7 +324,7 @@ class NotificationRouter:
                 raise ConfigurationError(msg)
             limits = attrs.evolve(limits, max_body_bytes=max_body_bytes)
         try:
-            _valid_status(None, None, unknown_type_status)
+            valid_status(None, None, unknown_type_status)
         except ValueError as exc:
             msg = f"unknown_type_status: {exc}"
             raise ConfigurationError(msg) from None
@@ -429,7 +429,7 @@ class NotificationRouter:
             raise ConfigurationError(msg)
         if status is not None:
             try:
-                _valid_status(None, None, status)
+                valid_status(None, None, status)
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
         if wire in self._handlers:

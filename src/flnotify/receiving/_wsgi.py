@@ -17,7 +17,7 @@ __all__ = ["wsgi_app"]
 logger = logging.getLogger("flnotify")
 
 
-def _wsgi_headers(environ: WSGIEnvironment) -> list[tuple[str, str]]:
+def wsgi_headers(environ: WSGIEnvironment) -> list[tuple[str, str]]:
     pairs = []
     for key, value in environ.items():
         if key.startswith("HTTP_"):
@@ -29,7 +29,7 @@ def _wsgi_headers(environ: WSGIEnvironment) -> list[tuple[str, str]]:
 
 def _answer(router: Answering, environ: WSGIEnvironment) -> Response:
     method = environ.get("REQUEST_METHOD", "GET")
-    response, headers, length = router._precheck(method, _wsgi_headers(environ))
+    response, headers, length = router._precheck(method, wsgi_headers(environ))
     if response is not None:
         return response
     stream = environ["wsgi.input"]
