@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
@@ -19,7 +19,7 @@ from ._db import database_call
 
 __all__ = ["DjangoTrackingRepository", "DjangoTrainingRepository", "notification_for"]
 
-N_co = TypeVar("N_co", covariant=True)
+N = TypeVar("N")
 
 
 def _state_map(value: Mapping[Any, TrainingState | str] | None) -> dict[Any, TrainingState]:
@@ -218,11 +218,12 @@ class DjangoTrainingRepository:
         return database_call(self.using, f"{what} {training_id}")
 
     def _members(self, resolved: _Resolved, training_id: UUID) -> models.QuerySet[Any]:
-        return (
+        members: models.QuerySet[Any] = (
             resolved.through._default_manager.using(self.using)
             .filter(**{resolved.training_side: training_id})
             .order_by("pk")
         )
+        return members
 
     def _resolved(self) -> _Resolved:
         return _resolve(
@@ -284,9 +285,11 @@ def _resolve(
     for name, path in (("receiver_id", receiver[0]), ("receiver_endpoint", receiver[1])):
         _check_path(training, name, f"{actor}.{path}")
         _check_path(field.related_model, name, path)
+    through = field.remote_field.through
+    assert through is not None  # noqa: S101 - Django sets it when the models are ready
     return _Resolved(
         training=training,
-        through=field.remote_field.through,
+        through=through,
         training_side=field.m2m_field_name(),
         receiver_side=field.m2m_reverse_field_name(),
         fields=(
@@ -421,20 +424,13 @@ class DjangoTrackingRepository(DjangoTrainingRepository):
 # --------------------------------------------------------------------------- notifications
 
 
-class _FromTraining(Protocol[N_co]):
-    """A notification class with a ``from_training(snapshot, ...)`` factory."""
-
-    @property
-    def from_training(self) -> Callable[..., N_co]: ...
-
-
 def notification_for(
-    kind: _FromTraining[N_co],
+    kind: Callable[..., N],
     training: models.Model | UUID,
     *,
     repository: DjangoTrainingRepository | None = None,
     **options: Any,
-) -> N_co:
+) -> N:
     """``kind.from_training(...)`` for a host's training instance (or its id).
 
     ``notification_for(TrainingRoundStartNotification, training)`` reads the training
@@ -442,13 +438,20 @@ def notification_for(
     notification, so no notification class needs a ``from_training`` of its own.
 
     Args:
-        kind: The notification class.
+        kind: The notification class (one with a ``from_training`` factory).
         training: The host's training instance or id.
         repository: Where to read it; the settings' repository if omitted.
         **options: Passed on to ``from_training`` (``receivers=``, ``client=``, ...).
+
+    Raises:
+        ConfigurationError: ``kind`` has no ``from_training``.
     """
+    factory: Callable[..., N] | None = getattr(kind, "from_training", None)
+    if factory is None:
+        msg = f"{kind!r} has no from_training(); build it with its constructor"
+        raise ConfigurationError(msg)
     if repository is None:
         from ._process import get_repository
 
         repository = get_repository()
-    return kind.from_training(repository.snapshot(training), **options)
+    return factory(repository.snapshot(training), **options)

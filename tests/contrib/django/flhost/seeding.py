@@ -38,7 +38,8 @@ def seed(
         actor=users[actor.id], model=model, state=_STORED[state]
     )
     training.participants.add(*(users[p.id] for p in participants))
-    return training.id
+    training_id: uuid.UUID = training.id
+    return training_id
 
 
 def empty(using: str) -> None:

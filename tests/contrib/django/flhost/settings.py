@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-SECRET_KEY = "flhost-tests-not-secret"  # noqa: S105 - a test project
+SECRET_KEY = "flhost-tests-not-secret"
 INSTALLED_APPS = ["flnotify.contrib.django", "flhost"]
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
