@@ -73,13 +73,13 @@ def test_a_wrong_block_names_the_key(django_site: None) -> None:
 
     from flnotify.contrib.django import get_notifier, get_repository
 
-    unknown = {"REPOSITORY": {}, "SINGER": {}}
+    unknown: dict[str, Any] = {"REPOSITORY": {}, "SINGER": {}}
     with (
         override_settings(FLNOTIFY=unknown),
         pytest.raises(flnotify.ConfigurationError, match=r"unknown key\(s\) \['SINGER'\]"),
     ):
         get_notifier()
-    wrong = {"REPOSITORY": {"model": "flhost.Training", "rounds": 1}}
+    wrong: dict[str, Any] = {"REPOSITORY": {"model": "flhost.Training", "rounds": 1}}
     with (
         override_settings(FLNOTIFY=wrong),
         pytest.raises(flnotify.ConfigurationError, match="rounds"),
