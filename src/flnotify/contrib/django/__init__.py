@@ -23,12 +23,13 @@ from ._process import (
     database_target,
     get_notifier,
     get_repository,
+    notification_for,
     open_mailbox,
     open_outbox,
     reset,
     use_transport,
 )
-from ._repository import DjangoTrackingRepository, DjangoTrainingRepository, notification_for
+from ._repository import DjangoTrackingRepository, DjangoTrainingRepository
 from ._secrets import ClientSecretLookup
 
 __all__ = [

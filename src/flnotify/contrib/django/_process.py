@@ -7,10 +7,12 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
+from uuid import UUID
 
 import attrs
+from django.db import models
 
 from ..._delivery import Notifier
 from ..._exceptions import ConfigurationError
@@ -28,11 +30,14 @@ __all__ = [
     "database_target",
     "get_notifier",
     "get_repository",
+    "notification_for",
     "open_mailbox",
     "open_outbox",
     "reset",
     "use_transport",
 ]
+
+N = TypeVar("N")
 
 _KEYS = frozenset(
     {"REPOSITORY", "SIGNER", "FAILURE_POLICY", "NOTIFIER", "TRANSPORT", "OUTBOX", "MAILBOX"}
@@ -143,6 +148,37 @@ def get_repository() -> DjangoTrainingRepository:
         if state.repository is None:
             state.repository = _build_repository()
         return state.repository
+
+
+def notification_for(
+    kind: Callable[..., N],
+    training: models.Model | UUID,
+    *,
+    repository: DjangoTrainingRepository | None = None,
+    **options: Any,
+) -> N:
+    """``kind.from_training(...)`` for a host's training instance (or its id).
+
+    ``notification_for(TrainingRoundStartNotification, training)`` reads the training
+    through ``repository`` (by default the one of the ``FLNOTIFY`` settings) and builds the
+    notification, so no notification class needs a ``from_training`` of its own.
+
+    Args:
+        kind: The notification class (one with a ``from_training`` factory).
+        training: The host's training instance or id.
+        repository: Where to read it; the settings' repository if omitted.
+        **options: Passed on to ``from_training`` (``receivers=``, ``client=``, ...).
+
+    Raises:
+        ConfigurationError: ``kind`` has no ``from_training``.
+    """
+    factory: Callable[..., N] | None = getattr(kind, "from_training", None)
+    if factory is None:
+        msg = f"{kind!r} has no from_training(); build it with its constructor"
+        raise ConfigurationError(msg)
+    if repository is None:
+        repository = get_repository()
+    return factory(repository.snapshot(training), **options)
 
 
 def get_notifier() -> Notifier:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 from uuid import UUID
 
 import attrs
@@ -17,9 +17,7 @@ from ..._types import Outcome, Receiver, TrainingSnapshot, TrainingState
 from ...repository import OutcomeRecord, SendTally
 from ._db import database_call
 
-__all__ = ["DjangoTrackingRepository", "DjangoTrainingRepository", "notification_for"]
-
-N = TypeVar("N")
+__all__ = ["DjangoTrackingRepository", "DjangoTrainingRepository"]
 
 
 def _state_map(value: Mapping[Any, TrainingState | str] | None) -> dict[Any, TrainingState]:
@@ -419,39 +417,3 @@ class DjangoTrackingRepository(DjangoTrainingRepository):
             except IntegrityError:
                 return False
             return True
-
-
-# --------------------------------------------------------------------------- notifications
-
-
-def notification_for(
-    kind: Callable[..., N],
-    training: models.Model | UUID,
-    *,
-    repository: DjangoTrainingRepository | None = None,
-    **options: Any,
-) -> N:
-    """``kind.from_training(...)`` for a host's training instance (or its id).
-
-    ``notification_for(TrainingRoundStartNotification, training)`` reads the training
-    through ``repository`` (by default the one of the ``FLNOTIFY`` settings) and builds the
-    notification, so no notification class needs a ``from_training`` of its own.
-
-    Args:
-        kind: The notification class (one with a ``from_training`` factory).
-        training: The host's training instance or id.
-        repository: Where to read it; the settings' repository if omitted.
-        **options: Passed on to ``from_training`` (``receivers=``, ``client=``, ...).
-
-    Raises:
-        ConfigurationError: ``kind`` has no ``from_training``.
-    """
-    factory: Callable[..., N] | None = getattr(kind, "from_training", None)
-    if factory is None:
-        msg = f"{kind!r} has no from_training(); build it with its constructor"
-        raise ConfigurationError(msg)
-    if repository is None:
-        from ._process import get_repository
-
-        repository = get_repository()
-    return factory(repository.snapshot(training), **options)
