@@ -45,3 +45,22 @@ def postgres_url(postgres_server: str) -> str:
     from pgserver import fresh_database
 
     return fresh_database(postgres_server)
+
+
+# -- the Django configuration of this process (contrib app, example project) ---------------
+
+
+@pytest.fixture(scope="session")
+def django_site(
+    postgres_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Generator[None, None, None]:
+    """Django configured for every Django test of the session (see ``django_site.py``)."""
+    pytest.importorskip("django", minversion="5.1")  # transaction_mode for SQLite
+    from django_site import configure
+    from pgserver import fresh_database
+
+    configure(tmp_path_factory.mktemp("django"), fresh_database(postgres_server))
+    yield
+    from django.db import connections
+
+    connections.close_all()

@@ -1,22 +1,36 @@
-# ruff: noqa: S101 - a pytest suite: plain asserts are the point
-"""A pytest suite any [`TrainingRepository`][] must pass."""
+# ruff: noqa: S101 - a test suite: plain asserts are the point
+"""The tests any [`TrainingRepository`][] must pass, for pytest and for unittest.
+
+The checks are written once; two shells run them:
+
+* ``TrainingRepositoryContract`` / ``OutcomeTrackingContract``: pytest test classes (a
+  ``repo`` fixture, parametrized states). They are built on first access, and only then is
+  pytest imported: importing this module needs nothing but flnotify.
+* ``TrainingRepositoryTests`` / ``OutcomeTrackingTests``: mixins for ``unittest.TestCase``
+  (and so for Django's ``TransactionTestCase`` under ``manage.py test``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import attrs
-import pytest
 
 from ._exceptions import TrainingNotFoundError
 from ._types import Outcome, Receiver, ReceiverLike, TrainingSnapshot, TrainingState
 from .repository import SendTally, TrainingRepository
 
-__all__ = ["OutcomeTrackingContract", "TrainingRepositoryContract"]
-
+__all__ = [
+    "OutcomeTrackingContract",
+    "OutcomeTrackingTests",
+    "TrainingRepositoryContract",
+    "TrainingRepositoryTests",
+]
 _THREADS = 8
 _JOIN_TIMEOUT = 30.0
 
@@ -63,37 +77,28 @@ def _run_together(workers: Sequence[Callable[[], None]]) -> None:
         raise errors[0]
 
 
-class TrainingRepositoryContract:
-    """Tests every [`TrainingRepository`][] must pass.
+@contextlib.contextmanager
+def _raises_not_found(training_id: UUID) -> Iterator[None]:
+    """Expect TrainingNotFoundError carrying ``training_id`` from the block."""
+    try:
+        yield
+    except TrainingNotFoundError as exc:
+        named = exc.training_id
+    else:
+        named = None
+        raise AssertionError("no TrainingNotFoundError was raised")
+    assert named == training_id, f"the error names {named}, not {training_id}"
 
-    Subclass it in a ``test_*.py`` file under a ``Test``-prefixed name and implement
-    [`make_repository`][]; implement [`seed`][] too unless the repository has a
-    ``create_training`` call like the bundled ones::
 
-        from flnotify._repository_contract import TrainingRepositoryContract
-
-        class TestMyRepository(TrainingRepositoryContract):
-            def make_repository(self):
-                return MyRepository(test_database_url)
-
-            def seed(self, repo, *, actor, participants, model_id, round, state):
-                return repo.insert_training_for_tests(actor, participants, model_id, round, state)
-
-    Each test gets a fresh repository from [`make_repository`][] and hands it to
-    [`dispose_repository`][] afterwards (by default: ``repo.close()`` if it exists).
-    To use a pytest fixture such as ``tmp_path`` there, store it on ``self`` from an
-    ``autouse`` fixture method of the subclass. The concurrency tests call the
-    repository from 8 threads at once. Participant order is not checked. To get pytest's
-    detailed assertion messages, call
-    ``pytest.register_assert_rewrite("flnotify._repository_contract")`` in a
-    ``conftest.py`` before anything imports this module.
-    """
+class _RepositoryChecks:
+    """The hooks, helpers and checks both shells share (see the module's docstring)."""
 
     # -- hooks for subclasses
 
     def make_repository(self) -> TrainingRepository:
         """Return a new, empty repository (called once per test)."""
-        raise NotImplementedError("subclasses of TrainingRepositoryContract implement this")
+        msg = f"{type(self).__name__} must implement make_repository()"
+        raise NotImplementedError(msg)
 
     def seed(
         self,
@@ -125,16 +130,7 @@ class TrainingRepositoryContract:
         if close is not None:
             close()
 
-    # -- plumbing
-
-    @pytest.fixture
-    def repo(self) -> Iterator[TrainingRepository]:
-        """A fresh repository from [`make_repository`][], disposed of afterwards."""
-        repository = self.make_repository()
-        try:
-            yield repository
-        finally:
-            self.dispose_repository(repository)
+    # -- helpers
 
     def _seed(
         self,
@@ -187,34 +183,33 @@ class TrainingRepositoryContract:
 
     # -- get_training
 
-    def test_get_training_returns_seeded_values(self, repo: TrainingRepository) -> None:
+    def _check_get_training_returns_seeded_values(self, repo: TrainingRepository) -> None:
         """A seeded training reads back with every value it was stored with."""
         seeded = self._seed(repo)
         self._assert_matches(repo.get_training(seeded.id), seeded)
 
-    def test_get_training_keeps_trainings_apart(self, repo: TrainingRepository) -> None:
+    def _check_get_training_keeps_trainings_apart(self, repo: TrainingRepository) -> None:
         """Two trainings do not share participants or values."""
         first = self._seed(repo, 2, round=0, state=TrainingState.INITIAL)
         second = self._seed(repo, 4, round=7, state=TrainingState.SWAG_ROUND)
         self._assert_matches(repo.get_training(first.id), first)
         self._assert_matches(repo.get_training(second.id), second)
 
-    def test_get_training_without_participants(self, repo: TrainingRepository) -> None:
+    def _check_get_training_without_participants(self, repo: TrainingRepository) -> None:
         """A training may have no participants at all."""
         seeded = self._seed(repo, 0)
         assert repo.get_training(seeded.id).participants == ()
 
-    def test_get_training_unknown_id_raises(self, repo: TrainingRepository) -> None:
+    def _check_get_training_unknown_id_raises(self, repo: TrainingRepository) -> None:
         """An unknown id raises TrainingNotFoundError carrying that id."""
         self._seed(repo)
         missing = uuid4()
-        with pytest.raises(TrainingNotFoundError) as caught:
+        with _raises_not_found(missing):
             repo.get_training(missing)
-        assert caught.value.training_id == missing
 
     # -- remove_participant
 
-    def test_remove_participant_removes_exactly_one(self, repo: TrainingRepository) -> None:
+    def _check_remove_participant_removes_exactly_one(self, repo: TrainingRepository) -> None:
         """Only the named participant goes; every other value stays."""
         seeded = self._seed(repo, 5)
         gone = seeded.participants[2]
@@ -222,7 +217,7 @@ class TrainingRepositoryContract:
         rest = [p for p in seeded.participants if p != gone]
         self._assert_matches(repo.get_training(seeded.id), seeded, participants=rest)
 
-    def test_remove_participant_is_idempotent(self, repo: TrainingRepository) -> None:
+    def _check_remove_participant_is_idempotent(self, repo: TrainingRepository) -> None:
         """Removing the same participant twice equals removing it once."""
         seeded = self._seed(repo, 3)
         gone = seeded.participants[0]
@@ -231,7 +226,7 @@ class TrainingRepositoryContract:
         rest = seeded.participants[1:]
         self._assert_matches(repo.get_training(seeded.id), seeded, participants=rest)
 
-    def test_remove_non_participant_is_noop(self, repo: TrainingRepository) -> None:
+    def _check_remove_non_participant_is_noop(self, repo: TrainingRepository) -> None:
         """Removing a stranger, or an actor who takes no part, changes nothing."""
         seeded = self._seed(repo, 3)
         other = self._seed(repo, 2)
@@ -241,23 +236,22 @@ class TrainingRepositoryContract:
         self._assert_matches(repo.get_training(seeded.id), seeded)
         self._assert_matches(repo.get_training(other.id), other)
 
-    def test_remove_last_participant(self, repo: TrainingRepository) -> None:
+    def _check_remove_last_participant(self, repo: TrainingRepository) -> None:
         """Removing everyone leaves an empty, still readable training."""
         seeded = self._seed(repo, 2)
         for participant in seeded.participants:
             repo.remove_participant(seeded.id, participant.id)
         self._assert_matches(repo.get_training(seeded.id), seeded, participants=())
 
-    def test_remove_participant_unknown_training_raises(self, repo: TrainingRepository) -> None:
+    def _check_remove_participant_unknown_training_raises(self, repo: TrainingRepository) -> None:
         """Removing from an unknown training raises TrainingNotFoundError."""
         seeded = self._seed(repo)
         missing = uuid4()
-        with pytest.raises(TrainingNotFoundError) as caught:
+        with _raises_not_found(missing):
             repo.remove_participant(missing, seeded.participants[0].id)
-        assert caught.value.training_id == missing
         self._assert_matches(repo.get_training(seeded.id), seeded)
 
-    def test_snapshot_does_not_change_afterwards(self, repo: TrainingRepository) -> None:
+    def _check_snapshot_does_not_change_afterwards(self, repo: TrainingRepository) -> None:
         """A snapshot is a copy: later changes do not show through it."""
         seeded = self._seed(repo, 3)
         before = repo.get_training(seeded.id)
@@ -267,32 +261,30 @@ class TrainingRepositoryContract:
 
     # -- set_state
 
-    @pytest.mark.parametrize("state", list(TrainingState))
-    def test_set_state_persists(self, repo: TrainingRepository, state: TrainingState) -> None:
+    def _check_set_state_persists(self, repo: TrainingRepository, state: TrainingState) -> None:
         """Every state can be set and reads back; nothing else changes."""
         seeded = self._seed(repo, 3, state=TrainingState.INITIAL)
         repo.set_state(seeded.id, state)
         self._assert_matches(repo.get_training(seeded.id), seeded, state=state)
 
-    def test_set_state_every_transition(self, repo: TrainingRepository) -> None:
+    def _check_set_state_every_transition(self, repo: TrainingRepository) -> None:
         """States can be set one after another, including to the current one."""
         seeded = self._seed(repo, 1)
         for state in [*TrainingState, *reversed(TrainingState)]:
             repo.set_state(seeded.id, state)
             assert repo.get_training(seeded.id).state == state
 
-    def test_set_state_unknown_training_raises(self, repo: TrainingRepository) -> None:
+    def _check_set_state_unknown_training_raises(self, repo: TrainingRepository) -> None:
         """Setting the state of an unknown training raises TrainingNotFoundError."""
         seeded = self._seed(repo)
         missing = uuid4()
-        with pytest.raises(TrainingNotFoundError) as caught:
+        with _raises_not_found(missing):
             repo.set_state(missing, TrainingState.COMPLETED)
-        assert caught.value.training_id == missing
         self._assert_matches(repo.get_training(seeded.id), seeded)
 
     # -- concurrency
 
-    def test_concurrent_remove_participant_loses_nothing(self, repo: TrainingRepository) -> None:
+    def _check_concurrent_remove_participant_loses_nothing(self, repo: TrainingRepository) -> None:
         """8 threads removing distinct participants at once lose no removal."""
         seeded = self._seed(repo, 200)
         doomed = seeded.participants[:150]
@@ -309,7 +301,9 @@ class TrainingRepositoryContract:
         remaining = seeded.participants[150:]
         self._assert_matches(repo.get_training(seeded.id), seeded, participants=remaining)
 
-    def test_concurrent_set_state_and_remove_do_not_corrupt(self, repo: TrainingRepository) -> None:
+    def _check_concurrent_set_state_and_remove_do_not_corrupt(
+        self, repo: TrainingRepository
+    ) -> None:
         """Removals, state changes and reads racing each other leave consistent data."""
         seeded = self._seed(repo, 200)
         other = self._seed(repo, 5)
@@ -358,15 +352,14 @@ class TrainingRepositoryContract:
         self._assert_matches(repo.get_training(other.id), other)
 
 
-class OutcomeTrackingContract(TrainingRepositoryContract):
-    """Tests a repository that also implements `OutcomeTracking`.
+class _OutcomeChecks(_RepositoryChecks):
+    """The checks of `OutcomeTracking`.
 
-    Subclass it instead of `TrainingRepositoryContract` (it includes those tests).
     Outcomes are counted once per (send, receiver), a verdict is claimed once per send, and
     a client's run of failures grows once per send.
     """
 
-    def test_outcomes_are_counted_once_per_send_and_receiver(self, repo: Any) -> None:
+    def _check_outcomes_are_counted_once_per_send_and_receiver(self, repo: Any) -> None:
         seeded = self._seed(repo, 3)
         a, b, c = (p.id for p in seeded.participants)
         first = repo.record_outcome(seeded.id, "send-1", 3, a, Outcome.DELIVERED)
@@ -380,7 +373,7 @@ class OutcomeTrackingContract(TrainingRepositoryContract):
         other = repo.record_outcome(seeded.id, "send-2", 3, a, Outcome.FAILED)
         assert other.tally == SendTally(3, failed=1)  # sends are counted apart
 
-    def test_consecutive_failures_grow_once_per_send_and_reset(self, repo: Any) -> None:
+    def _check_consecutive_failures_grow_once_per_send_and_reset(self, repo: Any) -> None:
         seeded = self._seed(repo, 1)
         client = seeded.participants[0].id
         runs = [
@@ -394,19 +387,19 @@ class OutcomeTrackingContract(TrainingRepositoryContract):
         after = repo.record_outcome(seeded.id, "send-4", 1, client, Outcome.FAILED)
         assert after.consecutive_failures == 1
 
-    def test_failure_runs_are_per_training(self, repo: Any) -> None:
+    def _check_failure_runs_are_per_training(self, repo: Any) -> None:
         one, two = self._seed(repo, 1), self._seed(repo, 1)
         client = one.participants[0].id
         repo.record_outcome(one.id, "s1", 1, client, Outcome.FAILED)
         record = repo.record_outcome(two.id, "s2", 1, client, Outcome.FAILED)
         assert record.consecutive_failures == 1
 
-    def test_a_verdict_is_claimed_once_per_send(self, repo: Any) -> None:
+    def _check_a_verdict_is_claimed_once_per_send(self, repo: Any) -> None:
         assert repo.claim_verdict("send-1") is True
         assert repo.claim_verdict("send-1") is False
         assert repo.claim_verdict("send-2") is True
 
-    def test_concurrent_outcomes_and_claims(self, repo: Any) -> None:
+    def _check_concurrent_outcomes_and_claims(self, repo: Any) -> None:
         seeded = self._seed(repo, _THREADS)
         wins: list[bool] = []
         lock = threading.Lock()
@@ -426,3 +419,184 @@ class OutcomeTrackingContract(TrainingRepositoryContract):
         )
         assert final.tally == SendTally(_THREADS, delivered=_THREADS)
         assert sorted(wins) == [False] * (_THREADS - 1) + [True]
+
+
+# --------------------------------------------------------------------------- the shells
+
+_Check = Callable[..., None]
+_PARAMETRIZED = "set_state_persists"  # the one check run once per TrainingState
+
+
+def _checks_of(cls: type) -> dict[str, _Check]:
+    """The checks a class defines itself, by test name (without ``test_``)."""
+    return {
+        name.removeprefix("_check_"): check
+        for name, check in vars(cls).items()
+        if name.startswith("_check_")
+    }
+
+
+def _named(test: _Check, name: str, check: _Check) -> _Check:
+    test.__name__ = f"test_{name}"
+    test.__qualname__ = f"test_{name}"
+    test.__doc__ = check.__doc__
+    return test
+
+
+def _unittest_test(name: str, check: _Check) -> _Check:
+    if name == _PARAMETRIZED:
+
+        def each_state(self: Any) -> None:
+            for state in TrainingState:
+                with self.subTest(state=state):
+                    check(self, self.repo, state)
+
+        return _named(each_state, name, check)
+
+    def test(self: Any) -> None:
+        check(self, self.repo)
+
+    return _named(test, name, check)
+
+
+_TestCaseBase: type = object
+if TYPE_CHECKING:
+    import unittest
+
+    _TestCaseBase = unittest.TestCase
+
+
+class TrainingRepositoryTests(_RepositoryChecks, _TestCaseBase):  # type: ignore[misc]
+    """The contract of [`TrainingRepository`][] as a mixin for ``unittest.TestCase``.
+
+    The same checks as ``TrainingRepositoryContract`` (pytest), for ``unittest`` and
+    ``manage.py test``: mix it into a test case and implement ``make_repository`` (and
+    ``seed`` unless the repository has a ``create_training`` call)::
+
+        from django.test import TransactionTestCase
+        from flnotify.testing import TrainingRepositoryTests
+
+        class RepositoryContract(TrainingRepositoryTests, TransactionTestCase):
+            def make_repository(self):
+                return DjangoTrainingRepository(model="trainings.Training", ...)
+
+            def seed(self, repo, *, actor, participants, model_id, round, state):
+                ...  # create the rows with the ORM, return the training's id
+
+    ``setUp`` makes ``self.repo`` and registers ``dispose_repository`` as a cleanup. The
+    state test runs each state as a ``subTest``. Use Django's ``TransactionTestCase``, not
+    ``TestCase``: the concurrency checks call the repository from other threads, which
+    have their own connections and cannot see a ``TestCase``'s uncommitted rows.
+    """
+
+    repo: TrainingRepository
+
+    def setUp(self) -> None:
+        """Make a fresh repository for the test; dispose of it at cleanup."""
+        super().setUp()
+        self.repo = self.make_repository()
+        self.addCleanup(self.dispose_repository, self.repo)
+
+
+class OutcomeTrackingTests(_OutcomeChecks, TrainingRepositoryTests):
+    """``TrainingRepositoryTests`` plus the checks of `OutcomeTracking`, for ``unittest``."""
+
+
+for _cls, _own in (
+    (TrainingRepositoryTests, _RepositoryChecks),
+    (OutcomeTrackingTests, _OutcomeChecks),
+):
+    for _name, _body in _checks_of(_own).items():
+        setattr(_cls, f"test_{_name}", _unittest_test(_name, _body))
+
+
+_PYTEST_DOC = """Tests every [`TrainingRepository`][] must pass (a pytest test class).
+
+    Subclass it in a ``test_*.py`` file under a ``Test``-prefixed name and implement
+    ``make_repository``; implement ``seed`` too unless the repository has a
+    ``create_training`` call like the bundled ones::
+
+        from flnotify.testing import TrainingRepositoryContract
+
+        class TestMyRepository(TrainingRepositoryContract):
+            def make_repository(self):
+                return MyRepository(test_database_url)
+
+            def seed(self, repo, *, actor, participants, model_id, round, state):
+                return repo.insert_training_for_tests(actor, participants, model_id, round, state)
+
+    Each test gets a fresh repository from ``make_repository`` (the ``repo`` fixture) and
+    hands it to ``dispose_repository`` afterwards (by default: ``repo.close()`` if it
+    exists). To use a pytest fixture such as ``tmp_path`` there, store it on ``self`` from
+    an ``autouse`` fixture method of the subclass. The concurrency tests call the
+    repository from 8 threads at once. Participant order is not checked. The class is
+    built, and pytest imported, when it is first looked up; for ``unittest`` use
+    ``TrainingRepositoryTests``. To get pytest's detailed assertion messages, call
+    ``pytest.register_assert_rewrite("flnotify._repository_contract")`` in a
+    ``conftest.py`` before anything imports this module.
+    """
+
+
+@functools.cache
+def _pytest_classes() -> dict[str, type]:
+    """Build the pytest shells (importing pytest, which only they need)."""
+    import pytest
+
+    def test_for(name: str, check: _Check) -> _Check:
+        if name == _PARAMETRIZED:
+
+            @pytest.mark.parametrize("state", list(TrainingState))
+            def with_state(self: Any, repo: TrainingRepository, state: TrainingState) -> None:
+                check(self, repo, state)
+
+            return _named(with_state, name, check)
+
+        def test(self: Any, repo: TrainingRepository) -> None:
+            check(self, repo)
+
+        return _named(test, name, check)
+
+    @pytest.fixture
+    def repo(self: Any) -> Iterator[TrainingRepository]:
+        """A fresh repository from ``make_repository``, disposed of afterwards."""
+        repository = self.make_repository()
+        try:
+            yield repository
+        finally:
+            self.dispose_repository(repository)
+
+    def shell(name: str, bases: tuple[type, ...], own: type, doc: str) -> type:
+        namespace: dict[str, Any] = {"__doc__": doc, "__module__": __name__, "repo": repo}
+        namespace.update({f"test_{n}": test_for(n, c) for n, c in _checks_of(own).items()})
+        return type(name, bases, namespace)
+
+    contract = shell(
+        "TrainingRepositoryContract", (_RepositoryChecks,), _RepositoryChecks, _PYTEST_DOC
+    )
+    tracking = shell(
+        "OutcomeTrackingContract",
+        (_OutcomeChecks, contract),
+        _OutcomeChecks,
+        "``TrainingRepositoryContract`` plus the checks of `OutcomeTracking` (pytest).",
+    )
+    return {"TrainingRepositoryContract": contract, "OutcomeTrackingContract": tracking}
+
+
+if TYPE_CHECKING:
+
+    class TrainingRepositoryContract(_RepositoryChecks):
+        """Tests every `TrainingRepository` must pass (a pytest test class)."""
+
+        def repo(self) -> Iterator[TrainingRepository]:
+            """A fresh repository from ``make_repository``, disposed of afterwards."""
+            ...
+
+    class OutcomeTrackingContract(_OutcomeChecks, TrainingRepositoryContract):
+        """``TrainingRepositoryContract`` plus the checks of `OutcomeTracking` (pytest)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TrainingRepositoryContract", "OutcomeTrackingContract"):
+        return _pytest_classes()[name]
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -2,6 +2,8 @@
 
 ``TrainingRepositoryContract``, ``OutboxStoreContract`` and ``MailboxStoreContract`` need
 pytest and are imported only when asked for, so importing this module never requires pytest.
+``TrainingRepositoryTests`` and ``OutcomeTrackingTests`` are the repository contract as
+``unittest`` mixins (for ``manage.py test``), without pytest.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from .repository import InMemoryTrainingRepository
 from .transports._memory import MemoryRequest, MemoryTransport
 
 if TYPE_CHECKING:
-    from ._repository_contract import OutcomeTrackingContract, TrainingRepositoryContract
+    from ._repository_contract import (
+        OutcomeTrackingContract,
+        OutcomeTrackingTests,
+        TrainingRepositoryContract,
+        TrainingRepositoryTests,
+    )
     from .mailbox._contract import MailboxStoreContract
     from .outbox._contract import OutboxStoreContract
 
@@ -34,9 +41,11 @@ __all__ = [
     "MemoryTransport",
     "OutboxStoreContract",
     "OutcomeTrackingContract",
+    "OutcomeTrackingTests",
     "RecordingCallbacks",
     "RecordingHook",
     "TrainingRepositoryContract",
+    "TrainingRepositoryTests",
     "seams",
 ]
 
@@ -107,7 +116,12 @@ class RecordingHook(NullHook):
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("TrainingRepositoryContract", "OutcomeTrackingContract"):
+    if name in (
+        "TrainingRepositoryContract",
+        "OutcomeTrackingContract",
+        "TrainingRepositoryTests",
+        "OutcomeTrackingTests",
+    ):
         from . import _repository_contract
 
         return getattr(_repository_contract, name)

@@ -12,14 +12,12 @@ class User(models.Model):
 
     A real platform extends ``django.contrib.auth.models.AbstractUser``; flnotify only needs
     ``id`` and ``message_endpoint``, so any model with those two is a receiver as it is.
+    Each client's signing secret is a row of flnotify's ``ClientSecret`` table.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     username = models.CharField(max_length=150, blank=True)
     message_endpoint = models.URLField(max_length=500)
-    notification_secret = models.CharField(
-        max_length=100, blank=True, help_text="The client's whsec_... secret (empty: unsigned)."
-    )
 
     def __str__(self) -> str:
         return self.username or str(self.id)

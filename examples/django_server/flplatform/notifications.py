@@ -7,35 +7,18 @@ from uuid import UUID
 from django.db import transaction
 
 import flnotify
-from flnotify.signing import Signer
+from flnotify.contrib.django import get_notifier, notification_for
 
-from .models import Training, User
-from .repository import DjangoTrainingRepository
-
-
-def make_notifier(training: Training) -> flnotify.Notifier:
-    """A Notifier that signs with each client's own secret and acts on the training.
-
-    The secrets are read here, before sending: the Signer's lookup runs inside flnotify's
-    event loop, where Django refuses ORM calls.
-    """
-    secrets = {
-        user.id: user.notification_secret
-        for user in User.objects.filter(trainings=training).exclude(notification_secret="")
-    }
-    return flnotify.Notifier(
-        repository=DjangoTrainingRepository(),
-        signer=Signer(lookup=lambda receiver: secrets.get(receiver.id)),
-        retry=flnotify.RetryPolicy(max_attempts=3, initial_backoff=0.2),
-        deadline=30.0,
-    )
+from .models import Training
 
 
 def start_next_round(training_id: UUID, model_id: UUID | None = None) -> flnotify.DeliveryReport:
     """Advance the training to its next round (with a new global model) and tell the clients.
 
-    Clients that reject the round are removed from the training and an unreachable one
-    puts it into ERROR: flnotify's default callbacks do that through the repository.
+    The process's Notifier (from the ``FLNOTIFY`` settings) signs each request with the
+    client's own secret; a client that rejects the round is removed from the training, and
+    unreachable ones count against the failure policy: flnotify's default callbacks do that
+    through the settings' repository.
     """
     with transaction.atomic():
         training = Training.objects.select_for_update().get(pk=training_id)
@@ -44,7 +27,5 @@ def start_next_round(training_id: UUID, model_id: UUID | None = None) -> flnotif
             training.model_id = model_id
         training.state = Training.State.ONGOING
         training.save(update_fields=["round", "model_id", "state"])
-    snapshot = DjangoTrainingRepository().get_training(training_id)
-    notification = flnotify.TrainingRoundStartNotification.from_training(snapshot)
-    with make_notifier(training) as notifier:
-        return notifier.send(notification)
+    notification = notification_for(flnotify.TrainingRoundStartNotification, training)
+    return get_notifier().send(notification)

@@ -1,0 +1,41 @@
+"""The repository contract under Django's test runner (``manage.py test flhost``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from django.test import TransactionTestCase
+
+import flnotify
+from flnotify.contrib.django import DjangoTrackingRepository
+from flnotify.testing import OutcomeTrackingTests
+
+from . import config, seeding
+
+
+class RepositoryContract(OutcomeTrackingTests, TransactionTestCase):
+    """TransactionTestCase: the suite's threads have connections of their own."""
+
+    def make_repository(self) -> Any:
+        return DjangoTrackingRepository(**config.REPOSITORY)
+
+    def seed(
+        self,
+        repo: Any,
+        *,
+        actor: flnotify.ReceiverLike,
+        participants: Sequence[flnotify.ReceiverLike],
+        model_id: uuid.UUID,
+        round: int,
+        state: flnotify.TrainingState,
+    ) -> uuid.UUID:
+        return seeding.seed(
+            "default",
+            actor=actor,
+            participants=participants,
+            model_id=model_id,
+            round=round,
+            state=state,
+        )
