@@ -51,8 +51,8 @@ def test_one_notifier_per_process_rebuilt_when_the_settings_change(
     assert get_repository().model == "flhost.Training"
     with override_settings(FLNOTIFY={**block, "NOTIFIER": {"concurrency": 7}}):
         assert get_notifier() is not notifier
-        assert get_notifier().concurrency == 7
-    assert get_notifier().concurrency == 100
+        assert get_notifier().settings.concurrency == 7
+    assert get_notifier().settings.concurrency == 100
 
 
 def test_use_transport_routes_and_signs(block: dict[str, Any]) -> None:

@@ -14,8 +14,8 @@ from uuid import UUID
 import attrs
 from django.db import models
 
-from ..._delivery import Notifier
 from ..._exceptions import ConfigurationError
+from ..._notifier import Notifier
 from ...callbacks import FailurePolicy
 from ...mailbox import Mailbox, PostgresMailbox
 from ...mailbox import open_mailbox as _open_mailbox_at
