@@ -538,8 +538,12 @@ _PYTEST_DOC = """Tests every [`TrainingRepository`][] must pass (a pytest test c
 
 
 @functools.cache
-def _pytest_classes() -> dict[str, type]:
-    """Build the pytest shells (importing pytest, which only they need)."""
+def pytest_suites() -> dict[str, type]:
+    """The pytest suites by name, built on first use (importing pytest, which only they need).
+
+    [`flnotify.testing`][flnotify.testing] hands them out; importing this module needs no
+    pytest.
+    """
     import pytest
 
     def test_for(name: str, check: _Check) -> _Check:
@@ -595,8 +599,12 @@ if TYPE_CHECKING:
         """``TrainingRepositoryContract`` plus the checks of `OutcomeTracking` (pytest)."""
 
 
+PYTEST_SUITES = frozenset({"TrainingRepositoryContract", "OutcomeTrackingContract"})
+"""The names of the suites that need pytest (see [`pytest_suites`][])."""
+
+
 def __getattr__(name: str) -> Any:
-    if name in ("TrainingRepositoryContract", "OutcomeTrackingContract"):
-        return _pytest_classes()[name]
+    if name in PYTEST_SUITES:
+        return pytest_suites()[name]
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)

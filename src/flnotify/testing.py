@@ -18,18 +18,19 @@ import attrs
 from ._hooks import AttemptEnded, AttemptStarted, NullHook
 from ._notification import Notification
 from ._report import Delivery, DeliveryReport
+from ._repository_contract import (
+    PYTEST_SUITES,
+    OutcomeTrackingTests,
+    TrainingRepositoryTests,
+    pytest_suites,
+)
 from ._seams import Seams, current_seams, using_seams
 from ._types import HttpResponse
 from .repository import InMemoryTrainingRepository
 from .transports._memory import MemoryRequest, MemoryTransport
 
 if TYPE_CHECKING:
-    from ._repository_contract import (
-        OutcomeTrackingContract,
-        OutcomeTrackingTests,
-        TrainingRepositoryContract,
-        TrainingRepositoryTests,
-    )
+    from ._repository_contract import OutcomeTrackingContract, TrainingRepositoryContract
     from .mailbox._contract import MailboxStoreContract
     from .outbox._contract import OutboxStoreContract
 
@@ -116,15 +117,8 @@ class RecordingHook(NullHook):
 
 
 def __getattr__(name: str) -> Any:
-    if name in (
-        "TrainingRepositoryContract",
-        "OutcomeTrackingContract",
-        "TrainingRepositoryTests",
-        "OutcomeTrackingTests",
-    ):
-        from . import _repository_contract
-
-        return getattr(_repository_contract, name)
+    if name in PYTEST_SUITES:
+        return pytest_suites()[name]
     if name == "OutboxStoreContract":
         from .outbox._contract import OutboxStoreContract
 
