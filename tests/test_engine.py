@@ -71,9 +71,11 @@ def test_an_attempt_cut_by_the_deadline_ends_for_the_hooks() -> None:
         body=flnotify.GlobalModelBody(uuid.uuid4()),
         training_uuid=uuid.uuid4(),
     )
-    with flnotify.Notifier(MemoryTransport(hang), hooks=[hook], deadline=0.05) as notifier:
-        report = notifier.send(note)
-    assert report.deliveries[0].error is not None
+    with flnotify.Notifier(MemoryTransport(hang), hooks=[hook]) as notifier:
+        report = notifier.send(note, deadline=0.05)  # this send's own deadline
+    error = report.deliveries[0].error
+    assert isinstance(error, flnotify.TransportError)
+    assert error.kind is flnotify.TransportErrorKind.DEADLINE
     assert len(hook.started) == len(hook.ended) == 1
     assert hook.ended[0].retry_in is None
     assert hook.ended[0].error is report.deliveries[0].error

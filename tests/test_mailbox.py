@@ -576,6 +576,36 @@ def test_a_running_dispatcher_adopts_settles_and_survives_a_failing_store(world:
     assert world.store.counts()["done"] == 1
 
 
+def test_a_polling_outcome_is_marked_done_only_after_its_callbacks_ran(
+    world: World, pool: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    """Record, callbacks, mark done: a server killed during the callbacks leaves it to judge."""
+    receiver, secret = world.client()
+    running, release = threading.Event(), threading.Event()
+
+    async def on_success(_: flnotify.Delivery) -> None:
+        running.set()
+        await asyncio.to_thread(release.wait, 30)
+
+    callbacks = flnotify.FunctionCallbacks(success=on_success)
+    with asgi_server(world.app().asgi_app()) as base:
+        notifier = Notifier(signer=world.signer, mailbox=world.store)
+        sent = pool.submit(notifier.send, round_start([receiver]), callbacks)
+        client = BareClient(base, receiver.id, secret, world.clock)
+        (message,) = client.fetch(wait=20)
+        assert client.ack((message.id, 202)) == 1
+        try:
+            assert running.wait(30)
+            assert world.store.counts()["done"] == 0  # its callback is still running
+        finally:
+            release.set()
+        report = sent.result(timeout=60)
+        client.close()
+        notifier.close()
+    assert report.deliveries[0].outcome is Outcome.DELIVERED
+    assert world.store.counts()["done"] == 1
+
+
 def test_a_rejecting_polling_client_is_removed_and_told_through_its_mailbox(
     world: World, pool: concurrent.futures.ThreadPoolExecutor, tmp_path: Path
 ) -> None:

@@ -74,6 +74,7 @@ __all__ = [
     "Send",
     "Settings",
     "SettingsOptions",
+    "deadline_passed",
     "with_options",
 ]
 
@@ -147,6 +148,16 @@ class Settings:
             msg = f"{type(transport).__name__} has neither apost() nor post()"
             raise ConfigurationError(msg)
 
+    def encode(self, notification: Notification[Any]) -> bytes:
+        """The body of a send: encoded once, whatever the number of receivers.
+
+        Raises:
+            PayloadTooLargeError: It exceeds the endpoint policy's limit.
+        """
+        body = self.codec.encode(notification)
+        self.policy.check_body_size(body)
+        return body
+
 
 class SettingsOptions(TypedDict, total=False):
     """The fields of [`Settings`][flnotify.Settings], as keyword arguments."""
@@ -196,6 +207,13 @@ def default_transport() -> AsyncTransport:
     from .transports._streams import StreamTransport
 
     return StreamTransport()
+
+
+def deadline_passed(deadline: float, url: str = "") -> TransportError:
+    """The error of a receiver still without an outcome when its send's deadline passed."""
+    return TransportError(
+        f"deadline of {deadline:g} s passed before an outcome", url=url, kind=Kind.DEADLINE
+    )
 
 
 @attrs.frozen
@@ -293,6 +311,7 @@ class Send:
         self.callback_errors: list[CallbackError] = []
         self.expired = False  # the deadline passed
         self.steps: list[asyncio.Task[None]] = []  # then-steps of a send without callbacks
+        self.begin = 0.0  # the engine's clock when the send began
 
     def course(self, index: int) -> Course:
         """The way of receiver ``index`` through this send (made once, then kept)."""
@@ -327,9 +346,7 @@ class Send:
         self.results[index] = delivery
         if self.queue is not None:
             self.queue.put_nowait(delivery)
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.settled()
+        self.settle_one()
 
     def then(self, step: Then) -> None:
         """Run ``step`` once the callbacks of everything recorded so far have run.
@@ -345,6 +362,10 @@ class Send:
     def defer(self, index: int, delay: float) -> None:
         """Hand receiver ``index``'s next attempt back to the driver (Celery's countdown)."""
         self.deferred.append((index, delay))
+        self.settle_one()
+
+    def settle_one(self) -> None:
+        """One receiver is settled (final, or its retry handed back); the last ends the send."""
         self.remaining -= 1
         if self.remaining == 0:
             self.settled()
@@ -363,14 +384,13 @@ class Send:
         self.expired = True
         self.cancel_all()  # first, so that nothing records after this
         deferred = {index for index, _ in self.deferred}
-        error_text = f"deadline of {self.deadline:g} s passed before an outcome"
+        assert self.deadline is not None  # noqa: S101 - only called at the deadline
         for index in range(len(self.receivers)):
             if self.results[index] is not None or index in deferred:
                 continue
             course = self.course(index)
             url = course.url or self.receivers[index].message_endpoint
-            error = TransportError(error_text, url=url, kind=Kind.DEADLINE)
-            self.record(index, self.core.fail(course, error))
+            self.record(index, self.core.fail(course, deadline_passed(self.deadline, url)))
 
     def abandon(self) -> None:
         """The send was cancelled: attempts the hooks saw start end for them now."""
@@ -381,11 +401,14 @@ class Send:
     def partial_report(self) -> DeliveryReport:
         """What a cancelled send reached: the deliveries recorded so far."""
         deliveries = tuple(d for d in self.results if d is not None)
-        return DeliveryReport(self.core.notification, deliveries, 0.0, tuple(self.callback_errors))
+        elapsed = self.engine.seams.clock() - self.begin
+        return DeliveryReport(
+            self.core.notification, deliveries, elapsed, tuple(self.callback_errors)
+        )
 
     async def run(self, routes: Sequence[Route]) -> Run:
         engine = self.engine
-        begin = engine.seams.clock()
+        begin = self.begin = engine.seams.clock()
         n = len(self.receivers)
         refused = self.plan.refused
         if refused is not None:
@@ -401,7 +424,7 @@ class Send:
             for route, indices in _partition(self.receivers, routes):
                 self.spawn(route.deliver(self, indices))
         try:
-            if self.remaining == 0:
+            if n == 0:
                 self.settled()
             queue, callbacks = self.queue, self.plan.callbacks
             if queue is not None and callbacks is not None:
@@ -735,20 +758,21 @@ class Engine:
         callbacks: Callbacks | None = None,
         *,
         message_ids: Sequence[str] | None = None,
+        deadline: float | None = None,
     ) -> Plan:
         """A whole send of ``notification``: encoded once, ids chosen, callbacks picked.
+
+        ``deadline``: seconds this send may take; the settings' ``deadline`` if ``None``.
 
         Raises:
             ConfigurationError: ``message_ids`` does not match the receivers.
             PayloadTooLargeError: The encoded body exceeds the endpoint policy's limit.
         """
-        settings = self.settings
-        body = settings.codec.encode(notification)  # once, whatever the number of receivers
-        settings.policy.check_body_size(body)
+        body = self.settings.encode(notification)
         ids = message_ids_for(notification, message_ids)
         if callbacks is None:
             callbacks = self.default_callbacks(notification)
-        return Plan(notification, body, ids, callbacks)
+        return Plan(notification, body, ids, callbacks, deadline=deadline)
 
     async def run(self, plan: Plan) -> Run:
         """Each receiver of ``plan`` to one outcome (or a deferred retry), callbacks run."""
@@ -770,23 +794,10 @@ class Engine:
         return result
 
     async def asend(
-        self,
-        notification: Notification[Any],
-        callbacks: Callbacks | None = None,
-        *,
-        deadline: float | None = None,
+        self, notification: Notification[Any], callbacks: Callbacks | None = None
     ) -> DeliveryReport:
-        """Send ``notification`` now (the engine is the default callbacks' sender).
-
-        Args:
-            notification: What to send.
-            callbacks: Its callbacks; the registry's defaults if ``None``.
-            deadline: Seconds this send may take; the settings' deadline if ``None``.
-        """
-        plan = self.plan(notification, callbacks)
-        if deadline is not None:
-            plan = attrs.evolve(plan, deadline=deadline)
-        return (await self.run(plan)).report
+        """Send ``notification`` now (the engine is the default callbacks' sender)."""
+        return (await self.run(self.plan(notification, callbacks))).report
 
     def core(
         self,

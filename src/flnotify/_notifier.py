@@ -16,10 +16,9 @@ import attrs
 from typing_extensions import Unpack
 
 from ._closing import AsyncClosing, Closing
-from ._engine import Engine, Route, Settings, SettingsOptions, with_options
-from ._exceptions import ConfigurationError
+from ._engine import Engine, Settings, SettingsOptions, with_options
 from ._notification import Notification
-from ._pull import MailboxRoute, UnservedMailboxRoute
+from ._pull import DEFAULT_MAILBOX_LEASE, mailbox_route
 from ._report import DeliveryReport
 from .callbacks import Callbacks
 from .transports._base import AsyncTransport, Transport
@@ -60,21 +59,14 @@ class Notifier(Closing, AsyncClosing):
         *,
         repository: TrainingRepository | AsyncTrainingRepository | None = None,
         mailbox: MailboxStore | None = None,
-        mailbox_lease: float = 60.0,
+        mailbox_lease: float = DEFAULT_MAILBOX_LEASE,
         settings: Settings | None = None,
         **options: Unpack[SettingsOptions],
     ) -> None:
-        if isinstance(mailbox_lease, bool) or not (
-            isinstance(mailbox_lease, (int, float)) and mailbox_lease > 0
-        ):
-            msg = f"mailbox_lease must be a number of seconds > 0, got {mailbox_lease!r}"
-            raise ConfigurationError(msg)
+        route = mailbox_route(mailbox, mailbox_lease)
         settings = with_options(settings, options, "Notifier")
         if transport is not None:
             settings = attrs.evolve(settings, transport=transport)
-        route: Route = (
-            UnservedMailboxRoute() if mailbox is None else MailboxRoute(mailbox, mailbox_lease)
-        )
         self.mailbox = mailbox
         self.engine = Engine(settings, repository=repository, routes=(route,))
 
@@ -121,9 +113,7 @@ class Notifier(Closing, AsyncClosing):
             PayloadTooLargeError: The encoded body exceeds the endpoint policy's limit.
         """
         engine = self.engine
-        plan = engine.plan(notification, callbacks, message_ids=message_ids)
-        if deadline is not None:
-            plan = attrs.evolve(plan, deadline=deadline)
+        plan = engine.plan(notification, callbacks, message_ids=message_ids, deadline=deadline)
         return (await engine.run(plan)).report
 
     def send(

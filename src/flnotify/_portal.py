@@ -38,11 +38,6 @@ class Portal:
                 self._loop, self._thread = loop, thread
             return self._loop
 
-    @property
-    def started(self) -> bool:
-        """Whether the loop thread runs (a coroutine was run and the portal not closed)."""
-        return self._loop is not None
-
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the portal's loop and wait for its result.
 

@@ -23,7 +23,7 @@ from typing import cast
 from uuid import UUID
 
 from ._attempt import Core, Course, internal_error
-from ._engine import Send
+from ._engine import Route, Send
 from ._exceptions import ConfigurationError, InvalidURLError
 from ._mailbox import Answer, MailboxStore
 from ._mailwire import MAILBOX_ENDPOINT, is_mailbox
@@ -32,14 +32,19 @@ from ._types import ReceiverLike
 
 __all__ = [
     "ANSWER_POLL_SECONDS",
+    "DEFAULT_MAILBOX_LEASE",
     "MailLeg",
     "MailboxRoute",
     "UnservedMailboxRoute",
+    "mailbox_route",
     "new_owner",
     "post_letters",
 ]
 
 logger = logging.getLogger("flnotify")
+
+DEFAULT_MAILBOX_LEASE = 60.0
+"""Seconds a sender's hold on the messages it posted lasts without renewal, by default."""
 
 ANSWER_POLL_SECONDS = 0.5
 """How often a judge asks its store for answers that another process took (and deadlines)."""
@@ -212,11 +217,8 @@ class MailLeg:
 
 
 def _polls(receiver: ReceiverLike) -> bool:
-    """Whether a receiver polls a mailbox (a broken receiver is the core's to fail)."""
-    try:
-        return is_mailbox(receiver.message_endpoint)
-    except Exception:
-        return False
+    """Whether a receiver polls a mailbox (the engine fails a broken one on the push route)."""
+    return is_mailbox(receiver.message_endpoint)
 
 
 class UnservedMailboxRoute:
@@ -325,3 +327,19 @@ class MailboxRoute:
             for course in courses:
                 if send.result(course.index) is None:
                     send.record(course.index, core.fail(course, error))
+
+
+def mailbox_route(store: MailboxStore | None, lease_seconds: float) -> Route:
+    """The route of polling receivers: through ``store``, or failing each if there is none.
+
+    Raises:
+        ConfigurationError: ``lease_seconds`` is not a number of seconds > 0.
+    """
+    if isinstance(lease_seconds, bool) or not (
+        isinstance(lease_seconds, (int, float)) and lease_seconds > 0
+    ):
+        msg = f"mailbox_lease must be a number of seconds > 0, got {lease_seconds!r}"
+        raise ConfigurationError(msg)
+    if store is None:
+        return UnservedMailboxRoute()
+    return MailboxRoute(store, lease_seconds)

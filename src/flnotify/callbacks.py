@@ -326,14 +326,8 @@ class NotificationSender(Protocol):
     The drivers pass their [`Notifier`][flnotify.Notifier].
     """
 
-    async def asend(
-        self,
-        notification: Notification[Any],
-        callbacks: Callbacks | None,
-        *,
-        deadline: float | None = None,
-    ) -> Any:
-        """Deliver ``notification``; what is still pending after ``deadline`` s fails."""
+    async def asend(self, notification: Notification[Any], callbacks: Callbacks | None) -> Any:
+        """Deliver ``notification``."""
         ...
 
 
@@ -557,7 +551,7 @@ class CallbackRegistry:
     One registry belongs to each [`Settings`][flnotify.Settings] (no module global):
     [`default_callback_registry`][flnotify.callbacks.default_callback_registry] gives the round-type
     notifications [`TrainingCallbacks`][flnotify.TrainingCallbacks]; register your own
-    classes on a registry you pass in ``Settings(callbacks=...)``. A class's entry covers
+    classes on a registry you pass in ``Settings(default_callbacks=...)``. A class's entry covers
     its subclasses (looked up along the MRO).
     """
 
@@ -579,10 +573,6 @@ class CallbackRegistry:
             self._factories.pop(notification_class, None)
         else:
             self._factories[notification_class] = factory
-
-    def copy(self) -> CallbackRegistry:
-        """A registry with the same entries, to change without touching this one."""
-        return CallbackRegistry(dict(self._factories))
 
     def for_notification(
         self,

@@ -34,10 +34,10 @@ import attrs
 from typing_extensions import Unpack
 
 from .._attempt import message_ids_for, new_send_id
-from .._engine import Engine, Plan, Resume, Settings, SettingsOptions, with_options
-from .._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
+from .._engine import Engine, Plan, Resume, Settings, SettingsOptions, deadline_passed, with_options
+from .._exceptions import ConfigurationError, FlnotifyError
 from .._notification import Notification
-from .._pull import MailboxRoute, UnservedMailboxRoute
+from .._pull import DEFAULT_MAILBOX_LEASE, mailbox_route
 from .._seams import current_seams
 from .._types import Receiver
 from ..callbacks import CallbackFactory, Callbacks
@@ -53,7 +53,6 @@ DEFAULT_TASK_NAME = "flnotify.deliver"
 """The name the delivery task is registered under unless told otherwise."""
 
 _WireReceiver = dict[str, str]
-_MAILBOX_LEASE = 60.0
 
 
 @attrs.frozen
@@ -75,8 +74,8 @@ class CeleryDelivery:
     Args:
         app: The host's ``celery.Celery`` app.
         settings: How sends are made (the same [`Settings`][flnotify.Settings] value a
-            [`Notifier`][flnotify.Notifier] takes); its ``transport`` is ignored here: each
-            worker process builds its own with ``transport_factory``.
+            [`Notifier`][flnotify.Notifier] takes), without a ``transport``: each worker
+            process builds its own with ``transport_factory``.
         repository_factory: Builds the repository on the worker (once per worker process)
             for the notification classes' default callbacks, e.g. ``lambda:
             SQLiteTrainingRepository("fl.db")``; without it those callbacks are skipped.
@@ -118,8 +117,14 @@ class CeleryDelivery:
             msg = f"chunk_size must be an int >= 1, got {chunk_size!r}"
             raise ConfigurationError(msg)
         settings = with_options(settings, options, "CeleryDelivery")
+        if settings.transport is not None:
+            msg = (
+                "CeleryDelivery builds a transport in each worker process: pass"
+                " transport_factory=..., not Settings(transport=...)"
+            )
+            raise ConfigurationError(msg)
         self.app = app
-        self.settings = attrs.evolve(settings, transport=None)
+        self.settings = settings
         self.repository_factory = repository_factory
         self.transport_factory = transport_factory
         self.callbacks: Mapping[str, CallbackFactory] = dict(callbacks or {})
@@ -189,10 +194,7 @@ class CeleryDelivery:
         if callbacks is not None and callbacks not in self.callbacks:
             msg = f"no callbacks registered as {callbacks!r}; known: {sorted(self.callbacks)}"
             raise ConfigurationError(msg)
-        settings = self.settings
-        body = settings.codec.encode(notification)  # once, whatever the number of receivers
-        settings.policy.check_body_size(body)
-        payload = body.decode()
+        payload = self.settings.encode(notification).decode()
         receivers = notification.receivers
         message_ids = list(message_ids_for(notification, message_ids))
         ids = [str(m) for m in message_ids]
@@ -234,10 +236,7 @@ class CeleryDelivery:
         if deadline is not None:
             remaining = started + deadline - now
             if remaining <= 0:
-                refused = TransportError(
-                    f"deadline of {deadline:g} s passed before an outcome",
-                    kind=TransportErrorKind.DEADLINE,
-                )
+                refused = deadline_passed(deadline)
         plan = Plan(
             notification,
             payload.encode(),
@@ -284,11 +283,7 @@ class CeleryDelivery:
                 self._engine = Engine(
                     settings,
                     repository=self._repository_locked(),
-                    routes=(
-                        UnservedMailboxRoute()
-                        if mailbox is None
-                        else MailboxRoute(mailbox, _MAILBOX_LEASE),
-                    ),
+                    routes=(mailbox_route(mailbox, DEFAULT_MAILBOX_LEASE),),
                     # elapsed counts across executions (and processes): the wall clock
                     seams=attrs.evolve(seams, clock=seams.wall_clock),
                 )

@@ -302,12 +302,11 @@ class OutboxDispatcher:
             return _finished()
         outgoing = notification.with_receivers([e.receiver for e in todo])
         engine = self.notifier.engine
-        body = engine.settings.codec.encode(outgoing)
         refused: FlnotifyError | None = None
         try:
-            engine.settings.policy.check_body_size(body)
+            body = engine.settings.encode(outgoing)
         except ConfigurationError as exc:  # the payload is over the policy's limit
-            refused = exc
+            body, refused = b"", exc  # nothing is sent: every receiver fails with it
         recorder = _Recorder()
         writer = asyncio.create_task(self._write(claim, recorder, len(todo), callbacks))
         try:

@@ -153,10 +153,13 @@ class DjangoTrainingRepository:
             state=self._read_state(state, training_id),
         )
 
-    def remove_participant(self, training_id: UUID, receiver_id: UUID) -> None:
+    def remove_participant(self, training_id: UUID, receiver_id: UUID) -> bool:
         """Remove one participant; a no-op if it takes no part (idempotent).
 
         The training's row is locked (``select_for_update``) while its participant goes.
+
+        Returns:
+            ``True`` if this call removed it, ``False`` if it took no part.
 
         Raises:
             TrainingNotFoundError: No training has this id.
@@ -172,9 +175,15 @@ class DjangoTrainingRepository:
                 )
                 if not list(locked):
                     raise TrainingNotFoundError(training_id)
-                self._members(resolved, training_id).filter(
-                    **{f"{resolved.receiver_side}__{_lookup(self.receiver_id)}": receiver_id}
-                ).delete()
+                deleted, _ = (
+                    self._members(resolved, training_id)
+                    .filter(
+                        **{f"{resolved.receiver_side}__{_lookup(self.receiver_id)}": receiver_id}
+                    )
+                    .delete()
+                )
+                removed: bool = deleted > 0
+                return removed
 
     def set_state(self, training_id: UUID, state: TrainingState) -> None:
         """Set the training's state (one ``UPDATE``).
