@@ -37,7 +37,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -1033,3 +1033,25 @@ class ClientCertRefusingServer:
                     tls.shutdown(socket.SHUT_WR)  # the alert is out; no more TLS from here
                     while tls.recv(65536):  # until the client closes: no reset
                         pass
+
+
+@contextlib.contextmanager
+def wsgi_apps(apps: Mapping[str, Any]) -> Iterator[str]:
+    """Serve WSGI apps by path (``"/name/"``) on 127.0.0.1 with flnotify's server.
+
+    Yields the base URL (``http://127.0.0.1:PORT``); stops the server on the way out.
+    """
+    from flnotify.receiving import make_wsgi_server
+
+    def dispatch(environ: Any, start_response: Any) -> Any:
+        return apps[environ["PATH_INFO"]](environ, start_response)
+
+    server = make_wsgi_server("127.0.0.1", 0, dispatch)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

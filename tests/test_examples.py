@@ -32,6 +32,7 @@ from flnotify._demo import make_wsgi_server
 from flnotify._repository_contract import TrainingRepositoryContract
 from flnotify.receiving import NotificationRouter, Reply
 from flnotify.signing import Signer, generate_secret
+from servers import wsgi_apps
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -59,20 +60,8 @@ def loopback_clients(statuses: dict[str, int | None]) -> Iterator[dict[str, str]
         for kind in flnotify.NotificationType:
             router.add_handler(kind, answering(status))
         apps[f"/{path}/"] = router.wsgi_app()
-
-    def dispatch(environ: Any, start_response: Any) -> Any:
-        return apps[environ["PATH_INFO"]](environ, start_response)
-
-    server = make_wsgi_server("127.0.0.1", 0, dispatch)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_port}"
+    with wsgi_apps(apps) as base:
         yield {path: f"{base}/{path}/" for path in statuses}
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 # --------------------------------------------------------------------------- Django

@@ -38,7 +38,7 @@ from flnotify._mailwire import ack_document, fetch_document
 from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxDispatcher
 from flnotify.testing import RecordingCallbacks, RecordingHook
 from flnotify.training import GlobalModelBody, RoundBody
-from mailbox_env import BareClient, Clock, asgi_server, signed, wsgi_server
+from mailbox_env import BareClient, Clock, asgi_server, call_wsgi, signed, wsgi_server
 from servers import FaultServer
 
 SERVERS = {"asgi": asgi_server, "wsgi": wsgi_server}
@@ -423,23 +423,6 @@ def test_a_notifier_without_a_mailbox_fails_polling_receivers_clearly(world: Wor
 # -- hostile requests -------------------------------------------------------------------
 
 
-def _call_wsgi(app: Any, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
-    import io
-
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": path,
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-    }
-    for name, value in headers.items():
-        key = name.upper().replace("-", "_")
-        environ[key if key == "CONTENT_TYPE" else "HTTP_" + key] = value
-    answer: list[str] = []
-    chunks = app(environ, lambda status, _headers: answer.append(status))
-    return int(answer[0].split()[0]), b"".join(chunks)
-
-
 _JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda inner: (
@@ -497,7 +480,7 @@ def test_hostile_requests_get_a_typed_answer_and_never_touch_another_mailbox(
         },
     }[sign]
     app = world.app(max_wait=0.01).wsgi_app()
-    status, answer = _call_wsgi(app, path, headers, body)
+    status, answer = call_wsgi(app, path, headers, body)
     assert status in {200, 400, 401, 404}, (status, answer)
     if status != 200:
         assert json.loads(answer)["error"]  # a typed refusal, never a server's page

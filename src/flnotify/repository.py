@@ -443,13 +443,7 @@ class _RepositoryBase(abc.ABC):
         Raises:
             ConfigurationError: An argument is invalid.
         """
-        _require_send_id(send_id)
-        if isinstance(send_size, bool) or not isinstance(send_size, int) or send_size < 1:
-            msg = f"send_size must be an int >= 1, got {send_size!r}"
-            raise ConfigurationError(msg)
-        if not isinstance(outcome, Outcome):
-            msg = f"outcome must be an Outcome, got {outcome!r}"
-            raise ConfigurationError(msg)
+        check_outcome(send_id, send_size, outcome)
         return self._record_outcome(
             _require_uuid(training_id, "training_id"),
             send_id,
@@ -460,7 +454,7 @@ class _RepositoryBase(abc.ABC):
 
     def claim_verdict(self, send_id: str) -> bool:
         """``True`` exactly once per send; see `OutcomeTracking`."""
-        return self._claim_verdict(_require_send_id(send_id))
+        return self._claim_verdict(check_send_id(send_id))
 
     # -- primitives; each must be atomic and thread-safe
 
@@ -507,11 +501,31 @@ class _RepositoryBase(abc.ABC):
     def _claim_verdict(self, send_id: str) -> bool: ...
 
 
-def _require_send_id(send_id: object) -> str:
+def check_send_id(send_id: object) -> str:
+    """``send_id`` if it is a non-empty string (an `OutcomeTracking` argument).
+
+    Raises:
+        ConfigurationError: It is not.
+    """
     if not isinstance(send_id, str) or not send_id:
         msg = f"send_id must be a non-empty string, got {send_id!r}"
         raise ConfigurationError(msg)
     return send_id
+
+
+def check_outcome(send_id: object, send_size: object, outcome: object) -> None:
+    """Check the arguments of `OutcomeTracking.record_outcome` that every store checks alike.
+
+    Raises:
+        ConfigurationError: One is invalid (named in the message).
+    """
+    check_send_id(send_id)
+    if isinstance(send_size, bool) or not isinstance(send_size, int) or send_size < 1:
+        msg = f"send_size must be an int >= 1, got {send_size!r}"
+        raise ConfigurationError(msg)
+    if not isinstance(outcome, Outcome):
+        msg = f"outcome must be an Outcome, got {outcome!r}"
+        raise ConfigurationError(msg)
 
 
 def _receivers_of(snapshot: TrainingSnapshot) -> tuple[Receiver, ...]:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
 
 import flnotify
-from flnotify.receiving import NotificationRouter, Reply, make_wsgi_server
+from flnotify.receiving import NotificationRouter, Reply
+from servers import wsgi_apps
 
 
 @attrs.frozen
@@ -45,25 +44,5 @@ def clients(
         for kind in flnotify.NotificationType:
             router.add_handler(kind, handler(name, client))
         apps[f"/{name}/"] = router.wsgi_app()
-
-    def dispatch(environ: Any, start_response: Any) -> Any:
-        return apps[environ["PATH_INFO"]](environ, start_response)
-
-    server = make_wsgi_server("127.0.0.1", 0, dispatch)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_port}"
+    with wsgi_apps(apps) as base:
         yield {name: f"{base}/{name}/" for name in configured}, received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def refused_url() -> str:
-    """A loopback URL where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"

@@ -7,12 +7,10 @@ PostgreSQL. ``test_django_runner.py`` runs the same suites under Django's own ru
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-import flnotify
 from flnotify.contrib.django import DjangoTrackingRepository
 from flnotify.testing import OutcomeTrackingContract
 
@@ -30,26 +28,10 @@ class _OnDatabase(OutcomeTrackingContract):
         seeding.empty(self.alias)
         return DjangoTrackingRepository(**config.REPOSITORY, using=self.alias)
 
-    def seed(
-        self,
-        repo: Any,
-        *,
-        actor: flnotify.ReceiverLike,
-        participants: Sequence[flnotify.ReceiverLike],
-        model_id: uuid.UUID,
-        round: int,
-        state: flnotify.TrainingState,
-    ) -> uuid.UUID:
+    def seed(self, repo: Any, **training: Any) -> uuid.UUID:
         from flhost import seeding
 
-        return seeding.seed(
-            self.alias,
-            actor=actor,
-            participants=participants,
-            model_id=model_id,
-            round=round,
-            state=state,
-        )
+        return seeding.seed(self.alias, **training)
 
 
 class TestOnSQLite(_OnDatabase):

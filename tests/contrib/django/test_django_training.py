@@ -42,10 +42,11 @@ def host(django_site: None) -> Iterator[Any]:
 
 
 def test_a_whole_training(host: Any) -> None:
-    from loopback import Client, clients, refused_url
+    from loopback import Client, clients
 
     from flnotify.contrib.django import get_notifier, get_repository, notification_for
     from flnotify.contrib.django.models import ClientSecret
+    from servers import refused_url
 
     models = host
     secrets = {name: generate_secret() for name in ("scientist", "alice", "bob")}

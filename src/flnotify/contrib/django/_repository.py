@@ -14,7 +14,7 @@ from django.db.models import Count, Max
 
 from ..._exceptions import ConfigurationError, RepositoryError, TrainingNotFoundError
 from ..._types import Outcome, Receiver, TrainingSnapshot, TrainingState
-from ...repository import OutcomeRecord, SendTally
+from ...repository import OutcomeRecord, SendTally, check_outcome, check_send_id
 from ._db import database_call
 
 __all__ = ["DjangoTrackingRepository", "DjangoTrainingRepository"]
@@ -326,11 +326,6 @@ def _check_path(model: Any, name: str, path: str) -> None:
 # --------------------------------------------------------------------------- tracking
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigurationError(message)
-
-
 @attrs.define(eq=False)
 class DjangoTrackingRepository(DjangoTrainingRepository):
     """The Django repository plus `OutcomeTracking`, in this app's tables.
@@ -360,12 +355,7 @@ class DjangoTrackingRepository(DjangoTrainingRepository):
             ConfigurationError: An argument is invalid.
             RepositoryError: The database failed.
         """
-        _require(isinstance(send_id, str) and bool(send_id), f"send_id {send_id!r} is empty")
-        _require(
-            isinstance(send_size, int) and not isinstance(send_size, bool) and send_size >= 1,
-            f"send_size must be an int >= 1, got {send_size!r}",
-        )
-        _require(isinstance(outcome, Outcome), f"outcome must be an Outcome, got {outcome!r}")
+        check_outcome(send_id, send_size, outcome)
         from .models import ParticipantFailure, SendOutcome
 
         db = self.using
@@ -416,7 +406,7 @@ class DjangoTrackingRepository(DjangoTrainingRepository):
 
     def claim_verdict(self, send_id: str) -> bool:
         """``True`` exactly once per send; see `OutcomeTracking`."""
-        _require(isinstance(send_id, str) and bool(send_id), f"send_id {send_id!r} is empty")
+        check_send_id(send_id)
         from .models import SendVerdict
 
         with self._call("claiming the verdict of send", send_id):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 from django.test import TransactionTestCase
 
-import flnotify
 from flnotify.contrib.django import DjangoTrackingRepository
 from flnotify.testing import OutcomeTrackingTests
 
@@ -21,21 +19,5 @@ class RepositoryContract(OutcomeTrackingTests, TransactionTestCase):
     def make_repository(self) -> Any:
         return DjangoTrackingRepository(**config.REPOSITORY)
 
-    def seed(
-        self,
-        repo: Any,
-        *,
-        actor: flnotify.ReceiverLike,
-        participants: Sequence[flnotify.ReceiverLike],
-        model_id: uuid.UUID,
-        round: int,
-        state: flnotify.TrainingState,
-    ) -> uuid.UUID:
-        return seeding.seed(
-            "default",
-            actor=actor,
-            participants=participants,
-            model_id=model_id,
-            round=round,
-            state=state,
-        )
+    def seed(self, repo: Any, **training: Any) -> uuid.UUID:
+        return seeding.seed("default", **training)
