@@ -19,6 +19,7 @@ from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
 from flnotify.endpoints import EndpointPolicy
 from flnotify.outbox import (
     Claim,
+    NoOutboxError,
     Outbox,
     OutboxDispatcher,
     OutboxError,
@@ -481,3 +482,23 @@ def test_sync_api_from_inside_an_event_loop(db: str) -> None:
             return OutboxDispatcher(outbox, notifier).run()
 
     assert asyncio.run(main()) == 2
+
+
+def test_open_outbox_without_create_refuses_what_holds_none_and_leaves_it(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "typo.db"
+    with pytest.raises(NoOutboxError, match="no such file"):
+        open_outbox(str(missing), create=False)
+    assert not missing.exists()
+    other = tmp_path / "app.db"
+    with flnotify.SQLiteTrainingRepository(other):
+        pass  # an application's own database
+    tables = other.read_bytes()
+    with pytest.raises(NoOutboxError, match="no table flnotify_outbox_meta"):
+        open_outbox(str(other), create=False)
+    assert other.read_bytes() == tables
+    with open_outbox(str(tmp_path / "fl.db")):
+        pass
+    with open_outbox(str(tmp_path / "fl.db"), create=False) as outbox:
+        assert sum(outbox.counts().values()) == 0  # opened as it was: empty

@@ -21,18 +21,15 @@ The operations are the outbox's own ([`Outbox.counts`][flnotify.outbox.Outbox.co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TextIO
 
 from ._exceptions import FlnotifyError
-from .outbox import OutboxEntry, OutboxState, OutboxStore, open_outbox
+from .outbox import NoOutboxError, OutboxEntry, OutboxState, OutboxStore, open_outbox
 
 __all__ = ["add_arguments", "run"]
 
@@ -94,67 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _where(command, top=False)
 
 
-_TABLES = ("flnotify_outbox_meta", "flnotify_outbox_batches", "flnotify_outbox")
-
-
-class _NoOutboxError(Exception):
-    """The target holds no outbox; the message names it."""
-
-
-def _sqlite_tables(path: str) -> set[str]:
-    """The outbox tables an existing SQLite file has, read without changing the file."""
-    file = Path(path)
-    if not file.is_file():
-        what = "is a directory" if file.is_dir() else "no such file"
-        msg = f"no outbox at {path}: {what} (an outbox is never created by looking at it)"
-        raise _NoOutboxError(msg)
-    try:
-        with contextlib.closing(
-            sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
-        ) as db:
-            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    except sqlite3.DatabaseError as exc:
-        msg = f"{path} is not an SQLite database ({exc})"
-        raise _NoOutboxError(msg) from None
-    return {str(name) for (name,) in rows}
-
-
-def _postgres_tables(url: str) -> set[str] | None:
-    """The outbox tables the database has; ``None`` when psycopg is not installed."""
-    try:
-        import psycopg
-    except ImportError:
-        return None  # open_outbox says what to install
-    try:
-        with psycopg.connect(url, autocommit=True) as db:
-            found = db.execute(
-                "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL",
-                (list(_TABLES),),
-            ).fetchall()
-    except psycopg.Error:
-        return None  # unreachable: open_outbox reports it as an OutboxError
-    return {str(name) for (name,) in found}
-
-
-def _check_exists(args: argparse.Namespace) -> None:
-    """Refuse a target without an outbox, so nothing is created or added to by a look."""
-    if args.url:
-        tables = _postgres_tables(args.url)
-        where = "the PostgreSQL database at --url"
-    else:
-        tables = _sqlite_tables(args.db)
-        where = args.db
-    if tables is None:
-        return
-    missing = [name for name in _TABLES if name not in tables]
-    if missing:
-        msg = (
-            f"{where} holds no flnotify outbox (no table {', '.join(missing)}); "
-            "nothing was created or changed"
-        )
-        raise _NoOutboxError(msg)
-
-
 def run(
     args: argparse.Namespace,
     *,
@@ -175,13 +111,11 @@ def run(
         )
         return 2
     try:
-        _check_exists(args)
-    except _NoOutboxError as exc:
+        with open_outbox(args.url or args.db, create=False) as outbox:
+            result = _COMMANDS[command](outbox, args, clock)
+    except NoOutboxError as exc:
         print(f"flnotify outbox {command}: {exc}", file=err)
         return 2
-    try:
-        with open_outbox(args.url or args.db) as outbox:
-            result = _COMMANDS[command](outbox, args, clock)
     except FlnotifyError as exc:
         print(f"flnotify outbox {command}: {exc}", file=err)
         return 1

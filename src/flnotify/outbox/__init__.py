@@ -28,12 +28,14 @@ from __future__ import annotations
 from typing import Any
 
 from ._dispatcher import OutboxDispatcher
-from ._model import Claim, OutboxEntry, OutboxError, OutboxState, OutboxStore
+from ._existing import require_outbox
+from ._model import Claim, NoOutboxError, OutboxEntry, OutboxError, OutboxState, OutboxStore
 from ._postgres import PostgresOutbox
 from ._sqlite import Outbox
 
 __all__ = [
     "Claim",
+    "NoOutboxError",
     "Outbox",
     "OutboxDispatcher",
     "OutboxEntry",
@@ -45,14 +47,22 @@ __all__ = [
 ]
 
 
-def open_outbox(target: str, **options: Any) -> Outbox | PostgresOutbox:
+def open_outbox(target: str, *, create: bool = True, **options: Any) -> Outbox | PostgresOutbox:
     """The outbox at ``target``: a PostgreSQL URL, or else an SQLite file path.
 
     Args:
         target: ``postgresql://...`` / ``postgres://...`` for a
             [`PostgresOutbox`][flnotify.outbox.PostgresOutbox], anything else is a path.
+        create: Create the outbox if it is not there yet; with ``False`` (to look at an
+            outbox that must exist) a target without one is refused and left as it is.
         **options: Passed on to the store (``codec=``, ``clock=``, ...).
+
+    Raises:
+        NoOutboxError: ``create`` is ``False`` and ``target`` holds no outbox.
     """
-    if target.startswith(("postgresql://", "postgres://")):
+    postgres = target.startswith(("postgresql://", "postgres://"))
+    if not create:
+        require_outbox(target, postgres=postgres)
+    if postgres:
         return PostgresOutbox(target, **options)
     return Outbox(target, **options)

@@ -44,6 +44,10 @@ class OutboxError(FlnotifyError):
     """The outbox's database could not be opened, read or written."""
 
 
+class NoOutboxError(OutboxError):
+    """A target that was to hold an outbox already holds none (nothing was created)."""
+
+
 class OutboxState(enum.Enum):
     """Where one delivery stands in the outbox."""
 
