@@ -273,14 +273,18 @@ class Run:
 class Route(Protocol):
     """A way to a receiver: push (a POST) or a driver's own (the mailbox of polling clients).
 
-    A route takes the receivers it ``claims`` and sees each to one outcome with the send's
-    core, recording it through [`Send.record`][flnotify._engine.Send.record]. A route that
+    A route ``take`` s its receivers of a send and sees each to one outcome with the
+    send's core, recording it through [`Send.record`][flnotify._engine.Send.record]. A route that
     keeps a durable record of outcomes passes a ``then`` step: the engine awaits it after
     the callbacks of those outcomes ran (record, callbacks, mark done).
     """
 
-    def claims(self, receiver: ReceiverLike) -> bool:
-        """Whether this route delivers to ``receiver`` (asked once per receiver and send)."""
+    def take(self, receivers: Sequence[ReceiverLike]) -> list[int]:
+        """The indices of the receivers this route delivers to (asked once per send).
+
+        Whole-list, so a route not used by a send costs one pass, not a call per receiver.
+        A receiver that breaks the route's test is left to the push route's core to fail.
+        """
         ...
 
     async def deliver(self, send: Send, indices: Sequence[int]) -> None:
@@ -301,7 +305,8 @@ class Send:
         n = len(self.receivers)
         self.results: list[Delivery | None] = [None] * n
         self.remaining = n
-        self.courses: dict[int, Course] = {}  # receivers whose attempts have begun
+        # the ways of receivers begun and not yet settled (the deadline's to fail)
+        self.courses: list[Course | None] = [None] * n
         self.deferred: list[tuple[int, float]] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()
@@ -315,15 +320,18 @@ class Send:
 
     def course(self, index: int) -> Course:
         """The way of receiver ``index`` through this send (made once, then kept)."""
-        course = self.courses.get(index)
+        course = self.courses[index]
         if course is None:
             resume = self.plan.resume
-            receiver = self.receivers[index]
             if resume is None:
-                course = Course(index, receiver, self.message_ids[index])
+                course = Course(index, self.receivers[index], self.message_ids[index])
             else:
                 course = Course(
-                    index, receiver, self.message_ids[index], resume.attempts, resume.started
+                    index,
+                    self.receivers[index],
+                    self.message_ids[index],
+                    resume.attempts,
+                    resume.started,
                 )
             self.courses[index] = course
         return course
@@ -344,6 +352,7 @@ class Send:
         if self.results[index] is not None:
             return
         self.results[index] = delivery
+        self.courses[index] = None  # settled: nothing keeps its way alive (GC, memory)
         if self.queue is not None:
             self.queue.put_nowait(delivery)
         self.settle_one()
@@ -362,6 +371,7 @@ class Send:
     def defer(self, index: int, delay: float) -> None:
         """Hand receiver ``index``'s next attempt back to the driver (Celery's countdown)."""
         self.deferred.append((index, delay))
+        self.courses[index] = None
         self.settle_one()
 
     def settle_one(self) -> None:
@@ -395,8 +405,9 @@ class Send:
     def abandon(self) -> None:
         """The send was cancelled: attempts the hooks saw start end for them now."""
         error = TransportError("the send was cancelled", kind=Kind.INTERNAL)
-        for course in self.courses.values():
-            self.core.cut(course, error)
+        for course in self.courses:
+            if course is not None:
+                self.core.cut(course, error)
 
     def partial_report(self) -> DeliveryReport:
         """What a cancelled send reached: the deliveries recorded so far."""
@@ -505,24 +516,22 @@ CALLBACKS_AT_ONCE = 64
 
 def _partition(
     receivers: Sequence[ReceiverLike], routes: Sequence[Route]
-) -> list[tuple[Route, list[int]]]:
+) -> list[tuple[Route, Sequence[int]]]:
     """Which route takes which receivers; the last route (push) takes the rest."""
     *special, last = routes
-    if not special:
-        return [(last, list(range(len(receivers))))]
-    taken: list[list[int]] = [[] for _ in routes]
-    for index, receiver in enumerate(receivers):
-        for at, route in enumerate(special):
-            try:
-                claimed = route.claims(receiver)
-            except Exception:  # a broken receiver is the core's to fail, on the push route
-                claimed = False
-            if claimed:
-                taken[at].append(index)
-                break
-        else:
-            taken[-1].append(index)
-    return [(route, indices) for route, indices in zip(routes, taken, strict=True) if indices]
+    taken: set[int] = set()
+    parts: list[tuple[Route, Sequence[int]]] = []
+    for route in special:
+        indices = [i for i in route.take(receivers) if i not in taken]
+        if indices:
+            taken.update(indices)
+            parts.append((route, indices))
+    rest = (
+        range(len(receivers)) if not taken else [i for i in range(len(receivers)) if i not in taken]
+    )
+    if rest:
+        parts.append((last, rest))
+    return parts
 
 
 class PushRoute:
@@ -538,9 +547,9 @@ class PushRoute:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def claims(self, receiver: ReceiverLike) -> bool:
-        """Every receiver that no other route claims."""
-        return True
+    def take(self, receivers: Sequence[ReceiverLike]) -> list[int]:
+        """Every receiver (the engine gives it those no other route took)."""
+        return list(range(len(receivers)))
 
     async def deliver(self, send: Send, indices: Sequence[int]) -> None:
         """POST to the receivers at ``indices`` until each has an outcome."""

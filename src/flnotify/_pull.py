@@ -216,17 +216,31 @@ class MailLeg:
                 logger.warning("mailbox: could not renew a lease", exc_info=True)
 
 
+def _polling(receivers: Sequence[ReceiverLike]) -> list[int]:
+    """The indices of the receivers that poll a mailbox (endpoint ``"mailbox:"``).
+
+    One comprehension for the common case; a receiver whose endpoint cannot be read is
+    left to the push route, whose core fails it with the error.
+    """
+    try:
+        return [i for i, r in enumerate(receivers) if is_mailbox(r.message_endpoint)]
+    except Exception:
+        return [i for i, r in enumerate(receivers) if _polls(r)]
+
+
 def _polls(receiver: ReceiverLike) -> bool:
-    """Whether a receiver polls a mailbox (the engine fails a broken one on the push route)."""
-    return is_mailbox(receiver.message_endpoint)
+    try:
+        return is_mailbox(receiver.message_endpoint)
+    except Exception:
+        return False
 
 
 class UnservedMailboxRoute:
     """Polling receivers of an engine without a mailbox: each fails, saying why."""
 
-    def claims(self, receiver: ReceiverLike) -> bool:
+    def take(self, receivers: Sequence[ReceiverLike]) -> list[int]:
         """Receivers whose endpoint is ``"mailbox:"``."""
-        return _polls(receiver)
+        return _polling(receivers)
 
     async def deliver(self, send: Send, indices: Sequence[int]) -> None:
         """Fail each receiver: there is no mailbox to put its notification in."""
@@ -258,9 +272,9 @@ class MailboxRoute:
         self.store = store
         self.lease_seconds = lease_seconds
 
-    def claims(self, receiver: ReceiverLike) -> bool:
+    def take(self, receivers: Sequence[ReceiverLike]) -> list[int]:
         """Receivers whose endpoint is ``"mailbox:"``."""
-        return _polls(receiver)
+        return _polling(receivers)
 
     async def deliver(self, send: Send, indices: Sequence[int]) -> None:
         """Post the letters, then judge the answers until each receiver has an outcome."""
