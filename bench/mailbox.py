@@ -350,7 +350,7 @@ class _Connection:
 
 async def pull_clients(clients: list[tuple[uuid.UUID, str]], port: int) -> dict[str, Any]:
     import flnotify
-    from flnotify._mailwire import Ack, ack_document, fetch_document, parse_messages
+    from flnotify.mailbox._wire import Ack, ack_document, fetch_document, parse_messages
 
     handled: list[tuple[int, int, float]] = []  # client index, round, perf_counter
     errors: dict[str, int] = defaultdict(int)

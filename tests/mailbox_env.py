@@ -16,7 +16,7 @@ import httpx
 import uvicorn
 
 from flnotify import Signer
-from flnotify._mailwire import Ack, WireMessage, ack_document, fetch_document, parse_messages
+from flnotify.mailbox._wire import Ack, WireMessage, ack_document, fetch_document, parse_messages
 from flnotify.receiving import make_wsgi_server
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from uuid import UUID
 
 from flnotify import Signer, Verifier
-from flnotify._mailwire import (
+from flnotify.mailbox._wire import (
     Ack,
     MailboxProtocolError,
     WireMessage,

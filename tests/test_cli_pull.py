@@ -16,7 +16,7 @@ import pytest
 
 import flnotify
 from flnotify import cli
-from flnotify._mailwire import Ack
+from flnotify.mailbox._wire import Ack
 from flnotify.signing import generate_secret
 from flnotify.training import GlobalModelBody, RoundBody
 from mailbox_fake import FakeMailbox

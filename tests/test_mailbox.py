@@ -34,8 +34,8 @@ from flnotify import (
     TransportErrorKind,
     generate_secret,
 )
-from flnotify._mailwire import ack_document, fetch_document
 from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxDispatcher
+from flnotify.mailbox._wire import ack_document, fetch_document
 from flnotify.testing import RecordingCallbacks, RecordingHook
 from flnotify.training import GlobalModelBody, RoundBody
 from mailbox_env import BareClient, Clock, asgi_server, call_wsgi, signed, wsgi_server

@@ -29,14 +29,14 @@ from flnotify import (
     Signer,
     generate_secret,
 )
-from flnotify._mailwire import (
+from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxStore, PostgresMailbox
+from flnotify.mailbox._wire import (
     MailboxProtocolError,
     fetch_document,
     parse_ack,
     parse_fetch,
     parse_messages,
 )
-from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxStore, PostgresMailbox
 from flnotify.receiving import MailboxPoller
 from flnotify.receiving._poller import _error_code
 from flnotify.training import RoundBody, TrainingRoundStartNotification

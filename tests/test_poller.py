@@ -33,7 +33,7 @@ from flnotify import (
     TrainingStartNotification,
     TransportTimeoutError,
 )
-from flnotify._mailwire import Ack, MailboxProtocolError, parse_messages
+from flnotify.mailbox._wire import Ack, MailboxProtocolError, parse_messages
 from flnotify.receiving import (
     InMemoryIdStore,
     MailboxPoller,

@@ -18,13 +18,13 @@ from typing_extensions import Unpack
 from ._closing import AsyncClosing, Closing
 from ._engine import Engine, Settings, SettingsOptions, with_options
 from ._notification import Notification
-from ._pull import DEFAULT_MAILBOX_LEASE, mailbox_route
 from ._report import DeliveryReport
 from .callbacks import Callbacks
+from .mailbox._route import DEFAULT_MAILBOX_LEASE, mailbox_route
 from .transports._base import AsyncTransport, Transport
 
 if TYPE_CHECKING:
-    from ._mailbox import MailboxStore
+    from .mailbox._store import MailboxStore
     from .repository import AsyncTrainingRepository, TrainingRepository
 
 __all__ = ["Notifier"]

@@ -37,14 +37,14 @@ from .._attempt import message_ids_for, new_send_id
 from .._engine import Engine, Plan, Resume, Settings, SettingsOptions, deadline_passed, with_options
 from .._exceptions import ConfigurationError, FlnotifyError
 from .._notification import Notification
-from .._pull import DEFAULT_MAILBOX_LEASE, mailbox_route
 from .._seams import current_seams
 from .._types import Receiver
 from ..callbacks import CallbackFactory, Callbacks
+from ..mailbox._route import DEFAULT_MAILBOX_LEASE, mailbox_route
 from ..transports import AsyncTransport, Transport
 
 if TYPE_CHECKING:
-    from .._mailbox import MailboxStore
+    from ..mailbox._store import MailboxStore
     from ..repository import AsyncTrainingRepository, TrainingRepository
 
 __all__ = ["DEFAULT_TASK_NAME", "CeleryDelivery", "Enqueued"]

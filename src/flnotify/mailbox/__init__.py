@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._mailbox import Adopted, Answer, Letter, MailboxSignals, MailboxStore
-from .._mailwire import MAILBOX_ENDPOINT, MailboxProtocolError
 from ._app import MailboxApp
 from ._dispatcher import MailboxDispatcher
 from ._model import MailboxError
 from ._postgres import PostgresMailbox
 from ._sqlite import Mailbox
+from ._store import Adopted, Answer, Letter, MailboxSignals, MailboxStore
+from ._wire import MAILBOX_ENDPOINT, MailboxProtocolError
 
 __all__ = [
     "MAILBOX_ENDPOINT",

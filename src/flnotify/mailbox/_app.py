@@ -24,18 +24,6 @@ import attrs
 
 from .._attempt import attempt_headers
 from .._exceptions import ConfigurationError, FlnotifyError
-from .._mailbox import Letter, MailboxStore
-from .._mailwire import (
-    ACK_PATH,
-    FETCH_PATH,
-    MAILBOX_ENDPOINT,
-    FetchRequest,
-    MailboxProtocolError,
-    WireMessage,
-    messages_document,
-    parse_ack,
-    parse_fetch,
-)
 from .._types import Receiver
 from .._validators import at_least_one, positive
 from .._version import __version__
@@ -52,6 +40,18 @@ from ..receiving._asgi import (
 from ..receiving._responses import Response, error, json_response, status_line
 from ..receiving._wsgi import wsgi_headers
 from ..signing import Signer
+from ._store import Letter, MailboxStore
+from ._wire import (
+    ACK_PATH,
+    FETCH_PATH,
+    MAILBOX_ENDPOINT,
+    FetchRequest,
+    MailboxProtocolError,
+    WireMessage,
+    messages_document,
+    parse_ack,
+    parse_fetch,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from .._exceptions import ConfigurationError
-from .._mailbox import Adopted, Answer, Letter, MailboxStore
-from .._mailwire import MAILBOX_ENDPOINT
 from .._notifier import Notifier
 from .._report import Delivery
 from .._retry import RetryPolicy
@@ -21,6 +19,8 @@ from ..training import GlobalModelBody, TrainingStartNotification
 from ..transports._memory import MemoryTransport
 from ._dispatcher import MailboxDispatcher
 from ._model import STATES, MailboxError
+from ._store import Adopted, Answer, Letter, MailboxStore
+from ._wire import MAILBOX_ENDPOINT
 
 if TYPE_CHECKING:
     from hypothesis.stateful import RuleBasedStateMachine

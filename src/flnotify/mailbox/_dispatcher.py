@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import attrs
 
 from .._attempt import Course
-from .._mailbox import Adopted, MailboxStore
-from .._mailwire import MAILBOX_ENDPOINT
-from .._notifier import Notifier
-from .._pull import MailLeg, new_owner
 from .._report import Delivery
 from .._types import Receiver
 from .._validators import at_least_one, positive
 from ..callbacks import Callbacks, run_callbacks
+from ._route import MailLeg, new_owner
+from ._store import Adopted, MailboxStore
+from ._wire import MAILBOX_ENDPOINT
+
+if TYPE_CHECKING:
+    from .._notifier import Notifier
 
 __all__ = ["MailboxDispatcher"]
 

@@ -21,7 +21,6 @@ import attrs
 
 from .._closing import Closing
 from .._codec import Codec
-from .._mailbox import Adopted, Answer, Letter, MailboxSignals
 from .._postgres import NOW as _NOW
 from .._postgres import PostgresConnection, redacted, set_up_schema
 from .._report import Delivery
@@ -36,6 +35,7 @@ from ._model import (
     fetchable_sql,
     first_per_id,
 )
+from ._store import Adopted, Answer, Letter, MailboxSignals
 
 if TYPE_CHECKING:
     import psycopg

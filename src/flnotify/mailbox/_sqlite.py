@@ -15,7 +15,6 @@ import attrs
 
 from .._closing import Closing
 from .._codec import Codec
-from .._mailbox import Adopted, Answer, Letter, MailboxSignals
 from .._report import Delivery
 from .._sqlite import SQLiteConnection, set_up_durable_schema
 from .._validators import positive
@@ -29,6 +28,7 @@ from ._model import (
     fetchable_sql,
     first_per_id,
 )
+from ._store import Adopted, Answer, Letter, MailboxSignals
 
 __all__ = ["Mailbox"]
 

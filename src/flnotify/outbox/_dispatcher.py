@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -21,11 +21,13 @@ from .._exceptions import (
 )
 from .._hooks import NullHook
 from .._notification import Notification
-from .._notifier import Notifier
 from .._report import Delivery
 from .._validators import at_least_one, positive
 from ..callbacks import Callbacks, run_callbacks
 from ._model import Claim, OutboxEntry, OutboxStore
+
+if TYPE_CHECKING:
+    from .._notifier import Notifier
 
 __all__ = ["OutboxDispatcher"]
 

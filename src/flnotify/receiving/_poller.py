@@ -42,7 +42,9 @@ from .._exceptions import (
     TransportTimeoutError,
 )
 from .._http import parse_retry_after
-from .._mailwire import (
+from .._validators import at_least_one, positive
+from .._version import __version__
+from ..mailbox._wire import (
     ACK_PATH,
     FETCH_PATH,
     Ack,
@@ -52,8 +54,6 @@ from .._mailwire import (
     fetch_document,
     parse_messages,
 )
-from .._validators import at_least_one, positive
-from .._version import __version__
 from ..signing import Signer
 from ._router import NotificationRouter
 

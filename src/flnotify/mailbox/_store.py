@@ -26,8 +26,8 @@ from uuid import UUID
 
 import attrs
 
-from ._codec import Codec
-from ._report import Delivery
+from .._codec import Codec
+from .._report import Delivery
 
 __all__ = ["Adopted", "Answer", "Letter", "MailboxSignals", "MailboxStore"]
 
@@ -93,8 +93,8 @@ class Adopted:
 class MailboxSignals:
     """In-process wake-ups: a fetch waiting for mail, a judge waiting for answers.
 
-    A store calls [`mail`][flnotify._mailbox.MailboxSignals.mail] after it queued messages
-    and [`answered`][flnotify._mailbox.MailboxSignals.answered] after it took
+    A store calls [`mail`][flnotify.mailbox.MailboxSignals.mail] after it queued messages
+    and [`answered`][flnotify.mailbox.MailboxSignals.answered] after it took
     acknowledgements; listeners (the mailbox app, a waiting send) subscribe. Listeners of
     another process learn the same by asking the store at their polling interval.
     """

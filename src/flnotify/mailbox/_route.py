@@ -1,10 +1,10 @@
 """The mailbox's driver of the delivery core: post letters, wait for answers, judge them.
 
 A polling receiver (``message_endpoint`` ``"mailbox:"``) is not POSTed to: its notification
-is posted to a [`MailboxStore`][flnotify._mailbox.MailboxStore], the mailbox app offers it to
+is posted to a [`MailboxStore`][flnotify.mailbox.MailboxStore], the mailbox app offers it to
 the client (the headers made by the core's
 [`attempt_headers`][flnotify._attempt.attempt_headers] at each fetch), and the client's
-acknowledgement comes back as an answer. [`MailLeg`][flnotify._pull.MailLeg] waits for the
+acknowledgement comes back as an answer. [`MailLeg`][flnotify.mailbox._route.MailLeg] waits for the
 answers and has the core judge each one like the answer of a POST
 ([`Core.answered`][flnotify._attempt.Core.answered]): delivered, rejected, offered again
 after a retry delay, or failed at the acknowledgement deadline. The judging process holds a
@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import cast
 from uuid import UUID
 
-from ._attempt import Core, Course, internal_error
-from ._engine import Route, Send
-from ._exceptions import ConfigurationError, InvalidURLError
-from ._mailbox import Answer, MailboxStore
-from ._mailwire import MAILBOX_ENDPOINT, is_mailbox
-from ._report import Delivery
-from ._types import ReceiverLike
+from .._attempt import Core, Course, internal_error
+from .._engine import Route, Send
+from .._exceptions import ConfigurationError, InvalidURLError
+from .._report import Delivery
+from .._types import ReceiverLike
+from ._store import Answer, MailboxStore
+from ._wire import MAILBOX_ENDPOINT, is_mailbox
 
 __all__ = [
     "ANSWER_POLL_SECONDS",

@@ -31,7 +31,7 @@ from uuid import UUID
 
 import attrs
 
-from ._exceptions import MailboxProtocolError
+from .._exceptions import MailboxProtocolError
 
 __all__ = [
     "ACK_PATH",
