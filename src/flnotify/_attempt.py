@@ -463,39 +463,16 @@ class Core:
             return float(delay)
         return self.finish(course, outcome, response=response, error=error)
 
-    def answered(
-        self, course: Course, status: int | None, fetches: int, deadline: float
-    ) -> float | Delivery:
-        """Judge a polling receiver's acknowledgement exactly like the answer of a POST.
+    def observed(self, course: Course) -> None:
+        """Tell the hooks an attempt started that the driver did not make itself.
 
-        Args:
-            course: The receiver.
-            status: The status its handler answered, or ``None`` if the mailbox's
-                acknowledgement deadline passed first (then the receiver fails).
-            fetches: How often the client fetched the message (its attempts).
-            deadline: The mailbox's acknowledgement deadline (seconds), for the message.
-
-        Returns:
-            Seconds after which the message is offered again, or the final delivery.
+        A polling client's fetch is such an attempt: its answer arrives as an
+        acknowledgement, which the driver then hands to [`judge`][flnotify._attempt.Core.judge].
         """
-        course.attempts = max(course.attempts, fetches)
-        if status is None:
-            what = (
-                "never fetched"
-                if fetches == 0
-                else f"fetched {fetches} time(s) but not acknowledged"
-            )
-            error = TransportError(
-                f"{what} within the mailbox's deadline of {deadline:g} s",
-                url=course.url,
-                kind=TransportErrorKind.DEADLINE,
-            )
-            return self.fail(course, error)
         if self._watch:
             course.begun = self._clock()
             course.in_flight = True
             self._hooks.attempt_started(self._started(course))
-        return self.judge(course, HttpResponse(status))
 
     # -- endpoint health -------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ from uuid import UUID
 
 from .._attempt import Core, Course, internal_error
 from .._engine import Route, Send
-from .._exceptions import ConfigurationError, InvalidURLError
+from .._exceptions import ConfigurationError, InvalidURLError, TransportError, TransportErrorKind
 from .._report import Delivery
-from .._types import ReceiverLike
+from .._types import HttpResponse, ReceiverLike
 from ._store import Answer, MailboxStore
 from ._wire import MAILBOX_ENDPOINT, is_mailbox
 
@@ -98,6 +98,37 @@ async def post_letters(
         refused.extend(core.fail(course, error) for course in posted)
         return [], refused
     return posted, refused
+
+
+def acknowledged(
+    core: Core, course: Course, status: int | None, fetches: int, deadline: float
+) -> float | Delivery:
+    """Judge a polling receiver's acknowledgement exactly like the answer of a POST.
+
+    Args:
+        core: The send's core.
+        course: The receiver.
+        status: The status its handler answered, or ``None`` if the mailbox's
+            acknowledgement deadline passed first (then the receiver fails).
+        fetches: How often the client fetched the message (its attempts).
+        deadline: The mailbox's acknowledgement deadline (seconds), for the message.
+
+    Returns:
+        Seconds after which the message is offered again, or the final delivery.
+    """
+    course.attempts = max(course.attempts, fetches)
+    if status is None:
+        what = (
+            "never fetched" if fetches == 0 else f"fetched {fetches} time(s) but not acknowledged"
+        )
+        error = TransportError(
+            f"{what} within the mailbox's deadline of {deadline:g} s",
+            url=course.url,
+            kind=TransportErrorKind.DEADLINE,
+        )
+        return core.fail(course, error)
+    core.observed(course)
+    return core.judge(course, HttpResponse(status))
 
 
 class MailLeg:
@@ -178,7 +209,7 @@ class MailLeg:
             if course is None:  # not this leg's (another send under the same owner)
                 continue
             try:
-                step = core.answered(course, answer.status, answer.fetches, deadline)
+                step = acknowledged(core, course, answer.status, answer.fetches, deadline)
             except Exception as exc:  # the core catches everything; this is its own bug
                 step = core.fail(course, internal_error("the mailbox driver", exc, course.url))
             if type(step) is float:
@@ -201,7 +232,7 @@ class MailLeg:
         """Fail what is still pending: the deadline passed and the store did not say so."""
         deadline = self.store.ack_deadline
         final = [
-            cast(Delivery, self.core.answered(course, None, course.attempts, deadline))
+            cast(Delivery, acknowledged(self.core, course, None, course.attempts, deadline))
             for course in self.pending.values()
         ]  # with no status, always a (failed) delivery
         self.pending.clear()
