@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS: list[set[str]] = [
     {"flnotify._version", "flnotify._exceptions"},
     {"flnotify._validators", "flnotify._closing", "flnotify._seams", "flnotify._portal"},
-    {"flnotify._types", "flnotify._http"},
+    {"flnotify._types", "flnotify._http", "flnotify._web"},
     {"flnotify._notification"},
     {"flnotify.training", "flnotify._codec"},
     {

@@ -27,7 +27,7 @@ from .._exceptions import ConfigurationError, FlnotifyError
 from .._types import Receiver
 from .._validators import at_least_one, positive
 from .._version import __version__
-from ..receiving._asgi import (
+from .._web.asgi import (
     ASGIApp,
     ASGIReceive,
     ASGIScope,
@@ -37,8 +37,8 @@ from ..receiving._asgi import (
     lifespan,
     read_body,
 )
-from ..receiving._responses import Response, error, json_response, status_line
-from ..receiving._wsgi import wsgi_headers
+from .._web.responses import Response, error, json_response, status_line
+from .._web.wsgi import wsgi_headers
 from ..signing import Signer
 from ._store import Letter, MailboxStore
 from ._wire import (

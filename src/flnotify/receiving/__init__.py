@@ -16,6 +16,7 @@ A client behind NAT opens no port: a [`MailboxPoller`][flnotify.MailboxPoller]
 long-polls the server's mailbox and feeds each message to the same router.
 """
 
+from .._web.responses import Response
 from ._asgi import ASGIApp, asgi_app
 from ._dedupe import (
     DEFAULT_LEASE_SECONDS,
@@ -37,7 +38,7 @@ from ._parse import (
 )
 from ._poller import DEFAULT_MAX_ANSWER_BYTES, MailboxPoller, MailboxStatusError
 from ._redis_store import RedisIdStore
-from ._responses import Reply, Response
+from ._responses import Reply
 from ._router import Handler, HandlerDecorator, MessageContext, NotificationRouter
 from ._server import BoundedWSGIServer, make_wsgi_server
 from ._sqlite_store import SQLiteIdStore

@@ -28,6 +28,15 @@ from .._exceptions import (
 )
 from .._notification import Notification
 from .._types import NotificationKind, NotificationType
+from .._web.responses import (
+    INTERNAL_ERROR,
+    Response,
+    error,
+    json_response,
+    response,
+    too_large,
+    valid_status,
+)
 from ..signing import DEFAULT_TOLERANCE, Verifier
 from ._asgi import ASGIApp, asgi_app
 from ._dedupe import AsyncIdStore, Claim, IdStore, InMemoryIdStore
@@ -38,17 +47,7 @@ from ._parse import (
     inspect_request,
     read_headers,
 )
-from ._responses import (
-    INTERNAL_ERROR,
-    Reply,
-    Response,
-    error,
-    json_response,
-    reply_response,
-    response,
-    too_large,
-    valid_status,
-)
+from ._responses import Reply, reply_response
 from ._wsgi import wsgi_app
 
 if TYPE_CHECKING:

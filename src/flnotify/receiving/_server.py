@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from .._exceptions import ConfigurationError
-from ._responses import status_line
+from .._web.responses import status_line
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

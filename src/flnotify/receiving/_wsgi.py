@@ -6,7 +6,9 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ._responses import INTERNAL_ERROR, Answering, Response, error, status_line
+from .._web.responses import INTERNAL_ERROR, Response, error, status_line
+from .._web.wsgi import wsgi_headers
+from ._responses import Answering
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -15,16 +17,6 @@ if TYPE_CHECKING:
 __all__ = ["wsgi_app"]
 
 logger = logging.getLogger("flnotify")
-
-
-def wsgi_headers(environ: WSGIEnvironment) -> list[tuple[str, str]]:
-    pairs = []
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            pairs.append((key[5:].replace("_", "-").lower(), value))
-        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
-            pairs.append((key.replace("_", "-").lower(), value))
-    return pairs
 
 
 def _answer(router: Answering, environ: WSGIEnvironment) -> Response:

@@ -1,0 +1,1 @@
+"""HTTP app plumbing (ASGI, WSGI, answers) shared by ``receiving`` and ``mailbox``."""
