@@ -145,6 +145,32 @@ def test_the_post_goes_to_the_checked_address_only(
     assert other.connections_opened == 0
 
 
+@pytest.mark.parametrize("resolver_class", RESOLVERS)
+def test_each_retry_checks_the_host_again(
+    make_transport: TransportFactory,
+    pair: list[AddressServer],
+    resolver_class: type[Rebinding],
+) -> None:
+    """A name that rebinds between attempts: the retry is refused, never sent elsewhere."""
+    checked, other = pair
+    resolver: Any = resolver_class(CHECKED, OTHER)
+    policy = EndpointPolicy(block_private=True, allow_networks=[f"{CHECKED}/32"], resolver=resolver)
+    url = checked.url("/status/503", host="localhost")
+    retry = RetryPolicy(max_attempts=3, initial_backoff=0.0, jitter=0.0)
+    with flnotify.Notifier(
+        transport=make_transport(_ctx(checked)), policy=policy, retry=retry
+    ) as notifier:
+        (delivery,) = notifier.send(_notification(url))
+    assert resolver.lookups == [("localhost", checked.port)] * 2  # checked before each attempt
+    assert delivery.outcome is Outcome.FAILED
+    assert isinstance(delivery.error, flnotify.TransportError)
+    assert delivery.error.kind is TransportErrorKind.BLOCKED
+    assert delivery.attempts == 1
+    assert delivery.status_code == 503  # the last answer is kept
+    assert len(checked.requests) == 1
+    assert other.connections_opened == 0
+
+
 def test_a_pinned_connection_is_never_reused_for_another_address(
     make_transport: TransportFactory,
 ) -> None:

@@ -1,15 +1,22 @@
 """The delivery core: one attempt, from endpoint check to outcome, without any I/O.
 
 Every driver (the in-process [`Notifier`][flnotify.Notifier], Celery workers, the outbox
-dispatcher) runs the same steps through one [`Core`][flnotify._attempt.Core] per send and
-only schedules and does the I/O in between::
+and mailbox dispatchers) runs a receiver's attempts through one
+[`flow`][flnotify._attempt.Core.flow] per receiver of a send: a generator that owns the order
+of the steps and yields only the I/O it needs done (the model is httpx's ``auth_flow``)::
 
-    check(course)            -> Delivery (refused) | (host, port) to resolve | None
-    host_checked(course, e, addresses) -> Delivery (refused) | None (course.address set)
-    request(course)          -> headers of the next attempt | Delivery (could not sign)
-        ... the driver POSTs ...
-    judge(course, response or exception) -> seconds until the next attempt | Delivery
-    fail(course, error)      -> Delivery (deadline passed, driver broke)
+    Resolve(host, port)  -> the driver resolves and checks, and sends the addresses back
+                            (or throws what the check raised)
+    Post(headers, address) -> the driver POSTs and sends the response back (or throws
+                            what the transport raised)
+    Wait(seconds)        -> the driver sleeps (or defers the receiver to a later run),
+                            then resumes the flow
+
+and returns the receiver's one final [`Delivery`][flnotify.Delivery]. Before every attempt,
+retries included, the endpoint is checked again (URL, address guard, circuit breaker). The
+steps the flow is made of (``check``, ``host_checked``, ``request``, ``judge``) and ``fail``
+(deadline passed, driver could not go on) are methods of the core too, so a driver whose
+answers arrive otherwise (a mailbox's acknowledgements) judges them the same way.
 
 Each step catches whatever a component raises (the endpoint policy, a resolver, the signer,
 the transport, the retry policy) and turns it into a FAILED [`Delivery`][flnotify.Delivery]
@@ -23,8 +30,10 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
+
+import attrs
 
 from ._exceptions import (
     BlockedAddressError,
@@ -51,6 +60,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Core",
     "Course",
+    "Flow",
+    "Post",
+    "Resolve",
+    "Step",
+    "Wait",
     "attempt_headers",
     "build_delivery",
     "internal_error",
@@ -141,6 +155,41 @@ def attempt_headers(
     return headers
 
 
+@attrs.frozen(slots=True)
+class Resolve:
+    """Step of a flow: resolve ``host`` and check its addresses (the address guard).
+
+    Send back the checked addresses, best first; throw what the check raised.
+    """
+
+    host: str
+    port: int
+
+
+@attrs.frozen(slots=True)
+class Post:
+    """Step of a flow: POST the send's body with ``headers``; send back the response.
+
+    ``address`` is where to connect (the guard's checked address; ``None``: the URL's host).
+    Throw what the transport raised.
+    """
+
+    headers: dict[str, str]
+    address: str | None
+
+
+@attrs.frozen(slots=True)
+class Wait:
+    """Step of a flow: the next attempt comes after ``seconds``; resume the flow then."""
+
+    seconds: float
+
+
+Step = Resolve | Post | Wait
+Flow = Generator[Step, Any, "Delivery"]
+"""A receiver's attempts: yields [`Step`][flnotify._attempt.Step]s, returns its delivery."""
+
+
 class Course:
     """One receiver's way through a send: what the core needs between its steps."""
 
@@ -148,6 +197,7 @@ class Course:
         "address",
         "attempts",
         "begun",
+        "flow",
         "in_flight",
         "index",
         "last",
@@ -175,6 +225,7 @@ class Course:
         self.begun = 0.0  # driver clock at the start of the current attempt
         self.in_flight = False  # hooks were told an attempt started and not yet its end
         self.address: str | None = None  # the checked address to connect to (guard on)
+        self.flow: Flow | None = None  # the driver's flow of this receiver, while it runs
 
 
 class Core:
@@ -260,7 +311,40 @@ class Core:
         self.send_size = send_size
         self._plain_retry = type(retry) is RetryPolicy  # its decide() is known: 2xx is final
 
-    # -- before the first attempt --------------------------------------------------------
+    # -- the flow ------------------------------------------------------------------------
+
+    def flow(self, course: Course) -> Flow:
+        """The receiver's attempts, from the endpoint check to its final delivery.
+
+        The driver does the I/O of each yielded step (see the module docstring); whatever
+        it sends back or throws in is judged here, so every driver takes the same steps
+        in the same order. Only cancellation (``BaseException``) passes through.
+        """
+        while True:
+            checked = self.check(course)
+            if type(checked) is tuple:
+                try:
+                    addresses = yield Resolve(*checked)
+                except Exception as exc:
+                    checked = self.host_checked(course, exc)
+                else:
+                    checked = self.host_checked(course, None, addresses)
+            if checked is not None:
+                return cast(Delivery, checked)
+            headers = self.request(course)
+            if type(headers) is not dict:
+                return cast(Delivery, headers)
+            try:
+                response = yield Post(headers, course.address)
+            except Exception as exc:
+                step = self.judge(course, exc=exc)
+            else:
+                step = self.judge(course, response)
+            if type(step) is not float:
+                return cast(Delivery, step)
+            yield Wait(step)
+
+    # -- before each attempt ---------------------------------------------------------------
 
     def check(self, course: Course) -> Delivery | tuple[str, int] | None:
         """Check the receiver's endpoint without I/O.
@@ -272,6 +356,7 @@ class Core:
             POSTed to.
         """
         try:
+            course.address = None
             url = course.url = course.receiver.message_endpoint
             policy = self._policy
             endpoint = policy.check_url(url) if policy.block_private else None
@@ -284,7 +369,12 @@ class Core:
             if endpoint is not None:
                 return (endpoint.host, endpoint.port)
         except (EndpointError, TransportError) as exc:
-            return self.finish(course, Outcome.FAILED, error=refused_endpoint(exc, course.url))
+            return self.finish(
+                course,
+                Outcome.FAILED,
+                response=course.last,
+                error=refused_endpoint(exc, course.url),
+            )
         except Exception as exc:
             error = internal_error("checking the endpoint", exc, course.url)
             return self.finish(course, Outcome.FAILED, error=error)
@@ -325,7 +415,12 @@ class Core:
                     course.address = first
                     return None
         if isinstance(exc, (EndpointError, TransportError)):
-            return self.finish(course, Outcome.FAILED, error=refused_endpoint(exc, course.url))
+            return self.finish(
+                course,
+                Outcome.FAILED,
+                response=course.last,
+                error=refused_endpoint(exc, course.url),
+            )
         error = internal_error("checking the resolved address", exc, course.url)
         return self.finish(course, Outcome.FAILED, error=error)
 

@@ -30,7 +30,17 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union, cast
 import attrs
 from typing_extensions import TypedDict
 
-from ._attempt import Core, Course, internal_error, message_ids_for, new_send_id
+from ._attempt import (
+    Core,
+    Course,
+    Flow,
+    Post,
+    Resolve,
+    Wait,
+    internal_error,
+    message_ids_for,
+    new_send_id,
+)
 from ._codec import Codec
 from ._exceptions import (
     CallbackError,
@@ -80,7 +90,7 @@ __all__ = [
 
 logger = logging.getLogger("flnotify")
 T = TypeVar("T")
-Post = Callable[[str, bytes, dict[str, str]], Awaitable[HttpResponse]]
+Poster = Callable[[str, bytes, dict[str, str]], Awaitable[HttpResponse]]
 Then = Callable[[], Coroutine[Any, Any, None]]
 
 
@@ -611,10 +621,12 @@ class _Push:
         return uncancel is None or uncancel() == 0
 
     async def work(self, worker: int) -> None:
-        """POST for receivers until none is left to try, now or after a backoff.
+        """Run receivers' flows until none is left to try, now or after a backoff.
 
         One flat loop on purpose: every coroutine layer costs on the path of 100,000
-        receivers. Whatever goes wrong for one receiver ends that receiver, never the loop.
+        receivers. The worker only does the I/O a flow asks for (resolve, POST, wait); the
+        flow decides the steps. Whatever goes wrong for one receiver ends that receiver,
+        never the loop.
         """
         send = self.send
         core = send.core
@@ -630,6 +642,7 @@ class _Push:
         while True:
             if ready:
                 course = ready.popleft()
+                flow = cast(Flow, course.flow)
             else:
                 index = next(fresh, None)
                 if index is None:
@@ -640,60 +653,52 @@ class _Push:
                     await self.wakeup.wait()
                     continue
                 course = send.course(index)
+                flow = course.flow = core.flow(course)
+            answer: Any = None
+            failure: Exception | None = None
             try:
-                if not course.url:  # a fresh (or resumed) receiver: check its endpoint
-                    checked = core.check(course)
-                    if checked is not None:
-                        if type(checked) is tuple:
-                            try:
-                                addresses = await policy.acheck_host(*checked, url=course.url)
-                            except Exception as exc:
-                                checked = core.host_checked(course, exc)
-                            else:
-                                checked = core.host_checked(course, None, addresses)
-                        if checked is not None:
-                            record(course.index, cast(Delivery, checked))
-                            continue
-                headers = core.request(course)
-                if type(headers) is not dict:
-                    record(course.index, cast(Delivery, headers))
-                    continue
-                address = course.address  # set when the guard checked a name: connect there
-                if began is None:
-                    try:
-                        response = await (
-                            post(course.url, body, headers)
-                            if address is None
-                            else pin(course.url, body, headers, connect_to=address)
-                        )
-                    except Exception as exc:
-                        step = core.judge(course, exc=exc)
+                while True:
+                    step = flow.send(answer) if failure is None else flow.throw(failure)
+                    answer = failure = None
+                    kind = type(step)
+                    if kind is Post:
+                        post_step = cast(Post, step)
+                        address = post_step.address
+                        if began is not None:
+                            began[worker] = now()
+                        try:
+                            answer = await (
+                                post(course.url, body, post_step.headers)
+                                if address is None
+                                else pin(course.url, body, post_step.headers, connect_to=address)
+                            )
+                        except asyncio.CancelledError:
+                            if began is None:
+                                raise
+                            began[worker] = 0.0
+                            if not self.overran(worker):
+                                raise
+                            failure = self.timed_out(course.url)
+                        except Exception as exc:
+                            failure = exc
+                        if began is not None:
+                            began[worker] = 0.0
+                    elif kind is Resolve:
+                        resolve = cast(Resolve, step)
+                        try:
+                            answer = await policy.acheck_host(
+                                resolve.host, resolve.port, url=course.url
+                            )
+                        except Exception as exc:
+                            failure = exc
                     else:
-                        step = core.judge(course, response)
-                else:
-                    began[worker] = now()
-                    try:
-                        response = await (
-                            post(course.url, body, headers)
-                            if address is None
-                            else pin(course.url, body, headers, connect_to=address)
-                        )
-                    except asyncio.CancelledError:
-                        began[worker] = 0.0
-                        if not self.overran(worker):
-                            raise
-                        step = core.judge(course, exc=self.timed_out(course.url))
-                    except Exception as exc:
-                        began[worker] = 0.0
-                        step = core.judge(course, exc=exc)
-                    else:
-                        began[worker] = 0.0
-                        step = core.judge(course, response)
-                if type(step) is float:
-                    self.again(course, step)
-                else:
-                    record(course.index, cast(Delivery, step))
+                        self.again(course, cast(Wait, step).seconds)
+                        break
+            except StopIteration as stop:
+                course.flow = None
+                record(course.index, cast(Delivery, stop.value))
             except Exception as exc:  # the engine itself broke: still one outcome
+                course.flow = None
                 logger.exception("The engine failed while delivering to %s.", course.receiver.id)
                 error = internal_error("the engine", exc, course.url)
                 record(course.index, core.fail(course, error))
@@ -846,7 +851,7 @@ class Engine:
 
     # -- one POST ------------------------------------------------------------------------
 
-    def poster(self) -> tuple[Post, bool]:
+    def poster(self) -> tuple[Poster, bool]:
         """The transport's ``apost`` (its blocking ``post`` in a thread pool).
 
         Returns:
@@ -855,7 +860,7 @@ class Engine:
             ``attempt_timeout``.
         """
         transport = self.transport
-        apost: Post | None = getattr(transport, "apost", None)
+        apost: Poster | None = getattr(transport, "apost", None)
         if apost is not None:
             return apost, getattr(transport, "bounds_attempts", False) is True
         post = cast(Transport, transport).post
