@@ -46,7 +46,7 @@ from ._exceptions import (
     TransportError,
     TransportErrorKind,
 )
-from ._hooks import AttemptEnded, AttemptStarted, HookSet
+from ._hooks import AttemptEnded, AttemptStarted, HeaderHook, HookSet
 from ._notification import Notification
 from ._report import Delivery
 from ._retry import RetryPolicy
@@ -302,9 +302,7 @@ class Core:
         self._tell = bool(hooks.hooks)  # any hook at all
         self._watch = hooks.attempts  # any hook that watches attempts
         # hooks that add headers to attempts (trace context): their optional method
-        self._extra = tuple(
-            add for hook in hooks.hooks if callable(add := getattr(hook, "attempt_headers", None))
-        )
+        self._extra = tuple(h.attempt_headers for h in hooks.hooks if isinstance(h, HeaderHook))
         self._user_agent = user_agent
         self._breaker = breaker
         self.send_id = send_id
@@ -433,7 +431,8 @@ class Core:
         every attempt), ``webhook-timestamp`` (taken now) and the signature if signing. A
         hook may add others (a trace context) with an optional method
         ``attempt_headers(details: AttemptStarted) -> Mapping[str, str] | None``, called
-        after ``on_attempt_started``; it never replaces one of the core's.
+        after ``on_attempt_started`` (the ``HeaderHook`` capability);
+        it never replaces one of the core's.
         """
         course.attempts += 1
         now = self._clock()

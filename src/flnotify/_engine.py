@@ -68,7 +68,7 @@ from .callbacks import (
 )
 from .endpoints import EndpointPolicy
 from .health import CircuitBreaker
-from .transports._base import AsyncTransport, Transport
+from .transports._base import AsyncTransport, PinningTransport, Transport, capabilities
 
 if TYPE_CHECKING:
     from .repository import AsyncTrainingRepository, TrainingRepository
@@ -760,6 +760,7 @@ class Engine:
         self.transport: AsyncTransport | Transport = (
             default_transport() if settings.transport is None else settings.transport
         )
+        self.capabilities = capabilities(self.transport)
         self.routes: tuple[Route, ...] = (*routes, PushRoute(self))
         self._portal: Portal | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -855,15 +856,14 @@ class Engine:
         """The transport's ``apost`` (its blocking ``post`` in a thread pool).
 
         Returns:
-            The POST, and whether the transport bounds each attempt itself (flnotify's own
-            do, by ``Timeouts.total``); if not, the send's watchdog bounds it by
-            ``attempt_timeout``.
+            The POST, and whether the transport bounds each attempt itself (it declares
+            [`SelfBoundingTransport`][flnotify.transports.SelfBoundingTransport]); if not,
+            the send's watchdog bounds it by ``attempt_timeout``.
         """
         transport = self.transport
-        apost: Poster | None = getattr(transport, "apost", None)
-        if apost is not None:
-            return apost, getattr(transport, "bounds_attempts", False) is True
-        post = cast(Transport, transport).post
+        if isinstance(transport, AsyncTransport):
+            return transport.apost, self.capabilities.bounds_attempts
+        post = transport.post
         pool = self._thread_pool()
 
         async def in_thread(url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
@@ -875,8 +875,8 @@ class Engine:
     def pinned_poster(self) -> Callable[..., Awaitable[HttpResponse]] | None:
         """The transport's ``apost`` taking ``connect_to=`` (the checked address), if any."""
         transport = self.transport
-        if getattr(transport, "pins_connections", False) is True and hasattr(transport, "apost"):
-            return cast(Callable[..., Awaitable[HttpResponse]], transport.apost)
+        if self.capabilities.pins_connections and isinstance(transport, PinningTransport):
+            return transport.apost
         return None
 
     def _thread_pool(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -899,9 +899,8 @@ class Engine:
 
     async def aclose(self) -> None:
         """Release the transport's connections for the running loop, and worker threads."""
-        closer = getattr(self.transport, "aclose", None)
-        if closer is not None:
-            await closer()
+        if isinstance(self.transport, AsyncTransport):
+            await self.transport.aclose()
         elif isinstance(self.transport, Transport):
             self.transport.close()
         if self._executor is not None:

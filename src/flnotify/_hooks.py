@@ -9,8 +9,8 @@ and otherwise ignored: observing never changes an outcome.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -19,7 +19,7 @@ from ._notification import Notification
 from ._report import Delivery, DeliveryReport
 from ._types import ReceiverLike
 
-__all__ = ["AttemptEnded", "AttemptStarted", "DeliveryHook", "HookSet", "NullHook"]
+__all__ = ["AttemptEnded", "AttemptStarted", "DeliveryHook", "HeaderHook", "HookSet", "NullHook"]
 
 logger = logging.getLogger("flnotify")
 
@@ -89,6 +89,19 @@ class DeliveryHook(Protocol):
 
     def on_outcome(self, delivery: Delivery, /) -> None:
         """A receiver reached its final outcome (called exactly once per receiver)."""
+        ...
+
+
+@runtime_checkable
+class HeaderHook(Protocol):
+    """A hook's optional capability: headers to add to each attempt (a trace context).
+
+    Called after ``on_attempt_started``; it never replaces one of the core's headers. A
+    hook without it adds none.
+    """
+
+    def attempt_headers(self, details: AttemptStarted, /) -> Mapping[str, str] | None:
+        """Extra headers for the attempt ``details`` describes, or ``None``."""
         ...
 
 

@@ -9,7 +9,15 @@ brings); it is imported on first use.
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import DEFAULT_MAX_RESPONSE_BYTES, AsyncTransport, HttpResponse, Timeouts, Transport
+from ._base import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    AsyncTransport,
+    HttpResponse,
+    PinningTransport,
+    SelfBoundingTransport,
+    Timeouts,
+    Transport,
+)
 from ._httpx import HttpxTransport
 from ._memory import MemoryRequest, MemoryTransport
 from ._tls import TLSConfig, TLSFor
@@ -24,6 +32,8 @@ __all__ = [
     "HttpxTransport",
     "MemoryRequest",
     "MemoryTransport",
+    "PinningTransport",
+    "SelfBoundingTransport",
     "StreamTransport",
     "TLSConfig",
     "TLSFor",

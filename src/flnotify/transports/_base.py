@@ -4,9 +4,17 @@ Transports are structural (``typing.Protocol``): anything with ``apost`` (async)
 (sync) works. A transport raises only [`TransportError`][flnotify.TransportError]
 subclasses; backend exceptions are translated at this edge and kept as ``__cause__``.
 
-flnotify's own transports bound every attempt by ``Timeouts.total`` themselves (their
-``bounds_attempts`` is true); for any other transport the
-[`Notifier`][flnotify.Notifier] bounds each attempt by its ``attempt_timeout``.
+Two optional capabilities are declared as Protocols of their own, and a transport without
+them gets the default:
+
+- [`SelfBoundingTransport`][flnotify.transports.SelfBoundingTransport]
+  (``bounds_attempts = True``): it bounds every attempt in time itself (flnotify's own do,
+  by ``Timeouts.total``). Default: the engine bounds each attempt by ``attempt_timeout``.
+- [`PinningTransport`][flnotify.transports.PinningTransport] (``pins_connections = True``,
+  ``apost(..., connect_to=address)``): it connects to the address the endpoint guard
+  checked. Default: with the guard on, a host name is refused rather than looked up twice.
+
+The engine reads them once (``capabilities(transport)``).
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ import asyncio
 import builtins
 import sys
 from collections.abc import Awaitable, Mapping
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
+
+import attrs
 
 from .._exceptions import TransportTimeoutError
 from .._types import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts
@@ -26,8 +36,12 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "AsyncTransport",
     "HttpResponse",
+    "PinningTransport",
+    "SelfBoundingTransport",
     "Timeouts",
     "Transport",
+    "TransportCapabilities",
+    "capabilities",
     "within",
 ]
 
@@ -56,6 +70,54 @@ class AsyncTransport(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+@runtime_checkable
+class SelfBoundingTransport(Protocol):
+    """A transport that bounds every attempt in time itself (set ``bounds_attempts = True``)."""
+
+    bounds_attempts: ClassVar[bool]
+
+
+@runtime_checkable
+class PinningTransport(Protocol):
+    """An asyncio transport that connects to a given, already checked, address.
+
+    Set ``pins_connections = True`` and take ``connect_to=``: the TLS name and ``Host``
+    header stay the URL's, the TCP connection goes to ``connect_to``, with no second lookup.
+    """
+
+    pins_connections: ClassVar[bool]
+
+    async def apost(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, connect_to: str | None = None
+    ) -> HttpResponse:
+        """POST to ``url``, connecting to ``connect_to`` if given."""
+        ...
+
+
+@attrs.frozen
+class TransportCapabilities:
+    """What a transport declared it can do; see the module docstring for each default.
+
+    Args:
+        bounds_attempts: It bounds every attempt in time itself.
+        pins_connections: Its ``apost`` connects to a checked address (``connect_to=``).
+    """
+
+    bounds_attempts: bool = False
+    pins_connections: bool = False
+
+
+def capabilities(transport: object) -> TransportCapabilities:
+    """The capabilities ``transport`` declares (a flag must be exactly ``True`` to count)."""
+    return TransportCapabilities(
+        bounds_attempts=isinstance(transport, SelfBoundingTransport)
+        and transport.bounds_attempts is True,
+        pins_connections=isinstance(transport, PinningTransport)
+        and isinstance(transport, AsyncTransport)
+        and transport.pins_connections is True,
+    )
 
 
 _TIMED_OUT = "timed out after {seconds:g} s: the whole attempt took too long"
