@@ -439,7 +439,9 @@ class TrainingCallbacks:
             )
             await self._remove(delivery, why)
         elif reaction is Reaction.SET_ERROR and rejected:
-            await self._call("set_state", notification.training_uuid, TrainingState.ERROR)
+            await _repository_call(
+                self.repository.set_state, notification.training_uuid, TrainingState.ERROR
+            )
         if self.on_failed is Reaction.SET_ERROR and (
             not rejected or self.policy.counts_deliveries
         ):  # the policy judges the send: failures always, the others where it counts them
@@ -450,9 +452,8 @@ class TrainingCallbacks:
         notification = delivery.notification
         assert isinstance(notification, TrainingNotification)  # noqa: S101 - callers check
         training_id: UUID = notification.training_uuid
-        record: OutcomeRecord = await self._call_on(
-            self._outcomes,
-            "record_outcome",
+        record: OutcomeRecord = await _repository_call(
+            self._outcomes.record_outcome,
             training_id,
             delivery.send_id,
             max(delivery.send_size, 1),
@@ -472,7 +473,7 @@ class TrainingCallbacks:
         verdict = policy.verdict(record.tally)
         if verdict is Verdict.OPEN:
             return
-        if not await self._call_on(self._outcomes, "claim_verdict", delivery.send_id):
+        if not await _repository_call(self._outcomes.claim_verdict, delivery.send_id):
             return  # decided already, here or on another worker
         explanation = policy.explain(record.tally)
         context = delivery.log_context()
@@ -484,7 +485,7 @@ class TrainingCallbacks:
                 explanation,
                 extra=context,
             )
-            await self._call("set_state", training_id, TrainingState.ERROR)
+            await _repository_call(self.repository.set_state, training_id, TrainingState.ERROR)
         else:
             logger.info(
                 "%s of training %s: %s.",
@@ -506,7 +507,9 @@ class TrainingCallbacks:
             reason,
             extra=delivery.log_context(),
         )
-        removed = await self._call("remove_participant", training_id, delivery.receiver.id)
+        removed = await _repository_call(
+            self.repository.remove_participant, training_id, delivery.receiver.id
+        )
         if removed is False:  # removed already (another send, or these callbacks run again)
             logger.debug(
                 "%s had left training %s already; it is not told again.",
@@ -518,7 +521,7 @@ class TrainingCallbacks:
         if self.sender is None or not self.tell_removed:
             return
         try:
-            snapshot = await self._call("get_training", training_id)
+            snapshot = await _repository_call(self.repository.get_training, training_id)
             notice = ClientRemovedNotification.from_training(
                 snapshot, client=delivery.receiver, reason=reason
             )
@@ -533,15 +536,12 @@ class TrainingCallbacks:
                 extra=delivery.log_context(),
             )
 
-    async def _call(self, name: str, *args: object) -> Any:
-        return await self._call_on(self.repository, name, *args)
 
-    @staticmethod
-    async def _call_on(target: object, name: str, *args: object) -> Any:
-        method = getattr(target, name)
-        if inspect.iscoroutinefunction(method):
-            return await method(*args)
-        return await asyncio.to_thread(method, *args)
+async def _repository_call(method: Callable[..., Any], *args: object) -> Any:
+    """Call a repository's method: awaited if async, else in a worker thread (never on the loop)."""
+    if inspect.iscoroutinefunction(method):
+        return await method(*args)
+    return await asyncio.to_thread(method, *args)
 
 
 @attrs.define
