@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 
+import attrs
 import pytest
 
 import flnotify
@@ -148,3 +150,98 @@ def test_a_client_removed_twice_is_told_once() -> None:
     # the first send: client 0 (also the actor) is told once, client 1 and the actor once
     # more; the second send removes nobody new and tells nobody
     assert len(removed) == 3
+
+
+# -- a send judged once, whatever splits it ---------------------------------------------------
+
+
+class _PlainRepository:
+    """A repository without OutcomeTracking: counts cannot be shared between runs."""
+
+    def __init__(self) -> None:
+        self.inner = flnotify.InMemoryTrainingRepository()
+
+    def get_training(self, training_id: uuid.UUID) -> flnotify.TrainingSnapshot:
+        return self.inner.get_training(training_id)
+
+    def remove_participant(self, training_id: uuid.UUID, receiver_id: uuid.UUID) -> bool | None:
+        return self.inner.remove_participant(training_id, receiver_id)
+
+    def set_state(self, training_id: uuid.UUID, state: TrainingState) -> None:
+        self.inner.set_state(training_id, state)
+
+
+TOLERANT = flnotify.FailurePolicy(max_failures=None, min_delivered_fraction=0.5)
+
+
+def test_a_part_of_a_send_is_refused_when_its_callbacks_could_not_judge_the_whole() -> None:
+    """A Celery chunk or outbox batch tallied alone would never reach a verdict."""
+    plain = _PlainRepository()
+    notification, _ = _training(plain.inner, 4, "part")
+    transport = MemoryTransport(lambda _: 202)
+    with flnotify.Notifier(
+        transport=transport, repository=plain, failure_policy=TOLERANT
+    ) as notifier:
+        engine = notifier.engine
+        whole = engine.plan(notification)
+        part = attrs.evolve(whole, send_size=len(notification.receivers) + 6)
+        with pytest.raises(flnotify.ConfigurationError, match="OutcomeTracking"):
+            engine.run_sync(engine.run(part))
+        assert transport.requests == []  # refused before anything was sent
+        # the whole send, in one run, is judged by its own tally
+        assert engine.run_sync(engine.run(whole)).report.delivered
+
+
+@pytest.mark.parametrize("policy", [TOLERANT, flnotify.FailurePolicy(max_failures=2)])
+def test_splitting_drivers_refuse_at_construction_what_could_not_judge_a_send(
+    policy: flnotify.FailurePolicy, tmp_path: Path
+) -> None:
+    from flnotify.mailbox import Mailbox, MailboxDispatcher
+    from flnotify.outbox import Outbox, OutboxDispatcher
+
+    plain = _PlainRepository()
+    with (
+        flnotify.Notifier(repository=plain, failure_policy=policy) as notifier,
+        Outbox(tmp_path / "outbox.db") as outbox,
+        Mailbox(tmp_path / "mailbox.db") as mailbox,
+    ):
+        with pytest.raises(flnotify.ConfigurationError, match=r"OutboxDispatcher.*OutcomeTracking"):
+            OutboxDispatcher(outbox, notifier)
+        with pytest.raises(flnotify.ConfigurationError, match="MailboxDispatcher"):
+            MailboxDispatcher(mailbox, notifier)
+        own = TrainingCallbacks(plain, policy=policy)
+        with pytest.raises(flnotify.ConfigurationError, match="OutboxDispatcher"):
+            OutboxDispatcher(outbox, flnotify.Notifier(repository=plain), callbacks=own)
+
+
+def test_splitting_drivers_accept_a_policy_that_judges_each_outcome_alone(tmp_path: Path) -> None:
+    from flnotify.outbox import Outbox, OutboxDispatcher
+
+    plain = _PlainRepository()
+    with (
+        flnotify.Notifier(repository=plain) as strict,  # the default: one failure decides
+        flnotify.Notifier(
+            repository=flnotify.InMemoryTrainingRepository(), failure_policy=TOLERANT
+        ) as tracking,
+        Outbox(tmp_path / "outbox.db") as outbox,
+    ):
+        OutboxDispatcher(outbox, strict)
+        OutboxDispatcher(outbox, tracking)  # the repository keeps the counts across runs
+
+
+def test_celery_refuses_a_policy_its_chunks_could_not_judge() -> None:
+    from celery import Celery  # type: ignore[import-untyped]
+
+    from flnotify.contrib.celery import CeleryDelivery
+
+    app = Celery("refusal", broker="memory://")
+    app.conf.task_always_eager = True  # the task runs here, as in a worker
+    app.conf.task_eager_propagates = True
+    plain = _PlainRepository()
+    notification, _ = _training(plain.inner, 3, "chunk")
+    delivery = CeleryDelivery(app, repository_factory=lambda: plain, failure_policy=TOLERANT)
+    try:
+        with pytest.raises(flnotify.ConfigurationError, match=r"CeleryDelivery.*OutcomeTracking"):
+            delivery.enqueue(notification)
+    finally:
+        delivery.close()

@@ -65,6 +65,8 @@ from .callbacks import (
     FailurePolicy,
     call_callbacks,
     default_callback_registry,
+    refuse_parts_unjudged,
+    refuse_split_sends_unjudged,
 )
 from .endpoints import EndpointPolicy
 from .health import CircuitBreaker
@@ -269,6 +271,15 @@ class Plan:
     def size(self) -> int:
         """The send's receivers in all."""
         return len(self.notification.receivers) if self.send_size < 0 else self.send_size
+
+    @property
+    def is_part(self) -> bool:
+        """Whether this run delivers only part of a send (others run separately)."""
+        return (
+            self.defer_retries
+            or self.resume is not None
+            or self.size != len(self.notification.receivers)
+        )
 
 
 @attrs.frozen
@@ -791,6 +802,8 @@ class Engine:
 
     async def run(self, plan: Plan) -> Run:
         """Each receiver of ``plan`` to one outcome (or a deferred retry), callbacks run."""
+        if plan.is_part:
+            refuse_parts_unjudged(plan.callbacks, "This driver")
         watchers = HookSet((*self.settings.hooks, *plan.hooks))
         core = self.core(plan.notification, plan.body, plan.send_id, plan.size, watchers)
         deadline = self.settings.deadline if plan.deadline is None else plan.deadline
@@ -839,6 +852,18 @@ class Engine:
             send_id=send_id,
             send_size=send_size,
             pins=self.pinned_poster() is not None,
+        )
+
+    def refuse_split_sends_unjudged(self, driver: str) -> None:
+        """For a driver that delivers sends in parts: refuse defaults that cannot judge them.
+
+        Raises:
+            ConfigurationError: Saying what to add (see
+                [`refuse_split_sends_unjudged`][flnotify.callbacks.refuse_split_sends_unjudged]).
+        """
+        settings = self.settings
+        refuse_split_sends_unjudged(
+            settings.default_callbacks, self.repository, settings.failure_policy, driver
         )
 
     def default_callbacks(self, notification: Notification[Any]) -> Callbacks | None:

@@ -53,6 +53,8 @@ __all__ = [
     "call_callbacks",
     "default_callback_registry",
     "default_callbacks_for",
+    "refuse_parts_unjudged",
+    "refuse_split_sends_unjudged",
     "run_callbacks",
 ]
 
@@ -276,6 +278,15 @@ class FailurePolicy:
         """Whether delivered and rejected outcomes matter (else only failures do)."""
         return bool(self.min_delivered or self.min_delivered_fraction or self.remove_after)
 
+    @property
+    def decides_alone(self) -> bool:
+        """Whether each outcome is judged on its own (one failure puts the training in ERROR).
+
+        Then a send delivered in parts is judged right by each part; any other policy
+        judges a send from the counts of all its receivers.
+        """
+        return self.max_failures == 0 and not self.counts_deliveries
+
     def verdict(self, tally: SendTally) -> Verdict:
         """Judge a send from its counts so far; ``ERROR`` or ``FINE`` as soon as it is certain."""
         pending = tally.pending
@@ -400,6 +411,22 @@ class TrainingCallbacks:
             raise ConfigurationError(msg)
         else:
             self._outcomes = InMemoryTrainingRepository()  # counts for this process only
+
+    @property
+    def judges_parts(self) -> bool:
+        """Whether a send delivered in parts is judged once and right by these callbacks.
+
+        Parts are Celery chunks and deferred retries, outbox batches, adopted mailbox
+        messages: each is a run of its own, maybe in another process. They are judged right
+        when the repository keeps the counts
+        ([`OutcomeTracking`][flnotify.repository.OutcomeTracking]) or when the policy judges
+        each outcome on its own.
+        """
+        return (
+            self._outcomes is self.repository
+            or self.on_failed is not Reaction.SET_ERROR
+            or self.policy.decides_alone
+        )
 
     def on_success(self, delivery: Delivery, /) -> Awaitable[None] | None:
         """Count the delivery where the policy needs it; log at debug level."""
@@ -574,6 +601,10 @@ class CallbackRegistry:
         else:
             self._factories[notification_class] = factory
 
+    def gives(self, factory: CallbackFactory) -> bool:
+        """Whether some notification class gets ``factory``'s callbacks."""
+        return factory in self._factories.values()
+
     def for_notification(
         self,
         notification: Notification[Any],
@@ -599,6 +630,41 @@ class CallbackRegistry:
             if factory is not None:
                 return factory(repository)
         return None
+
+
+def refuse_parts_unjudged(callbacks: Callbacks | None, driver: str) -> None:
+    """Refuse callbacks that would never judge a send ``driver`` delivers in parts.
+
+    Raises:
+        ConfigurationError: Saying what to add.
+    """
+    if isinstance(callbacks, TrainingCallbacks) and not callbacks.judges_parts:
+        msg = (
+            f"{driver} delivers a send in parts (each a run of its own), and "
+            f"{callbacks.policy!r} judges a send from the counts of all its receivers, "
+            f"but {type(callbacks.repository).__name__} does not keep them across runs: "
+            "give the repository OutcomeTracking (record_outcome and claim_verdict, as "
+            "SQLiteTrainingRepository and DjangoTrackingRepository have) or use "
+            "FailurePolicy.strict()"
+        )
+        raise ConfigurationError(msg)
+
+
+def refuse_split_sends_unjudged(
+    registry: CallbackRegistry,
+    repository: TrainingRepository | AsyncTrainingRepository | None,
+    policy: FailurePolicy,
+    driver: str,
+) -> None:
+    """At a splitting driver's construction: refuse defaults that would never judge a send.
+
+    Raises:
+        ConfigurationError: The registry gives notifications
+            [`TrainingCallbacks`][flnotify.TrainingCallbacks] that could not judge a send
+            delivered in parts with ``repository`` and ``policy``.
+    """
+    if repository is not None and registry.gives(TrainingCallbacks):
+        refuse_parts_unjudged(TrainingCallbacks(repository, policy=policy), driver)
 
 
 def default_callback_registry() -> CallbackRegistry:

@@ -280,13 +280,16 @@ class CeleryDelivery:
                 )
                 seams = self._seams
                 mailbox = None if self.mailbox_factory is None else self.mailbox_factory()
-                self._engine = Engine(
+                engine = Engine(
                     settings,
                     repository=self._repository_locked(),
                     routes=(mailbox_route(mailbox, DEFAULT_MAILBOX_LEASE),),
                     # elapsed counts across executions (and processes): the wall clock
                     seams=attrs.evolve(seams, clock=seams.wall_clock),
                 )
+                # chunks and deferred retries are parts of a send: refuse what cannot judge it
+                engine.refuse_split_sends_unjudged("CeleryDelivery")
+                self._engine = engine
             return self._engine
 
     def _repository_locked(self) -> TrainingRepository | AsyncTrainingRepository | None:

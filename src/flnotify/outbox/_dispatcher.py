@@ -23,7 +23,7 @@ from .._hooks import NullHook
 from .._notification import Notification
 from .._report import Delivery
 from .._validators import at_least_one, positive
-from ..callbacks import Callbacks, run_callbacks
+from ..callbacks import Callbacks, refuse_parts_unjudged, run_callbacks
 from ._model import Claim, OutboxEntry, OutboxStore
 
 if TYPE_CHECKING:
@@ -135,6 +135,13 @@ class OutboxDispatcher:
     flush_interval: float = attrs.field(default=0.1, validator=positive)
     poll_interval: float = attrs.field(default=1.0, validator=positive)
     sleep: Callable[[float], Awaitable[object]] = attrs.field(default=asyncio.sleep, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # a send reaches this dispatcher in parts: refuse callbacks that never judge it
+        if self.callbacks is None:
+            self.notifier.engine.refuse_split_sends_unjudged("OutboxDispatcher")
+        else:
+            refuse_parts_unjudged(self.callbacks, "OutboxDispatcher")
 
     async def arun_once(self) -> int:
         """Claim one batch of deliveries and see each to its outcome and callbacks.
