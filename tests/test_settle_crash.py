@@ -161,7 +161,7 @@ def _run(
         with flnotify.Notifier(**options) as first:
             callbacks = DyingCallbacks(first.engine.default_callbacks(notification), fuse)
             dispatcher = OutboxDispatcher(
-                DyingOutbox(outbox, fuse),  # type: ignore[arg-type]
+                DyingOutbox(outbox, fuse),
                 first,
                 callbacks=callbacks,
                 batch_size=batch_size,
