@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -28,7 +28,14 @@ from .._exceptions import (
     TransportError,
     TransportTimeoutError,
 )
-from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts, within
+from ._base import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    HttpResponse,
+    Timeouts,
+    checked_addresses,
+    tried_addresses,
+    within,
+)
 from ._tls import TLSConfig, TLSFor, tls_context
 
 __all__ = ["HttpxTransport"]
@@ -160,7 +167,7 @@ class HttpxTransport(Closing, AsyncClosing):
         )
 
     def _async_client(
-        self, url: str, connect_to: str | None = None
+        self, url: str, address: str | None = None
     ) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
         if self.async_client is not None:
             return contextlib.nullcontext(self.async_client)
@@ -173,7 +180,7 @@ class HttpxTransport(Closing, AsyncClosing):
         origin = _origin(url)
         # A pinned origin has a client of its own per address: its pool (keyed by the
         # address) never carries another host name's requests, nor another address's.
-        key = origin if connect_to is None else f"{origin} {connect_to}"
+        key = origin if address is None else f"{origin} {address}"
         return clients.use(key, lambda: self._new_async_client(origin))
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
@@ -205,7 +212,7 @@ class HttpxTransport(Closing, AsyncClosing):
         body: bytes,
         headers: Mapping[str, str],
         *,
-        connect_to: str | None = None,
+        connect_to: str | Sequence[str] | None = None,
     ) -> HttpResponse:
         """POST once; see [`AsyncTransport`][flnotify.transports.AsyncTransport].
 
@@ -214,16 +221,18 @@ class HttpxTransport(Closing, AsyncClosing):
             body: The request body.
             headers: The request headers.
             connect_to: Connect to this IP address instead of resolving the URL's host
-                (the address the endpoint guard checked); the host name stays in the
+                (the address the endpoint guard checked), or to the first of several
+                that takes the connection (refused, unreachable or silent ones are
+                skipped within the attempt's time limit); the host name stays in the
                 ``Host`` header and, for ``https``, in SNI and certificate verification.
         """
         try:
-            async with self._async_client(url, connect_to) as client:
-                if connect_to is None:
-                    sent = self._apost(client, url, body, headers)
-                else:
-                    target, pinned, extensions = _pinned(url, headers, connect_to)
-                    sent = self._apost(client, target, body, pinned, extensions)
+            if connect_to is not None:
+                return await self._apost_pinned(
+                    url, body, headers, checked_addresses(connect_to, url)
+                )
+            async with self._async_client(url) as client:
+                sent = self._apost(client, url, body, headers)
                 return await within(self.timeouts.total, sent, url)
         except httpx.HTTPError as exc:
             raise _translate(exc, url, self.timeouts) from exc
@@ -231,6 +240,30 @@ class HttpxTransport(Closing, AsyncClosing):
             raise InvalidURLError(str(exc), url=url) from exc
         except ssl.SSLError as exc:  # httpcore lets a TLS alert read with the answer escape
             raise _tls_alert(exc, url) from exc
+
+    async def _apost_pinned(
+        self, url: str, body: bytes, headers: Mapping[str, str], addresses: tuple[str, ...]
+    ) -> HttpResponse:
+        """POST through the first of ``addresses`` that takes the connection, in time."""
+        loop = asyncio.get_running_loop()
+        total = self.timeouts.total
+        deadline: float | None = None
+        for number, address in enumerate(addresses, 1):
+            target, pinned, extensions = _pinned(url, headers, address)
+            async with self._async_client(url, address) as client:
+                now = loop.time()
+                if deadline is None:  # from the first slot had: queueing is not the attempt
+                    deadline = now + total
+                sent = self._apost(client, target, body, pinned, extensions)
+                try:
+                    return await within(deadline - now, sent, url, reported=total)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    if _tls_refusal(exc, url) is not None or _caused_by(exc, socket.gaierror):
+                        raise  # the address answered (TLS), or no address at all
+                    if number == len(addresses) or loop.time() >= deadline:
+                        error = tried_addresses(_translate(exc, url, self.timeouts), addresses)
+                        raise error from exc
+        raise AssertionError("unreachable: at least one address")  # pragma: no cover
 
     async def _apost(
         self,
