@@ -36,7 +36,7 @@ from ._base import (
     tried_addresses,
     within,
 )
-from ._tls import TLSConfig, TLSFor, tls_context
+from ._tls import TLSConfig, TLSFor, refused_handshake, tls_context
 
 __all__ = ["HttpxTransport"]
 
@@ -273,19 +273,32 @@ class HttpxTransport(Closing, AsyncClosing):
         headers: Mapping[str, str],
         extensions: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        async with client.stream(
-            "POST",
-            url,
-            content=body,
-            headers=headers,
-            follow_redirects=False,
-            extensions=extensions,
-        ) as response:
-            capped = _CappedBody(self.max_response_bytes)
-            async for chunk in response.aiter_bytes():
-                if capped.add(chunk):
-                    break
-            return capped.response(response)
+        handshake = None
+        if (url.scheme if isinstance(url, httpx.URL) else url[:6]) in ("https", "https:"):
+            handshake = _Handshake()
+            extensions = {**(extensions or {}), "trace": handshake}
+        try:
+            async with client.stream(
+                "POST",
+                url,
+                content=body,
+                headers=headers,
+                follow_redirects=False,
+                extensions=extensions,
+            ) as response:
+                capped = _CappedBody(self.max_response_bytes)
+                async for chunk in response.aiter_bytes():
+                    if capped.add(chunk):
+                        break
+                return capped.response(response)
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+            if handshake is None or not handshake.done or _caused_by(exc, ssl.SSLError):
+                raise
+            # Our own handshake of this request, then the connection ended before any
+            # response: under TLS 1.3 a server that refuses our client certificate (one on
+            # asyncio: without an alert).
+            message = refused_handshake(None, "", after=True)
+            raise ConnectError(message, url=str(url)) from exc
 
     def close(self) -> None:
         """Close the sync client flnotify created (a host's own client stays open)."""
@@ -390,6 +403,19 @@ class _OriginClients:
             await asyncio.gather(*self._closing)
 
 
+class _Handshake:
+    """An httpcore trace hook: whether this request made its own TLS handshake."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    async def __call__(self, event: str, info: Mapping[str, Any]) -> None:
+        if event == "connection.start_tls.complete":
+            self.done = True
+
+
 class _CappedBody:
     """Collects a response body up to ``cap`` bytes; the rest is never read."""
 
@@ -435,7 +461,9 @@ def _tls_alert(exc: ssl.SSLError, url: str) -> ConnectError:
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or str(exc)
         return ConnectError(f"the TLS certificate of the server is not trusted: {detail}", url=url)
-    return ConnectError(f"the TLS handshake was refused: {exc.reason or exc}", url=url)
+    if "_ALERT_" in (exc.reason or str(exc)):
+        return ConnectError(refused_handshake(exc, ""), url=url)
+    return ConnectError(f"the TLS handshake failed: {exc.reason or exc}", url=url)
 
 
 def _tls_refusal(exc: httpx.HTTPError, url: str) -> ConnectError | None:
@@ -450,11 +478,7 @@ def _tls_refusal(exc: httpx.HTTPError, url: str) -> ConnectError | None:
     if isinstance(exc, httpx.ConnectError) and _caused_by(
         exc, (ConnectionResetError, ssl.SSLEOFError, EOFError)
     ):
-        return ConnectError(
-            "the TLS handshake was refused: the server closed the connection"
-            " (does it require a client certificate?)",
-            url=url,
-        )
+        return ConnectError(refused_handshake(None, ""), url=url)
     return None
 
 

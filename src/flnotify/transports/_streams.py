@@ -52,7 +52,7 @@ from ._base import (
     checked_addresses,
     tried_addresses,
 )
-from ._tls import TLSConfig, TLSFor, tls_context
+from ._tls import TLSConfig, TLSFor, refused_handshake, tls_context
 
 __all__ = ["StreamTransport"]
 
@@ -437,11 +437,12 @@ class _Connection(asyncio.Protocol):
         else:
             message = "connection closed before any response"
         error: TransportError
-        if isinstance(exc, ssl.SSLError) and not self.got_bytes and not self.reused:
-            # an alert on a new connection: under TLS 1.3 a server refuses a client
-            # certificate after the handshake seemed complete, with the first read
-            reason = exc.reason or str(exc)
-            error = ConnectError(f"the TLS handshake was refused: {reason}", url=self._url)
+        if self._pool.tls and not self.got_bytes and not self.reused and _refusal(exc):
+            # a new TLS connection ended before any answer: under TLS 1.3 a server refuses
+            # a client certificate after our side of the handshake is done, with an alert
+            # or (servers on asyncio) by closing the connection
+            where = f"{self._pool.host}:{self._pool.port}"
+            error = ConnectError(refused_handshake(exc, where, after=True), url=self._url)
         else:
             if exc is not None:
                 message = f"{message}: {exc}"
@@ -477,12 +478,8 @@ def _connect_error(
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or str(exc)
         return ConnectError(f"TLS certificate of {where} not trusted: {detail}", url=url)
-    if tls and isinstance(exc, (ConnectionResetError, EOFError, ssl.SSLEOFError)):
-        return ConnectError(
-            f"the TLS handshake was refused by {where}: it closed the connection"
-            " (does it require a client certificate?)",
-            url=url,
-        )
+    if tls and _refusal(exc):
+        return ConnectError(refused_handshake(exc, where), url=url)
     if isinstance(exc, ssl.SSLError):
         return ConnectError(f"TLS handshake with {where} failed: {exc}", url=url)
     if isinstance(exc, builtins.TimeoutError):
@@ -494,25 +491,32 @@ def _connect_error(
     return ConnectError(f"could not connect to {where}: {exc!r}", url=url)
 
 
+def _refusal(exc: BaseException | None) -> bool:
+    """Whether a TLS connection ended as a refusing server ends it: an alert, a close, a reset."""
+    if isinstance(exc, ssl.SSLError):
+        return isinstance(exc, ssl.SSLEOFError) or "_ALERT_" in (exc.reason or str(exc))
+    return exc is None or isinstance(exc, (ConnectionResetError, EOFError))
+
+
 class _Pool:
     """The connections to one origin: at most ``limit``, idle ones reused newest first."""
 
     __slots__ = (
         "_addresses",
         "_context",
-        "_host",
-        "_port",
         "_server_hostname",
         "_state",
-        "_tls",
         "closed",
         "connections",
+        "host",
         "idle",
         "limit",
         "loop",
         "max_response_bytes",
+        "port",
         "read_timeout",
         "size",
+        "tls",
         "total_timeout",
         "waiters",
         "write_timeout",
@@ -529,12 +533,12 @@ class _Pool:
         settings = state.settings
         self._state = state
         self.loop = state.loop
-        self._host = host
-        self._port = port
+        self.host = host
+        self.port = port
         # where to connect: the host (the loop resolves it and tries each address), or the
         # addresses the endpoint guard checked, tried in order
         self._addresses = (host,) if addresses is None else addresses
-        self._tls = tls
+        self.tls = tls
         self._context: ssl.SSLContext | None = None
         self._server_hostname = host if tls else None
         self.limit = settings.max_connections_per_origin
@@ -684,8 +688,8 @@ class _Pool:
         loop = self.loop
         timeouts = self._state.settings.timeouts
         context = self._context
-        if context is None and self._tls:  # once per pool: per-receiver settings are looked up
-            context = self._context = self._state.settings._tls_context(self._host, self._port)
+        if context is None and self.tls:  # once per pool: per-receiver settings are looked up
+            context = self._context = self._state.settings._tls_context(self.host, self.port)
         addresses = self._addresses
         deadline = loop.time() + timeouts.total
         for number, address in enumerate(addresses, 1):
@@ -706,7 +710,7 @@ class _Pool:
             loop.create_connection(
                 lambda: _Connection(self),
                 address,  # the host, or an address the endpoint guard checked
-                self._port,
+                self.port,
                 ssl=context,
                 server_hostname=self._server_hostname,
                 ssl_handshake_timeout=timeout if context is not None else None,
@@ -724,12 +728,12 @@ class _Pool:
         if not done:
             task.cancel()
             task.add_done_callback(_discard_late_connection)
-            msg = f"timed out after {timeout:g} s connecting to {address}:{self._port}"
+            msg = f"timed out after {timeout:g} s connecting to {address}:{self.port}"
             raise _UnansweredError(TransportTimeoutError(msg, url=url))
         try:
             _, conn = task.result()
         except (OSError, EOFError, ssl.SSLError) as exc:
-            error = _connect_error(exc, url, address, self._port, self._tls)
+            error = _connect_error(exc, url, address, self.port, self.tls)
             if _unanswered(exc):
                 raise _UnansweredError(error) from exc
             raise error from exc
