@@ -902,6 +902,9 @@ class AddressServer(FaultServer):
         port: The port to bind; 0 for an ephemeral one.
         names: The names (and addresses) the TLS certificate is issued for.
         client_ca: Require a client certificate signed by this CA (mutual TLS).
+        tls13: With ``client_ca``, speak TLS 1.3 only (else 1.2 at most): a refused client
+            certificate is then refused after the client's side of the handshake, and
+            this asyncio server closes without a TLS alert (as uvicorn does).
         **kwargs: As for ``FaultServer``.
     """
 
@@ -912,6 +915,7 @@ class AddressServer(FaultServer):
         port: int = 0,
         names: tuple[str, ...] = (HOST, "localhost", "::1"),
         client_ca: trustme.CA | None = None,
+        tls13: bool = False,
         **kwargs: Any,
     ) -> None:
         if not address.startswith("127."):
@@ -921,6 +925,7 @@ class AddressServer(FaultServer):
         self._bind_port = port
         self._names = names
         self._client_ca = client_ca
+        self._tls13 = tls13
 
     def start(self) -> None:
         """Bind ``address:port`` and start serving in a background thread."""
@@ -955,9 +960,12 @@ class AddressServer(FaultServer):
         if self._client_ca is not None:
             ctx.verify_mode = ssl.CERT_REQUIRED
             self._client_ca.configure_trust(ctx)
-            # TLS 1.2: a refused client certificate fails the handshake itself (under 1.3
-            # the refusal is an alert after it, which this asyncio server may not flush)
-            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            # TLS 1.2: a refused client certificate fails the handshake itself; under 1.3
+            # after it, and asyncio closes the connection without flushing the alert
+            if self._tls13:
+                ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            else:
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         self._server_ctx = ctx
         self._tmpdir = tempfile.TemporaryDirectory(prefix="flnotify-ca-")
         path = os.path.join(self._tmpdir.name, "ca.pem")
@@ -978,20 +986,21 @@ class AddressServer(FaultServer):
 
 
 class ClientCertRefusingServer:
-    """A TLS 1.3 server that requires a client certificate and refuses every one it gets.
+    """A TLS server that requires a client certificate and refuses every one it gets.
 
     Blocking sockets on purpose: OpenSSL writes the refusal alert before the handshake call
     returns, and the server then half-closes and drains the connection, so the client
-    reads the alert (not a reset). Under TLS 1.3 that alert arrives after the client's
-    handshake completed, with the first read of the answer.
+    reads the alert (not a reset). Under TLS 1.3 (the default) that alert arrives after
+    the client's handshake completed, with the first read of the answer; under TLS 1.2
+    (``version``) during the handshake.
     """
 
-    def __init__(self, ca: trustme.CA) -> None:
+    def __init__(self, ca: trustme.CA, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> None:
         self.ca = ca
         self.refused = 0
         self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert(HOST, "localhost").configure_cert(self._ctx)
-        self._ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self._ctx.minimum_version = self._ctx.maximum_version = version
         self._ctx.verify_mode = ssl.CERT_REQUIRED
         trustme.CA().configure_trust(self._ctx)  # no client certificate can pass
         self._sock = socket.create_server((HOST, 0))

@@ -114,7 +114,7 @@ def test_the_guard_resolves_before_each_attempt_and_a_rebound_retry_is_refused()
     assert next(flow) == Resolve("client.example", 443)
     post = _finish(flow, ["93.184.216.34"])
     assert isinstance(post, Post)
-    assert post.address == "93.184.216.34"
+    assert post.address == ("93.184.216.34",)
     assert _finish(flow, HttpResponse(503)) == Wait(1.0)
     assert _finish(flow) == Resolve("client.example", 443)  # checked again for the retry
     refused = _finish(flow, throw=flnotify.BlockedAddressError(URL, "10.0.0.1 is private"))

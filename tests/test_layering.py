@@ -15,7 +15,8 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # A name covers the module and, for a package, everything in it.
 LAYERS: list[set[str]] = [
     {"flnotify._version", "flnotify._exceptions"},
-    {"flnotify._validators", "flnotify._closing", "flnotify._seams", "flnotify._portal"},
+    {"flnotify._validators", "flnotify._closing", "flnotify._seams", "flnotify._loops"},
+    {"flnotify._portal"},
     {"flnotify._types", "flnotify._http", "flnotify._web"},
     {"flnotify._notification"},
     {"flnotify.training", "flnotify._codec"},

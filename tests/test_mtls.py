@@ -7,6 +7,7 @@ signed by its site's CA (``trustme`` makes both CAs and all certificates).
 from __future__ import annotations
 
 import importlib.util
+import ssl
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -179,5 +180,80 @@ def test_a_refusal_after_a_tls13_handshake_is_typed(
     assert delivery.outcome is Outcome.FAILED
     assert isinstance(delivery.error, flnotify.ConnectError), delivery.error
     assert "the TLS handshake was refused" in str(delivery.error)
-    assert "ALERT" in str(delivery.error)  # what the server said, e.g. TLSV1_ALERT_UNKNOWN_CA
+    assert "(TLS alert unknown ca)" in str(delivery.error)  # what the server said
+    assert server.refused == 1
+
+
+VERSIONS = [
+    pytest.param(ssl.TLSVersion.TLSv1_2, id="tls1.2"),
+    pytest.param(ssl.TLSVersion.TLSv1_3, id="tls1.3"),
+]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("certificate", [False, True], ids=["no-certificate", "foreign"])
+def test_an_asyncio_server_refusing_our_certificate_is_a_typed_failure(
+    make_transport: TransportFactory,
+    tmp_path: Path,
+    site: Site,
+    version: ssl.TLSVersion,
+    certificate: bool,
+) -> None:
+    """As uvicorn with ``ssl_cert_reqs=CERT_REQUIRED``: it closes without a TLS alert."""
+    stranger = Site(tmp_path, "stranger")
+    tls = TLSConfig(
+        certificate=stranger.client_pem if certificate else None, ca_bundle=site.ca_bundle
+    )
+    tls13 = version is ssl.TLSVersion.TLSv1_3
+    with AddressServer(tls=True, ca=site.server_ca, client_ca=site.client_ca, tls13=tls13) as s:
+        (delivery,) = _send(make_transport(tls=tls), s.url("/status/202"))
+        assert s.requests == []
+    assert delivery.outcome is Outcome.FAILED
+    assert isinstance(delivery.error, flnotify.ConnectError), delivery.error
+    assert str(delivery.error).startswith("the TLS handshake was refused")
+    assert "without a TLS alert" in str(delivery.error)
+    if tls13:  # our side of the handshake was done: the server closed at the first read
+        assert "most likely it refused our client certificate" in str(delivery.error)
+    else:
+        assert "does it require a client certificate?" in str(delivery.error)
+
+
+@pytest.mark.parametrize(
+    ("version", "certificate", "said"),
+    [
+        (
+            ssl.TLSVersion.TLSv1_3,
+            False,
+            "the server requires a client certificate and we sent none"
+            " (TLS alert certificate required)",
+        ),
+        (
+            ssl.TLSVersion.TLSv1_3,
+            True,
+            "the server refused our client certificate (TLS alert unknown ca)",
+        ),
+        (ssl.TLSVersion.TLSv1_2, False, "the server refused it (TLS alert handshake failure)"),
+        (
+            ssl.TLSVersion.TLSv1_2,
+            True,
+            "the server refused our client certificate (TLS alert unknown ca)",
+        ),
+    ],
+    ids=["tls1.3-none", "tls1.3-refused", "tls1.2-none", "tls1.2-refused"],
+)
+def test_the_servers_alert_is_said(
+    make_transport: TransportFactory,
+    site: Site,
+    version: ssl.TLSVersion,
+    certificate: bool,
+    said: str,
+) -> None:
+    tls = site.tls() if certificate else TLSConfig(ca_bundle=site.ca_bundle)
+    with ClientCertRefusingServer(site.server_ca, version) as server:
+        (delivery,) = _send(make_transport(tls=tls), server.url("/status/202"))
+    assert delivery.outcome is Outcome.FAILED
+    assert isinstance(delivery.error, flnotify.ConnectError), delivery.error
+    assert str(delivery.error).startswith("the TLS handshake was refused")
+    assert said in str(delivery.error)
+    assert isinstance(delivery.error.__cause__, Exception)
     assert server.refused == 1

@@ -8,6 +8,7 @@ checked server may ever see the POST.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import ipaddress
 import ssl
@@ -169,6 +170,29 @@ def test_each_retry_checks_the_host_again(
     assert delivery.status_code == 503  # the last answer is kept
     assert len(checked.requests) == 1
     assert other.connections_opened == 0
+
+
+@pytest.mark.parametrize("resolver_class", RESOLVERS)
+def test_the_notifier_tries_the_next_checked_address_when_the_first_is_down(
+    make_transport: TransportFactory, resolver_class: type[Rebinding]
+) -> None:
+    """A client whose first A record is down is reached on the next one, never elsewhere."""
+
+    class TwoAddresses(resolver_class):  # type: ignore[valid-type, misc]
+        def _next(self, host: str, port: int) -> list[str]:
+            self.lookups.append((host, port))
+            return [THIRD, CHECKED]  # nothing listens on THIRD's port
+
+    for (server,) in _servers(CHECKED):
+        resolver: Any = TwoAddresses()
+        allowed = ipaddress.ip_network(f"{CHECKED}/31")  # .2 and .3
+        policy = EndpointPolicy(block_private=True, allow_networks=[allowed], resolver=resolver)
+        url = server.url("/status/202", host="localhost")
+        with flnotify.Notifier(transport=make_transport(None), policy=policy) as notifier:
+            (delivery,) = notifier.send(_notification(url))
+        assert delivery.outcome is Outcome.DELIVERED, delivery.error
+        assert delivery.attempts == 1
+        assert len(server.requests) == 1
 
 
 def test_a_pinned_connection_is_never_reused_for_another_address(
@@ -334,3 +358,81 @@ def test_a_hosts_own_httpx_client_is_pinned_by_addressing_the_checked_ip() -> No
     assert str(request.url) == f"https://{CHECKED}:8443/fl?x=1"
     assert request.headers["host"] == "client.example:8443"
     assert request.extensions["sni_hostname"] == "client.example"  # TLS checks the name
+
+
+# -- several checked addresses: the first that takes the connection ------------------------
+
+DEAD = "127.0.0.4"  # nothing listens there: every connection is refused
+
+
+def _apost(transport: Any, url: str, connect_to: Any) -> flnotify.HttpResponse:
+    async def main() -> flnotify.HttpResponse:
+        try:
+            response: flnotify.HttpResponse = await transport.apost(
+                url, b"{}", {"content-type": "application/json"}, connect_to=connect_to
+            )
+            return response
+        finally:
+            await transport.aclose()
+
+    return asyncio.run(main())
+
+
+def test_a_refused_first_address_gives_way_to_the_next_checked_one(
+    make_transport: TransportFactory, pair: list[AddressServer]
+) -> None:
+    checked, other = pair
+    url = checked.url("/status/202", host="localhost")
+    response = _apost(make_transport(_ctx(checked)), url, [DEAD, CHECKED])
+    assert response.status_code == 202
+    (request,) = checked.requests
+    assert request.headers["host"] == f"localhost:{checked.port}"
+    assert other.requests == []  # only the addresses given are ever tried
+    assert other.connections_opened == 0
+
+
+def test_when_every_address_refuses_the_error_names_them(
+    make_transport: TransportFactory, pair: list[AddressServer]
+) -> None:
+    checked, _ = pair
+    url = checked.url("/status/202", host="localhost")
+    with pytest.raises(flnotify.ConnectError) as info:
+        _apost(make_transport(_ctx(checked)), url, (DEAD, "127.0.0.5"))
+    assert f"tried 2 addresses: {DEAD}, 127.0.0.5" in str(info.value)
+    assert info.value.url == url
+    assert checked.requests == []
+
+
+@pytest.mark.parametrize("connect_to", [[], [""], [CHECKED, 7]])
+def test_connect_to_must_name_addresses(make_transport: TransportFactory, connect_to: Any) -> None:
+    with pytest.raises(flnotify.InvalidURLError, match="connect_to must name"):
+        _apost(make_transport(None), "http://localhost:9/hook", connect_to)
+
+
+def test_a_silent_first_address_is_given_up_within_the_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A black-holed address costs the connect limit, then the next one is tried in time."""
+    from flnotify.transports import StreamTransport
+
+    for checked, _ in _servers(CHECKED, OTHER):
+        url = checked.url("/status/202", host="localhost")
+
+        async def main(total: float, url: str = url) -> flnotify.HttpResponse:
+            loop = asyncio.get_running_loop()
+            connect = loop.create_connection
+
+            async def silent_dead(factory: Any, host: str, *args: Any, **kwargs: Any) -> Any:
+                if host == DEAD:
+                    await asyncio.Event().wait()  # never answers
+                return await connect(factory, host, *args, **kwargs)
+
+            monkeypatch.setattr(loop, "create_connection", silent_dead)
+            timeouts = Timeouts(connect=0.2, read=2.0, write=2.0, pool=2.0, total=total)
+            async with StreamTransport(timeouts=timeouts) as transport:
+                return await transport.apost(url, b"{}", {}, connect_to=[DEAD, CHECKED])
+
+        assert asyncio.run(main(total=5.0)).status_code == 202
+        with pytest.raises(flnotify.TransportTimeoutError, match=f"connecting to {DEAD}"):
+            asyncio.run(main(total=0.2))  # no time left for the next address
+        assert len(checked.requests) == 1

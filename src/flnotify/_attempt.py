@@ -170,12 +170,13 @@ class Resolve:
 class Post:
     """Step of a flow: POST the send's body with ``headers``; send back the response.
 
-    ``address`` is where to connect (the guard's checked address; ``None``: the URL's host).
+    ``address`` is where to connect: the guard's checked addresses, tried in order
+    (``None``: the URL's host).
     Throw what the transport raised.
     """
 
     headers: dict[str, str]
-    address: str | None
+    address: tuple[str, ...] | None
 
 
 @attrs.frozen(slots=True)
@@ -224,7 +225,8 @@ class Course:
         self.last: HttpResponse | None = None  # last answer, while waiting for a retry
         self.begun = 0.0  # driver clock at the start of the current attempt
         self.in_flight = False  # hooks were told an attempt started and not yet its end
-        self.address: str | None = None  # the checked address to connect to (guard on)
+        # the checked addresses to connect to, in order (guard on a host name)
+        self.address: tuple[str, ...] | None = None
         self.flow: Flow | None = None  # the driver's flow of this receiver, while it runs
 
 
@@ -386,17 +388,18 @@ class Core:
         Args:
             course: The receiver.
             exc: What the check raised, if it did.
-            addresses: What it returned: the checked addresses, best first. The first
-                becomes ``course.address``, where the transport must connect (no second
-                lookup of the name); an IP literal needs no pinning.
+            addresses: What it returned: the checked addresses, best first. They become
+                ``course.address``, where the transport must connect, trying them in order
+                (no second lookup of the name); an IP literal needs no pinning.
         """
         if exc is None:
             try:
                 host = self._policy.check_url(course.url).host
-                first = next(iter(cast(Sequence[object], addresses)), None)
-                if not isinstance(first, str) or not first:
+                checked = tuple(cast(Sequence[object], addresses))
+                if not checked or not all(isinstance(a, str) and a for a in checked):
                     msg = f"the check returned {addresses!r}, not a list of addresses"
                     raise TypeError(msg)
+                first = cast(str, checked[0])
             except Exception as failure:
                 exc = failure
             else:
@@ -410,7 +413,7 @@ class Core:
                         kind=TransportErrorKind.BLOCKED,
                     )
                 else:
-                    course.address = first
+                    course.address = cast(tuple[str, ...], checked)
                     return None
         if isinstance(exc, (EndpointError, TransportError)):
             return self.finish(

@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from ._exceptions import ConfigurationError
+from ._loops import new_event_loop
 
 __all__ = ["Portal"]
 
@@ -20,7 +21,10 @@ T = TypeVar("T")
 
 
 class Portal:
-    """A private event loop in a daemon thread that runs coroutines for sync callers."""
+    """A private event loop in a daemon thread that runs coroutines for sync callers.
+
+    The loop is uvloop's when it is installed, unless ``FLNOTIFY_EVENT_LOOP=asyncio``.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -30,7 +34,7 @@ class Portal:
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
+                loop = new_event_loop()  # uvloop's if installed (FLNOTIFY_EVENT_LOOP)
                 thread = threading.Thread(
                     target=loop.run_forever, name="flnotify-loop", daemon=True
                 )

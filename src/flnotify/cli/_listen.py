@@ -27,6 +27,7 @@ from .. import (
     NotificationType,
 )
 from .._demo import make_wsgi_server
+from .._loops import run
 from ..receiving import MailboxPoller
 from ._args import SECRET_ENV, check_secret
 from ._output import emit
@@ -161,7 +162,7 @@ def _run_pull(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         # with --json, stdout carries JSON lines only: where it polls goes to stderr
         emit(f"polling {poller.url} as client {args.client_id}", sys.stderr if args.json else None)
         with contextlib.suppress(KeyboardInterrupt):  # where no signal handler could go in
-            asyncio.run(_poll(poller))
+            run(_poll(poller))  # uvloop if installed (FLNOTIFY_EVENT_LOOP)
         emit("flnotify listen: stopped", sys.stderr)
     return 0
 

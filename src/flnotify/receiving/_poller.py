@@ -42,6 +42,7 @@ from .._exceptions import (
     TransportTimeoutError,
 )
 from .._http import parse_retry_after
+from .._loops import run
 from .._validators import at_least_one, positive
 from .._version import __version__
 from ..mailbox._wire import (
@@ -694,7 +695,7 @@ class MailboxPoller(AsyncClosing):
             finally:
                 await self.aclose()
 
-        asyncio.run(main())
+        run(main())  # on uvloop if installed (FLNOTIFY_EVENT_LOOP)
 
     async def aclose(self) -> None:
         """Stop, wait for `arun` to end and close the client the poller made.

@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import sys
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from .._exceptions import TransportTimeoutError
+from .._exceptions import InvalidURLError, TransportError, TransportTimeoutError
 from .._types import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts
 
 T = TypeVar("T")
@@ -42,6 +42,8 @@ __all__ = [
     "Transport",
     "TransportCapabilities",
     "capabilities",
+    "checked_addresses",
+    "tried_addresses",
     "within",
 ]
 
@@ -90,9 +92,14 @@ class PinningTransport(Protocol):
     pins_connections: ClassVar[bool]
 
     async def apost(
-        self, url: str, body: bytes, headers: Mapping[str, str], *, connect_to: str | None = None
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        connect_to: str | Sequence[str] | None = None,
     ) -> HttpResponse:
-        """POST to ``url``, connecting to ``connect_to`` if given."""
+        """POST to ``url``, connecting to ``connect_to`` (tried in order) if given."""
         ...
 
 
@@ -123,10 +130,37 @@ def capabilities(transport: object) -> TransportCapabilities:
 _TIMED_OUT = "timed out after {seconds:g} s: the whole attempt took too long"
 
 
+def checked_addresses(connect_to: str | Sequence[str], url: str) -> tuple[str, ...]:
+    """The addresses of ``connect_to=``: one, or several to try in order.
+
+    Raises:
+        InvalidURLError: Neither an address nor a non-empty sequence of them.
+    """
+    if isinstance(connect_to, str):
+        return (connect_to,)
+    addresses = tuple(connect_to)
+    if not addresses or not all(isinstance(a, str) and a for a in addresses):
+        msg = f"connect_to must name one address or several, not {connect_to!r}"
+        raise InvalidURLError(msg, url=url)
+    return addresses
+
+
+def tried_addresses(error: TransportError, addresses: Sequence[str]) -> TransportError:
+    """``error`` (the last address's), saying which addresses were tried before it."""
+    if len(addresses) > 1:
+        error.args = (f"{error} (tried {len(addresses)} addresses: {', '.join(addresses)})",)
+    return error
+
+
 if sys.version_info >= (3, 11):
 
-    async def within(seconds: float, awaitable: Awaitable[T], url: str) -> T:
-        """Await ``awaitable`` for at most ``seconds``; past that, a TransportTimeoutError."""
+    async def within(
+        seconds: float, awaitable: Awaitable[T], url: str, *, reported: float | None = None
+    ) -> T:
+        """Await ``awaitable`` for at most ``seconds``; past that, a TransportTimeoutError.
+
+        ``reported`` is the limit the error names, if not ``seconds`` (what was left of it).
+        """
         scope = asyncio.timeout(seconds)
         try:
             async with scope:
@@ -134,13 +168,17 @@ if sys.version_info >= (3, 11):
         except builtins.TimeoutError:
             if not scope.expired():
                 raise
-        raise TransportTimeoutError(_TIMED_OUT.format(seconds=seconds), url=url)
+        limit = seconds if reported is None else reported
+        raise TransportTimeoutError(_TIMED_OUT.format(seconds=limit), url=url)
 
 else:  # pragma: no cover - Python 3.10
 
-    async def within(seconds: float, awaitable: Awaitable[T], url: str) -> T:
+    async def within(
+        seconds: float, awaitable: Awaitable[T], url: str, *, reported: float | None = None
+    ) -> T:
         """Await ``awaitable`` for at most ``seconds``; past that, a TransportTimeoutError."""
         try:
             return await asyncio.wait_for(awaitable, seconds)
         except asyncio.TimeoutError:
-            raise TransportTimeoutError(_TIMED_OUT.format(seconds=seconds), url=url) from None
+            limit = seconds if reported is None else reported
+            raise TransportTimeoutError(_TIMED_OUT.format(seconds=limit), url=url) from None

@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -28,8 +28,15 @@ from .._exceptions import (
     TransportError,
     TransportTimeoutError,
 )
-from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts, within
-from ._tls import TLSConfig, TLSFor, tls_context
+from ._base import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    HttpResponse,
+    Timeouts,
+    checked_addresses,
+    tried_addresses,
+    within,
+)
+from ._tls import TLSConfig, TLSFor, refused_handshake, tls_context
 
 __all__ = ["HttpxTransport"]
 
@@ -160,7 +167,7 @@ class HttpxTransport(Closing, AsyncClosing):
         )
 
     def _async_client(
-        self, url: str, connect_to: str | None = None
+        self, url: str, address: str | None = None
     ) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
         if self.async_client is not None:
             return contextlib.nullcontext(self.async_client)
@@ -173,7 +180,7 @@ class HttpxTransport(Closing, AsyncClosing):
         origin = _origin(url)
         # A pinned origin has a client of its own per address: its pool (keyed by the
         # address) never carries another host name's requests, nor another address's.
-        key = origin if connect_to is None else f"{origin} {connect_to}"
+        key = origin if address is None else f"{origin} {address}"
         return clients.use(key, lambda: self._new_async_client(origin))
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
@@ -205,7 +212,7 @@ class HttpxTransport(Closing, AsyncClosing):
         body: bytes,
         headers: Mapping[str, str],
         *,
-        connect_to: str | None = None,
+        connect_to: str | Sequence[str] | None = None,
     ) -> HttpResponse:
         """POST once; see [`AsyncTransport`][flnotify.transports.AsyncTransport].
 
@@ -214,16 +221,18 @@ class HttpxTransport(Closing, AsyncClosing):
             body: The request body.
             headers: The request headers.
             connect_to: Connect to this IP address instead of resolving the URL's host
-                (the address the endpoint guard checked); the host name stays in the
+                (the address the endpoint guard checked), or to the first of several
+                that takes the connection (refused, unreachable or silent ones are
+                skipped within the attempt's time limit); the host name stays in the
                 ``Host`` header and, for ``https``, in SNI and certificate verification.
         """
         try:
-            async with self._async_client(url, connect_to) as client:
-                if connect_to is None:
-                    sent = self._apost(client, url, body, headers)
-                else:
-                    target, pinned, extensions = _pinned(url, headers, connect_to)
-                    sent = self._apost(client, target, body, pinned, extensions)
+            if connect_to is not None:
+                return await self._apost_pinned(
+                    url, body, headers, checked_addresses(connect_to, url)
+                )
+            async with self._async_client(url) as client:
+                sent = self._apost(client, url, body, headers)
                 return await within(self.timeouts.total, sent, url)
         except httpx.HTTPError as exc:
             raise _translate(exc, url, self.timeouts) from exc
@@ -231,6 +240,30 @@ class HttpxTransport(Closing, AsyncClosing):
             raise InvalidURLError(str(exc), url=url) from exc
         except ssl.SSLError as exc:  # httpcore lets a TLS alert read with the answer escape
             raise _tls_alert(exc, url) from exc
+
+    async def _apost_pinned(
+        self, url: str, body: bytes, headers: Mapping[str, str], addresses: tuple[str, ...]
+    ) -> HttpResponse:
+        """POST through the first of ``addresses`` that takes the connection, in time."""
+        loop = asyncio.get_running_loop()
+        total = self.timeouts.total
+        deadline: float | None = None
+        for number, address in enumerate(addresses, 1):
+            target, pinned, extensions = _pinned(url, headers, address)
+            async with self._async_client(url, address) as client:
+                now = loop.time()
+                if deadline is None:  # from the first slot had: queueing is not the attempt
+                    deadline = now + total
+                sent = self._apost(client, target, body, pinned, extensions)
+                try:
+                    return await within(deadline - now, sent, url, reported=total)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    if _tls_refusal(exc, url) is not None or _caused_by(exc, socket.gaierror):
+                        raise  # the address answered (TLS), or no address at all
+                    if number == len(addresses) or loop.time() >= deadline:
+                        error = tried_addresses(_translate(exc, url, self.timeouts), addresses)
+                        raise error from exc
+        raise AssertionError("unreachable: at least one address")  # pragma: no cover
 
     async def _apost(
         self,
@@ -240,19 +273,32 @@ class HttpxTransport(Closing, AsyncClosing):
         headers: Mapping[str, str],
         extensions: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        async with client.stream(
-            "POST",
-            url,
-            content=body,
-            headers=headers,
-            follow_redirects=False,
-            extensions=extensions,
-        ) as response:
-            capped = _CappedBody(self.max_response_bytes)
-            async for chunk in response.aiter_bytes():
-                if capped.add(chunk):
-                    break
-            return capped.response(response)
+        handshake = None
+        if (url.scheme if isinstance(url, httpx.URL) else url[:6]) in ("https", "https:"):
+            handshake = _Handshake()
+            extensions = {**(extensions or {}), "trace": handshake}
+        try:
+            async with client.stream(
+                "POST",
+                url,
+                content=body,
+                headers=headers,
+                follow_redirects=False,
+                extensions=extensions,
+            ) as response:
+                capped = _CappedBody(self.max_response_bytes)
+                async for chunk in response.aiter_bytes():
+                    if capped.add(chunk):
+                        break
+                return capped.response(response)
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+            if handshake is None or not handshake.done or _caused_by(exc, ssl.SSLError):
+                raise
+            # Our own handshake of this request, then the connection ended before any
+            # response: under TLS 1.3 a server that refuses our client certificate (one on
+            # asyncio: without an alert).
+            message = refused_handshake(None, "", after=True)
+            raise ConnectError(message, url=str(url)) from exc
 
     def close(self) -> None:
         """Close the sync client flnotify created (a host's own client stays open)."""
@@ -357,6 +403,19 @@ class _OriginClients:
             await asyncio.gather(*self._closing)
 
 
+class _Handshake:
+    """An httpcore trace hook: whether this request made its own TLS handshake."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    async def __call__(self, event: str, info: Mapping[str, Any]) -> None:
+        if event == "connection.start_tls.complete":
+            self.done = True
+
+
 class _CappedBody:
     """Collects a response body up to ``cap`` bytes; the rest is never read."""
 
@@ -402,7 +461,9 @@ def _tls_alert(exc: ssl.SSLError, url: str) -> ConnectError:
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or str(exc)
         return ConnectError(f"the TLS certificate of the server is not trusted: {detail}", url=url)
-    return ConnectError(f"the TLS handshake was refused: {exc.reason or exc}", url=url)
+    if "_ALERT_" in (exc.reason or str(exc)):
+        return ConnectError(refused_handshake(exc, ""), url=url)
+    return ConnectError(f"the TLS handshake failed: {exc.reason or exc}", url=url)
 
 
 def _tls_refusal(exc: httpx.HTTPError, url: str) -> ConnectError | None:
@@ -417,11 +478,7 @@ def _tls_refusal(exc: httpx.HTTPError, url: str) -> ConnectError | None:
     if isinstance(exc, httpx.ConnectError) and _caused_by(
         exc, (ConnectionResetError, ssl.SSLEOFError, EOFError)
     ):
-        return ConnectError(
-            "the TLS handshake was refused: the server closed the connection"
-            " (does it require a client certificate?)",
-            url=url,
-        )
+        return ConnectError(refused_handshake(None, ""), url=url)
     return None
 
 

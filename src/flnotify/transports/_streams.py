@@ -18,10 +18,11 @@ import asyncio
 import base64
 import builtins
 import collections
+import inspect
 import re
 import socket
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, cast
 from urllib.parse import quote, unquote, urlsplit
 
@@ -44,8 +45,14 @@ from .._exceptions import (
     TransportTimeoutError,
 )
 from .._version import __version__
-from ._base import DEFAULT_MAX_RESPONSE_BYTES, HttpResponse, Timeouts
-from ._tls import TLSConfig, TLSFor, tls_context
+from ._base import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    HttpResponse,
+    Timeouts,
+    checked_addresses,
+    tried_addresses,
+)
+from ._tls import TLSConfig, TLSFor, refused_handshake, tls_context
 
 __all__ = ["StreamTransport"]
 
@@ -430,11 +437,12 @@ class _Connection(asyncio.Protocol):
         else:
             message = "connection closed before any response"
         error: TransportError
-        if isinstance(exc, ssl.SSLError) and not self.got_bytes and not self.reused:
-            # an alert on a new connection: under TLS 1.3 a server refuses a client
-            # certificate after the handshake seemed complete, with the first read
-            reason = exc.reason or str(exc)
-            error = ConnectError(f"the TLS handshake was refused: {reason}", url=self._url)
+        if self._pool.tls and not self.got_bytes and not self.reused and _refusal(exc):
+            # a new TLS connection ended before any answer: under TLS 1.3 a server refuses
+            # a client certificate after our side of the handshake is done, with an alert
+            # or (servers on asyncio) by closing the connection
+            where = f"{self._pool.host}:{self._pool.port}"
+            error = ConnectError(refused_handshake(exc, where, after=True), url=self._url)
         else:
             if exc is not None:
                 message = f"{message}: {exc}"
@@ -470,12 +478,8 @@ def _connect_error(
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or str(exc)
         return ConnectError(f"TLS certificate of {where} not trusted: {detail}", url=url)
-    if tls and isinstance(exc, (ConnectionResetError, EOFError, ssl.SSLEOFError)):
-        return ConnectError(
-            f"the TLS handshake was refused by {where}: it closed the connection"
-            " (does it require a client certificate?)",
-            url=url,
-        )
+    if tls and _refusal(exc):
+        return ConnectError(refused_handshake(exc, where), url=url)
     if isinstance(exc, ssl.SSLError):
         return ConnectError(f"TLS handshake with {where} failed: {exc}", url=url)
     if isinstance(exc, builtins.TimeoutError):
@@ -487,40 +491,54 @@ def _connect_error(
     return ConnectError(f"could not connect to {where}: {exc!r}", url=url)
 
 
+def _refusal(exc: BaseException | None) -> bool:
+    """Whether a TLS connection ended as a refusing server ends it: an alert, a close, a reset."""
+    if isinstance(exc, ssl.SSLError):
+        return isinstance(exc, ssl.SSLEOFError) or "_ALERT_" in (exc.reason or str(exc))
+    return exc is None or isinstance(exc, (ConnectionResetError, EOFError))
+
+
 class _Pool:
     """The connections to one origin: at most ``limit``, idle ones reused newest first."""
 
     __slots__ = (
-        "_address",
+        "_addresses",
         "_context",
-        "_host",
-        "_port",
         "_server_hostname",
         "_state",
-        "_tls",
         "closed",
         "connections",
+        "host",
         "idle",
         "limit",
         "loop",
         "max_response_bytes",
+        "port",
         "read_timeout",
         "size",
+        "tls",
         "total_timeout",
         "waiters",
         "write_timeout",
     )
 
     def __init__(
-        self, state: _LoopState, host: str, port: int, tls: bool, address: str | None = None
+        self,
+        state: _LoopState,
+        host: str,
+        port: int,
+        tls: bool,
+        addresses: tuple[str, ...] | None = None,
     ) -> None:
         settings = state.settings
         self._state = state
         self.loop = state.loop
-        self._host = host
-        self._port = port
-        self._address = host if address is None else address  # where to connect
-        self._tls = tls
+        self.host = host
+        self.port = port
+        # where to connect: the host (the loop resolves it and tries each address), or the
+        # addresses the endpoint guard checked, tried in order
+        self._addresses = (host,) if addresses is None else addresses
+        self.tls = tls
         self._context: ssl.SSLContext | None = None
         self._server_hostname = host if tls else None
         self.limit = settings.max_connections_per_origin
@@ -666,20 +684,37 @@ class _Pool:
         return conn
 
     async def _connect(self, url: str) -> _Connection:
+        """Connect to the first address that answers, within the attempt's time limit."""
         loop = self.loop
-        timeout = self._state.settings.timeouts.connect
+        timeouts = self._state.settings.timeouts
         context = self._context
-        if context is None and self._tls:  # once per pool: per-receiver settings are looked up
-            context = self._context = self._state.settings._tls_context(self._host, self._port)
+        if context is None and self.tls:  # once per pool: per-receiver settings are looked up
+            context = self._context = self._state.settings._tls_context(self.host, self.port)
+        addresses = self._addresses
+        deadline = loop.time() + timeouts.total
+        for number, address in enumerate(addresses, 1):
+            limit = min(timeouts.connect, deadline - loop.time())
+            try:
+                return await self._connect_to(address, context, limit, url)
+            except _UnansweredError as failed:
+                if number == len(addresses) or deadline - loop.time() <= 0:
+                    error = tried_addresses(failed.error, addresses[:number])
+                    raise error from failed.__cause__
+        raise AssertionError("unreachable: a pool has at least one address")  # pragma: no cover
+
+    async def _connect_to(
+        self, address: str, context: ssl.SSLContext | None, timeout: float, url: str
+    ) -> _Connection:
+        loop = self.loop
         task: asyncio.Task[tuple[asyncio.BaseTransport, _Connection]] = loop.create_task(
             loop.create_connection(
                 lambda: _Connection(self),
-                self._address,  # the host, or the address the endpoint guard checked
-                self._port,
+                address,  # the host, or an address the endpoint guard checked
+                self.port,
                 ssl=context,
                 server_hostname=self._server_hostname,
                 ssl_handshake_timeout=timeout if context is not None else None,
-                happy_eyeballs_delay=0.25,
+                **self._state.connect_options,
             )
         )
         # asyncio.wait, unlike wait_for, neither swallows the caller's cancellation nor
@@ -693,13 +728,44 @@ class _Pool:
         if not done:
             task.cancel()
             task.add_done_callback(_discard_late_connection)
-            msg = f"timed out after {timeout:g} s connecting to {self._host}:{self._port}"
-            raise TransportTimeoutError(msg, url=url)
+            msg = f"timed out after {timeout:g} s connecting to {address}:{self.port}"
+            raise _UnansweredError(TransportTimeoutError(msg, url=url))
         try:
             _, conn = task.result()
         except (OSError, EOFError, ssl.SSLError) as exc:
-            raise _connect_error(exc, url, self._address, self._port, self._tls) from exc
+            error = _connect_error(exc, url, address, self.port, self.tls)
+            if _unanswered(exc):
+                raise _UnansweredError(error) from exc
+            raise error from exc
         return conn
+
+
+class _UnansweredError(Exception):
+    """Internal: an address did not take the connection (the next one may)."""
+
+    def __init__(self, error: TransportError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether connecting failed before any TLS: refused, unreachable, no route."""
+    if isinstance(exc, (ssl.SSLError, EOFError, ConnectionResetError, socket.gaierror)):
+        return False
+    return isinstance(exc, OSError)
+
+
+def _connect_options(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    """What this loop's ``create_connection`` takes beyond the common arguments.
+
+    asyncio's races a host's addresses (happy eyeballs); uvloop's tries them in turn and
+    refuses the argument.
+    """
+    try:
+        parameters = inspect.signature(loop.create_connection).parameters
+    except (TypeError, ValueError):  # a compiled loop may not tell
+        return {}
+    return {"happy_eyeballs_delay": 0.25} if "happy_eyeballs_delay" in parameters else {}
 
 
 @attrs.frozen
@@ -714,11 +780,12 @@ class _Origin:
 class _LoopState:
     """The pools of one event loop (asyncio connections belong to the loop that made them)."""
 
-    __slots__ = ("idle_count", "loop", "origins", "pools", "settings")
+    __slots__ = ("connect_options", "idle_count", "loop", "origins", "pools", "settings")
 
     def __init__(self, settings: StreamTransport, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.loop = loop
+        self.connect_options = _connect_options(loop)
         self.origins: dict[str, _Origin] = {}
         self.pools: dict[tuple[str | int, ...], _Pool] = {}  # (scheme, host, port[, address])
         self.idle_count = 0  # over all origins
@@ -769,13 +836,13 @@ class _LoopState:
         origin = self.origins[prefix] = _Origin(pool, lines, key)
         return origin
 
-    def pinned(self, origin: _Origin, address: str) -> _Pool:
-        """The pool of ``origin``'s connections to ``address`` (never shared with another)."""
-        key = (*origin.key, address)
+    def pinned(self, origin: _Origin, addresses: tuple[str, ...]) -> _Pool:
+        """The pool of ``origin``'s connections to ``addresses`` (never shared with others)."""
+        key: tuple[str | int, ...] = (*origin.key, *addresses)
         pool = self.pools.get(key)
         if pool is None:
             scheme, host, port = origin.key
-            pool = self.pools[key] = _Pool(self, host, port, scheme == "https", address)
+            pool = self.pools[key] = _Pool(self, host, port, scheme == "https", addresses)
         return pool
 
     def _prune(self) -> None:
@@ -910,7 +977,7 @@ class StreamTransport(AsyncClosing):
         body: bytes,
         headers: Mapping[str, str],
         *,
-        connect_to: str | None = None,
+        connect_to: str | Sequence[str] | None = None,
     ) -> HttpResponse:
         """POST ``body`` to ``url`` and return the response, its body capped.
 
@@ -921,7 +988,9 @@ class StreamTransport(AsyncClosing):
                 connection headers (``Host``, ``Content-Length``, ``Transfer-Encoding``,
                 ``Connection``, ...) are the transport's own; these are ignored.
             connect_to: Connect to this IP address instead of resolving the URL's host
-                (the address the endpoint guard checked); the host name stays in the
+                (the address the endpoint guard checked), or to the first of several
+                that takes the connection (refused, unreachable or silent ones are
+                skipped within the attempt's time limit); the host name stays in the
                 ``Host`` header and, for ``https``, in SNI and certificate verification.
                 Its connections are pooled apart from every other address's.
 
@@ -973,7 +1042,10 @@ class StreamTransport(AsyncClosing):
         else:
             data, rest = head, body
 
-        pool = origin.pool if connect_to is None else state.pinned(origin, connect_to)
+        if connect_to is None:
+            pool = origin.pool
+        else:
+            pool = state.pinned(origin, checked_addresses(connect_to, url))
         conn = pool.take_idle() if pool.idle else None
         if conn is None:
             conn, begun = await pool.acquire(url)

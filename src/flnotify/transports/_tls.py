@@ -9,15 +9,71 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import ssl
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import attrs
 
 from .._exceptions import ConfigurationError
 
-__all__ = ["TLSConfig", "TLSFor", "tls_context"]
+__all__ = ["TLSConfig", "TLSFor", "refused_handshake", "tls_context"]
+
+# OpenSSL names an alert it received SSLV3_ALERT_..., TLSV1_ALERT_... or TLSV13_ALERT_...
+_ALERT: Final = re.compile(r"(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]+)")
+
+# Alerts by which a server refuses the certificate a client presented (RFC 8446, 6.2).
+_CERTIFICATE_REFUSED: Final = frozenset(
+    {
+        "access denied",
+        "bad certificate",
+        "certificate expired",
+        "certificate revoked",
+        "certificate unknown",
+        "decrypt error",
+        "unknown ca",
+        "unsupported certificate",
+    }
+)
+
+
+def refused_handshake(exc: BaseException | None, where: str, *, after: bool = False) -> str:
+    """What a server that refused our TLS handshake said, as a sentence for the error.
+
+    Under TLS 1.3 a server checks the client certificate after the client's side of the
+    handshake is done, so its alert (or its closing) comes with the first read; under
+    TLS 1.2 during the handshake. Servers on asyncio (uvicorn, uvloop) close without any
+    alert.
+
+    Args:
+        exc: What the refusal raised: an ``ssl.SSLError`` naming a received alert, or
+            ``None`` (or a reset) when the server closed without one.
+        where: The server, e.g. ``"127.0.0.1:8443"``, or ``""``.
+        after: The connection closed after our side of the handshake, before any response.
+    """
+    by = f" by {where}" if where else ""
+    reason = (getattr(exc, "reason", None) or str(exc)) if isinstance(exc, ssl.SSLError) else ""
+    match = _ALERT.search(reason)
+    if match is None:
+        if after:
+            return (
+                f"the TLS handshake was refused{by}: the server closed the connection right"
+                " after it, before any response and without a TLS alert (most likely it"
+                " refused our client certificate)"
+            )
+        return (
+            f"the TLS handshake was refused{by}: the server closed the connection without"
+            " a TLS alert (does it require a client certificate?)"
+        )
+    alert = match.group(1).lower().replace("_", " ")
+    if alert == "certificate required":
+        what = "the server requires a client certificate and we sent none"
+    elif alert in _CERTIFICATE_REFUSED:
+        what = "the server refused our client certificate"
+    else:
+        what = "the server refused it"
+    return f"the TLS handshake was refused{by}: {what} (TLS alert {alert})"
 
 
 @attrs.frozen
