@@ -33,7 +33,7 @@ from ._exceptions import (
     UnknownNotificationTypeError,
     VerificationError,
 )
-from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook
+from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook, SendStarted
 from ._notification import Notification, TrainingNotification
 from ._notifier import Notifier
 from ._report import Delivery, DeliveryReport, OutcomeCounts
@@ -156,6 +156,7 @@ __all__ = [
     "RetryPolicy",
     "RoundBody",
     "SQLiteTrainingRepository",
+    "SendStarted",
     "Settings",
     "SignatureMismatchError",
     "Signer",

@@ -40,7 +40,7 @@ from ._exceptions import (
     TransportTimeoutError,
 )
 from ._exceptions import TransportErrorKind as Kind
-from ._hooks import DeliveryHook, HookSet
+from ._hooks import DeliveryHook, HookSet, SendStarted
 from ._notification import Notification
 from ._portal import Portal
 from ._report import Delivery, DeliveryReport
@@ -414,7 +414,11 @@ class Send:
         deliveries = tuple(d for d in self.results if d is not None)
         elapsed = self.engine.seams.clock() - self.begin
         return DeliveryReport(
-            self.core.notification, deliveries, elapsed, tuple(self.callback_errors)
+            self.core.notification,
+            deliveries,
+            elapsed,
+            tuple(self.callback_errors),
+            send_id=self.core.send_id,
         )
 
     async def run(self, routes: Sequence[Route]) -> Run:
@@ -457,6 +461,7 @@ class Send:
             deliveries,
             engine.seams.clock() - begin,
             tuple(self.callback_errors),
+            send_id=self.core.send_id,
         )
         if deliveries and logger.isEnabledFor(logging.INFO):
             logger.info(
@@ -790,7 +795,8 @@ class Engine:
         deadline = self.settings.deadline if plan.deadline is None else plan.deadline
         send = Send(self, core, plan, deadline)
         if watchers.hooks:
-            watchers.send_started(plan.notification)
+            notification = plan.notification
+            watchers.send_started(SendStarted(notification, plan.send_id, notification.receivers))
         try:
             result = await send.run(self.routes)
         except asyncio.CancelledError:
