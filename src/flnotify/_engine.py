@@ -491,6 +491,7 @@ class Send:
                     errors.append(error)
 
         loop = asyncio.get_running_loop()
+        seams = self.engine.seams
         try:
             while (item := await queue.get()) is not None:
                 if not isinstance(item, Delivery):
@@ -498,7 +499,7 @@ class Send:
                         collect((await asyncio.wait(running))[0])
                     await item()
                     continue
-                called = call_callbacks(callbacks, item)
+                called = call_callbacks(callbacks, item, sleep=seams.sleep, clock=seams.clock)
                 if called is None:
                     continue
                 if isinstance(called, CallbackError):
