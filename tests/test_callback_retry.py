@@ -176,6 +176,20 @@ def test_a_removal_busy_twice_is_applied_once_and_told_once() -> None:
     assert time.sleeps == list(BUSY_RETRY_DELAYS[:2])
 
 
+def test_a_verdict_busy_twice_still_puts_the_training_into_error_once() -> None:
+    """set_state busy after the verdict was reached: the retry must not lose the verdict."""
+    time = FakeTime()
+    inner = InMemoryTrainingRepository()
+    snapshot, _, _ = training(inner)
+    repo = Flaky(inner, time, set_state=2)
+    report = send_round(repo, snapshot, answers(None), time)
+    assert [d.outcome for d in report] == [Outcome.DELIVERED, Outcome.FAILED]
+    assert report.callback_errors == ()
+    assert inner.get_training(snapshot.id).state is TrainingState.ERROR
+    assert repo.applied["set_state"] == 1
+    assert time.sleeps == list(BUSY_RETRY_DELAYS[:2])
+
+
 def test_always_busy_is_reported_after_the_bound_without_real_sleeping() -> None:
     time = FakeTime()
     inner = InMemoryTrainingRepository()

@@ -561,8 +561,12 @@ class TrainingCallbacks:
         verdict = policy.verdict(record.tally)
         if verdict is Verdict.OPEN:
             return
+        if verdict is Verdict.ERROR:
+            # before the claim, and idempotent: a callback tried again (busy repository)
+            # or run again (after a crash) after the claim still applies it
+            await self._call("set_state", training_id, TrainingState.ERROR)
         if not await self._call_on(self._outcomes, "claim_verdict", delivery.send_id):
-            return  # decided already, here or on another worker
+            return  # told already, here or on another worker
         explanation = policy.explain(record.tally)
         context = delivery.log_context()
         if verdict is Verdict.ERROR:
@@ -573,7 +577,6 @@ class TrainingCallbacks:
                 explanation,
                 extra=context,
             )
-            await self._call("set_state", training_id, TrainingState.ERROR)
         else:
             logger.info(
                 "%s of training %s: %s.",
