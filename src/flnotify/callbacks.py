@@ -105,8 +105,6 @@ class CallbackFactory(Protocol):
         ...
 
 
-_Sleep = Callable[[float], Awaitable[object]]
-
 BUSY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0)
 """Seconds before each new try of a callback that failed on a busy repository."""
 BUSY_RETRY_FOR = 5.0
@@ -117,7 +115,7 @@ def call_callbacks(
     callbacks: Callbacks,
     delivery: Delivery,
     *,
-    sleep: _Sleep | None = None,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> CallbackError | Coroutine[Any, Any, CallbackError | None] | None:
     """Call the right method of ``callbacks`` for ``delivery``; never raise.
@@ -158,7 +156,7 @@ async def _finish(
     method: Callable[[Delivery], object],
     delivery: Delivery,
     result: Awaitable[object],
-    sleep: _Sleep | None,
+    sleep: Callable[[float], Awaitable[object]] | None,
     clock: Callable[[], float] | None,
 ) -> CallbackError | None:
     try:
@@ -174,7 +172,7 @@ async def _again(
     method: Callable[[Delivery], object],
     delivery: Delivery,
     busy: RepositoryBusyError,
-    sleep: _Sleep | None,
+    sleep: Callable[[float], Awaitable[object]] | None,
     clock: Callable[[], float] | None,
 ) -> CallbackError | None:
     """Call ``method`` again while the repository is busy: backoff, a few seconds in all."""
@@ -215,7 +213,7 @@ async def run_callbacks(
     callbacks: Callbacks,
     delivery: Delivery,
     *,
-    sleep: _Sleep | None = None,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> CallbackError | None:
     """Call the right method of ``callbacks`` for ``delivery`` and wait for it; never raise.
