@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import flnotify
+from fakes import FakeTime
 from flnotify import (
     CallbackError,
     ConnectError,
@@ -41,21 +42,6 @@ from flnotify.testing import seams
 from flnotify.transports import MemoryRequest, MemoryTransport
 
 ONCE = RetryPolicy.no_retries()
-
-
-class FakeTime:
-    """A clock and a sleeper that never waits: sleeping moves the clock."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Flaky:
@@ -243,77 +229,56 @@ def delivery() -> flnotify.Delivery:
     )
 
 
+class Scripted:
+    """A callback raising the next error class of ``script`` on each call; then it succeeds."""
+
+    def __init__(self, *script: type[Exception]) -> None:
+        self.script = list(script)
+        self.calls = 0
+
+    def __call__(self, _: flnotify.Delivery) -> None:
+        self.calls += 1
+        if self.script:
+            raise self.script.pop(0)("database is locked")
+
+
+@pytest.mark.parametrize(
+    ("script", "reported"),
+    [
+        ((RepositoryBusyError, RepositoryBusyError), None),  # busy twice, then through
+        ((RepositoryBusyError, RepositoryError), RepositoryError),  # lasting: at once
+        ((RepositoryError,), RepositoryError),  # not transient: never tried again
+    ],
+)
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_run_callbacks_tries_a_busy_callback_again(kind: str) -> None:
+def test_run_callbacks_tries_again_only_while_busy(
+    script: tuple[type[Exception], ...], reported: type[Exception] | None, kind: str
+) -> None:
     time = FakeTime()
-    calls: list[str] = []
+    callback = Scripted(*script)
 
-    def sync(d: flnotify.Delivery) -> None:
-        calls.append(d.message_id)
-        if len(calls) < 3:
-            raise RepositoryBusyError("database is locked")
+    async def async_callback(d: flnotify.Delivery) -> None:
+        callback(d)
 
-    async def async_(d: flnotify.Delivery) -> None:
-        sync(d)
-
-    callbacks = FunctionCallbacks(success=sync if kind == "sync" else async_)
+    callbacks = FunctionCallbacks(success=callback if kind == "sync" else async_callback)
     error = asyncio.run(run_callbacks(callbacks, delivery(), sleep=time.sleep, clock=time.clock))
-    assert error is None
-    assert calls == ["msg_1"] * 3
-    assert time.sleeps == list(BUSY_RETRY_DELAYS[:2])
-
-
-def test_a_lasting_error_after_a_busy_one_is_reported_at_once() -> None:
-    time = FakeTime()
-    calls = 0
-
-    def callback(_: flnotify.Delivery) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RepositoryBusyError("database is locked")
-        raise RepositoryError("disk full")
-
-    error = asyncio.run(
-        run_callbacks(FunctionCallbacks(success=callback), delivery(), sleep=time.sleep)
-    )
-    assert error is not None
-    assert isinstance(error.__cause__, RepositoryError)
-    assert not isinstance(error.__cause__, RepositoryBusyError)
-    assert calls == 2
-    assert time.sleeps == [BUSY_RETRY_DELAYS[0]]
-
-
-def test_other_errors_are_not_tried_again() -> None:
-    time = FakeTime()
-    calls = 0
-
-    def callback(_: flnotify.Delivery) -> None:
-        nonlocal calls
-        calls += 1
-        raise RepositoryError("disk full")
-
-    error = asyncio.run(
-        run_callbacks(FunctionCallbacks(success=callback), delivery(), sleep=time.sleep)
-    )
-    assert error is not None
-    assert (calls, time.sleeps) == (1, [])
+    tries = len(script) + 1 if reported is None else len(script)
+    assert callback.calls == tries
+    assert time.sleeps == list(BUSY_RETRY_DELAYS[: tries - 1])
+    if reported is None:
+        assert error is None
+    else:
+        assert error is not None
+        assert type(error.__cause__) is reported
 
 
 def test_without_a_sleeper_the_tests_seams_are_used() -> None:
     """The dispatchers call run_callbacks without one: the seams in effect apply."""
     time = FakeTime()
-    calls = 0
-
-    def callback(_: flnotify.Delivery) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RepositoryBusyError("database is locked")
-
+    callback = Scripted(RepositoryBusyError)
     with seams(sleep=time.sleep, clock=time.clock):
         error = asyncio.run(run_callbacks(FunctionCallbacks(success=callback), delivery()))
-    assert (error, calls, time.sleeps) == (None, 2, [BUSY_RETRY_DELAYS[0]])
+    assert (error, callback.calls, time.sleeps) == (None, 2, [BUSY_RETRY_DELAYS[0]])
 
 
 # -- a real SQLite file locked by another connection --------------------------------------
