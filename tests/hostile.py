@@ -260,7 +260,7 @@ class HostileHook(flnotify.NullHook):
         if name == self.method:
             raise RuntimeError(f"{name} broke")
 
-    def on_send_started(self, notification: Any, /) -> None:
+    def on_send_started(self, details: Any, /) -> None:
         self._maybe("on_send_started")
 
     def on_send_ended(self, report: Any, /) -> None:

@@ -266,7 +266,11 @@ def test_hooks_see_every_attempt_and_one_outcome_per_receiver() -> None:
     assert hook.ended[0].started == hook.started[0]
     assert sorted(d.receiver.id.int for d in hook.outcomes) == [1, 2]
     assert set(hook.outcomes) == set(report)
-    assert hook.sends == [report.notification]
+    assert [s.notification for s in hook.sends] == [report.notification]
+    assert [s.send_id for s in hook.sends] == [report.send_id]
+    assert report.send_id
+    assert {d.send_id for d in report} == {report.send_id}
+    assert {s.send_id for s in hook.started} | {e.send_id for e in hook.ended} == {report.send_id}
     assert hook.reports == [report]
 
 

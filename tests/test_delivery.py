@@ -14,6 +14,7 @@ import pytest
 import respx
 
 import flnotify
+from fakes import FakeTime
 from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
 from flnotify.callbacks import FunctionCallbacks, Reaction, TrainingCallbacks
 from flnotify.repository import AsyncRepositoryAdapter, InMemoryTrainingRepository
@@ -33,21 +34,6 @@ def round_start(rs: list[Receiver], training: uuid.UUID | None = None) -> Any:
         body=flnotify.RoundBody(round=3, global_model_uuid=MODEL),
         training_uuid=training or uuid.UUID(int=99),
     )
-
-
-class FakeTime:
-    """A clock and a sleep that never waits: sleeping moves the clock."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def notifier(transport: Any, fake: FakeTime | None = None, **kwargs: Any) -> flnotify.Notifier:

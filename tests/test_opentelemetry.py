@@ -268,3 +268,102 @@ def test_attempts_cut_short_by_the_deadline_end_their_spans(telemetry: Telemetry
     # the engine ends the attempt with the deadline's error, before the send ends
     assert span.attributes["error.type"] == "flnotify.TransportError"
     assert len(telemetry.spans()) == 2  # and the send's
+
+
+def test_two_concurrent_sends_of_one_notification_have_a_span_each(telemetry: Telemetry) -> None:
+    """The same notification object sent twice at once: each send span gets its own attempts."""
+    arrived = 0
+    all_in = asyncio.Event()
+    retried = 0
+
+    async def both_in_flight(request: MemoryRequest) -> int:
+        nonlocal arrived, retried
+        arrived += 1
+        if arrived == 4:  # both sends' first attempts to both receivers are in flight
+            all_in.set()
+        await all_in.wait()
+        if request.url.endswith("/retry"):
+            retried += 1
+            return 503 if retried <= 2 else 202
+        return 202
+
+    notification = _notification("http://a.example/ok", "http://b.example/retry")
+
+    async def main() -> tuple[Any, Any]:
+        with seams(sleep=_no_sleep):
+            notifier = flnotify.Notifier(
+                transport=MemoryTransport(both_in_flight),
+                hooks=[telemetry.hook()],
+                retry=RetryPolicy(max_attempts=2, jitter=0.0),
+                deadline=10.0,  # a regression fails instead of hanging
+            )
+        try:
+            first, second = await asyncio.gather(
+                notifier.asend(notification), notifier.asend(notification)
+            )
+        finally:
+            await notifier.aclose()
+        return first, second
+
+    reports = asyncio.run(main())
+    assert all(r.ok for r in reports)
+    spans = telemetry.spans()
+    sends = [s for s in spans if s.kind is SpanKind.INTERNAL]
+    attempts = [s for s in spans if s.kind is SpanKind.CLIENT]
+    assert len(sends) == 2
+    assert len(attempts) == 6  # per send: a.example once, b.example twice
+    for send in sends:
+        assert send.context is not None
+        children = [a for a in attempts if a.parent and a.parent.span_id == send.context.span_id]
+        assert sorted(
+            (str(a.attributes["server.address"]), a.attributes.get("http.request.resend_count", 0))
+            for a in children
+            if a.attributes is not None
+        ) == [("a.example", 0), ("b.example", 0), ("b.example", 1)]
+        assert send.attributes is not None
+        assert send.attributes["flnotify.delivered"] == 2
+    send_ids = sorted(str(s.attributes and s.attributes["flnotify.send_id"]) for s in sends)
+    assert send_ids == sorted(r.send_id for r in reports)
+    assert send_ids[0] != send_ids[1]
+
+
+def test_parts_of_one_send_in_one_process_keep_their_own_attempts(telemetry: Telemetry) -> None:
+    """Two parts of one send (outbox batches, Celery chunks) share its id, not its receivers."""
+    hook = telemetry.hook()
+    notification = _notification("http://a.example/", "http://b.example/")
+    a, b = notification.receivers
+    parts = [flnotify.SendStarted(notification, "send-1", (r,)) for r in (a, b)]
+    for part in parts:
+        hook.on_send_started(part)
+    for receiver in (b, a):
+        started = flnotify.AttemptStarted(
+            notification, receiver, f"msg_{receiver.id}", 1, receiver.message_endpoint, "send-1"
+        )
+        hook.on_attempt_started(started)
+        hook.on_attempt_ended(flnotify.AttemptEnded(started, 0.01, 202))
+    for receiver in (a, b):
+        delivery = flnotify.Delivery(
+            notification=notification,
+            receiver=receiver,
+            outcome=Outcome.DELIVERED,
+            message_id=f"msg_{receiver.id}",
+            attempts=1,
+            elapsed=0.01,
+            status_code=202,
+            send_id="send-1",
+        )
+        hook.on_send_ended(
+            flnotify.DeliveryReport(notification, (delivery,), 0.01, send_id="send-1")
+        )
+    spans = telemetry.spans()
+    sends = [s for s in spans if s.kind is SpanKind.INTERNAL]  # in the order they ended: a, b
+    assert len(sends) == 2
+    for send, receiver in zip(sends, (a, b), strict=True):
+        assert send.context is not None
+        (child,) = [
+            s for s in spans if s.parent is not None and s.parent.span_id == send.context.span_id
+        ]
+        assert child.attributes is not None
+        assert child.attributes["flnotify.receiver_id"] == str(receiver.id)
+        assert send.attributes is not None
+        assert send.attributes["flnotify.delivered"] == 1

@@ -22,6 +22,7 @@ from ._exceptions import (
     MalformedHeaderError,
     MissingHeaderError,
     ProtocolError,
+    RepositoryBusyError,
     RepositoryError,
     RequestTooLargeError,
     SignatureMismatchError,
@@ -33,7 +34,7 @@ from ._exceptions import (
     UnknownNotificationTypeError,
     VerificationError,
 )
-from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook
+from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook, SendStarted
 from ._notification import Notification, TrainingNotification
 from ._notifier import Notifier
 from ._report import Delivery, DeliveryReport, OutcomeCounts
@@ -151,11 +152,13 @@ __all__ = [
     "Receiver",
     "ReceiverLike",
     "Reply",
+    "RepositoryBusyError",
     "RepositoryError",
     "RequestTooLargeError",
     "RetryPolicy",
     "RoundBody",
     "SQLiteTrainingRepository",
+    "SendStarted",
     "Settings",
     "SignatureMismatchError",
     "Signer",

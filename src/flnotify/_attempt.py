@@ -662,7 +662,12 @@ class Core:
 
     def _started(self, course: Course) -> AttemptStarted:
         return AttemptStarted(
-            self.notification, course.receiver, course.message_id, course.attempts, course.url
+            self.notification,
+            course.receiver,
+            course.message_id,
+            course.attempts,
+            course.url,
+            self.send_id,
         )
 
 

@@ -50,7 +50,7 @@ from ._exceptions import (
     TransportTimeoutError,
 )
 from ._exceptions import TransportErrorKind as Kind
-from ._hooks import DeliveryHook, HookSet
+from ._hooks import DeliveryHook, HookSet, SendStarted
 from ._notification import Notification
 from ._portal import Portal
 from ._report import Delivery, DeliveryReport
@@ -435,7 +435,11 @@ class Send:
         deliveries = tuple(d for d in self.results if d is not None)
         elapsed = self.engine.seams.clock() - self.begin
         return DeliveryReport(
-            self.core.notification, deliveries, elapsed, tuple(self.callback_errors)
+            self.core.notification,
+            deliveries,
+            elapsed,
+            tuple(self.callback_errors),
+            send_id=self.core.send_id,
         )
 
     async def run(self, routes: Sequence[Route]) -> Run:
@@ -478,6 +482,7 @@ class Send:
             deliveries,
             engine.seams.clock() - begin,
             tuple(self.callback_errors),
+            send_id=self.core.send_id,
         )
         if deliveries and logger.isEnabledFor(logging.INFO):
             logger.info(
@@ -507,6 +512,7 @@ class Send:
                     errors.append(error)
 
         loop = asyncio.get_running_loop()
+        seams = self.engine.seams
         try:
             while (item := await queue.get()) is not None:
                 if not isinstance(item, Delivery):
@@ -514,7 +520,7 @@ class Send:
                         collect((await asyncio.wait(running))[0])
                     await item()
                     continue
-                called = call_callbacks(callbacks, item)
+                called = call_callbacks(callbacks, item, sleep=seams.sleep, clock=seams.clock)
                 if called is None:
                     continue
                 if isinstance(called, CallbackError):
@@ -809,7 +815,8 @@ class Engine:
         deadline = self.settings.deadline if plan.deadline is None else plan.deadline
         send = Send(self, core, plan, deadline)
         if watchers.hooks:
-            watchers.send_started(plan.notification)
+            notification = plan.notification
+            watchers.send_started(SendStarted(notification, plan.send_id, notification.receivers))
         try:
             result = await send.run(self.routes)
         except asyncio.CancelledError:

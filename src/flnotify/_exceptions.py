@@ -9,6 +9,7 @@ of a backend (httpx, httptools, sqlite3, ...) are translated at the edge and kep
     │   └── UnknownNotificationTypeError                 type not in the registry
     ├── TrainingNotFoundError        (also LookupError)  repository miss
     ├── RepositoryError                                  the training store failed
+    │   └── RepositoryBusyError                          busy for now: worth trying again
     ├── ConfigurationError           (also ValueError)   misuse of an API
     │   └── PayloadTooLargeError                         body over the policy's limit
     ├── EndpointError                (also ValueError)   receiver URL refused before any I/O
@@ -59,6 +60,7 @@ __all__ = [
     "MalformedHeaderError",
     "MissingHeaderError",
     "ProtocolError",
+    "RepositoryBusyError",
     "RepositoryError",
     "RequestTooLargeError",
     "SignatureMismatchError",
@@ -116,6 +118,16 @@ class TrainingNotFoundError(FlnotifyError, LookupError):
 
 class RepositoryError(FlnotifyError):
     """The training store could not be read or written (locked, disk full, corrupt, ...)."""
+
+
+class RepositoryBusyError(RepositoryError):
+    """The training store is busy for now (a lock held elsewhere, a serialization failure).
+
+    The one transient repository error: the call changed nothing and may succeed if tried
+    again soon, so callbacks that fail with it are tried again for a few seconds before
+    they are reported. Repositories raise it for such failures of their backend; any other
+    error is taken as lasting.
+    """
 
 
 class ConfigurationError(FlnotifyError, ValueError):

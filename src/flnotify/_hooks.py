@@ -19,9 +19,35 @@ from ._notification import Notification
 from ._report import Delivery, DeliveryReport
 from ._types import ReceiverLike
 
-__all__ = ["AttemptEnded", "AttemptStarted", "DeliveryHook", "HeaderHook", "HookSet", "NullHook"]
+__all__ = [
+    "AttemptEnded",
+    "AttemptStarted",
+    "DeliveryHook",
+    "HeaderHook",
+    "HookSet",
+    "NullHook",
+    "SendStarted",
+]
 
 logger = logging.getLogger("flnotify")
+
+
+@attrs.frozen
+class SendStarted:
+    """A send (one run of the engine) begins.
+
+    Args:
+        notification: What is being sent.
+        send_id: The send's id: the same on its attempts' details, its
+            [`DeliveryReport`][flnotify.DeliveryReport] and every
+            [`Delivery`][flnotify.Delivery]. Two sends of one notification object have two
+            ids; the parts of a send cut into parts (outbox batches, Celery chunks) share one.
+        receivers: The receivers of this run.
+    """
+
+    notification: Notification[Any] = attrs.field(repr=False)
+    send_id: str
+    receivers: tuple[ReceiverLike, ...] = attrs.field(repr=False)
 
 
 @attrs.frozen
@@ -34,6 +60,8 @@ class AttemptStarted:
         message_id: Its ``webhook-id`` (the same on every attempt).
         attempt: Which attempt this is, from 1.
         url: The endpoint.
+        send_id: The id of the send the attempt belongs to (see
+            [`SendStarted`][flnotify.SendStarted]).
     """
 
     notification: Notification[Any] = attrs.field(repr=False)
@@ -41,6 +69,7 @@ class AttemptStarted:
     message_id: str
     attempt: int
     url: str
+    send_id: str
 
 
 @attrs.frozen
@@ -61,6 +90,11 @@ class AttemptEnded:
     error: FlnotifyError | None = None
     retry_in: float | None = None
 
+    @property
+    def send_id(self) -> str:
+        """The id of the send the attempt belongs to."""
+        return self.started.send_id
+
 
 class DeliveryHook(Protocol):
     """Observes deliveries: called by the delivery core of every driver.
@@ -71,8 +105,8 @@ class DeliveryHook(Protocol):
     stored notification of an outbox claim.
     """
 
-    def on_send_started(self, notification: Notification[Any], /) -> None:
-        """A send to ``notification.receivers`` begins."""
+    def on_send_started(self, details: SendStarted, /) -> None:
+        """A send begins: what, its id, and to whom."""
         ...
 
     def on_send_ended(self, report: DeliveryReport, /) -> None:
@@ -108,7 +142,7 @@ class HeaderHook(Protocol):
 class NullHook:
     """A hook that does nothing; subclass it and override what you need."""
 
-    def on_send_started(self, notification: Notification[Any], /) -> None:
+    def on_send_started(self, details: SendStarted, /) -> None:
         """Nothing."""
 
     def on_send_ended(self, report: DeliveryReport, /) -> None:
@@ -138,10 +172,10 @@ class HookSet:
         )
         """Whether any hook watches attempts (else their details are never built)."""
 
-    def send_started(self, notification: Notification[Any]) -> None:
+    def send_started(self, details: SendStarted) -> None:
         for hook in self.hooks:
             try:
-                hook.on_send_started(notification)
+                hook.on_send_started(details)
             except Exception:
                 _log_failure(hook, "on_send_started")
 

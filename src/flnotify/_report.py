@@ -129,12 +129,14 @@ class DeliveryReport:
         deliveries: One per receiver.
         elapsed: Seconds the send took.
         callback_errors: The callbacks that raised (each also logged at ERROR).
+        send_id: The send's id, as on each of its deliveries (and on the hooks' details).
     """
 
     notification: Notification[Any] = attrs.field(repr=False)
     deliveries: tuple[Delivery, ...]
     elapsed: float
     callback_errors: tuple[CallbackError, ...] = ()
+    send_id: str = ""
 
     def __iter__(self) -> Iterator[Delivery]:
         return iter(self.deliveries)

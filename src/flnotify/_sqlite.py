@@ -12,7 +12,20 @@ from typing_extensions import Self
 
 from ._exceptions import ConfigurationError, FlnotifyError
 
-__all__ = ["SQLiteConnection", "set_up_durable_schema"]
+__all__ = ["SQLiteConnection", "is_busy", "set_up_durable_schema"]
+
+_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
+_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether an `sqlite3` error says the database is busy or locked (worth trying again)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        return code & 0xFF in _BUSY_CODES
+    return str(exc).startswith(_BUSY_MESSAGES)
 
 
 @attrs.define(eq=False)
@@ -27,6 +40,8 @@ class SQLiteConnection:
         error: Makes the error raised for a database that cannot be opened or used.
         wrap_errors: Whether `sqlite3` errors inside a transaction become ``error``
             too (``"{label} {path!r}: ..."``) instead of passing through.
+        busy: Makes the error raised instead, when wrapping, for a database that stayed
+            busy or locked (see `is_busy`); ``error`` makes it if ``None``.
     """
 
     path: str
@@ -34,6 +49,7 @@ class SQLiteConnection:
     error: Callable[[str], FlnotifyError] = attrs.field(repr=False)
     wrap_errors: bool = attrs.field(repr=False)
     _conn: sqlite3.Connection | None = attrs.field(alias="conn", repr=False)
+    busy: Callable[[str], FlnotifyError] | None = attrs.field(default=None, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     @classmethod
@@ -46,6 +62,7 @@ class SQLiteConnection:
         prepare: Callable[[sqlite3.Connection], None],
         timeout: float = 5.0,
         wrap_errors: bool = False,
+        busy: Callable[[str], FlnotifyError] | None = None,
     ) -> Self:
         """Connect (autocommit mode, usable from any thread) and run ``prepare`` once.
 
@@ -56,6 +73,7 @@ class SQLiteConnection:
             prepare: Sets PRAGMAs and the schema up; the connection is closed if it raises.
             timeout: Seconds to wait for another connection's lock.
             wrap_errors: See the class.
+            busy: See the class.
 
         Raises:
             FlnotifyError: What ``error`` makes, if connecting or ``prepare`` fails with
@@ -74,7 +92,7 @@ class SQLiteConnection:
             if isinstance(exc, sqlite3.Error):
                 raise error(f"cannot use {label} {path!r}: {exc}") from exc
             raise
-        return cls(path, label, error, wrap_errors, conn=conn)
+        return cls(path, label, error, wrap_errors, conn=conn, busy=busy)
 
     def close(self) -> None:
         """Close the connection; idempotent."""
@@ -113,7 +131,8 @@ class SQLiteConnection:
                 # surrogate in a string. Both are refused by sqlite3 while binding.
                 if not self.wrap_errors:
                     raise
-                raise self.error(f"{self.label} {self.path!r}: {exc}") from exc
+                make = self.busy if self.busy is not None and is_busy(exc) else self.error
+                raise make(f"{self.label} {self.path!r}: {exc}") from exc
 
 
 def set_up_durable_schema(

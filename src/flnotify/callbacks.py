@@ -20,9 +20,10 @@ from uuid import UUID
 
 import attrs
 
-from ._exceptions import CallbackError, ConfigurationError
+from ._exceptions import CallbackError, ConfigurationError, RepositoryBusyError
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery
+from ._seams import current_seams
 from ._types import Outcome, TrainingState
 from ._validators import positive
 from .repository import (
@@ -41,6 +42,8 @@ from .training import (
 )
 
 __all__ = [
+    "BUSY_RETRY_DELAYS",
+    "BUSY_RETRY_FOR",
     "CallbackFactory",
     "CallbackRegistry",
     "Callbacks",
@@ -104,14 +107,35 @@ class CallbackFactory(Protocol):
         ...
 
 
+BUSY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0)
+"""Seconds before each new try of a callback that failed on a busy repository."""
+BUSY_RETRY_FOR = 5.0
+"""Seconds from the first busy failure after which a callback is not tried again."""
+
+
 def call_callbacks(
-    callbacks: Callbacks, delivery: Delivery
+    callbacks: Callbacks,
+    delivery: Delivery,
+    *,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> CallbackError | Coroutine[Any, Any, CallbackError | None] | None:
     """Call the right method of ``callbacks`` for ``delivery``; never raise.
 
     A sync method is done when this returns; an async one returns a coroutine to await
     (the engine runs several at once, so slow callbacks such as telling a removed client
     overlap).
+
+    A callback that fails with [`RepositoryBusyError`][flnotify.RepositoryBusyError] (the
+    repository was busy for now) is called again after ``BUSY_RETRY_DELAYS`` (0.05 s,
+    doubling up to 1 s), for at most ``BUSY_RETRY_FOR`` seconds from its first failure,
+    before it is reported. The coroutine returned then does the waiting.
+
+    Args:
+        callbacks: Whose method to call.
+        delivery: The receiver's final delivery.
+        sleep: Awaited between tries; the engine passes its own (tests fake it).
+        clock: Measures the tries' time; the engine passes its own.
 
     Returns:
         ``None``, the [`CallbackError`][flnotify.CallbackError] (logged at ERROR with the
@@ -121,50 +145,113 @@ def call_callbacks(
     method = callbacks.on_success if delivery.ok else callbacks.on_error
     try:
         result = method(delivery)
+    except RepositoryBusyError as exc:
+        return _again(method, delivery, exc, sleep, clock)
     except Exception as exc:
         return _failed(method, delivery, exc)
     if inspect.isawaitable(result):
-        return _finish(method, delivery, result)
+        return _finish(method, delivery, result, sleep, clock)
     return None
 
 
 async def _finish(
-    method: Callable[..., object], delivery: Delivery, result: Awaitable[object]
+    method: Callable[[Delivery], object],
+    delivery: Delivery,
+    result: Awaitable[object],
+    sleep: Callable[[float], Awaitable[object]] | None,
+    clock: Callable[[], float] | None,
 ) -> CallbackError | None:
     try:
         await result
+    except RepositoryBusyError as exc:
+        return await _again(method, delivery, exc, sleep, clock)
     except Exception as exc:
         return _failed(method, delivery, exc)
     return None
 
 
-async def run_callbacks(callbacks: Callbacks, delivery: Delivery) -> CallbackError | None:
+async def _again(
+    method: Callable[[Delivery], object],
+    delivery: Delivery,
+    busy: RepositoryBusyError,
+    sleep: Callable[[float], Awaitable[object]] | None,
+    clock: Callable[[], float] | None,
+) -> CallbackError | None:
+    """Call ``method`` again while the repository is busy: backoff, a few seconds in all."""
+    seams = current_seams()
+    sleep = seams.sleep if sleep is None else sleep
+    clock = seams.clock if clock is None else clock
+    first = clock()
+    tries = 1
+    for delay in BUSY_RETRY_DELAYS:
+        if clock() - first + delay > BUSY_RETRY_FOR:
+            break
+        if tries == 1:
+            logger.warning(
+                "The callback %s found the repository busy for receiver %s (%s); trying "
+                "again for up to %.0f s.",
+                _name(method),
+                delivery.receiver.id,
+                busy,
+                BUSY_RETRY_FOR,
+                extra=delivery.log_context(),
+            )
+        await sleep(delay)
+        tries += 1
+        try:
+            result = method(delivery)
+            if inspect.isawaitable(result):
+                await result
+        except RepositoryBusyError as exc:
+            busy = exc
+            continue
+        except Exception as exc:
+            return _failed(method, delivery, exc)
+        return None
+    return _failed(method, delivery, busy, f" ({tries} tries over {clock() - first:.1f} s)")
+
+
+async def run_callbacks(
+    callbacks: Callbacks,
+    delivery: Delivery,
+    *,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> CallbackError | None:
     """Call the right method of ``callbacks`` for ``delivery`` and wait for it; never raise.
+
+    A callback that fails on a busy repository is tried again first, as by
+    [`call_callbacks`][flnotify.callbacks.call_callbacks] (which takes the same arguments).
 
     Returns:
         ``None``, or the [`CallbackError`][flnotify.CallbackError] (logged at ERROR with
         the receiver and training) when the callback raised.
     """
-    called = call_callbacks(callbacks, delivery)
+    called = call_callbacks(callbacks, delivery, sleep=sleep, clock=clock)
     if called is None or isinstance(called, CallbackError):
         return called
     return await called
 
 
-def _failed(method: Callable[..., object], delivery: Delivery, exc: Exception) -> CallbackError:
-    """The error of a callback that raised, logged at ERROR."""
+def _failed(
+    method: Callable[..., object], delivery: Delivery, exc: Exception, tried: str = ""
+) -> CallbackError:
+    """The error of a callback that raised, logged at ERROR; ``tried`` tells of retries."""
     name = _name(method)
     context = delivery.log_context()
     logger.exception(
-        "The callback %s failed for receiver %s of training %s: %s",
+        "The callback %s failed for receiver %s of training %s: %s%s",
         name,
         delivery.receiver.id,
         context["training_id"] or "-",
         exc,
+        tried,
+        exc_info=exc,
         extra=context,
     )
     error = CallbackError(
-        f"callback {name} failed for receiver {delivery.receiver.id}: {type(exc).__name__}: {exc}",
+        f"callback {name} failed for receiver {delivery.receiver.id}: "
+        f"{type(exc).__name__}: {exc}{tried}",
         delivery=delivery,
         callback=name,
     )
@@ -500,8 +587,12 @@ class TrainingCallbacks:
         verdict = policy.verdict(record.tally)
         if verdict is Verdict.OPEN:
             return
+        if verdict is Verdict.ERROR:
+            # before the claim, and idempotent: a callback tried again (busy repository)
+            # or run again (after a crash) after the claim still applies it
+            await _repository_call(self.repository.set_state, training_id, TrainingState.ERROR)
         if not await _repository_call(self._outcomes.claim_verdict, delivery.send_id):
-            return  # decided already, here or on another worker
+            return  # told already, here or on another worker
         explanation = policy.explain(record.tally)
         context = delivery.log_context()
         if verdict is Verdict.ERROR:
@@ -512,7 +603,6 @@ class TrainingCallbacks:
                 explanation,
                 extra=context,
             )
-            await _repository_call(self.repository.set_state, training_id, TrainingState.ERROR)
         else:
             logger.info(
                 "%s of training %s: %s.",

@@ -26,7 +26,12 @@ from uuid import UUID
 import attrs
 
 from ._closing import Closing
-from ._exceptions import ConfigurationError, RepositoryError, TrainingNotFoundError
+from ._exceptions import (
+    ConfigurationError,
+    RepositoryBusyError,
+    RepositoryError,
+    TrainingNotFoundError,
+)
 from ._sqlite import SQLiteConnection
 from ._types import (
     Outcome,
@@ -57,6 +62,14 @@ class TrainingRepository(Protocol):
 
     Implementations must be safe to call from several threads at once. Run
     [`flnotify.testing.TrainingRepositoryContract`][] against yours.
+
+    Transient errors: a call that fails because the store is busy for now (a lock held
+    by another process, a serialization failure) and changed nothing raises
+    [`RepositoryBusyError`][flnotify.RepositoryBusyError]; callbacks that fail with it are
+    tried again for a few seconds before they are reported. By default every other error
+    is lasting: raise ``RepositoryBusyError`` (translated from your backend's error) to
+    declare which of yours are transient. The bundled SQLite repository and
+    `flnotify.contrib.django`'s do.
     """
 
     def get_training(self, training_id: UUID) -> TrainingSnapshot:
@@ -90,7 +103,11 @@ class TrainingRepository(Protocol):
 
 
 class AsyncTrainingRepository(Protocol):
-    """The async twin of [`TrainingRepository`][]: the same calls, as coroutines."""
+    """The async twin of [`TrainingRepository`][]: the same calls, as coroutines.
+
+    Transient errors are raised as [`RepositoryBusyError`][flnotify.RepositoryBusyError],
+    as by [`TrainingRepository`][].
+    """
 
     async def get_training(self, training_id: UUID) -> TrainingSnapshot:
         """The training as it is now.
@@ -774,7 +791,9 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
         busy_timeout: Seconds to wait for another connection's write lock.
 
     Every `sqlite3` error (locked, disk full, corrupt file) is raised as a
-    [`RepositoryError`][flnotify.RepositoryError], never as it is.
+    [`RepositoryError`][flnotify.RepositoryError], never as it is; a database still busy or
+    locked by another connection after ``busy_timeout`` as a
+    [`RepositoryBusyError`][flnotify.RepositoryBusyError] (transient: callbacks try again).
 
     Raises:
         RepositoryError: The file cannot be opened or is not an SQLite database.
@@ -793,6 +812,7 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
             prepare=self._prepare,
             timeout=self.busy_timeout,
             wrap_errors=True,
+            busy=RepositoryBusyError,
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._hooks import AttemptEnded, AttemptStarted, NullHook
-from ._notification import Notification
+from ._hooks import AttemptEnded, AttemptStarted, NullHook, SendStarted
 from ._report import Delivery, DeliveryReport
 from ._repository_contract import (
     PYTEST_SUITES,
@@ -83,17 +82,17 @@ class RecordingHook(NullHook):
     Pass it as ``Notifier(hooks=[hook])`` and assert on its lists afterwards.
     """
 
-    sends: list[Notification[Any]] = attrs.field(init=False, factory=list)
+    sends: list[SendStarted] = attrs.field(init=False, factory=list)
     reports: list[DeliveryReport] = attrs.field(init=False, factory=list)
     started: list[AttemptStarted] = attrs.field(init=False, factory=list)
     ended: list[AttemptEnded] = attrs.field(init=False, factory=list)
     outcomes: list[Delivery] = attrs.field(init=False, factory=list)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
-    def on_send_started(self, notification: Notification[Any], /) -> None:
+    def on_send_started(self, details: SendStarted, /) -> None:
         """Remember a send that began."""
         with self._lock:
-            self.sends.append(notification)
+            self.sends.append(details)
 
     def on_send_ended(self, report: DeliveryReport, /) -> None:
         """Remember a send's report."""

@@ -9,8 +9,9 @@
 Every driver (the [`Notifier`][flnotify.Notifier], Celery workers, the outbox dispatcher)
 calls it from the one delivery core, so none has tracing code of its own. What it records:
 
-* a span per send (``send <notification type>``, kind ``INTERNAL``) and a child span per
-  attempt (``POST``, kind ``CLIENT``) with the attributes of OpenTelemetry's HTTP client
+* a span per send (``send <notification type>``, kind ``INTERNAL``, with
+  ``flnotify.send_id``: two sends of one notification object have a span each) and a child
+  span per attempt (``POST``, kind ``CLIENT``) with the attributes of OpenTelemetry's HTTP client
   semantic conventions (``http.request.method``, ``url.full`` without credentials or query
   values, ``server.address``, ``server.port``, ``http.response.status_code``,
   ``error.type``, ``http.request.resend_count``) and flnotify's own
@@ -30,15 +31,16 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
+from uuid import UUID
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .._hooks import AttemptEnded, AttemptStarted, NullHook
+from .._hooks import AttemptEnded, AttemptStarted, NullHook, SendStarted
 from .._notification import Notification
 from .._report import Delivery, DeliveryReport
-from .._types import Outcome
+from .._types import Outcome, ReceiverLike
 from .._version import __version__
 
 __all__ = ["OpenTelemetryHook"]
@@ -90,12 +92,20 @@ def _notification_attributes(notification: Notification[Any]) -> dict[str, str]:
 class _Send:
     """The span of one send and the spans of its attempts in flight."""
 
-    __slots__ = ("attempts", "context", "span")
+    __slots__ = ("_ids", "attempts", "context", "receivers", "span")
 
-    def __init__(self, span: trace.Span) -> None:
+    def __init__(self, span: trace.Span, receivers: tuple[ReceiverLike, ...]) -> None:
         self.span = span
         self.context = trace.set_span_in_context(span)
         self.attempts: dict[tuple[str, int], trace.Span] = {}
+        self.receivers = receivers
+        self._ids: frozenset[UUID] | None = None
+
+    def has(self, receiver: ReceiverLike) -> bool:
+        """Whether ``receiver`` is one of this run's (built once, when parts must be told apart)."""
+        if self._ids is None:
+            self._ids = frozenset(r.id for r in self.receivers)
+        return receiver.id in self._ids
 
 
 class OpenTelemetryHook(NullHook):
@@ -141,31 +151,38 @@ class OpenTelemetryHook(NullHook):
         )
         self._propagate = propagate
         self._propagator = propagator
-        self._sends: dict[int, list[_Send]] = {}
+        self._sends: dict[str, list[_Send]] = {}
+        """The sends in progress by send id: parts of one send (outbox batches, Celery chunks)
+        share an id and have disjoint receivers."""
 
     # -- sends --------------------------------------------------------------------------
 
-    def on_send_started(self, notification: Notification[Any], /) -> None:
+    def on_send_started(self, details: SendStarted, /) -> None:
         """Start the send's span."""
+        notification = details.notification
         attributes: dict[str, str | int] = {
             **_notification_attributes(notification),
-            "flnotify.receivers": len(notification.receivers),
+            "flnotify.receivers": len(details.receivers),
+            "flnotify.send_id": details.send_id,
         }
         span = self._tracer.start_span(
             f"send {notification.notification_type.value}",
             kind=SpanKind.INTERNAL,
             attributes=attributes,
         )
-        self._sends.setdefault(id(notification), []).append(_Send(span))
+        self._sends.setdefault(details.send_id, []).append(_Send(span, details.receivers))
 
     def on_send_ended(self, report: DeliveryReport, /) -> None:
         """End the send's span (and those of attempts a deadline cut short)."""
-        sends = self._sends.get(id(report.notification))
+        sends = self._sends.get(report.send_id)
         if not sends:
             return
-        send = sends.pop()
+        send = sends[0]
+        if len(sends) > 1 and report.deliveries:  # parts of one send: the one with these
+            send = next((s for s in sends if s.has(report.deliveries[0].receiver)), send)
+        sends.remove(send)
         if not sends:
-            del self._sends[id(report.notification)]
+            del self._sends[report.send_id]
         for span in send.attempts.values():  # cancelled in flight: no answer, no error
             span.set_attribute("error.type", "cancelled")
             span.set_status(Status(StatusCode.ERROR, "cancelled"))
@@ -182,9 +199,14 @@ class OpenTelemetryHook(NullHook):
 
     # -- attempts -------------------------------------------------------------------------
 
-    def _send_of(self, notification: Notification[Any]) -> _Send | None:
-        sends = self._sends.get(id(notification))
-        return sends[-1] if sends else None
+    def _send_of(self, details: AttemptStarted) -> _Send | None:
+        """The send the attempt belongs to: by its send id, then by its receiver."""
+        sends = self._sends.get(details.send_id)
+        if not sends:
+            return None
+        if len(sends) == 1:
+            return sends[0]
+        return next((s for s in sends if s.has(details.receiver)), None)
 
     def on_attempt_started(self, details: AttemptStarted, /) -> None:
         """Start the attempt's span, a child of the send's."""
@@ -200,7 +222,7 @@ class OpenTelemetryHook(NullHook):
         }
         if details.attempt > 1:
             attributes["http.request.resend_count"] = details.attempt - 1
-        send = self._send_of(details.notification)
+        send = self._send_of(details)
         span = self._tracer.start_span(
             "POST",
             context=None if send is None else send.context,
@@ -216,7 +238,7 @@ class OpenTelemetryHook(NullHook):
         """The trace context of the attempt's span, for its request headers (if propagating)."""
         if not self._propagate:
             return None
-        send = self._send_of(details.notification)
+        send = self._send_of(details)
         span = None if send is None else send.attempts.get((details.message_id, details.attempt))
         if span is None:
             return None
@@ -248,7 +270,7 @@ class OpenTelemetryHook(NullHook):
         self._attempts.add(1, attributes)
         self._attempt_duration.record(details.duration, attributes)
 
-        send = self._send_of(started.notification)
+        send = self._send_of(started)
         span = None if send is None else send.attempts.pop((started.message_id, started.attempt))
         if span is None:
             return

@@ -157,8 +157,10 @@ class MailboxDispatcher:
     async def _settle(self, deliveries: list[Delivery], callbacks: Callbacks | None) -> None:
         """Callbacks first, then the record: a stop in between runs them again, never not."""
         if callbacks is not None:
+            seams = self.notifier.engine.seams
             for delivery in deliveries:
-                await run_callbacks(callbacks, delivery)  # a failure is logged at ERROR there
+                # a failure is logged at ERROR there (after tries on a busy repository)
+                await run_callbacks(callbacks, delivery, sleep=seams.sleep, clock=seams.clock)
         try:
             await asyncio.to_thread(self.mailbox.settle, self._owner, deliveries)
         except Exception:  # left answered: adopted again once this lease ends

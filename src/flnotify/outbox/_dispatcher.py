@@ -367,6 +367,8 @@ class OutboxDispatcher:
             if not new:
                 await asyncio.to_thread(outbox.finish, claim, [d.message_id for d in deliveries])
             return
+        seams = self.notifier.engine.seams
         for delivery in deliveries:
-            await run_callbacks(callbacks, delivery)  # a failure is logged at ERROR there
+            # a failure is logged at ERROR there (after tries on a busy repository)
+            await run_callbacks(callbacks, delivery, sleep=seams.sleep, clock=seams.clock)
         await asyncio.to_thread(outbox.finish, claim, [d.message_id for d in deliveries])

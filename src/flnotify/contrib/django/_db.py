@@ -15,9 +15,28 @@ from django.core.exceptions import FieldDoesNotExist, FieldError
 from django.db import DatabaseError, connections
 from django.utils.connection import ConnectionDoesNotExist
 
-from ..._exceptions import ConfigurationError, RepositoryError
+from ..._exceptions import ConfigurationError, RepositoryBusyError, RepositoryError
+from ..._sqlite import is_busy
 
-__all__ = ["database_call"]
+__all__ = ["database_call", "is_transient"]
+
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+"""PostgreSQL: serialization failure, deadlock detected, lock not available."""
+
+
+def is_transient(exc: DatabaseError) -> bool:
+    """Whether a database error says "busy for now": trying the call again may succeed.
+
+    SQLite's "database is locked"/busy, PostgreSQL's serialization failures, deadlocks
+    and lock timeouts (their SQLSTATE, from psycopg 3 or psycopg2).
+    """
+    cause = exc.__cause__
+    if cause is None:
+        return False
+    if is_busy(cause):
+        return True
+    state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return state in _TRANSIENT_SQLSTATES
 
 
 @contextlib.contextmanager
@@ -26,15 +45,18 @@ def database_call(alias: str, what: str) -> Iterator[None]:
 
     A connection that was open before (a request's, a test's, an open transaction's) is
     left as it is. Django's ``DatabaseError`` becomes [`RepositoryError`][flnotify.RepositoryError]
-    and a wrong field path [`ConfigurationError`][flnotify.ConfigurationError], each
-    naming ``what`` was being done.
+    ([`RepositoryBusyError`][flnotify.RepositoryBusyError] when it `is_transient` and the call
+    ran in no transaction of the host's, so that trying it again can succeed) and a wrong
+    field path [`ConfigurationError`][flnotify.ConfigurationError], each naming ``what``
+    was being done.
     """
     try:
         connection = connections[alias]
     except ConnectionDoesNotExist as exc:
         msg = f"{what}: no database {alias!r} in DATABASES"
         raise ConfigurationError(msg) from exc
-    opened_here = connection.connection is None and not connection.in_atomic_block
+    outer = connection.in_atomic_block  # the host's transaction: not ours to try again
+    opened_here = connection.connection is None and not outer
     try:
         yield
     except (FieldError, FieldDoesNotExist) as exc:
@@ -42,6 +64,8 @@ def database_call(alias: str, what: str) -> Iterator[None]:
         raise ConfigurationError(msg) from exc
     except DatabaseError as exc:
         msg = f"{what} failed on database {alias!r}: {type(exc).__name__}: {exc}"
+        if not outer and is_transient(exc):
+            raise RepositoryBusyError(msg) from exc
         raise RepositoryError(msg) from exc
     finally:
         if opened_here and not connection.in_atomic_block:

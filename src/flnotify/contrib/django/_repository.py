@@ -95,6 +95,9 @@ class DjangoTrainingRepository:
             or ``participants`` is not a many-to-many field.
         TrainingNotFoundError: No training has the id.
         RepositoryError: The database failed, or holds a state ``states`` does not map.
+        RepositoryBusyError: The database was busy for now (SQLite locked, a PostgreSQL
+            serialization failure, deadlock or lock timeout) and the call ran in no
+            transaction of the host's: callbacks try it again.
     """
 
     model: str | type[models.Model]
