@@ -49,6 +49,7 @@ __all__ = [
     "NotificationSender",
     "Reaction",
     "TrainingCallbacks",
+    "TrainingOptions",
     "Verdict",
     "call_callbacks",
     "default_callback_registry",
@@ -558,6 +559,8 @@ class CallbackRegistry:
     _factories: dict[type[Notification[Any]], CallbackFactory] = attrs.field(
         factory=dict, alias="factories"
     )
+    training: TrainingOptions = attrs.field(factory=lambda: TrainingOptions())
+    """How its [`TrainingCallbacks`][flnotify.TrainingCallbacks] entries react."""
 
     def register(
         self, notification_class: type[Notification[Any]], factory: CallbackFactory | None
@@ -593,26 +596,89 @@ class CallbackRegistry:
         for cls in type(notification).__mro__:
             factory = self._factories.get(cls)
             if factory is TrainingCallbacks:
+                options = self.training
                 return TrainingCallbacks(
-                    repository, policy=policy or FailurePolicy(), sender=sender
+                    repository,
+                    on_rejected=options.on_rejected,
+                    on_failed=options.on_failed,
+                    policy=policy or FailurePolicy(),
+                    sender=sender,
+                    tell_removed=options.tell_removed,
+                    tell_timeout=options.tell_timeout,
                 )
             if factory is not None:
                 return factory(repository)
         return None
 
 
-def default_callback_registry() -> CallbackRegistry:
+def _reaction(value: object) -> Reaction:
+    if not isinstance(value, Reaction):
+        msg = f"a reaction must be a flnotify.callbacks.Reaction, not {value!r}"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        msg = f"tell_removed must be True or False, not {value!r}"
+        raise ConfigurationError(msg)
+    return value
+
+
+@attrs.frozen
+class TrainingOptions:
+    """The options of the default [`TrainingCallbacks`][flnotify.TrainingCallbacks].
+
+    One value, read by every driver (the [`Notifier`][flnotify.Notifier], Celery, the
+    dispatchers) through the settings' registry: see
+    [`default_callback_registry`][flnotify.callbacks.default_callback_registry]. The
+    failure policy and the sender come from the driver's settings.
+
+    Raises:
+        ConfigurationError: A value is of the wrong kind.
+    """
+
+    on_rejected: Reaction = attrs.field(default=Reaction.REMOVE_PARTICIPANT, converter=_reaction)
+    on_failed: Reaction = attrs.field(default=Reaction.SET_ERROR, converter=_reaction)
+    tell_removed: bool = attrs.field(default=True, converter=_flag)
+    tell_timeout: float = attrs.field(default=10.0, validator=positive)
+
+
+def default_callback_registry(
+    *,
+    on_rejected: Reaction = Reaction.REMOVE_PARTICIPANT,
+    on_failed: Reaction = Reaction.SET_ERROR,
+    tell_removed: bool = True,
+    tell_timeout: float = 10.0,
+) -> CallbackRegistry:
     """A new registry with the round-type notifications' defaults.
 
     Update round, SWAG round and model test get
-    [`TrainingCallbacks`][flnotify.TrainingCallbacks]; nothing else has defaults.
+    [`TrainingCallbacks`][flnotify.TrainingCallbacks] with these options; nothing else
+    has defaults. Every driver takes the registry the same way, as the
+    ``default_callbacks`` field of [`Settings`][flnotify.Settings]::
+
+        quiet = default_callback_registry(tell_removed=False, on_rejected=Reaction.LOG)
+        Notifier(default_callbacks=quiet)
+        CeleryDelivery(app, default_callbacks=quiet)
+
+    Args:
+        on_rejected: What a rejection does (remove the client by default).
+        on_failed: What a failure does (``SET_ERROR``: the failure policy decides).
+        tell_removed: Whether removed clients are sent ``CLIENT_REMOVED``.
+        tell_timeout: Seconds telling a removed client may hold up its callback.
+
+    Raises:
+        ConfigurationError: An option is of the wrong kind.
     """
+    options = TrainingOptions(on_rejected, on_failed, tell_removed, tell_timeout)
     return CallbackRegistry(
         {
             TrainingRoundStartNotification: TrainingCallbacks,
             TrainingSWAGRoundStartNotification: TrainingCallbacks,
             TrainingModelTestNotification: TrainingCallbacks,
-        }
+        },
+        training=options,
     )
 
 
