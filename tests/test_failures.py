@@ -171,7 +171,7 @@ def test_the_default_callbacks_options_are_one_value_of_the_settings() -> None:
     with pytest.raises(flnotify.ConfigurationError, match="Reaction"):
         default_callback_registry(on_rejected="log")  # type: ignore[arg-type]
     with pytest.raises(flnotify.ConfigurationError, match="tell_removed"):
-        TrainingOptions(tell_removed="no")
+        TrainingOptions(tell_removed="no")  # type: ignore[arg-type]
 
 
 # -- in-process, through real HTTP ----------------------------------------------------------

@@ -611,18 +611,15 @@ class CallbackRegistry:
         return None
 
 
-def _reaction(value: object) -> Reaction:
-    if not isinstance(value, Reaction):
-        msg = f"a reaction must be a flnotify.callbacks.Reaction, not {value!r}"
-        raise ConfigurationError(msg)
-    return value
+def _must_be(kind: type[Any]) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An attrs validator refusing anything but a ``kind``, with a typed error."""
 
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, kind):
+            msg = f"{attribute.name} must be {kind.__qualname__}, not {value!r}"
+            raise ConfigurationError(msg)
 
-def _flag(value: object) -> bool:
-    if not isinstance(value, bool):
-        msg = f"tell_removed must be True or False, not {value!r}"
-        raise ConfigurationError(msg)
-    return value
+    return check
 
 
 @attrs.frozen
@@ -638,9 +635,11 @@ class TrainingOptions:
         ConfigurationError: A value is of the wrong kind.
     """
 
-    on_rejected: Reaction = attrs.field(default=Reaction.REMOVE_PARTICIPANT, converter=_reaction)
-    on_failed: Reaction = attrs.field(default=Reaction.SET_ERROR, converter=_reaction)
-    tell_removed: bool = attrs.field(default=True, converter=_flag)
+    on_rejected: Reaction = attrs.field(
+        default=Reaction.REMOVE_PARTICIPANT, validator=_must_be(Reaction)
+    )
+    on_failed: Reaction = attrs.field(default=Reaction.SET_ERROR, validator=_must_be(Reaction))
+    tell_removed: bool = attrs.field(default=True, validator=_must_be(bool))
     tell_timeout: float = attrs.field(default=10.0, validator=positive)
 
 
