@@ -6,9 +6,6 @@ import base64
 import json
 import logging
 import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -48,50 +45,6 @@ from servers import FaultServer, refused_url
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
 QUICK = RetryPolicy(max_attempts=3, initial_backoff=0.05, multiplier=1.0, jitter=0.0)
-
-
-# -- a real Redis, started by the tests ---------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
-    port = _free_port()
-    process = subprocess.Popen(  # noqa: S603 - a fixed argument list
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    ready = threading.Event()
-
-    def read_log() -> None:  # also keeps the pipe drained for as long as Redis runs
-        assert process.stdout is not None
-        for line in process.stdout:
-            if "Ready to accept connections" in line:
-                ready.set()
-
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    try:
-        if not ready.wait(15):
-            pytest.fail(f"redis-server did not start on port {port}")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        reader.join(timeout=10)
-        assert process.stdout is not None
-        process.stdout.close()
 
 
 @pytest.fixture
