@@ -27,12 +27,14 @@ returned normally. The task keeps no result (``ignore_result``). Each worker pro
 builds its transport, repository and mailbox on its first task and closes them when it
 shuts down (``worker_process_shutdown``, ``worker_shutdown``).
 
-Ordering: [`enqueue`][] sends one notification; two calls are two independent sets of
-tasks, and a retry of the first may reach a client after the second.
-[`enqueue_ordered`][] sends several as one chain of tasks per group of clients, so no
-client gets one before the ones before it were settled (delivered, rejected or failed)
-for it. In tests, [`use_transport`][] routes every ``CeleryDelivery`` of the process to
-a transport of the test's (a [`MemoryTransport`][flnotify.testing.MemoryTransport]).
+Ordering: [`enqueue`][flnotify.contrib.celery.CeleryDelivery.enqueue] sends one
+notification; two calls are two independent sets of tasks, and a retry of the first may
+reach a client after the second.
+[`enqueue_ordered`][flnotify.contrib.celery.CeleryDelivery.enqueue_ordered] sends several
+as one chain of tasks per group of clients, so no client gets one before the ones before it
+were settled (delivered, rejected or failed) for it. In tests, [`use_transport`][] routes
+every ``CeleryDelivery`` of the process to a transport of the test's (a
+[`MemoryTransport`][flnotify.testing.MemoryTransport]).
 """
 
 from __future__ import annotations
