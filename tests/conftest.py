@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import pluggy
 import pytest
@@ -64,3 +64,15 @@ def django_site(
     from django.db import connections
 
     connections.close_all()
+
+
+# -- a real Redis, started by the tests on 127.0.0.1 ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """One redis-server for the session (the Celery broker; see ``receivers.py``)."""
+    from receivers import redis_server
+
+    with redis_server() as url:
+        yield url

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import shutil
-import socket
-import subprocess
+import os
 import threading
 import time
 import uuid
@@ -19,7 +17,7 @@ import attrs
 import httpx
 import pytest
 import redis
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery, signals  # type: ignore[import-untyped]
 from celery.contrib.testing.worker import start_worker  # type: ignore[import-untyped]
 from celery.signals import task_postrun  # type: ignore[import-untyped]
 from hypothesis import HealthCheck, given, settings
@@ -27,10 +25,10 @@ from hypothesis import strategies as st
 
 import flnotify
 from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
-from flnotify.callbacks import TrainingCallbacks
-from flnotify.contrib.celery import CeleryDelivery
+from flnotify.callbacks import TrainingCallbacks, default_callback_registry
+from flnotify.contrib.celery import CeleryDelivery, use_transport
 from flnotify.signing import Signer, Verifier, generate_secret
-from flnotify.testing import RecordingCallbacks, seams
+from flnotify.testing import MemoryTransport, RecordingCallbacks, seams
 from flnotify.transports import HttpxTransport
 from hostile import (
     CountingCallbacks,
@@ -47,50 +45,6 @@ from servers import FaultServer, refused_url
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
 QUICK = RetryPolicy(max_attempts=3, initial_backoff=0.05, multiplier=1.0, jitter=0.0)
-
-
-# -- a real Redis, started by the tests ---------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
-    port = _free_port()
-    process = subprocess.Popen(  # noqa: S603 - a fixed argument list
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    ready = threading.Event()
-
-    def read_log() -> None:  # also keeps the pipe drained for as long as Redis runs
-        assert process.stdout is not None
-        for line in process.stdout:
-            if "Ready to accept connections" in line:
-                ready.set()
-
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    try:
-        if not ready.wait(15):
-            pytest.fail(f"redis-server did not start on port {port}")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        reader.join(timeout=10)
-        assert process.stdout is not None
-        process.stdout.close()
 
 
 @pytest.fixture
@@ -237,7 +191,133 @@ def test_the_broker_carries_flnotify_json_and_the_message_ids(
         sender.enqueue(notification, callbacks="nope")
 
 
+def test_an_app_whose_workers_would_refuse_json_is_refused(redis_url: str) -> None:
+    """A pickle-only app (CELERY_ACCEPT_CONTENT = ["pickle"]) drops every JSON message."""
+    app = Celery("flnotify-pickle-only", broker=redis_url, set_as_current=False)
+    app.conf.update(accept_content=["pickle"], task_serializer="pickle")
+    with pytest.raises(flnotify.ConfigurationError, match=r"accept_content.*Add 'json'") as info:
+        CeleryDelivery(app)
+    assert "CELERY_ACCEPT_CONTENT" in str(info.value)
+    assert "task_serializer" in str(info.value)
+    app.conf.update(accept_content=["pickle", "application/json"])  # a content type counts
+    sender = CeleryDelivery(app)
+    assert sender.task.ignore_result is True  # nothing reads a result: none is stored
+    app.conf.update(accept_content=["pickle"])  # configured after construction
+    start = flnotify.TrainingStartNotification(
+        receivers=[receiver("http://127.0.0.1:9/")],
+        body=flnotify.GlobalModelBody(global_model_uuid=MODEL),
+        training_uuid=MODEL,
+    )
+    with pytest.raises(flnotify.ConfigurationError, match="accept_content"):
+        sender.enqueue(start)  # refused before anything reaches the broker
+    app.conf.update(accept_content=["nope"])
+    with pytest.raises(flnotify.ConfigurationError, match="not usable"):
+        CeleryDelivery(app)
+    app.close()
+
+
 # -- a real worker ------------------------------------------------------------------------
+
+
+def test_a_test_transport_reaches_the_cached_engine_and_the_worker_closes_it(
+    app: Celery, finished: Finished, repo_path: Path
+) -> None:
+    """use_transport routes a delivery whose engine was built already; shutdown closes it."""
+    live = MemoryTransport(lambda request: 202)
+    sender = delivery_for(app, Recorder(), repo_path, transport_factory=lambda: live)
+    start = flnotify.TrainingStartNotification(
+        receivers=[receiver("http://client.test/a/")],
+        body=flnotify.GlobalModelBody(global_model_uuid=MODEL),
+        training_uuid=MODEL,
+    )
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False) as worker:
+            finished.wait({r.id for r in sender.enqueue(start).results})
+            assert len(live.requests) == 1  # the engine of this process is built: cached
+            fake = MemoryTransport()
+            with use_transport(fake):
+                finished.wait({r.id for r in sender.enqueue(start).results})
+            finished.wait({r.id for r in sender.enqueue(start).results})
+        assert [r.url for r in fake.requests] == ["http://client.test/a/"]
+        assert len(live.requests) == 2  # before and after the block, not inside it
+        # The worker's shutdown closes this process's objects (the in-thread test worker
+        # never sends the signal a real worker sends as it stops: sent here as it would).
+        assert sender._engine is not None  # built by the last task
+        other = Celery("flnotify-other", set_as_current=False)
+        signals.worker_shutdown.send(sender=Sender(other))
+        assert sender._engine is not None  # another app's worker: not ours
+        signals.worker_shutdown.send(sender=worker)
+        assert sender._engine is None
+        finished.wait(set())  # nothing pending; the objects are rebuilt on the next task
+        sender._get_engine()
+        signals.worker_process_shutdown.send(sender="host", pid=os.getpid(), exitcode=0)
+        assert sender._engine is None  # a prefork child's own shutdown
+        other.close()
+    finally:
+        sender.close()
+
+
+@attrs.frozen
+class Sender:
+    """What a worker's shutdown signal is sent by: something with an ``app``."""
+
+    app: Celery
+
+
+def test_ordered_sends_never_overtake_a_retrying_earlier_one(
+    app: Celery, clients: FaultServer, finished: Finished, repo_path: Path
+) -> None:
+    """TRAINING_START fails once for a client, then the round starts: it must come second.
+
+    Two plain enqueues let the round start (a later task) reach the client while the
+    start waits for its retry; enqueue_ordered holds it until the start settled, for that
+    client only, and sends it after a failed start too.
+    """
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.3, multiplier=1.0, jitter=0.0)
+    flaky = receiver(clients.url("/flaky/1/200?id=flaky"))
+    healthy = receiver(clients.url("/status/202?id=healthy"))
+    dead = receiver(clients.url("/status/503?id=dead"))  # fails both attempts
+    everyone = [flaky, healthy, dead]
+    body = flnotify.GlobalModelBody(global_model_uuid=MODEL)
+    start = flnotify.TrainingStartNotification(receivers=everyone, body=body, training_uuid=MODEL)
+    round_ = flnotify.TrainingRoundStartNotification(
+        receivers=everyone,
+        body=flnotify.RoundBody(round=1, global_model_uuid=MODEL),
+        training_uuid=MODEL,
+    )
+    sender = delivery_for(app, Recorder(), repo_path, chunk_size=1, retry=policy)
+    try:
+        with start_worker(app, pool="threads", concurrency=3, perform_ping_check=False):
+            sent = sender.enqueue_ordered([start, round_], callbacks="tee")
+            finished.wait({r.id for e in sent for r in e.results})
+    finally:
+        sender.close()
+
+    def kinds(r: Receiver) -> list[tuple[str, int]]:
+        return [
+            (json.loads(q.body)["notification_type"], q.port)
+            for q in clients.requests
+            if q.target == r.message_endpoint.split(str(q.port), 1)[1]
+        ]
+
+    order = {r.id: [k for k, _ in kinds(r)] for r in everyone}
+    assert order[flaky.id] == ["TRAINING_START", "TRAINING_START", "UPDATE_ROUND_START"]
+    assert order[healthy.id] == ["TRAINING_START", "UPDATE_ROUND_START"]
+    assert order[dead.id] == [  # a failed start does not hold the round back
+        "TRAINING_START",
+        "TRAINING_START",
+        "UPDATE_ROUND_START",
+        "UPDATE_ROUND_START",
+    ]
+    # the healthy client's round start did not wait for the flaky client's retry
+    at = {
+        (json.loads(q.body)["notification_type"], q.target): q.received_at for q in clients.requests
+    }
+    flaky_target = "/flaky/1/200?id=flaky"
+    assert (
+        at[("UPDATE_ROUND_START", "/status/202?id=healthy")] < at[("TRAINING_START", flaky_target)]
+    )
+    assert [len(e.results) for e in sent] == [3, 3]  # one task per client group and step
 
 
 def test_all_delivered_signed_and_called_back_once_on_the_worker(
@@ -299,8 +379,9 @@ def test_all_delivered_signed_and_called_back_once_on_the_worker(
     assert (after.participants, after.state) == (training.participants, TrainingState.INITIAL)
 
 
+@pytest.mark.parametrize("tell_removed", [True, False])
 def test_a_rejecting_client_is_removed_by_the_default_callbacks(
-    app: Celery, clients: FaultServer, finished: Finished, repo_path: Path
+    app: Celery, clients: FaultServer, finished: Finished, repo_path: Path, tell_removed: bool
 ) -> None:
     good = [receiver(clients.url(f"/status/202?c={i}")) for i in range(2)]
     rejecting = receiver(clients.url("/status/404"))
@@ -308,7 +389,14 @@ def test_a_rejecting_client_is_removed_by_the_default_callbacks(
         training = repo.create_training(
             actor=good[0], participants=[*good, rejecting], model_id=MODEL
         )
-    sender = delivery_for(app, Recorder(), repo_path, chunk_size=1, retry=QUICK)
+    sender = delivery_for(
+        app,
+        Recorder(),
+        repo_path,
+        chunk_size=1,
+        retry=QUICK,
+        default_callbacks=default_callback_registry(tell_removed=tell_removed),
+    )
     try:
         with start_worker(app, pool="solo", perform_ping_check=False):
             enqueued = sender.enqueue(
@@ -324,12 +412,18 @@ def test_a_rejecting_client_is_removed_by_the_default_callbacks(
     assert after.state is TrainingState.INITIAL
     to_rejecting = clients.requests_for("/status/404")
     kinds = [json.loads(r.body)["notification_type"] for r in to_rejecting]
-    assert kinds == ["UPDATE_ROUND_START", "CLIENT_REMOVED"]  # not retried; told it was removed
+    told = ["CLIENT_REMOVED"] if tell_removed else []  # the settings' options, as in-process
+    assert kinds == ["UPDATE_ROUND_START", *told]  # not retried; told it was removed
 
 
 def test_a_dead_client_puts_the_training_into_error_after_the_retries(
-    app: Celery, clients: FaultServer, finished: Finished, repo_path: Path
+    app: Celery,
+    clients: FaultServer,
+    finished: Finished,
+    repo_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="flnotify")
     good = receiver(clients.url("/status/202"))
     dead = receiver(refused_url())
     with flnotify.SQLiteTrainingRepository(repo_path) as repo:
@@ -356,6 +450,18 @@ def test_a_dead_client_puts_the_training_into_error_after_the_retries(
     assert isinstance(failed.error, flnotify.ConnectError)
     assert failed.message_id == enqueued.message_ids[1]
     assert failed.elapsed >= 0.1  # two backoffs of 0.05 s
+    # one honest line per run: what settled, and what goes back to the broker
+    lines = [r.getMessage() for r in caplog.records if r.name == "flnotify"]
+    runs = [line for line in lines if line.startswith(("Sent ", "UPDATE_ROUND_START: "))]
+    assert [line.split(" in ")[0] for line in runs] == [
+        "Sent UPDATE_ROUND_START to 1 receiver(s): 1 delivered, 0 rejected, 0 failed",
+        "UPDATE_ROUND_START: 1 receiver(s) to try again",
+        "UPDATE_ROUND_START: 1 receiver(s) to try again",
+        "Sent UPDATE_ROUND_START to 1 receiver(s): 0 delivered, 0 rejected, 1 failed",
+    ], lines
+    assert "(attempt 2 of 3), 1 settled." in runs[1]
+    assert "(attempt 3 of 3), 0 settled." in runs[2]
+    assert not any("to 0 receiver(s)" in line for line in lines)
 
 
 def test_a_receiver_waiting_to_retry_does_not_hold_the_only_worker_slot(

@@ -8,6 +8,7 @@ endpoint at no cost and probes it after the cool-down, shared by two processes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -137,6 +138,40 @@ def test_remove_after_needs_a_repository_that_keeps_outcomes() -> None:
     flnotify.TrainingCallbacks(Minimal())  # the strict default works with any repository
     with pytest.raises(flnotify.ConfigurationError, match="OutcomeTracking"):
         flnotify.TrainingCallbacks(Minimal(), policy=FailurePolicy(remove_after=2))
+
+
+def test_the_default_callbacks_options_are_one_value_of_the_settings() -> None:
+    from flnotify.callbacks import Reaction, TrainingOptions, default_callback_registry
+    from flnotify.testing import MemoryTransport
+
+    repo = flnotify.InMemoryTrainingRepository()
+    keep, rejecting = (
+        Receiver(uuid.uuid4(), "http://a.test/"),
+        Receiver(uuid.uuid4(), "http://b.test/"),
+    )
+    training = repo.create_training(
+        actor=keep, participants=[keep, rejecting], model_id=uuid.uuid4()
+    )
+    transport = MemoryTransport(lambda request: 409 if request.url == "http://b.test/" else 202)
+    quiet = default_callback_registry(tell_removed=False)
+    with flnotify.Notifier(transport, repository=repo, retry=ONCE, default_callbacks=quiet) as n:
+        n.send(flnotify.TrainingRoundStartNotification.from_training(training))
+    assert repo.get_training(training.id).participant_ids() == {keep.id}  # removed ...
+    kinds = [json.loads(r.body)["notification_type"] for r in transport.requests]
+    assert kinds == ["UPDATE_ROUND_START"] * 2  # ... and, as configured, not told
+
+    logging_only = default_callback_registry(on_rejected=Reaction.LOG)
+    other = repo.create_training(actor=keep, participants=[keep, rejecting], model_id=uuid.uuid4())
+    with flnotify.Notifier(
+        transport, repository=repo, retry=ONCE, default_callbacks=logging_only
+    ) as n:
+        (_, refused) = n.send(flnotify.TrainingRoundStartNotification.from_training(other))
+    assert refused.outcome is Outcome.REJECTED
+    assert repo.get_training(other.id).participant_ids() == {keep.id, rejecting.id}  # kept
+    with pytest.raises(flnotify.ConfigurationError, match="Reaction"):
+        default_callback_registry(on_rejected="log")  # type: ignore[arg-type]
+    with pytest.raises(flnotify.ConfigurationError, match="tell_removed"):
+        TrainingOptions(tell_removed="no")  # type: ignore[arg-type]
 
 
 # -- in-process, through real HTTP ----------------------------------------------------------

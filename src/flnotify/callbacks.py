@@ -52,6 +52,7 @@ __all__ = [
     "NotificationSender",
     "Reaction",
     "TrainingCallbacks",
+    "TrainingOptions",
     "Verdict",
     "call_callbacks",
     "default_callback_registry",
@@ -675,6 +676,8 @@ class CallbackRegistry:
     _factories: dict[type[Notification[Any]], CallbackFactory] = attrs.field(
         factory=dict, alias="factories"
     )
+    training: TrainingOptions = attrs.field(factory=lambda: TrainingOptions())
+    """How its [`TrainingCallbacks`][flnotify.TrainingCallbacks] entries react."""
 
     def register(
         self, notification_class: type[Notification[Any]], factory: CallbackFactory | None
@@ -695,6 +698,24 @@ class CallbackRegistry:
         """Whether some notification class gets ``factory``'s callbacks."""
         return factory in self._factories.values()
 
+    def training_callbacks(
+        self,
+        repository: TrainingRepository | AsyncTrainingRepository,
+        policy: FailurePolicy | None = None,
+        sender: NotificationSender | None = None,
+    ) -> TrainingCallbacks:
+        """[`TrainingCallbacks`][flnotify.TrainingCallbacks] with this registry's options."""
+        options = self.training
+        return TrainingCallbacks(
+            repository,
+            on_rejected=options.on_rejected,
+            on_failed=options.on_failed,
+            policy=policy or FailurePolicy(),
+            sender=sender,
+            tell_removed=options.tell_removed,
+            tell_timeout=options.tell_timeout,
+        )
+
     def for_notification(
         self,
         notification: Notification[Any],
@@ -714,9 +735,7 @@ class CallbackRegistry:
         for cls in type(notification).__mro__:
             factory = self._factories.get(cls)
             if factory is TrainingCallbacks:
-                return TrainingCallbacks(
-                    repository, policy=policy or FailurePolicy(), sender=sender
-                )
+                return self.training_callbacks(repository, policy, sender)
             if factory is not None:
                 return factory(repository)
         return None
@@ -754,21 +773,76 @@ def refuse_split_sends_unjudged(
             delivered in parts with ``repository`` and ``policy``.
     """
     if repository is not None and registry.gives(TrainingCallbacks):
-        refuse_parts_unjudged(TrainingCallbacks(repository, policy=policy), driver)
+        refuse_parts_unjudged(registry.training_callbacks(repository, policy), driver)
 
 
-def default_callback_registry() -> CallbackRegistry:
+def _must_be(kind: type[Any]) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An attrs validator refusing anything but a ``kind``, with a typed error."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, kind):
+            msg = f"{attribute.name} must be {kind.__qualname__}, not {value!r}"
+            raise ConfigurationError(msg)
+
+    return check
+
+
+@attrs.frozen
+class TrainingOptions:
+    """The options of the default [`TrainingCallbacks`][flnotify.TrainingCallbacks].
+
+    One value, read by every driver (the [`Notifier`][flnotify.Notifier], Celery, the
+    dispatchers) through the settings' registry: see
+    [`default_callback_registry`][flnotify.callbacks.default_callback_registry]. The
+    failure policy and the sender come from the driver's settings.
+
+    Raises:
+        ConfigurationError: A value is of the wrong kind.
+    """
+
+    on_rejected: Reaction = attrs.field(
+        default=Reaction.REMOVE_PARTICIPANT, validator=_must_be(Reaction)
+    )
+    on_failed: Reaction = attrs.field(default=Reaction.SET_ERROR, validator=_must_be(Reaction))
+    tell_removed: bool = attrs.field(default=True, validator=_must_be(bool))
+    tell_timeout: float = attrs.field(default=10.0, validator=positive)
+
+
+def default_callback_registry(
+    *,
+    on_rejected: Reaction = Reaction.REMOVE_PARTICIPANT,
+    on_failed: Reaction = Reaction.SET_ERROR,
+    tell_removed: bool = True,
+    tell_timeout: float = 10.0,
+) -> CallbackRegistry:
     """A new registry with the round-type notifications' defaults.
 
     Update round, SWAG round and model test get
-    [`TrainingCallbacks`][flnotify.TrainingCallbacks]; nothing else has defaults.
+    [`TrainingCallbacks`][flnotify.TrainingCallbacks] with these options; nothing else
+    has defaults. Every driver takes the registry the same way, as the
+    ``default_callbacks`` field of [`Settings`][flnotify.Settings]::
+
+        quiet = default_callback_registry(tell_removed=False, on_rejected=Reaction.LOG)
+        Notifier(default_callbacks=quiet)
+        CeleryDelivery(app, default_callbacks=quiet)
+
+    Args:
+        on_rejected: What a rejection does (remove the client by default).
+        on_failed: What a failure does (``SET_ERROR``: the failure policy decides).
+        tell_removed: Whether removed clients are sent ``CLIENT_REMOVED``.
+        tell_timeout: Seconds telling a removed client may hold up its callback.
+
+    Raises:
+        ConfigurationError: An option is of the wrong kind.
     """
+    options = TrainingOptions(on_rejected, on_failed, tell_removed, tell_timeout)
     return CallbackRegistry(
         {
             TrainingRoundStartNotification: TrainingCallbacks,
             TrainingSWAGRoundStartNotification: TrainingCallbacks,
             TrainingModelTestNotification: TrainingCallbacks,
-        }
+        },
+        training=options,
     )
 
 

@@ -20,13 +20,32 @@ the notification class's default callbacks built with the repository from
 first execution: receivers still without an outcome when it has passed fail (``DEADLINE``).
 
 The same [`CeleryDelivery`][] must be built in the worker (typically in the module that
-creates the app), so that the task and its configuration exist there.
+creates the app), so that the task and its configuration exist there. It refuses an app
+whose workers would refuse its JSON messages (``accept_content`` without ``json``, as in
+a pickle-only configuration): they would drop every notification while ``enqueue``
+returned normally. The task keeps no result (``ignore_result``). Each worker process
+builds its transport, repository and mailbox on its first task and closes them when it
+shuts down (``worker_process_shutdown``, ``worker_shutdown``).
+
+Ordering: [`enqueue`][flnotify.contrib.celery.CeleryDelivery.enqueue] sends one
+notification; two calls are two independent sets of tasks, and a retry of the first may
+reach a client after the second.
+[`enqueue_ordered`][flnotify.contrib.celery.CeleryDelivery.enqueue_ordered] sends several
+as one chain of tasks per group of clients, so no client gets one before the ones before it
+were settled (delivered, rejected or failed) for it. In tests, [`use_transport`][] routes
+every ``CeleryDelivery`` of the process to a transport of the test's (a
+[`MemoryTransport`][flnotify.testing.MemoryTransport]).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -47,12 +66,78 @@ if TYPE_CHECKING:
     from ..mailbox._store import MailboxStore
     from ..repository import AsyncTrainingRepository, TrainingRepository
 
-__all__ = ["DEFAULT_TASK_NAME", "CeleryDelivery", "Enqueued"]
+__all__ = ["DEFAULT_TASK_NAME", "CeleryDelivery", "Enqueued", "use_transport"]
+
+logger = logging.getLogger("flnotify")
 
 DEFAULT_TASK_NAME = "flnotify.deliver"
 """The name the delivery task is registered under unless told otherwise."""
 
 _WireReceiver = dict[str, str]
+_JSON = "application/json"
+
+# A test's transport for every CeleryDelivery of the process (see use_transport), and
+# the deliveries to rebuild when it changes.
+_overrides: list[AsyncTransport | Transport] = []
+_deliveries: weakref.WeakSet[CeleryDelivery] = weakref.WeakSet()
+
+
+def _refuse_unaccepted(app: Any) -> None:
+    """Raise if the app's workers would refuse the task's JSON messages."""
+    from kombu.exceptions import SerializerNotInstalled
+    from kombu.serialization import prepare_accept_content
+
+    accepted = app.conf.accept_content
+    try:
+        types = prepare_accept_content(accepted)  # type: ignore[no-untyped-call]
+    except SerializerNotInstalled as exc:
+        msg = f"the Celery app's accept_content {accepted!r} is not usable: {exc}"
+        raise ConfigurationError(msg) from None
+    if types is not None and _JSON not in types:
+        msg = (
+            f"the Celery app accepts only {list(accepted)!r} (its accept_content setting;"
+            " CELERY_ACCEPT_CONTENT in a Django settings module): flnotify's task is sent"
+            " as JSON (its task_serializer is 'json', whatever the app's), so every worker"
+            " would refuse it ('Refusing to deserialize untrusted content') and drop the"
+            " notification. Add 'json' to accept_content; the app's own tasks can keep"
+            " their serializer"
+        )
+        raise ConfigurationError(msg)
+
+
+@contextlib.contextmanager
+def use_transport(transport: AsyncTransport | Transport) -> Iterator[None]:
+    """Within the block, every [`CeleryDelivery`][] of this process sends through ``transport``.
+
+    For tests of a host app whose tasks run in the test process (``task_always_eager``,
+    or a worker started by ``celery.contrib.testing``): the per-process delivery objects,
+    built once and kept, are closed on entry and on exit, so the ones built inside the
+    block use ``transport`` (a [`MemoryTransport`][flnotify.testing.MemoryTransport],
+    say) and nothing reaches the network. A worker in another process is not affected.
+    """
+    for delivery in list(_deliveries):
+        delivery.close()
+    _overrides.append(transport)
+    try:
+        yield
+    finally:
+        _overrides.remove(transport)
+        for delivery in list(_deliveries):
+            delivery.close()
+
+
+def _on_shutdown(delivery: weakref.ReferenceType[CeleryDelivery]) -> Callable[..., None]:
+    """A signal receiver closing the delivery's objects of this process (if it lives)."""
+
+    def receiver(sender: Any = None, **_: Any) -> None:
+        target = delivery()
+        if target is None:
+            return
+        app = getattr(sender, "app", None)  # worker_shutdown: the worker, with its app
+        if app is None or app is target.app:
+            target.close()
+
+    return receiver
 
 
 @attrs.frozen
@@ -116,6 +201,7 @@ class CeleryDelivery:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             msg = f"chunk_size must be an int >= 1, got {chunk_size!r}"
             raise ConfigurationError(msg)
+        _refuse_unaccepted(app)
         settings = with_options(settings, options, "CeleryDelivery")
         if settings.transport is not None:
             msg = (
@@ -134,7 +220,9 @@ class CeleryDelivery:
         self._seams = current_seams()  # the worker's engines take the seams of now
         self._engine: Engine | None = None
         self._repository: TrainingRepository | AsyncTrainingRepository | None = None
+        self._mailbox: MailboxStore | None = None
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
         def deliver(
             task: Any,
@@ -154,10 +242,18 @@ class CeleryDelivery:
             name=self.task_name,
             shared=False,  # this app's task only, not every app created later
             serializer="json",
+            ignore_result=True,  # outcomes go to the callbacks; nothing reads a result
             acks_late=True,  # a worker lost mid-task: redelivered with the same ids
             reject_on_worker_lost=True,
             max_retries=self.settings.retry.max_attempts - 1,
         )(deliver)
+        from celery import signals  # type: ignore[import-untyped]
+
+        receiver = _on_shutdown(weakref.ref(self))
+        self._shutdown_receiver = receiver  # the signals keep weak references only
+        signals.worker_process_shutdown.connect(receiver)
+        signals.worker_shutdown.connect(receiver)
+        _deliveries.add(self)
 
     def __repr__(self) -> str:
         return f"CeleryDelivery(task_name={self.task_name!r}, settings={self.settings!r})"
@@ -191,15 +287,9 @@ class CeleryDelivery:
                 the receivers.
             PayloadTooLargeError: The encoded body exceeds the endpoint policy's limit.
         """
-        if callbacks is not None and callbacks not in self.callbacks:
-            msg = f"no callbacks registered as {callbacks!r}; known: {sorted(self.callbacks)}"
-            raise ConfigurationError(msg)
-        payload = self.settings.encode(notification).decode()
-        receivers = notification.receivers
-        message_ids = list(message_ids_for(notification, message_ids))
-        ids = [str(m) for m in message_ids]
-        wire = [{"id": str(r.id), "message_endpoint": r.message_endpoint} for r in receivers]
-        send = [new_send_id(), len(wire)]  # the chunks are one send, for failure policies
+        self._check_enqueue(callbacks)
+        prepared = self._prepare(notification, message_ids)
+        payload, wire, ids, send = prepared
         results = tuple(
             self._task.apply_async(
                 args=(payload, wire[i : i + self.chunk_size], ids[i : i + self.chunk_size]),
@@ -210,6 +300,87 @@ class CeleryDelivery:
             for i in range(0, len(wire), self.chunk_size)
         )
         return Enqueued(tuple(ids), results)
+
+    def enqueue_ordered(
+        self,
+        notifications: Sequence[Notification[Any]],
+        *,
+        callbacks: str | None = None,
+        **options: Any,
+    ) -> tuple[Enqueued, ...]:
+        """Send ``notifications`` so that each client gets them in this order, never overtaken.
+
+        E.g. ``TRAINING_START`` and the first ``UPDATE_ROUND_START``: a client gets a
+        notification only once every earlier one of the list was settled for it
+        (delivered, rejected, or failed after its retries: a failure does not hold the
+        later ones back). The clients are cut into groups of ``chunk_size``; each group's
+        notifications run as one Celery chain, one task after the other, so a group's
+        later notification waits for the earlier one's retries in that group, and other
+        groups go on meanwhile.
+
+        Args:
+            notifications: What to send, in order; each to its own receivers.
+            callbacks: As in [`enqueue`][], for every notification.
+            **options: Passed on to each task's ``apply_async`` (``queue``, ...).
+
+        Returns:
+            One [`Enqueued`][] per notification, in order; its ``results`` are the tasks
+            of its groups (sent by the worker when their turn comes).
+
+        Raises:
+            ConfigurationError: Unknown callbacks name.
+            PayloadTooLargeError: An encoded body exceeds the endpoint policy's limit.
+        """
+        from celery import chain
+
+        self._check_enqueue(callbacks)
+        prepared = [self._prepare(n, None) for n in notifications]
+        clients = list(dict.fromkeys(r.id for n in notifications for r in n.receivers))
+        group_of = {client: i // self.chunk_size for i, client in enumerate(clients)}
+        chains: list[list[Any]] = [[] for _ in range(-(-len(clients) // self.chunk_size))]
+        results: list[list[Any]] = [[] for _ in notifications]
+        for k, (notification, (payload, wire, ids, send)) in enumerate(
+            zip(notifications, prepared, strict=True)
+        ):
+            parts: dict[int, list[int]] = {}
+            for index, receiver in enumerate(notification.receivers):
+                parts.setdefault(group_of[receiver.id], []).append(index)
+            for group, indices in parts.items():
+                task_id = str(uuid.uuid4())
+                chains[group].append(
+                    self._task.signature(
+                        ([payload, [wire[i] for i in indices], [ids[i] for i in indices]]),
+                        {"callbacks": callbacks, "send": send},
+                        task_id=task_id,
+                        serializer="json",
+                        immutable=True,  # not given the result of the task before it
+                        **options,
+                    )
+                )
+                results[k].append(self._task.AsyncResult(task_id))
+        for tasks in chains:
+            chain(*tasks).apply_async()
+        return tuple(
+            Enqueued(tuple(p[2]), tuple(r)) for p, r in zip(prepared, results, strict=True)
+        )
+
+    def _check_enqueue(self, callbacks: str | None) -> None:
+        if callbacks is not None and callbacks not in self.callbacks:
+            msg = f"no callbacks registered as {callbacks!r}; known: {sorted(self.callbacks)}"
+            raise ConfigurationError(msg)
+        _refuse_unaccepted(self.app)  # configured after construction: still not silent
+
+    def _prepare(
+        self, notification: Notification[Any], message_ids: Sequence[str] | None
+    ) -> tuple[str, list[_WireReceiver], list[str], list[Any]]:
+        """The payload (encoded once), receivers and ids on the wire, and the send."""
+        payload = self.settings.encode(notification).decode()
+        ids = [str(m) for m in message_ids_for(notification, message_ids)]
+        wire = [
+            {"id": str(r.id), "message_endpoint": r.message_endpoint}
+            for r in notification.receivers
+        ]
+        return payload, wire, ids, [new_send_id(), len(wire)]  # one send, for the policies
 
     # -- the worker side ---------------------------------------------------------------
 
@@ -252,10 +423,21 @@ class CeleryDelivery:
         run = engine.run_sync(engine.run(plan))
         if run.deferred:
             again = [index for index, _ in run.deferred]
+            countdown = max(delay for _, delay in run.deferred)
+            logger.info(
+                "%s: %d receiver(s) to try again in %.2f s (attempt %d of %d), %d settled.",
+                notification.notification_type.value,
+                len(again),
+                countdown,
+                int(task.request.retries) + 2,
+                self.settings.retry.max_attempts,
+                len(run.report),
+                extra={"notification_type": notification.notification_type.value},
+            )
             raise task.retry(
                 args=(payload, [wire[i] for i in again], [message_ids[i] for i in again]),
                 kwargs={"callbacks": callbacks_name, "started": started, "send": send},
-                countdown=max(delay for _, delay in run.deferred),
+                countdown=countdown,
                 max_retries=self.settings.retry.max_attempts - 1,
             )
 
@@ -268,22 +450,33 @@ class CeleryDelivery:
             return factory(self._get_repository())
         return self._get_engine().default_callbacks(notification)
 
+    def _forked(self) -> None:
+        """In a child forked after the objects were built: they are the parent's, not ours."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._engine = self._repository = self._mailbox = None
+
     def _get_engine(self) -> Engine:
         """The engine of this process: one transport and event loop for all its tasks."""
+        self._forked()
         with self._lock:
             if self._engine is None:
                 settings = self.settings
-                if self.transport_factory is not None:
+                if _overrides:
+                    settings = attrs.evolve(settings, transport=_overrides[-1])
+                elif self.transport_factory is not None:
                     settings = attrs.evolve(settings, transport=self.transport_factory())
                 settings = attrs.evolve(
                     settings, concurrency=min(settings.concurrency, self.chunk_size)
                 )
                 seams = self._seams
-                mailbox = None if self.mailbox_factory is None else self.mailbox_factory()
+                if self._mailbox is None and self.mailbox_factory is not None:
+                    self._mailbox = self.mailbox_factory()
                 engine = Engine(
                     settings,
                     repository=self._repository_locked(),
-                    routes=(mailbox_route(mailbox, DEFAULT_MAILBOX_LEASE),),
+                    routes=(mailbox_route(self._mailbox, DEFAULT_MAILBOX_LEASE),),
                     # elapsed counts across executions (and processes): the wall clock
                     seams=attrs.evolve(seams, clock=seams.wall_clock),
                 )
@@ -300,16 +493,23 @@ class CeleryDelivery:
         return self._repository
 
     def _get_repository(self) -> TrainingRepository | AsyncTrainingRepository | None:
+        self._forked()
         with self._lock:
             return self._repository_locked()
 
     def close(self) -> None:
-        """Close the transport and repository this process created (the app stays)."""
+        """Close the transport, repository and mailbox this process built (the app stays).
+
+        Called by the worker's shutdown signals; the next task builds them again.
+        """
+        self._forked()
         with self._lock:
             engine, self._engine = self._engine, None
             repository, self._repository = self._repository, None
+            mailbox, self._mailbox = self._mailbox, None
         if engine is not None:
             engine.close()
-        closer = getattr(repository, "close", None)
-        if callable(closer):
-            closer()
+        for closable in (repository, mailbox):
+            closer = getattr(closable, "close", None)
+            if callable(closer):
+                closer()

@@ -20,6 +20,7 @@ training instance. See the "Django and Celery" page of the documentation.
 """
 
 from ._process import (
+    celery_delivery,
     database_target,
     get_notifier,
     get_repository,
@@ -36,6 +37,7 @@ __all__ = [
     "ClientSecretLookup",
     "DjangoTrackingRepository",
     "DjangoTrainingRepository",
+    "celery_delivery",
     "database_target",
     "get_notifier",
     "get_repository",

@@ -7,7 +7,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlencode
 from uuid import UUID
 
@@ -26,7 +26,11 @@ from ...transports import AsyncTransport, Transport
 from ._repository import DjangoTrackingRepository, DjangoTrainingRepository
 from ._secrets import ClientSecretLookup
 
+if TYPE_CHECKING:
+    from ..celery import CeleryDelivery
+
 __all__ = [
+    "celery_delivery",
     "database_target",
     "get_notifier",
     "get_repository",
@@ -198,19 +202,26 @@ def get_notifier() -> Notifier:
         return state.notifier
 
 
-def _build_notifier(state: _Process) -> Notifier:
+def _sending_options() -> tuple[dict[str, Any], ClientSecretLookup | None]:
+    """The fields of ``Settings`` the block gives: ``NOTIFIER``, the signer, the policy."""
     options = _section("NOTIFIER")
-    block = _block()
     signer, lookup = _build_signer()
-    if state.repository is None:
-        state.repository = _build_repository()
-    options.update(repository=state.repository, signer=signer)
-    if block.get("FAILURE_POLICY") is not None:
-        policy = block["FAILURE_POLICY"]
+    options["signer"] = signer
+    policy = _block().get("FAILURE_POLICY")
+    if policy is not None:
         if not isinstance(policy, FailurePolicy):
             msg = f"settings.FLNOTIFY['FAILURE_POLICY'] must be a FailurePolicy, not {policy!r}"
             raise ConfigurationError(msg)
         options["failure_policy"] = policy
+    return options, lookup
+
+
+def _build_notifier(state: _Process) -> Notifier:
+    options, lookup = _sending_options()
+    block = _block()
+    if state.repository is None:
+        state.repository = _build_repository()
+    options["repository"] = state.repository
     if state.transport is not None:
         options["transport"] = state.transport
     elif block.get("TRANSPORT") is not None:
@@ -226,6 +237,41 @@ def _build_notifier(state: _Process) -> Notifier:
         raise ConfigurationError(msg) from None
     state.lookup = lookup
     return notifier
+
+
+def celery_delivery(app: Any, **options: Any) -> CeleryDelivery:
+    """A [`CeleryDelivery`][flnotify.contrib.celery.CeleryDelivery] on ``app``, from the settings.
+
+    The same ``FLNOTIFY`` block as [`get_notifier`][]: the ``NOTIFIER`` options, the
+    signer (per-client secrets from the ORM included), the failure policy; on the worker
+    the repository of the settings, the ``TRANSPORT`` factory and, with ``MAILBOX``, the
+    mailbox in the host's database, each built once per worker process and closed when it
+    shuts down. Call it where the Celery app is made (``celery.py``), after
+    ``django.setup()``, so that web processes and workers register the same task.
+
+    Args:
+        app: The host's Celery app. Its workers must accept JSON (``accept_content``).
+        **options: Passed on to ``CeleryDelivery`` over the settings (``chunk_size``,
+            ``callbacks``, ``task_name``, ...).
+
+    Raises:
+        ConfigurationError: The settings block is wrong, or the app would refuse JSON.
+    """
+    from ..celery import CeleryDelivery
+
+    settings, _ = _sending_options()
+    block = _block()
+    transport = block.get("TRANSPORT")
+    built: dict[str, Any] = {
+        "repository_factory": get_repository,
+        "transport_factory": transport,
+        "mailbox_factory": open_mailbox if block.get("MAILBOX") is not None else None,
+    }
+    try:
+        return CeleryDelivery(app, **{**settings, **built, **options})
+    except TypeError as exc:
+        msg = f"settings.FLNOTIFY['NOTIFIER'] or celery_delivery(): {exc}"
+        raise ConfigurationError(msg) from None
 
 
 def reset() -> None:

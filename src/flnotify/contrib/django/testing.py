@@ -5,7 +5,9 @@ Enable them in your ``conftest.py``::
     pytest_plugins = ["flnotify.contrib.django.testing"]
 
 ``flnotify_transport`` routes the process's [`Notifier`][flnotify.Notifier] (from
-[`get_notifier`][flnotify.contrib.django.get_notifier]) to a
+[`get_notifier`][flnotify.contrib.django.get_notifier]) and, with Celery installed, every
+[`CeleryDelivery`][flnotify.contrib.celery.CeleryDelivery] whose tasks run in the test
+process (``task_always_eager``, or a worker started by ``celery.contrib.testing``) to a
 [`MemoryTransport`][flnotify.testing.MemoryTransport] for the test, answering 200 unless
 you set its ``handler``; ``flnotify_requests`` is the list of what was sent (url, body,
 headers), in order. Nothing happens unless a test asks for one of them. Code that builds
@@ -14,6 +16,8 @@ its own ``Notifier`` is not routed: pass it the transport yourself.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 from collections.abc import Iterator
 
 import pytest
@@ -28,7 +32,12 @@ __all__ = ["flnotify_requests", "flnotify_transport"]
 def flnotify_transport() -> Iterator[MemoryTransport]:
     """The in-memory transport ``get_notifier()`` sends through during the test."""
     transport = MemoryTransport()
-    with use_transport(transport):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(use_transport(transport))
+        if importlib.util.find_spec("celery") is not None:
+            from ..celery import use_transport as celery_transport
+
+            stack.enter_context(celery_transport(transport))
         yield transport
 
 

@@ -36,4 +36,25 @@ def _database(target: str) -> dict[str, Any]:
 
 
 DATABASES = {"default": _database(os.environ.get("FLHOST_DATABASE", "flhost.sqlite3"))}
-FLNOTIFY: dict[str, Any] = {}
+
+# The original platform's Celery configuration (pickle for its own tasks), with JSON
+# accepted too: flnotify's task travels as JSON, and is refused at start-up otherwise.
+CELERY_BROKER_URL = os.environ.get("FLHOST_BROKER", "memory://")
+CELERY_TASK_SERIALIZER = "pickle"
+CELERY_ACCEPT_CONTENT = ["pickle", "json"]
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+
+def _flnotify() -> dict[str, Any]:
+    import flnotify
+
+    from .config import REPOSITORY
+
+    return {
+        "REPOSITORY": {**REPOSITORY, "track_outcomes": True},
+        "SIGNER": {"CLIENT_SECRETS": True},
+        "NOTIFIER": {"retry": flnotify.RetryPolicy(max_attempts=2, initial_backoff=0.05)},
+    }
+
+
+FLNOTIFY: dict[str, Any] = _flnotify()
