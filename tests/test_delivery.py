@@ -126,10 +126,16 @@ def test_invalid_url_fails_at_once_without_request_or_retry() -> None:
         (200, Outcome.DELIVERED, 1),
         (202, Outcome.DELIVERED, 1),
         (204, Outcome.DELIVERED, 1),
-        (301, Outcome.REJECTED, 1),
+        (301, Outcome.FAILED, 1),
+        (307, Outcome.FAILED, 1),
         (400, Outcome.REJECTED, 1),
-        (401, Outcome.REJECTED, 1),
-        (404, Outcome.REJECTED, 1),
+        (401, Outcome.FAILED, 1),
+        (403, Outcome.FAILED, 1),
+        (404, Outcome.FAILED, 1),
+        (405, Outcome.FAILED, 1),
+        (409, Outcome.REJECTED, 1),
+        (410, Outcome.REJECTED, 1),
+        (422, Outcome.REJECTED, 1),
         (500, Outcome.REJECTED, 1),
         (429, Outcome.FAILED, 6),
         (502, Outcome.FAILED, 6),
@@ -243,7 +249,7 @@ def test_given_message_ids_are_used_and_checked() -> None:
 
 def test_callbacks_called_exactly_once_per_receiver_sync_and_async() -> None:
     rs = receivers(30)
-    table = {r.message_endpoint: (lambda _: 404) for r in rs[:10]}
+    table = {r.message_endpoint: (lambda _: 409) for r in rs[:10]}
     table.update({r.message_endpoint: (lambda _: 503) for r in rs[10:15]})
     calls: list[tuple[str, uuid.UUID]] = []
 
@@ -290,7 +296,7 @@ def test_default_training_callbacks_remove_rejecting_and_error_on_failure() -> N
     training = repo.create_training(
         actor=actor, participants=rs, model_id=MODEL, state=TrainingState.ONGOING
     )
-    table: dict[str, Callable[[MemoryRequest], Any]] = {rs[0].message_endpoint: lambda _: 404}
+    table: dict[str, Callable[[MemoryRequest], Any]] = {rs[0].message_endpoint: lambda _: 409}
     n = flnotify.TrainingRoundStartNotification.from_training(training)
     report = notifier(MemoryTransport(by_url(table)), repository=repo).send(n)
     assert report.counts()[Outcome.REJECTED] == 1
@@ -328,7 +334,7 @@ def test_explicit_callbacks_override_defaults_and_start_has_none() -> None:
     repo = InMemoryTrainingRepository()
     rs = receivers(2)
     training = repo.create_training(actor=rs[0], participants=rs, model_id=MODEL)
-    transport = MemoryTransport(lambda _: 404)
+    transport = MemoryTransport(lambda _: 409)
     seen: list[flnotify.Delivery] = []
     n = flnotify.TrainingModelTestNotification.from_training(training)
     notifier(transport, repository=repo).send(n, FunctionCallbacks(error=seen.append))
@@ -462,11 +468,11 @@ def test_empty_receivers_give_an_empty_report() -> None:
 
 def test_raise_for_failures_names_the_first_failure() -> None:
     rs = receivers(3)
-    report = notifier(MemoryTransport(lambda _: 404)).send(round_start(rs))
+    report = notifier(MemoryTransport(lambda _: 409)).send(round_start(rs))
     with pytest.raises(flnotify.DeliveryError, match="3 receiver") as info:
         report.raise_for_failures()
     assert len(info.value.deliveries) == 3
-    assert "404" in str(info.value)
+    assert "409" in str(info.value)
     assert report.rejected == report.deliveries
     assert report.delivered == ()
     assert report.failed == ()
@@ -492,7 +498,7 @@ def test_logs_carry_ids_endpoint_and_type_but_never_secrets(
     repo = InMemoryTrainingRepository()
     rs = receivers(2)
     training = repo.create_training(actor=rs[0], participants=rs, model_id=MODEL)
-    table: dict[str, Callable[[MemoryRequest], Any]] = {rs[1].message_endpoint: lambda _: 404}
+    table: dict[str, Callable[[MemoryRequest], Any]] = {rs[1].message_endpoint: lambda _: 409}
     n = flnotify.TrainingRoundStartNotification.from_training(training)
     with caplog.at_level(logging.DEBUG, logger="flnotify"):
         notifier(MemoryTransport(by_url(table)), repository=repo, signer=Signer(secret)).send(n)

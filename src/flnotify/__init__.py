@@ -3,6 +3,8 @@
 from ._codec import Codec, NotificationRegistry, decode, default_registry, encode, make_converter
 from ._engine import Settings
 from ._exceptions import (
+    AnswerError,
+    AnswerErrorKind,
     BlockedAddressError,
     CallbackError,
     CircuitOpenError,
@@ -37,7 +39,7 @@ from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook
 from ._notification import Notification, TrainingNotification
 from ._notifier import Notifier
 from ._report import Delivery, DeliveryReport, OutcomeCounts
-from ._retry import RetryPolicy
+from ._retry import Classification, RetryPolicy, StatusMeaning
 from ._types import (
     HttpResponse,
     NotificationKind,
@@ -96,6 +98,8 @@ from .training import (
 )
 
 __all__ = [
+    "AnswerError",
+    "AnswerErrorKind",
     "AsyncTrainingRepository",
     "AttemptEnded",
     "AttemptStarted",
@@ -104,6 +108,7 @@ __all__ = [
     "Callbacks",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Classification",
     "ClientRemovedBody",
     "ClientRemovedNotification",
     "Codec",
@@ -159,6 +164,7 @@ __all__ = [
     "Settings",
     "SignatureMismatchError",
     "Signer",
+    "StatusMeaning",
     "Timeouts",
     "TimestampError",
     "TrainingCallbacks",
