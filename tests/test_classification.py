@@ -93,7 +93,7 @@ def test_a_wrong_secret_errs_the_training_and_keeps_all_20_verifying_clients(
     ("path", "kind", "what"),
     [
         ("/status/404", AnswerErrorKind.ENDPOINT, "message_endpoint"),
-        ("/redirect/307", AnswerErrorKind.REDIRECT, "redirects to http://127.0.0.1:"),
+        ("/redirect/307", AnswerErrorKind.REDIRECT, "redirecting to http://127.0.0.1:"),
     ],
 )
 def test_a_wrong_endpoint_or_redirect_errs_the_training_and_keeps_its_clients(
@@ -185,4 +185,4 @@ def test_a_table_that_cannot_work_is_refused_with_what_is_wrong(
 ) -> None:
     kwargs = {"statuses": statuses} if statuses is not None else {"families": families}
     with pytest.raises(flnotify.ConfigurationError, match="Classification"):
-        Classification(**kwargs)  # type: ignore[arg-type]
+        Classification(**kwargs)
