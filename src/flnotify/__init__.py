@@ -35,6 +35,7 @@ from ._exceptions import (
     UnknownNotificationTypeError,
     VerificationError,
 )
+from ._handle import SendHandle
 from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook
 from ._notification import Notification, TrainingNotification
 from ._notifier import Notifier
@@ -161,6 +162,7 @@ __all__ = [
     "RetryPolicy",
     "RoundBody",
     "SQLiteTrainingRepository",
+    "SendHandle",
     "Settings",
     "SignatureMismatchError",
     "Signer",

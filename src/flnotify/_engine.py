@@ -884,13 +884,17 @@ class Engine:
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the engine's private loop thread and wait for it."""
+    def portal(self) -> Portal:
+        """The engine's private event loop thread (started on first use)."""
         if self._portal is None:
             self._portal = portal = Portal()
             # an engine dropped without close() must not leak its loop thread
             weakref.finalize(self, portal.close)
-        return self._portal.run(coroutine)
+        return self._portal
+
+    def run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the engine's private loop thread and wait for it."""
+        return self.portal().run(coroutine)
 
     async def aclose(self) -> None:
         """Release the transport's connections for the running loop, and worker threads."""
