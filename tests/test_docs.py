@@ -425,7 +425,7 @@ def test_api_shows_types_and_defaults_of_the_main_classes(site: Path) -> None:
     assert list(settings) == fields, "every Settings field, in order"
     assert settings["concurrency"].startswith("(int, default: 100)")
     assert settings["retry"].startswith("(RetryPolicy, default: RetryPolicy())")
-    assert settings["deadline"].startswith("(float | None, default: None)")
+    assert settings["deadline"].startswith("(float | None, default: 90.0)")
     retry = _parameters(_section(page, "flnotify.RetryPolicy"))
     for field in attrs.fields(flnotify.RetryPolicy):
         if field.name != "classification":

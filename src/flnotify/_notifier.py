@@ -152,8 +152,8 @@ class Notifier(Closing, AsyncClosing):
         ``handle.result(timeout)``), like an enqueue that returns a message id: a web
         route starts a send and answers without waiting for the clients. In async code
         the send runs on the running event loop (as ``asend`` would); in sync code, on
-        this Notifier's private loop thread. Closing the Notifier waits for sends still
-        running. In-process sends keep no record: a process that dies during one loses
+        this Notifier's private loop thread. ``close()`` and ``aclose()`` wait for sends
+        still running. In-process sends keep no record: a process that dies during one loses
         its callbacks (the outbox keeps them).
 
         Args: as for [`asend`][flnotify.Notifier.asend].

@@ -177,13 +177,16 @@ _FAILED = Decision(Outcome.FAILED)
 class RetryPolicy:
     """When and how soon a delivery is tried again.
 
+    The defaults bound one receiver's way, whatever it does, to 90 s: 4 attempts of at
+    most 15 s (``Timeouts.total``) and 3 waits of at most 10 s (docs/delivery.md).
+
     The delay before attempt ``n + 1`` is ``initial_backoff * multiplier ** (n - 1)``, capped at
     ``max_backoff``, then reduced by up to ``jitter`` of itself at random (so that thousands of
     retries do not arrive together). A ``Retry-After`` answer (seconds or an HTTP date) raises
     the delay to what the client asked, capped at ``max_retry_after``.
 
     Args:
-        max_attempts: Attempts in all, the first included (6: the original's 1 + 5 retries).
+        max_attempts: Attempts in all, the first included.
         initial_backoff: Delay after the first failed attempt, in seconds.
         multiplier: Growth of the delay per attempt.
         max_backoff: Upper bound of a computed delay.
@@ -193,12 +196,12 @@ class RetryPolicy:
             failed); ``Classification()``, the table of docs/failures.md, by default.
     """
 
-    max_attempts: int = attrs.field(default=6, validator=at_least_one)
-    initial_backoff: float = attrs.field(default=0.5, validator=non_negative)
-    multiplier: float = attrs.field(default=2.0, validator=non_negative)
+    max_attempts: int = attrs.field(default=4, validator=at_least_one)
+    initial_backoff: float = attrs.field(default=1.0, validator=non_negative)
+    multiplier: float = attrs.field(default=3.0, validator=non_negative)
     max_backoff: float = attrs.field(default=30.0, validator=non_negative)
     jitter: float = attrs.field(default=0.5, validator=fraction)
-    max_retry_after: float = attrs.field(default=60.0, validator=non_negative)
+    max_retry_after: float = attrs.field(default=10.0, validator=non_negative)
     classification: Classification = attrs.field(
         factory=Classification,
         validator=attrs.validators.instance_of(Classification),
