@@ -463,11 +463,14 @@ def _failure_reason(delivery: Delivery) -> str:
 class TrainingCallbacks:
     """The default callbacks of the round-type notifications.
 
-    Rejected: the client is removed from the training (warning logged) and told so.
-    Failed: the failure counts toward the send's [`FailurePolicy`][flnotify.FailurePolicy],
-    which decides once per send whether the training goes to ``ERROR`` (strict by default:
-    any failure does); with ``remove_after`` a client failing that many notifications in a
-    row is removed and told. Delivered: counted where the policy needs it. Works with a sync
+    Rejected: the client is removed from the training (warning logged), and told so where
+    the policy says (``tell_removed``). Failed: the failure counts toward the send's
+    [`FailurePolicy`][flnotify.FailurePolicy], which decides once per send whether the
+    training goes to ``ERROR`` (strict by default: any failure does) and says why in one
+    line with the counts of the whole send; with ``remove_after`` a client failing that
+    many notifications in a row is removed. A removal that leaves fewer than
+    ``min_participants`` puts the training into ``ERROR``. Delivered: counted where the
+    policy needs it. Works with a sync
     [`TrainingRepository`][flnotify.TrainingRepository] (its calls run in a worker thread,
     so ORMs that refuse to run inside an event loop are fine) or an async one. Repositories
     that implement [`OutcomeTracking`][flnotify.repository.OutcomeTracking] keep the counts
