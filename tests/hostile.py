@@ -9,6 +9,8 @@ callbacks, the jitter source. ``check_invariants`` is what every driver must kee
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import threading
 import uuid
@@ -16,10 +18,12 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 import flnotify
 from flnotify import Delivery, Outcome, Receiver
+from flnotify.testing import seams
 from flnotify.transports import HttpResponse
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
@@ -253,8 +257,13 @@ def notifier_options(world: World) -> dict[str, Any]:
 
 
 class HostileHook(flnotify.NullHook):
+    """A hook that may raise from one of its methods; it still notes every attempt."""
+
     def __init__(self, method: str | None) -> None:
         self.method = method
+        self.started: list[tuple[str, str, int]] = []
+        self.ended: list[tuple[str, str, int]] = []
+        self.lock = threading.Lock()
 
     def _maybe(self, name: str) -> None:
         if name == self.method:
@@ -267,13 +276,26 @@ class HostileHook(flnotify.NullHook):
         self._maybe("on_send_ended")
 
     def on_attempt_started(self, details: flnotify.AttemptStarted, /) -> None:
+        with self.lock:
+            self.started.append((details.send_id, details.message_id, details.attempt))
         self._maybe("on_attempt_started")
 
     def on_attempt_ended(self, details: flnotify.AttemptEnded, /) -> None:
+        started = details.started
+        with self.lock:
+            self.ended.append((started.send_id, started.message_id, started.attempt))
         self._maybe("on_attempt_ended")
 
     def on_outcome(self, delivery: Delivery, /) -> None:
         self._maybe("on_outcome")
+
+
+def check_attempts_paired(notifier: flnotify.Notifier) -> None:
+    """Every attempt the hooks were told started was told ended, once."""
+    for hook in notifier.settings.hooks:
+        if isinstance(hook, HostileHook):
+            assert sorted(hook.started) == sorted(hook.ended)
+            assert len(set(hook.started)) == len(hook.started)
 
 
 class CountingCallbacks:
@@ -317,6 +339,30 @@ def retry_policy(world: World) -> flnotify.RetryPolicy:
     )
 
 
+# What an internal error may blame: each step of the core names the component that broke.
+COMPONENTS = (
+    "the transport raised",
+    "the retry policy raised",
+    "building the headers raised",
+    "checking the endpoint raised",
+    "checking the resolved address raised",
+    "sleep raised",
+    "the mailbox raised",
+)
+
+
+def check_component_named(error: BaseException) -> None:
+    """An internal error names the component that broke, never the engine's last resort.
+
+    The engine catches what escapes the core ("the engine raised ..."): that catch firing
+    means a component's failure was blamed on the wrong part and its attempt left unpaired.
+    """
+    if isinstance(error, flnotify.InternalError):
+        text = str(error)
+        assert not text.startswith("the engine"), f"the engine's last-resort catch fired: {text}"
+        assert text.startswith(COMPONENTS), f"no component named: {text}"
+
+
 def check_invariants(
     world: World,
     rs: list[Receiver],
@@ -357,5 +403,37 @@ def check_invariants(
                 assert d.status_code is not None
             else:
                 assert isinstance(d.error, flnotify.FlnotifyError)
+                check_component_named(d.error)
         ids = {h["webhook-id"] for h in seen.get(i, [])}
         assert ids <= {d.message_id}
+
+
+PROPERTY = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+"""The settings of the invariant properties."""
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The hostile components make flnotify log a lot at ERROR; that is expected here."""
+    logger = logging.getLogger("flnotify")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+async def no_wait(_: float) -> None:
+    """A sleeper that only yields to the loop."""
+    await asyncio.sleep(0)
+
+
+def hostile_notifier(world: World, transport: HostileTransport) -> flnotify.Notifier:
+    """A Notifier over ``world``'s hostile components, never really sleeping."""
+    with seams(sleep=no_wait, rng=world_rng(world)):
+        return flnotify.Notifier(transport=transport, **notifier_options(world))

@@ -4,7 +4,9 @@
 * `UvicornWorkers`: ``uvicorn --workers N`` serving a module of ``tests/`` on a socket
   the test holds, so requests wait in its backlog (no polling for readiness) and a
   restart keeps the address;
-* `listening_socket()`: such a socket.
+* `listening_socket()`: such a socket;
+* `serve_asgi(app)`: an ASGI app under uvicorn in a thread of this process (its lifespan
+  run), on such a socket; yields the base URL.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 TESTS = Path(__file__).resolve().parent
@@ -172,3 +175,25 @@ class UvicornWorkers:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any, path: str = "/fl/notify") -> Iterator[str]:
+    """Serve ``app`` under uvicorn in a thread; yields ``http://127.0.0.1:<port><path>``.
+
+    The socket listens before uvicorn starts, so requests simply wait in the backlog:
+    no polling for readiness. The app's lifespan runs (startup before the first request
+    is answered, shutdown on the way out).
+    """
+    import uvicorn
+
+    with listening_socket() as sock:
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+        thread.start()
+        try:
+            yield f"http://{HOST}:{port}{path}"
+        finally:
+            server.should_exit = True
+            thread.join()

@@ -384,7 +384,7 @@ def test_a_rejecting_client_is_removed_by_the_default_callbacks(
     app: Celery, clients: FaultServer, finished: Finished, repo_path: Path, tell_removed: bool
 ) -> None:
     good = [receiver(clients.url(f"/status/202?c={i}")) for i in range(2)]
-    rejecting = receiver(clients.url("/status/404"))
+    rejecting = receiver(clients.url("/status/409"))
     with flnotify.SQLiteTrainingRepository(repo_path) as repo:
         training = repo.create_training(
             actor=good[0], participants=[*good, rejecting], model_id=MODEL

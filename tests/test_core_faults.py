@@ -248,14 +248,17 @@ def test_a_redirect_is_not_followed_and_says_where_it_pointed(
     rs = [Receiver(uuid.uuid4(), server.url("/redirect/308"))]
     with flnotify.Notifier(transport=transport_of(kind), retry=NO_WAIT) as notifier:
         (delivery,) = notifier.send(round_start(rs))
-    assert (delivery.outcome, delivery.status_code) == (Outcome.REJECTED, 308)
+    assert (delivery.outcome, delivery.status_code) == (Outcome.FAILED, 308)
+    assert isinstance(delivery.error, flnotify.AnswerError)
+    assert delivery.error.kind is flnotify.AnswerErrorKind.REDIRECT
+    assert delivery.error.location == server.url("/status/200")
     assert delivery.redirect == server.url("/status/200")
     assert f"redirect to {server.url('/status/200')} not followed" in delivery.describe()
     assert server.request_count == 1
 
 
 def test_hooks_see_every_attempt_and_one_outcome_per_receiver() -> None:
-    answers = iter([503, 202, 404])
+    answers = iter([503, 202, 409])
     transport = MemoryTransport(lambda _: next(answers))
     rs = [Receiver(uuid.UUID(int=1), "http://a.test/fl"), Receiver(uuid.UUID(int=2), "ftp://x")]
     hook = RecordingHook()
@@ -276,7 +279,7 @@ def test_hooks_see_every_attempt_and_one_outcome_per_receiver() -> None:
 
 def test_readable_values() -> None:
     assert str(Outcome.DELIVERED) == "delivered"
-    transport = MemoryTransport(lambda r: 202 if "a." in r.url else 404)
+    transport = MemoryTransport(lambda r: 202 if "a." in r.url else 409)
     rs = [Receiver(uuid.uuid4(), "http://a.test/fl"), Receiver(uuid.uuid4(), "http://b.test/fl")]
     with flnotify.Notifier(transport=transport, retry=NO_WAIT) as n:
         report = n.send(round_start(rs))

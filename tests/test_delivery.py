@@ -112,15 +112,21 @@ def test_invalid_url_fails_at_once_without_request_or_retry() -> None:
         (200, Outcome.DELIVERED, 1),
         (202, Outcome.DELIVERED, 1),
         (204, Outcome.DELIVERED, 1),
-        (301, Outcome.REJECTED, 1),
+        (301, Outcome.FAILED, 1),
+        (307, Outcome.FAILED, 1),
         (400, Outcome.REJECTED, 1),
-        (401, Outcome.REJECTED, 1),
-        (404, Outcome.REJECTED, 1),
+        (401, Outcome.FAILED, 1),
+        (403, Outcome.FAILED, 1),
+        (404, Outcome.FAILED, 1),
+        (405, Outcome.FAILED, 1),
+        (409, Outcome.REJECTED, 1),
+        (410, Outcome.REJECTED, 1),
+        (422, Outcome.REJECTED, 1),
         (500, Outcome.REJECTED, 1),
-        (429, Outcome.FAILED, 6),
-        (502, Outcome.FAILED, 6),
-        (503, Outcome.FAILED, 6),
-        (504, Outcome.FAILED, 6),
+        (429, Outcome.FAILED, 4),
+        (502, Outcome.FAILED, 4),
+        (503, Outcome.FAILED, 4),
+        (504, Outcome.FAILED, 4),
     ],
 )
 def test_status_mapping_through_httpx_mock_transport(
@@ -158,7 +164,7 @@ def test_retry_then_delivered_with_growing_backoff() -> None:
     assert delivery.outcome is Outcome.DELIVERED
     assert delivery.attempts == 4
     # initial 0.5 s doubling, half of it jittered away with rng() == 0.5 -> factor 0.75
-    assert fake.sleeps == [0.375, 0.75, 1.5]
+    assert fake.sleeps == [0.75, 2.25, 6.75]
     assert delivery.elapsed == pytest.approx(sum(fake.sleeps))
 
 
@@ -183,7 +189,8 @@ def test_retry_after_http_date() -> None:
     fake = FakeTime()
     date = email.utils.formatdate(fake.now + 12, usegmt=True)
     answers = iter([HttpResponse(503, {"retry-after": date}), HttpResponse(200)])
-    report = notifier(MemoryTransport(lambda _: next(answers)), fake).send(
+    patient = RetryPolicy(max_retry_after=60)  # the default caps waits at 10 s
+    report = notifier(MemoryTransport(lambda _: next(answers)), fake, retry=patient).send(
         round_start(receivers(1))
     )
     assert report.ok
@@ -199,9 +206,9 @@ def test_transport_error_retried_until_budget_then_failed() -> None:
     (delivery,) = notifier(transport, fake).send(round_start(receivers(1)))
     assert delivery.outcome is Outcome.FAILED
     assert isinstance(delivery.error, flnotify.ConnectError)
-    assert delivery.attempts == 6
-    assert len(transport.requests) == 6
-    assert fake.sleeps == [0.375, 0.75, 1.5, 3.0, 6.0]
+    assert delivery.attempts == 4
+    assert len(transport.requests) == 4
+    assert fake.sleeps == [0.75, 2.25, 6.75]
 
 
 def test_message_id_is_stable_across_retries_and_timestamp_is_per_attempt() -> None:
@@ -229,7 +236,7 @@ def test_given_message_ids_are_used_and_checked() -> None:
 
 def test_callbacks_called_exactly_once_per_receiver_sync_and_async() -> None:
     rs = receivers(30)
-    table = {r.message_endpoint: (lambda _: 404) for r in rs[:10]}
+    table = {r.message_endpoint: (lambda _: 409) for r in rs[:10]}
     table.update({r.message_endpoint: (lambda _: 503) for r in rs[10:15]})
     calls: list[tuple[str, uuid.UUID]] = []
 
@@ -276,7 +283,7 @@ def test_default_training_callbacks_remove_rejecting_and_error_on_failure() -> N
     training = repo.create_training(
         actor=actor, participants=rs, model_id=MODEL, state=TrainingState.ONGOING
     )
-    table: dict[str, Callable[[MemoryRequest], Any]] = {rs[0].message_endpoint: lambda _: 404}
+    table: dict[str, Callable[[MemoryRequest], Any]] = {rs[0].message_endpoint: lambda _: 409}
     n = flnotify.TrainingRoundStartNotification.from_training(training)
     report = notifier(MemoryTransport(by_url(table)), repository=repo).send(n)
     assert report.counts()[Outcome.REJECTED] == 1
@@ -314,7 +321,7 @@ def test_explicit_callbacks_override_defaults_and_start_has_none() -> None:
     repo = InMemoryTrainingRepository()
     rs = receivers(2)
     training = repo.create_training(actor=rs[0], participants=rs, model_id=MODEL)
-    transport = MemoryTransport(lambda _: 404)
+    transport = MemoryTransport(lambda _: 409)
     seen: list[flnotify.Delivery] = []
     n = flnotify.TrainingModelTestNotification.from_training(training)
     notifier(transport, repository=repo).send(n, FunctionCallbacks(error=seen.append))
@@ -448,11 +455,11 @@ def test_empty_receivers_give_an_empty_report() -> None:
 
 def test_raise_for_failures_names_the_first_failure() -> None:
     rs = receivers(3)
-    report = notifier(MemoryTransport(lambda _: 404)).send(round_start(rs))
+    report = notifier(MemoryTransport(lambda _: 409)).send(round_start(rs))
     with pytest.raises(flnotify.DeliveryError, match="3 receiver") as info:
         report.raise_for_failures()
     assert len(info.value.deliveries) == 3
-    assert "404" in str(info.value)
+    assert "409" in str(info.value)
     assert report.rejected == report.deliveries
     assert report.delivered == ()
     assert report.failed == ()
@@ -478,7 +485,7 @@ def test_logs_carry_ids_endpoint_and_type_but_never_secrets(
     repo = InMemoryTrainingRepository()
     rs = receivers(2)
     training = repo.create_training(actor=rs[0], participants=rs, model_id=MODEL)
-    table: dict[str, Callable[[MemoryRequest], Any]] = {rs[1].message_endpoint: lambda _: 404}
+    table: dict[str, Callable[[MemoryRequest], Any]] = {rs[1].message_endpoint: lambda _: 409}
     n = flnotify.TrainingRoundStartNotification.from_training(training)
     with caplog.at_level(logging.DEBUG, logger="flnotify"):
         notifier(MemoryTransport(by_url(table)), repository=repo, signer=Signer(secret)).send(n)

@@ -48,7 +48,10 @@ def test_notifier_delivers_signed_notifications_to_the_router(server: str, name:
                 report = notifier.send(notification.with_receivers([ours, impostor]))
                 delivered, rejected = report.deliveries
                 assert (delivered.outcome, delivered.status_code) == (Outcome.DELIVERED, status)
-                assert (rejected.outcome, rejected.status_code) == (Outcome.REJECTED, 401)
+                # the impostor could not be verified: the sender's mistake, never a "no"
+                assert (rejected.outcome, rejected.status_code) == (Outcome.FAILED, 401)
+                assert isinstance(rejected.error, flnotify.AnswerError)
+                assert rejected.error.kind is flnotify.AnswerErrorKind.SIGNATURE
             # the same ids again (a resend from an outbox): handled once, answered 200
             n = ALL_TYPES[1][0].with_receivers([ours])
             first = notifier.send(n, message_ids=["msg_e2e_once"])

@@ -127,7 +127,9 @@ def test_removed_clients_are_told_at_once_and_hooks_see_each_telling_end() -> No
 
     hook = RecordingHook()
     with flnotify.Notifier(MemoryTransport(handler), repository=repo, hooks=[hook]) as notifier:
-        callbacks = TrainingCallbacks(repo, sender=notifier.engine, tell_timeout=5)
+        callbacks = TrainingCallbacks(
+            repo, sender=notifier.engine, tell_removed=True, tell_timeout=5
+        )
         report = notifier.send(notification, callbacks)
     assert [d.outcome for d in report] == [Outcome.REJECTED] * 4
     tellings = [
@@ -143,7 +145,8 @@ def test_a_client_removed_twice_is_told_once() -> None:
     repo = flnotify.InMemoryTrainingRepository()
     notification, _ = _training(repo, 2, "twice")
     transport = MemoryTransport(lambda r: 200 if _type(r) == "CLIENT_REMOVED" else 409)
-    with flnotify.Notifier(transport, repository=repo) as notifier:
+    telling = flnotify.FailurePolicy(tell_removed=True)  # the strict policy, telling
+    with flnotify.Notifier(transport, repository=repo, failure_policy=telling) as notifier:
         notifier.send(notification)
         notifier.send(notification)  # the same round again: callbacks run again, say
     removed = [r for r in transport.requests if _type(r) == "CLIENT_REMOVED"]

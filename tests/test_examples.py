@@ -6,6 +6,8 @@
   the Django training.
 * ``examples/fastapi_client``: flnotify's ASGI app mounted in FastAPI, served by uvicorn,
   receiving notifications sent and signed by the Notifier.
+* ``examples/fastapi_server``: an FL server whose routes start sends with
+  ``Notifier.submit`` and answer before the clients do.
 
 The example modules are imported by path (they are not packages of this project), so
 they are typed ``Any`` here and left out of mypy.
@@ -232,7 +234,7 @@ def test_fastapi_client_receives_signed_notifications() -> None:
     (delivery,) = report
     assert (delivery.outcome, delivery.status_code) == (flnotify.Outcome.DELIVERED, 202)
     (refused,) = forged
-    assert (refused.outcome, refused.status_code) == (flnotify.Outcome.REJECTED, 401)
+    assert (refused.outcome, refused.status_code) == (flnotify.Outcome.FAILED, 401)
     assert trainer.events == [
         {"type": "TRAINING_START", "training": str(training)},
         {"type": "UPDATE_ROUND_START", "training": str(training)},
@@ -246,3 +248,47 @@ def test_fastapi_client_needs_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLNOTIFY_SECRET", raising=False)
     with pytest.raises(RuntimeError, match="FLNOTIFY_SECRET"):
         example.create_app()
+
+
+def test_fastapi_server_answers_before_its_clients_and_reports_later() -> None:
+    pytest.importorskip("fastapi")
+    import httpx
+
+    example = import_example("fastapi_server", "server")
+    secret = generate_secret()
+    entered, release = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def held(notification: flnotify.Notification[Any]) -> None:  # run in a worker thread
+        seen.append(notification.notification_type.value)
+        entered.set()
+        release.wait()
+
+    router = NotificationRouter(secrets=secret)
+    router.add_handler(flnotify.NotificationType.UPDATE_ROUND_START, held)
+    retry = flnotify.RetryPolicy.no_retries()
+    app = example.create_app(secret=secret, retry=retry)
+    try:
+        with uvicorn_server(router.asgi_app()) as client_base, uvicorn_server(app) as base:
+            client = {"id": str(uuid.uuid4()), "endpoint": f"{client_base}/"}
+            with httpx.Client(base_url=base, timeout=30) as http:
+                created = http.post("/trainings", json={"participants": [client]})
+                assert created.status_code == 201, created.text
+                training = created.json()["training_id"]
+                started = http.post(f"/trainings/{training}/rounds")
+                # the route answered while the client still holds the notification
+                assert started.status_code == 202, started.text
+                assert not release.is_set()
+                send = started.json()
+                assert len(send["message_ids"]) == 1
+                assert send["message_ids"][0].startswith("msg_")
+                assert http.get(f"/sends/{send['send_id']}").json() == {"done": False}
+                assert entered.wait(30)  # the send reached the client, and waits there
+                release.set()
+                report = http.get(f"/sends/{send['send_id']}", params={"wait": True}).json()
+                state = http.get(f"/trainings/{training}").json()
+    finally:
+        release.set()
+    assert seen == ["UPDATE_ROUND_START"]
+    assert (report["done"], report["delivered"], report["failed"]) == (True, 1, 0)
+    assert state == {"state": "INITIAL", "round": 1, "participants": [client["id"]]}

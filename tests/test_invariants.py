@@ -9,59 +9,32 @@ stable, and the send ends. (The Celery driver runs the same property in test_cel
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flnotify
 from flnotify.outbox import Outbox, OutboxDispatcher, OutboxState
-from flnotify.testing import seams
 from flnotify.transports import HttpxTransport, StreamTransport, Timeouts
 from hostile import (
+    PROPERTY,
     CountingCallbacks,
     HostileTransport,
     World,
+    check_attempts_paired,
     check_invariants,
+    hostile_notifier,
+    no_wait,
     notification,
-    notifier_options,
+    quiet,
     receivers,
-    world_rng,
     worlds,
 )
 from servers import FaultServer
-
-PROPERTY = settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """The hostile components make flnotify log a lot at ERROR; that is expected here."""
-    logger = logging.getLogger("flnotify")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-async def _no_wait(_: float) -> None:
-    await asyncio.sleep(0)
-
-
-def _notifier(world: World, transport: HostileTransport) -> flnotify.Notifier:
-    with seams(sleep=_no_wait, rng=world_rng(world)):
-        return flnotify.Notifier(transport=transport, **notifier_options(world))
 
 
 @PROPERTY
@@ -71,13 +44,16 @@ def test_notifier_one_delivery_and_one_callback_per_receiver(world: World) -> No
     transport = HostileTransport(world, [r.message_endpoint for r in rs])
     callbacks = CountingCallbacks(world)
 
+    notifier = hostile_notifier(world, transport)
+
     async def main() -> flnotify.DeliveryReport:
-        async with _notifier(world, transport) as notifier:
+        async with notifier:
             # a hang fails the example instead of the whole suite
             return await asyncio.wait_for(notifier.asend(notification(rs), callbacks), 30)
 
     with quiet():
         report = asyncio.run(main())
+    check_attempts_paired(notifier)
     assert [d.receiver for d in report] == rs
     check_invariants(world, rs, list(report), callbacks, transport.seen)
     raising = {r.id for r in rs} & callbacks.bad
@@ -91,8 +67,9 @@ def test_notifier_sync_send_ends_the_same_way(world: World) -> None:
     rs = receivers(world)
     transport = HostileTransport(world, [r.message_endpoint for r in rs])
     callbacks = CountingCallbacks(world)
-    with quiet(), _notifier(world, transport) as notifier:
+    with quiet(), hostile_notifier(world, transport) as notifier:
         report = notifier.send(notification(rs), callbacks)
+    check_attempts_paired(notifier)
     check_invariants(world, rs, list(report), callbacks, transport.seen)
 
 
@@ -105,11 +82,12 @@ def test_outbox_dispatcher_one_recorded_outcome_and_callback_per_receiver(
     transport = HostileTransport(world, [r.message_endpoint for r in rs])
     callbacks = CountingCallbacks(world)
     path = tmp_path / f"outbox-{uuid.uuid4().hex}.db"
-    with quiet(), Outbox(path) as outbox, _notifier(world, transport) as notifier:
+    with quiet(), Outbox(path) as outbox, hostile_notifier(world, transport) as notifier:
         batch = outbox.put(notification(rs))
-        dispatcher = OutboxDispatcher(outbox, notifier, callbacks=callbacks, sleep=_no_wait)
+        dispatcher = OutboxDispatcher(outbox, notifier, callbacks=callbacks, sleep=no_wait)
         assert dispatcher.run() == len(rs)
         entries = outbox.entries(batch)
+    check_attempts_paired(notifier)
     assert [e.state for e in entries] == [OutboxState.DONE] * len(rs)
     deliveries = [calls[0] for calls in callbacks.calls.values()]
     check_invariants(world, rs, deliveries, callbacks, transport.seen)

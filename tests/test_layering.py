@@ -27,7 +27,13 @@ LAYERS: list[set[str]] = [
         "flnotify._postgres",
         "flnotify.mailbox._wire",
     },
-    {"flnotify._retry", "flnotify._report", "flnotify.transports", "flnotify.health"},
+    {
+        "flnotify._retry",
+        "flnotify._report",
+        "flnotify._handle",
+        "flnotify.transports",
+        "flnotify.health",
+    },
     {
         "flnotify.repository",
         "flnotify._repository_contract",

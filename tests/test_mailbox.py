@@ -605,7 +605,9 @@ def test_a_rejecting_polling_client_is_removed_and_told_through_its_mailbox(
         )
         repo.update_training(training.id, state=TrainingState.ONGOING)
         notifier = Notifier(signer=world.signer, mailbox=world.store)
-        callbacks = flnotify.TrainingCallbacks(repo, sender=notifier, tell_timeout=0.2)
+        callbacks = flnotify.TrainingCallbacks(
+            repo, sender=notifier, tell_removed=True, tell_timeout=0.2
+        )
         round_one = flnotify.TrainingRoundStartNotification.from_training(
             repo.update_training(training.id, round=1), receivers=[receiver]
         )

@@ -20,9 +20,20 @@ from hypothesis import strategies as st
 import flnotify
 from flnotify import Outcome, Receiver
 from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxError
-from hostile import CountingCallbacks, HostileTransport, World, notification, receivers, worlds
+from hostile import (
+    PROPERTY,
+    CountingCallbacks,
+    HostileTransport,
+    World,
+    check_attempts_paired,
+    check_component_named,
+    hostile_notifier,
+    notification,
+    quiet,
+    receivers,
+    worlds,
+)
 from mailbox_env import Clock
-from test_invariants import PROPERTY, _notifier, quiet
 
 ACTIONS = st.one_of(
     st.tuples(st.just("ack"), st.integers(100, 599)),
@@ -110,10 +121,13 @@ def test_one_delivery_and_one_callback_per_receiver_pushed_or_polling(
             await asyncio.wait({send, look}, return_when=asyncio.FIRST_COMPLETED)
             look.cancel()
 
+    notifiers: list[flnotify.Notifier] = []
+
     async def main() -> flnotify.DeliveryReport:
         nonlocal failing
         failing = FailingStore(store, faults)
-        notifier = _notifier(world, transport)
+        notifier = hostile_notifier(world, transport)
+        notifiers.append(notifier)
         notifier.mailbox = failing
         async with notifier:
             send = asyncio.create_task(notifier.asend(notification(rs), callbacks))
@@ -123,6 +137,7 @@ def test_one_delivery_and_one_callback_per_receiver_pushed_or_polling(
     with quiet():
         report = asyncio.run(main())
     store.close()
+    check_attempts_paired(notifiers[0])
     assert [d.receiver for d in report] == rs
     assert set(callbacks.calls) == {r.id for r in rs}
     assert all(len(calls) == 1 for calls in callbacks.calls.values())
@@ -131,6 +146,7 @@ def test_one_delivery_and_one_callback_per_receiver_pushed_or_polling(
         d.describe()
         if d.error is not None:
             assert isinstance(d.error, flnotify.FlnotifyError)
+            check_component_named(d.error)
         if i not in polls:
             assert d.attempts == len(transport.seen.get(i, []))
             continue

@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +18,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
-import uvicorn
 
 import flnotify
 from flnotify import (
@@ -50,6 +48,7 @@ from flnotify.receiving import (
     wsgi_app,
 )
 from flnotify.signing import generate_secret, sign_payload
+from receivers import serve_asgi
 
 NOW = 1_700_000_000
 SECRET = generate_secret()
@@ -915,26 +914,6 @@ def serve_wsgi(app: Any) -> Iterator[str]:
         server.shutdown()
         thread.join()
         server.server_close()
-
-
-@contextlib.contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    # The socket listens before uvicorn starts, so requests simply wait in the backlog:
-    # no polling for readiness.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}/fl/notify"
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()
 
 
 SERVERS = {

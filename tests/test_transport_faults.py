@@ -99,10 +99,11 @@ def one(report: flnotify.DeliveryReport) -> flnotify.Delivery:
     [
         ("/status/200", Outcome.DELIVERED, 200, 1),
         ("/status/202", Outcome.DELIVERED, 202, 1),
-        ("/status/404", Outcome.REJECTED, 404, 1),
+        ("/status/404", Outcome.FAILED, 404, 1),
+        ("/status/409", Outcome.REJECTED, 409, 1),
         ("/status/500", Outcome.REJECTED, 500, 1),
         ("/status/429", Outcome.FAILED, 429, 3),
-        ("/redirect", Outcome.REJECTED, 301, 1),
+        ("/redirect", Outcome.FAILED, 301, 1),
         ("/chunked/202", Outcome.DELIVERED, 202, 1),
         ("/keepalive-close", Outcome.DELIVERED, 202, 1),
     ],
@@ -124,7 +125,7 @@ def test_status_classification(
 def test_redirect_is_not_followed(make_transport: TransportFactory, server: FaultServer) -> None:
     server.clear()
     d = one(Run(make_transport(None)).send(server.url("/redirect")))
-    assert d.outcome is Outcome.REJECTED
+    assert d.outcome is Outcome.FAILED
     assert [r.path for r in server.requests] == ["/redirect"]
 
 
@@ -192,7 +193,7 @@ def test_close_without_answer(make_transport: TransportFactory, server: FaultSer
     assert d.attempts == 2
 
 
-@pytest.mark.parametrize(("status", "outcome"), [(200, Outcome.DELIVERED), (404, Outcome.REJECTED)])
+@pytest.mark.parametrize(("status", "outcome"), [(200, Outcome.DELIVERED), (409, Outcome.REJECTED)])
 def test_ten_megabyte_response_is_capped_and_classified_by_status(
     make_transport: TransportFactory, server: FaultServer, status: int, outcome: Outcome
 ) -> None:
@@ -254,7 +255,7 @@ def test_the_originals_behaviours_against_a_real_server(
 ) -> None:
     repo = flnotify.InMemoryTrainingRepository()
     ok = [Receiver(uuid.uuid4(), server.url(f"/status/202?c={i}")) for i in range(3)]
-    rejecting = Receiver(uuid.uuid4(), server.url("/status/404"))
+    rejecting = Receiver(uuid.uuid4(), server.url("/status/409"))
     dead = Receiver(uuid.uuid4(), refused_url())
     training = repo.create_training(
         actor=ok[0],

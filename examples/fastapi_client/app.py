@@ -11,7 +11,7 @@ worker (or after a restart) is not handled twice:
 
 The FL server may send to ``http://<this host>:8000/flnotify`` or ``.../flnotify/``: both
 are served. (A mount alone answers ``/flnotify`` with a redirect to ``/flnotify/``, and
-the FL server never follows redirects: it would count the client as refusing.)
+the FL server never follows redirects: the round would fail, naming the redirect.)
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from ._codec import Codec, NotificationRegistry, decode, default_registry, encode, make_converter
 from ._engine import Settings
 from ._exceptions import (
+    AnswerError,
+    AnswerErrorKind,
     BlockedAddressError,
     CallbackError,
     CircuitOpenError,
@@ -34,11 +36,12 @@ from ._exceptions import (
     UnknownNotificationTypeError,
     VerificationError,
 )
+from ._handle import SendHandle
 from ._hooks import AttemptEnded, AttemptStarted, DeliveryHook, NullHook, SendStarted
 from ._notification import Notification, TrainingNotification
 from ._notifier import Notifier
 from ._report import Delivery, DeliveryReport, OutcomeCounts
-from ._retry import RetryPolicy
+from ._retry import Classification, RetryPolicy, StatusMeaning
 from ._types import (
     HttpResponse,
     NotificationKind,
@@ -97,6 +100,8 @@ from .training import (
 )
 
 __all__ = [
+    "AnswerError",
+    "AnswerErrorKind",
     "AsyncTrainingRepository",
     "AttemptEnded",
     "AttemptStarted",
@@ -105,6 +110,7 @@ __all__ = [
     "Callbacks",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Classification",
     "ClientRemovedBody",
     "ClientRemovedNotification",
     "Codec",
@@ -158,10 +164,12 @@ __all__ = [
     "RetryPolicy",
     "RoundBody",
     "SQLiteTrainingRepository",
+    "SendHandle",
     "SendStarted",
     "Settings",
     "SignatureMismatchError",
     "Signer",
+    "StatusMeaning",
     "Timeouts",
     "TimestampError",
     "TrainingCallbacks",

@@ -520,6 +520,7 @@ class Core:
             response = None
         outcome: Outcome | None
         delay = 0.0
+        refusal: FlnotifyError | None = None  # an answer naming the sending side's mistake
         try:
             decision = self._retry.decide(
                 course.attempts,
@@ -528,7 +529,7 @@ class Core:
                 rng=self._rng,
                 now=self._wall_clock,
             )
-            outcome, delay = decision.outcome, decision.delay
+            outcome, delay, refusal = decision.outcome, decision.delay, decision.error
             if outcome is None and not (isinstance(delay, (int, float)) and 0 <= delay < math.inf):
                 msg = f"retry delay {delay!r} is not a finite number of seconds >= 0"
                 raise ValueError(msg)
@@ -558,7 +559,7 @@ class Core:
         if outcome is None:
             course.last = response
             return float(delay)
-        return self.finish(course, outcome, response=response, error=error)
+        return self.finish(course, outcome, response=response, error=error or refusal)
 
     def observed(self, course: Course) -> None:
         """Tell the hooks an attempt started that the driver did not make itself.

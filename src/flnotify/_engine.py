@@ -96,6 +96,10 @@ Poster = Callable[[str, bytes, dict[str, str]], Awaitable[HttpResponse]]
 Then = Callable[[], Coroutine[Any, Any, None]]
 
 
+DEFAULT_DEADLINE: float | None = 90.0
+"""Seconds a send may take by default: with the other defaults, no receiver needs longer."""
+
+
 def _hooks(value: Sequence[DeliveryHook]) -> tuple[DeliveryHook, ...]:
     return tuple(value)
 
@@ -117,8 +121,11 @@ class Settings:
         retry: When to try again.
         concurrency: At most this many POSTs in flight at once; receivers waiting for a
             retry do not hold a slot.
-        deadline: Seconds a whole send may take; what is still pending then is reported
-            as failed (kind ``DEADLINE``) and its callbacks are called.
+        deadline: Seconds a whole send may take (90 by default; ``None``: no limit); what
+            is still pending then is reported as failed (kind ``DEADLINE``) and its
+            callbacks are called. It bounds polling receivers too (a client that does not
+            fetch and acknowledge in time); with the other defaults one send holds its
+            caller at most 100 s (docs/delivery.md).
         signer: Signs each attempt (Standard Webhooks); unsigned without one.
         policy: Which endpoints may be POSTed to, checked before any I/O.
         codec: Encodes the notification (once per send).
@@ -138,7 +145,7 @@ class Settings:
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     concurrency: int = attrs.field(default=100, validator=at_least_one)
     deadline: float | None = attrs.field(
-        default=None, validator=attrs.validators.optional(positive)
+        default=DEFAULT_DEADLINE, validator=attrs.validators.optional(positive)
     )
     signer: Signer | None = None
     policy: EndpointPolicy = attrs.field(factory=EndpointPolicy)
@@ -146,7 +153,7 @@ class Settings:
     hooks: tuple[DeliveryHook, ...] = attrs.field(default=(), converter=_hooks)
     breaker: CircuitBreaker | None = None
     failure_policy: FailurePolicy = attrs.field(factory=FailurePolicy)
-    attempt_timeout: float = attrs.field(default=30.0, validator=positive)
+    attempt_timeout: float = attrs.field(default=15.0, validator=positive)
     user_agent: str = f"flnotify/{__version__}"
     default_callbacks: CallbackRegistry = attrs.field(factory=default_callback_registry)
 
@@ -921,13 +928,17 @@ class Engine:
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the engine's private loop thread and wait for it."""
+    def portal(self) -> Portal:
+        """The engine's private event loop thread (started on first use)."""
         if self._portal is None:
             self._portal = portal = Portal()
             # an engine dropped without close() must not leak its loop thread
             weakref.finalize(self, portal.close)
-        return self._portal.run(coroutine)
+        return self._portal
+
+    def run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the engine's private loop thread and wait for it."""
+        return self.portal().run(coroutine)
 
     async def aclose(self) -> None:
         """Release the transport's connections for the running loop, and worker threads."""

@@ -14,6 +14,7 @@ of a backend (httpx, httptools, sqlite3, ...) are translated at the edge and kep
     │   └── PayloadTooLargeError                         body over the policy's limit
     ├── EndpointError                (also ValueError)   receiver URL refused before any I/O
     │   └── BlockedAddressError                          resolved to a guarded network
+    ├── AnswerError                                      an answer says the sending side is wrong
     ├── TransportError                                   one attempt failed, no status came back
     │   ├── ConnectError                                 refused / unreachable
     │   ├── DNSError                                     name did not resolve
@@ -41,6 +42,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "AnswerError",
+    "AnswerErrorKind",
     "BlockedAddressError",
     "CallbackError",
     "CircuitOpenError",
@@ -198,6 +201,74 @@ _FINAL_KINDS = frozenset(
         TransportErrorKind.CIRCUIT_OPEN,
     }
 )
+
+
+class AnswerErrorKind(enum.Enum):
+    """Which mistake of the sending side an answer points at.
+
+    A server's mistake, never the client's: the default callbacks never remove a client for
+    one.
+    """
+
+    SIGNATURE = "signature"
+    """401/403: the client could not verify the signature: the signing secret it was
+    given and the one the server signs with differ (or a key rotation went wrong)."""
+    REDIRECT = "redirect"
+    """3xx: the endpoint moved (or a framework adds a trailing slash); never followed."""
+    ENDPOINT = "endpoint"
+    """404/405: nothing takes notifications at the receiver's ``message_endpoint``."""
+
+
+_ANSWER_HINTS = {
+    AnswerErrorKind.SIGNATURE: (
+        "the client could not verify the signature: check the signing secret configured"
+        " for it on the server (Settings.signer) against the one the client verifies with"
+    ),
+    AnswerErrorKind.REDIRECT: (
+        "the endpoint redirects{where} and redirects are never followed: register the URL"
+        " it redirects to as the receiver's message_endpoint"
+    ),
+    AnswerErrorKind.ENDPOINT: (
+        "nothing takes notifications at this URL: check the receiver's message_endpoint"
+        " (its path and that it accepts POST)"
+    ),
+}
+
+
+class AnswerError(FlnotifyError):
+    """A client answered with a status that says the *sending* side is misconfigured.
+
+    The delivery fails (never rejected): a server's mistake must not remove clients. The
+    message says what to check, and never carries a secret.
+
+    Attributes:
+        kind: Which mistake (signing secret, redirect, endpoint).
+        status: The status the client answered.
+        url: The URL that was requested.
+        location: Where a redirect pointed (``""`` if it named no ``Location``), else ``None``.
+    """
+
+    def __init__(
+        self,
+        kind: AnswerErrorKind,
+        status: int,
+        *,
+        url: str = "",
+        location: str | None = None,
+    ) -> None:
+        where = ""
+        if kind is AnswerErrorKind.REDIRECT:
+            where = f" to {location}" if location else " (with no Location)"
+        super().__init__(f"answered {status}: " + _ANSWER_HINTS[kind].format(where=where))
+        self.kind = kind
+        self.status = status
+        self.url = url
+        self.location = location
+
+    @property
+    def hint(self) -> str:
+        """What to check, without the status or URL (the same for every receiver of a kind)."""
+        return _ANSWER_HINTS[self.kind].format(where="")
 
 
 class ConnectError(TransportError):

@@ -8,6 +8,7 @@ sync code and from inside a running event loop alike.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -57,6 +58,16 @@ class Portal:
             )
             raise ConfigurationError(msg)
         return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coroutine`` on the portal's loop and return at once with its future."""
+        loop = self._start()
+        return asyncio.run_coroutine_threadsafe(coroutine, loop)
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The loop's thread, once started."""
+        return self._thread
 
     def close(self) -> None:
         """Stop the loop and join its thread (a no-op if it never started)."""

@@ -195,7 +195,7 @@ class Timeouts:
     connect: float = attrs.field(default=5.0, validator=positive)
     read: float = attrs.field(default=10.0, validator=positive)
     write: float = attrs.field(default=10.0, validator=positive)
-    total: float = attrs.field(default=30.0, validator=positive)
+    total: float = attrs.field(default=15.0, validator=positive)
     pool: float | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
 
     @classmethod

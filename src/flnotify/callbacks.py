@@ -10,6 +10,7 @@ not disturb other deliveries.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import inspect
 import logging
@@ -20,7 +21,13 @@ from uuid import UUID
 
 import attrs
 
-from ._exceptions import CallbackError, ConfigurationError, RepositoryBusyError
+from ._exceptions import (
+    AnswerError,
+    CallbackError,
+    ConfigurationError,
+    RepositoryBusyError,
+    TransportError,
+)
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery
 from ._seams import current_seams
@@ -299,9 +306,11 @@ class FailurePolicy:
     """When a send puts its training into ``ERROR``: decided once, over all its receivers.
 
     A send fails the policy when more of its receivers failed than ``max_failures``, or
-    fewer were delivered than ``min_delivered`` or than ``min_delivered_fraction`` of them
-    (rejected receivers count as not delivered, never as failed). The default is the
-    original platform's strict rule: one failure puts the training into ``ERROR``.
+    fewer were delivered than ``min_delivered``, or than ``min_delivered_fraction`` of the
+    receivers that did not say no (a rejecting client is removed, so it leaves the
+    fraction; it never counts as failed). A training also goes to ``ERROR`` when removals
+    leave it fewer than ``min_participants`` participants. The default is the original
+    platform's strict rule: one failure puts the training into ``ERROR``.
     Like Flower's ``accept_failures`` and minimum completion rates, a tolerant policy lets a
     round go on without some clients; ``remove_after`` removes a client that failed that
     many notifications of the training in a row (the count lives with the training, see
@@ -313,12 +322,20 @@ class FailurePolicy:
         min_delivered_fraction: Share of its receivers a send must deliver to (0 to 1).
         remove_after: Remove a client after this many consecutive failed notifications of
             the training; ``None`` never removes for failures.
+        min_participants: Participants a training must keep: a removal that leaves fewer
+            puts it into ``ERROR`` (never a silent empty training).
+        tell_removed: Whether the default callbacks send ``CLIENT_REMOVED`` to a client
+            they removed (and to the actor): off for the strict default, so a platform
+            moving from the original sees no new traffic until it asks; on for
+            [`tolerant`][flnotify.FailurePolicy.tolerant].
     """
 
     max_failures: int | None = attrs.field(default=0)
     min_delivered: int = attrs.field(default=0)
     min_delivered_fraction: float = attrs.field(default=0.0)
     remove_after: int | None = attrs.field(default=None)
+    min_participants: int = attrs.field(default=1)
+    tell_removed: bool = attrs.field(default=False)
 
     def __attrs_post_init__(self) -> None:
         _count(self.max_failures, "max_failures", none=True)
@@ -331,6 +348,10 @@ class FailurePolicy:
             msg = f"FailurePolicy.min_delivered_fraction must be in [0, 1], got {fraction!r}"
             raise ConfigurationError(msg)
         _count(self.remove_after, "remove_after", none=True)
+        _count(self.min_participants, "min_participants")
+        if not isinstance(self.tell_removed, bool):
+            msg = f"FailurePolicy.tell_removed must be True or False, got {self.tell_removed!r}"
+            raise ConfigurationError(msg)
         if self.remove_after == 0:
             msg = "FailurePolicy.remove_after must be >= 1 or None, got 0"
             raise ConfigurationError(msg)
@@ -342,13 +363,23 @@ class FailurePolicy:
 
     @classmethod
     def tolerant(
-        cls, *, min_delivered_fraction: float = 0.5, remove_after: int | None = 3
+        cls,
+        *,
+        min_delivered_fraction: float = 0.5,
+        remove_after: int | None = 3,
+        min_participants: int = 1,
+        tell_removed: bool = True,
     ) -> FailurePolicy:
-        """No limit on failures as long as enough receivers are delivered; remove the dead."""
+        """No limit on failures as long as enough receivers are delivered; remove the dead.
+
+        Removed clients are told (``CLIENT_REMOVED``) unless ``tell_removed=False``.
+        """
         return cls(
             max_failures=None,
             min_delivered_fraction=min_delivered_fraction,
             remove_after=remove_after,
+            min_participants=min_participants,
+            tell_removed=tell_removed,
         )
 
     @property
@@ -376,14 +407,19 @@ class FailurePolicy:
         return self.max_failures == 0 and not self.counts_deliveries
 
     def verdict(self, tally: SendTally) -> Verdict:
-        """Judge a send from its counts so far; ``ERROR`` or ``FINE`` as soon as it is certain."""
+        """Judge a send from its counts so far; ``ERROR`` or ``FINE`` as soon as it is certain.
+
+        The share is of the receivers that did not say no: a rejection can only shrink
+        the base of the fraction, never count against it.
+        """
         pending = tally.pending
         best = tally.delivered + pending  # delivered if every pending receiver delivers
         limit = self.max_failures
+        base = tally.total - tally.rejected  # pending ones may still reject: a lower bound
         if (
             (limit is not None and tally.failed > limit)
             or best < self.min_delivered
-            or self._short_of_share(best, tally.total)
+            or self._short_of_share(best, base)
         ):
             return Verdict.ERROR
         if pending == 0:
@@ -392,26 +428,34 @@ class FailurePolicy:
         if (
             (limit is None or worst <= limit)
             and tally.delivered >= self.min_delivered
-            and not self._short_of_share(tally.delivered, tally.total)
+            and not self._short_of_share(tally.delivered, base)
         ):
             return Verdict.FINE
         return Verdict.OPEN
 
-    def explain(self, tally: SendTally) -> str:
-        """The verdict in a sentence, with the counts that led to it."""
-        verdict = self.verdict(tally)
-        counts = (
-            f"{tally.delivered} delivered, {tally.rejected} rejected, {tally.failed} failed "
-            f"of {tally.total}"
-        )
+    def wanted(self) -> str:
+        """What the policy asks of a send, in words."""
         rules = []
         if self.max_failures is not None:
             rules.append(f"at most {self.max_failures} failed")
         if self.min_delivered:
             rules.append(f"at least {self.min_delivered} delivered")
         if self.min_delivered_fraction:
-            rules.append(f"at least {self.min_delivered_fraction:.0%} delivered")
-        wanted = " and ".join(rules) or "nothing"
+            rules.append(
+                f"at least {self.min_delivered_fraction:.0%} of those that did not say no delivered"
+            )
+        return " and ".join(rules) or "nothing"
+
+    def explain(self, tally: SendTally) -> str:
+        """The verdict in a sentence, with the counts that led to it (and what is pending)."""
+        verdict = self.verdict(tally)
+        counts = (
+            f"{tally.delivered} delivered, {tally.rejected} rejected, {tally.failed} failed "
+            f"of {tally.total}"
+        )
+        if tally.pending:
+            counts += f", {tally.pending} still pending"
+        wanted = self.wanted()
         if verdict is Verdict.ERROR:
             return f"{counts}: the policy asks {wanted}, so the training goes to ERROR"
         if verdict is Verdict.FINE:
@@ -437,6 +481,14 @@ class _Quiet:
         logger.debug("Told %s it was removed.", delivery.receiver.id, extra=delivery.log_context())
 
     def on_error(self, delivery: Delivery, /) -> None:
+        if delivery.outcome is Outcome.REJECTED:  # e.g. a client that does not know the type
+            logger.debug(
+                "%s did not take CLIENT_REMOVED (answered %s); it was not told.",
+                delivery.receiver.id,
+                delivery.status_code,
+                extra=delivery.log_context(),
+            )
+            return
         logger.info(
             "Could not tell %s it was removed: %s.",
             delivery.receiver.id,
@@ -446,14 +498,84 @@ class _Quiet:
 
 
 @attrs.define
+class _SendNotes:
+    """What one callbacks object saw of one send: its outcomes, why some failed, its verdict."""
+
+    total: int
+    delivered: int = 0
+    rejected: int = 0
+    failed: int = 0
+    reasons: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    first: str = ""  # the first failure, described
+    decided: tuple[Verdict, int] | None = None  # the verdict and what was pending then
+
+    @property
+    def seen(self) -> int:
+        return self.delivered + self.rejected + self.failed
+
+    def add(self, delivery: Delivery) -> None:
+        outcome = delivery.outcome
+        if outcome is Outcome.DELIVERED:
+            self.delivered += 1
+        elif outcome is Outcome.REJECTED:
+            self.rejected += 1
+        else:
+            self.failed += 1
+            self.reasons[_failure_reason(delivery)] += 1
+            if not self.first:
+                redirect = delivery.redirect
+                self.first = f"{delivery.receiver.id} ({delivery.receiver.message_endpoint})" + (
+                    f" redirecting to {redirect}" if redirect else ""
+                )
+
+    def tally(self) -> SendTally:
+        return SendTally(self.total, self.delivered, self.rejected, self.failed)
+
+    def merged(self, shared: SendTally) -> SendTally:
+        """The larger of each count: seen here, or recorded with the training."""
+        return SendTally(
+            self.total,
+            max(self.delivered, shared.delivered),
+            max(self.rejected, shared.rejected),
+            max(self.failed, shared.failed),
+        )
+
+    def why(self) -> str:
+        """The failures by reason, most common first, and the first one in full."""
+        if not self.reasons:
+            return ""
+        parts = [f"{n} {reason}" for reason, n in self.reasons.most_common(3)]
+        return f"failed: {', '.join(parts)}; first: {self.first}"
+
+
+def _failure_reason(delivery: Delivery) -> str:
+    """A failure's cause in a few words, the same for every receiver failing the same way.
+
+    An answer naming the sending side's mistake says what to check (the signing secret,
+    the endpoint); a transport error says its kind.
+    """
+    error = delivery.error
+    if isinstance(error, AnswerError):
+        return f"answered {error.status} ({error.hint})"
+    if isinstance(error, TransportError):
+        return f"{error.kind.value} error"
+    if delivery.status_code is not None:
+        return f"still answering {delivery.status_code} after {delivery.attempts} attempt(s)"
+    return "failed"
+
+
+@attrs.define
 class TrainingCallbacks:
     """The default callbacks of the round-type notifications.
 
-    Rejected: the client is removed from the training (warning logged) and told so.
-    Failed: the failure counts toward the send's [`FailurePolicy`][flnotify.FailurePolicy],
-    which decides once per send whether the training goes to ``ERROR`` (strict by default:
-    any failure does); with ``remove_after`` a client failing that many notifications in a
-    row is removed and told. Delivered: counted where the policy needs it. Works with a sync
+    Rejected: the client is removed from the training (warning logged), and told so where
+    the policy says (``tell_removed``). Failed: the failure counts toward the send's
+    [`FailurePolicy`][flnotify.FailurePolicy], which decides once per send whether the
+    training goes to ``ERROR`` (strict by default: any failure does) and says why in one
+    line with the counts of the whole send; with ``remove_after`` a client failing that
+    many notifications in a row is removed. A removal that leaves fewer than
+    ``min_participants`` puts the training into ``ERROR``. Delivered: counted where the
+    policy needs it. Works with a sync
     [`TrainingRepository`][flnotify.TrainingRepository] (its calls run in a worker thread,
     so ORMs that refuse to run inside an event loop are fine) or an async one. Repositories
     that implement [`OutcomeTracking`][flnotify.repository.OutcomeTracking] keep the counts
@@ -467,7 +589,8 @@ class TrainingCallbacks:
             removed.
         sender: Sends ``CLIENT_REMOVED`` to a removed client and the training's actor (the
             driver passes its Notifier); nobody is told without one.
-        tell_removed: Whether removed clients are told.
+        tell_removed: Whether removed clients are told; ``None`` (the default): as the
+            policy says (off for the strict default, on for tolerant policies).
         tell_timeout: Seconds the telling may hold up the callback (and so the send whose
             outcome removed the client). A removed client that polls a mailbox and has
             gone quiet would otherwise hold it until the mailbox's acknowledgement
@@ -483,9 +606,10 @@ class TrainingCallbacks:
     on_failed: Reaction = Reaction.SET_ERROR
     policy: FailurePolicy = attrs.field(factory=FailurePolicy)
     sender: NotificationSender | None = attrs.field(default=None, repr=False)
-    tell_removed: bool = True
+    tell_removed: bool | None = None
     tell_timeout: float = attrs.field(default=10.0, validator=positive)
     _outcomes: Any = attrs.field(init=False, repr=False)
+    _notes: dict[str, _SendNotes] = attrs.field(init=False, repr=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if tracks_outcomes(self.repository):
@@ -519,12 +643,21 @@ class TrainingCallbacks:
     def on_success(self, delivery: Delivery, /) -> Awaitable[None] | None:
         """Count the delivery where the policy needs it; log at debug level."""
         logger.debug("Delivered to %s.", delivery.receiver.id, extra=delivery.log_context())
+        self._note(delivery)
         if self.policy.counts_deliveries and self.on_failed is Reaction.SET_ERROR:
             return self._judge(delivery)
+        self._close(delivery)
         return None
 
     async def on_error(self, delivery: Delivery, /) -> None:
         """Apply the configured reaction, and the policy to a failure."""
+        self._note(delivery)
+        try:
+            await self._react(delivery)
+        finally:
+            self._close(delivery)
+
+    async def _react(self, delivery: Delivery) -> None:
         rejected = delivery.outcome is Outcome.REJECTED
         reaction = self.on_rejected if rejected else self.on_failed
         notification = delivery.notification
@@ -585,7 +718,8 @@ class TrainingCallbacks:
                 delivery,
                 f"unreachable for {record.consecutive_failures} notifications in a row",
             )
-        verdict = policy.verdict(record.tally)
+        tally = record.tally
+        verdict = policy.verdict(tally)
         if verdict is Verdict.OPEN:
             return
         if verdict is Verdict.ERROR:
@@ -593,25 +727,81 @@ class TrainingCallbacks:
             # or run again (after a crash) after the claim still applies it
             await _repository_call(self.repository.set_state, training_id, TrainingState.ERROR)
         if not await _repository_call(self._outcomes.claim_verdict, delivery.send_id):
-            return  # told already, here or on another worker
-        explanation = policy.explain(record.tally)
-        context = delivery.log_context()
-        if verdict is Verdict.ERROR:
-            logger.error(
-                "%s of training %s: %s.",
-                notification.notification_type.value,
-                training_id,
-                explanation,
-                extra=context,
+            return  # decided already, here or on another worker
+        notes = self._notes.get(delivery.send_id)
+        why = ""
+        if notes is not None:  # the shared counts may skip deliveries; this saw them all
+            tally = notes.merged(tally)
+            notes.decided = (verdict, tally.pending)
+            why = notes.why()
+        self._say(delivery, verdict, tally, tally.pending, why)
+
+    def _say(
+        self,
+        delivery: Delivery,
+        verdict: Verdict,
+        tally: SendTally,
+        pending: int,
+        why: str,
+    ) -> None:
+        """The verdict line: the counts of the send, what was pending, and why it failed."""
+        notification = delivery.notification
+        assert isinstance(notification, TrainingNotification)  # noqa: S101 - callers check
+        counts = (
+            f"{tally.delivered} delivered, {tally.rejected} rejected, {tally.failed} failed"
+            f" of {tally.total}"
+        )
+        wanted = self.policy.wanted()
+        went = "went to ERROR" if verdict is Verdict.ERROR else "goes on"
+        log = logger.error if verdict is Verdict.ERROR else logger.info
+        if pending and tally.pending:  # said at once; the whole send is said when it is in
+            line = (
+                f"{counts} so far, {pending} still pending: that is certain to break the"
+                f" policy ({wanted}), so the training {went}"
+                if verdict is Verdict.ERROR
+                else f"{counts} so far, {pending} still pending: the policy ({wanted}) is"
+                " met whatever they do, the training goes on"
             )
+        elif pending:  # the whole send, after an early verdict
+            log = logger.info
+            line = (
+                f"{counts} in all; the verdict (the training {went}) was certain with"
+                f" {pending} still pending ({wanted})"
+            )
+        elif verdict is Verdict.ERROR:
+            line = f"{counts}: the policy asks {wanted}, so the training went to ERROR"
         else:
-            logger.info(
-                "%s of training %s: %s.",
-                notification.notification_type.value,
-                training_id,
-                explanation,
-                extra=context,
-            )
+            line = f"{counts}: the policy ({wanted}) is met, the training goes on"
+        if why and verdict is Verdict.ERROR:
+            line += f"; {why}"
+        log(
+            "%s of training %s: %s.",
+            notification.notification_type.value,
+            notification.training_uuid,
+            line,
+            extra=delivery.log_context(),
+        )
+
+    def _note(self, delivery: Delivery) -> None:
+        """Count the outcome for this send's line (every outcome, locally, no I/O)."""
+        if self.on_failed is not Reaction.SET_ERROR or not isinstance(
+            delivery.notification, TrainingNotification
+        ):
+            return
+        notes = self._notes.get(delivery.send_id)
+        if notes is None:
+            notes = self._notes[delivery.send_id] = _SendNotes(max(delivery.send_size, 1))
+        notes.add(delivery)
+
+    def _close(self, delivery: Delivery) -> None:
+        """Once every outcome of the send was seen here, say the verdict decided early."""
+        notes = self._notes.get(delivery.send_id)
+        if notes is None or notes.seen < notes.total:
+            return
+        del self._notes[delivery.send_id]
+        if notes.decided is not None and notes.decided[1]:  # decided early: now all of it
+            verdict, pending = notes.decided
+            self._say(delivery, verdict, notes.tally(), pending, notes.why())
 
     async def _remove(self, delivery: Delivery, reason: str) -> None:
         """Remove the receiver from the training and tell it (and the actor), best effort."""
@@ -636,16 +826,37 @@ class TrainingCallbacks:
                 extra=delivery.log_context(),
             )
             return
-        if self.sender is None or not self.tell_removed:
+        snapshot = await _repository_call(self.repository.get_training, training_id)
+        left, needed = len(snapshot.participants), self.policy.min_participants
+        if left < needed:
+            logger.error(
+                "Training %s has %d participant(s) left after removing %s (%s); the failure"
+                " policy needs at least %d, so the training goes to ERROR.",
+                training_id,
+                left,
+                delivery.receiver.id,
+                reason,
+                needed,
+                extra=delivery.log_context(),
+            )
+            await _repository_call(self.repository.set_state, training_id, TrainingState.ERROR)
+        tell = self.policy.tell_removed if self.tell_removed is None else self.tell_removed
+        if self.sender is None or not tell:
             return
         try:
-            snapshot = await _repository_call(self.repository.get_training, training_id)
             notice = ClientRemovedNotification.from_training(
                 snapshot, client=delivery.receiver, reason=reason
             )
             # cut at tell_timeout: a quiet polling client finds the notice in its mailbox
             # when it comes back (the engine tells the hooks that the send ended)
             await asyncio.wait_for(self.sender.asend(notice, _Quiet()), self.tell_timeout)
+        except asyncio.TimeoutError:
+            logger.info(
+                "Telling %s it was removed took over %g s; not waited for.",
+                delivery.receiver.id,
+                self.tell_timeout,
+                extra=delivery.log_context(),
+            )
         except Exception:  # best effort: telling never changes the training
             logger.warning(
                 "Could not tell %s it was removed.",
@@ -804,7 +1015,9 @@ class TrainingOptions:
         default=Reaction.REMOVE_PARTICIPANT, validator=_must_be(Reaction)
     )
     on_failed: Reaction = attrs.field(default=Reaction.SET_ERROR, validator=_must_be(Reaction))
-    tell_removed: bool = attrs.field(default=True, validator=_must_be(bool))
+    tell_removed: bool | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_must_be(bool))
+    )
     tell_timeout: float = attrs.field(default=10.0, validator=positive)
 
 
@@ -812,7 +1025,7 @@ def default_callback_registry(
     *,
     on_rejected: Reaction = Reaction.REMOVE_PARTICIPANT,
     on_failed: Reaction = Reaction.SET_ERROR,
-    tell_removed: bool = True,
+    tell_removed: bool | None = None,
     tell_timeout: float = 10.0,
 ) -> CallbackRegistry:
     """A new registry with the round-type notifications' defaults.
@@ -829,7 +1042,9 @@ def default_callback_registry(
     Args:
         on_rejected: What a rejection does (remove the client by default).
         on_failed: What a failure does (``SET_ERROR``: the failure policy decides).
-        tell_removed: Whether removed clients are sent ``CLIENT_REMOVED``.
+        tell_removed: Whether removed clients are sent ``CLIENT_REMOVED``; ``None``: as
+            the failure policy says (``FailurePolicy.tell_removed``: off for the strict
+            default, on for ``tolerant()``).
         tell_timeout: Seconds telling a removed client may hold up its callback.
 
     Raises:

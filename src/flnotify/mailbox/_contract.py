@@ -56,7 +56,7 @@ def _notification(clients: Sequence[uuid.UUID]) -> TrainingStartNotification:
 def _outcome(
     message_id: str, outcome: Outcome = Outcome.DELIVERED, client: uuid.UUID = _C1
 ) -> Delivery:
-    status = {Outcome.DELIVERED: 204, Outcome.REJECTED: 404}.get(outcome)
+    status = {Outcome.DELIVERED: 204, Outcome.REJECTED: 409}.get(outcome)
     receiver = Receiver(client, MAILBOX_ENDPOINT)
     return Delivery(receiver, _notification([client]), outcome, message_id, 1, 0.5, status)
 
@@ -283,9 +283,9 @@ class MailboxStoreContract:
         """Within one call and across calls, a letter takes one answer only."""
         _post(mailbox, [(_C1, "m1"), (_C1, "m2")])
         mailbox.fetch(_C1, 10)
-        assert mailbox.ack(_C1, [("m1", 503), ("m1", 204), ("m2", 404)]) == 2
+        assert mailbox.ack(_C1, [("m1", 503), ("m1", 204), ("m2", 409)]) == 2
         assert mailbox.ack(_C1, [("m1", 204), ("m2", 204)]) == 0
-        assert _answered(mailbox.answers("judge-a")) == [("m1", 503, 1), ("m2", 404, 1)]
+        assert _answered(mailbox.answers("judge-a")) == [("m1", 503, 1), ("m2", 409, 1)]
 
     def test_an_ack_counts_until_the_deadline_even_after_visibility(
         self, clock: ContractClock, mailbox: MailboxStore
@@ -513,7 +513,7 @@ class MailboxStoreContract:
         assert again.counts() == {"queued": 1, "offered": 1, "answered": 1, "done": 0}
         assert again.answers("judge-a") == [Answer("m1", _C1, 204, 1, "send-1")]
         assert again.fetch(_C2, 10) == [Letter("m2", _C2, _BODY, 1)]
-        assert again.ack(_C3, [("m3", 404)]) == 1
+        assert again.ack(_C3, [("m3", 409)]) == 1
         clock.now += VISIBILITY
         assert again.fetch(_C2, 10) == [Letter("m2", _C2, _BODY, 2)]
 
@@ -597,7 +597,7 @@ class MailboxStoreContract:
         for client in (_C1, _C2):
             mailbox.fetch(client, 10)
         mailbox.ack(_C1, [("m1", 204)])
-        mailbox.ack(_C2, [("m2", 404)])
+        mailbox.ack(_C2, [("m2", 409)])
         mailbox.release("stopped")
         calls = _Calls()
         transport = MemoryTransport()
@@ -743,7 +743,7 @@ def _machine(make: Callable[..., MailboxStore]) -> type[RuleBasedStateMachine]:
         @rule(
             client=st.integers(0, 2),
             picks=picks_,
-            statuses=st.lists(st.sampled_from([200, 204, 404, 500, 503]), min_size=4, max_size=4),
+            statuses=st.lists(st.sampled_from([200, 204, 409, 500, 503]), min_size=4, max_size=4),
         )
         def ack(self, client: int, picks: list[int], statuses: list[int]) -> None:
             acks = list(zip(self._pick(picks), statuses, strict=False))

@@ -312,7 +312,7 @@ class OutboxStoreContract:
         )
         deliveries = [
             Delivery(a.receiver, notification, Outcome.DELIVERED, a.message_id, 1, 0.25, 202),
-            Delivery(b.receiver, notification, Outcome.REJECTED, b.message_id, 2, 1.5, 404),
+            Delivery(b.receiver, notification, Outcome.REJECTED, b.message_id, 2, 1.5, 409),
             Delivery(c.receiver, notification, Outcome.FAILED, c.message_id, 3, 7.0, None, error),
         ]
         clock.now += 5
@@ -332,7 +332,7 @@ class OutboxStoreContract:
         )
         assert got.recorded_at == clock.now
         got = entries[b.message_id]
-        assert (got.outcome, got.attempts, got.status_code) == (Outcome.REJECTED, 2, 404)
+        assert (got.outcome, got.attempts, got.status_code) == (Outcome.REJECTED, 2, 409)
         got = entries[c.message_id]
         assert (got.outcome, got.attempts, got.status_code, got.error_kind) == (
             Outcome.FAILED,
@@ -426,7 +426,7 @@ class OutboxStoreContract:
         def answer(request: MemoryRequest) -> int:
             if request.url == dead:
                 raise ConnectError("refused", url=request.url)
-            return 404 if request.url.startswith("http://client-1.") else 202
+            return 409 if request.url.startswith("http://client-1.") else 202
 
         transport = MemoryTransport(answer)
         calls = _Calls()

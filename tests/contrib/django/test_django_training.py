@@ -35,6 +35,8 @@ def host(django_site: None) -> Iterator[Any]:
             "retry": flnotify.RetryPolicy(max_attempts=2, initial_backoff=0.01),
             "deadline": 30.0,
         },
+        # removed clients are told (the strict policy's default is not to)
+        "FAILURE_POLICY": flnotify.FailurePolicy(tell_removed=True),
     }
     with override_settings(FLNOTIFY=block):
         yield models
