@@ -8,18 +8,16 @@ import io
 import json
 import os
 import pty
-import queue
 import re
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import pytest
 import standardwebhooks
@@ -30,6 +28,7 @@ from flnotify._demo import make_wsgi_server
 from flnotify.cli import _output
 from flnotify.receiving import NotificationRouter, Reply
 from flnotify.signing import generate_secret
+from processes import Lines, flnotify_process
 
 TRAINING = "5b1dabcd-ef01-4a23-8b45-6789abcdef01"
 MODEL = "8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6"
@@ -344,38 +343,6 @@ def test_send_progress_line_counts_outcomes_and_rate() -> None:
 
 
 # --------------------------------------------------------------------------- real processes
-
-
-class Lines:
-    """Reads a process's output lines in a thread, so tests can wait with a timeout."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.queue: queue.Queue[str] = queue.Queue()
-        self.thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.queue.put(line.rstrip("\n"))
-
-    def next(self, timeout: float = 10.0) -> str:
-        return self.queue.get(timeout=timeout)
-
-
-def flnotify_process(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != cli.SECRET_ENV}
-    env["NO_COLOR"] = "1"
-    previous = signal.getsignal(signal.SIGINT)
-    # a child inherits an ignored SIGINT (e.g. pytest started as a background job)
-    if previous is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-    try:
-        return subprocess.Popen(  # noqa: S603 - our own command with fixed arguments
-            [sys.executable, "-m", "flnotify", *args], env=env, text=True, **kwargs
-        )
-    finally:
-        if previous is signal.SIG_IGN:
-            signal.signal(signal.SIGINT, previous)
 
 
 def test_listen_and_send_as_processes() -> None:

@@ -20,7 +20,7 @@ from flnotify._mailwire import Ack
 from flnotify.signing import generate_secret
 from flnotify.training import GlobalModelBody, RoundBody
 from mailbox_fake import FakeMailbox
-from test_cli import Lines
+from processes import Lines
 
 SECRET = generate_secret()
 CLIENT = uuid.UUID("0b9d3c64-5d0e-4c11-9a57-2f1d0f3b6d2e")
