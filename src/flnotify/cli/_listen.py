@@ -26,10 +26,10 @@ from .. import (
     NotificationRouter,
     NotificationType,
 )
-from .._demo import make_wsgi_server
-from ..receiving import MailboxPoller
+from ..receiving import MailboxPoller, make_wsgi_server
 from ._args import SECRET_ENV, check_secret
 from ._output import emit
+from ._serving import serve_until_stopped
 
 __all__ = ["run_listen"]
 
@@ -130,10 +130,7 @@ def run_listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 sys.stderr,
             )
         try:
-            with _stop_on_sigterm():
-                server.serve_forever(poll_interval=0.2)
-        except (KeyboardInterrupt, _StopError):
-            emit("flnotify listen: stopped", sys.stderr)
+            serve_until_stopped(server, "listen")
         finally:
             server.server_close()
     return 0
@@ -182,23 +179,3 @@ async def _poll(poller: MailboxPoller) -> None:
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
-
-
-class _StopError(Exception):
-    """SIGTERM arrived: stop serving as on Ctrl-C."""
-
-
-@contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise _StopError
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
