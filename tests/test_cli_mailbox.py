@@ -165,6 +165,6 @@ def test_send_to_a_polling_client_through_mailbox_serve(tmp_path: Path) -> None:
     assert document["verified"] is True
     assert server.returncode == 0, serve_err
     assert "flnotify mailbox serve: stopped" in serve_err
-    assert "Traceback" not in serve_err + listen_err
+    assert "Traceback" not in serve_err + listen_err, serve_err + listen_err
     assert listener is not None
     assert listener.returncode == 0, listen_err

@@ -29,13 +29,9 @@ from .. import (
 from ..receiving import MailboxPoller, make_wsgi_server
 from ._args import SECRET_ENV, check_secret
 from ._output import emit
-from ._serving import serve_until_stopped
+from ._serving import normal_path, only_at, serve_until_stopped
 
 __all__ = ["run_listen"]
-
-
-def _normal_path(path: str) -> str:
-    return "/" + path.strip("/")
 
 
 class _Printer:
@@ -100,18 +96,8 @@ def run_listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("--client-id goes with --pull (a pushed client is told apart by its URL)")
     host = "127.0.0.1" if args.host is None else args.host
     port = 8080 if args.port is None else args.port
-    path = _normal_path("/" if args.path is None else args.path)
-    inner = _router(args).wsgi_app()
-
-    def app(environ: Any, start_response: Any) -> Any:
-        if _normal_path(environ.get("PATH_INFO", "")) != path:
-            body = b'{"error":"not_found","detail":"no endpoint at this path"}'
-            start_response(
-                "404 Not Found",
-                [("content-type", "application/json"), ("content-length", str(len(body)))],
-            )
-            return [body]
-        return inner(environ, start_response)
+    path = normal_path("/" if args.path is None else args.path)
+    app = only_at(_router(args).wsgi_app(), {path}, "no endpoint at this path")
 
     with _warnings_to_stderr():
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from .._exceptions import ConfigurationError, FlnotifyError
@@ -21,10 +20,7 @@ from ..mailbox import MailboxApp, open_mailbox
 from ..receiving import make_wsgi_server
 from ..signing import Signer
 from ._output import emit
-from ._serving import serve_until_stopped
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+from ._serving import normal_path, only_at, serve_until_stopped
 
 __all__ = ["client_secrets", "run_mailbox"]
 
@@ -69,32 +65,11 @@ def client_secrets(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     return found
 
 
-def _normal_path(path: str) -> str:
-    return "/" + path.strip("/")
-
-
-def _mounted(app: WSGIApplication, path: str) -> WSGIApplication:
-    """``app`` at ``path/fetch`` and ``path/ack`` only; anything else is answered 404."""
-    wanted = {f"{path.rstrip('/')}/fetch", f"{path.rstrip('/')}/ack"}
-
-    def mounted(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
-        if environ.get("PATH_INFO", "") not in wanted:
-            body = b'{"error":"not_found","detail":"the mailbox answers at .../fetch and .../ack"}'
-            start_response(
-                "404 Not Found",
-                [("content-type", "application/json"), ("content-length", str(len(body)))],
-            )
-            return [body]
-        return app(environ, start_response)
-
-    return mounted
-
-
 def run_mailbox(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Serve the mailbox until Ctrl-C or SIGTERM."""
     secrets = client_secrets(args, parser)
     signer = Signer(lookup=lambda receiver: secrets.get(receiver.id))
-    path = _normal_path(args.path)
+    path = normal_path(args.path)
     target: str = args.db if args.db is not None else args.url
     try:
         store = open_mailbox(target)
@@ -108,7 +83,11 @@ def run_mailbox(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             server = make_wsgi_server(
                 args.host,
                 args.port,
-                _mounted(app.wsgi_app(), path),
+                only_at(
+                    app.wsgi_app(),
+                    {f"{path.rstrip('/')}/fetch", f"{path.rstrip('/')}/ack"},
+                    "the mailbox answers at .../fetch and .../ack",
+                ),
                 max_connections=max(64, 2 * len(secrets) + 8),
             )
         except OSError as exc:
@@ -127,4 +106,5 @@ def run_mailbox(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         finally:
             app.close()  # held polls answer now, before the server stops
             server.server_close()
+            server.drain(10.0)  # then the store closes: no request left to find it closed
     return 0

@@ -10,11 +10,15 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..receiving import BoundedWSGIServer
 from ._output import emit
 
-__all__ = ["serve_until_stopped"]
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["normal_path", "only_at", "serve_until_stopped"]
 
 
 class _StopError(Exception):
@@ -48,3 +52,24 @@ def serve_until_stopped(server: BoundedWSGIServer, command: str) -> None:
             server.serve_forever(poll_interval=0.2)
     except (KeyboardInterrupt, _StopError):
         emit(f"flnotify {command}: stopped", sys.stderr)
+
+
+def normal_path(path: str) -> str:
+    """``path`` with one leading slash and no trailing one (``/`` for the root)."""
+    return "/" + path.strip("/")
+
+
+def only_at(app: WSGIApplication, paths: set[str], detail: str) -> WSGIApplication:
+    """``app`` at ``paths`` (normalised) only; any other path is answered 404 with ``detail``."""
+    body = b'{"error":"not_found","detail":"' + detail.encode() + b'"}'
+
+    def mounted(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        if normal_path(environ.get("PATH_INFO", "")) not in paths:
+            start_response(
+                "404 Not Found",
+                [("content-type", "application/json"), ("content-length", str(len(body)))],
+            )
+            return [body]
+        return app(environ, start_response)
+
+    return mounted

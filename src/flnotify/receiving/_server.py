@@ -258,6 +258,19 @@ class BoundedWSGIServer(WSGIServer):
         for _ in threads:
             self._queue.put(None)
 
+    def drain(self, timeout: float) -> bool:
+        """After ``server_close``: wait up to ``timeout`` s for the requests being served.
+
+        Call it before closing what the app uses (a store), so that no request still
+        running finds it closed. Whether every pool thread ended in time.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away mid-request is not worth a traceback."""
 
