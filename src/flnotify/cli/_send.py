@@ -47,6 +47,7 @@ from ._output import (
     report_summary,
     seconds,
     table,
+    terminal_width,
 )
 
 __all__ = ["OPTIONS", "build_notification", "run_send"]
@@ -192,7 +193,8 @@ def run_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif args.quiet:
         emit(f"{report_summary(report)}; training {training}", out)
     else:
-        emit(table(_rows(report, style), style), out)
+        short = ["receiver", "endpoint", "outcome", "status", "tries", "time", "detail"]
+        emit(table(_rows(report, style), style, width=terminal_width(out), short=short), out)
         emit(report_summary(report), out)
     return 0 if report.ok else 1
 
