@@ -25,7 +25,7 @@ def _chars(rows: list[list[str]]) -> Counter[str]:
     return Counter(c for row in rows for cell in row for c in cell if not c.isspace())
 
 
-cells = st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=40)
+cells = st.text(st.characters(codec="ascii", exclude_categories=["Cc"]), max_size=40)
 
 
 @given(
