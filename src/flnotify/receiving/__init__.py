@@ -1,18 +1,18 @@
 """Client side: receive, verify, deduplicate and dispatch notifications to typed handlers.
 
-A [`NotificationRouter`][flnotify.NotificationRouter] turns one HTTP request into one
+A [`NotificationRouter`][flnotify.receiving.NotificationRouter] turns one HTTP request into one
 answer; [`asgi_app`][flnotify.receiving.asgi_app] and
 [`wsgi_app`][flnotify.receiving.wsgi_app] serve it under any ASGI or WSGI server. For a
 framework view wired by hand, [`parse_notification`][flnotify.receiving.parse_notification]
 verifies and decodes one request in a single call.
 
 Deduplication claims each ``webhook-id`` atomically in an id store:
-[`InMemoryIdStore`][flnotify.InMemoryIdStore] for one process (and tests),
+[`InMemoryIdStore`][flnotify.receiving.InMemoryIdStore] for one process (and tests),
 [`SQLiteIdStore`][flnotify.receiving.SQLiteIdStore] for several worker processes on one
 host and across restarts, [`RedisIdStore`][flnotify.receiving.RedisIdStore] for several
 hosts. Hostile requests are bounded by [`ReceivingLimits`][flnotify.receiving.ReceivingLimits].
 
-A client behind NAT opens no port: a [`MailboxPoller`][flnotify.MailboxPoller]
+A client behind NAT opens no port: a [`MailboxPoller`][flnotify.receiving.MailboxPoller]
 long-polls the server's mailbox and feeds each message to the same router.
 """
 

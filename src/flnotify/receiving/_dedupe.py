@@ -7,7 +7,7 @@ A message id goes through three states in a store:
   ``lease_seconds`` so a process that died mid-handler does not block the id forever;
 * handled: the handler answered 2xx; kept for ``window_seconds``.
 
-[`IdStore.claim`][flnotify.IdStore.claim] moves absent to in flight atomically (an
+[`IdStore.claim`][flnotify.receiving.IdStore.claim] moves absent to in flight atomically (an
 insert-if-absent with expiry) and says which state the id was in otherwise;
 ``complete`` moves in flight to handled, ``release`` drops a claim whose handler failed
 (so the sender's retry runs it again). Backend errors of the stores are translated here,
@@ -48,7 +48,7 @@ DEFAULT_LEASE_SECONDS = 60.0
 
 
 class Claim(enum.Enum):
-    """What [`IdStore.claim`][flnotify.IdStore.claim] found."""
+    """What [`IdStore.claim`][flnotify.receiving.IdStore.claim] found."""
 
     CLAIMED = "claimed"
     """The id was absent: it is now in flight, and this request runs the handler."""
@@ -84,21 +84,21 @@ class IdStore(Protocol):
 
 @runtime_checkable
 class AsyncIdStore(Protocol):
-    """The async twin of [`IdStore`][flnotify.IdStore], used by `ahandle` when offered.
+    """The async twin of [`IdStore`][flnotify.receiving.IdStore], used by `ahandle` when offered.
 
     A store offering only the sync methods is called in a worker thread under ASGI.
     """
 
     async def aclaim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim]."""
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]."""
         ...
 
     async def acomplete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         ...
 
     async def arelease(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         ...
 
 
@@ -172,7 +172,7 @@ class InMemoryIdStore:
             self._entries.popitem(last=False)
 
     def claim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim]."""
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]."""
         with self._lock:
             now = self.clock()
             self._expire(now)
@@ -183,27 +183,27 @@ class InMemoryIdStore:
             return Claim.CLAIMED
 
     def complete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         with self._lock:
             self._put(message_id, Claim.HANDLED, self.clock() + self.window_seconds)
 
     def release(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         with self._lock:
             found = self._entries.get(message_id)
             if found is not None and found[0] is Claim.IN_FLIGHT:
                 del self._entries[message_id]
 
     async def aclaim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim] (memory never blocks: no thread)."""
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim] (memory never blocks: no thread)."""
         return self.claim(message_id)
 
     async def acomplete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         self.complete(message_id)
 
     async def arelease(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         self.release(message_id)
 
     def __len__(self) -> int:

@@ -175,8 +175,8 @@ def parse_notification(
 ) -> ReceivedNotification:
     """Verify and decode one request in one call, for a framework view wired by hand.
 
-    The same checks as the [`NotificationRouter`][flnotify.NotificationRouter], without
-    deduplication (claim ``result.id`` in an [`IdStore`][flnotify.IdStore] for that) and
+    The same checks as the [`NotificationRouter`][flnotify.receiving.NotificationRouter], without
+    deduplication (claim ``result.id`` in an [`IdStore`][flnotify.receiving.IdStore] for that) and
     without a response: each failure raises its own error, so the view picks the status.
 
     Args:

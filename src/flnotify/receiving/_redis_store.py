@@ -64,8 +64,8 @@ class RedisIdStore:
     nothing needs purging.
 
     Build it with [`from_url`][flnotify.receiving.RedisIdStore.from_url], or pass clients:
-    a sync ``redis.Redis`` for [`handle`][flnotify.NotificationRouter.handle] (WSGI) and
-    a ``redis.asyncio.Redis`` for [`ahandle`][flnotify.NotificationRouter.ahandle] (ASGI).
+    a sync ``redis.Redis`` for [`handle`][flnotify.receiving.NotificationRouter.handle] (WSGI) and
+    a ``redis.asyncio.Redis`` for [`ahandle`][flnotify.receiving.NotificationRouter.ahandle] (ASGI).
 
     Args:
         client: The sync client.
@@ -126,7 +126,7 @@ class RedisIdStore:
         return self.client
 
     def claim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim]; atomic on the Redis server."""
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]; atomic on the Redis server."""
         client = self._sync()
         with map_backend_errors():
             previous = client.set(
@@ -139,19 +139,19 @@ class RedisIdStore:
         return _state(previous)
 
     def complete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         client = self._sync()
         with map_backend_errors():
             client.set(self._key(message_id), _HANDLED, px=self._ms(self.window_seconds))
 
     def release(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         client = self._sync()
         with map_backend_errors():
             client.eval(_RELEASE, 1, self._key(message_id), _IN_FLIGHT)
 
     async def aclaim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim]."""
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]."""
         if self.async_client is None:
             return await asyncio.to_thread(self.claim, message_id)
         with map_backend_errors():
@@ -165,7 +165,7 @@ class RedisIdStore:
         return _state(previous)
 
     async def acomplete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         if self.async_client is None:
             await asyncio.to_thread(self.complete, message_id)
             return
@@ -175,7 +175,7 @@ class RedisIdStore:
             )
 
     async def arelease(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         if self.async_client is None:
             await asyncio.to_thread(self.release, message_id)
             return

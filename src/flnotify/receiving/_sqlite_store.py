@@ -90,7 +90,7 @@ class SQLiteIdStore:
         return self._db
 
     def claim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim]; atomic across processes."""
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]; atomic across processes."""
         with self._lock, map_backend_errors():
             db = self._connection()
             now = self.clock()
@@ -115,7 +115,7 @@ class SQLiteIdStore:
             return Claim.CLAIMED
 
     def complete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         with self._lock, map_backend_errors():
             db = self._connection()
             now = self.clock()
@@ -129,7 +129,7 @@ class SQLiteIdStore:
                 db.execute("DELETE FROM flnotify_message_ids WHERE expires_at <= ?", (now,))
 
     def release(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         with self._lock, map_backend_errors():
             self._connection().execute(
                 "DELETE FROM flnotify_message_ids WHERE id = ? AND state = ?",
