@@ -44,6 +44,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import charts  # the SVG charts of the tables' ratios (bench/charts.py)
+
 HOST = "127.0.0.1"
 ORIGINS = 100
 CONCURRENCY = 100
@@ -806,7 +808,7 @@ def measure(args: argparse.Namespace) -> None:
                 f"{statistics.median(r['rss_kb'] for r in good) / 1024:.0f} |"
             )
         out.append("")
-    text = "\n".join(out)
+    text = charts.charted("\n".join(out), "fanout", "x limit")
     print(text)
     if not args.no_write:
         write_docs(text)

@@ -65,6 +65,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import charts  # noqa: E402 - the SVG charts of the tables' ratios
 import fanout  # noqa: E402 - the nginx sink, ports and formatting are shared with fanout.py
 
 HOST = fanout.HOST
@@ -862,6 +863,7 @@ def measure(args: argparse.Namespace) -> None:
         "",
     ]
     text = "\n".join(head + [p + "\n" for p in parts]).rstrip() + "\n"
+    text = charts.charted(text, "mailbox", "x push to routers")
     if args.write:
         write_docs(text)
         print(f"written to {DOCS.relative_to(ROOT)}", file=sys.stderr)
