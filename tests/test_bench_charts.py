@@ -1,5 +1,5 @@
-"""bench/charts.py: the SVG charts of docs/benchmarks.md are drawn from its tables, are
-committed as drawn, and load nothing from elsewhere."""
+"""The docs' pictures: bench/charts.py's charts of docs/benchmarks.md are drawn from its
+tables and committed as drawn; every picture a page shows is committed and loads nothing."""
 
 from __future__ import annotations
 
@@ -71,3 +71,18 @@ def test_the_committed_charts_are_the_tables_drawn(tmp_path: Path) -> None:
         committed = (ROOT / "docs" / image).read_text(encoding="utf-8")
         assert (tmp_path / Path(image).name).read_text(encoding="utf-8") == committed, image
         assert not re.search(r"(?:href|src)=|@import|<script", committed)  # nothing loaded
+
+
+def test_every_picture_a_page_shows_is_committed_and_loads_nothing() -> None:
+    shown = {
+        (page.name, image)
+        for page in (ROOT / "docs").glob("*.md")
+        for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text(encoding="utf-8"))
+    }
+    assert ("delivery.md", "img/send-life.svg") in shown
+    assert ("clients-behind-nat.md", "img/send-life.svg") in shown
+    for page, image in shown:
+        assert not image.startswith(("http:", "https:", "//")), f"{page}: {image}"
+        svg = (ROOT / "docs" / image).read_text(encoding="utf-8")
+        ET.fromstring(svg)  # noqa: S314 - a committed file, well-formed
+        assert not re.search(r"(?:href|src)=\"(?!#)|@import|<script", svg), image
