@@ -39,7 +39,7 @@ from flnotify import (
 )
 from flnotify.receiving import (
     AsyncIdStore,
-    Claim,
+    IdClaim,
     IdStore,
     InMemoryIdStore,
     MessageContext,
@@ -495,16 +495,16 @@ def test_ids_are_remembered_only_after_verification() -> None:
 def test_custom_id_store() -> None:
     class DictStore:
         def __init__(self) -> None:
-            self.ids: dict[str, Claim] = {}
+            self.ids: dict[str, IdClaim] = {}
 
-        def claim(self, message_id: str) -> Claim:
+        def claim(self, message_id: str) -> IdClaim:
             if message_id in self.ids:
                 return self.ids[message_id]
-            self.ids[message_id] = Claim.IN_FLIGHT
-            return Claim.CLAIMED
+            self.ids[message_id] = IdClaim.IN_FLIGHT
+            return IdClaim.CLAIMED
 
         def complete(self, message_id: str) -> None:
-            self.ids[message_id] = Claim.HANDLED
+            self.ids[message_id] = IdClaim.HANDLED
 
         def release(self, message_id: str) -> None:
             self.ids.pop(message_id, None)
@@ -515,7 +515,7 @@ def test_custom_id_store() -> None:
     handler = Recorder()
     router = make_router(handler, dedup=store)
     post(router, *signed_request(msg_id="msg_db"))
-    assert store.ids == {"msg_db": Claim.HANDLED}
+    assert store.ids == {"msg_db": IdClaim.HANDLED}
     # a sync-only store under ahandle runs in a worker thread
     headers, body = signed_request(msg_id="msg_db_async")
     assert asyncio.run(router.ahandle("POST", headers, body)).status == 202
@@ -540,7 +540,7 @@ def test_failing_id_store_is_a_retryable_503_or_logged(
     failing: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken(InMemoryIdStore):
-        def claim(self, message_id: str) -> Claim:
+        def claim(self, message_id: str) -> IdClaim:
             if failing == "claim":
                 raise IdStoreError("sqlite", "database is locked")
             return super().claim(message_id)
@@ -563,25 +563,25 @@ def test_failing_id_store_is_a_retryable_503_or_logged(
 def test_in_memory_store_claims_window_lease_and_bound() -> None:
     now = [0.0]
     store = InMemoryIdStore(max_entries=3, window_seconds=10, lease_seconds=2, clock=lambda: now[0])
-    assert store.claim("a") is Claim.CLAIMED
-    assert store.claim("a") is Claim.IN_FLIGHT
+    assert store.claim("a") is IdClaim.CLAIMED
+    assert store.claim("a") is IdClaim.IN_FLIGHT
     store.complete("a")
-    assert store.claim("a") is Claim.HANDLED
+    assert store.claim("a") is IdClaim.HANDLED
     now[0] = 5
-    assert store.claim("b") is Claim.CLAIMED
+    assert store.claim("b") is IdClaim.CLAIMED
     store.release("b")  # the handler failed: the retry may claim it again
-    assert store.claim("b") is Claim.CLAIMED
+    assert store.claim("b") is IdClaim.CLAIMED
     now[0] = 7.5
-    assert store.claim("b") is Claim.CLAIMED  # the lease lapsed (a crashed worker)
+    assert store.claim("b") is IdClaim.CLAIMED  # the lease lapsed (a crashed worker)
     store.complete("b")
     store.release("b")  # a release never forgets a handled id
     now[0] = 10.5
-    assert store.claim("a") is Claim.CLAIMED  # handled "a" expired
+    assert store.claim("a") is IdClaim.CLAIMED  # handled "a" expired
     store.complete("a")
     for name in "cde":
-        assert store.claim(name) is Claim.CLAIMED
+        assert store.claim(name) is IdClaim.CLAIMED
     assert len(store) == 3
-    assert store.claim("b") is Claim.CLAIMED  # evicted: the oldest
+    assert store.claim("b") is IdClaim.CLAIMED  # evicted: the oldest
     with pytest.raises(ConfigurationError):
         InMemoryIdStore(max_entries=0)
     with pytest.raises(ConfigurationError):

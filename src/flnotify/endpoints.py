@@ -42,7 +42,7 @@ from ._exceptions import BlockedAddressError, ConfigurationError, DNSError, Endp
 from ._validators import at_least_one
 
 __all__ = [
-    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
     "AsyncResolver",
     "EndpointPolicy",
     "IPAddress",
@@ -52,7 +52,7 @@ __all__ = [
     "Resolver",
 ]
 
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 """Request bodies larger than this (1 MiB) are refused before sending."""
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -306,7 +306,7 @@ class EndpointPolicy:
     block_private: bool = False
     allow_networks: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks)
     allow_userinfo: bool = False
-    max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=at_least_one)
+    max_body_bytes: int = attrs.field(default=DEFAULT_MAX_PAYLOAD_BYTES, validator=at_least_one)
     resolver: Resolver | AsyncResolver | None = attrs.field(default=None, validator=_check_resolver)
 
     def check_url(self, url: str) -> ParsedEndpoint:

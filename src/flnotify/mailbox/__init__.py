@@ -8,10 +8,10 @@ A receiver whose ``message_endpoint`` is ``"mailbox:"``
 acknowledgement as it waits for a POST's answer. The client fetches from a
 [`MailboxApp`][flnotify.mailbox.MailboxApp] mounted next to the server's API, with a
 [`MailboxPoller`][flnotify.receiving.MailboxPoller] that feeds its usual
-[`NotificationRouter`][flnotify.receiving.NotificationRouter], and acknowledges each message with the
-status the router answered. That status is judged like an HTTP answer; no acknowledgement
-within the store's ``ack_deadline`` fails the receiver. One send may mix pushed and polling
-receivers. Messages of a sender that stopped are adopted by a
+[`NotificationRouter`][flnotify.receiving.NotificationRouter], and acknowledges each
+message with the status the router answered. That status is judged like an HTTP answer;
+no acknowledgement within the store's ``ack_deadline`` fails the receiver. One send may
+mix pushed and polling receivers. Messages of a sender that stopped are adopted by a
 [`MailboxDispatcher`][flnotify.mailbox.MailboxDispatcher].
 """
 

@@ -12,7 +12,7 @@ import attrs
 
 from .._exceptions import ConfigurationError
 from .._validators import positive
-from ._dedupe import DEFAULT_LEASE_SECONDS, DEFAULT_WINDOW_SECONDS, Claim, map_backend_errors
+from ._dedupe import DEFAULT_LEASE_SECONDS, DEFAULT_WINDOW_SECONDS, IdClaim, map_backend_errors
 
 if TYPE_CHECKING:
     import redis
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisIdStore"]
 
-_IN_FLIGHT = Claim.IN_FLIGHT.value.encode()
-_HANDLED = Claim.HANDLED.value.encode()
+_IN_FLIGHT = IdClaim.IN_FLIGHT.value.encode()
+_HANDLED = IdClaim.HANDLED.value.encode()
 # Drop the key only while it is still a claim: a handled id (or another request's claim
 # after this one lapsed and was replaced by a handled mark) stays.
 _RELEASE = """
@@ -30,12 +30,12 @@ return 0
 """
 
 
-def _state(previous: object) -> Claim:
+def _state(previous: object) -> IdClaim:
     """What ``SET ... NX GET`` returned: nothing (claimed), or the value that was there."""
     if previous is None:
-        return Claim.CLAIMED
+        return IdClaim.CLAIMED
     raw = previous.encode() if isinstance(previous, str) else previous
-    return Claim.IN_FLIGHT if raw == _IN_FLIGHT else Claim.HANDLED
+    return IdClaim.IN_FLIGHT if raw == _IN_FLIGHT else IdClaim.HANDLED
 
 
 def _check_client(name: str, client: object, wanted: str) -> None:
@@ -125,7 +125,7 @@ class RedisIdStore:
             raise ConfigurationError(msg)
         return self.client
 
-    def claim(self, message_id: str) -> Claim:
+    def claim(self, message_id: str) -> IdClaim:
         """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]; atomic on the Redis server."""
         client = self._sync()
         with map_backend_errors():
@@ -150,7 +150,7 @@ class RedisIdStore:
         with map_backend_errors():
             client.eval(_RELEASE, 1, self._key(message_id), _IN_FLIGHT)
 
-    async def aclaim(self, message_id: str) -> Claim:
+    async def aclaim(self, message_id: str) -> IdClaim:
         """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]."""
         if self.async_client is None:
             return await asyncio.to_thread(self.claim, message_id)

@@ -30,7 +30,7 @@ from .._notification import Notification
 from .._types import NotificationKind, NotificationType
 from ..signing import DEFAULT_TOLERANCE, Verifier
 from ._asgi import ASGIApp, asgi_app
-from ._dedupe import AsyncIdStore, Claim, IdStore, InMemoryIdStore
+from ._dedupe import AsyncIdStore, IdClaim, IdStore, InMemoryIdStore
 from ._parse import (
     RawHeaders,
     ReceivedNotification,
@@ -184,10 +184,10 @@ _STORE_DOWN = error(
 )
 
 
-def _claim_answer(claim: Claim, message_id: str) -> Response | None:
-    if claim is Claim.CLAIMED:
+def _claim_answer(claim: IdClaim, message_id: str) -> Response | None:
+    if claim is IdClaim.CLAIMED:
         return None
-    if claim is Claim.HANDLED:
+    if claim is IdClaim.HANDLED:
         logger.info("message %s was already handled; not handling it again", message_id)
         return _DUPLICATE
     return _IN_PROGRESS
@@ -264,7 +264,8 @@ class NotificationRouter:
       the store): 503, ``Retry-After: 1``; the id store failing: 503 as well;
     * the handler raised: 500, logged to the ``flnotify`` logger, no details in the body;
     * the handler returned ``None``: 202 for round and test starts, 200 for the others;
-    * the handler returned an ``int`` or a [`Reply`][flnotify.receiving.Reply]: that status (and body).
+    * the handler returned an ``int`` or a [`Reply`][flnotify.receiving.Reply]: that status
+      (and body).
 
     Error bodies are JSON ``{"error": "<code>", "detail": "<text>"}``; a bug inside the
     router itself is still answered with its own JSON 500, never the server's page.
@@ -547,7 +548,8 @@ class NotificationRouter:
         """Answer one request, calling the handler in this thread (for WSGI and tests).
 
         An async handler is run with `asyncio.run`; inside a running event loop that
-        is impossible and answers 500 (use [`ahandle`][flnotify.receiving.NotificationRouter.ahandle]).
+        is impossible and answers 500 (use
+        [`ahandle`][flnotify.receiving.NotificationRouter.ahandle]).
 
         Args:
             method: The HTTP method.

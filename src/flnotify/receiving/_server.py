@@ -291,7 +291,8 @@ def make_wsgi_server(
     Args:
         host: The address to listen on (IPv6 addresses contain ``:``).
         port: The port; 0 picks a free one (see ``server.server_port``).
-        app: The WSGI application, e.g. [`router.wsgi_app()`][flnotify.receiving.NotificationRouter.wsgi_app].
+        app: The WSGI application, e.g.
+            [`router.wsgi_app()`][flnotify.receiving.NotificationRouter.wsgi_app].
         read_timeout: Seconds one read may wait for the next bytes (default 5).
         request_timeout: Seconds the whole request may take to arrive (default 15).
         max_connections: Connections served at once, one pool thread each (default 64).
