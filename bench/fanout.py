@@ -140,7 +140,7 @@ async def run_stream_gather(urls: list[str]) -> int:
 
 async def _workers(transport: Any, urls: list[str], *, count: int = CONCURRENCY) -> int:
     """``count`` tasks take receivers from one iterator: bounded concurrency, no task each."""
-    from flnotify import TransportError
+    from flnotify.errors import TransportError
 
     it = iter(urls)
     ok = 0
@@ -372,7 +372,7 @@ def faulty_urls(ports: list[int], hold_ports: list[int], n: int = 1000) -> list[
 
 
 async def faulty_stream(urls: list[str]) -> int:
-    from flnotify.transports import Timeouts
+    from flnotify import Timeouts
 
     transport = _stream_transport(timeouts=Timeouts(connect=1.0, read=1.0, write=1.0, pool=10.0))
     async with transport:
@@ -380,8 +380,7 @@ async def faulty_stream(urls: list[str]) -> int:
 
 
 async def faulty_notifier(urls: list[str]) -> int:
-    from flnotify import RetryPolicy
-    from flnotify.transports import Timeouts
+    from flnotify import RetryPolicy, Timeouts
 
     transport = _stream_transport(timeouts=Timeouts(connect=1.0, read=1.0, write=1.0, pool=10.0))
     return await _run_notifier(_notification(urls), transport, retry=RetryPolicy.no_retries())

@@ -351,6 +351,7 @@ class _Connection:
 
 async def pull_clients(clients: list[tuple[uuid.UUID, str]], port: int) -> dict[str, Any]:
     import flnotify
+    import flnotify.receiving
     from flnotify._mailwire import Ack, ack_document, fetch_document, parse_messages
 
     handled: list[tuple[int, int, float]] = []  # client index, round, perf_counter
@@ -358,7 +359,7 @@ async def pull_clients(clients: list[tuple[uuid.UUID, str]], port: int) -> dict[
 
     async def client(index: int, cid: uuid.UUID, secret: str) -> None:
         signer = flnotify.Signer(secret)
-        router = flnotify.NotificationRouter(secrets=secret)
+        router = flnotify.receiving.NotificationRouter(secrets=secret)
 
         async def on_round(note: Any) -> None:
             handled.append((index, note.body.round, time.perf_counter()))
@@ -410,12 +411,13 @@ async def push_receivers(
     import uvicorn
 
     import flnotify
+    import flnotify.receiving
     from flnotify.receiving import asgi_app
 
     handled: list[tuple[int, int, float]] = []
 
     def receiver_app(index: int, secret: str) -> Any:
-        router = flnotify.NotificationRouter(secrets=secret)
+        router = flnotify.receiving.NotificationRouter(secrets=secret)
 
         async def on_round(note: Any) -> None:
             handled.append((index, note.body.round, time.perf_counter()))

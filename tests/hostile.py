@@ -19,6 +19,7 @@ import attrs
 from hypothesis import strategies as st
 
 import flnotify
+import flnotify.errors
 from flnotify import Delivery, Outcome, Receiver
 from flnotify.transports import HttpResponse
 
@@ -36,13 +37,13 @@ _EXCEPTIONS: list[BaseException] = [
     ZeroDivisionError("division by zero"),
     RecursionError("maximum recursion depth exceeded"),
     UnicodeError("\udcff"),
-    flnotify.ConnectError("refused"),
-    flnotify.TransportTimeoutError("slow"),
-    flnotify.ConnectionLostError("lost"),
-    flnotify.ProtocolError("nonsense"),
-    flnotify.InvalidURLError("no"),
-    flnotify.DNSError("nxdomain"),
-    flnotify.TransportError("generic", kind=flnotify.TransportErrorKind.DEADLINE),
+    flnotify.errors.ConnectError("refused"),
+    flnotify.errors.TransportTimeoutError("slow"),
+    flnotify.errors.ConnectionLostError("lost"),
+    flnotify.errors.ProtocolError("nonsense"),
+    flnotify.errors.InvalidURLError("no"),
+    flnotify.errors.DNSError("nxdomain"),
+    flnotify.errors.TransportError("generic", kind=flnotify.errors.TransportErrorKind.DEADLINE),
 ]
 
 _RETRY_AFTER = st.one_of(
@@ -91,7 +92,7 @@ class Answer:
 
 
 def _copy(exc: BaseException) -> BaseException:
-    if isinstance(exc, flnotify.TransportError):
+    if isinstance(exc, flnotify.errors.TransportError):
         return type(exc)(str(exc), kind=exc.kind)
     return type(exc)(*exc.args)
 
@@ -290,7 +291,7 @@ class CountingCallbacks:
             self.calls.setdefault(delivery.receiver.id, []).append(delivery)
             self.lock.notify_all()
         if delivery.receiver.id in self.bad:
-            raise flnotify.RepositoryError("the repository is down")
+            raise flnotify.errors.RepositoryError("the repository is down")
 
     def on_success(self, delivery: Delivery, /) -> Any:
         return self._async(delivery) if self.asynchronous else self._call(delivery)
@@ -356,6 +357,6 @@ def check_invariants(
             if d.error is None:  # a retryable status until the budget ran out
                 assert d.status_code is not None
             else:
-                assert isinstance(d.error, flnotify.FlnotifyError)
+                assert isinstance(d.error, flnotify.errors.FlnotifyError)
         ids = {h["webhook-id"] for h in seen.get(i, [])}
         assert ids <= {d.message_id}

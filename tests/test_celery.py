@@ -26,10 +26,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flnotify
-from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
-from flnotify.callbacks import TrainingCallbacks
+import flnotify.codec
+import flnotify.errors
+from flnotify import (
+    Outcome,
+    Receiver,
+    RetryPolicy,
+    Signer,
+    TrainingCallbacks,
+    TrainingState,
+    generate_secret,
+)
 from flnotify.contrib.celery import CeleryDelivery
-from flnotify.signing import Signer, Verifier, generate_secret
+from flnotify.signing import Verifier
 from flnotify.testing import RecordingCallbacks, seams
 from flnotify.transports import HttpxTransport
 from hostile import (
@@ -220,7 +229,7 @@ def test_the_broker_carries_flnotify_json_and_the_message_ids(
     (send,) = {tuple(kwargs["send"]) for _, kwargs, _ in bodies}  # both chunks: one send
     assert send[1] == 3
     args = [args for args, _, _ in bodies]
-    wire = flnotify.encode(notification).decode()
+    wire = flnotify.codec.encode(notification).decode()
     assert args == [
         [
             wire,
@@ -233,7 +242,9 @@ def test_the_broker_carries_flnotify_json_and_the_message_ids(
             [enqueued.message_ids[2]],
         ],
     ]
-    with pytest.raises(flnotify.ConfigurationError, match="no callbacks registered as 'nope'"):
+    with pytest.raises(
+        flnotify.errors.ConfigurationError, match="no callbacks registered as 'nope'"
+    ):
         sender.enqueue(notification, callbacks="nope")
 
 
@@ -288,7 +299,7 @@ def test_all_delivered_signed_and_called_back_once_on_the_worker(
         isinstance(repo, flnotify.SQLiteTrainingRepository) for repo in recorder.repositories
     )
 
-    wire = flnotify.encode(notification)
+    wire = flnotify.codec.encode(notification)
     verifier = Verifier(secret)
     assert len(clients.requests) == 5
     for request in clients.requests:
@@ -353,7 +364,7 @@ def test_a_dead_client_puts_the_training_into_error_after_the_retries(
         [(good.id, Outcome.DELIVERED, 1), (dead.id, Outcome.FAILED, 3)]
     )
     failed = next(d for d in recorder.calls if d.outcome is Outcome.FAILED)
-    assert isinstance(failed.error, flnotify.ConnectError)
+    assert isinstance(failed.error, flnotify.errors.ConnectError)
     assert failed.message_id == enqueued.message_ids[1]
     assert failed.elapsed >= 0.1  # two backoffs of 0.05 s
 

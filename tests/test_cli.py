@@ -23,11 +23,11 @@ import pytest
 import standardwebhooks
 
 import flnotify
-from flnotify import cli
+import flnotify.signing
+from flnotify import cli, generate_secret
 from flnotify._demo import make_wsgi_server
 from flnotify.cli import _output
 from flnotify.receiving import NotificationRouter, Reply
-from flnotify.signing import generate_secret
 from processes import Lines, flnotify_process
 
 TRAINING = "5b1dabcd-ef01-4a23-8b45-6789abcdef01"
@@ -317,7 +317,7 @@ def test_secret_prints_a_new_standard_webhooks_secret(capsys: pytest.CaptureFixt
     assert len(base64.b64decode(secrets[0].removeprefix("whsec_"), validate=True)) == 32
     assert len(base64.b64decode(secrets[2].removeprefix("whsec_"), validate=True)) == 64
     # it signs, and the reference implementation verifies what it signed
-    signed = flnotify.sign_payload(b'{"x":1}', secrets[0], msg_id="msg_1")
+    signed = flnotify.signing.sign_payload(b'{"x":1}', secrets[0], msg_id="msg_1")
     standardwebhooks.Webhook(secrets[0]).verify(b'{"x":1}', signed)
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flnotify import cli
-from flnotify.signing import generate_secret
+from flnotify import cli, generate_secret
 from processes import Lines, flnotify_process, normal
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "cli.md"

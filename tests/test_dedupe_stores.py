@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from flnotify import ConfigurationError, IdStoreError
+from flnotify.errors import ConfigurationError, IdStoreError
 from flnotify.receiving import (
     AsyncIdStore,
     IdClaim,

@@ -42,7 +42,7 @@ import attrs
 import pytest
 
 import flnotify
-from flnotify.signing import generate_secret
+from flnotify import generate_secret
 from flnotify.testing import seams
 
 ROOT = Path(__file__).resolve().parent.parent

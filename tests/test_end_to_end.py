@@ -9,10 +9,18 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify import NotificationType, Outcome, Receiver, RetryPolicy
-from flnotify.endpoints import EndpointPolicy, PayloadTooLargeError
+import flnotify.errors
+from flnotify import (
+    EndpointPolicy,
+    NotificationType,
+    Outcome,
+    Receiver,
+    RetryPolicy,
+    Signer,
+    generate_secret,
+)
+from flnotify.errors import PayloadTooLargeError
 from flnotify.receiving import NotificationRouter
-from flnotify.signing import Signer, generate_secret
 from flnotify.transports import HttpxTransport
 from servers import FaultServer
 from test_receiving import ALL_TYPES, SERVERS, Recorder
@@ -65,9 +73,9 @@ def test_guard_blocks_loopback_unless_allow_listed() -> None:
         with flnotify.Notifier(policy=guarded, retry=RetryPolicy(max_attempts=3)) as notifier:
             (blocked,) = notifier.send(n)
         assert blocked.outcome is Outcome.FAILED
-        assert isinstance(blocked.error, flnotify.TransportError)
-        assert blocked.error.kind is flnotify.TransportErrorKind.BLOCKED
-        assert isinstance(blocked.error.__cause__, flnotify.BlockedAddressError)
+        assert isinstance(blocked.error, flnotify.errors.TransportError)
+        assert blocked.error.kind is flnotify.errors.TransportErrorKind.BLOCKED
+        assert isinstance(blocked.error.__cause__, flnotify.errors.BlockedAddressError)
         assert blocked.attempts == 0
         assert server.requests == []
 

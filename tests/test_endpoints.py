@@ -12,19 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flnotify import (
+from flnotify import EndpointPolicy
+from flnotify.endpoints import DEFAULT_MAX_PAYLOAD_BYTES, ParsedEndpoint
+from flnotify.errors import (
     BlockedAddressError,
     ConfigurationError,
     DNSError,
     EndpointError,
     FlnotifyError,
-    TransportError,
-)
-from flnotify.endpoints import (
-    DEFAULT_MAX_PAYLOAD_BYTES,
-    EndpointPolicy,
-    ParsedEndpoint,
     PayloadTooLargeError,
+    TransportError,
 )
 
 POLICY = EndpointPolicy()

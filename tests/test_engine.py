@@ -9,8 +9,9 @@ import uuid
 import pytest
 
 import flnotify
-from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
-from flnotify.callbacks import TrainingCallbacks, Verdict
+import flnotify.errors
+from flnotify import Outcome, Receiver, RetryPolicy, TrainingCallbacks, TrainingState
+from flnotify.callbacks import Verdict
 from flnotify.repository import SendTally
 from flnotify.testing import MemoryRequest, MemoryTransport, RecordingHook, seams
 
@@ -74,8 +75,8 @@ def test_an_attempt_cut_by_the_deadline_ends_for_the_hooks() -> None:
     with flnotify.Notifier(MemoryTransport(hang), hooks=[hook]) as notifier:
         report = notifier.send(note, deadline=0.05)  # this send's own deadline
     error = report.deliveries[0].error
-    assert isinstance(error, flnotify.TransportError)
-    assert error.kind is flnotify.TransportErrorKind.DEADLINE
+    assert isinstance(error, flnotify.errors.TransportError)
+    assert error.kind is flnotify.errors.TransportErrorKind.DEADLINE
     assert len(hook.started) == len(hook.ended) == 1
     assert hook.ended[0].retry_in is None
     assert hook.ended[0].error is report.deliveries[0].error
@@ -98,7 +99,7 @@ def test_the_attempt_that_opens_a_circuit_promises_no_retry() -> None:
         )
     with notifier:
         report = notifier.send(note)
-    assert isinstance(report.deliveries[0].error, flnotify.CircuitOpenError)
+    assert isinstance(report.deliveries[0].error, flnotify.errors.CircuitOpenError)
     assert [e.retry_in is not None for e in hook.ended] == [True, False]
 
 

@@ -20,9 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flnotify
+import flnotify.errors
+import flnotify.transports
+from flnotify import Timeouts
 from flnotify.outbox import Outbox, OutboxDispatcher, OutboxState
 from flnotify.testing import seams
-from flnotify.transports import HttpxTransport, StreamTransport, Timeouts
+from flnotify.transports import HttpxTransport, StreamTransport
 from hostile import (
     CountingCallbacks,
     HostileTransport,
@@ -82,7 +85,7 @@ def test_notifier_one_delivery_and_one_callback_per_receiver(world: World) -> No
     check_invariants(world, rs, list(report), callbacks, transport.seen)
     raising = {r.id for r in rs} & callbacks.bad
     assert {e.delivery.receiver.id for e in report.callback_errors} == raising
-    assert all(isinstance(e, flnotify.CallbackError) for e in report.callback_errors)
+    assert all(isinstance(e, flnotify.errors.CallbackError) for e in report.callback_errors)
 
 
 @PROPERTY
@@ -127,7 +130,9 @@ def test_cancellation_is_not_swallowed() -> None:
     gate = asyncio.Event()
 
     class Stuck:
-        async def apost(self, url: str, body: bytes, headers: object) -> flnotify.HttpResponse:
+        async def apost(
+            self, url: str, body: bytes, headers: object
+        ) -> flnotify.transports.HttpResponse:
             gate.set()
             await asyncio.Event().wait()
             raise AssertionError("unreachable")

@@ -22,10 +22,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import flnotify
+import flnotify.errors
 from flnotify import Outcome, Receiver, RetryPolicy
 from flnotify.contrib.opentelemetry import OpenTelemetryHook
-from flnotify.testing import seams
-from flnotify.transports import HttpxTransport, MemoryRequest, MemoryTransport
+from flnotify.testing import MemoryRequest, MemoryTransport, seams
+from flnotify.transports import HttpxTransport
 from servers import FaultServer
 
 TRAINING = uuid.UUID("5b1d0000-0000-4000-8000-000000000001")
@@ -74,7 +75,7 @@ def telemetry() -> Iterator[Telemetry]:
 def handler(request: MemoryRequest) -> int:
     """Per path: /ok 202, /flaky 503 the first time, /no 400, /down a refused connection."""
     if request.url.endswith("/down"):
-        raise flnotify.ConnectError("connection refused", url=request.url)
+        raise flnotify.errors.ConnectError("connection refused", url=request.url)
     if "/flaky" in request.url:
         handler.flaky += 1  # type: ignore[attr-defined]
         return 503 if handler.flaky == 1 else 202  # type: ignore[attr-defined]
@@ -165,7 +166,7 @@ def test_a_span_per_send_and_a_child_span_per_attempt(telemetry: Telemetry) -> N
     assert first["server.port"] == 8080
     assert attempt(URLS[2], 1)["error.type"] == "400"
     down = attempt(URLS[3], 2)
-    assert down["error.type"] == "flnotify.ConnectError"
+    assert down["error.type"] == "flnotify.errors.ConnectError"
     assert "http.response.status_code" not in down
 
 
@@ -183,7 +184,7 @@ def test_metrics_by_outcome_attempts_and_durations(telemetry: Telemetry) -> None
         if p.attributes["flnotify.outcome"] == "failed"
     ]
     assert failed[0].attributes["server.address"] == "down.example"  # failure rate per client
-    assert failed[0].attributes["error.type"] == "flnotify.ConnectError"
+    assert failed[0].attributes["error.type"] == "flnotify.errors.ConnectError"
     assert sum(p.value for p in telemetry.points("flnotify.attempts")) == 6
     assert sum(p.count for p in telemetry.points("http.client.request.duration")) == 6
     assert sum(p.count for p in telemetry.points("flnotify.delivery.duration")) == 4
@@ -266,5 +267,5 @@ def test_attempts_cut_short_by_the_deadline_end_their_spans(telemetry: Telemetry
     (span,) = [s for s in telemetry.spans() if s.kind is SpanKind.CLIENT]
     assert span.attributes is not None
     # the engine ends the attempt with the deadline's error, before the send ends
-    assert span.attributes["error.type"] == "flnotify.TransportError"
+    assert span.attributes["error.type"] == "flnotify.errors.TransportError"
     assert len(telemetry.spans()) == 2  # and the send's

@@ -20,10 +20,13 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify import Outcome, Receiver, RetryPolicy, TransportErrorKind
-from flnotify.callbacks import FunctionCallbacks
-from flnotify.endpoints import AsyncResolver, EndpointPolicy, Resolver
-from flnotify.transports import HttpxTransport, MemoryTransport, Timeouts
+import flnotify.errors
+import flnotify.transports
+from flnotify import EndpointPolicy, FunctionCallbacks, Outcome, Receiver, RetryPolicy, Timeouts
+from flnotify.endpoints import AsyncResolver, Resolver
+from flnotify.errors import TransportErrorKind
+from flnotify.testing import MemoryTransport
+from flnotify.transports import HttpxTransport
 from servers import AddressServer
 
 TIMEOUTS = Timeouts(connect=2.0, read=2.0, write=2.0, pool=2.0, total=5.0)
@@ -138,9 +141,9 @@ def test_the_post_goes_to_the_checked_address_only(
         # the next send checks again: the rebound answer is loopback, refused before any I/O
         (refused,) = notifier.send(_notification(url))
     assert refused.outcome is Outcome.FAILED
-    assert isinstance(refused.error, flnotify.TransportError)
+    assert isinstance(refused.error, flnotify.errors.TransportError)
     assert refused.error.kind is TransportErrorKind.BLOCKED
-    assert isinstance(refused.error.__cause__, flnotify.BlockedAddressError)
+    assert isinstance(refused.error.__cause__, flnotify.errors.BlockedAddressError)
     assert len(checked.requests) == 1
     assert other.connections_opened == 0
 
@@ -186,7 +189,9 @@ def test_a_transport_that_cannot_pin_is_refused_for_host_names() -> None:
         def __init__(self) -> None:
             self.inner = MemoryTransport()
 
-        async def apost(self, url: str, body: bytes, headers: Any) -> flnotify.HttpResponse:
+        async def apost(
+            self, url: str, body: bytes, headers: Any
+        ) -> flnotify.transports.HttpResponse:
             return await self.inner.apost(url, body, headers)
 
         async def aclose(self) -> None:
@@ -200,7 +205,7 @@ def test_a_transport_that_cannot_pin_is_refused_for_host_names() -> None:
         (named,) = notifier.send(_notification("http://localhost:9/hook"))
         (literal,) = notifier.send(_notification(f"http://{CHECKED}:9/hook"))
     assert named.outcome is Outcome.FAILED
-    assert isinstance(named.error, flnotify.TransportError)
+    assert isinstance(named.error, flnotify.errors.TransportError)
     assert named.error.kind is TransportErrorKind.BLOCKED
     assert "cannot connect to the checked address" in str(named.error)
     assert literal.outcome is Outcome.DELIVERED  # an IP literal needs no second lookup
@@ -210,7 +215,7 @@ def test_a_transport_that_cannot_pin_is_refused_for_host_names() -> None:
 def test_resolver_protocols_and_errors() -> None:
     assert isinstance(SyncRebinding(CHECKED), Resolver)
     assert isinstance(AsyncRebinding(CHECKED), AsyncResolver)
-    with pytest.raises(flnotify.ConfigurationError, match="neither resolve"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="neither resolve"):
         EndpointPolicy(resolver=object())  # type: ignore[arg-type]
 
     class Failing:
@@ -218,10 +223,10 @@ def test_resolver_protocols_and_errors() -> None:
             raise OSError("no such host")
 
     policy = EndpointPolicy(block_private=True, resolver=Failing())
-    with pytest.raises(flnotify.DNSError, match="no such host"):
+    with pytest.raises(flnotify.errors.DNSError, match="no such host"):
         policy.check_host("client.example", 443)
     async_only = EndpointPolicy(block_private=True, resolver=AsyncRebinding(CHECKED))
-    with pytest.raises(flnotify.ConfigurationError, match="acheck_host"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="acheck_host"):
         async_only.check_host("client.example", 443)
     allowed = EndpointPolicy(
         block_private=True, allow_networks=[f"{CHECKED}/32"], resolver=SyncRebinding(CHECKED)

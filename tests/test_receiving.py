@@ -22,12 +22,11 @@ import pytest
 import uvicorn
 
 import flnotify
+import flnotify.codec
 from flnotify import (
     ClientRemovedBody,
     ClientRemovedNotification,
-    ConfigurationError,
     GlobalModelBody,
-    IdStoreError,
     Notification,
     NotificationType,
     RoundBody,
@@ -36,7 +35,9 @@ from flnotify import (
     TrainingRoundStartNotification,
     TrainingStartNotification,
     TrainingSWAGRoundStartNotification,
+    generate_secret,
 )
+from flnotify.errors import ConfigurationError, IdStoreError
 from flnotify.receiving import (
     AsyncIdStore,
     IdClaim,
@@ -49,7 +50,7 @@ from flnotify.receiving import (
     asgi_app,
     wsgi_app,
 )
-from flnotify.signing import generate_secret, sign_payload
+from flnotify.signing import sign_payload
 
 NOW = 1_700_000_000
 SECRET = generate_secret()
@@ -78,7 +79,7 @@ def signed_request(
     msg_id: str | None = None,
     ts: int | None = NOW,
 ) -> tuple[dict[str, str], bytes]:
-    body = notification if isinstance(notification, bytes) else flnotify.encode(notification)
+    body = notification if isinstance(notification, bytes) else flnotify.codec.encode(notification)
     headers = sign_payload(body, secret, msg_id=msg_id, timestamp=ts)
     headers["content-type"] = "application/json"
     return headers, body
@@ -344,7 +345,7 @@ def test_unsigned_router_accepts_unsigned_requests() -> None:
 
     router = make_router(handler, secrets=None)
     assert not router.verifies
-    body = flnotify.encode(ROUND)
+    body = flnotify.codec.encode(ROUND)
     assert post(router, {}, body).status == 202
     assert (
         post(router, {"webhook-id": "msg_u", "webhook-timestamp": "9" * 5000}, body).status == 202
@@ -467,7 +468,7 @@ def test_cancelled_handling_releases_the_id() -> None:
 def test_unsigned_requests_are_deduplicated_by_their_id_header() -> None:
     handler = Recorder()
     router = make_router(handler, secrets=None)
-    body = flnotify.encode(ROUND)
+    body = flnotify.codec.encode(ROUND)
     for _ in range(2):
         post(router, {"Webhook-Id": "msg_plain"}, body)
     post(router, {}, body)
@@ -768,9 +769,9 @@ def test_unregistered_classes_and_kinds_are_refused() -> None:
         router.add_handler(EvalNotification, Recorder())
     with pytest.raises(ConfigurationError, match="'MODEL_EVAL' is not a known"):
         router.add_handler(Kind.EVAL, Recorder())
-    registry = flnotify.default_registry().copy()
+    registry = flnotify.codec.default_registry().copy()
     registry.register(EvalNotification)
-    custom = NotificationRouter(codec=flnotify.Codec(registry=registry), secrets=None)
+    custom = NotificationRouter(codec=flnotify.codec.Codec(registry=registry), secrets=None)
     custom.add_handler(Kind.EVAL, Recorder())
     assert "MODEL_EVAL" in repr(custom)
 
@@ -806,7 +807,7 @@ def test_wsgi_edge_cases() -> None:
     assert call_wsgi(router, {"CONTENT_LENGTH": "abc"})[0] == "400 Bad Request"
     assert call_wsgi(router, {"CONTENT_LENGTH": "101"})[0] == "413 Request Entity Too Large"
     assert call_wsgi(router, {"REQUEST_METHOD": "GET"})[0] == "405 Method Not Allowed"
-    body = flnotify.encode(ROUND)
+    body = flnotify.codec.encode(ROUND)
     terminated = {"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True}
     unsigned = make_router(Recorder(), secrets=None)
     assert call_wsgi(unsigned, terminated)[0] == "202 Accepted"

@@ -3,7 +3,7 @@
 A callback object has ``on_success`` and ``on_error``; each may be a plain function or a
 coroutine function. Every driver calls exactly one of them exactly once per receiver, with
 the frozen [`Delivery`][flnotify.Delivery] for that receiver. A callback that raises is
-logged at ERROR, kept on the report as a [`CallbackError`][flnotify.CallbackError], and does
+logged at ERROR, kept on the report as a [`CallbackError`][flnotify.errors.CallbackError], and does
 not disturb other deliveries.
 """
 
@@ -23,6 +23,12 @@ import attrs
 from ._exceptions import CallbackError, ConfigurationError
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery
+from ._training import (
+    ClientRemovedNotification,
+    TrainingModelTestNotification,
+    TrainingRoundStartNotification,
+    TrainingSWAGRoundStartNotification,
+)
 from ._types import Outcome, TrainingState
 from ._validators import positive
 from .repository import (
@@ -33,22 +39,12 @@ from .repository import (
     TrainingRepository,
     tracks_outcomes,
 )
-from .training import (
-    ClientRemovedNotification,
-    TrainingModelTestNotification,
-    TrainingRoundStartNotification,
-    TrainingSWAGRoundStartNotification,
-)
 
 __all__ = [
     "CallbackFactory",
     "CallbackRegistry",
-    "Callbacks",
-    "FailurePolicy",
-    "FunctionCallbacks",
     "NotificationSender",
     "Reaction",
-    "TrainingCallbacks",
     "Verdict",
     "call_callbacks",
     "default_callback_registry",
@@ -112,7 +108,7 @@ def call_callbacks(
     overlap).
 
     Returns:
-        ``None``, the [`CallbackError`][flnotify.CallbackError] (logged at ERROR with the
+        ``None``, the [`CallbackError`][flnotify.errors.CallbackError] (logged at ERROR with the
         receiver and training) when the callback raised, or a coroutine that returns one
         of the two.
     """
@@ -140,7 +136,7 @@ async def run_callbacks(callbacks: Callbacks, delivery: Delivery) -> CallbackErr
     """Call the right method of ``callbacks`` for ``delivery`` and wait for it; never raise.
 
     Returns:
-        ``None``, or the [`CallbackError`][flnotify.CallbackError] (logged at ERROR with
+        ``None``, or the [`CallbackError`][flnotify.errors.CallbackError] (logged at ERROR with
         the receiver and training) when the callback raised.
     """
     called = call_callbacks(callbacks, delivery)

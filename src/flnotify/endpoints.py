@@ -38,17 +38,21 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._exceptions import BlockedAddressError, ConfigurationError, DNSError, EndpointError
+from ._exceptions import (
+    BlockedAddressError,
+    ConfigurationError,
+    DNSError,
+    EndpointError,
+    PayloadTooLargeError,
+)
 from ._validators import at_least_one
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "AsyncResolver",
-    "EndpointPolicy",
     "IPAddress",
     "IPNetwork",
     "ParsedEndpoint",
-    "PayloadTooLargeError",
     "Resolver",
 ]
 
@@ -65,20 +69,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _AUTHORITY_DELIMITERS = re.compile(r"[?#]")
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f]")
 _URL_CACHE_SIZE = 16_384
-
-
-class PayloadTooLargeError(ConfigurationError):
-    """A notification's encoded body exceeds the policy's ``max_body_bytes``.
-
-    Attributes:
-        size: The body's length in bytes.
-        limit: The configured maximum.
-    """
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"request body of {size} bytes exceeds the limit of {limit} bytes")
-        self.size = size
-        self.limit = limit
 
 
 @runtime_checkable

@@ -40,13 +40,9 @@ from ._validators import positive
 
 __all__ = [
     "AsyncRepositoryAdapter",
-    "AsyncTrainingRepository",
-    "InMemoryTrainingRepository",
     "OutcomeRecord",
     "OutcomeTracking",
-    "SQLiteTrainingRepository",
     "SendTally",
-    "TrainingRepository",
     "is_async_repository",
     "tracks_outcomes",
 ]
@@ -774,7 +770,7 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
         busy_timeout: Seconds to wait for another connection's write lock.
 
     Every `sqlite3` error (locked, disk full, corrupt file) is raised as a
-    [`RepositoryError`][flnotify.RepositoryError], never as it is.
+    [`RepositoryError`][flnotify.errors.RepositoryError], never as it is.
 
     Raises:
         RepositoryError: The file cannot be opened or is not an SQLite database.

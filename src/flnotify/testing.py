@@ -25,8 +25,6 @@ from ._repository_contract import (
     pytest_suites,
 )
 from ._seams import Seams, current_seams, using_seams
-from ._types import HttpResponse
-from .repository import InMemoryTrainingRepository
 from .transports._memory import MemoryRequest, MemoryTransport
 
 if TYPE_CHECKING:
@@ -35,8 +33,6 @@ if TYPE_CHECKING:
     from .outbox._contract import OutboxStoreContract
 
 __all__ = [
-    "FakeTrainingRepository",
-    "HttpResponse",
     "MailboxStoreContract",
     "MemoryRequest",
     "MemoryTransport",
@@ -49,9 +45,6 @@ __all__ = [
     "TrainingRepositoryTests",
     "seams",
 ]
-
-FakeTrainingRepository = InMemoryTrainingRepository
-"""A thread-safe in-memory repository to stand in for the host app's storage."""
 
 
 @attrs.define

@@ -7,8 +7,9 @@ import os
 from collections.abc import Callable
 from uuid import UUID
 
-from .. import ConfigurationError, NotificationType, Signer, __version__
+from .. import NotificationType, Signer, __version__
 from .._outbox_cli import add_arguments as add_outbox_arguments
+from ..errors import ConfigurationError
 
 __all__ = [
     "SECRET_ENV",

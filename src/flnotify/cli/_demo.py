@@ -9,15 +9,9 @@ import sys
 import threading
 from typing import Any, TextIO, Union
 
-from .. import (
-    Delivery,
-    FlnotifyError,
-    Notification,
-    Outcome,
-    RoundBody,
-    SQLiteTrainingRepository,
-)
+from .. import Delivery, Notification, Outcome, RoundBody, SQLiteTrainingRepository
 from .._demo import DEMO_RETRY, DemoClient, DemoConfig, DemoResult, StepResult, run_demo
+from ..errors import FlnotifyError
 from ._output import Style, emit, rich_module, seconds, table, terminal_width
 
 __all__ = ["run_demo_command"]

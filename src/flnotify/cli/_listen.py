@@ -18,15 +18,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .. import (
-    Codec,
-    ConfigurationError,
-    MessageContext,
-    Notification,
-    NotificationRouter,
-    NotificationType,
-)
-from ..receiving import MailboxPoller, make_wsgi_server
+from .. import Notification, NotificationType
+from ..codec import Codec
+from ..errors import ConfigurationError
+from ..receiving import MailboxPoller, MessageContext, NotificationRouter, make_wsgi_server
 from ._args import SECRET_ENV, check_secret
 from ._output import emit
 from ._serving import normal_path, only_at, serve_until_stopped

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from uuid import UUID
 
+from .. import Signer
 from .._exceptions import ConfigurationError, FlnotifyError
 from ..mailbox import MailboxApp, open_mailbox
 from ..receiving import make_wsgi_server
-from ..signing import Signer
 from ._output import emit
 from ._serving import normal_path, only_at, serve_until_stopped
 

@@ -13,12 +13,9 @@ from uuid import UUID
 from .. import (
     ClientRemovedBody,
     ClientRemovedNotification,
-    Codec,
     Delivery,
     DeliveryReport,
-    EndpointError,
     EndpointPolicy,
-    FlnotifyError,
     GlobalModelBody,
     NotificationType,
     Notifier,
@@ -26,16 +23,18 @@ from .. import (
     RetryPolicy,
     RoundBody,
     Signer,
+    Timeouts,
     TrainingFinishedNotification,
     TrainingModelTestNotification,
     TrainingNotification,
     TrainingRoundStartNotification,
     TrainingStartNotification,
     TrainingSWAGRoundStartNotification,
-    TransportError,
 )
+from ..codec import Codec
+from ..errors import EndpointError, FlnotifyError, TransportError
 from ..mailbox import MAILBOX_ENDPOINT, MailboxStore, open_mailbox
-from ..transports import HttpxTransport, Timeouts
+from ..transports import HttpxTransport
 from ._args import check_secret
 from ._output import (
     SendProgress,

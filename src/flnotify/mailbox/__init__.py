@@ -20,10 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from .._mailbox import Adopted, Answer, Letter, MailboxSignals, MailboxStore
-from .._mailwire import MAILBOX_ENDPOINT, MailboxProtocolError
+from .._mailwire import MAILBOX_ENDPOINT
 from ._app import MailboxApp
 from ._dispatcher import MailboxDispatcher
-from ._model import MailboxError
 from ._postgres import PostgresMailbox
 from ._sqlite import Mailbox
 
@@ -35,8 +34,6 @@ __all__ = [
     "Mailbox",
     "MailboxApp",
     "MailboxDispatcher",
-    "MailboxError",
-    "MailboxProtocolError",
     "MailboxSignals",
     "MailboxStore",
     "PostgresMailbox",

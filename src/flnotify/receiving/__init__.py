@@ -35,7 +35,7 @@ from ._parse import (
     ReceivingLimits,
     parse_notification,
 )
-from ._poller import DEFAULT_MAX_ANSWER_BYTES, MailboxPoller, MailboxStatusError
+from ._poller import DEFAULT_MAX_ANSWER_BYTES, MailboxPoller
 from ._redis_store import RedisIdStore
 from ._responses import Reply, Response
 from ._router import Handler, HandlerDecorator, MessageContext, NotificationRouter
@@ -60,7 +60,6 @@ __all__ = [
     "IdStore",
     "InMemoryIdStore",
     "MailboxPoller",
-    "MailboxStatusError",
     "MessageContext",
     "NotificationRouter",
     "RawHeaders",

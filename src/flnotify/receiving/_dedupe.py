@@ -11,7 +11,7 @@ A message id goes through three states in a store:
 insert-if-absent with expiry) and says which state the id was in otherwise;
 ``complete`` moves in flight to handled, ``release`` drops a claim whose handler failed
 (so the sender's retry runs it again). Backend errors of the stores are translated here,
-in one table, into [`IdStoreError`][flnotify.IdStoreError].
+in one table, into [`IdStoreError`][flnotify.errors.IdStoreError].
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _backend_errors() -> tuple[tuple[type[BaseException], str], ...]:
 
 @contextlib.contextmanager
 def map_backend_errors() -> Iterator[None]:
-    """Translate a store backend's error into [`IdStoreError`][flnotify.IdStoreError]."""
+    """Translate a store backend's error into [`IdStoreError`][flnotify.errors.IdStoreError]."""
     try:
         yield
     except IdStoreError:

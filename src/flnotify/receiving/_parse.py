@@ -183,7 +183,7 @@ def parse_notification(
         body: The exact request body bytes.
         headers: The request headers (a mapping or ``(name, value)`` pairs).
         secrets: The ``whsec_...`` secret(s); or pass a ready ``verifier``.
-        verifier: A [`Verifier`][flnotify.Verifier] built once (parses the secrets once).
+        verifier: A [`Verifier`][flnotify.signing.Verifier] built once (parses the secrets once).
         tolerance: With ``secrets``: how many seconds the timestamp may lie from now.
         codec: Decodes the body; defaults to the six training notifications.
         limits: The request limits; by default

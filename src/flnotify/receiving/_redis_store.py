@@ -75,7 +75,7 @@ class RedisIdStore:
         window_seconds: Handled ids are remembered this long.
         lease_seconds: A claim lapses this long after it was made without an answer.
 
-    Store methods raise [`IdStoreError`][flnotify.IdStoreError] when Redis fails.
+    Store methods raise [`IdStoreError`][flnotify.errors.IdStoreError] when Redis fails.
     """
 
     client: redis.Redis | None = None

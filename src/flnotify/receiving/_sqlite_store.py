@@ -53,7 +53,7 @@ class SQLiteIdStore:
     Raises:
         ConfigurationError: A duration is not positive.
 
-    Store methods raise [`IdStoreError`][flnotify.IdStoreError] when SQLite fails.
+    Store methods raise [`IdStoreError`][flnotify.errors.IdStoreError] when SQLite fails.
     """
 
     path: Path = attrs.field(converter=Path)

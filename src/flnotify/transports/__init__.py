@@ -9,9 +9,8 @@ brings); it is imported on first use.
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import DEFAULT_MAX_RESPONSE_BYTES, AsyncTransport, HttpResponse, Timeouts, Transport
+from ._base import DEFAULT_MAX_RESPONSE_BYTES, AsyncTransport, HttpResponse, Transport
 from ._httpx import HttpxTransport
-from ._memory import MemoryRequest, MemoryTransport
 from ._tls import TLSConfig, TLSFor
 
 if TYPE_CHECKING:
@@ -22,12 +21,9 @@ __all__ = [
     "AsyncTransport",
     "HttpResponse",
     "HttpxTransport",
-    "MemoryRequest",
-    "MemoryTransport",
     "StreamTransport",
     "TLSConfig",
     "TLSFor",
-    "Timeouts",
     "Transport",
 ]
 

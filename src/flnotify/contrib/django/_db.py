@@ -25,9 +25,10 @@ def database_call(alias: str, what: str) -> Iterator[None]:
     """Run one call against ``alias``; close the connection if the call opened it.
 
     A connection that was open before (a request's, a test's, an open transaction's) is
-    left as it is. Django's ``DatabaseError`` becomes [`RepositoryError`][flnotify.RepositoryError]
-    and a wrong field path [`ConfigurationError`][flnotify.ConfigurationError], each
-    naming ``what`` was being done.
+    left as it is. Django's ``DatabaseError`` becomes
+    [`RepositoryError`][flnotify.errors.RepositoryError] and a wrong field path
+    [`ConfigurationError`][flnotify.errors.ConfigurationError], each naming ``what`` was
+    being done.
     """
     try:
         connection = connections[alias]
