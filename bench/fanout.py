@@ -44,6 +44,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import charts  # the SVG charts of the tables' ratios (bench/charts.py)
+
 HOST = "127.0.0.1"
 ORIGINS = 100
 CONCURRENCY = 100
@@ -138,7 +140,7 @@ async def run_stream_gather(urls: list[str]) -> int:
 
 async def _workers(transport: Any, urls: list[str], *, count: int = CONCURRENCY) -> int:
     """``count`` tasks take receivers from one iterator: bounded concurrency, no task each."""
-    from flnotify import TransportError
+    from flnotify.errors import TransportError
 
     it = iter(urls)
     ok = 0
@@ -370,7 +372,7 @@ def faulty_urls(ports: list[int], hold_ports: list[int], n: int = 1000) -> list[
 
 
 async def faulty_stream(urls: list[str]) -> int:
-    from flnotify.transports import Timeouts
+    from flnotify import Timeouts
 
     transport = _stream_transport(timeouts=Timeouts(connect=1.0, read=1.0, write=1.0, pool=10.0))
     async with transport:
@@ -378,8 +380,7 @@ async def faulty_stream(urls: list[str]) -> int:
 
 
 async def faulty_notifier(urls: list[str]) -> int:
-    from flnotify import RetryPolicy
-    from flnotify.transports import Timeouts
+    from flnotify import RetryPolicy, Timeouts
 
     transport = _stream_transport(timeouts=Timeouts(connect=1.0, read=1.0, write=1.0, pool=10.0))
     return await _run_notifier(_notification(urls), transport, retry=RetryPolicy.no_retries())
@@ -806,7 +807,7 @@ def measure(args: argparse.Namespace) -> None:
                 f"{statistics.median(r['rss_kb'] for r in good) / 1024:.0f} |"
             )
         out.append("")
-    text = "\n".join(out)
+    text = charts.charted("\n".join(out), "fanout", "x limit")
     print(text)
     if not args.no_write:
         write_docs(text)

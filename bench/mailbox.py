@@ -65,6 +65,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import charts  # noqa: E402 - the SVG charts of the tables' ratios
 import fanout  # noqa: E402 - the nginx sink, ports and formatting are shared with fanout.py
 
 HOST = fanout.HOST
@@ -350,6 +351,7 @@ class _Connection:
 
 async def pull_clients(clients: list[tuple[uuid.UUID, str]], port: int) -> dict[str, Any]:
     import flnotify
+    import flnotify.receiving
     from flnotify.mailbox._wire import Ack, ack_document, fetch_document, parse_messages
 
     handled: list[tuple[int, int, float]] = []  # client index, round, perf_counter
@@ -357,7 +359,7 @@ async def pull_clients(clients: list[tuple[uuid.UUID, str]], port: int) -> dict[
 
     async def client(index: int, cid: uuid.UUID, secret: str) -> None:
         signer = flnotify.Signer(secret)
-        router = flnotify.NotificationRouter(secrets=secret)
+        router = flnotify.receiving.NotificationRouter(secrets=secret)
 
         async def on_round(note: Any) -> None:
             handled.append((index, note.body.round, time.perf_counter()))
@@ -409,12 +411,13 @@ async def push_receivers(
     import uvicorn
 
     import flnotify
+    import flnotify.receiving
     from flnotify.receiving import asgi_app
 
     handled: list[tuple[int, int, float]] = []
 
     def receiver_app(index: int, secret: str) -> Any:
-        router = flnotify.NotificationRouter(secrets=secret)
+        router = flnotify.receiving.NotificationRouter(secrets=secret)
 
         async def on_round(note: Any) -> None:
             handled.append((index, note.body.round, time.perf_counter()))
@@ -862,6 +865,7 @@ def measure(args: argparse.Namespace) -> None:
         "",
     ]
     text = "\n".join(head + [p + "\n" for p in parts]).rstrip() + "\n"
+    text = charts.charted(text, "mailbox", "x push to routers")
     if args.write:
         write_docs(text)
         print(f"written to {DOCS.relative_to(ROOT)}", file=sys.stderr)

@@ -47,6 +47,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import charts  # noqa: E402 - the SVG charts of the tables' ratios
 import fanout  # noqa: E402 - the sink, the ports and the payload are shared with fanout.py
 
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -397,7 +398,7 @@ def measure(args: argparse.Namespace) -> None:
                     print(f"  {size:>7,} rep {rep + 1} {row:<18} {shown}", file=sys.stderr)
     load_after = os.getloadavg()
     text = report(args, rows, sizes, results, info, sink_description, load_before, load_after)
-    text = f"{text}\n{NOTES}\n"
+    text = charts.charted(f"{text}\n{NOTES}\n", "scaleout", "x in-process fast")
     print(text)
     if not args.no_write:
         write_docs(text)

@@ -66,52 +66,80 @@ def on_config(config: Any) -> Any:
     return config
 
 
-_DIRECTIVE = re.compile(r"^::: (?P<module>[\w.]+)[ \t]*$", re.MULTILINE)
+_DIRECTIVE = re.compile(r"^::: (?P<module>[\w.]+)(?::[ \t]*(?P<names>.*?))?[ \t]*$", re.MULTILINE)
+"""``::: module`` renders a module's docstring; ``::: module: A, B`` renders those names."""
 
 
-def api_members(modules: list[str]) -> dict[str, tuple[list[str], list[tuple[str, str]]]]:
-    """Per public module: the names to render there, and the re-exports shown elsewhere.
+def api_plan(markdown: str) -> dict[str, str]:
+    """Public name ("flnotify.receiving.Reply") -> the anchor it is rendered under.
 
-    A name is rendered in the first module (in page order) whose ``__all__`` exports it, so
-    each object has one anchor and cross-references never have two candidates; a later
-    module lists its re-exports as links to that anchor instead.
+    The API page lists names in groups (``::: module: A, B``), in the order users reach
+    for them. Every name of a listed module's ``__all__`` must be in one group, and no
+    other: a name missing from the page, or listed twice, fails the build. An object
+    exported under two names is rendered at the first and linked from the second.
+
+    Raises:
+        ValueError: A name of ``__all__`` is in no group, in two, or not in ``__all__``.
     """
     import importlib
 
     first: dict[int, str] = {}
-    plan: dict[str, tuple[list[str], list[tuple[str, str]]]] = {}
-    for name in modules:
-        module = importlib.import_module(name)
-        rendered: list[str] = []
-        elsewhere: list[tuple[str, str]] = []
-        for member in module.__all__:
+    placement: dict[str, str] = {}
+    modules: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for match in _DIRECTIVE.finditer(markdown):
+        module = match["module"]
+        names = [n.strip() for n in (match["names"] or "").split(",") if n.strip()]
+        exported = importlib.import_module(module).__all__
+        listed = modules.setdefault(module, [])
+        for name in names:
+            public = f"{module}.{name}"
+            if name not in exported:
+                problems.append(f"{public} is not in {module}.__all__")
+            if name in listed:
+                problems.append(f"{public} is listed twice")
+            listed.append(name)
             try:
-                value = getattr(module, member)
+                key = id(getattr(importlib.import_module(module), name))
             except ImportError:  # a pytest-only helper: documented from its source
-                rendered.append(member)
-                continue
-            key = id(value)
-            if key in first:
-                elsewhere.append((member, first[key]))
-            else:
-                first[key] = f"{name}.{member}"
-                rendered.append(member)
-        plan[name] = (rendered, elsewhere)
-    return plan
+                key = id(public)
+            placement[public] = first.setdefault(key, public)
+    for module, listed in modules.items():
+        exported = importlib.import_module(module).__all__
+        missing = [name for name in exported if name not in listed]
+        if missing:
+            problems.append(f"{module}: not on the API page: {', '.join(missing)}")
+    if problems:
+        raise ValueError("docs/api.md: " + "; ".join(problems))
+    return placement
 
 
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
-    """On the API page, render each public object once and link its other names to it."""
+    """On the API page, render each listed object once and link its other names to it."""
     if page.file.src_uri != "api.md":
         return markdown
-    plan = api_members([m["module"] for m in _DIRECTIVE.finditer(markdown)])
+    placement = api_plan(markdown)
 
     def directive(match: re.Match[str]) -> str:
-        rendered, elsewhere = plan[match["module"]]
-        lines = [match[0], "    options:", f"      members: [{', '.join(rendered)}]"]
-        if elsewhere:
-            links = ", ".join(f"[`{name}`][{target}]" for name, target in elsewhere)
-            lines = [f"Also exported here: {links}.", "", *lines]
-        return "\n".join(lines)
+        module = match["module"]
+        if match["names"] is None:  # the module's docstring only
+            return f"::: {module}\n    options:\n      members: false\n"
+        parts: list[str] = []
+        aliases: list[str] = []
+        for name in (n.strip() for n in match["names"].split(",")):
+            if not name:
+                continue
+            public = f"{module}.{name}"
+            target = placement[public]
+            if target != public:
+                aliases.append(f"[`{public}`][{target}] is [`{target}`][{target}]")
+                continue
+            parts.append(
+                f"::: {public}\n    options:\n      show_root_heading: true\n"
+                "      show_root_full_path: true\n"
+            )
+        if aliases:
+            parts.insert(0, "Also exported: " + "; ".join(aliases) + ".\n")
+        return "\n".join(parts)
 
     return _DIRECTIVE.sub(directive, markdown)

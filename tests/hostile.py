@@ -22,6 +22,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 import flnotify
+import flnotify.errors
+import flnotify.hooks
 from flnotify import Delivery, Outcome, Receiver
 from flnotify.testing import seams
 from flnotify.transports import HttpResponse
@@ -40,13 +42,13 @@ _EXCEPTIONS: list[BaseException] = [
     ZeroDivisionError("division by zero"),
     RecursionError("maximum recursion depth exceeded"),
     UnicodeError("\udcff"),
-    flnotify.ConnectError("refused"),
-    flnotify.TransportTimeoutError("slow"),
-    flnotify.ConnectionLostError("lost"),
-    flnotify.ProtocolError("nonsense"),
-    flnotify.InvalidURLError("no"),
-    flnotify.DNSError("nxdomain"),
-    flnotify.TransportError("generic", kind=flnotify.TransportErrorKind.DEADLINE),
+    flnotify.errors.ConnectError("refused"),
+    flnotify.errors.TransportTimeoutError("slow"),
+    flnotify.errors.ConnectionLostError("lost"),
+    flnotify.errors.ProtocolError("nonsense"),
+    flnotify.errors.InvalidURLError("no"),
+    flnotify.errors.DNSError("nxdomain"),
+    flnotify.errors.TransportError("generic", kind=flnotify.errors.TransportErrorKind.DEADLINE),
 ]
 
 _RETRY_AFTER = st.one_of(
@@ -95,7 +97,7 @@ class Answer:
 
 
 def _copy(exc: BaseException) -> BaseException:
-    if isinstance(exc, flnotify.TransportError):
+    if isinstance(exc, flnotify.errors.TransportError):
         return type(exc)(str(exc), kind=exc.kind)
     return type(exc)(*exc.args)
 
@@ -256,7 +258,7 @@ def notifier_options(world: World) -> dict[str, Any]:
     return options
 
 
-class HostileHook(flnotify.NullHook):
+class HostileHook(flnotify.hooks.NullHook):
     """A hook that may raise from one of its methods; it still notes every attempt."""
 
     def __init__(self, method: str | None) -> None:
@@ -275,12 +277,12 @@ class HostileHook(flnotify.NullHook):
     def on_send_ended(self, report: Any, /) -> None:
         self._maybe("on_send_ended")
 
-    def on_attempt_started(self, details: flnotify.AttemptStarted, /) -> None:
+    def on_attempt_started(self, details: flnotify.hooks.AttemptStarted, /) -> None:
         with self.lock:
             self.started.append((details.send_id, details.message_id, details.attempt))
         self._maybe("on_attempt_started")
 
-    def on_attempt_ended(self, details: flnotify.AttemptEnded, /) -> None:
+    def on_attempt_ended(self, details: flnotify.hooks.AttemptEnded, /) -> None:
         started = details.started
         with self.lock:
             self.ended.append((started.send_id, started.message_id, started.attempt))
@@ -312,7 +314,7 @@ class CountingCallbacks:
             self.calls.setdefault(delivery.receiver.id, []).append(delivery)
             self.lock.notify_all()
         if delivery.receiver.id in self.bad:
-            raise flnotify.RepositoryError("the repository is down")
+            raise flnotify.errors.RepositoryError("the repository is down")
 
     def on_success(self, delivery: Delivery, /) -> Any:
         return self._async(delivery) if self.asynchronous else self._call(delivery)
@@ -357,7 +359,7 @@ def check_component_named(error: BaseException) -> None:
     The engine catches what escapes the core ("the engine raised ..."): that catch firing
     means a component's failure was blamed on the wrong part and its attempt left unpaired.
     """
-    if isinstance(error, flnotify.InternalError):
+    if isinstance(error, flnotify.errors.InternalError):
         text = str(error)
         assert not text.startswith("the engine"), f"the engine's last-resort catch fired: {text}"
         assert text.startswith(COMPONENTS), f"no component named: {text}"
@@ -402,7 +404,7 @@ def check_invariants(
             if d.error is None:  # a retryable status until the budget ran out
                 assert d.status_code is not None
             else:
-                assert isinstance(d.error, flnotify.FlnotifyError)
+                assert isinstance(d.error, flnotify.errors.FlnotifyError)
                 check_component_named(d.error)
         ids = {h["webhook-id"] for h in seen.get(i, [])}
         assert ids <= {d.message_id}

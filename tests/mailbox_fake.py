@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 from uuid import UUID
 
-from flnotify import Signer, Verifier
+from flnotify import Signer
 from flnotify.mailbox._wire import (
     Ack,
     MailboxProtocolError,
@@ -37,7 +37,7 @@ from flnotify.mailbox._wire import (
     parse_ack,
     parse_fetch,
 )
-from flnotify.signing import new_message_id
+from flnotify.signing import Verifier, new_message_id
 
 
 def _client_of(body: bytes) -> UUID | None:

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify import HttpResponse, Outcome, Receiver, Timeouts
+import flnotify.errors
+from flnotify import Outcome, Receiver, Timeouts
 from flnotify.testing import MemoryTransport, seams
-from flnotify.transports import MemoryRequest
+from flnotify.transports import HttpResponse, MemoryRequest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "delivery.md"
 
@@ -43,7 +44,7 @@ def silent(fake: FakeTime) -> Callable[[MemoryRequest], int]:
 
     def answer(request: MemoryRequest) -> int:
         fake.now += Timeouts().read
-        raise flnotify.TransportTimeoutError("read timed out", url=request.url)
+        raise flnotify.errors.TransportTimeoutError("read timed out", url=request.url)
 
     return answer
 
@@ -53,7 +54,9 @@ def dripping(fake: FakeTime) -> Callable[[MemoryRequest], int]:
 
     def answer(request: MemoryRequest) -> int:
         fake.now += Timeouts().total
-        raise flnotify.TransportTimeoutError("the whole attempt took too long", url=request.url)
+        raise flnotify.errors.TransportTimeoutError(
+            "the whole attempt took too long", url=request.url
+        )
 
     return answer
 

@@ -20,13 +20,9 @@ import pytest
 import flnotify
 from fakes import FakeTime
 from flnotify import (
-    CallbackError,
-    ConnectError,
     InMemoryTrainingRepository,
     Outcome,
     Receiver,
-    RepositoryBusyError,
-    RepositoryError,
     RetryPolicy,
     SQLiteTrainingRepository,
     TrainingState,
@@ -37,6 +33,7 @@ from flnotify.callbacks import (
     FunctionCallbacks,
     run_callbacks,
 )
+from flnotify.errors import CallbackError, ConnectError, RepositoryBusyError, RepositoryError
 from flnotify.repository import OutcomeRecord
 from flnotify.testing import seams
 from flnotify.transports import MemoryRequest, MemoryTransport

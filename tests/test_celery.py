@@ -24,10 +24,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flnotify
-from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
-from flnotify.callbacks import TrainingCallbacks, default_callback_registry
+import flnotify.codec
+import flnotify.errors
+from flnotify import (
+    Outcome,
+    Receiver,
+    RetryPolicy,
+    Signer,
+    TrainingCallbacks,
+    TrainingState,
+    generate_secret,
+)
+from flnotify.callbacks import default_callback_registry
 from flnotify.contrib.celery import CeleryDelivery, use_transport
-from flnotify.signing import Signer, Verifier, generate_secret
+from flnotify.signing import Verifier
 from flnotify.testing import MemoryTransport, RecordingCallbacks, seams
 from flnotify.transports import HttpxTransport
 from hostile import (
@@ -174,7 +184,7 @@ def test_the_broker_carries_flnotify_json_and_the_message_ids(
     (send,) = {tuple(kwargs["send"]) for _, kwargs, _ in bodies}  # both chunks: one send
     assert send[1] == 3
     args = [args for args, _, _ in bodies]
-    wire = flnotify.encode(notification).decode()
+    wire = flnotify.codec.encode(notification).decode()
     assert args == [
         [
             wire,
@@ -187,7 +197,9 @@ def test_the_broker_carries_flnotify_json_and_the_message_ids(
             [enqueued.message_ids[2]],
         ],
     ]
-    with pytest.raises(flnotify.ConfigurationError, match="no callbacks registered as 'nope'"):
+    with pytest.raises(
+        flnotify.errors.ConfigurationError, match="no callbacks registered as 'nope'"
+    ):
         sender.enqueue(notification, callbacks="nope")
 
 
@@ -195,7 +207,9 @@ def test_an_app_whose_workers_would_refuse_json_is_refused(redis_url: str) -> No
     """A pickle-only app (CELERY_ACCEPT_CONTENT = ["pickle"]) drops every JSON message."""
     app = Celery("flnotify-pickle-only", broker=redis_url, set_as_current=False)
     app.conf.update(accept_content=["pickle"], task_serializer="pickle")
-    with pytest.raises(flnotify.ConfigurationError, match=r"accept_content.*Add 'json'") as info:
+    with pytest.raises(
+        flnotify.errors.ConfigurationError, match=r"accept_content.*Add 'json'"
+    ) as info:
         CeleryDelivery(app)
     assert "CELERY_ACCEPT_CONTENT" in str(info.value)
     assert "task_serializer" in str(info.value)
@@ -208,10 +222,10 @@ def test_an_app_whose_workers_would_refuse_json_is_refused(redis_url: str) -> No
         body=flnotify.GlobalModelBody(global_model_uuid=MODEL),
         training_uuid=MODEL,
     )
-    with pytest.raises(flnotify.ConfigurationError, match="accept_content"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="accept_content"):
         sender.enqueue(start)  # refused before anything reaches the broker
     app.conf.update(accept_content=["nope"])
-    with pytest.raises(flnotify.ConfigurationError, match="not usable"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="not usable"):
         CeleryDelivery(app)
     app.close()
 
@@ -368,7 +382,7 @@ def test_all_delivered_signed_and_called_back_once_on_the_worker(
         isinstance(repo, flnotify.SQLiteTrainingRepository) for repo in recorder.repositories
     )
 
-    wire = flnotify.encode(notification)
+    wire = flnotify.codec.encode(notification)
     verifier = Verifier(secret)
     assert len(clients.requests) == 5
     for request in clients.requests:
@@ -447,7 +461,7 @@ def test_a_dead_client_puts_the_training_into_error_after_the_retries(
         [(good.id, Outcome.DELIVERED, 1), (dead.id, Outcome.FAILED, 3)]
     )
     failed = next(d for d in recorder.calls if d.outcome is Outcome.FAILED)
-    assert isinstance(failed.error, flnotify.ConnectError)
+    assert isinstance(failed.error, flnotify.errors.ConnectError)
     assert failed.message_id == enqueued.message_ids[1]
     assert failed.elapsed >= 0.1  # two backoffs of 0.05 s
     # one honest line per run: what settled, and what goes back to the broker

@@ -15,16 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 import flnotify
-from flnotify import (
-    AnswerError,
-    AnswerErrorKind,
-    Classification,
-    Outcome,
-    Receiver,
-    RetryPolicy,
-    StatusMeaning,
-    TrainingState,
-)
+import flnotify.errors
+from flnotify import Classification, Outcome, Receiver, RetryPolicy, StatusMeaning, TrainingState
+from flnotify.errors import AnswerError, AnswerErrorKind
 from flnotify.receiving import NotificationRouter, asgi_app
 from flnotify.signing import Signer, generate_secret
 from receivers import serve_asgi
@@ -184,5 +177,5 @@ def test_a_table_that_cannot_work_is_refused_with_what_is_wrong(
     statuses: dict[int, object] | None, families: dict[int, object] | None
 ) -> None:
     kwargs = {"statuses": statuses} if statuses is not None else {"families": families}
-    with pytest.raises(flnotify.ConfigurationError, match="Classification"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="Classification"):
         Classification(**kwargs)

@@ -8,28 +8,27 @@ import io
 import json
 import os
 import pty
-import queue
 import re
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import pytest
 import standardwebhooks
 
 import flnotify
-from flnotify import cli
+import flnotify.signing
+from flnotify import cli, generate_secret
 from flnotify._demo import make_wsgi_server
 from flnotify.cli import _output
 from flnotify.receiving import NotificationRouter, Reply
-from flnotify.signing import generate_secret
+from processes import Lines, flnotify_process
 
 TRAINING = "5b1dabcd-ef01-4a23-8b45-6789abcdef01"
 MODEL = "8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6"
@@ -318,7 +317,7 @@ def test_secret_prints_a_new_standard_webhooks_secret(capsys: pytest.CaptureFixt
     assert len(base64.b64decode(secrets[0].removeprefix("whsec_"), validate=True)) == 32
     assert len(base64.b64decode(secrets[2].removeprefix("whsec_"), validate=True)) == 64
     # it signs, and the reference implementation verifies what it signed
-    signed = flnotify.sign_payload(b'{"x":1}', secrets[0], msg_id="msg_1")
+    signed = flnotify.signing.sign_payload(b'{"x":1}', secrets[0], msg_id="msg_1")
     standardwebhooks.Webhook(secrets[0]).verify(b'{"x":1}', signed)
 
 
@@ -344,38 +343,6 @@ def test_send_progress_line_counts_outcomes_and_rate() -> None:
 
 
 # --------------------------------------------------------------------------- real processes
-
-
-class Lines:
-    """Reads a process's output lines in a thread, so tests can wait with a timeout."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.queue: queue.Queue[str] = queue.Queue()
-        self.thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.queue.put(line.rstrip("\n"))
-
-    def next(self, timeout: float = 10.0) -> str:
-        return self.queue.get(timeout=timeout)
-
-
-def flnotify_process(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != cli.SECRET_ENV}
-    env["NO_COLOR"] = "1"
-    previous = signal.getsignal(signal.SIGINT)
-    # a child inherits an ignored SIGINT (e.g. pytest started as a background job)
-    if previous is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-    try:
-        return subprocess.Popen(  # noqa: S603 - our own command with fixed arguments
-            [sys.executable, "-m", "flnotify", *args], env=env, text=True, **kwargs
-        )
-    finally:
-        if previous is signal.SIG_IGN:
-            signal.signal(signal.SIGINT, previous)
 
 
 def test_listen_and_send_as_processes() -> None:

@@ -1,8 +1,9 @@
 """docs/cli.md against the command: every subcommand and option, and every output shown.
 
 Each ``$ flnotify ...`` command of a ```text block of docs/cli.md that ends on its own
-(``demo``, ``send``, ``secret``, ``outbox``; ``listen`` serves until stopped and is tested
-in test_cli.py) is run in a temporary directory, and what it prints must be the lines the
+(``demo``, ``send``, ``secret``, ``outbox``; ``listen`` and ``mailbox serve`` serve until
+stopped and are tested in test_cli.py and test_cli_mailbox.py, with the page's send to a
+polling client) is run in a temporary directory, and what it prints must be the lines the
 page shows after it: ids, times, ports, secrets and runs of spaces (column widths) are
 normalised. A usage error's example is compared with the last lines of stderr (argparse
 prints the usage before it).
@@ -21,24 +22,11 @@ from pathlib import Path
 import pytest
 
 from flnotify.cli._args import build_parser
+from processes import normal
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "cli.md"
 RUNS = {"demo", "send", "secret", "outbox"}
-
-_NORMAL = [
-    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
-    (re.compile(r"\b\d+(?:\.\d+)? (?:ms|s)\b"), "<time>"),
-    (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:<port>"),
-    (re.compile(r"whsec_[A-Za-z0-9+/=]+"), "whsec_<secret>"),
-    (re.compile(r"[ \t]+"), " "),
-]
-
-
-def normal(text: str) -> str:
-    for pattern, replacement in _NORMAL:
-        text = pattern.sub(replacement, text)
-    return text.strip()
 
 
 def sections(text: str) -> dict[str, str]:
@@ -70,7 +58,7 @@ def test_every_subcommand_and_option_is_on_the_page() -> None:
     parser, _ = build_parser()
     text = PAGE.read_text(encoding="utf-8")
     commands = _subparsers(parser)
-    assert set(commands) == {"demo", "send", "secret", "listen", "outbox"}
+    assert set(commands) == {"demo", "send", "secret", "listen", "outbox", "mailbox"}
     words = {4: "four", 5: "five", 6: "six", 7: "seven"}
     assert f"{words[len(commands)]} subcommands" in " ".join(text.split())
     shown = sections(text)
@@ -115,7 +103,8 @@ def examples() -> list[tuple[int, list[list[str]], list[str]]]:
             else:
                 output.append(line)
             index += 1
-        if all(c[0] == "flnotify" and c[1] in RUNS for c in commands):
+        # a send to mailbox: needs a polling client: test_cli_mailbox.py runs it with one
+        if all(c[0] == "flnotify" and c[1] in RUNS and "--mailbox" not in c for c in commands):
             found.append((start, commands, output))
     return found
 
@@ -131,7 +120,10 @@ def test_the_page_has_output_examples() -> None:
 def test_shown_output_is_what_the_command_prints(
     line: int, commands: list[list[str]], output: list[str], tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("FLNOTIFY_SECRET", "NO_COLOR")}
+    # not a terminal and no COLUMNS: tables keep one line per row, as the page shows them
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("FLNOTIFY_SECRET", "NO_COLOR", "COLUMNS")
+    }
     for command in commands:
         done = subprocess.run(  # noqa: S603 - the page's own command
             [sys.executable, "-m", "flnotify", *command[1:]],

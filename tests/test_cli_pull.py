@@ -15,19 +15,22 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify import cli
+import flnotify.codec
+from flnotify import GlobalModelBody, RoundBody, cli, generate_secret
 from flnotify.mailbox._wire import Ack
-from flnotify.signing import generate_secret
-from flnotify.training import GlobalModelBody, RoundBody
 from mailbox_fake import FakeMailbox
-from test_cli import Lines
+from processes import Lines
 
 SECRET = generate_secret()
 CLIENT = uuid.UUID("0b9d3c64-5d0e-4c11-9a57-2f1d0f3b6d2e")
 TRAINING = uuid.UUID("5b1dabcd-ef01-4a23-8b45-6789abcdef01")
 MODEL = uuid.UUID("8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6")
-ROUND = flnotify.encode(flnotify.TrainingRoundStartNotification((), RoundBody(7, MODEL), TRAINING))
-START = flnotify.encode(flnotify.TrainingStartNotification((), GlobalModelBody(MODEL), TRAINING))
+ROUND = flnotify.codec.encode(
+    flnotify.TrainingRoundStartNotification((), RoundBody(7, MODEL), TRAINING)
+)
+START = flnotify.codec.encode(
+    flnotify.TrainingStartNotification((), GlobalModelBody(MODEL), TRAINING)
+)
 PULL = ["listen", "--pull", "http://127.0.0.1:9/mailbox"]
 
 

@@ -16,16 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flnotify
+import flnotify.codec
 from flnotify import (
     ClientRemovedBody,
     ClientRemovedNotification,
-    Codec,
-    ConfigurationError,
-    DecodeError,
-    FlnotifyError,
     GlobalModelBody,
     Notification,
-    NotificationRegistry,
     NotificationType,
     Receiver,
     RoundBody,
@@ -35,6 +31,12 @@ from flnotify import (
     TrainingRoundStartNotification,
     TrainingStartNotification,
     TrainingSWAGRoundStartNotification,
+)
+from flnotify.codec import Codec, NotificationRegistry
+from flnotify.errors import (
+    ConfigurationError,
+    DecodeError,
+    FlnotifyError,
     UnknownNotificationTypeError,
 )
 
@@ -84,7 +86,7 @@ class EvalNotification(TrainingNotification[EvalBody]):
 
 
 def eval_registry() -> NotificationRegistry:
-    registry = flnotify.default_registry().copy()
+    registry = flnotify.codec.default_registry().copy()
     registry.register(EvalNotification)
     return registry
 
@@ -159,7 +161,7 @@ GOLDEN_IDS = [type(n).__name__ for n, _ in GOLDEN]
 
 @pytest.mark.parametrize(("notification", "golden"), GOLDEN, ids=GOLDEN_IDS)
 def test_encode_matches_golden_bytes(notification: Notification[Any], golden: bytes) -> None:
-    assert flnotify.encode(notification) == golden
+    assert flnotify.codec.encode(notification) == golden
 
 
 @pytest.mark.parametrize(("notification", "golden"), GOLDEN, ids=GOLDEN_IDS)
@@ -181,7 +183,7 @@ def test_codec_instance_encodes_the_same(notification: Notification[Any], golden
 def test_decode_golden_gives_the_notification_without_receivers(
     notification: Notification[Any], golden: bytes, as_input: Any
 ) -> None:
-    decoded = flnotify.decode(as_input(golden))
+    decoded = flnotify.codec.decode(as_input(golden))
     assert type(decoded) is type(notification)
     assert decoded.receivers == ()  # receivers never travel
     assert decoded == notification.with_receivers(())
@@ -194,7 +196,7 @@ def test_the_design_example_decodes() -> None:
         ' "body": {"round": 3, "global_model_uuid": "8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6"},\n'
         ' "training_uuid": "5b1dabcd-ef01-4a23-8b45-6789abcdef01"}'
     )
-    n = flnotify.decode(data)
+    n = flnotify.codec.decode(data)
     assert isinstance(n, TrainingRoundStartNotification)
     assert n.body == RoundBody(round=3, global_model_uuid=MODEL_ID)
     assert n.training_uuid == TRAINING_ID
@@ -207,7 +209,7 @@ def test_decode_accepts_upper_case_uuids_and_ignores_unknown_keys() -> None:
         "training_uuid": str(TRAINING_ID).upper(),
         "message_id": "added-in-a-later-version",
     }
-    n = flnotify.decode(data)
+    n = flnotify.codec.decode(data)
     assert n == TrainingStartNotification(
         receivers=(), body=GlobalModelBody(MODEL_ID), training_uuid=TRAINING_ID
     )
@@ -219,7 +221,7 @@ def test_client_removed_reason_is_optional_on_the_wire() -> None:
         "body": {"client_uuid": str(CLIENT_ID)},
         "training_uuid": str(TRAINING_ID),
     }
-    n = flnotify.decode(data)
+    n = flnotify.codec.decode(data)
     assert isinstance(n, ClientRemovedNotification)
     assert n.body == ClientRemovedBody(client_uuid=CLIENT_ID, reason="")
 
@@ -230,9 +232,9 @@ def test_non_ascii_text_round_trips_as_utf8() -> None:
         body=ClientRemovedBody(client_uuid=CLIENT_ID, reason="Zeitüberschreitung ⏱"),
         training_uuid=TRAINING_ID,
     )
-    encoded = flnotify.encode(n)
+    encoded = flnotify.codec.encode(n)
     assert json.loads(encoded.decode("utf-8"))["body"]["reason"] == "Zeitüberschreitung ⏱"
-    assert flnotify.decode(encoded) == n
+    assert flnotify.codec.decode(encoded) == n
 
 
 def test_to_dict_is_the_json_ready_document_in_wire_order() -> None:
@@ -305,9 +307,9 @@ def assert_wire_shape(encoded: bytes, n: Notification[Any]) -> None:
 @given(data=st.data())
 def test_round_trip(name: str, data: st.DataObject) -> None:
     n = data.draw(STRATEGIES[name])
-    encoded = flnotify.encode(n)
+    encoded = flnotify.codec.encode(n)
     assert_wire_shape(encoded, n)
-    decoded = flnotify.decode(encoded)
+    decoded = flnotify.codec.decode(encoded)
     assert decoded == n.with_receivers(())
     assert type(decoded) is type(n)
 
@@ -464,7 +466,7 @@ DECODE_ERRORS = [
 @pytest.mark.parametrize(("data", "error", "path", "word"), DECODE_ERRORS)
 def test_decode_error(data: bytes | str, error: type[DecodeError], path: str, word: str) -> None:
     with pytest.raises(DecodeError) as info:
-        flnotify.decode(data)
+        flnotify.codec.decode(data)
     e = info.value
     assert type(e) is error  # exactly this class: no bare KeyError/TypeError escaped
     assert isinstance(e, FlnotifyError)
@@ -478,7 +480,7 @@ def test_decode_error(data: bytes | str, error: type[DecodeError], path: str, wo
 def test_unknown_type_keeps_the_raw_data() -> None:
     raw = doc(notification_type="MODEL_EVAL")
     with pytest.raises(UnknownNotificationTypeError) as info:
-        flnotify.decode(raw)
+        flnotify.codec.decode(raw)
     assert info.value.data == raw
     assert info.value.notification_type == "MODEL_EVAL"
     assert "MODEL_EVAL" in str(info.value)
@@ -486,7 +488,7 @@ def test_unknown_type_keeps_the_raw_data() -> None:
 
 def test_decode_errors_keep_their_cause() -> None:
     with pytest.raises(DecodeError) as info:
-        flnotify.decode(b"{")
+        flnotify.codec.decode(b"{")
     assert isinstance(info.value.__cause__, json.JSONDecodeError)
 
 
@@ -536,12 +538,12 @@ def mutated_documents(draw: st.DrawFn) -> dict[str, Any]:
 def test_decode_raises_only_decode_errors_on_mutated_documents(document: dict[str, Any]) -> None:
     error: DecodeError | None = None
     try:
-        n = flnotify.decode(json.dumps(document))
+        n = flnotify.codec.decode(json.dumps(document))
     except DecodeError as e:
         error = e
     if error is None:
         assert isinstance(n, Notification)
-        assert flnotify.decode(flnotify.encode(n)) == n
+        assert flnotify.codec.decode(flnotify.codec.encode(n)) == n
     else:
         assert error.path.startswith("$")
         assert error.problem
@@ -552,7 +554,7 @@ def test_decode_raises_only_decode_errors_on_mutated_documents(document: dict[st
 def test_decode_raises_only_decode_errors_on_arbitrary_input(data: bytes | str) -> None:
     error: DecodeError | None = None
     try:
-        flnotify.decode(data)
+        flnotify.codec.decode(data)
     except DecodeError as e:
         error = e
     assert error is not None  # no such input is a valid notification
@@ -573,7 +575,7 @@ EVAL_GOLDEN = (
 
 
 def test_user_defined_notification_encodes_with_the_default_codec() -> None:
-    assert flnotify.encode(EVAL) == EVAL_GOLDEN
+    assert flnotify.codec.encode(EVAL) == EVAL_GOLDEN
     assert EVAL.description == "Evaluate model"
 
 
@@ -597,15 +599,15 @@ def test_user_defined_body_validators_become_decode_errors() -> None:
 
 def test_default_decode_does_not_know_unregistered_types() -> None:
     eval_registry()  # registering in a copy ...
-    assert "MODEL_EVAL" not in flnotify.default_registry()  # ... leaves the default alone
-    assert len(flnotify.default_registry()) == 6
+    assert "MODEL_EVAL" not in flnotify.codec.default_registry()  # ... leaves the default alone
+    assert len(flnotify.codec.default_registry()) == 6
     with pytest.raises(UnknownNotificationTypeError):
-        flnotify.decode(EVAL_GOLDEN)
+        flnotify.codec.decode(EVAL_GOLDEN)
 
 
 def test_default_registry_holds_the_six_training_notifications() -> None:
-    registry = flnotify.default_registry()
-    assert registry is flnotify.default_registry()
+    registry = flnotify.codec.default_registry()
+    assert registry is flnotify.codec.default_registry()
     assert set(registry) == {type(n) for n, _ in GOLDEN}
     for t in NotificationType:
         cls = registry.get(t.value)
@@ -648,7 +650,7 @@ def test_registering_another_class_under_a_taken_wire_string_fails() -> None:
     class Impostor(TrainingNotification[RoundBody]):
         notification_type = NotificationType.UPDATE_ROUND_START
 
-    registry = flnotify.default_registry().copy()
+    registry = flnotify.codec.default_registry().copy()
     with pytest.raises(ConfigurationError, match="UPDATE_ROUND_START"):
         registry.register(Impostor)
     assert registry.get("UPDATE_ROUND_START") is TrainingRoundStartNotification
@@ -717,7 +719,7 @@ class RatioNotification(Notification[RatioBody]):
 
 
 def test_custom_converter_is_used_for_both_directions() -> None:
-    converter = flnotify.make_converter()
+    converter = flnotify.codec.make_converter()
     converter.register_unstructure_hook(Fraction, str)
     converter.register_structure_hook(Fraction, lambda value, _: Fraction(value))
     registry = NotificationRegistry()
@@ -737,7 +739,7 @@ def test_custom_converter_is_used_for_both_directions() -> None:
 
 
 def test_make_converter_returns_a_new_converter_each_time() -> None:
-    first, second = flnotify.make_converter(), flnotify.make_converter()
+    first, second = flnotify.codec.make_converter(), flnotify.codec.make_converter()
     assert first is not second
     first.register_unstructure_hook(Fraction, str)
     assert second.unstructure(Fraction(1, 2)) == Fraction(1, 2)  # hooks do not leak
@@ -757,7 +759,7 @@ def test_decode_accepts_any_mapping() -> None:
         def __len__(self) -> int:
             return len(self._data)
 
-    n = flnotify.decode(ReadOnly(json.loads(GOLDEN[0][1])))
+    n = flnotify.codec.decode(ReadOnly(json.loads(GOLDEN[0][1])))
     assert n == GOLDEN[0][0].with_receivers(())
 
 
@@ -767,7 +769,7 @@ def test_any_text_encodes_as_ascii_json_and_round_trips() -> None:
         body=ClientRemovedNotification.Body(client_uuid=UUID(int=1), reason="\udcffé✓"),
         training_uuid=UUID(int=2),
     )
-    data = flnotify.encode(n)
+    data = flnotify.codec.encode(n)
     assert data.isascii()
     assert b'"reason":"\\udcff\\u00e9\\u2713"' in data
-    assert flnotify.decode(data) == n
+    assert flnotify.codec.decode(data) == n

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import unittest
 
-from flnotify.repository import InMemoryTrainingRepository, TrainingRepository
+from flnotify import InMemoryTrainingRepository, TrainingRepository
 from flnotify.testing import OutcomeTrackingTests, TrainingRepositoryTests
 
 

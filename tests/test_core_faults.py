@@ -18,17 +18,11 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
+import flnotify.errors
+from flnotify import Outcome, Receiver, RetryPolicy, Timeouts, TrainingState
 from flnotify._http import parse_retry_after
-from flnotify.testing import RecordingCallbacks, RecordingHook
-from flnotify.transports import (
-    HttpResponse,
-    HttpxTransport,
-    MemoryRequest,
-    MemoryTransport,
-    StreamTransport,
-    Timeouts,
-)
+from flnotify.testing import MemoryRequest, MemoryTransport, RecordingCallbacks, RecordingHook
+from flnotify.transports import HttpResponse, HttpxTransport, StreamTransport
 from servers import FaultServer
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
@@ -117,7 +111,7 @@ def test_a_dripping_peer_ends_at_the_total_limit(server: FaultServer, kind: str)
     with flnotify.Notifier(transport=transport_of(kind, timeouts=timeouts), retry=retry) as n:
         (delivery,) = n.send(round_start(rs))
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.TransportTimeoutError)
+    assert isinstance(delivery.error, flnotify.errors.TransportTimeoutError)
     assert "whole attempt" in str(delivery.error)
     assert delivery.error.retryable
 
@@ -135,7 +129,7 @@ def test_a_transport_that_does_not_bound_itself_is_bounded_by_the_notifier() -> 
     )
     with notifier:
         (delivery,) = notifier.send(round_start(rs))
-    assert isinstance(delivery.error, flnotify.TransportTimeoutError)
+    assert isinstance(delivery.error, flnotify.errors.TransportTimeoutError)
     assert "0.05 s" in str(delivery.error)
 
 
@@ -161,7 +155,7 @@ def test_a_blocking_transport_is_bounded_by_the_notifier() -> None:
     finally:
         release.set()
         notifier.close()
-    assert isinstance(delivery.error, flnotify.TransportTimeoutError)
+    assert isinstance(delivery.error, flnotify.errors.TransportTimeoutError)
 
 
 # -- queueing for a connection is not a failure ---------------------------------------------
@@ -214,10 +208,10 @@ def test_a_locked_repository_inside_a_callback_is_on_the_report(
         assert delivery.outcome is Outcome.FAILED
         (error,) = report.callback_errors
         assert error.delivery is delivery
-        assert isinstance(error.__cause__, flnotify.RepositoryError)
+        assert isinstance(error.__cause__, flnotify.errors.RepositoryError)
         assert isinstance(error.__cause__.__cause__, sqlite3.OperationalError)
         assert "1 callback(s) failed" in report.summary()
-        with pytest.raises(flnotify.DeliveryError) as raised:
+        with pytest.raises(flnotify.errors.DeliveryError) as raised:
             report.raise_for_failures()
         assert raised.value.callback_errors == (error,)
         # the failure was logged at ERROR with the receiver and the training
@@ -233,7 +227,9 @@ def test_sqlite_errors_are_typed_and_integers_beyond_sqlite_refused(tmp_path: Pa
     actor = Receiver(uuid.uuid4(), "http://a.test/fl")
     with flnotify.SQLiteTrainingRepository(tmp_path / "fl.db") as repo:
         training = repo.create_training(actor=actor, participants=[actor], model_id=MODEL)
-        with pytest.raises(flnotify.ConfigurationError, match="outside SQLite's integer range"):
+        with pytest.raises(
+            flnotify.errors.ConfigurationError, match="outside SQLite's integer range"
+        ):
             repo.update_training(training.id, round=2**63)
         assert repo.get_training(training.id).round == 0
 
@@ -249,8 +245,8 @@ def test_a_redirect_is_not_followed_and_says_where_it_pointed(
     with flnotify.Notifier(transport=transport_of(kind), retry=NO_WAIT) as notifier:
         (delivery,) = notifier.send(round_start(rs))
     assert (delivery.outcome, delivery.status_code) == (Outcome.FAILED, 308)
-    assert isinstance(delivery.error, flnotify.AnswerError)
-    assert delivery.error.kind is flnotify.AnswerErrorKind.REDIRECT
+    assert isinstance(delivery.error, flnotify.errors.AnswerError)
+    assert delivery.error.kind is flnotify.errors.AnswerErrorKind.REDIRECT
     assert delivery.error.location == server.url("/status/200")
     assert delivery.redirect == server.url("/status/200")
     assert f"redirect to {server.url('/status/200')} not followed" in delivery.describe()

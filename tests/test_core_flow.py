@@ -15,10 +15,12 @@ import pytest
 from hypothesis import given, settings
 
 import flnotify
-from flnotify import Outcome, Receiver, RetryPolicy, TransportErrorKind
+import flnotify.errors
+from flnotify import Outcome, Receiver, RetryPolicy
 from flnotify._attempt import Core, Course, Flow, Post, Resolve, Step, Wait
 from flnotify._hooks import HookSet
 from flnotify.endpoints import EndpointPolicy
+from flnotify.errors import TransportErrorKind
 from flnotify.signing import Signer, generate_secret
 from flnotify.testing import RecordingHook
 from flnotify.transports import HttpResponse
@@ -117,7 +119,7 @@ def test_the_guard_resolves_before_each_attempt_and_a_rebound_retry_is_refused()
     assert post.address == ("93.184.216.34",)
     assert _finish(flow, HttpResponse(503)) == Wait(1.0)
     assert _finish(flow) == Resolve("client.example", 443)  # checked again for the retry
-    refused = _finish(flow, throw=flnotify.BlockedAddressError(URL, "10.0.0.1 is private"))
+    refused = _finish(flow, throw=flnotify.errors.BlockedAddressError(URL, "10.0.0.1 is private"))
     assert refused.outcome is Outcome.FAILED
     assert refused.error.kind is TransportErrorKind.BLOCKED
     assert (refused.attempts, refused.status_code) == (1, 503)
@@ -129,7 +131,7 @@ def test_what_the_transport_raises_is_named_as_the_transports() -> None:
     next(flow)
     delivery = _finish(flow, throw=ValueError("bug in a transport"))
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.InternalError)
+    assert isinstance(delivery.error, flnotify.errors.InternalError)
     assert "the transport raised" in str(delivery.error)
     assert delivery.error.kind is TransportErrorKind.INTERNAL
 
@@ -167,8 +169,8 @@ ANSWERS = st.one_of(
     st.sampled_from([200, 202, 204, 400, 409, 410, 429, 500, 502, 503, 504]).map(HttpResponse),
     st.sampled_from(
         [
-            flnotify.TransportError("reset", url=URL, kind=TransportErrorKind.RESET),
-            flnotify.TransportTimeoutError("slow", url=URL),
+            flnotify.errors.TransportError("reset", url=URL, kind=TransportErrorKind.RESET),
+            flnotify.errors.TransportTimeoutError("slow", url=URL),
             RuntimeError("a transport bug"),
         ]
     ),
@@ -214,7 +216,10 @@ def test_any_answers_end_in_one_delivery_with_paired_attempt_hooks(
     # a retry is announced exactly when another attempt followed
     assert [e.retry_in is not None for e in hook.ended] == [True] * (posts - 1) + [False]
     error = result.error
-    if isinstance(error, flnotify.TransportError) and error.kind is TransportErrorKind.INTERNAL:
+    if (
+        isinstance(error, flnotify.errors.TransportError)
+        and error.kind is TransportErrorKind.INTERNAL
+    ):
         assert "the transport" in str(error)  # the component that broke is named
 
 
@@ -224,7 +229,7 @@ def test_a_cancelled_attempt_is_ended_for_the_hooks_by_fail() -> None:
     flow = core.flow(course)
     next(flow)  # the POST is in flight
     flow.close()  # the driver was cancelled
-    error = flnotify.TransportError("deadline", url=URL, kind=TransportErrorKind.DEADLINE)
+    error = flnotify.errors.TransportError("deadline", url=URL, kind=TransportErrorKind.DEADLINE)
     delivery = core.fail(course, error)
     assert delivery.outcome is Outcome.FAILED
     assert len(hook.started) == len(hook.ended) == 1

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import redis
 
-from flnotify import ConfigurationError, IdStoreError
+from flnotify.errors import ConfigurationError, IdStoreError
 from flnotify.receiving import (
     AsyncIdStore,
-    Claim,
+    IdClaim,
     IdStore,
     InMemoryIdStore,
     RedisIdStore,
@@ -74,21 +74,21 @@ def test_claim_complete_release(make_store: StoreFactory) -> None:
     store = make_store(Clock())
     assert isinstance(store, IdStore)
     assert isinstance(store, AsyncIdStore)
-    assert store.claim("a") is Claim.CLAIMED
-    assert store.claim("a") is Claim.IN_FLIGHT
+    assert store.claim("a") is IdClaim.CLAIMED
+    assert store.claim("a") is IdClaim.IN_FLIGHT
     store.complete("a")
-    assert store.claim("a") is Claim.HANDLED
+    assert store.claim("a") is IdClaim.HANDLED
     store.release("a")  # never forgets a handled id
-    assert store.claim("a") is Claim.HANDLED
-    assert store.claim("b") is Claim.CLAIMED
+    assert store.claim("a") is IdClaim.HANDLED
+    assert store.claim("b") is IdClaim.CLAIMED
     store.release("b")
-    assert store.claim("b") is Claim.CLAIMED
+    assert store.claim("b") is IdClaim.CLAIMED
 
 
 def test_async_twins(make_store: StoreFactory) -> None:
     store = make_store(Clock())
 
-    async def main() -> list[Claim]:
+    async def main() -> list[IdClaim]:
         seen = [await store.aclaim("x"), await store.aclaim("x")]
         await store.acomplete("x")
         seen.append(await store.aclaim("x"))
@@ -100,11 +100,11 @@ def test_async_twins(make_store: StoreFactory) -> None:
         return seen
 
     assert asyncio.run(main()) == [
-        Claim.CLAIMED,
-        Claim.IN_FLIGHT,
-        Claim.HANDLED,
-        Claim.CLAIMED,
-        Claim.CLAIMED,
+        IdClaim.CLAIMED,
+        IdClaim.IN_FLIGHT,
+        IdClaim.HANDLED,
+        IdClaim.CLAIMED,
+        IdClaim.CLAIMED,
     ]
 
 
@@ -112,15 +112,15 @@ def test_concurrent_claims_have_one_winner(make_store: StoreFactory) -> None:
     store = make_store(Clock())
     start = threading.Barrier(16)
 
-    def claim(_: int) -> Claim:
+    def claim(_: int) -> IdClaim:
         start.wait(timeout=10)
-        result: Claim = store.claim("contended")
+        result: IdClaim = store.claim("contended")
         return result
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(claim, range(16)))
-    assert results.count(Claim.CLAIMED) == 1
-    assert results.count(Claim.IN_FLIGHT) == 15
+    assert results.count(IdClaim.CLAIMED) == 1
+    assert results.count(IdClaim.IN_FLIGHT) == 15
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
@@ -133,14 +133,14 @@ def test_lease_and_window_expire_on_the_store_clock(kind: str, tmp_path: Path) -
             tmp_path / "x.sqlite3", window_seconds=100, lease_seconds=10, clock=clock
         )
     )
-    assert store.claim("crashed") is Claim.CLAIMED  # its worker died mid-handler
+    assert store.claim("crashed") is IdClaim.CLAIMED  # its worker died mid-handler
     clock.now += 10.5
-    assert store.claim("crashed") is Claim.CLAIMED  # the lease lapsed: a retry may run it
+    assert store.claim("crashed") is IdClaim.CLAIMED  # the lease lapsed: a retry may run it
     store.complete("crashed")
     clock.now += 99
-    assert store.claim("crashed") is Claim.HANDLED
+    assert store.claim("crashed") is IdClaim.HANDLED
     clock.now += 2
-    assert store.claim("crashed") is Claim.CLAIMED  # the window passed
+    assert store.claim("crashed") is IdClaim.CLAIMED  # the window passed
     store.close() if kind == "sqlite" else None
 
 
@@ -161,10 +161,10 @@ def test_redis_expiry_is_redis_own(redis_url: str) -> None:
 def test_sqlite_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "ids.sqlite3"
     with SQLiteIdStore(path) as first:
-        assert first.claim("kept") is Claim.CLAIMED
+        assert first.claim("kept") is IdClaim.CLAIMED
         first.complete("kept")
     with SQLiteIdStore(path) as second:  # a restart
-        assert second.claim("kept") is Claim.HANDLED
+        assert second.claim("kept") is IdClaim.HANDLED
 
 
 def _claim_in_process(path: str, start: Any, results: Any) -> None:

@@ -14,12 +14,22 @@ import pytest
 import respx
 
 import flnotify
+import flnotify.codec
+import flnotify.errors
 from fakes import FakeTime
-from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
-from flnotify.callbacks import FunctionCallbacks, Reaction, TrainingCallbacks
-from flnotify.repository import AsyncRepositoryAdapter, InMemoryTrainingRepository
-from flnotify.testing import seams
-from flnotify.transports import HttpResponse, HttpxTransport, MemoryRequest, MemoryTransport
+from flnotify import (
+    FunctionCallbacks,
+    InMemoryTrainingRepository,
+    Outcome,
+    Receiver,
+    RetryPolicy,
+    TrainingCallbacks,
+    TrainingState,
+)
+from flnotify.callbacks import Reaction
+from flnotify.repository import AsyncRepositoryAdapter
+from flnotify.testing import MemoryRequest, MemoryTransport, seams
+from flnotify.transports import HttpResponse, HttpxTransport
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
 
@@ -65,7 +75,7 @@ def test_ten_receivers_all_delivered_with_one_request_each() -> None:
 def test_payload_is_encoded_once_and_identical_for_every_receiver() -> None:
     calls = 0
 
-    class CountingCodec(flnotify.Codec):
+    class CountingCodec(flnotify.codec.Codec):
         def encode(self, notification: flnotify.Notification[Any]) -> bytes:
             nonlocal calls
             calls += 1
@@ -76,7 +86,7 @@ def test_payload_is_encoded_once_and_identical_for_every_receiver() -> None:
     notifier(transport, codec=CountingCodec()).send(n)
     assert calls == 1
     assert len(transport.requests) == 1000
-    assert {r.body for r in transport.requests} == {flnotify.encode(n)}
+    assert {r.body for r in transport.requests} == {flnotify.codec.encode(n)}
     first = transport.requests[0].body
     assert all(r.body is first for r in transport.requests)
 
@@ -100,7 +110,7 @@ def test_invalid_url_fails_at_once_without_request_or_retry() -> None:
     report = notifier(transport, fake).send(round_start([bad]))
     (delivery,) = report
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.InvalidURLError)
+    assert isinstance(delivery.error, flnotify.errors.InvalidURLError)
     assert delivery.attempts == 0
     assert transport.requests == []
     assert fake.sleeps == []
@@ -199,13 +209,13 @@ def test_retry_after_http_date() -> None:
 
 def test_transport_error_retried_until_budget_then_failed() -> None:
     def refuse(request: MemoryRequest) -> int:
-        raise flnotify.ConnectError("refused", url=request.url)
+        raise flnotify.errors.ConnectError("refused", url=request.url)
 
     fake = FakeTime()
     transport = MemoryTransport(refuse)
     (delivery,) = notifier(transport, fake).send(round_start(receivers(1)))
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.ConnectError)
+    assert isinstance(delivery.error, flnotify.errors.ConnectError)
     assert delivery.attempts == 4
     assert len(transport.requests) == 4
     assert fake.sleeps == [0.75, 2.25, 6.75]
@@ -230,7 +240,7 @@ def test_given_message_ids_are_used_and_checked() -> None:
         rs[0].message_endpoint: "msg_a",
         rs[1].message_endpoint: "msg_b",
     }
-    with pytest.raises(flnotify.ConfigurationError, match="2 receivers"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="2 receivers"):
         notifier(transport).send(round_start(rs), message_ids=["only-one"])
 
 
@@ -292,7 +302,7 @@ def test_default_training_callbacks_remove_rejecting_and_error_on_failure() -> N
     assert after.state is TrainingState.ONGOING
 
     def refuse(request: MemoryRequest) -> int:
-        raise flnotify.ConnectError("refused", url=request.url)
+        raise flnotify.errors.ConnectError("refused", url=request.url)
 
     table = {rs[1].message_endpoint: refuse}
     n = flnotify.TrainingRoundStartNotification.from_training(after)
@@ -349,8 +359,8 @@ def test_deadline_fails_what_is_pending_and_still_calls_back_once() -> None:
     assert {d.receiver.id for d in seen} == {r.id for r in rs}
     for d in report.deliveries[:2]:
         assert d.outcome is Outcome.FAILED
-        assert isinstance(d.error, flnotify.TransportError)
-        assert d.error.kind is flnotify.TransportErrorKind.DEADLINE
+        assert isinstance(d.error, flnotify.errors.TransportError)
+        assert d.error.kind is flnotify.errors.TransportErrorKind.DEADLINE
     assert all(d.ok for d in report.deliveries[2:])
     n.close()
 
@@ -421,8 +431,8 @@ def test_transport_breaking_its_contract_fails_without_retry(
     with caplog.at_level(logging.ERROR, logger="flnotify"):
         (d,) = notifier(MemoryTransport(broken), fake).send(round_start(receivers(1)))
     assert d.outcome is Outcome.FAILED
-    assert isinstance(d.error, flnotify.TransportError)
-    assert d.error.kind is flnotify.TransportErrorKind.INTERNAL
+    assert isinstance(d.error, flnotify.errors.TransportError)
+    assert d.error.kind is flnotify.errors.TransportErrorKind.INTERNAL
     assert isinstance(d.error.__cause__, KeyError)
     assert d.attempts == 1
     assert fake.sleeps == []
@@ -456,7 +466,7 @@ def test_empty_receivers_give_an_empty_report() -> None:
 def test_raise_for_failures_names_the_first_failure() -> None:
     rs = receivers(3)
     report = notifier(MemoryTransport(lambda _: 409)).send(round_start(rs))
-    with pytest.raises(flnotify.DeliveryError, match="3 receiver") as info:
+    with pytest.raises(flnotify.errors.DeliveryError, match="3 receiver") as info:
         report.raise_for_failures()
     assert len(info.value.deliveries) == 3
     assert "409" in str(info.value)
@@ -466,20 +476,20 @@ def test_raise_for_failures_names_the_first_failure() -> None:
 
 
 def test_bad_configuration_is_refused() -> None:
-    with pytest.raises(flnotify.ConfigurationError, match="concurrency"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="concurrency"):
         flnotify.Notifier(concurrency=0)
-    with pytest.raises(flnotify.ConfigurationError, match="deadline"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="deadline"):
         flnotify.Notifier(deadline=0)
-    with pytest.raises(flnotify.ConfigurationError, match="max_attempts"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
-    with pytest.raises(flnotify.ConfigurationError, match="neither"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="neither"):
         flnotify.Notifier(transport=object())  # type: ignore[arg-type]
 
 
 def test_logs_carry_ids_endpoint_and_type_but_never_secrets(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from flnotify.signing import Signer, generate_secret
+    from flnotify import Signer, generate_secret
 
     secret = generate_secret()
     repo = InMemoryTrainingRepository()
@@ -507,7 +517,7 @@ def test_logs_carry_ids_endpoint_and_type_but_never_secrets(
 def test_a_signer_failing_for_one_receiver_fails_only_that_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from flnotify.signing import Signer, generate_secret
+    from flnotify import Signer, generate_secret
 
     rs = receivers(3)
     secrets = {rs[0].id: generate_secret(), rs[2].id: generate_secret()}
@@ -516,7 +526,7 @@ def test_a_signer_failing_for_one_receiver_fails_only_that_one(
         report = notifier(MemoryTransport(), signer=signer).send(round_start(rs))
     assert [d.outcome for d in report] == [Outcome.DELIVERED, Outcome.FAILED, Outcome.DELIVERED]
     failed = report.deliveries[1]
-    assert isinstance(failed.error, flnotify.TransportError)
-    assert failed.error.kind is flnotify.TransportErrorKind.INTERNAL
-    assert isinstance(failed.error.__cause__, flnotify.ConfigurationError)
+    assert isinstance(failed.error, flnotify.errors.TransportError)
+    assert failed.error.kind is flnotify.errors.TransportErrorKind.INTERNAL
+    assert isinstance(failed.error.__cause__, flnotify.errors.ConfigurationError)
     assert failed.attempts == 0  # nothing was sent

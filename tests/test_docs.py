@@ -42,7 +42,7 @@ import attrs
 import pytest
 
 import flnotify
-from flnotify.signing import generate_secret
+from flnotify import generate_secret
 from flnotify.testing import seams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,11 +363,7 @@ def _api_placement() -> dict[str, str]:
         hooks = importlib.import_module("hooks")
     finally:
         sys.path.remove(str(ROOT / "docs_theme"))
-    modules = re.findall(r"^::: ([\w.]+)\s*$", (DOCS / "api.md").read_text(), re.MULTILINE)
-    placement = {}
-    for module, (rendered, elsewhere) in hooks.api_members(modules).items():
-        placement.update({f"{module}.{name}": f"{module}.{name}" for name in rendered})
-        placement.update({f"{module}.{name}": target for name, target in elsewhere})
+    placement: dict[str, str] = hooks.api_plan((DOCS / "api.md").read_text(encoding="utf-8"))
     return placement
 
 

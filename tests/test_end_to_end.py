@@ -9,10 +9,18 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify import NotificationType, Outcome, Receiver, RetryPolicy
-from flnotify.endpoints import EndpointPolicy, PayloadTooLargeError
+import flnotify.errors
+from flnotify import (
+    EndpointPolicy,
+    NotificationType,
+    Outcome,
+    Receiver,
+    RetryPolicy,
+    Signer,
+    generate_secret,
+)
+from flnotify.errors import PayloadTooLargeError
 from flnotify.receiving import NotificationRouter
-from flnotify.signing import Signer, generate_secret
 from flnotify.transports import HttpxTransport
 from servers import FaultServer
 from test_receiving import ALL_TYPES, SERVERS, Recorder
@@ -50,8 +58,8 @@ def test_notifier_delivers_signed_notifications_to_the_router(server: str, name:
                 assert (delivered.outcome, delivered.status_code) == (Outcome.DELIVERED, status)
                 # the impostor could not be verified: the sender's mistake, never a "no"
                 assert (rejected.outcome, rejected.status_code) == (Outcome.FAILED, 401)
-                assert isinstance(rejected.error, flnotify.AnswerError)
-                assert rejected.error.kind is flnotify.AnswerErrorKind.SIGNATURE
+                assert isinstance(rejected.error, flnotify.errors.AnswerError)
+                assert rejected.error.kind is flnotify.errors.AnswerErrorKind.SIGNATURE
             # the same ids again (a resend from an outbox): handled once, answered 200
             n = ALL_TYPES[1][0].with_receivers([ours])
             first = notifier.send(n, message_ids=["msg_e2e_once"])
@@ -68,9 +76,9 @@ def test_guard_blocks_loopback_unless_allow_listed() -> None:
         with flnotify.Notifier(policy=guarded, retry=RetryPolicy(max_attempts=3)) as notifier:
             (blocked,) = notifier.send(n)
         assert blocked.outcome is Outcome.FAILED
-        assert isinstance(blocked.error, flnotify.TransportError)
-        assert blocked.error.kind is flnotify.TransportErrorKind.BLOCKED
-        assert isinstance(blocked.error.__cause__, flnotify.BlockedAddressError)
+        assert isinstance(blocked.error, flnotify.errors.TransportError)
+        assert blocked.error.kind is flnotify.errors.TransportErrorKind.BLOCKED
+        assert isinstance(blocked.error.__cause__, flnotify.errors.BlockedAddressError)
         assert blocked.attempts == 0
         assert server.requests == []
 

@@ -12,19 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flnotify import (
+from flnotify import EndpointPolicy
+from flnotify.endpoints import DEFAULT_MAX_PAYLOAD_BYTES, ParsedEndpoint
+from flnotify.errors import (
     BlockedAddressError,
     ConfigurationError,
     DNSError,
     EndpointError,
     FlnotifyError,
-    TransportError,
-)
-from flnotify.endpoints import (
-    DEFAULT_MAX_BODY_BYTES,
-    EndpointPolicy,
-    ParsedEndpoint,
     PayloadTooLargeError,
+    TransportError,
 )
 
 POLICY = EndpointPolicy()
@@ -269,13 +266,13 @@ def test_unresolvable_name_is_a_dns_error() -> None:
 
 
 def test_body_size_limit() -> None:
-    assert DEFAULT_MAX_BODY_BYTES == 1024 * 1024
-    POLICY.check_body_size(b"x" * DEFAULT_MAX_BODY_BYTES)
+    assert DEFAULT_MAX_PAYLOAD_BYTES == 1024 * 1024
+    POLICY.check_body_size(b"x" * DEFAULT_MAX_PAYLOAD_BYTES)
     with pytest.raises(PayloadTooLargeError) as info:
-        POLICY.check_body_size(b"x" * (DEFAULT_MAX_BODY_BYTES + 1))
+        POLICY.check_body_size(b"x" * (DEFAULT_MAX_PAYLOAD_BYTES + 1))
     assert (info.value.size, info.value.limit) == (
-        DEFAULT_MAX_BODY_BYTES + 1,
-        DEFAULT_MAX_BODY_BYTES,
+        DEFAULT_MAX_PAYLOAD_BYTES + 1,
+        DEFAULT_MAX_PAYLOAD_BYTES,
     )
     assert isinstance(info.value, (ConfigurationError, FlnotifyError, ValueError))
     small = EndpointPolicy(max_body_bytes=10)

@@ -11,8 +11,9 @@ import attrs
 import pytest
 
 import flnotify
-from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
-from flnotify.callbacks import TrainingCallbacks, Verdict
+import flnotify.errors
+from flnotify import Outcome, Receiver, RetryPolicy, TrainingCallbacks, TrainingState
+from flnotify.callbacks import Verdict
 from flnotify.repository import SendTally
 from flnotify.testing import MemoryRequest, MemoryTransport, RecordingHook, seams
 
@@ -76,8 +77,8 @@ def test_an_attempt_cut_by_the_deadline_ends_for_the_hooks() -> None:
     with flnotify.Notifier(MemoryTransport(hang), hooks=[hook]) as notifier:
         report = notifier.send(note, deadline=0.05)  # this send's own deadline
     error = report.deliveries[0].error
-    assert isinstance(error, flnotify.TransportError)
-    assert error.kind is flnotify.TransportErrorKind.DEADLINE
+    assert isinstance(error, flnotify.errors.TransportError)
+    assert error.kind is flnotify.errors.TransportErrorKind.DEADLINE
     assert len(hook.started) == len(hook.ended) == 1
     assert hook.ended[0].retry_in is None
     assert hook.ended[0].error is report.deliveries[0].error
@@ -100,7 +101,7 @@ def test_the_attempt_that_opens_a_circuit_promises_no_retry() -> None:
         )
     with notifier:
         report = notifier.send(note)
-    assert isinstance(report.deliveries[0].error, flnotify.CircuitOpenError)
+    assert isinstance(report.deliveries[0].error, flnotify.errors.CircuitOpenError)
     assert [e.retry_in is not None for e in hook.ended] == [True, False]
 
 
@@ -188,7 +189,7 @@ def test_a_part_of_a_send_is_refused_when_its_callbacks_could_not_judge_the_whol
         engine = notifier.engine
         whole = engine.plan(notification)
         part = attrs.evolve(whole, send_size=len(notification.receivers) + 6)
-        with pytest.raises(flnotify.ConfigurationError, match="OutcomeTracking"):
+        with pytest.raises(flnotify.errors.ConfigurationError, match="OutcomeTracking"):
             engine.run_sync(engine.run(part))
         assert transport.requests == []  # refused before anything was sent
         # the whole send, in one run, is judged by its own tally
@@ -208,12 +209,14 @@ def test_splitting_drivers_refuse_at_construction_what_could_not_judge_a_send(
         Outbox(tmp_path / "outbox.db") as outbox,
         Mailbox(tmp_path / "mailbox.db") as mailbox,
     ):
-        with pytest.raises(flnotify.ConfigurationError, match=r"OutboxDispatcher.*OutcomeTracking"):
+        with pytest.raises(
+            flnotify.errors.ConfigurationError, match=r"OutboxDispatcher.*OutcomeTracking"
+        ):
             OutboxDispatcher(outbox, notifier)
-        with pytest.raises(flnotify.ConfigurationError, match="MailboxDispatcher"):
+        with pytest.raises(flnotify.errors.ConfigurationError, match="MailboxDispatcher"):
             MailboxDispatcher(mailbox, notifier)
         own = TrainingCallbacks(plain, policy=policy)
-        with pytest.raises(flnotify.ConfigurationError, match="OutboxDispatcher"):
+        with pytest.raises(flnotify.errors.ConfigurationError, match="OutboxDispatcher"):
             OutboxDispatcher(outbox, flnotify.Notifier(repository=plain), callbacks=own)
 
 
@@ -244,7 +247,9 @@ def test_celery_refuses_a_policy_its_chunks_could_not_judge() -> None:
     notification, _ = _training(plain.inner, 3, "chunk")
     delivery = CeleryDelivery(app, repository_factory=lambda: plain, failure_policy=TOLERANT)
     try:
-        with pytest.raises(flnotify.ConfigurationError, match=r"CeleryDelivery.*OutcomeTracking"):
+        with pytest.raises(
+            flnotify.errors.ConfigurationError, match=r"CeleryDelivery.*OutcomeTracking"
+        ):
             delivery.enqueue(notification)
     finally:
         delivery.close()

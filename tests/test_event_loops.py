@@ -14,6 +14,7 @@ import pytest
 import uvloop
 
 import flnotify
+import flnotify.errors
 from flnotify import Outcome, Receiver, RetryPolicy
 from flnotify._loops import EVENT_LOOP_ENV, loop_factory, run
 from flnotify._portal import Portal
@@ -101,16 +102,16 @@ def test_without_uvloop_asyncio_s_loop_unless_uvloop_is_asked_for(
     monkeypatch.setenv(EVENT_LOOP_ENV, "auto")
     assert loop_factory() is asyncio.new_event_loop
     monkeypatch.setenv(EVENT_LOOP_ENV, "uvloop")
-    with pytest.raises(flnotify.ConfigurationError, match="uvloop is not installed"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="uvloop is not installed"):
         loop_factory()
 
 
 def test_a_wrong_choice_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(EVENT_LOOP_ENV, "trio")
-    with pytest.raises(flnotify.ConfigurationError, match="FLNOTIFY_EVENT_LOOP='trio'"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="FLNOTIFY_EVENT_LOOP='trio'"):
         loop_factory()
     coroutine = _running_loop()
-    with pytest.raises(flnotify.ConfigurationError):
+    with pytest.raises(flnotify.errors.ConfigurationError):
         run(coroutine)
     assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED  # never left unawaited
 

@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 
 import flnotify
+from flnotify import Signer, generate_secret
 from flnotify._demo import make_wsgi_server
 from flnotify._repository_contract import TrainingRepositoryContract
 from flnotify.receiving import NotificationRouter, Reply
-from flnotify.signing import Signer, generate_secret
 from servers import wsgi_apps
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

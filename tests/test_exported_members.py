@@ -54,7 +54,7 @@ def test_every_name_in_all_exists() -> None:
 
 def test_every_public_class_and_function_is_in_all() -> None:
     # Classes and callables (functions, functools.cache wrappers) defined in flnotify,
-    # not submodules: those are opt-in imports like ``flnotify.training``.
+    # not submodules: those are opt-in imports like ``flnotify.receiving``.
     public = {
         name
         for name, obj in vars(flnotify).items()
@@ -72,7 +72,8 @@ def test_version_is_exported() -> None:
 
 
 def test_known_public_submodules_are_discovered() -> None:
-    assert "flnotify.training" in PUBLIC_SUBMODULES
+    assert {"flnotify.errors", "flnotify.codec", "flnotify.receiving"} <= set(PUBLIC_SUBMODULES)
+    assert "flnotify.training" not in PUBLIC_SUBMODULES  # its names are the top level's
 
 
 @pytest.mark.parametrize("module_name", PUBLIC_SUBMODULES)
@@ -87,8 +88,72 @@ def test_public_submodule_all(module_name: str) -> None:
     assert missing == []
 
 
-def test_training_names_are_the_top_level_objects() -> None:
-    from flnotify import training
+TOP_LEVEL_BUDGET = 45
+"""The server's essentials (docs/api.md says why each is there); the rest lives in modules."""
 
-    for name in training.__all__:
-        assert getattr(flnotify, name) is getattr(training, name)
+PUBLIC_MODULES = [
+    "flnotify",
+    *PUBLIC_SUBMODULES,
+    "flnotify.contrib.celery",
+    "flnotify.contrib.opentelemetry",
+]
+
+
+def test_the_top_level_keeps_to_its_budget() -> None:
+    assert len(flnotify.__all__) <= TOP_LEVEL_BUDGET
+
+
+def _public_paths() -> dict[object, list[str]]:
+    """Each exported object (or constant, by name and value) -> the paths it is exported at."""
+    paths: dict[object, list[str]] = {}
+    for module_name in PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        for name in getattr(module, "__all__", ()):
+            try:
+                value = getattr(module, name)
+            except ImportError:  # a pytest-only helper of flnotify.testing
+                value = f"{module_name}.{name}"
+            key: object = (name, repr(value)) if isinstance(value, (str, int, float)) else value
+            try:
+                hash(key)
+            except TypeError:
+                key = id(value)
+            paths.setdefault(key, []).append(f"{module_name}.{name}")
+    return paths
+
+
+def test_no_name_is_exported_under_two_paths() -> None:
+    twice = sorted(found for found in _public_paths().values() if len(found) > 1)
+    assert twice == [], "one import path per public name"
+
+
+def test_no_two_public_names_alike_in_different_modules() -> None:
+    by_name: dict[str, list[str]] = {}
+    for found in _public_paths().values():
+        for path in found:
+            by_name.setdefault(path.rpartition(".")[2], []).append(path)
+    alike = sorted(paths for paths in by_name.values() if len(paths) > 1)
+    assert alike == []
+
+
+def test_every_error_is_in_the_errors_module() -> None:
+    import flnotify.errors
+    from flnotify.errors import FlnotifyError
+
+    for module_name in PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        for name in getattr(module, "__all__", ()):
+            try:
+                value = getattr(module, name)
+            except ImportError:
+                continue
+            if inspect.isclass(value) and issubclass(value, BaseException):
+                assert module_name == "flnotify.errors", f"{module_name}.{name}"
+    subclasses: list[type[BaseException]] = [FlnotifyError]
+    every = set()
+    while subclasses:
+        cls = subclasses.pop()
+        if not cls.__name__.startswith("_"):
+            every.add(cls.__name__)
+        subclasses.extend(cls.__subclasses__())
+    assert every <= set(flnotify.errors.__all__)

@@ -20,11 +20,21 @@ from urllib.parse import urlsplit
 import pytest
 
 import flnotify
-from flnotify import FailurePolicy, Outcome, Receiver, RetryPolicy, TrainingState, Verdict
-from flnotify.health import CircuitBreaker, InMemoryHealthStore, SQLiteHealthStore
+import flnotify.errors
+from flnotify import (
+    CircuitBreaker,
+    FailurePolicy,
+    Outcome,
+    Receiver,
+    RetryPolicy,
+    Timeouts,
+    TrainingState,
+)
+from flnotify.callbacks import Verdict
+from flnotify.health import InMemoryHealthStore, SQLiteHealthStore
 from flnotify.repository import SendTally
 from flnotify.testing import seams
-from flnotify.transports import StreamTransport, Timeouts
+from flnotify.transports import StreamTransport
 from servers import FaultServer
 
 ONCE = RetryPolicy.no_retries()
@@ -125,7 +135,7 @@ def test_verdicts(policy: FailurePolicy, tally: SendTally, verdict: Verdict) -> 
     ],
 )
 def test_bad_policies_are_refused(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(flnotify.ConfigurationError, match="FailurePolicy"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="FailurePolicy"):
         FailurePolicy(**kwargs)
 
 
@@ -136,7 +146,7 @@ def test_remove_after_needs_a_repository_that_keeps_outcomes() -> None:
         def set_state(self, training_id: uuid.UUID, state: TrainingState) -> None: ...
 
     flnotify.TrainingCallbacks(Minimal())  # the strict default works with any repository
-    with pytest.raises(flnotify.ConfigurationError, match="OutcomeTracking"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="OutcomeTracking"):
         flnotify.TrainingCallbacks(Minimal(), policy=FailurePolicy(remove_after=2))
 
 
@@ -168,9 +178,9 @@ def test_the_default_callbacks_options_are_one_value_of_the_settings() -> None:
         (_, refused) = n.send(flnotify.TrainingRoundStartNotification.from_training(other))
     assert refused.outcome is Outcome.REJECTED
     assert repo.get_training(other.id).participant_ids() == {keep.id, rejecting.id}  # kept
-    with pytest.raises(flnotify.ConfigurationError, match="Reaction"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="Reaction"):
         default_callback_registry(on_rejected="log")  # type: ignore[arg-type]
-    with pytest.raises(flnotify.ConfigurationError, match="tell_removed"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="tell_removed"):
         TrainingOptions(tell_removed="no")  # type: ignore[arg-type]
 
 
@@ -266,14 +276,14 @@ def test_an_open_breaker_costs_no_attempt_and_the_endpoint_is_probed_after_the_c
         n = flnotify.Notifier(transport=transport, retry=retry, breaker=breaker)
     with n:
         first = n.send(note)  # two timeouts: the circuit opens
-        assert isinstance(first.deliveries[0].error, flnotify.TransportTimeoutError)
+        assert isinstance(first.deliveries[0].error, flnotify.errors.TransportTimeoutError)
         assert first.deliveries[0].attempts == 2
         hung = len(server.requests_for("/hang"))
         clock.now += 30  # within the cool-down
         second = n.send(note)
         skipped = second.deliveries[0]
         assert (skipped.outcome, skipped.attempts) == (Outcome.FAILED, 0)
-        assert isinstance(skipped.error, flnotify.CircuitOpenError)
+        assert isinstance(skipped.error, flnotify.errors.CircuitOpenError)
         assert "open for 30 s more" in str(skipped.error)
         assert second.deliveries[1].ok  # the healthy endpoint is untouched
         assert len(server.requests_for("/hang")) == hung  # no request, no timeout

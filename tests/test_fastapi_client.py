@@ -24,9 +24,10 @@ import pytest
 import uvicorn
 
 import flnotify
+import flnotify.callbacks
+from flnotify import Signer, generate_secret
 from flnotify._demo import _schedule
 from flnotify.receiving import SQLiteIdStore
-from flnotify.signing import Signer, generate_secret
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_client"
 
@@ -64,7 +65,7 @@ def wait_until_idle(trainer: Any, timeout: float = 10.0) -> None:
 def send(
     notifier: flnotify.Notifier, repo: Any, notification: Any, **kwargs: Any
 ) -> flnotify.Delivery:
-    callbacks = flnotify.default_callbacks_for(notification, repo)
+    callbacks = flnotify.callbacks.default_callbacks_for(notification, repo)
     (delivery,) = notifier.send(notification, callbacks, **kwargs)
     return delivery
 

@@ -29,9 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flnotify
-from flnotify import NotificationType, RoundBody, TrainingRoundStartNotification
+import flnotify.codec
+from flnotify import NotificationType, RoundBody, TrainingRoundStartNotification, generate_secret
 from flnotify.receiving import NotificationRouter, ReceivingLimits, make_wsgi_server
-from flnotify.signing import generate_secret, sign_payload
+from flnotify.signing import sign_payload
 
 SECRET = generate_secret()
 NOW = 1_700_000_000
@@ -40,7 +41,7 @@ ROUND = TrainingRoundStartNotification(
     body=RoundBody(round=1, global_model_uuid=UUID("8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6")),
     training_uuid=UUID("5b1dabcd-ef01-4a23-8b45-6789abcdef01"),
 )
-GOOD_BODY = flnotify.encode(ROUND)
+GOOD_BODY = flnotify.codec.encode(ROUND)
 ROUTER_STATUSES = {200, 202, 400, 401, 405, 411, 413, 431, 503}
 WEBHOOK_NAMES = ["webhook-id", "webhook-timestamp", "webhook-signature", "Webhook-Signature"]
 

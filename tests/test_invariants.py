@@ -18,8 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flnotify
+import flnotify.errors
+import flnotify.transports
+from flnotify import Timeouts
 from flnotify.outbox import Outbox, OutboxDispatcher, OutboxState
-from flnotify.transports import HttpxTransport, StreamTransport, Timeouts
+from flnotify.transports import HttpxTransport, StreamTransport
 from hostile import (
     PROPERTY,
     CountingCallbacks,
@@ -58,7 +61,7 @@ def test_notifier_one_delivery_and_one_callback_per_receiver(world: World) -> No
     check_invariants(world, rs, list(report), callbacks, transport.seen)
     raising = {r.id for r in rs} & callbacks.bad
     assert {e.delivery.receiver.id for e in report.callback_errors} == raising
-    assert all(isinstance(e, flnotify.CallbackError) for e in report.callback_errors)
+    assert all(isinstance(e, flnotify.errors.CallbackError) for e in report.callback_errors)
 
 
 @PROPERTY
@@ -105,7 +108,9 @@ def test_cancellation_is_not_swallowed() -> None:
     gate = asyncio.Event()
 
     class Stuck:
-        async def apost(self, url: str, body: bytes, headers: object) -> flnotify.HttpResponse:
+        async def apost(
+            self, url: str, body: bytes, headers: object
+        ) -> flnotify.transports.HttpResponse:
             gate.set()
             await asyncio.Event().wait()
             raise AssertionError("unreachable")

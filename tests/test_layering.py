@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"flnotify._portal"},
     {"flnotify._types", "flnotify._http", "flnotify._web"},
     {"flnotify._notification"},
-    {"flnotify.training", "flnotify._codec"},
+    {"flnotify._training", "flnotify._codec"},
     {
         "flnotify.signing",
         "flnotify.endpoints",
@@ -47,7 +47,7 @@ LAYERS: list[set[str]] = [
     {"flnotify._notifier"},
     {"flnotify.outbox", "flnotify.contrib", "flnotify.receiving", "flnotify.mailbox"},
     {"flnotify.testing", "flnotify._demo", "flnotify._outbox_cli"},
-    {"flnotify.cli", "flnotify", "flnotify.__main__"},
+    {"flnotify.cli", "flnotify", "flnotify.__main__", "flnotify.errors", "flnotify.codec"},
 ]
 
 SENDING = {

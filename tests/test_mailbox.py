@@ -22,22 +22,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flnotify
+import flnotify.codec
+import flnotify.errors
 from flnotify import (
-    InMemoryIdStore,
-    NotificationRouter,
+    GlobalModelBody,
     Notifier,
     Outcome,
     Receiver,
     RetryPolicy,
+    RoundBody,
     Signer,
     TrainingState,
-    TransportErrorKind,
     generate_secret,
 )
+from flnotify.errors import TransportErrorKind
 from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxDispatcher
 from flnotify.mailbox._wire import ack_document, fetch_document
+from flnotify.receiving import InMemoryIdStore, NotificationRouter
 from flnotify.testing import RecordingCallbacks, RecordingHook
-from flnotify.training import GlobalModelBody, RoundBody
 from mailbox_env import BareClient, Clock, asgi_server, call_wsgi, signed, wsgi_server
 from servers import FaultServer
 
@@ -250,7 +252,7 @@ def test_an_unacknowledged_notification_fails_at_its_deadline(
     for receiver, what in ((fetched[0], "fetched 1 time(s)"), (silent[0], "never fetched")):
         delivery = by_id[receiver.id]
         assert delivery.outcome is Outcome.FAILED
-        assert isinstance(delivery.error, flnotify.TransportError)
+        assert isinstance(delivery.error, flnotify.errors.TransportError)
         assert delivery.error.kind is TransportErrorKind.DEADLINE
         assert what in str(delivery.error)
     assert len(recorder.calls) == 2
@@ -304,7 +306,7 @@ def test_a_server_restart_keeps_the_queue_and_a_dispatcher_settles_it(
 def test_a_crashed_sender_is_adopted_once_its_lease_ends(world: World) -> None:
     """A sender that vanished without letting go: its lease must end first."""
     receiver, _ = world.client()
-    payload = flnotify.Codec().encode(round_start([receiver]))
+    payload = flnotify.codec.Codec().encode(round_start([receiver]))
     world.store.post("snd_x", 1, payload, [(receiver.id, "msg_1")], owner="gone", lease_seconds=30)
     recorder = RecordingCallbacks()
     notifier = Notifier(signer=world.signer)
@@ -513,7 +515,7 @@ def test_closing_the_app_answers_held_polls_and_refuses_new_ones(world: World, k
 def test_a_running_dispatcher_adopts_settles_and_survives_a_failing_store(world: World) -> None:
     """``arun``: each look adopts what is orphaned; a look that fails is only logged."""
     receiver, _ = world.client()
-    payload = flnotify.Codec().encode(round_start([receiver]))
+    payload = flnotify.codec.Codec().encode(round_start([receiver]))
     world.store.post("snd_y", 1, payload, [(receiver.id, "msg_y")], owner="gone", lease_seconds=1)
     world.clock.advance(61)  # the lease and the acknowledgement deadline have passed
     recorder = RecordingCallbacks()
@@ -531,7 +533,7 @@ def test_a_running_dispatcher_adopts_settles_and_survives_a_failing_store(world:
         def adopt(self, *args: Any) -> Any:
             self.looks += 1
             if self.looks == 1:
-                raise flnotify.mailbox.MailboxError("the database is busy")
+                raise flnotify.errors.MailboxError("the database is busy")
             return store.adopt(*args)
 
     flaky = FlakyAdoptions()
@@ -617,7 +619,7 @@ def test_a_rejecting_polling_client_is_removed_and_told_through_its_mailbox(
         assert client.ack((message.id, 409)) == 1  # "I will not train this round"
         report = sent.result(timeout=60)
         (later,) = client.fetch()  # the notice is in its mailbox, still unacknowledged
-        notice = flnotify.decode(later.body)
+        notice = flnotify.codec.decode(later.body)
         client.close()
         notifier.close()
         after = repo.get_training(training.id)
@@ -634,7 +636,7 @@ def test_the_sends_deadline_fails_a_silent_poller_once_and_for_all(world: World)
         report = notifier.send(round_start([receiver]), recorder)
     (delivery,) = report.deliveries
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.TransportError)
+    assert isinstance(delivery.error, flnotify.errors.TransportError)
     assert delivery.error.kind is TransportErrorKind.DEADLINE
     assert recorder.calls == [delivery]
     assert world.store.counts()["done"] == 1  # recorded: no dispatcher judges it again

@@ -10,12 +10,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flnotify import ConnectError, Delivery, Outcome, Receiver
+from flnotify import Delivery, GlobalModelBody, Outcome, Receiver, TrainingStartNotification
+from flnotify.errors import ConnectError, MailboxError
 from flnotify.mailbox import (
     MAILBOX_ENDPOINT,
     Letter,
     Mailbox,
-    MailboxError,
     MailboxStore,
     PostgresMailbox,
     open_mailbox,
@@ -23,7 +23,6 @@ from flnotify.mailbox import (
 from flnotify.outbox import PostgresOutbox
 from flnotify.outbox._contract import ContractClock
 from flnotify.testing import MailboxStoreContract
-from flnotify.training import GlobalModelBody, TrainingStartNotification
 
 
 class TestSQLiteMailboxContract(MailboxStoreContract):

@@ -21,14 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flnotify
-from flnotify import (
-    ConfigurationError,
-    InMemoryIdStore,
-    NotificationRouter,
-    Receiver,
-    Signer,
-    generate_secret,
-)
+import flnotify.codec
+from flnotify import Receiver, RoundBody, Signer, TrainingRoundStartNotification, generate_secret
+from flnotify.errors import ConfigurationError
 from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxStore, PostgresMailbox
 from flnotify.mailbox._wire import (
     MailboxProtocolError,
@@ -37,9 +32,8 @@ from flnotify.mailbox._wire import (
     parse_fetch,
     parse_messages,
 )
-from flnotify.receiving import MailboxPoller
+from flnotify.receiving import InMemoryIdStore, MailboxPoller, NotificationRouter
 from flnotify.receiving._poller import _error_code
-from flnotify.training import RoundBody, TrainingRoundStartNotification
 from mailbox_env import Clock, asgi_server, call_wsgi, signed, wsgi_server
 
 
@@ -134,7 +128,7 @@ def test_a_poller_asking_for_more_than_the_app_gives_acknowledges_everything(
     keys = Secrets()
     client, secret = keys.client()
     receiver = Receiver(client, MAILBOX_ENDPOINT)
-    payload = flnotify.Codec().encode(
+    payload = flnotify.codec.Codec().encode(
         TrainingRoundStartNotification(
             receivers=[receiver],
             body=RoundBody(round=1, global_model_uuid=uuid.uuid4()),

@@ -18,8 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flnotify
+import flnotify.errors
 from flnotify import Outcome, Receiver
-from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxError
+from flnotify.errors import MailboxError
+from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox
 from hostile import (
     PROPERTY,
     CountingCallbacks,
@@ -145,7 +147,7 @@ def test_one_delivery_and_one_callback_per_receiver_pushed_or_polling(
         assert callbacks.calls[d.receiver.id][0] is d
         d.describe()
         if d.error is not None:
-            assert isinstance(d.error, flnotify.FlnotifyError)
+            assert isinstance(d.error, flnotify.errors.FlnotifyError)
             check_component_named(d.error)
         if i not in polls:
             assert d.attempts == len(transport.seen.get(i, []))

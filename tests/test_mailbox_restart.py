@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import flnotify
-from flnotify import Receiver, Reply, Signer, TrainingState, generate_secret
+import flnotify.receiving
+from flnotify import Receiver, Signer, TrainingState, generate_secret
 from flnotify._demo import polling
 from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxDispatcher
+from flnotify.receiving import Reply
 from mailbox_env import asgi_server
 
 FIRST_SERVER = """
@@ -90,8 +92,10 @@ def test_a_killed_server_loses_nothing_and_the_next_one_settles_it(tmp_path: Pat
     signer = Signer(lookup=lambda r: secrets.get(r.id))
     seen: dict[str, list[Any]] = {"alice": [], "bob": []}
 
-    def router(name: str, answer: int) -> flnotify.NotificationRouter:
-        r = flnotify.NotificationRouter(secrets=secrets[alice.id if name == "alice" else bob.id])
+    def router(name: str, answer: int) -> flnotify.receiving.NotificationRouter:
+        r = flnotify.receiving.NotificationRouter(
+            secrets=secrets[alice.id if name == "alice" else bob.id]
+        )
 
         @r.on(flnotify.TrainingRoundStartNotification)
         def round_start(notification: flnotify.TrainingRoundStartNotification) -> Reply:
@@ -112,8 +116,10 @@ def test_a_killed_server_loses_nothing_and_the_next_one_settles_it(tmp_path: Pat
             asgi_server(MailboxApp(store, signer).asgi_app()) as base,
         ):
             pollers = [
-                flnotify.MailboxPoller(base, alice.id, secrets[alice.id], router("alice", 202)),
-                flnotify.MailboxPoller(base, bob.id, secrets[bob.id], router("bob", 409)),
+                flnotify.receiving.MailboxPoller(
+                    base, alice.id, secrets[alice.id], router("alice", 202)
+                ),
+                flnotify.receiving.MailboxPoller(base, bob.id, secrets[bob.id], router("bob", 409)),
             ]
             with (
                 polling(pollers),

@@ -17,8 +17,9 @@ import pytest
 import trustme
 
 import flnotify
-from flnotify import Outcome, Receiver, RetryPolicy
-from flnotify.transports import HttpxTransport, Timeouts, TLSConfig, TLSFor
+import flnotify.errors
+from flnotify import Outcome, Receiver, RetryPolicy, Timeouts
+from flnotify.transports import HttpxTransport, TLSConfig, TLSFor
 from servers import AddressServer, ClientCertRefusingServer
 
 TIMEOUTS = Timeouts(connect=2.0, read=2.0, write=2.0, pool=2.0, total=5.0)
@@ -98,7 +99,7 @@ def test_the_right_certificate_is_delivered(
 
 def _assert_refused(delivery: flnotify.Delivery, server: AddressServer) -> None:
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.ConnectError), delivery.error
+    assert isinstance(delivery.error, flnotify.errors.ConnectError), delivery.error
     assert "TLS handshake" in str(delivery.error)
     assert delivery.error.__cause__ is not None
     assert server.requests == []
@@ -128,7 +129,7 @@ def test_a_server_of_an_untrusted_ca_is_refused(
     mine = TLSConfig(certificate=site.client_pem, ca_bundle=other.ca_bundle)
     (delivery,) = _send(make_transport(tls=mine), server.url("/status/202"))
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.ConnectError)
+    assert isinstance(delivery.error, flnotify.errors.ConnectError)
     assert server.requests == []
 
 
@@ -161,9 +162,9 @@ def test_settings_are_checked_when_the_transport_is_built(
     make_transport: TransportFactory, tmp_path: Path
 ) -> None:
     missing = TLSConfig(certificate=tmp_path / "nowhere.pem")
-    with pytest.raises(flnotify.ConfigurationError, match="cannot be loaded"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="cannot be loaded"):
         make_transport(tls=missing)
-    with pytest.raises(flnotify.ConfigurationError, match="key without a certificate"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="key without a certificate"):
         TLSConfig(key=tmp_path / "key.pem")
 
 
@@ -178,7 +179,7 @@ def test_a_refusal_after_a_tls13_handshake_is_typed(
     with ClientCertRefusingServer(site.server_ca) as server:
         (delivery,) = _send(make_transport(tls=site.tls()), server.url("/status/202"))
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.ConnectError), delivery.error
+    assert isinstance(delivery.error, flnotify.errors.ConnectError), delivery.error
     assert "the TLS handshake was refused" in str(delivery.error)
     assert "(TLS alert unknown ca)" in str(delivery.error)  # what the server said
     assert server.refused == 1
@@ -209,7 +210,7 @@ def test_an_asyncio_server_refusing_our_certificate_is_a_typed_failure(
         (delivery,) = _send(make_transport(tls=tls), s.url("/status/202"))
         assert s.requests == []
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.ConnectError), delivery.error
+    assert isinstance(delivery.error, flnotify.errors.ConnectError), delivery.error
     assert str(delivery.error).startswith("the TLS handshake was refused")
     assert "without a TLS alert" in str(delivery.error)
     if tls13:  # our side of the handshake was done: the server closed at the first read
@@ -252,7 +253,7 @@ def test_the_servers_alert_is_said(
     with ClientCertRefusingServer(site.server_ca, version) as server:
         (delivery,) = _send(make_transport(tls=tls), server.url("/status/202"))
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.ConnectError), delivery.error
+    assert isinstance(delivery.error, flnotify.errors.ConnectError), delivery.error
     assert str(delivery.error).startswith("the TLS handshake was refused")
     assert said in str(delivery.error)
     assert isinstance(delivery.error.__cause__, Exception)

@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 import flnotify
-from flnotify import RoundBody, TrainingRoundStartNotification
-from flnotify.signing import generate_secret, sign_payload
+import flnotify.codec
+from flnotify import RoundBody, TrainingRoundStartNotification, generate_secret
+from flnotify.signing import sign_payload
 from receivers import UvicornWorkers, listening_socket, redis_server
 
 SECRET = generate_secret()
@@ -28,7 +29,7 @@ ROUND = TrainingRoundStartNotification(
     body=RoundBody(round=2, global_model_uuid=UUID("8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6")),
     training_uuid=UUID("5b1dabcd-ef01-4a23-8b45-6789abcdef01"),
 )
-BODY = flnotify.encode(ROUND)
+BODY = flnotify.codec.encode(ROUND)
 CONCURRENT = 24
 SEQUENTIAL = 6
 

@@ -22,10 +22,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import flnotify
+import flnotify.errors
+import flnotify.hooks
 from flnotify import Outcome, Receiver, RetryPolicy
 from flnotify.contrib.opentelemetry import OpenTelemetryHook
-from flnotify.testing import seams
-from flnotify.transports import HttpxTransport, MemoryRequest, MemoryTransport
+from flnotify.testing import MemoryRequest, MemoryTransport, seams
+from flnotify.transports import HttpxTransport
 from servers import FaultServer
 
 TRAINING = uuid.UUID("5b1d0000-0000-4000-8000-000000000001")
@@ -74,7 +76,7 @@ def telemetry() -> Iterator[Telemetry]:
 def handler(request: MemoryRequest) -> int:
     """Per path: /ok 202, /flaky 503 the first time, /no 400, /down a refused connection."""
     if request.url.endswith("/down"):
-        raise flnotify.ConnectError("connection refused", url=request.url)
+        raise flnotify.errors.ConnectError("connection refused", url=request.url)
     if "/flaky" in request.url:
         handler.flaky += 1  # type: ignore[attr-defined]
         return 503 if handler.flaky == 1 else 202  # type: ignore[attr-defined]
@@ -165,7 +167,7 @@ def test_a_span_per_send_and_a_child_span_per_attempt(telemetry: Telemetry) -> N
     assert first["server.port"] == 8080
     assert attempt(URLS[2], 1)["error.type"] == "400"
     down = attempt(URLS[3], 2)
-    assert down["error.type"] == "flnotify.ConnectError"
+    assert down["error.type"] == "flnotify.errors.ConnectError"
     assert "http.response.status_code" not in down
 
 
@@ -183,7 +185,7 @@ def test_metrics_by_outcome_attempts_and_durations(telemetry: Telemetry) -> None
         if p.attributes["flnotify.outcome"] == "failed"
     ]
     assert failed[0].attributes["server.address"] == "down.example"  # failure rate per client
-    assert failed[0].attributes["error.type"] == "flnotify.ConnectError"
+    assert failed[0].attributes["error.type"] == "flnotify.errors.ConnectError"
     assert sum(p.value for p in telemetry.points("flnotify.attempts")) == 6
     assert sum(p.count for p in telemetry.points("http.client.request.duration")) == 6
     assert sum(p.count for p in telemetry.points("flnotify.delivery.duration")) == 4
@@ -245,8 +247,8 @@ def test_the_trace_context_reaches_the_client_over_the_wire(telemetry: Telemetry
 
 
 def test_a_failing_header_hook_is_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
-    class Broken(flnotify.NullHook):
-        def attempt_headers(self, details: flnotify.AttemptStarted, /) -> dict[str, str]:
+    class Broken(flnotify.hooks.NullHook):
+        def attempt_headers(self, details: flnotify.hooks.AttemptStarted, /) -> dict[str, str]:
             raise RuntimeError("broken")
 
     transport = MemoryTransport()
@@ -266,7 +268,7 @@ def test_attempts_cut_short_by_the_deadline_end_their_spans(telemetry: Telemetry
     (span,) = [s for s in telemetry.spans() if s.kind is SpanKind.CLIENT]
     assert span.attributes is not None
     # the engine ends the attempt with the deadline's error, before the send ends
-    assert span.attributes["error.type"] == "flnotify.TransportError"
+    assert span.attributes["error.type"] == "flnotify.errors.TransportError"
     assert len(telemetry.spans()) == 2  # and the send's
 
 
@@ -332,15 +334,15 @@ def test_parts_of_one_send_in_one_process_keep_their_own_attempts(telemetry: Tel
     hook = telemetry.hook()
     notification = _notification("http://a.example/", "http://b.example/")
     a, b = notification.receivers
-    parts = [flnotify.SendStarted(notification, "send-1", (r,)) for r in (a, b)]
+    parts = [flnotify.hooks.SendStarted(notification, "send-1", (r,)) for r in (a, b)]
     for part in parts:
         hook.on_send_started(part)
     for receiver in (b, a):
-        started = flnotify.AttemptStarted(
+        started = flnotify.hooks.AttemptStarted(
             notification, receiver, f"msg_{receiver.id}", 1, receiver.message_endpoint, "send-1"
         )
         hook.on_attempt_started(started)
-        hook.on_attempt_ended(flnotify.AttemptEnded(started, 0.01, 202))
+        hook.on_attempt_ended(flnotify.hooks.AttemptEnded(started, 0.01, 202))
     for receiver in (a, b):
         delivery = flnotify.Delivery(
             notification=notification,

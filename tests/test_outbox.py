@@ -15,19 +15,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 import flnotify
-from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
-from flnotify.endpoints import EndpointPolicy
-from flnotify.outbox import (
-    Claim,
-    NoOutboxError,
-    Outbox,
-    OutboxDispatcher,
-    OutboxError,
-    OutboxState,
-    open_outbox,
-)
-from flnotify.testing import RecordingCallbacks
-from flnotify.transports import MemoryRequest, MemoryTransport
+import flnotify.errors
+from flnotify import EndpointPolicy, Outcome, Receiver, RetryPolicy, TrainingState
+from flnotify.errors import NoOutboxError, OutboxError
+from flnotify.outbox import Claim, Outbox, OutboxDispatcher, OutboxState, open_outbox
+from flnotify.testing import MemoryRequest, MemoryTransport, RecordingCallbacks
 from servers import FaultServer
 
 HELPER = Path(__file__).with_name("outbox_process.py")
@@ -93,7 +85,7 @@ def test_put_commits_every_delivery_before_anything_is_sent(db: str) -> None:
 
 def test_put_refuses_what_could_not_be_sent(db: str) -> None:
     with Outbox(db) as outbox:
-        with pytest.raises(flnotify.ConfigurationError, match="2 message ids for 3"):
+        with pytest.raises(flnotify.errors.ConfigurationError, match="2 message ids for 3"):
             outbox.put(start(receivers(3)), message_ids=["a", "b"])
         outbox.put(start(receivers(1)), message_ids=["taken"])
         with pytest.raises(OutboxError, match="UNIQUE"):
@@ -186,7 +178,7 @@ def test_sync_dispatcher_records_each_outcome_once_and_runs_the_training_callbac
 
     def answer(request: MemoryRequest) -> int:
         if request.url == dead.message_endpoint:
-            raise flnotify.ConnectError("refused", url=request.url)
+            raise flnotify.errors.ConnectError("refused", url=request.url)
         return 404 if request.url == rejecting.message_endpoint else 202
 
     transport = MemoryTransport(answer)
@@ -207,7 +199,7 @@ def test_sync_dispatcher_records_each_outcome_once_and_runs_the_training_callbac
         Outcome.FAILED,
     ]
     assert entries[rejecting.id].status_code == 404
-    assert entries[dead.id].error_kind is flnotify.TransportErrorKind.CONNECT
+    assert entries[dead.id].error_kind is flnotify.errors.TransportErrorKind.CONNECT
     assert {e.state for e in entries.values()} == {OutboxState.DONE}
     rounds = [
         r for r in transport.requests if b'"notification_type":"UPDATE_ROUND_START"' in r.body

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import flnotify
+import flnotify.errors
 from flnotify import Outcome, Receiver
 from flnotify._outbox_cli import add_arguments, run
 from flnotify.outbox import OutboxState, open_outbox
@@ -40,7 +41,9 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
         outbox.put(notification, message_ids=["ok", "refused", "busy"])
         claim = outbox.claim(10, lease_seconds=30)
         ok, refused, busy = claim.entries
-        error = flnotify.ConnectError("connection refused", url=refused.receiver.message_endpoint)
+        error = flnotify.errors.ConnectError(
+            "connection refused", url=refused.receiver.message_endpoint
+        )
         outbox.record(
             claim,
             [

@@ -9,21 +9,21 @@ from uuid import UUID
 import pytest
 
 import flnotify
-from flnotify import (
+import flnotify.codec
+from flnotify import RoundBody, TrainingRoundStartNotification, generate_secret
+from flnotify.errors import (
     ConfigurationError,
     DecodeError,
     MalformedHeaderError,
     MissingHeaderError,
     RequestTooLargeError,
-    RoundBody,
     SignatureMismatchError,
     TimestampError,
-    TrainingRoundStartNotification,
     UnknownNotificationTypeError,
     VerificationError,
 )
 from flnotify.receiving import ReceivedNotification, ReceivingLimits, parse_notification
-from flnotify.signing import Verifier, generate_secret, sign_payload
+from flnotify.signing import Verifier, sign_payload
 
 SECRET = generate_secret()
 ROUND = TrainingRoundStartNotification(
@@ -31,7 +31,7 @@ ROUND = TrainingRoundStartNotification(
     body=RoundBody(round=3, global_model_uuid=UUID("8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6")),
     training_uuid=UUID("5b1dabcd-ef01-4a23-8b45-6789abcdef01"),
 )
-BODY = flnotify.encode(ROUND)
+BODY = flnotify.codec.encode(ROUND)
 
 
 def signed(body: bytes = BODY, **kwargs: Any) -> dict[str, str]:

@@ -21,10 +21,13 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify import Outcome, Receiver, RetryPolicy, TransportErrorKind
-from flnotify.callbacks import FunctionCallbacks
-from flnotify.endpoints import AsyncResolver, EndpointPolicy, Resolver
-from flnotify.transports import HttpxTransport, MemoryTransport, Timeouts
+import flnotify.errors
+import flnotify.transports
+from flnotify import EndpointPolicy, FunctionCallbacks, Outcome, Receiver, RetryPolicy, Timeouts
+from flnotify.endpoints import AsyncResolver, Resolver
+from flnotify.errors import TransportErrorKind
+from flnotify.testing import MemoryTransport
+from flnotify.transports import HttpxTransport
 from servers import AddressServer
 
 TIMEOUTS = Timeouts(connect=2.0, read=2.0, write=2.0, pool=2.0, total=5.0)
@@ -139,9 +142,9 @@ def test_the_post_goes_to_the_checked_address_only(
         # the next send checks again: the rebound answer is loopback, refused before any I/O
         (refused,) = notifier.send(_notification(url))
     assert refused.outcome is Outcome.FAILED
-    assert isinstance(refused.error, flnotify.TransportError)
+    assert isinstance(refused.error, flnotify.errors.TransportError)
     assert refused.error.kind is TransportErrorKind.BLOCKED
-    assert isinstance(refused.error.__cause__, flnotify.BlockedAddressError)
+    assert isinstance(refused.error.__cause__, flnotify.errors.BlockedAddressError)
     assert len(checked.requests) == 1
     assert other.connections_opened == 0
 
@@ -164,7 +167,7 @@ def test_each_retry_checks_the_host_again(
         (delivery,) = notifier.send(_notification(url))
     assert resolver.lookups == [("localhost", checked.port)] * 2  # checked before each attempt
     assert delivery.outcome is Outcome.FAILED
-    assert isinstance(delivery.error, flnotify.TransportError)
+    assert isinstance(delivery.error, flnotify.errors.TransportError)
     assert delivery.error.kind is TransportErrorKind.BLOCKED
     assert delivery.attempts == 1
     assert delivery.status_code == 503  # the last answer is kept
@@ -236,7 +239,9 @@ def test_a_transport_that_cannot_pin_is_refused_for_host_names() -> None:
         def __init__(self) -> None:
             self.inner = MemoryTransport()
 
-        async def apost(self, url: str, body: bytes, headers: Any) -> flnotify.HttpResponse:
+        async def apost(
+            self, url: str, body: bytes, headers: Any
+        ) -> flnotify.transports.HttpResponse:
             return await self.inner.apost(url, body, headers)
 
         async def aclose(self) -> None:
@@ -250,7 +255,7 @@ def test_a_transport_that_cannot_pin_is_refused_for_host_names() -> None:
         (named,) = notifier.send(_notification("http://localhost:9/hook"))
         (literal,) = notifier.send(_notification(f"http://{CHECKED}:9/hook"))
     assert named.outcome is Outcome.FAILED
-    assert isinstance(named.error, flnotify.TransportError)
+    assert isinstance(named.error, flnotify.errors.TransportError)
     assert named.error.kind is TransportErrorKind.BLOCKED
     assert "cannot connect to the checked address" in str(named.error)
     assert literal.outcome is Outcome.DELIVERED  # an IP literal needs no second lookup
@@ -260,7 +265,7 @@ def test_a_transport_that_cannot_pin_is_refused_for_host_names() -> None:
 def test_resolver_protocols_and_errors() -> None:
     assert isinstance(SyncRebinding(CHECKED), Resolver)
     assert isinstance(AsyncRebinding(CHECKED), AsyncResolver)
-    with pytest.raises(flnotify.ConfigurationError, match="neither resolve"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="neither resolve"):
         EndpointPolicy(resolver=object())  # type: ignore[arg-type]
 
     class Failing:
@@ -268,10 +273,10 @@ def test_resolver_protocols_and_errors() -> None:
             raise OSError("no such host")
 
     policy = EndpointPolicy(block_private=True, resolver=Failing())
-    with pytest.raises(flnotify.DNSError, match="no such host"):
+    with pytest.raises(flnotify.errors.DNSError, match="no such host"):
         policy.check_host("client.example", 443)
     async_only = EndpointPolicy(block_private=True, resolver=AsyncRebinding(CHECKED))
-    with pytest.raises(flnotify.ConfigurationError, match="acheck_host"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="acheck_host"):
         async_only.check_host("client.example", 443)
     allowed = EndpointPolicy(
         block_private=True, allow_networks=[f"{CHECKED}/32"], resolver=SyncRebinding(CHECKED)
@@ -365,10 +370,10 @@ def test_a_hosts_own_httpx_client_is_pinned_by_addressing_the_checked_ip() -> No
 DEAD = "127.0.0.4"  # nothing listens there: every connection is refused
 
 
-def _apost(transport: Any, url: str, connect_to: Any) -> flnotify.HttpResponse:
-    async def main() -> flnotify.HttpResponse:
+def _apost(transport: Any, url: str, connect_to: Any) -> flnotify.transports.HttpResponse:
+    async def main() -> flnotify.transports.HttpResponse:
         try:
-            response: flnotify.HttpResponse = await transport.apost(
+            response: flnotify.transports.HttpResponse = await transport.apost(
                 url, b"{}", {"content-type": "application/json"}, connect_to=connect_to
             )
             return response
@@ -396,7 +401,7 @@ def test_when_every_address_refuses_the_error_names_them(
 ) -> None:
     checked, _ = pair
     url = checked.url("/status/202", host="localhost")
-    with pytest.raises(flnotify.ConnectError) as info:
+    with pytest.raises(flnotify.errors.ConnectError) as info:
         _apost(make_transport(_ctx(checked)), url, (DEAD, "127.0.0.5"))
     assert f"tried 2 addresses: {DEAD}, 127.0.0.5" in str(info.value)
     assert info.value.url == url
@@ -405,7 +410,7 @@ def test_when_every_address_refuses_the_error_names_them(
 
 @pytest.mark.parametrize("connect_to", [[], [""], [CHECKED, 7]])
 def test_connect_to_must_name_addresses(make_transport: TransportFactory, connect_to: Any) -> None:
-    with pytest.raises(flnotify.InvalidURLError, match="connect_to must name"):
+    with pytest.raises(flnotify.errors.InvalidURLError, match="connect_to must name"):
         _apost(make_transport(None), "http://localhost:9/hook", connect_to)
 
 
@@ -418,7 +423,7 @@ def test_a_silent_first_address_is_given_up_within_the_attempt(
     for checked, _ in _servers(CHECKED, OTHER):
         url = checked.url("/status/202", host="localhost")
 
-        async def main(total: float, url: str = url) -> flnotify.HttpResponse:
+        async def main(total: float, url: str = url) -> flnotify.transports.HttpResponse:
             loop = asyncio.get_running_loop()
             connect = loop.create_connection
 
@@ -433,6 +438,6 @@ def test_a_silent_first_address_is_given_up_within_the_attempt(
                 return await transport.apost(url, b"{}", {}, connect_to=[DEAD, CHECKED])
 
         assert asyncio.run(main(total=5.0)).status_code == 202
-        with pytest.raises(flnotify.TransportTimeoutError, match=f"connecting to {DEAD}"):
+        with pytest.raises(flnotify.errors.TransportTimeoutError, match=f"connecting to {DEAD}"):
             asyncio.run(main(total=0.2))  # no time left for the next address
         assert len(checked.requests) == 1

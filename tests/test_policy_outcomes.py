@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import flnotify
+import flnotify.errors
 from flnotify import FailurePolicy, Receiver, RetryPolicy, TrainingState
 from flnotify.repository import SendTally
 from flnotify.testing import MemoryTransport
@@ -44,7 +45,7 @@ def answering(table: dict[str, Any]) -> MemoryTransport:
 def test_a_rejection_leaves_the_fraction_so_one_no_and_one_offline_of_3_is_met() -> None:
     repo = flnotify.InMemoryTrainingRepository()
     training, clients = training_of(repo, ["a", "b", "c"])
-    transport = answering({"a": 202, "b": 409, "c": flnotify.ConnectError("refused")})
+    transport = answering({"a": 202, "b": 409, "c": flnotify.errors.ConnectError("refused")})
     policy = FailurePolicy.tolerant(tell_removed=False)
     with flnotify.Notifier(transport, retry=ONCE, repository=repo, failure_policy=policy) as n:
         n.send(flnotify.TrainingRoundStartNotification.from_training(training))
@@ -77,9 +78,9 @@ def test_removals_below_min_participants_err_the_training_with_a_sentence(
 
 
 def test_min_participants_is_checked_for_what_it_is() -> None:
-    with pytest.raises(flnotify.ConfigurationError, match="min_participants"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="min_participants"):
         FailurePolicy(min_participants=-1)
-    with pytest.raises(flnotify.ConfigurationError, match="tell_removed"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="tell_removed"):
         FailurePolicy(tell_removed="yes")  # type: ignore[arg-type]
 
 
@@ -138,7 +139,7 @@ def test_an_early_verdict_is_said_again_with_the_whole_send(
     async def answer(request: MemoryRequest) -> int:
         if request.url.startswith("http://a."):
             loops.append(asyncio.get_running_loop())
-            raise flnotify.ConnectError("refused", url=request.url)
+            raise flnotify.errors.ConnectError("refused", url=request.url)
         await decided.wait()  # held until the verdict was taken
         return 202
 

@@ -22,27 +22,31 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import flnotify
+import flnotify.codec
 from flnotify import (
-    ConfigurationError,
-    ConnectError,
     GlobalModelBody,
     Notification,
     RoundBody,
+    Signer,
     TrainingFinishedNotification,
     TrainingRoundStartNotification,
     TrainingStartNotification,
+    generate_secret,
+)
+from flnotify.errors import (
+    ConfigurationError,
+    ConnectError,
+    MailboxStatusError,
     TransportTimeoutError,
 )
 from flnotify.mailbox._wire import Ack, MailboxProtocolError, parse_messages
 from flnotify.receiving import (
     InMemoryIdStore,
     MailboxPoller,
-    MailboxStatusError,
     MessageContext,
     NotificationRouter,
     Reply,
 )
-from flnotify.signing import Signer, generate_secret
 from mailbox_fake import FakeMailbox, Raw
 from servers import FaultServer, refused_url
 
@@ -52,9 +56,9 @@ CLIENT = uuid.UUID("0b9d3c64-5d0e-4c11-9a57-2f1d0f3b6d2e")
 TRAINING = uuid.UUID("5b1dabcd-ef01-4a23-8b45-6789abcdef01")
 MODEL = uuid.UUID("8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6")
 
-ROUND = flnotify.encode(TrainingRoundStartNotification((), RoundBody(3, MODEL), TRAINING))
-START = flnotify.encode(TrainingStartNotification((), GlobalModelBody(MODEL), TRAINING))
-FINISHED = flnotify.encode(TrainingFinishedNotification((), GlobalModelBody(MODEL), TRAINING))
+ROUND = flnotify.codec.encode(TrainingRoundStartNotification((), RoundBody(3, MODEL), TRAINING))
+START = flnotify.codec.encode(TrainingStartNotification((), GlobalModelBody(MODEL), TRAINING))
+FINISHED = flnotify.codec.encode(TrainingFinishedNotification((), GlobalModelBody(MODEL), TRAINING))
 EMPTY = Raw(200, b'{"messages":[]}')
 
 
@@ -630,7 +634,7 @@ def test_hostile_answers_never_crash_reach_a_handler_unverified_or_ack_unknown_i
             acks = mailbox.acks[before:]
             assert set(handled.ids) <= genuine  # only verified messages reached a handler
             for notification, _ in handled.calls:
-                assert flnotify.encode(notification) == ROUND
+                assert flnotify.codec.encode(notification) == ROUND
             if status != 200 or count is None:
                 assert acks == []
                 return

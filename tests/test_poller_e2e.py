@@ -15,18 +15,17 @@ import pytest
 
 import flnotify
 from flnotify import (
-    InMemoryIdStore,
-    NotificationRouter,
+    GlobalModelBody,
     Notifier,
     Outcome,
     Receiver,
-    Reply,
+    RoundBody,
     Signer,
     generate_secret,
 )
+from flnotify.errors import MailboxStatusError
 from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp
-from flnotify.receiving import MailboxPoller, MailboxStatusError
-from flnotify.training import GlobalModelBody, RoundBody
+from flnotify.receiving import InMemoryIdStore, MailboxPoller, NotificationRouter, Reply
 from mailbox_env import asgi_server, wsgi_server
 
 SERVERS = {"asgi": asgi_server, "wsgi": wsgi_server}

@@ -7,8 +7,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from flnotify.mailbox import MailboxError, PostgresMailbox
-from flnotify.outbox import OutboxError, PostgresOutbox
+from flnotify.errors import MailboxError, OutboxError
+from flnotify.mailbox import PostgresMailbox
+from flnotify.outbox import PostgresOutbox
 
 STORES = [
     pytest.param(PostgresOutbox, OutboxError, "outbox", id="outbox"),

@@ -11,7 +11,8 @@ import pytest
 
 import flnotify
 from flnotify import Receiver
-from flnotify.outbox import Outbox, OutboxError, OutboxState, PostgresOutbox, open_outbox
+from flnotify.errors import OutboxError
+from flnotify.outbox import Outbox, OutboxState, PostgresOutbox, open_outbox
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
 

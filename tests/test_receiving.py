@@ -20,12 +20,11 @@ import httpx
 import pytest
 
 import flnotify
+import flnotify.codec
 from flnotify import (
     ClientRemovedBody,
     ClientRemovedNotification,
-    ConfigurationError,
     GlobalModelBody,
-    IdStoreError,
     Notification,
     NotificationType,
     RoundBody,
@@ -34,10 +33,12 @@ from flnotify import (
     TrainingRoundStartNotification,
     TrainingStartNotification,
     TrainingSWAGRoundStartNotification,
+    generate_secret,
 )
+from flnotify.errors import ConfigurationError, IdStoreError
 from flnotify.receiving import (
     AsyncIdStore,
-    Claim,
+    IdClaim,
     IdStore,
     InMemoryIdStore,
     MessageContext,
@@ -47,7 +48,7 @@ from flnotify.receiving import (
     asgi_app,
     wsgi_app,
 )
-from flnotify.signing import generate_secret, sign_payload
+from flnotify.signing import sign_payload
 from receivers import serve_asgi
 
 NOW = 1_700_000_000
@@ -77,7 +78,7 @@ def signed_request(
     msg_id: str | None = None,
     ts: int | None = NOW,
 ) -> tuple[dict[str, str], bytes]:
-    body = notification if isinstance(notification, bytes) else flnotify.encode(notification)
+    body = notification if isinstance(notification, bytes) else flnotify.codec.encode(notification)
     headers = sign_payload(body, secret, msg_id=msg_id, timestamp=ts)
     headers["content-type"] = "application/json"
     return headers, body
@@ -343,7 +344,7 @@ def test_unsigned_router_accepts_unsigned_requests() -> None:
 
     router = make_router(handler, secrets=None)
     assert not router.verifies
-    body = flnotify.encode(ROUND)
+    body = flnotify.codec.encode(ROUND)
     assert post(router, {}, body).status == 202
     assert (
         post(router, {"webhook-id": "msg_u", "webhook-timestamp": "9" * 5000}, body).status == 202
@@ -466,7 +467,7 @@ def test_cancelled_handling_releases_the_id() -> None:
 def test_unsigned_requests_are_deduplicated_by_their_id_header() -> None:
     handler = Recorder()
     router = make_router(handler, secrets=None)
-    body = flnotify.encode(ROUND)
+    body = flnotify.codec.encode(ROUND)
     for _ in range(2):
         post(router, {"Webhook-Id": "msg_plain"}, body)
     post(router, {}, body)
@@ -494,16 +495,16 @@ def test_ids_are_remembered_only_after_verification() -> None:
 def test_custom_id_store() -> None:
     class DictStore:
         def __init__(self) -> None:
-            self.ids: dict[str, Claim] = {}
+            self.ids: dict[str, IdClaim] = {}
 
-        def claim(self, message_id: str) -> Claim:
+        def claim(self, message_id: str) -> IdClaim:
             if message_id in self.ids:
                 return self.ids[message_id]
-            self.ids[message_id] = Claim.IN_FLIGHT
-            return Claim.CLAIMED
+            self.ids[message_id] = IdClaim.IN_FLIGHT
+            return IdClaim.CLAIMED
 
         def complete(self, message_id: str) -> None:
-            self.ids[message_id] = Claim.HANDLED
+            self.ids[message_id] = IdClaim.HANDLED
 
         def release(self, message_id: str) -> None:
             self.ids.pop(message_id, None)
@@ -514,7 +515,7 @@ def test_custom_id_store() -> None:
     handler = Recorder()
     router = make_router(handler, dedup=store)
     post(router, *signed_request(msg_id="msg_db"))
-    assert store.ids == {"msg_db": Claim.HANDLED}
+    assert store.ids == {"msg_db": IdClaim.HANDLED}
     # a sync-only store under ahandle runs in a worker thread
     headers, body = signed_request(msg_id="msg_db_async")
     assert asyncio.run(router.ahandle("POST", headers, body)).status == 202
@@ -539,7 +540,7 @@ def test_failing_id_store_is_a_retryable_503_or_logged(
     failing: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken(InMemoryIdStore):
-        def claim(self, message_id: str) -> Claim:
+        def claim(self, message_id: str) -> IdClaim:
             if failing == "claim":
                 raise IdStoreError("sqlite", "database is locked")
             return super().claim(message_id)
@@ -562,25 +563,25 @@ def test_failing_id_store_is_a_retryable_503_or_logged(
 def test_in_memory_store_claims_window_lease_and_bound() -> None:
     now = [0.0]
     store = InMemoryIdStore(max_entries=3, window_seconds=10, lease_seconds=2, clock=lambda: now[0])
-    assert store.claim("a") is Claim.CLAIMED
-    assert store.claim("a") is Claim.IN_FLIGHT
+    assert store.claim("a") is IdClaim.CLAIMED
+    assert store.claim("a") is IdClaim.IN_FLIGHT
     store.complete("a")
-    assert store.claim("a") is Claim.HANDLED
+    assert store.claim("a") is IdClaim.HANDLED
     now[0] = 5
-    assert store.claim("b") is Claim.CLAIMED
+    assert store.claim("b") is IdClaim.CLAIMED
     store.release("b")  # the handler failed: the retry may claim it again
-    assert store.claim("b") is Claim.CLAIMED
+    assert store.claim("b") is IdClaim.CLAIMED
     now[0] = 7.5
-    assert store.claim("b") is Claim.CLAIMED  # the lease lapsed (a crashed worker)
+    assert store.claim("b") is IdClaim.CLAIMED  # the lease lapsed (a crashed worker)
     store.complete("b")
     store.release("b")  # a release never forgets a handled id
     now[0] = 10.5
-    assert store.claim("a") is Claim.CLAIMED  # handled "a" expired
+    assert store.claim("a") is IdClaim.CLAIMED  # handled "a" expired
     store.complete("a")
     for name in "cde":
-        assert store.claim(name) is Claim.CLAIMED
+        assert store.claim(name) is IdClaim.CLAIMED
     assert len(store) == 3
-    assert store.claim("b") is Claim.CLAIMED  # evicted: the oldest
+    assert store.claim("b") is IdClaim.CLAIMED  # evicted: the oldest
     with pytest.raises(ConfigurationError):
         InMemoryIdStore(max_entries=0)
     with pytest.raises(ConfigurationError):
@@ -767,9 +768,9 @@ def test_unregistered_classes_and_kinds_are_refused() -> None:
         router.add_handler(EvalNotification, Recorder())
     with pytest.raises(ConfigurationError, match="'MODEL_EVAL' is not a known"):
         router.add_handler(Kind.EVAL, Recorder())
-    registry = flnotify.default_registry().copy()
+    registry = flnotify.codec.default_registry().copy()
     registry.register(EvalNotification)
-    custom = NotificationRouter(codec=flnotify.Codec(registry=registry), secrets=None)
+    custom = NotificationRouter(codec=flnotify.codec.Codec(registry=registry), secrets=None)
     custom.add_handler(Kind.EVAL, Recorder())
     assert "MODEL_EVAL" in repr(custom)
 
@@ -805,7 +806,7 @@ def test_wsgi_edge_cases() -> None:
     assert call_wsgi(router, {"CONTENT_LENGTH": "abc"})[0] == "400 Bad Request"
     assert call_wsgi(router, {"CONTENT_LENGTH": "101"})[0] == "413 Request Entity Too Large"
     assert call_wsgi(router, {"REQUEST_METHOD": "GET"})[0] == "405 Method Not Allowed"
-    body = flnotify.encode(ROUND)
+    body = flnotify.codec.encode(ROUND)
     terminated = {"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True}
     unsigned = make_router(Recorder(), secrets=None)
     assert call_wsgi(unsigned, terminated)[0] == "202 Accepted"

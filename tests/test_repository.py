@@ -9,17 +9,16 @@ from uuid import UUID, uuid4
 import attrs
 import pytest
 
-from flnotify._exceptions import ConfigurationError, RepositoryError, TrainingNotFoundError
-from flnotify._repository_contract import OutcomeTrackingContract, TrainingRepositoryContract
-from flnotify._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState
-from flnotify.repository import (
-    AsyncRepositoryAdapter,
+from flnotify import (
     AsyncTrainingRepository,
     InMemoryTrainingRepository,
     SQLiteTrainingRepository,
     TrainingRepository,
-    is_async_repository,
 )
+from flnotify._exceptions import ConfigurationError, RepositoryError, TrainingNotFoundError
+from flnotify._repository_contract import OutcomeTrackingContract, TrainingRepositoryContract
+from flnotify._types import Receiver, ReceiverLike, TrainingSnapshot, TrainingState
+from flnotify.repository import AsyncRepositoryAdapter, is_async_repository
 
 Repo = InMemoryTrainingRepository | SQLiteTrainingRepository
 

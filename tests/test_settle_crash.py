@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flnotify
+import flnotify.errors
 from flnotify import Receiver, RetryPolicy, TrainingState
 from flnotify.outbox import Outbox, OutboxDispatcher, OutboxState
 from flnotify.repository import SendTally
@@ -113,7 +114,7 @@ def _answer(plan: dict[str, str]) -> Any:
     def answer(request: MemoryRequest) -> int:
         what = plan.get(request.url, "delivered")
         if what == "down":
-            raise flnotify.ConnectError("refused", url=request.url)
+            raise flnotify.errors.ConnectError("refused", url=request.url)
         return 409 if what == "rejected" else 202
 
     return answer

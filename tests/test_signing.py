@@ -13,25 +13,16 @@ from uuid import UUID
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from flnotify import (
+from flnotify import Receiver, ReceiverLike, Signer, generate_secret
+from flnotify.errors import (
     ConfigurationError,
     MalformedHeaderError,
     MissingHeaderError,
-    Receiver,
-    ReceiverLike,
     SignatureMismatchError,
     TimestampError,
     VerificationError,
 )
-from flnotify.signing import (
-    Signer,
-    VerifiedMessage,
-    Verifier,
-    generate_secret,
-    new_message_id,
-    sign_payload,
-    verify,
-)
+from flnotify.signing import VerifiedMessage, Verifier, new_message_id, sign_payload, verify
 
 NOW = 1_700_000_000
 BODY = b'{"notification_type":"TRAINING_START","body":{"global_model_uuid":"8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6"},"training_uuid":"5b1dabcd-ef01-4a23-8b45-6789abcdef01"}'  # noqa: E501

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify.transports import DEFAULT_MAX_RESPONSE_BYTES, AsyncTransport, Timeouts
+import flnotify.errors
+from flnotify import Timeouts
+from flnotify.transports import DEFAULT_MAX_RESPONSE_BYTES, AsyncTransport
 from servers import FaultServer, SinkServer, refused_url
 
 pytest.importorskip("httptools")
@@ -309,7 +311,7 @@ def test_fresh_connection_closed_without_answer_is_not_retried() -> None:
 
     async def main() -> None:
         async with raw_server(hang_up) as (url, counts), StreamTransport(timeouts=FAST) as t:
-            with pytest.raises(flnotify.ConnectionLostError, match="before any response"):
+            with pytest.raises(flnotify.errors.ConnectionLostError, match="before any response"):
                 await t.apost(url + "/", BODY, {})
             assert len(counts) == 1
 
@@ -329,7 +331,7 @@ def test_reused_connection_broken_mid_response_is_not_retried() -> None:
     async def main() -> None:
         async with raw_server(half) as (url, counts), StreamTransport(timeouts=FAST) as t:
             await t.apost(url + "/", BODY, {})
-            with pytest.raises(flnotify.ConnectionLostError, match="middle of the response"):
+            with pytest.raises(flnotify.errors.ConnectionLostError, match="middle of the response"):
                 await t.apost(url + "/", BODY, {})
             assert len(counts) == 1
 
@@ -346,7 +348,7 @@ def test_pool_timeout() -> None:
             hanging = asyncio.ensure_future(t.apost(srv.url("/hang"), BODY, {}))
             await srv.wait_for_requests_async(1)
             with pytest.raises(
-                flnotify.TransportTimeoutError, match="waiting for a free connection"
+                flnotify.errors.TransportTimeoutError, match="waiting for a free connection"
             ):
                 await t.apost(srv.url("/status/200"), BODY, {})
             hanging.cancel()
@@ -485,7 +487,7 @@ def test_read_timeout_on_a_server_that_never_answers(server: FaultServer) -> Non
         async with StreamTransport(timeouts=timeouts) as t:
             start = time.monotonic()
             with pytest.raises(
-                flnotify.TransportTimeoutError, match="reading the response"
+                flnotify.errors.TransportTimeoutError, match="reading the response"
             ) as info:
                 await t.apost(server.url("/hang"), BODY, HEADERS)
             assert info.value.url == server.url("/hang")
@@ -504,7 +506,7 @@ def test_read_timeout_counts_from_the_last_data(server: FaultServer) -> None:
             # the status line comes at once, the rest after 0.2 s: no gap exceeds 0.3 s
             response = await t.apost(server.url("/slow-headers/0.2/201"), BODY, HEADERS)
             assert response.status_code == 201
-            with pytest.raises(flnotify.TransportTimeoutError):
+            with pytest.raises(flnotify.errors.TransportTimeoutError):
                 await t.apost(server.url("/slow-body/0.5"), BODY, HEADERS)
 
     run(main())
@@ -515,12 +517,12 @@ def test_connect_refused() -> None:
 
     async def main() -> None:
         async with StreamTransport(timeouts=FAST) as t:
-            with pytest.raises(flnotify.ConnectError) as info:
+            with pytest.raises(flnotify.errors.ConnectError) as info:
                 await t.apost(url, BODY, HEADERS)
             assert isinstance(info.value.__cause__, OSError)
             assert info.value.url == url
             assert connections(t) == 0
-            with pytest.raises(flnotify.ConnectError):  # the failed slot was freed
+            with pytest.raises(flnotify.errors.ConnectError):  # the failed slot was freed
                 await t.apost(url, BODY, HEADERS)
 
     run(main())
@@ -535,7 +537,7 @@ def test_dns_failure(monkeypatch: pytest.MonkeyPatch) -> None:
 
         monkeypatch.setattr(loop, "getaddrinfo", no_such_host)
         async with StreamTransport(timeouts=FAST) as t:
-            with pytest.raises(flnotify.DNSError) as info:
+            with pytest.raises(flnotify.errors.DNSError) as info:
                 await t.apost("http://client.example/msg", BODY, HEADERS)
             assert isinstance(info.value.__cause__, socket.gaierror)
 
@@ -552,7 +554,7 @@ def test_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(loop, "create_connection", never)
         timeouts = Timeouts(connect=0.1, read=2.0, write=2.0, pool=2.0)
         async with StreamTransport(timeouts=timeouts) as t:
-            with pytest.raises(flnotify.TransportTimeoutError, match="connecting to"):
+            with pytest.raises(flnotify.errors.TransportTimeoutError, match="connecting to"):
                 await t.apost("http://127.0.0.1:9/", BODY, HEADERS)
 
     run(main())
@@ -583,7 +585,7 @@ def test_invalid_url_before_any_io(url: str, monkeypatch: pytest.MonkeyPatch) ->
 
         monkeypatch.setattr(loop, "create_connection", no_io)
         async with StreamTransport() as t:
-            with pytest.raises(flnotify.InvalidURLError) as info:
+            with pytest.raises(flnotify.errors.InvalidURLError) as info:
                 await t.apost(url, BODY, HEADERS)
             assert not info.value.retryable
 
@@ -597,7 +599,7 @@ def test_invalid_url_before_any_io(url: str, monkeypatch: pytest.MonkeyPatch) ->
 def test_invalid_headers_before_any_io(headers: dict[str, str], server: FaultServer) -> None:
     async def main() -> None:
         async with StreamTransport(timeouts=FAST) as t:
-            with pytest.raises(flnotify.InvalidURLError):
+            with pytest.raises(flnotify.errors.InvalidURLError):
                 await t.apost(server.url("/status/200"), BODY, headers)
             assert connections(t) == 0
 
@@ -607,7 +609,7 @@ def test_invalid_headers_before_any_io(headers: dict[str, str], server: FaultSer
 def test_reset_mid_response(server: FaultServer) -> None:
     async def main() -> None:
         async with StreamTransport(timeouts=FAST) as t:
-            with pytest.raises(flnotify.ConnectionLostError) as info:
+            with pytest.raises(flnotify.errors.ConnectionLostError) as info:
                 await t.apost(server.url("/reset"), BODY, HEADERS)
             assert info.value.__cause__ is None or isinstance(info.value.__cause__, OSError)
             assert connections(t) == 0
@@ -630,7 +632,7 @@ def test_reset_mid_response(server: FaultServer) -> None:
 def test_malformed_response_is_a_protocol_error(answer: bytes) -> None:
     async def main() -> None:
         async with raw_server(answering(answer)) as (url, _), StreamTransport(timeouts=FAST) as t:
-            with pytest.raises(flnotify.ProtocolError):
+            with pytest.raises(flnotify.errors.ProtocolError):
                 await t.apost(url + "/", BODY, {})
             assert connections(t) == 0
 
@@ -661,7 +663,7 @@ def test_tls_with_the_servers_ca(tls_server: FaultServer) -> None:
 def test_tls_verification_is_on_by_default(tls_server: FaultServer) -> None:
     async def main() -> None:
         async with StreamTransport(timeouts=FAST) as t:
-            with pytest.raises(flnotify.ConnectError, match="not trusted") as info:
+            with pytest.raises(flnotify.errors.ConnectError, match="not trusted") as info:
                 await t.apost(tls_server.url("/status/200"), BODY, HEADERS)
             assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
             assert connections(t) == 0
@@ -727,7 +729,7 @@ def test_aclose_fails_requests_in_flight(server: FaultServer) -> None:
         task = asyncio.ensure_future(t.apost(server.url(target), BODY, HEADERS))
         await server.wait_for_requests_async(1, path=target)  # the request is in flight
         await t.aclose()
-        with pytest.raises(flnotify.ConnectionLostError):
+        with pytest.raises(flnotify.errors.ConnectionLostError):
             await task
 
     run(main())
@@ -740,7 +742,7 @@ def test_aclose_does_not_retry_on_a_new_connection(fresh: FaultServer) -> None:
         task = asyncio.ensure_future(t.apost(fresh.url("/hang"), BODY, HEADERS))  # reused
         await fresh.wait_for_requests_async(2)
         await t.aclose()
-        with pytest.raises(flnotify.ConnectionLostError):
+        with pytest.raises(flnotify.errors.ConnectionLostError):
             await task
         await fresh.wait_until_async(lambda: fresh.open_connections == 0)
 
@@ -761,11 +763,11 @@ def test_one_transport_on_two_event_loops(server: FaultServer) -> None:
 
 
 def test_configuration_is_checked() -> None:
-    with pytest.raises(flnotify.ConfigurationError):
+    with pytest.raises(flnotify.errors.ConfigurationError):
         StreamTransport(max_connections_per_origin=0)
-    with pytest.raises(flnotify.ConfigurationError):
+    with pytest.raises(flnotify.errors.ConfigurationError):
         StreamTransport(max_response_bytes=-1)
-    with pytest.raises(flnotify.ConfigurationError):
+    with pytest.raises(flnotify.errors.ConfigurationError):
         StreamTransport(user_agent="a\r\nb: c")
 
 

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 import flnotify
+import flnotify.errors
 from flnotify import Receiver, RetryPolicy
 from flnotify.testing import MemoryTransport
 from flnotify.transports import MemoryRequest
@@ -61,7 +62,7 @@ def test_async_submit_runs_on_the_callers_loop_and_a_waiter_giving_up_never_stop
             impatient.cancel()  # a request that went away
             with pytest.raises(asyncio.CancelledError):
                 await impatient
-            with pytest.raises(flnotify.ConfigurationError, match="await the handle"):
+            with pytest.raises(flnotify.errors.ConfigurationError, match="await the handle"):
                 handle.result()  # on the loop that runs it: it would wait for itself
             release.set()
             return await handle
@@ -94,6 +95,6 @@ def test_closing_waits_for_submitted_sends() -> None:
 def test_bad_input_is_refused_at_submit_not_later() -> None:
     with (
         flnotify.Notifier(transport=MemoryTransport(), retry=ONCE) as notifier,
-        pytest.raises(flnotify.ConfigurationError),
+        pytest.raises(flnotify.errors.ConfigurationError),
     ):
         notifier.submit(round_start(2), message_ids=["only-one"])

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 import flnotify
+import flnotify.errors
 import flnotify.transports
-from flnotify import Outcome, Receiver, RetryPolicy, TrainingState
-from flnotify.callbacks import FunctionCallbacks
+from flnotify import FunctionCallbacks, Outcome, Receiver, RetryPolicy, Timeouts, TrainingState
 from flnotify.testing import seams
-from flnotify.transports import HttpxTransport, Timeouts
+from flnotify.transports import HttpxTransport
 from servers import FaultServer, SinkServer, refused_url
 
 TIMEOUTS = Timeouts(connect=2.0, read=0.5, write=2.0, pool=2.0)
@@ -151,7 +151,7 @@ def test_refused_port_fails_after_the_retry_budget(make_transport: TransportFact
     run = Run(make_transport(None))
     d = one(run.send(refused_url()))
     assert d.outcome is Outcome.FAILED
-    assert isinstance(d.error, flnotify.ConnectError)
+    assert isinstance(d.error, flnotify.errors.ConnectError)
     assert d.attempts == 3
     assert d.status_code is None
     assert isinstance(d.error.__cause__, Exception)
@@ -160,7 +160,7 @@ def test_refused_port_fails_after_the_retry_budget(make_transport: TransportFact
 def test_unresolvable_name_is_a_dns_error(make_transport: TransportFactory) -> None:
     d = one(Run(make_transport(None), retry=RetryPolicy.no_retries()).send("http://nx.invalid/"))
     assert d.outcome is Outcome.FAILED
-    assert isinstance(d.error, flnotify.DNSError)
+    assert isinstance(d.error, flnotify.errors.DNSError)
 
 
 def test_never_answering_peer_times_out(
@@ -168,7 +168,7 @@ def test_never_answering_peer_times_out(
 ) -> None:
     d = one(Run(make_transport(None), retry=RetryPolicy(max_attempts=2)).send(server.url("/hang")))
     assert d.outcome is Outcome.FAILED
-    assert isinstance(d.error, flnotify.TransportTimeoutError)
+    assert isinstance(d.error, flnotify.errors.TransportTimeoutError)
     assert d.attempts == 2
 
 
@@ -176,20 +176,20 @@ def test_slow_headers_time_out(make_transport: TransportFactory, server: FaultSe
     run = Run(make_transport(None), retry=RetryPolicy.no_retries())
     d = one(run.send(server.url("/slow-headers/5")))
     assert d.outcome is Outcome.FAILED
-    assert isinstance(d.error, flnotify.TransportTimeoutError)
+    assert isinstance(d.error, flnotify.errors.TransportTimeoutError)
 
 
 def test_reset_mid_response(make_transport: TransportFactory, server: FaultServer) -> None:
     d = one(Run(make_transport(None)).send(server.url("/reset")))
     assert d.outcome is Outcome.FAILED
-    assert isinstance(d.error, (flnotify.ConnectionLostError, flnotify.ProtocolError))
+    assert isinstance(d.error, (flnotify.errors.ConnectionLostError, flnotify.errors.ProtocolError))
     assert d.attempts == 3
 
 
 def test_close_without_answer(make_transport: TransportFactory, server: FaultServer) -> None:
     d = one(Run(make_transport(None), retry=RetryPolicy(max_attempts=2)).send(server.url("/close")))
     assert d.outcome is Outcome.FAILED
-    assert isinstance(d.error, flnotify.TransportError)
+    assert isinstance(d.error, flnotify.errors.TransportError)
     assert d.attempts == 2
 
 
@@ -237,7 +237,7 @@ def test_tls_verified_with_the_ca_and_refused_without(make_transport: TransportF
         assert ok.outcome is Outcome.DELIVERED
         bad = one(Run(make_transport(None), retry=RetryPolicy.no_retries()).send(tls.url("/")))
         assert bad.outcome is Outcome.FAILED
-        assert isinstance(bad.error, flnotify.TransportError)
+        assert isinstance(bad.error, flnotify.errors.TransportError)
 
 
 def test_thousand_receivers_over_many_origins(make_transport: TransportFactory) -> None:

@@ -25,9 +25,11 @@ from uuid import UUID
 import pytest
 
 import flnotify
-from flnotify import ConfigurationError, RoundBody, TrainingRoundStartNotification
+import flnotify.codec
+from flnotify import RoundBody, TrainingRoundStartNotification, generate_secret
+from flnotify.errors import ConfigurationError
 from flnotify.receiving import BoundedWSGIServer, NotificationRouter, make_wsgi_server
-from flnotify.signing import generate_secret, sign_payload
+from flnotify.signing import sign_payload
 
 SECRET = generate_secret()
 ROUND = TrainingRoundStartNotification(
@@ -35,7 +37,7 @@ ROUND = TrainingRoundStartNotification(
     body=RoundBody(round=1, global_model_uuid=UUID("8c0e2f4a-1b3c-4d5e-9f60-a1b2c3d4e5f6")),
     training_uuid=UUID("5b1dabcd-ef01-4a23-8b45-6789abcdef01"),
 )
-BODY = flnotify.encode(ROUND)
+BODY = flnotify.codec.encode(ROUND)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

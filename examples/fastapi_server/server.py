@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 import flnotify
+import flnotify.errors
 from flnotify.mailbox import Mailbox, MailboxApp, MailboxDispatcher
 
 
@@ -98,8 +99,8 @@ def create_app(
         )
         return {"training_id": str(training.id)}
 
-    @app.exception_handler(flnotify.TrainingNotFoundError)
-    async def not_found(_: Request, exc: flnotify.TrainingNotFoundError) -> JSONResponse:
+    @app.exception_handler(flnotify.errors.TrainingNotFoundError)
+    async def not_found(_: Request, exc: flnotify.errors.TrainingNotFoundError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.post("/trainings/{training_id}/start", status_code=202)

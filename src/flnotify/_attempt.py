@@ -106,7 +106,7 @@ def new_send_id() -> str:
 def refused_endpoint(exc: EndpointError | TransportError, url: str) -> TransportError:
     """The failure of a receiver whose endpoint was refused before any POST.
 
-    An invalid URL becomes an [`InvalidURLError`][flnotify.InvalidURLError], a guarded
+    An invalid URL becomes an [`InvalidURLError`][flnotify.errors.InvalidURLError], a guarded
     address a ``TransportError`` of kind ``BLOCKED`` (both never retried); a failed name
     resolution of the guard is kept as it is. The policy's error stays as ``__cause__``.
     """
@@ -122,7 +122,7 @@ def refused_endpoint(exc: EndpointError | TransportError, url: str) -> Transport
 
 
 def internal_error(what: str, exc: BaseException, url: str = "") -> InternalError:
-    """An [`InternalError`][flnotify.InternalError] saying which component broke, and how."""
+    """An [`InternalError`][flnotify.errors.InternalError] saying which component broke, and how."""
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     error = InternalError(f"{what} raised {detail}", url=url)
     error.__cause__ = exc

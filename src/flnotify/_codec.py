@@ -200,16 +200,23 @@ def default_registry() -> NotificationRegistry:
     Registering here makes [`decode`][] know your class everywhere; build a
     [`NotificationRegistry`][] of your own to keep it local.
     """
-    from . import training
+    from ._training import (
+        ClientRemovedNotification,
+        TrainingFinishedNotification,
+        TrainingModelTestNotification,
+        TrainingRoundStartNotification,
+        TrainingStartNotification,
+        TrainingSWAGRoundStartNotification,
+    )
 
     registry = NotificationRegistry()
     for cls in (
-        training.TrainingStartNotification,
-        training.TrainingRoundStartNotification,
-        training.TrainingSWAGRoundStartNotification,
-        training.TrainingModelTestNotification,
-        training.TrainingFinishedNotification,
-        training.ClientRemovedNotification,
+        TrainingStartNotification,
+        TrainingRoundStartNotification,
+        TrainingSWAGRoundStartNotification,
+        TrainingModelTestNotification,
+        TrainingFinishedNotification,
+        ClientRemovedNotification,
     ):
         registry.register(cls)
     return registry
@@ -303,7 +310,7 @@ def _format(exc: BaseException, tp: Any) -> str:
 
 MAX_NESTING = 256
 """The deepest nesting of arrays and objects ``decode`` parses; deeper input is a
-[`DecodeError`][flnotify.DecodeError] found by a linear scan, before the parser could
+[`DecodeError`][flnotify.errors.DecodeError] found by a linear scan, before the parser could
 exhaust the stack."""
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)

@@ -40,21 +40,21 @@ from ._notification import Notification, TrainingNotification
 from ._notifier import Notifier
 from ._report import Delivery
 from ._retry import RetryPolicy
-from ._types import Outcome, Receiver, TrainingSnapshot, TrainingState
-from .callbacks import FailurePolicy, default_callbacks_for
-from .health import CircuitBreaker
-from .mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp
-from .receiving import MailboxPoller, NotificationRouter, Reply, make_wsgi_server
-from .repository import SendTally, SQLiteTrainingRepository
-from .signing import Signer, generate_secret
-from .training import (
+from ._training import (
     RoundBody,
     TrainingFinishedNotification,
     TrainingModelTestNotification,
     TrainingRoundStartNotification,
     TrainingStartNotification,
 )
-from .transports import HttpxTransport, Timeouts
+from ._types import Outcome, Receiver, Timeouts, TrainingSnapshot, TrainingState
+from .callbacks import FailurePolicy, default_callbacks_for
+from .health import CircuitBreaker
+from .mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp
+from .receiving import MailboxPoller, NotificationRouter, Reply, make_wsgi_server
+from .repository import SendTally, SQLiteTrainingRepository
+from .signing import Signer, generate_secret
+from .transports import HttpxTransport
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

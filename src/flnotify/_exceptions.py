@@ -1,6 +1,6 @@
 """The one exception tree of flnotify; this module imports nothing else of flnotify.
 
-Every error flnotify raises derives from [`FlnotifyError`][flnotify.FlnotifyError]; errors
+Every error flnotify raises derives from [`FlnotifyError`][flnotify.errors.FlnotifyError]; errors
 of a backend (httpx, httptools, sqlite3, ...) are translated at the edge and kept as
 ``__cause__``::
 
@@ -28,6 +28,11 @@ of a backend (httpx, httptools, sqlite3, ...) are translated at the edge and kep
     ├── DeliveryError                                    raise_for_failures() on a report
     ├── RequestTooLargeError         (also ValueError)   a received request over a limit
     ├── IdStoreError                                     a message id store failed
+    ├── OutboxError                                      the outbox's database failed
+    │   └── NoOutboxError                                a target holds no outbox (none created)
+    ├── MailboxError                                     the mailbox's database failed
+    ├── MailboxProtocolError                             not what the mailbox protocol says
+    ├── MailboxStatusError                               the mailbox answered another status
     └── VerificationError                                a received request failed verification
         ├── MissingHeaderError
         ├── MalformedHeaderError
@@ -58,10 +63,14 @@ __all__ = [
     "IdStoreError",
     "InternalError",
     "InvalidURLError",
+    "MailboxError",
     "MailboxProtocolError",
     "MailboxStatusError",
     "MalformedHeaderError",
     "MissingHeaderError",
+    "NoOutboxError",
+    "OutboxError",
+    "PayloadTooLargeError",
     "ProtocolError",
     "RepositoryBusyError",
     "RepositoryError",
@@ -456,3 +465,29 @@ class MailboxStatusError(FlnotifyError):
     def unauthorized(self) -> bool:
         """Whether the mailbox refused the client's credentials (401)."""
         return self.status == 401
+
+
+class PayloadTooLargeError(ConfigurationError):
+    """A notification's encoded body exceeds the policy's ``max_body_bytes``.
+
+    Attributes:
+        size: The body's length in bytes.
+        limit: The configured maximum.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"request body of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class OutboxError(FlnotifyError):
+    """The outbox's database could not be opened, read or written."""
+
+
+class NoOutboxError(OutboxError):
+    """A target that was to hold an outbox already holds none (nothing was created)."""
+
+
+class MailboxError(FlnotifyError):
+    """The mailbox's database could not be opened, read or written."""

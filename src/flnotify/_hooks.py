@@ -61,7 +61,7 @@ class AttemptStarted:
         attempt: Which attempt this is, from 1.
         url: The endpoint.
         send_id: The id of the send the attempt belongs to (see
-            [`SendStarted`][flnotify.SendStarted]).
+            [`SendStarted`][flnotify.hooks.SendStarted]).
     """
 
     notification: Notification[Any] = attrs.field(repr=False)
@@ -100,7 +100,7 @@ class DeliveryHook(Protocol):
     """Observes deliveries: called by the delivery core of every driver.
 
     Methods are plain functions called on the event loop (keep them fast and non-blocking).
-    Subclass [`NullHook`][flnotify.NullHook] to implement only some of them. A "send" is one
+    Subclass [`NullHook`][flnotify.hooks.NullHook] to implement only some of them. A "send" is one
     run of the engine: a ``Notifier.send``, one Celery task execution (a chunk), or one
     stored notification of an outbox claim.
     """

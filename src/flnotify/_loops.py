@@ -7,7 +7,7 @@ unless the ``FLNOTIFY_EVENT_LOOP`` environment variable says otherwise:
 
 * ``auto`` (or unset): uvloop if installed, else asyncio's default loop;
 * ``asyncio``: always asyncio's default loop (the opt-out);
-* ``uvloop``: uvloop, and a [`ConfigurationError`][flnotify.ConfigurationError] if it is
+* ``uvloop``: uvloop, and a [`ConfigurationError`][flnotify.errors.ConfigurationError] if it is
   not installed.
 
 Loops the host application runs (``asyncio.run``, an ASGI server, ``Notifier.asend``)

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ._exceptions import FlnotifyError
-from .outbox import NoOutboxError, OutboxEntry, OutboxState, OutboxStore, open_outbox
+from ._exceptions import FlnotifyError, NoOutboxError
+from .outbox import OutboxEntry, OutboxState, OutboxStore, open_outbox
 
 __all__ = ["add_arguments", "run"]
 

@@ -39,7 +39,7 @@ class Decision:
     """What to do after one attempt: stop with ``outcome``, or retry after ``delay`` seconds.
 
     ``error`` says why a final answer failed when the status says the sending side is wrong
-    (an [`AnswerError`][flnotify.AnswerError]).
+    (an [`AnswerError`][flnotify.errors.AnswerError]).
     """
 
     outcome: Outcome | None

@@ -3,7 +3,7 @@
 A callback object has ``on_success`` and ``on_error``; each may be a plain function or a
 coroutine function. Every driver calls exactly one of them exactly once per receiver, with
 the frozen [`Delivery`][flnotify.Delivery] for that receiver. A callback that raises is
-logged at ERROR, kept on the report as a [`CallbackError`][flnotify.CallbackError], and does
+logged at ERROR, kept on the report as a [`CallbackError`][flnotify.errors.CallbackError], and does
 not disturb other deliveries.
 """
 
@@ -31,6 +31,12 @@ from ._exceptions import (
 from ._notification import Notification, TrainingNotification
 from ._report import Delivery
 from ._seams import current_seams
+from ._training import (
+    ClientRemovedNotification,
+    TrainingModelTestNotification,
+    TrainingRoundStartNotification,
+    TrainingSWAGRoundStartNotification,
+)
 from ._types import Outcome, TrainingState
 from ._validators import positive
 from .repository import (
@@ -41,31 +47,19 @@ from .repository import (
     TrainingRepository,
     tracks_outcomes,
 )
-from .training import (
-    ClientRemovedNotification,
-    TrainingModelTestNotification,
-    TrainingRoundStartNotification,
-    TrainingSWAGRoundStartNotification,
-)
 
 __all__ = [
     "BUSY_RETRY_DELAYS",
     "BUSY_RETRY_FOR",
     "CallbackFactory",
     "CallbackRegistry",
-    "Callbacks",
-    "FailurePolicy",
-    "FunctionCallbacks",
     "NotificationSender",
     "Reaction",
-    "TrainingCallbacks",
     "TrainingOptions",
     "Verdict",
     "call_callbacks",
     "default_callback_registry",
     "default_callbacks_for",
-    "refuse_parts_unjudged",
-    "refuse_split_sends_unjudged",
     "run_callbacks",
 ]
 
@@ -134,7 +128,7 @@ def call_callbacks(
     (the engine runs several at once, so slow callbacks such as telling a removed client
     overlap).
 
-    A callback that fails with [`RepositoryBusyError`][flnotify.RepositoryBusyError] (the
+    A callback that fails with [`RepositoryBusyError`][flnotify.errors.RepositoryBusyError] (the
     repository was busy for now) is called again after ``BUSY_RETRY_DELAYS`` (0.05 s,
     doubling up to 1 s), for at most ``BUSY_RETRY_FOR`` seconds from its first failure,
     before it is reported. The coroutine returned then does the waiting.
@@ -146,7 +140,7 @@ def call_callbacks(
         clock: Measures the tries' time; the engine passes its own.
 
     Returns:
-        ``None``, the [`CallbackError`][flnotify.CallbackError] (logged at ERROR with the
+        ``None``, the [`CallbackError`][flnotify.errors.CallbackError] (logged at ERROR with the
         receiver and training) when the callback raised, or a coroutine that returns one
         of the two.
     """
@@ -232,7 +226,7 @@ async def run_callbacks(
     [`call_callbacks`][flnotify.callbacks.call_callbacks] (which takes the same arguments).
 
     Returns:
-        ``None``, or the [`CallbackError`][flnotify.CallbackError] (logged at ERROR with
+        ``None``, or the [`CallbackError`][flnotify.errors.CallbackError] (logged at ERROR with
         the receiver and training) when the callback raised.
     """
     called = call_callbacks(callbacks, delivery, sleep=sleep, clock=clock)

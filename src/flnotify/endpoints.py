@@ -38,21 +38,25 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._exceptions import BlockedAddressError, ConfigurationError, DNSError, EndpointError
+from ._exceptions import (
+    BlockedAddressError,
+    ConfigurationError,
+    DNSError,
+    EndpointError,
+    PayloadTooLargeError,
+)
 from ._validators import at_least_one
 
 __all__ = [
-    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
     "AsyncResolver",
-    "EndpointPolicy",
     "IPAddress",
     "IPNetwork",
     "ParsedEndpoint",
-    "PayloadTooLargeError",
     "Resolver",
 ]
 
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 """Request bodies larger than this (1 MiB) are refused before sending."""
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -65,20 +69,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _AUTHORITY_DELIMITERS = re.compile(r"[?#]")
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f]")
 _URL_CACHE_SIZE = 16_384
-
-
-class PayloadTooLargeError(ConfigurationError):
-    """A notification's encoded body exceeds the policy's ``max_body_bytes``.
-
-    Attributes:
-        size: The body's length in bytes.
-        limit: The configured maximum.
-    """
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"request body of {size} bytes exceeds the limit of {limit} bytes")
-        self.size = size
-        self.limit = limit
 
 
 @runtime_checkable
@@ -306,7 +296,7 @@ class EndpointPolicy:
     block_private: bool = False
     allow_networks: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks)
     allow_userinfo: bool = False
-    max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=at_least_one)
+    max_body_bytes: int = attrs.field(default=DEFAULT_MAX_PAYLOAD_BYTES, validator=at_least_one)
     resolver: Resolver | AsyncResolver | None = attrs.field(default=None, validator=_check_resolver)
 
     def check_url(self, url: str) -> ParsedEndpoint:

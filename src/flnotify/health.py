@@ -3,7 +3,7 @@
 After ``failure_threshold`` consecutive failed attempts to an endpoint (no answer, or a
 "try later" status such as 503), the endpoint is *open* for ``cool_down`` seconds: its
 receivers fail at once, with 0 attempts and a
-[`CircuitOpenError`][flnotify.CircuitOpenError], instead of waiting for a timeout every
+[`CircuitOpenError`][flnotify.errors.CircuitOpenError], instead of waiting for a timeout every
 round. After the cool-down one attempt (the probe) is let through; an answer closes the
 endpoint again, another failure opens it for another cool-down. Any other answer (2xx, a
 rejection) counts as healthy: the client is there.
@@ -29,7 +29,6 @@ from ._sqlite import SQLiteConnection
 from ._validators import at_least_one, positive
 
 __all__ = [
-    "CircuitBreaker",
     "EndpointHealth",
     "HealthStore",
     "InMemoryHealthStore",

@@ -45,13 +45,9 @@ from ._validators import positive
 
 __all__ = [
     "AsyncRepositoryAdapter",
-    "AsyncTrainingRepository",
-    "InMemoryTrainingRepository",
     "OutcomeRecord",
     "OutcomeTracking",
-    "SQLiteTrainingRepository",
     "SendTally",
-    "TrainingRepository",
     "is_async_repository",
     "tracks_outcomes",
 ]
@@ -65,7 +61,7 @@ class TrainingRepository(Protocol):
 
     Transient errors: a call that fails because the store is busy for now (a lock held
     by another process, a serialization failure) and changed nothing raises
-    [`RepositoryBusyError`][flnotify.RepositoryBusyError]; callbacks that fail with it are
+    [`RepositoryBusyError`][flnotify.errors.RepositoryBusyError]; callbacks that fail with it are
     tried again for a few seconds before they are reported. By default every other error
     is lasting: raise ``RepositoryBusyError`` (translated from your backend's error) to
     declare which of yours are transient. The bundled SQLite repository and
@@ -105,7 +101,7 @@ class TrainingRepository(Protocol):
 class AsyncTrainingRepository(Protocol):
     """The async twin of [`TrainingRepository`][]: the same calls, as coroutines.
 
-    Transient errors are raised as [`RepositoryBusyError`][flnotify.RepositoryBusyError],
+    Transient errors are raised as [`RepositoryBusyError`][flnotify.errors.RepositoryBusyError],
     as by [`TrainingRepository`][].
     """
 
@@ -791,9 +787,9 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
         busy_timeout: Seconds to wait for another connection's write lock.
 
     Every `sqlite3` error (locked, disk full, corrupt file) is raised as a
-    [`RepositoryError`][flnotify.RepositoryError], never as it is; a database still busy or
+    [`RepositoryError`][flnotify.errors.RepositoryError], never as it is; a database still busy or
     locked by another connection after ``busy_timeout`` as a
-    [`RepositoryBusyError`][flnotify.RepositoryBusyError] (transient: callbacks try again).
+    [`RepositoryBusyError`][flnotify.errors.RepositoryBusyError] (transient: callbacks try again).
 
     Raises:
         RepositoryError: The file cannot be opened or is not an SQLite database.

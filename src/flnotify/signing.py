@@ -15,9 +15,9 @@ Secrets are ``whsec_`` + base64 of the key bytes
 are refused instead of being silently dropped (which would yield a different key).
 
 Server side, [`Signer`][flnotify.Signer] holds the parsed keys and makes the three headers;
-client side, [`Verifier`][flnotify.Verifier] (or the one-shot
+client side, [`Verifier`][flnotify.signing.Verifier] (or the one-shot
 [`verify`][flnotify.signing.verify]) checks them in constant time.
-[`sign_payload`][flnotify.sign_payload] signs a test payload in one call.
+[`sign_payload`][flnotify.signing.sign_payload] signs a test payload in one call.
 """
 
 from __future__ import annotations
@@ -53,10 +53,8 @@ __all__ = [
     "TIMESTAMP_HEADER",
     "HeadersLike",
     "SecretLookup",
-    "Signer",
     "VerifiedMessage",
     "Verifier",
-    "generate_secret",
     "new_message_id",
     "sign_payload",
     "verify",
@@ -85,7 +83,7 @@ SecretLookup: TypeAlias = Callable[[ReceiverLike], str | Sequence[str] | None]
 
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 DEFAULT_MAX_SIGNATURES = 16
-"""How many ``v1,`` entries a [`Verifier`][flnotify.Verifier] accepts in one request."""
+"""How many ``v1,`` entries a [`Verifier`][flnotify.signing.Verifier] accepts in one request."""
 _SIGNATURE_BYTES = hashlib.sha256().digest_size
 _LOOKUP_CACHE_SIZE = 4096
 
@@ -325,7 +323,7 @@ def sign_payload(
     Args:
         body: The exact request body bytes.
         secret: The ``whsec_...`` secret, or several.
-        msg_id: Defaults to [`new_message_id`][flnotify.new_message_id].
+        msg_id: Defaults to [`new_message_id`][flnotify.signing.new_message_id].
         timestamp: Defaults to now.
     """
     return Signer(secret).headers(
@@ -406,7 +404,7 @@ class Verifier:
     Every configured secret is tried against every ``v1,`` entry (constant-time compares),
     so during a rotation requests signed with the old or the new secret both pass. Entries
     of other versions (``v1a,...``) are ignored. The signature is checked before the
-    timestamp, so a [`TimestampError`][flnotify.TimestampError] always concerns a genuine
+    timestamp, so a [`TimestampError`][flnotify.errors.TimestampError] always concerns a genuine
     message.
 
     Args:
@@ -481,7 +479,10 @@ def _checked(
     current: float,
     max_signatures: int,
 ) -> VerifiedMessage:
-    """Verify one request against ``keys``; see [`Verifier.verify`][flnotify.Verifier.verify]."""
+    """Verify one request against ``keys``.
+
+    See [`Verifier.verify`][flnotify.signing.Verifier.verify].
+    """
     msg_id, raw_timestamp, header = _webhook_headers(headers, max_signatures)
     if not msg_id:
         raise MissingHeaderError(ID_HEADER)
@@ -518,9 +519,9 @@ def verify(
     tolerance: float = DEFAULT_TOLERANCE,
     now: float | None = None,
 ) -> VerifiedMessage:
-    """Verify one request in one call; see [`Verifier.verify`][flnotify.Verifier.verify].
+    """Verify one request in one call; see [`Verifier.verify`][flnotify.signing.Verifier.verify].
 
-    Reuse one [`Verifier`][flnotify.Verifier] instead to parse the secrets once.
+    Reuse one [`Verifier`][flnotify.signing.Verifier] instead to parse the secrets once.
 
     Args:
         headers: The request headers (a mapping or ``(name, value)`` pairs).

@@ -24,8 +24,6 @@ from ._repository_contract import (
     pytest_suites,
 )
 from ._seams import Seams, current_seams, using_seams
-from ._types import HttpResponse
-from .repository import InMemoryTrainingRepository
 from .transports._memory import MemoryRequest, MemoryTransport
 
 if TYPE_CHECKING:
@@ -34,8 +32,6 @@ if TYPE_CHECKING:
     from .outbox._contract import OutboxStoreContract
 
 __all__ = [
-    "FakeTrainingRepository",
-    "HttpResponse",
     "MailboxStoreContract",
     "MemoryRequest",
     "MemoryTransport",
@@ -48,9 +44,6 @@ __all__ = [
     "TrainingRepositoryTests",
     "seams",
 ]
-
-FakeTrainingRepository = InMemoryTrainingRepository
-"""A thread-safe in-memory repository to stand in for the host app's storage."""
 
 
 @attrs.define

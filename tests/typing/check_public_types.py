@@ -15,6 +15,7 @@ import attrs
 from typing_extensions import assert_type
 
 import flnotify
+import flnotify.codec
 from flnotify import (
     ClientRemovedNotification,
     GlobalModelBody,
@@ -114,19 +115,19 @@ def explicit_construction(user: User, model: UUID, training: UUID) -> None:
 
 
 def codec(data: bytes) -> None:
-    assert_type(flnotify.decode(data), Notification[Any])
-    assert_type(flnotify.decode(data.decode()), Notification[Any])
-    assert_type(flnotify.decode({"notification_type": "TRAINING_START"}), Notification[Any])
-    assert_type(flnotify.encode(flnotify.decode(data)), bytes)
-    assert_type(flnotify.Codec().decode(data), Notification[Any])
-    assert_type(flnotify.Codec().to_dict(flnotify.decode(data)), dict[str, Any])
-    n = flnotify.decode(data)
+    assert_type(flnotify.codec.decode(data), Notification[Any])
+    assert_type(flnotify.codec.decode(data.decode()), Notification[Any])
+    assert_type(flnotify.codec.decode({"notification_type": "TRAINING_START"}), Notification[Any])
+    assert_type(flnotify.codec.encode(flnotify.codec.decode(data)), bytes)
+    assert_type(flnotify.codec.Codec().decode(data), Notification[Any])
+    assert_type(flnotify.codec.Codec().to_dict(flnotify.codec.decode(data)), dict[str, Any])
+    n = flnotify.codec.decode(data)
     if isinstance(n, TrainingRoundStartNotification):
         assert_type(n.body.round, int)
 
 
 def registry() -> None:
-    reg = flnotify.default_registry().copy()
+    reg = flnotify.codec.default_registry().copy()
     assert_type(reg.register(MyNotification), type[MyNotification])
     assert_type(reg.get("MODEL_EVAL"), type[Notification[Any]] | None)
 

@@ -22,7 +22,7 @@ from flnotify import (
 )
 from flnotify.receiving import (
     AsyncIdStore,
-    Claim,
+    IdClaim,
     IdStore,
     InMemoryIdStore,
     MessageContext,
@@ -85,7 +85,7 @@ def stores(memory: InMemoryIdStore, sqlite: SQLiteIdStore, redis: RedisIdStore) 
     for store in (memory, sqlite, redis):
         as_sync: IdStore = store
         as_async: AsyncIdStore = store
-        assert_type(as_sync.claim("msg"), Claim)
+        assert_type(as_sync.claim("msg"), IdClaim)
         del as_async
     NotificationRouter(dedup=sqlite)
     NotificationRouter(dedup=redis)

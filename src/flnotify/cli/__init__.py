@@ -1,4 +1,4 @@
-"""The ``flnotify`` command: ``demo``, ``send``, ``secret`` and ``listen``.
+"""The ``flnotify`` command: ``demo``, ``send``, ``secret``, ``listen``, ``outbox``, ``mailbox``.
 
 * ``flnotify demo`` runs a whole training against FL clients on loopback and shows what
   happened to every notification.
@@ -7,6 +7,8 @@
   answer 2xx.
 * ``flnotify secret`` prints a new ``whsec_`` signing secret.
 * ``flnotify listen`` is an FL client that prints every verified notification.
+* ``flnotify outbox`` shows and re-drives the durable outbox.
+* ``flnotify mailbox serve`` serves a mailbox to polling clients (``listen --pull``).
 
 Usage errors exit with status 2. Colour is used on a terminal only, never when
 ``NO_COLOR`` is set; ``rich`` (the ``cli`` extra) gives ``demo`` a live progress display.

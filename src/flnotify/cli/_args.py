@@ -7,8 +7,9 @@ import os
 from collections.abc import Callable
 from uuid import UUID
 
-from .. import ConfigurationError, NotificationType, Signer, __version__
+from .. import NotificationType, Signer, __version__
 from .._outbox_cli import add_arguments as add_outbox_arguments
+from ..errors import ConfigurationError
 
 __all__ = [
     "SECRET_ENV",
@@ -90,6 +91,56 @@ def check_secret(parser: argparse.ArgumentParser, secret: str | None) -> None:
         Signer(secret)
     except ConfigurationError as exc:  # names the problem, never the secret
         parser.error(f"argument --secret: {exc}")
+
+
+def add_mailbox_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``mailbox`` subcommands (``serve``) to ``parser``."""
+    commands = parser.add_subparsers(dest="mailbox_command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve a mailbox to polling clients (listen --pull)",
+        description=(
+            "Serve the mailbox app over a mailbox store (an SQLite file, created if "
+            "missing, or a PostgreSQL database): polling clients fetch at URL/fetch and "
+            "acknowledge at URL/ack, each signing its requests with its own secret. "
+            "flnotify send ... mailbox: --mailbox PATH posts into the same store. "
+            "Ctrl-C stops it."
+        ),
+    )
+    where = serve.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", metavar="PATH", help="the mailbox's SQLite file")
+    where.add_argument(
+        "--url", metavar="postgresql://...", help="the mailbox's PostgreSQL database"
+    )
+    serve.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="UUID=WHSEC",
+        help="a client's id and its own secret (repeatable; visible in ps: prefer --clients-file)",
+    )
+    serve.add_argument(
+        "--clients-file",
+        metavar="FILE",
+        help="a file of clients, one 'UUID WHSEC' per line (# starts a comment)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument(
+        "--port",
+        type=int_arg(0, 65535),
+        default=8090,
+        help="port (default 8090; 0: any free)",
+    )
+    serve.add_argument(
+        "--path", default="/mailbox", help="where the mailbox answers (default /mailbox)"
+    )
+    serve.add_argument(
+        "--max-wait",
+        type=positive_float,
+        default=25.0,
+        metavar="S",
+        help="longest long poll in seconds (default 25)",
+    )
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -215,6 +266,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         metavar="N",
         help="attempts per receiver, the first included (default 3)",
     )
+    send.add_argument(
+        "--mailbox",
+        metavar="PATH",
+        help=(
+            "the mailbox store (SQLite file or postgresql:// URL) that mailbox: receivers "
+            "poll, e.g. through flnotify mailbox serve"
+        ),
+    )
+    send.add_argument(
+        "--ack-deadline",
+        type=positive_float,
+        metavar="S",
+        help="seconds a polling client has to acknowledge (default 300; with --mailbox)",
+    )
     quiet_or_json = send.add_mutually_exclusive_group()
     quiet_or_json.add_argument(
         "-q", "--quiet", action="store_true", help="no progress and no table: the summary line only"
@@ -290,5 +355,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         ),
     )
     add_outbox_arguments(outbox)
+    mailbox = commands.add_parser(
+        "mailbox",
+        help="serve a mailbox to clients behind NAT (listen --pull)",
+        description=(
+            "The server's side of clients behind NAT: serve sends the mailbox app over a "
+            "store that flnotify send ... mailbox: --mailbox PATH posts into."
+        ),
+    )
+    add_mailbox_arguments(mailbox)
     commands_by_name = {"demo": demo, "send": send, "secret": secret, "listen": listen}
-    return parser, {**commands_by_name, "outbox": outbox}
+    return parser, {**commands_by_name, "outbox": outbox, "mailbox": mailbox}

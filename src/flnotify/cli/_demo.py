@@ -9,16 +9,10 @@ import sys
 import threading
 from typing import Any, TextIO, Union
 
-from .. import (
-    Delivery,
-    FlnotifyError,
-    Notification,
-    Outcome,
-    RoundBody,
-    SQLiteTrainingRepository,
-)
+from .. import Delivery, Notification, Outcome, RoundBody, SQLiteTrainingRepository
 from .._demo import DEMO_RETRY, DemoClient, DemoConfig, DemoResult, StepResult, run_demo
-from ._output import Style, emit, rich_module, seconds, table
+from ..errors import FlnotifyError
+from ._output import Style, emit, rich_module, seconds, table, terminal_width
 
 __all__ = ["run_demo_command"]
 
@@ -80,7 +74,7 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if style.tty and rich_module("table") is not None:
         _rich_demo_summary(result, out)
     else:
-        _plain_demo_summary(result, style)
+        _plain_demo_summary(result, style, out, terminal_width(out))
     if args.verbose and result.log:
         emit()
         emit(style("flnotify log:", "bold"))
@@ -242,6 +236,21 @@ _SUMMARY_HEADER = [
     "skipped (open circuit)",
     "removed",
 ]
+_SUMMARY_SHORT = [
+    "#",
+    "type",
+    "rd",
+    "to",
+    "dlv",
+    "rej",
+    "fail",
+    "time",
+    "state",
+    "part.",
+    "skipped",
+    "removed",
+]
+"""The header's names where the whole one does not fit the terminal."""
 
 
 def _summary_rows(result: DemoResult) -> list[list[str]]:
@@ -323,21 +332,36 @@ def _effect(result: DemoResult, client: DemoClient) -> str:
     return "; ".join(parts)
 
 
-def _plain_demo_summary(result: DemoResult, style: Style) -> None:
-    emit(table([_SUMMARY_HEADER, *_summary_rows(result)], style))
-    emit()
+def _plain_demo_summary(result: DemoResult, style: Style, out: TextIO, width: int | None) -> None:
+    rows = [_SUMMARY_HEADER, *_summary_rows(result)]
+    emit(table(rows, style, width=width, short=_SUMMARY_SHORT), out)
+    emit(file=out)
     for line in _final_lines(result, style):
-        emit(line)
+        emit(line, out)
 
 
 def _rich_demo_summary(result: DemoResult, out: TextIO) -> None:
+    """A boxed table where it fits the terminal, with whole header names or short ones.
+
+    Else the plain table, which wraps its cells to fit: no column is ever left out.
+    """
     console = rich_module("console").Console(file=out, highlight=False)
+    rows = _summary_rows(result)
+
+    def needs(names: list[str]) -> int:  # the widest cells, plus 3 a column for the borders
+        widths = (max(len(name), *(len(row[n]) for row in rows)) for n, name in enumerate(names))
+        return sum(widths) + 3 * len(names) + 1
+
+    if needs(_SUMMARY_SHORT) > console.width:
+        _plain_demo_summary(result, Style(out), out, width=console.width)
+        return
+    header = _SUMMARY_HEADER if needs(_SUMMARY_HEADER) <= console.width else _SUMMARY_SHORT
     table = rich_module("table").Table(title="one training, step by step", title_justify="left")
-    for n, name in enumerate(_SUMMARY_HEADER):
+    for n, name in enumerate(header):
         numeric = 2 <= n <= 7
-        table.add_column(name, justify="right" if numeric else "left", no_wrap=n < 10)
+        table.add_column(name, justify="right" if numeric else "left", no_wrap=True)
     colours = {"ERROR": "red", "COMPLETED": "green"}
-    for row in _summary_rows(result):
+    for row in rows:
         state = row[8]
         row[8] = f"[{colours[state]}]{state}[/]" if state in colours else state
         table.add_row(*row)

@@ -18,25 +18,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .. import (
-    Codec,
-    ConfigurationError,
-    MessageContext,
-    Notification,
-    NotificationRouter,
-    NotificationType,
-)
-from .._demo import make_wsgi_server
+from .. import Notification, NotificationType
 from .._loops import run
-from ..receiving import MailboxPoller
+from ..codec import Codec
+from ..errors import ConfigurationError
+from ..receiving import MailboxPoller, MessageContext, NotificationRouter, make_wsgi_server
 from ._args import SECRET_ENV, check_secret
 from ._output import emit
+from ._serving import normal_path, only_at, serve_until_stopped
 
 __all__ = ["run_listen"]
-
-
-def _normal_path(path: str) -> str:
-    return "/" + path.strip("/")
 
 
 class _Printer:
@@ -101,18 +92,8 @@ def run_listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("--client-id goes with --pull (a pushed client is told apart by its URL)")
     host = "127.0.0.1" if args.host is None else args.host
     port = 8080 if args.port is None else args.port
-    path = _normal_path("/" if args.path is None else args.path)
-    inner = _router(args).wsgi_app()
-
-    def app(environ: Any, start_response: Any) -> Any:
-        if _normal_path(environ.get("PATH_INFO", "")) != path:
-            body = b'{"error":"not_found","detail":"no endpoint at this path"}'
-            start_response(
-                "404 Not Found",
-                [("content-type", "application/json"), ("content-length", str(len(body)))],
-            )
-            return [body]
-        return inner(environ, start_response)
+    path = normal_path("/" if args.path is None else args.path)
+    app = only_at(_router(args).wsgi_app(), {path}, "no endpoint at this path")
 
     with _warnings_to_stderr():
         try:
@@ -131,10 +112,7 @@ def run_listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 sys.stderr,
             )
         try:
-            with _stop_on_sigterm():
-                server.serve_forever(poll_interval=0.2)
-        except (KeyboardInterrupt, _StopError):
-            emit("flnotify listen: stopped", sys.stderr)
+            serve_until_stopped(server, "listen")
         finally:
             server.server_close()
     return 0
@@ -183,23 +161,3 @@ async def _poll(poller: MailboxPoller) -> None:
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
-
-
-class _StopError(Exception):
-    """SIGTERM arrived: stop serving as on Ctrl-C."""
-
-
-@contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise _StopError
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,7 @@ from .._outbox_cli import run as run_outbox
 from ._args import build_parser
 from ._demo import run_demo_command
 from ._listen import run_listen
+from ._mailbox import run_mailbox
 from ._secret import run_secret
 from ._send import run_send
 
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "secret": run_secret,
         "listen": run_listen,
         "outbox": _run_outbox,
+        "mailbox": run_mailbox,
     }[command]
     try:
         return run(args, commands[command])

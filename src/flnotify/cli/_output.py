@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 import sys
 import threading
@@ -16,7 +17,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TextIO
 
-from .. import Delivery, DeliveryReport, NullHook, Outcome
+from .. import Delivery, DeliveryReport, Outcome
+from ..hooks import NullHook
 
 __all__ = [
     "SendProgress",
@@ -31,6 +33,7 @@ __all__ = [
     "seconds",
     "strip_ansi",
     "table",
+    "terminal_width",
 ]
 
 
@@ -75,15 +78,121 @@ def rich_module(module: str) -> Any:
         return None
 
 
-def table(rows: Sequence[Sequence[str]], style: Style, header_style: str = "bold") -> str:
-    """Left-aligned columns; the first row is the header. Widths ignore ANSI codes."""
+def terminal_width(stream: TextIO) -> int | None:
+    """The width tables must fit: ``$COLUMNS`` if set, else the terminal's.
+
+    ``None`` (no limit, one line per row) when ``stream`` is not a terminal.
+    """
+    given = os.environ.get("COLUMNS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    if not isatty(stream):
+        return None
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+_BREAK_AFTER = re.compile(r"(?<=[ _,/-])")  # where a cell may wrap: after these
+_MIN_WIDTH = 10  # a column is never narrowed below its longest word, up to this
+_SQUEEZED = 3  # ... unless even that does not fit: then down to this
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width``; nothing is left out.
+
+    Broken after a space, ``_``, ``,``, ``/`` or ``-`` where possible, inside a word where not.
+    """
+    lines: list[str] = []
+    line = ""
+    for part in _BREAK_AFTER.split(text):
+        piece = part if line else part.lstrip()
+        if len((line + piece).rstrip()) <= width:
+            line += piece
+            continue
+        if line:
+            lines.append(line.rstrip())
+        line = piece.lstrip()
+        while len(line) > width:
+            lines.append(line[:width])
+            line = line[width:]
+    lines.append(line.rstrip())
+    return lines
+
+
+def _longest_word(text: str) -> int:
+    return max((len(p.strip()) for p in _BREAK_AFTER.split(text)), default=0)
+
+
+def _narrowed(widths: list[int], least: list[int], room: int) -> None:
+    """Narrow the widest columns first, none below its ``least``, until they fit ``room``."""
+    while sum(widths) > room:
+        i = max(range(len(widths)), key=lambda n: (widths[n] > least[n], widths[n]))
+        if widths[i] <= least[i]:
+            return
+        widths[i] -= 1
+
+
+def _layout(plain: list[list[str]], fixed: list[bool], width: int | None) -> tuple[list[int], int]:
+    """Column widths and the gap between columns, to fit ``width`` where it can.
+
+    Cells wrap at spaces first (two spaces between columns, then one); only if that is
+    not enough do words break after ``_``, ``,``, ``-`` or ``/``, then anywhere, down to
+    3 characters a column.
+    """
+    count = len(plain[0])
+    columns = range(count)
+    natural = [max(len(row[i]) for row in plain) for i in columns]
+    if width is None or sum(natural) + 2 * (count - 1) <= width:
+        return natural, 2
+    keep = [max((len(row[i]) for row in plain[1:]), default=0) if fixed[i] else 1 for i in columns]
+    spaced = [max(len(w) for row in plain for w in row[i].split() or [""]) for i in columns]
+    broken = [min(max(_longest_word(row[i]) for row in plain), _MIN_WIDTH) for i in columns]
+    gap = 2 if sum(map(max, keep, spaced)) + 2 * (count - 1) <= width else 1
+    widths = list(natural)
+    for words in (spaced, broken, [_SQUEEZED] * count):
+        least = [max(k, min(w, n)) for k, w, n in zip(keep, words, natural, strict=True)]
+        _narrowed(widths, least, width - gap * (count - 1))
+    return widths, gap
+
+
+def table(
+    rows: Sequence[Sequence[str]],
+    style: Style,
+    header_style: str = "bold",
+    *,
+    width: int | None = None,
+    short: Sequence[str] | None = None,
+) -> str:
+    """Left-aligned columns; the first row is the header. Widths ignore ANSI codes.
+
+    With ``width`` the table fits it: the header takes its ``short`` names, then the
+    widest columns wrap their cells (at spaces, ``_``, ``,``, ``-`` where they can);
+    no column is ever left out. A coloured cell is never wrapped.
+    """
     plain = [[strip_ansi(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in plain) for i in range(len(rows[0]))]
+    if width is not None and short is not None:
+        natural = sum(max(len(row[i]) for row in plain) for i in range(len(plain[0])))
+        if natural + 2 * (len(plain[0]) - 1) > width:
+            rows = [list(short), *rows[1:]]
+            plain = [list(short), *plain[1:]]
+    fixed = [
+        any(c != p for c, p in zip(col, pcol, strict=True))
+        for col, pcol in zip(zip(*rows, strict=True), zip(*plain, strict=True), strict=True)
+    ]
+    widths, gap = _layout(plain, fixed, width)
     lines = []
     for n, (row, bare) in enumerate(zip(rows, plain, strict=True)):
-        cells = [cell + " " * (w - len(b)) for cell, b, w in zip(row, bare, widths, strict=True)]
-        line = "  ".join(cells).rstrip()
-        lines.append(style(line, header_style) if n == 0 else line)
+        cells = [[cell] if fixed[i] else _wrap(bare[i], widths[i]) for i, cell in enumerate(row)]
+        for depth in range(max(len(c) for c in cells)):
+            parts = []
+            for i, wrapped in enumerate(cells):
+                text = wrapped[depth] if depth < len(wrapped) else ""
+                shown = len(strip_ansi(text))
+                parts.append(text + " " * max(widths[i] - shown, 0))
+            line = (" " * gap).join(parts).rstrip()
+            lines.append(style(line, header_style) if n == 0 else line)
     return "\n".join(lines)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import ConfigurationError
-from ..signing import generate_secret
+from .. import generate_secret
+from ..errors import ConfigurationError
 from ._output import emit
 
 __all__ = ["run_secret"]

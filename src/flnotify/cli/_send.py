@@ -13,10 +13,8 @@ from uuid import UUID
 from .. import (
     ClientRemovedBody,
     ClientRemovedNotification,
-    Codec,
     Delivery,
     DeliveryReport,
-    EndpointError,
     EndpointPolicy,
     GlobalModelBody,
     NotificationType,
@@ -25,15 +23,18 @@ from .. import (
     RetryPolicy,
     RoundBody,
     Signer,
+    Timeouts,
     TrainingFinishedNotification,
     TrainingModelTestNotification,
     TrainingNotification,
     TrainingRoundStartNotification,
     TrainingStartNotification,
     TrainingSWAGRoundStartNotification,
-    TransportError,
 )
-from ..transports import HttpxTransport, Timeouts
+from ..codec import Codec
+from ..errors import EndpointError, FlnotifyError, TransportError
+from ..mailbox import MAILBOX_ENDPOINT, MailboxStore, open_mailbox
+from ..transports import HttpxTransport
 from ._args import check_secret
 from ._output import (
     SendProgress,
@@ -45,6 +46,7 @@ from ._output import (
     report_summary,
     seconds,
     table,
+    terminal_width,
 )
 
 __all__ = ["OPTIONS", "build_notification", "run_send"]
@@ -121,6 +123,8 @@ def _receivers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> lis
     urls: list[str] = args.urls
     policy = EndpointPolicy()
     for url in urls:
+        if url == MAILBOX_ENDPOINT:
+            continue
         try:
             policy.check_url(url)
         except EndpointError as exc:
@@ -128,6 +132,20 @@ def _receivers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> lis
     ids: list[UUID] | None = args.receiver_id
     if ids is not None and len(ids) != len(urls):
         parser.error(f"{len(ids)} --receiver-id for {len(urls)} URL(s); give one per URL")
+    polling = MAILBOX_ENDPOINT in urls
+    if polling and args.mailbox is None:
+        parser.error(
+            f"{MAILBOX_ENDPOINT} receivers poll a mailbox: give --mailbox PATH (the store "
+            "flnotify mailbox serve serves)"
+        )
+    if polling and ids is None:
+        parser.error(
+            f"{MAILBOX_ENDPOINT} receivers need --receiver-id: the client id whose mailbox it polls"
+        )
+    if not polling and args.mailbox is not None:
+        parser.error(f"--mailbox goes with {MAILBOX_ENDPOINT} receivers (none given)")
+    if args.mailbox is None and args.ack_deadline is not None:
+        parser.error("--ack-deadline goes with --mailbox")
     return [
         Receiver(ids[i] if ids is not None else uuid.uuid4(), url) for i, url in enumerate(urls)
     ]
@@ -144,26 +162,38 @@ def run_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     signed = args.secret is not None
     live = not (args.json or args.quiet) and isatty(sys.stderr)
     progress = SendProgress(sys.stderr, "sending", len(receivers)) if live else None
-    notifier = Notifier(
-        transport=HttpxTransport(timeouts=Timeouts.all(args.timeout)),
-        retry=RetryPolicy(max_attempts=args.attempts),
-        signer=Signer(args.secret) if signed else None,
-        policy=EndpointPolicy(),
-        hooks=() if progress is None else [progress],
-    )
+    with contextlib.ExitStack() as stack:
+        mailbox: MailboxStore | None = None
+        if args.mailbox is not None:
+            try:
+                deadline = {} if args.ack_deadline is None else {"ack_deadline": args.ack_deadline}
+                mailbox = open_mailbox(args.mailbox, **deadline)
+                stack.enter_context(mailbox)
+            except FlnotifyError as exc:
+                emit(f"flnotify send: cannot open the mailbox {args.mailbox!r}: {exc}", sys.stderr)
+                return 1
+        notifier = Notifier(
+            transport=HttpxTransport(timeouts=Timeouts.all(args.timeout)),
+            retry=RetryPolicy(max_attempts=args.attempts),
+            signer=Signer(args.secret) if signed else None,
+            policy=EndpointPolicy(),
+            hooks=() if progress is None else [progress],
+            mailbox=mailbox,
+        )
+        if not (args.json or args.quiet):
+            emit(_header(notification, signed=signed, generated=generated), sys.stdout)
+        with notifier, progress if progress is not None else contextlib.nullcontext():
+            report = notifier.send(notification)  # progress, if any, is the Notifier's hook
     out = sys.stdout
     style = Style(out)
-    if not (args.json or args.quiet):
-        emit(_header(notification, signed=signed, generated=generated), out)
-    with notifier, progress if progress is not None else contextlib.nullcontext():
-        report = notifier.send(notification)  # progress, if any, is the Notifier's hook
     if args.json:
         document = report_dict(report, signed=signed, generated=generated)
         emit(json.dumps(document, indent=2), out)
     elif args.quiet:
         emit(f"{report_summary(report)}; training {training}", out)
     else:
-        emit(table(_rows(report, style), style), out)
+        short = ["receiver", "endpoint", "outcome", "status", "tries", "time", "detail"]
+        emit(table(_rows(report, style), style, width=terminal_width(out), short=short), out)
         emit(report_summary(report), out)
     return 0 if report.ok else 1
 
@@ -171,6 +201,10 @@ def run_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _header(notification: TrainingNotification[Any], *, signed: bool, generated: bool) -> str:
     body = json.dumps(Codec().to_dict(notification)["body"], separators=(",", ":"))
     how = "signed" if signed else "unsigned"
+    polling = [r.message_endpoint == MAILBOX_ENDPOINT for r in notification.receivers]
+    if any(polling):  # the mailbox app signs what a client fetches, with its own secret
+        fetched = "signed at fetch with each client's secret"
+        how = fetched if all(polling) else f"{how}; mailbox: {fetched}"
     new = " (new; give --training-uuid to choose)" if generated else ""
     return (
         f"{notification.notification_type.value} {body} ({how})\n"

@@ -77,7 +77,7 @@ def _target(url: str) -> tuple[str, str, int]:
 def _error_type(error: BaseException) -> str:
     """``error.type``: the class's public, fully qualified name."""
     cls = type(error)
-    module = "flnotify" if cls.__module__.startswith("flnotify") else cls.__module__
+    module = "flnotify.errors" if cls.__module__.startswith("flnotify") else cls.__module__
     return f"{module}.{cls.__qualname__}"
 
 

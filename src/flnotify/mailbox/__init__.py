@@ -7,11 +7,11 @@ A receiver whose ``message_endpoint`` is ``"mailbox:"``
 [`PostgresMailbox`][flnotify.mailbox.PostgresMailbox]) and waits for the client's
 acknowledgement as it waits for a POST's answer. The client fetches from a
 [`MailboxApp`][flnotify.mailbox.MailboxApp] mounted next to the server's API, with a
-[`MailboxPoller`][flnotify.MailboxPoller] that feeds its usual
-[`NotificationRouter`][flnotify.NotificationRouter], and acknowledges each message with the
-status the router answered. That status is judged like an HTTP answer; no acknowledgement
-within the store's ``ack_deadline`` fails the receiver. One send may mix pushed and polling
-receivers. Messages of a sender that stopped are adopted by a
+[`MailboxPoller`][flnotify.receiving.MailboxPoller] that feeds its usual
+[`NotificationRouter`][flnotify.receiving.NotificationRouter], and acknowledges each
+message with the status the router answered. That status is judged like an HTTP answer;
+no acknowledgement within the store's ``ack_deadline`` fails the receiver. One send may
+mix pushed and polling receivers. Messages of a sender that stopped are adopted by a
 [`MailboxDispatcher`][flnotify.mailbox.MailboxDispatcher].
 """
 
@@ -21,11 +21,10 @@ from typing import Any
 
 from ._app import MailboxApp
 from ._dispatcher import MailboxDispatcher
-from ._model import MailboxError
 from ._postgres import PostgresMailbox
 from ._sqlite import Mailbox
 from ._store import Adopted, Answer, Letter, MailboxSignals, MailboxStore
-from ._wire import MAILBOX_ENDPOINT, MailboxProtocolError
+from ._wire import MAILBOX_ENDPOINT
 
 __all__ = [
     "MAILBOX_ENDPOINT",
@@ -35,8 +34,6 @@ __all__ = [
     "Mailbox",
     "MailboxApp",
     "MailboxDispatcher",
-    "MailboxError",
-    "MailboxProtocolError",
     "MailboxSignals",
     "MailboxStore",
     "PostgresMailbox",

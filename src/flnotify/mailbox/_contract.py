@@ -13,9 +13,9 @@ from .._exceptions import ConfigurationError
 from .._notifier import Notifier
 from .._report import Delivery
 from .._retry import RetryPolicy
+from .._training import GlobalModelBody, TrainingStartNotification
 from .._types import Outcome, Receiver
 from ..outbox._contract import ContractClock, fixture, in_threads, install_fixtures, raises
-from ..training import GlobalModelBody, TrainingStartNotification
 from ..transports._memory import MemoryTransport
 from ._dispatcher import MailboxDispatcher
 from ._model import STATES, MailboxError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from uuid import UUID
 
-from .._exceptions import ConfigurationError, FlnotifyError
+from .._exceptions import ConfigurationError, MailboxError
 from .._report import Delivery
 
 __all__ = [
@@ -20,10 +20,6 @@ __all__ = [
 
 STATES = ("queued", "offered", "answered", "done")
 """A message's states, in the order it goes through them."""
-
-
-class MailboxError(FlnotifyError):
-    """The mailbox's database could not be opened, read or written."""
 
 
 def fetchable_sql(now: str) -> str:

@@ -5,7 +5,7 @@ with ``FOR UPDATE SKIP LOCKED``: app processes and dispatchers on any number of 
 never hand one message out twice at once and never wait for each other. Deadlines,
 visibility, leases and request nonces are measured by the database server's clock, so the
 hosts' clocks need not agree. Every psycopg error is translated here, at one edge, into
-[`MailboxError`][flnotify.mailbox.MailboxError]. It may share a database with a
+[`MailboxError`][flnotify.errors.MailboxError]. It may share a database with a
 [`PostgresOutbox`][flnotify.outbox.PostgresOutbox]: its tables are ``flnotify_mailbox*``.
 """
 

@@ -13,8 +13,9 @@ nonce, ``webhook-timestamp`` the time of the request)::
 Each fetched message carries exactly what a push carries: the body bytes (base64, so they
 come back byte for byte) and the ``content-type``, ``user-agent``, ``webhook-id``,
 ``webhook-timestamp`` and ``webhook-signature`` headers. Every parser here treats its
-input as hostile: a bad document raises [`MailboxProtocolError`][flnotify.MailboxProtocolError]
-naming what is wrong, never anything else.
+input as hostile: a bad document raises
+[`MailboxProtocolError`][flnotify.errors.MailboxProtocolError] naming what is wrong, never
+anything else.
 """
 
 from __future__ import annotations

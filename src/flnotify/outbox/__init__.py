@@ -29,17 +29,15 @@ from typing import Any
 
 from ._dispatcher import OutboxDispatcher
 from ._existing import require_outbox
-from ._model import Claim, NoOutboxError, OutboxEntry, OutboxError, OutboxState, OutboxStore
+from ._model import Claim, OutboxEntry, OutboxState, OutboxStore
 from ._postgres import PostgresOutbox
 from ._sqlite import Outbox
 
 __all__ = [
     "Claim",
-    "NoOutboxError",
     "Outbox",
     "OutboxDispatcher",
     "OutboxEntry",
-    "OutboxError",
     "OutboxState",
     "OutboxStore",
     "PostgresOutbox",

@@ -13,8 +13,8 @@ from .._exceptions import ConfigurationError, ConnectError, TransportError, Tran
 from .._notifier import Notifier
 from .._report import Delivery
 from .._retry import RetryPolicy
+from .._training import GlobalModelBody, TrainingStartNotification
 from .._types import Outcome, Receiver
-from ..training import GlobalModelBody, TrainingStartNotification
 from ..transports._memory import MemoryRequest, MemoryTransport
 from ._dispatcher import OutboxDispatcher
 from ._model import Claim, OutboxError, OutboxState, OutboxStore

@@ -19,7 +19,13 @@ import attrs
 
 from .._attempt import message_ids_for
 from .._codec import Codec
-from .._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
+from .._exceptions import (
+    ConfigurationError,
+    NoOutboxError,
+    OutboxError,
+    TransportError,
+    TransportErrorKind,
+)
 from .._notification import Notification
 from .._report import Delivery
 from .._types import Outcome, Receiver
@@ -27,6 +33,7 @@ from .._types import Outcome, Receiver
 __all__ = [
     "COLUMNS",
     "Claim",
+    "NoOutboxError",
     "OutboxEntry",
     "OutboxError",
     "OutboxState",
@@ -38,14 +45,6 @@ __all__ = [
     "outcome_rows",
     "storable",
 ]
-
-
-class OutboxError(FlnotifyError):
-    """The outbox's database could not be opened, read or written."""
-
-
-class NoOutboxError(OutboxError):
-    """A target that was to hold an outbox already holds none (nothing was created)."""
 
 
 class OutboxState(enum.Enum):
@@ -73,7 +72,7 @@ class OutboxEntry:
         claims: How often the delivery was claimed (above 1: it was resumed or re-driven).
         status_code: The last HTTP status, if the outcome came with one.
         error: Why it failed, as text, if it did without a final status.
-        error_kind: The [`TransportErrorKind`][flnotify.TransportErrorKind] of that error.
+        error_kind: The [`TransportErrorKind`][flnotify.errors.TransportErrorKind] of that error.
         elapsed: Seconds from first attempt to outcome in the recording claim.
         lease_until: When the current claim's lease ends (epoch seconds of the outbox clock).
         recorded_at: When the outcome was recorded (epoch seconds of the outbox clock).

@@ -4,7 +4,7 @@ Needs psycopg 3 (``pip install 'flnotify[postgres]'``). Claims take rows with
 ``FOR UPDATE SKIP LOCKED``: dispatchers on any number of hosts claim disjoint rows
 without waiting for each other. Leases are measured by the database server's clock, so
 the hosts' clocks need not agree. Every psycopg error is translated here, at one edge,
-into [`OutboxError`][flnotify.outbox.OutboxError].
+into [`OutboxError`][flnotify.errors.OutboxError].
 """
 
 from __future__ import annotations

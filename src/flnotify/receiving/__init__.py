@@ -1,18 +1,18 @@
 """Client side: receive, verify, deduplicate and dispatch notifications to typed handlers.
 
-A [`NotificationRouter`][flnotify.NotificationRouter] turns one HTTP request into one
+A [`NotificationRouter`][flnotify.receiving.NotificationRouter] turns one HTTP request into one
 answer; [`asgi_app`][flnotify.receiving.asgi_app] and
 [`wsgi_app`][flnotify.receiving.wsgi_app] serve it under any ASGI or WSGI server. For a
 framework view wired by hand, [`parse_notification`][flnotify.receiving.parse_notification]
 verifies and decodes one request in a single call.
 
 Deduplication claims each ``webhook-id`` atomically in an id store:
-[`InMemoryIdStore`][flnotify.InMemoryIdStore] for one process (and tests),
+[`InMemoryIdStore`][flnotify.receiving.InMemoryIdStore] for one process (and tests),
 [`SQLiteIdStore`][flnotify.receiving.SQLiteIdStore] for several worker processes on one
 host and across restarts, [`RedisIdStore`][flnotify.receiving.RedisIdStore] for several
 hosts. Hostile requests are bounded by [`ReceivingLimits`][flnotify.receiving.ReceivingLimits].
 
-A client behind NAT opens no port: a [`MailboxPoller`][flnotify.MailboxPoller]
+A client behind NAT opens no port: a [`MailboxPoller`][flnotify.receiving.MailboxPoller]
 long-polls the server's mailbox and feeds each message to the same router.
 """
 
@@ -22,7 +22,7 @@ from ._dedupe import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_WINDOW_SECONDS,
     AsyncIdStore,
-    Claim,
+    IdClaim,
     IdStore,
     InMemoryIdStore,
 )
@@ -36,7 +36,7 @@ from ._parse import (
     ReceivingLimits,
     parse_notification,
 )
-from ._poller import DEFAULT_MAX_ANSWER_BYTES, MailboxPoller, MailboxStatusError
+from ._poller import DEFAULT_MAX_ANSWER_BYTES, MailboxPoller
 from ._redis_store import RedisIdStore
 from ._responses import Reply
 from ._router import Handler, HandlerDecorator, MessageContext, NotificationRouter
@@ -55,13 +55,12 @@ __all__ = [
     "ASGIApp",
     "AsyncIdStore",
     "BoundedWSGIServer",
-    "Claim",
     "Handler",
     "HandlerDecorator",
+    "IdClaim",
     "IdStore",
     "InMemoryIdStore",
     "MailboxPoller",
-    "MailboxStatusError",
     "MessageContext",
     "NotificationRouter",
     "RawHeaders",

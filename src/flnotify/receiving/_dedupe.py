@@ -7,11 +7,11 @@ A message id goes through three states in a store:
   ``lease_seconds`` so a process that died mid-handler does not block the id forever;
 * handled: the handler answered 2xx; kept for ``window_seconds``.
 
-[`IdStore.claim`][flnotify.IdStore.claim] moves absent to in flight atomically (an
+[`IdStore.claim`][flnotify.receiving.IdStore.claim] moves absent to in flight atomically (an
 insert-if-absent with expiry) and says which state the id was in otherwise;
 ``complete`` moves in flight to handled, ``release`` drops a claim whose handler failed
 (so the sender's retry runs it again). Backend errors of the stores are translated here,
-in one table, into [`IdStoreError`][flnotify.IdStoreError].
+in one table, into [`IdStoreError`][flnotify.errors.IdStoreError].
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_WINDOW_SECONDS",
     "AsyncIdStore",
-    "Claim",
+    "IdClaim",
     "IdStore",
     "InMemoryIdStore",
 ]
@@ -47,8 +47,8 @@ DEFAULT_LEASE_SECONDS = 60.0
 """How long a claim holds without an answer (a crashed worker's claim lapses after it)."""
 
 
-class Claim(enum.Enum):
-    """What [`IdStore.claim`][flnotify.IdStore.claim] found."""
+class IdClaim(enum.Enum):
+    """What [`IdStore.claim`][flnotify.receiving.IdStore.claim] found."""
 
     CLAIMED = "claimed"
     """The id was absent: it is now in flight, and this request runs the handler."""
@@ -66,10 +66,10 @@ class IdStore(Protocol):
 
     Implementations must make ``claim`` atomic across every process that shares the store:
     of concurrent claims of one absent id, exactly one returns
-    [`Claim.CLAIMED`][flnotify.receiving.Claim.CLAIMED].
+    [`IdClaim.CLAIMED`][flnotify.receiving.IdClaim.CLAIMED].
     """
 
-    def claim(self, message_id: str) -> Claim:
+    def claim(self, message_id: str) -> IdClaim:
         """Mark ``message_id`` in flight if it is absent (or expired); say what it was."""
         ...
 
@@ -84,21 +84,21 @@ class IdStore(Protocol):
 
 @runtime_checkable
 class AsyncIdStore(Protocol):
-    """The async twin of [`IdStore`][flnotify.IdStore], used by `ahandle` when offered.
+    """The async twin of [`IdStore`][flnotify.receiving.IdStore], used by `ahandle` when offered.
 
     A store offering only the sync methods is called in a worker thread under ASGI.
     """
 
-    async def aclaim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim]."""
+    async def aclaim(self, message_id: str) -> IdClaim:
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]."""
         ...
 
     async def acomplete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         ...
 
     async def arelease(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         ...
 
 
@@ -120,7 +120,7 @@ def _backend_errors() -> tuple[tuple[type[BaseException], str], ...]:
 
 @contextlib.contextmanager
 def map_backend_errors() -> Iterator[None]:
-    """Translate a store backend's error into [`IdStoreError`][flnotify.IdStoreError]."""
+    """Translate a store backend's error into [`IdStoreError`][flnotify.errors.IdStoreError]."""
     try:
         yield
     except IdStoreError:
@@ -154,7 +154,7 @@ class InMemoryIdStore:
     window_seconds: float = attrs.field(default=DEFAULT_WINDOW_SECONDS, validator=positive)
     lease_seconds: float = attrs.field(default=DEFAULT_LEASE_SECONDS, validator=positive)
     clock: Callable[[], float] = time.monotonic
-    _entries: OrderedDict[str, tuple[Claim, float]] = attrs.field(init=False, factory=OrderedDict)
+    _entries: OrderedDict[str, tuple[IdClaim, float]] = attrs.field(init=False, factory=OrderedDict)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
 
     def _expire(self, now: float) -> None:
@@ -165,45 +165,45 @@ class InMemoryIdStore:
                 break
             entries.popitem(last=False)
 
-    def _put(self, message_id: str, state: Claim, expires: float) -> None:
+    def _put(self, message_id: str, state: IdClaim, expires: float) -> None:
         self._entries[message_id] = (state, expires)
         self._entries.move_to_end(message_id)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def claim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim]."""
+    def claim(self, message_id: str) -> IdClaim:
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]."""
         with self._lock:
             now = self.clock()
             self._expire(now)
             found = self._entries.get(message_id)
             if found is not None and found[1] > now:
                 return found[0]
-            self._put(message_id, Claim.IN_FLIGHT, now + self.lease_seconds)
-            return Claim.CLAIMED
+            self._put(message_id, IdClaim.IN_FLIGHT, now + self.lease_seconds)
+            return IdClaim.CLAIMED
 
     def complete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         with self._lock:
-            self._put(message_id, Claim.HANDLED, self.clock() + self.window_seconds)
+            self._put(message_id, IdClaim.HANDLED, self.clock() + self.window_seconds)
 
     def release(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         with self._lock:
             found = self._entries.get(message_id)
-            if found is not None and found[0] is Claim.IN_FLIGHT:
+            if found is not None and found[0] is IdClaim.IN_FLIGHT:
                 del self._entries[message_id]
 
-    async def aclaim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim] (memory never blocks: no thread)."""
+    async def aclaim(self, message_id: str) -> IdClaim:
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim] (memory never blocks)."""
         return self.claim(message_id)
 
     async def acomplete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         self.complete(message_id)
 
     async def arelease(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         self.release(message_id)
 
     def __len__(self) -> int:

@@ -175,15 +175,15 @@ def parse_notification(
 ) -> ReceivedNotification:
     """Verify and decode one request in one call, for a framework view wired by hand.
 
-    The same checks as the [`NotificationRouter`][flnotify.NotificationRouter], without
-    deduplication (claim ``result.id`` in an [`IdStore`][flnotify.IdStore] for that) and
+    The same checks as the [`NotificationRouter`][flnotify.receiving.NotificationRouter], without
+    deduplication (claim ``result.id`` in an [`IdStore`][flnotify.receiving.IdStore] for that) and
     without a response: each failure raises its own error, so the view picks the status.
 
     Args:
         body: The exact request body bytes.
         headers: The request headers (a mapping or ``(name, value)`` pairs).
         secrets: The ``whsec_...`` secret(s); or pass a ready ``verifier``.
-        verifier: A [`Verifier`][flnotify.Verifier] built once (parses the secrets once).
+        verifier: A [`Verifier`][flnotify.signing.Verifier] built once (parses the secrets once).
         tolerance: With ``secrets``: how many seconds the timestamp may lie from now.
         codec: Decodes the body; defaults to the six training notifications.
         limits: The request limits; by default

@@ -1,8 +1,8 @@
-"""[`MailboxPoller`][flnotify.MailboxPoller]: a client behind NAT fetches its mail.
+"""[`MailboxPoller`][flnotify.receiving.MailboxPoller]: a client behind NAT fetches its mail.
 
 The client opens no port. It long-polls the server's mailbox app
 ([`MailboxApp`][flnotify.mailbox.MailboxApp]), runs each fetched message through its
-[`NotificationRouter`][flnotify.NotificationRouter] exactly as if it had been pushed
+[`NotificationRouter`][flnotify.receiving.NotificationRouter] exactly as if it had been pushed
 (signature, deduplication, handler) and acknowledges it with the status the router
 answered. Every answer of the mailbox is treated as hostile. The decisions (what an answer
 means, how long to wait before the next poll) are I/O-free functions; `apoll_once` and
@@ -81,7 +81,7 @@ class _AnswerTooLargeError(MailboxProtocolError):
 
 
 class _StoppedError(Exception):
-    """[`stop`][flnotify.MailboxPoller.stop] cut a wait short."""
+    """[`stop`][flnotify.receiving.MailboxPoller.stop] cut a wait short."""
 
 
 # -- the decisions, I/O-free --------------------------------------------------------------
@@ -252,15 +252,15 @@ class MailboxPoller(AsyncClosing):
     Each fetch is a long poll, signed the Standard Webhooks way with the client's own
     secret (a fresh ``req_...`` nonce and the current time each request). The messages
     go one after the other, in order, through
-    [`router.ahandle`][flnotify.NotificationRouter.ahandle], which verifies their
+    [`router.ahandle`][flnotify.receiving.NotificationRouter.ahandle], which verifies their
     signatures, deduplicates them by ``webhook-id`` and runs the handlers; then one
     acknowledgement carries the status the router answered each of them. An
     acknowledgement that is lost (tried ``ack_attempts`` times) only means the mailbox
     offers the message again later, under the same id, and the router's id store answers
     it as already handled. Nothing is acknowledged that did not go through the router.
 
-    [`arun`][flnotify.MailboxPoller.arun] polls until
-    [`stop`][flnotify.MailboxPoller.stop]. Between polls it waits only after a
+    [`arun`][flnotify.receiving.MailboxPoller.arun] polls until
+    [`stop`][flnotify.receiving.MailboxPoller.stop]. Between polls it waits only after a
     failure: no answer, an error status, an answer that is not the protocol's or larger
     than the cap (the next fetches ask for half as many messages, until the mailbox runs
     short), an empty answer
@@ -293,7 +293,7 @@ class MailboxPoller(AsyncClosing):
         client: An ``httpx.AsyncClient`` of the host's (proxies, TLS, client certificates,
             ``httpx.MockTransport``), closed by the host; by default the poller makes one
             on first use (TLS verified, no redirects) and closes it in
-            [`aclose`][flnotify.MailboxPoller.aclose]; it honours the
+            [`aclose`][flnotify.receiving.MailboxPoller.aclose]; it honours the
             environment's proxy settings (``HTTPS_PROXY``, ``NO_PROXY``).
         verify: TLS verification for the client the poller makes: ``True`` or an
             ``ssl.SSLContext`` (e.g. trusting a private CA).
@@ -410,11 +410,11 @@ class MailboxPoller(AsyncClosing):
 
     @property
     def stopped(self) -> bool:
-        """Whether [`stop`][flnotify.MailboxPoller.stop] was called."""
+        """Whether [`stop`][flnotify.receiving.MailboxPoller.stop] was called."""
         return self._stopped.is_set()
 
     def stop(self) -> None:
-        """End [`arun`][flnotify.MailboxPoller.arun]; safe from any thread.
+        """End [`arun`][flnotify.receiving.MailboxPoller.arun]; safe from any thread.
 
         A pending fetch is cancelled at once (its messages, if the mailbox had already
         taken them, are offered again later) and so is a wait between polls; messages
@@ -596,7 +596,7 @@ class MailboxPoller(AsyncClosing):
 
         Returns:
             How many messages went through the router (0 when the mailbox had none, or
-            after [`stop`][flnotify.MailboxPoller.stop]).
+            after [`stop`][flnotify.receiving.MailboxPoller.stop]).
 
         Raises:
             MailboxStatusError: The mailbox answered the fetch with an error status
@@ -612,7 +612,7 @@ class MailboxPoller(AsyncClosing):
         return polled.fetched
 
     async def arun(self) -> None:
-        """Poll until [`stop`][flnotify.MailboxPoller.stop], whatever the mailbox does.
+        """Poll until [`stop`][flnotify.receiving.MailboxPoller.stop], whatever the mailbox does.
 
         A failing or hostile mailbox never ends it: each failure is logged and backed off
         from (see the class).
@@ -685,7 +685,7 @@ class MailboxPoller(AsyncClosing):
     def run(self) -> None:
         """Poll until `stop` (called from another thread or a signal handler), then close.
 
-        A blocking shell of [`arun`][flnotify.MailboxPoller.arun] on a new event
+        A blocking shell of [`arun`][flnotify.receiving.MailboxPoller.arun] on a new event
         loop; inside a running loop use `arun` itself.
         """
 

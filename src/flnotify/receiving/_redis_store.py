@@ -12,7 +12,7 @@ import attrs
 
 from .._exceptions import ConfigurationError
 from .._validators import positive
-from ._dedupe import DEFAULT_LEASE_SECONDS, DEFAULT_WINDOW_SECONDS, Claim, map_backend_errors
+from ._dedupe import DEFAULT_LEASE_SECONDS, DEFAULT_WINDOW_SECONDS, IdClaim, map_backend_errors
 
 if TYPE_CHECKING:
     import redis
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisIdStore"]
 
-_IN_FLIGHT = Claim.IN_FLIGHT.value.encode()
-_HANDLED = Claim.HANDLED.value.encode()
+_IN_FLIGHT = IdClaim.IN_FLIGHT.value.encode()
+_HANDLED = IdClaim.HANDLED.value.encode()
 # Drop the key only while it is still a claim: a handled id (or another request's claim
 # after this one lapsed and was replaced by a handled mark) stays.
 _RELEASE = """
@@ -30,12 +30,12 @@ return 0
 """
 
 
-def _state(previous: object) -> Claim:
+def _state(previous: object) -> IdClaim:
     """What ``SET ... NX GET`` returned: nothing (claimed), or the value that was there."""
     if previous is None:
-        return Claim.CLAIMED
+        return IdClaim.CLAIMED
     raw = previous.encode() if isinstance(previous, str) else previous
-    return Claim.IN_FLIGHT if raw == _IN_FLIGHT else Claim.HANDLED
+    return IdClaim.IN_FLIGHT if raw == _IN_FLIGHT else IdClaim.HANDLED
 
 
 def _check_client(name: str, client: object, wanted: str) -> None:
@@ -64,8 +64,8 @@ class RedisIdStore:
     nothing needs purging.
 
     Build it with [`from_url`][flnotify.receiving.RedisIdStore.from_url], or pass clients:
-    a sync ``redis.Redis`` for [`handle`][flnotify.NotificationRouter.handle] (WSGI) and
-    a ``redis.asyncio.Redis`` for [`ahandle`][flnotify.NotificationRouter.ahandle] (ASGI).
+    a sync ``redis.Redis`` for [`handle`][flnotify.receiving.NotificationRouter.handle] (WSGI) and
+    a ``redis.asyncio.Redis`` for [`ahandle`][flnotify.receiving.NotificationRouter.ahandle] (ASGI).
 
     Args:
         client: The sync client.
@@ -75,7 +75,7 @@ class RedisIdStore:
         window_seconds: Handled ids are remembered this long.
         lease_seconds: A claim lapses this long after it was made without an answer.
 
-    Store methods raise [`IdStoreError`][flnotify.IdStoreError] when Redis fails.
+    Store methods raise [`IdStoreError`][flnotify.errors.IdStoreError] when Redis fails.
     """
 
     client: redis.Redis | None = None
@@ -125,8 +125,8 @@ class RedisIdStore:
             raise ConfigurationError(msg)
         return self.client
 
-    def claim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim]; atomic on the Redis server."""
+    def claim(self, message_id: str) -> IdClaim:
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]; atomic on the Redis server."""
         client = self._sync()
         with map_backend_errors():
             previous = client.set(
@@ -139,19 +139,19 @@ class RedisIdStore:
         return _state(previous)
 
     def complete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         client = self._sync()
         with map_backend_errors():
             client.set(self._key(message_id), _HANDLED, px=self._ms(self.window_seconds))
 
     def release(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         client = self._sync()
         with map_backend_errors():
             client.eval(_RELEASE, 1, self._key(message_id), _IN_FLIGHT)
 
-    async def aclaim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim]."""
+    async def aclaim(self, message_id: str) -> IdClaim:
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]."""
         if self.async_client is None:
             return await asyncio.to_thread(self.claim, message_id)
         with map_backend_errors():
@@ -165,7 +165,7 @@ class RedisIdStore:
         return _state(previous)
 
     async def acomplete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         if self.async_client is None:
             await asyncio.to_thread(self.complete, message_id)
             return
@@ -175,7 +175,7 @@ class RedisIdStore:
             )
 
     async def arelease(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         if self.async_client is None:
             await asyncio.to_thread(self.release, message_id)
             return

@@ -1,6 +1,6 @@
 """The router's answers and their builders.
 
-[`Reply`][flnotify.Reply] is what a handler may return,
+[`Reply`][flnotify.receiving.Reply] is what a handler may return,
 [`Response`][flnotify.receiving.Response] what goes back on the wire.
 """
 
@@ -35,7 +35,7 @@ class Reply:
 
 
 def reply_response(reply: Reply) -> Response:
-    """The response a handler's [`Reply`][flnotify.Reply] asks for."""
+    """The response a handler's [`Reply`][flnotify.receiving.Reply] asks for."""
     body, content_type = reply.body, reply.content_type
     if body is None:
         return response(reply.status, b"", content_type)

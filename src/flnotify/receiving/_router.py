@@ -1,4 +1,4 @@
-"""[`NotificationRouter`][flnotify.NotificationRouter]: one request in, one answer out.
+"""[`NotificationRouter`][flnotify.receiving.NotificationRouter]: one request in, one answer out.
 
 The decisions are written once and I/O-free: the request's inspection (the same as
 [`parse_notification`][flnotify.receiving.parse_notification]) and `_Dispatch` for the
@@ -39,7 +39,7 @@ from .._web.responses import (
 )
 from ..signing import DEFAULT_TOLERANCE, Verifier
 from ._asgi import ASGIApp, asgi_app
-from ._dedupe import AsyncIdStore, Claim, IdStore, InMemoryIdStore
+from ._dedupe import AsyncIdStore, IdClaim, IdStore, InMemoryIdStore
 from ._parse import (
     RawHeaders,
     ReceivedNotification,
@@ -59,7 +59,7 @@ logger = logging.getLogger("flnotify")
 
 Handler: TypeAlias = Callable[..., Any]
 """``handler(notification)`` or ``handler(notification, context)``, sync or async; returns
-``None``, an ``int`` status or a [`Reply`][flnotify.Reply]."""
+``None``, an ``int`` status or a [`Reply`][flnotify.receiving.Reply]."""
 
 HandlerT = TypeVar("HandlerT", bound=Handler)
 N = TypeVar("N", bound=Notification[Any])
@@ -95,10 +95,10 @@ class MessageContext:
 
 
 class HandlerDecorator(Protocol[N]):
-    """What [`router.on(SomeNotification)`][flnotify.NotificationRouter.on] returns.
+    """What [`router.on(SomeNotification)`][flnotify.receiving.NotificationRouter.on] returns.
 
     It takes a handler of that notification class (with or without a
-    [`MessageContext`][flnotify.MessageContext] parameter) and returns it unchanged;
+    [`MessageContext`][flnotify.receiving.MessageContext] parameter) and returns it unchanged;
     a handler typed for another class is a type error.
     """
 
@@ -183,10 +183,10 @@ _STORE_DOWN = error(
 )
 
 
-def _claim_answer(claim: Claim, message_id: str) -> Response | None:
-    if claim is Claim.CLAIMED:
+def _claim_answer(claim: IdClaim, message_id: str) -> Response | None:
+    if claim is IdClaim.CLAIMED:
         return None
-    if claim is Claim.HANDLED:
+    if claim is IdClaim.HANDLED:
         logger.info("message %s was already handled; not handling it again", message_id)
         return _DUPLICATE
     return _IN_PROGRESS
@@ -263,7 +263,8 @@ class NotificationRouter:
       the store): 503, ``Retry-After: 1``; the id store failing: 503 as well;
     * the handler raised: 500, logged to the ``flnotify`` logger, no details in the body;
     * the handler returned ``None``: 202 for round and test starts, 200 for the others;
-    * the handler returned an ``int`` or a [`Reply`][flnotify.Reply]: that status (and body).
+    * the handler returned an ``int`` or a [`Reply`][flnotify.receiving.Reply]: that status
+      (and body).
 
     Error bodies are JSON ``{"error": "<code>", "detail": "<text>"}``; a bug inside the
     router itself is still answered with its own JSON 500, never the server's page.
@@ -278,9 +279,9 @@ class NotificationRouter:
             accepts unsigned requests (anyone who can reach the port can then send).
         tolerance: How many seconds a ``webhook-timestamp`` may lie from ``clock()``.
         codec: Decodes bodies; defaults to the six training notifications.
-        dedup: Where message ids are claimed ([`IdStore`][flnotify.IdStore], also
+        dedup: Where message ids are claimed ([`IdStore`][flnotify.receiving.IdStore], also
             [`AsyncIdStore`][flnotify.receiving.AsyncIdStore]); the default
-            [`InMemoryIdStore`][flnotify.InMemoryIdStore] serves one process only;
+            [`InMemoryIdStore`][flnotify.receiving.InMemoryIdStore] serves one process only;
             ``None`` turns deduplication off.
         max_body_bytes: Larger request bodies are answered 413 (overrides ``limits``).
         limits: The request limits; see [`ReceivingLimits`][flnotify.receiving.ReceivingLimits].
@@ -457,7 +458,7 @@ class NotificationRouter:
         *kinds: NotificationKind | type[Notification[Any]] | str,
         status: int | None = None,
     ) -> Any:
-        """Decorator form of [`add_handler`][flnotify.NotificationRouter.add_handler].
+        """Decorator form of [`add_handler`][flnotify.receiving.NotificationRouter.add_handler].
 
         With notification classes only, a type checker makes sure the handler takes them
         (put a type or wire string first to register a mix, unchecked):
@@ -546,7 +547,8 @@ class NotificationRouter:
         """Answer one request, calling the handler in this thread (for WSGI and tests).
 
         An async handler is run with `asyncio.run`; inside a running event loop that
-        is impossible and answers 500 (use [`ahandle`][flnotify.NotificationRouter.ahandle]).
+        is impossible and answers 500 (use
+        [`ahandle`][flnotify.receiving.NotificationRouter.ahandle]).
 
         Args:
             method: The HTTP method.
@@ -591,7 +593,7 @@ class NotificationRouter:
     async def ahandle(self, method: str, headers: RawHeaders, body: bytes) -> Response:
         """Answer one request; async handlers are awaited, sync ones run in a thread.
 
-        See [`handle`][flnotify.NotificationRouter.handle] for the arguments;
+        See [`handle`][flnotify.receiving.NotificationRouter.handle] for the arguments;
         ``sync_handlers_in_thread=False`` calls sync handlers directly on the event loop.
         An [`AsyncIdStore`][flnotify.receiving.AsyncIdStore] is awaited; a sync-only
         store is called in a worker thread.

@@ -258,6 +258,19 @@ class BoundedWSGIServer(WSGIServer):
         for _ in threads:
             self._queue.put(None)
 
+    def drain(self, timeout: float) -> bool:
+        """After ``server_close``: wait up to ``timeout`` s for the requests being served.
+
+        Call it before closing what the app uses (a store), so that no request still
+        running finds it closed. Whether every pool thread ended in time.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away mid-request is not worth a traceback."""
 
@@ -278,7 +291,8 @@ def make_wsgi_server(
     Args:
         host: The address to listen on (IPv6 addresses contain ``:``).
         port: The port; 0 picks a free one (see ``server.server_port``).
-        app: The WSGI application, e.g. [`router.wsgi_app()`][flnotify.NotificationRouter.wsgi_app].
+        app: The WSGI application, e.g.
+            [`router.wsgi_app()`][flnotify.receiving.NotificationRouter.wsgi_app].
         read_timeout: Seconds one read may wait for the next bytes (default 5).
         request_timeout: Seconds the whole request may take to arrive (default 15).
         max_connections: Connections served at once, one pool thread each (default 64).

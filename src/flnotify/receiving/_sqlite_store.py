@@ -17,7 +17,7 @@ from types import TracebackType
 import attrs
 
 from .._validators import positive
-from ._dedupe import DEFAULT_LEASE_SECONDS, DEFAULT_WINDOW_SECONDS, Claim, map_backend_errors
+from ._dedupe import DEFAULT_LEASE_SECONDS, DEFAULT_WINDOW_SECONDS, IdClaim, map_backend_errors
 
 __all__ = ["SQLiteIdStore"]
 
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS flnotify_message_ids (
 );
 CREATE INDEX IF NOT EXISTS flnotify_message_ids_expiry ON flnotify_message_ids (expires_at);
 """
-_STATES = {Claim.IN_FLIGHT.value: Claim.IN_FLIGHT, Claim.HANDLED.value: Claim.HANDLED}
+_STATES = {IdClaim.IN_FLIGHT.value: IdClaim.IN_FLIGHT, IdClaim.HANDLED.value: IdClaim.HANDLED}
 _PURGE_EVERY = 256
 
 
@@ -53,7 +53,7 @@ class SQLiteIdStore:
     Raises:
         ConfigurationError: A duration is not positive.
 
-    Store methods raise [`IdStoreError`][flnotify.IdStoreError] when SQLite fails.
+    Store methods raise [`IdStoreError`][flnotify.errors.IdStoreError] when SQLite fails.
     """
 
     path: Path = attrs.field(converter=Path)
@@ -89,8 +89,8 @@ class SQLiteIdStore:
             self._db, self._pid = db, os.getpid()
         return self._db
 
-    def claim(self, message_id: str) -> Claim:
-        """See [`IdStore.claim`][flnotify.IdStore.claim]; atomic across processes."""
+    def claim(self, message_id: str) -> IdClaim:
+        """See [`IdStore.claim`][flnotify.receiving.IdStore.claim]; atomic across processes."""
         with self._lock, map_backend_errors():
             db = self._connection()
             now = self.clock()
@@ -102,41 +102,41 @@ class SQLiteIdStore:
                 ).fetchone()
                 if row is not None and row[1] > now:
                     db.execute("COMMIT")
-                    return _STATES.get(row[0], Claim.HANDLED)
+                    return _STATES.get(row[0], IdClaim.HANDLED)
                 db.execute(
                     "INSERT OR REPLACE INTO flnotify_message_ids (id, state, expires_at) "
                     "VALUES (?, ?, ?)",
-                    (message_id, Claim.IN_FLIGHT.value, now + self.lease_seconds),
+                    (message_id, IdClaim.IN_FLIGHT.value, now + self.lease_seconds),
                 )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            return Claim.CLAIMED
+            return IdClaim.CLAIMED
 
     def complete(self, message_id: str) -> None:
-        """See [`IdStore.complete`][flnotify.IdStore.complete]."""
+        """See [`IdStore.complete`][flnotify.receiving.IdStore.complete]."""
         with self._lock, map_backend_errors():
             db = self._connection()
             now = self.clock()
             db.execute(
                 "INSERT OR REPLACE INTO flnotify_message_ids (id, state, expires_at) "
                 "VALUES (?, ?, ?)",
-                (message_id, Claim.HANDLED.value, now + self.window_seconds),
+                (message_id, IdClaim.HANDLED.value, now + self.window_seconds),
             )
             self._completions += 1
             if self._completions % _PURGE_EVERY == 0:
                 db.execute("DELETE FROM flnotify_message_ids WHERE expires_at <= ?", (now,))
 
     def release(self, message_id: str) -> None:
-        """See [`IdStore.release`][flnotify.IdStore.release]."""
+        """See [`IdStore.release`][flnotify.receiving.IdStore.release]."""
         with self._lock, map_backend_errors():
             self._connection().execute(
                 "DELETE FROM flnotify_message_ids WHERE id = ? AND state = ?",
-                (message_id, Claim.IN_FLIGHT.value),
+                (message_id, IdClaim.IN_FLIGHT.value),
             )
 
-    async def aclaim(self, message_id: str) -> Claim:
+    async def aclaim(self, message_id: str) -> IdClaim:
         """[`claim`][flnotify.receiving.SQLiteIdStore.claim] in a worker thread."""
         return await asyncio.to_thread(self.claim, message_id)
 

@@ -15,11 +15,9 @@ from ._base import (
     HttpResponse,
     PinningTransport,
     SelfBoundingTransport,
-    Timeouts,
     Transport,
 )
 from ._httpx import HttpxTransport
-from ._memory import MemoryRequest, MemoryTransport
 from ._tls import TLSConfig, TLSFor
 
 if TYPE_CHECKING:
@@ -30,14 +28,11 @@ __all__ = [
     "AsyncTransport",
     "HttpResponse",
     "HttpxTransport",
-    "MemoryRequest",
-    "MemoryTransport",
     "PinningTransport",
     "SelfBoundingTransport",
     "StreamTransport",
     "TLSConfig",
     "TLSFor",
-    "Timeouts",
     "Transport",
 ]
 

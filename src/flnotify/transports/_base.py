@@ -1,7 +1,7 @@
 """What a transport is: POST bytes with headers to a URL, get a status, headers and a capped body.
 
 Transports are structural (``typing.Protocol``): anything with ``apost`` (async) or ``post``
-(sync) works. A transport raises only [`TransportError`][flnotify.TransportError]
+(sync) works. A transport raises only [`TransportError`][flnotify.errors.TransportError]
 subclasses; backend exceptions are translated at this edge and kept as ``__cause__``.
 
 Two optional capabilities are declared as Protocols of their own, and a transport without

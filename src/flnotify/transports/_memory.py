@@ -38,7 +38,7 @@ class MemoryTransport:
 
     The handler gets a [`MemoryRequest`][] and returns a status code or an
     [`HttpResponse`][]; raising a [`TransportError`][] (for example
-    ``flnotify.ConnectError("down")``) simulates a network failure. Every request is
+    ``flnotify.errors.ConnectError("down")``) simulates a network failure. Every request is
     recorded in `requests`, in order.
 
     Args:

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify import RepositoryBusyError, RepositoryError, TrainingState
+from flnotify import TrainingState
 from flnotify.contrib.django import DjangoTrainingRepository
+from flnotify.errors import RepositoryBusyError, RepositoryError
 
 
 def _seeded(alias: str) -> tuple[DjangoTrainingRepository, uuid.UUID]:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify.signing import generate_secret
+import flnotify.errors
+from flnotify import generate_secret
 from flnotify.testing import MemoryTransport
 
 
@@ -76,18 +77,18 @@ def test_a_wrong_block_names_the_key(django_site: None) -> None:
     unknown: dict[str, Any] = {"REPOSITORY": {}, "SINGER": {}}
     with (
         override_settings(FLNOTIFY=unknown),
-        pytest.raises(flnotify.ConfigurationError, match=r"unknown key\(s\) \['SINGER'\]"),
+        pytest.raises(flnotify.errors.ConfigurationError, match=r"unknown key\(s\) \['SINGER'\]"),
     ):
         get_notifier()
     wrong: dict[str, Any] = {"REPOSITORY": {"model": "flhost.Training", "rounds": 1}}
     with (
         override_settings(FLNOTIFY=wrong),
-        pytest.raises(flnotify.ConfigurationError, match="rounds"),
+        pytest.raises(flnotify.errors.ConfigurationError, match="rounds"),
     ):
         get_repository()
     with override_settings(FLNOTIFY={"REPOSITORY": {"model": "flhost.Training", "round": "x"}}):
         repository = get_repository()
-        with pytest.raises(flnotify.ConfigurationError, match="round: 'x' does not exist"):
+        with pytest.raises(flnotify.errors.ConfigurationError, match="round: 'x' does not exist"):
             repository.get_training(uuid.uuid4())
 
 
@@ -112,7 +113,7 @@ def test_the_stores_open_in_the_hosts_databases(django_site: None) -> None:
             assert isinstance(outbox, Outbox)
         with open_mailbox() as mailbox:
             assert isinstance(mailbox, PostgresMailbox)
-    with pytest.raises(flnotify.ConfigurationError, match="no database 'nope'"):
+    with pytest.raises(flnotify.errors.ConfigurationError, match="no database 'nope'"):
         database_target("nope")
 
 

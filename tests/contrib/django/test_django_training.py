@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import flnotify
-from flnotify.signing import generate_secret
+from flnotify import generate_secret
 
 ALIAS = "postgres"
 

@@ -44,11 +44,12 @@ def database_call(alias: str, what: str) -> Iterator[None]:
     """Run one call against ``alias``; close the connection if the call opened it.
 
     A connection that was open before (a request's, a test's, an open transaction's) is
-    left as it is. Django's ``DatabaseError`` becomes [`RepositoryError`][flnotify.RepositoryError]
-    ([`RepositoryBusyError`][flnotify.RepositoryBusyError] when it `is_transient` and the call
-    ran in no transaction of the host's, so that trying it again can succeed) and a wrong
-    field path [`ConfigurationError`][flnotify.ConfigurationError], each naming ``what``
-    was being done.
+    left as it is. Django's ``DatabaseError`` becomes
+    [`RepositoryError`][flnotify.errors.RepositoryError]
+    ([`RepositoryBusyError`][flnotify.errors.RepositoryBusyError] when it `is_transient` and
+    the call ran in no transaction of the host's, so that trying it again can succeed) and a
+    wrong field path [`ConfigurationError`][flnotify.errors.ConfigurationError], each naming
+    ``what`` was being done.
     """
     try:
         connection = connections[alias]
