@@ -16,7 +16,7 @@ import flnotify
 class Client(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
-        status = 404 if self.path.startswith("/reject") else 202
+        status = 409 if self.path.startswith("/reject") else 202
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()

@@ -18,8 +18,8 @@ import pytest
 import flnotify
 import flnotify.errors
 from flnotify import Outcome, Receiver, Timeouts
-from flnotify.testing import MemoryTransport, seams
-from flnotify.transports import HttpResponse, MemoryRequest
+from flnotify.testing import MemoryRequest, MemoryTransport, seams
+from flnotify.transports import HttpResponse
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "delivery.md"
 

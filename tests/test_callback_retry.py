@@ -35,8 +35,7 @@ from flnotify.callbacks import (
 )
 from flnotify.errors import CallbackError, ConnectError, RepositoryBusyError, RepositoryError
 from flnotify.repository import OutcomeRecord
-from flnotify.testing import seams
-from flnotify.transports import MemoryRequest, MemoryTransport
+from flnotify.testing import MemoryRequest, MemoryTransport, seams
 
 ONCE = RetryPolicy.no_retries()
 
@@ -126,7 +125,12 @@ def send_round(
     repo: Any, snapshot: flnotify.TrainingSnapshot, transport: MemoryTransport, time: FakeTime
 ) -> flnotify.DeliveryReport:
     with seams(sleep=time.sleep, clock=time.clock):
-        notifier = flnotify.Notifier(transport=transport, repository=repo, retry=ONCE)
+        notifier = flnotify.Notifier(
+            transport=transport,
+            repository=repo,
+            retry=ONCE,
+            failure_policy=flnotify.FailurePolicy(tell_removed=True),  # removals are told
+        )
     with notifier:
         return notifier.send(flnotify.TrainingRoundStartNotification.from_training(snapshot))
 

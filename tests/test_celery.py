@@ -424,7 +424,7 @@ def test_a_rejecting_client_is_removed_by_the_default_callbacks(
         after = repo.get_training(training.id)
     assert after.participant_ids() == {g.id for g in good}
     assert after.state is TrainingState.INITIAL
-    to_rejecting = clients.requests_for("/status/404")
+    to_rejecting = clients.requests_for("/status/409")
     kinds = [json.loads(r.body)["notification_type"] for r in to_rejecting]
     told = ["CLIENT_REMOVED"] if tell_removed else []  # the settings' options, as in-process
     assert kinds == ["UPDATE_ROUND_START", *told]  # not retried; told it was removed

@@ -39,7 +39,13 @@ signer = flnotify.Signer(lookup=lambda r: secrets.get(r.id))
 store = Mailbox(mail, ack_deadline=1e6)
 store.signals.on_mail(lambda ids: print("posted", flush=True))
 repo = flnotify.SQLiteTrainingRepository(trainings)
-notifier = flnotify.Notifier(signer=signer, mailbox=store, repository=repo, mailbox_lease=3600)
+notifier = flnotify.Notifier(
+    signer=signer,
+    mailbox=store,
+    repository=repo,
+    mailbox_lease=3600,
+    failure_policy=flnotify.FailurePolicy(tell_removed=True),
+)
 snapshot = repo.update_training(uuid.UUID(training), round=1)
 notifier.send(flnotify.TrainingRoundStartNotification.from_training(snapshot))
 print("returned", flush=True)
@@ -123,7 +129,12 @@ def test_a_killed_server_loses_nothing_and_the_next_one_settles_it(tmp_path: Pat
             ]
             with (
                 polling(pollers),
-                flnotify.Notifier(signer=signer, mailbox=store, repository=repo) as notifier,
+                flnotify.Notifier(
+                    signer=signer,
+                    mailbox=store,
+                    repository=repo,
+                    failure_policy=flnotify.FailurePolicy(tell_removed=True),
+                ) as notifier,
             ):
                 assert MailboxDispatcher(store, notifier).run_once() == 2
             after = repo.get_training(training.id)

@@ -179,13 +179,16 @@ def test_sync_dispatcher_records_each_outcome_once_and_runs_the_training_callbac
     def answer(request: MemoryRequest) -> int:
         if request.url == dead.message_endpoint:
             raise flnotify.errors.ConnectError("refused", url=request.url)
-        return 404 if request.url == rejecting.message_endpoint else 202
+        return 409 if request.url == rejecting.message_endpoint else 202
 
     transport = MemoryTransport(answer)
     with (
         Outbox(db) as outbox,
         flnotify.Notifier(
-            transport=transport, retry=RetryPolicy.no_retries(), repository=repo
+            transport=transport,
+            retry=RetryPolicy.no_retries(),
+            repository=repo,
+            failure_policy=flnotify.FailurePolicy(tell_removed=True),
         ) as notifier,
     ):
         batch = outbox.put(flnotify.TrainingRoundStartNotification.from_training(training))
@@ -198,7 +201,7 @@ def test_sync_dispatcher_records_each_outcome_once_and_runs_the_training_callbac
         Outcome.REJECTED,
         Outcome.FAILED,
     ]
-    assert entries[rejecting.id].status_code == 404
+    assert entries[rejecting.id].status_code == 409
     assert entries[dead.id].error_kind is flnotify.errors.TransportErrorKind.CONNECT
     assert {e.state for e in entries.values()} == {OutboxState.DONE}
     rounds = [

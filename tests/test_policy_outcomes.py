@@ -12,8 +12,7 @@ import flnotify
 import flnotify.errors
 from flnotify import FailurePolicy, Receiver, RetryPolicy, TrainingState
 from flnotify.repository import SendTally
-from flnotify.testing import MemoryTransport
-from flnotify.transports import MemoryRequest
+from flnotify.testing import MemoryRequest, MemoryTransport
 
 ONCE = RetryPolicy.no_retries()
 
@@ -128,26 +127,31 @@ def test_an_early_verdict_is_said_again_with_the_whole_send(
 ) -> None:
     import asyncio
 
-    decided = asyncio.Event()  # set once the verdict put the training into ERROR
+    decided = asyncio.Event()  # set once the early verdict was said
     loops: list[asyncio.AbstractEventLoop] = []
 
-    class Repository(flnotify.InMemoryTrainingRepository):
-        def set_state(self, training_id: uuid.UUID, state: TrainingState) -> None:
-            super().set_state(training_id, state)
-            loops[0].call_soon_threadsafe(decided.set)  # called from a worker thread
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "of training" in record.getMessage():
+                loops[0].call_soon_threadsafe(decided.set)
 
     async def answer(request: MemoryRequest) -> int:
         if request.url.startswith("http://a."):
             loops.append(asyncio.get_running_loop())
             raise flnotify.errors.ConnectError("refused", url=request.url)
-        await decided.wait()  # held until the verdict was taken
+        await decided.wait()  # held until the verdict was said
         return 202
 
-    repo = Repository()
+    repo = flnotify.InMemoryTrainingRepository()
     training, _ = training_of(repo, ["a", "b", "c"])
     caplog.set_level(logging.INFO, logger="flnotify")
-    with flnotify.Notifier(MemoryTransport(answer), retry=ONCE, repository=repo) as n:
-        n.send(flnotify.TrainingRoundStartNotification.from_training(training))
+    said = Said()
+    logging.getLogger("flnotify").addHandler(said)
+    try:
+        with flnotify.Notifier(MemoryTransport(answer), retry=ONCE, repository=repo) as n:
+            n.send(flnotify.TrainingRoundStartNotification.from_training(training))
+    finally:
+        logging.getLogger("flnotify").removeHandler(said)
     lines = [r.getMessage() for r in caplog.records if "of training" in r.getMessage()]
     assert "0 delivered, 0 rejected, 1 failed of 3 so far, 2 still pending" in lines[0]
     assert "2 delivered, 0 rejected, 1 failed of 3 in all" in lines[-1]

@@ -11,8 +11,7 @@ import pytest
 import flnotify
 import flnotify.errors
 from flnotify import Receiver, RetryPolicy
-from flnotify.testing import MemoryTransport
-from flnotify.transports import MemoryRequest
+from flnotify.testing import MemoryRequest, MemoryTransport
 
 ONCE = RetryPolicy.no_retries()
 

@@ -122,6 +122,7 @@ def host(django_site: None) -> Iterator[Any]:
     block = {
         "REPOSITORY": {**config.REPOSITORY, "using": ALIAS, "track_outcomes": True},
         "SIGNER": {"CLIENT_SECRETS": True, "DATABASE": ALIAS},
+        "FAILURE_POLICY": flnotify.FailurePolicy(tell_removed=True),  # removals are told
     }
     with override_settings(FLNOTIFY=block):
         yield models

@@ -54,6 +54,8 @@ def _flnotify() -> dict[str, Any]:
         "REPOSITORY": {**REPOSITORY, "track_outcomes": True},
         "SIGNER": {"CLIENT_SECRETS": True},
         "NOTIFIER": {"retry": flnotify.RetryPolicy(max_attempts=2, initial_backoff=0.05)},
+        # removed clients are told (the strict policy's default is not to)
+        "FAILURE_POLICY": flnotify.FailurePolicy(tell_removed=True),
     }
 
 
