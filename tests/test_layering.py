@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
         "flnotify.endpoints",
         "flnotify._sqlite",
         "flnotify._postgres",
+        "flnotify._lease",
         "flnotify.mailbox._wire",
     },
     {"flnotify._retry", "flnotify._report", "flnotify.transports", "flnotify.health"},

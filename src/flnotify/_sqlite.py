@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -12,7 +13,19 @@ from typing_extensions import Self
 
 from ._exceptions import ConfigurationError, FlnotifyError
 
-__all__ = ["SQLiteConnection", "set_up_durable_schema"]
+__all__ = ["SQLiteConnection", "fspath", "set_up_durable_schema"]
+
+
+def fspath(path: str | os.PathLike[str]) -> str:
+    """A store's ``path`` argument as text: every SQLite store's converter.
+
+    Raises:
+        TypeError: ``path`` is neither a string nor a path-like object.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        msg = f"path must be a str or os.PathLike, not {type(path).__name__}"
+        raise TypeError(msg)
+    return os.fspath(path)
 
 
 @attrs.define(eq=False)

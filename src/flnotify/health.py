@@ -16,7 +16,6 @@ seconds), the same in every process; inject it in tests.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from typing import Protocol
@@ -25,7 +24,7 @@ import attrs
 
 from ._closing import Closing
 from ._exceptions import RepositoryError
-from ._sqlite import SQLiteConnection
+from ._sqlite import SQLiteConnection, fspath
 from ._validators import at_least_one, positive
 
 __all__ = [
@@ -133,10 +132,6 @@ class InMemoryHealthStore:
             return self._health.get(endpoint, EndpointHealth())
 
 
-def _fspath(path: str | os.PathLike[str]) -> str:
-    return os.fspath(path)
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flnotify_endpoint_health (
     endpoint TEXT PRIMARY KEY,
@@ -162,7 +157,7 @@ class SQLiteHealthStore(Closing):
         RepositoryError: The file cannot be opened or used.
     """
 
-    path: str = attrs.field(converter=_fspath)
+    path: str = attrs.field(converter=fspath)
     busy_timeout: float = attrs.field(default=5.0, validator=positive, repr=False)
     _db: SQLiteConnection = attrs.field(init=False, repr=False)
 

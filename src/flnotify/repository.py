@@ -14,7 +14,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import inspect
-import os
 import sqlite3
 import threading
 import uuid
@@ -27,7 +26,7 @@ import attrs
 
 from ._closing import Closing
 from ._exceptions import ConfigurationError, RepositoryError, TrainingNotFoundError
-from ._sqlite import SQLiteConnection
+from ._sqlite import SQLiteConnection, fspath
 from ._types import (
     Outcome,
     Receiver,
@@ -734,10 +733,6 @@ _SELECT_PARTICIPANTS = (
 _Row = tuple[str, str, int, str, str, str]
 
 
-def _fspath(path: str | os.PathLike[str]) -> str:
-    return os.fspath(path)
-
-
 def _build(row: _Row, participants: list[Receiver]) -> TrainingSnapshot:
     training_id, model_id, round_, state, actor_id, actor_endpoint = row
     return TrainingSnapshot(
@@ -781,7 +776,7 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
         ConfigurationError: The file holds a schema of a newer flnotify.
     """
 
-    path: str = attrs.field(converter=_fspath)
+    path: str = attrs.field(converter=fspath)
     busy_timeout: float = attrs.field(default=5.0, validator=positive, repr=False)
     _db: SQLiteConnection = attrs.field(init=False, repr=False)
 

@@ -145,6 +145,7 @@ class MailboxDispatcher:
             self._owner,
             self.lease_seconds,
             lambda deliveries: self._settle(deliveries, callbacks),
+            sleep=self.sleep,
         )
 
     async def _settle(self, deliveries: list[Delivery], callbacks: Callbacks | None) -> None:

@@ -6,9 +6,11 @@ from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 from .._exceptions import ConfigurationError, FlnotifyError
+from .._lease import LeaseTable
 from .._report import Delivery
 
 __all__ = [
+    "LEASES",
     "STATES",
     "MailboxError",
     "check_lease",
@@ -20,6 +22,25 @@ __all__ = [
 
 STATES = ("queued", "offered", "answered", "done")
 """A message's states, in the order it goes through them."""
+
+
+LEASES = LeaseTable(
+    table="flnotify_mailbox",
+    holder="owner",
+    open="state <> 'done'",
+    takeable="FALSE",
+    take_set="",
+    take_order="lease_until, seq",
+    settleable="{hint}flnotify_mailbox.state <> 'done'",
+    settled_at="settled_at",
+    done_set="state = 'done'",
+    done="state = 'done'",
+    parent="flnotify_mailbox_sends",
+    parent_key="send_id",
+    take_index="flnotify_mailbox_lease",
+)
+"""The mailbox as a lease queue: an owner (a judge) holds messages; a dispatcher adopts
+them once the lease ended."""
 
 
 class MailboxError(FlnotifyError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from .._exceptions import (
     TransportErrorKind,
 )
 from .._hooks import NullHook
+from .._lease import keep_lease
 from .._notification import Notification
 from .._report import Delivery
 from .._validators import at_least_one, positive
@@ -274,12 +276,8 @@ class OutboxDispatcher:
     # -- one claim ---------------------------------------------------------------------
 
     async def _heartbeat(self, claim: Claim) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            try:
-                await asyncio.to_thread(self.outbox.renew, claim, self.lease_seconds)
-            except FlnotifyError:  # e.g. the database is busy: try again next time
-                logger.warning("outbox: could not renew a lease", exc_info=True)
+        renew = functools.partial(self.outbox.renew, claim, self.lease_seconds)
+        await keep_lease(renew, self.lease_seconds / 3, self.sleep, "outbox")
 
     async def _deliver(
         self, claim: Claim, notification: Notification[Any], entries: list[OutboxEntry]

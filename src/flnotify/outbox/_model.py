@@ -20,12 +20,14 @@ import attrs
 from .._attempt import message_ids_for
 from .._codec import Codec
 from .._exceptions import ConfigurationError, FlnotifyError, TransportError, TransportErrorKind
+from .._lease import LeaseTable
 from .._notification import Notification
 from .._report import Delivery
 from .._types import Outcome, Receiver
 
 __all__ = [
     "COLUMNS",
+    "LEASES",
     "Claim",
     "OutboxEntry",
     "OutboxError",
@@ -201,6 +203,24 @@ COLUMNS = (
     "status_code, error, error_kind, elapsed, lease_until, recorded_at"
 )
 """The columns [`entry_from_row`][flnotify.outbox._model.entry_from_row] reads, in order."""
+
+
+LEASES = LeaseTable(
+    table="flnotify_outbox",
+    holder="claim_token",
+    open="state <> 'done'",
+    takeable="state = 'pending'",
+    take_set="state = 'claimed', claims = claims + 1",
+    take_order="seq",
+    settleable=("{hint}flnotify_outbox.state = 'claimed' AND flnotify_outbox.outcome IS NULL"),
+    settled_at="recorded_at",
+    done_set="state = 'done', lease_until = NULL",
+    done="state = 'done'",
+    parent="flnotify_outbox_batches",
+    parent_key="batch_id",
+    take_index="flnotify_outbox_undone",
+)
+"""The outbox as a lease queue: a claim token holds rows; pending rows are takeable."""
 
 
 _STATES = {state.value: state for state in OutboxState}
