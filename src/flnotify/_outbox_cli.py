@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ._exceptions import FlnotifyError
-from .outbox import NoOutboxError, OutboxEntry, OutboxState, OutboxStore, open_outbox
+from .outbox import NoOutboxError, OutboxEntry, OutboxOperations, OutboxState, open_outbox
 
 __all__ = ["add_arguments", "run"]
 
@@ -129,7 +129,7 @@ def run(
 # -- the commands: each returns JSON-ready data -------------------------------------------
 
 
-def _status(outbox: OutboxStore, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
+def _status(outbox: OutboxOperations, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
     counts = outbox.counts()
     return {
         **{state.value: counts[state] for state in OutboxState},
@@ -151,20 +151,20 @@ def _entry(entry: OutboxEntry) -> dict[str, Any]:
     }
 
 
-def _list(outbox: OutboxStore, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
+def _list(outbox: OutboxOperations, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
     return [_entry(e) for e in outbox.failed(limit=args.limit)]
 
 
-def _retry(outbox: OutboxStore, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
+def _retry(outbox: OutboxOperations, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
     retried = outbox.retry_failed(None if args.all else args.message_ids)
     return {"retried": retried}
 
 
-def _prune(outbox: OutboxStore, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
+def _prune(outbox: OutboxOperations, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
     return {"pruned": outbox.prune(before=clock() - args.older_than)}
 
 
-_COMMANDS: dict[str, Callable[[OutboxStore, argparse.Namespace, Callable[[], float]], Any]] = {
+_COMMANDS: dict[str, Callable[[OutboxOperations, argparse.Namespace, Callable[[], float]], Any]] = {
     "status": _status,
     "list": _list,
     "retry": _retry,

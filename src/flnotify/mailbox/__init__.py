@@ -24,7 +24,16 @@ from ._dispatcher import MailboxDispatcher
 from ._model import MailboxError
 from ._postgres import PostgresMailbox
 from ._sqlite import Mailbox
-from ._store import Adopted, Answer, Letter, MailboxSignals, MailboxStore
+from ._store import (
+    Adopted,
+    Answer,
+    Letter,
+    MailboxNonces,
+    MailboxOperations,
+    MailboxQueue,
+    MailboxSignals,
+    MailboxStore,
+)
 from ._wire import MAILBOX_ENDPOINT, MailboxProtocolError
 
 __all__ = [
@@ -36,7 +45,10 @@ __all__ = [
     "MailboxApp",
     "MailboxDispatcher",
     "MailboxError",
+    "MailboxNonces",
+    "MailboxOperations",
     "MailboxProtocolError",
+    "MailboxQueue",
     "MailboxSignals",
     "MailboxStore",
     "PostgresMailbox",

@@ -29,7 +29,16 @@ from typing import Any
 
 from ._dispatcher import OutboxDispatcher
 from ._existing import require_outbox
-from ._model import Claim, NoOutboxError, OutboxEntry, OutboxError, OutboxState, OutboxStore
+from ._model import (
+    Claim,
+    NoOutboxError,
+    OutboxEntry,
+    OutboxError,
+    OutboxOperations,
+    OutboxQueue,
+    OutboxState,
+    OutboxStore,
+)
 from ._postgres import PostgresOutbox
 from ._sqlite import Outbox
 
@@ -40,6 +49,8 @@ __all__ = [
     "OutboxDispatcher",
     "OutboxEntry",
     "OutboxError",
+    "OutboxOperations",
+    "OutboxQueue",
     "OutboxState",
     "OutboxStore",
     "PostgresOutbox",

@@ -26,7 +26,7 @@ from .._notification import Notification
 from .._report import Delivery
 from .._validators import at_least_one, positive
 from ..callbacks import Callbacks, run_callbacks
-from ._model import Claim, OutboxEntry, OutboxStore
+from ._model import Claim, OutboxEntry, OutboxQueue
 
 if TYPE_CHECKING:
     from .._notifier import Notifier
@@ -112,7 +112,7 @@ class OutboxDispatcher:
     Args:
         outbox: Where the deliveries are stored: an [`Outbox`][flnotify.outbox.Outbox],
             a [`PostgresOutbox`][flnotify.outbox.PostgresOutbox], or any
-            [`OutboxStore`][flnotify.outbox.OutboxStore].
+            [`OutboxQueue`][flnotify.outbox.OutboxQueue].
         notifier: Sends them (its transport, retry policy, signer, endpoint policy,
             deadline); its ``repository`` builds the notification classes' default
             callbacks.
@@ -125,10 +125,11 @@ class OutboxDispatcher:
             transaction (a crash in that window only means a resend with the same id).
         poll_interval: Longest wait of [`arun`][flnotify.outbox.OutboxDispatcher.arun]
             between looks at other dispatchers' leases.
-        sleep: Awaited by `arun` while waiting for leases; inject a fake in tests.
+        sleep: Awaited by `arun` while waiting for leases, and between the renewals of
+            a claim's lease; inject a fake in tests.
     """
 
-    outbox: OutboxStore
+    outbox: OutboxQueue
     notifier: Notifier
     callbacks: Callbacks | None = None
     lease_seconds: float = attrs.field(default=60.0, validator=positive)

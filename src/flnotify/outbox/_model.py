@@ -31,6 +31,8 @@ __all__ = [
     "Claim",
     "OutboxEntry",
     "OutboxError",
+    "OutboxOperations",
+    "OutboxQueue",
     "OutboxState",
     "OutboxStore",
     "check_claim_args",
@@ -117,13 +119,11 @@ class Claim:
 
 
 @runtime_checkable
-class OutboxStore(Protocol):
-    """What an [`OutboxDispatcher`][flnotify.outbox.OutboxDispatcher] and operators need.
+class OutboxQueue(Protocol):
+    """The queue operations of an outbox: what dispatchers and senders need.
 
-    Implemented by [`Outbox`][flnotify.outbox.Outbox] (SQLite) and
-    [`PostgresOutbox`][flnotify.outbox.PostgresOutbox]; every implementation must pass
-    [`OutboxStoreContract`][flnotify.testing.OutboxStoreContract]. Every method is
-    blocking; the dispatcher calls them from a worker thread.
+    An [`OutboxDispatcher`][flnotify.outbox.OutboxDispatcher] needs no more. Every
+    method is blocking; the dispatcher calls them from a worker thread.
     """
 
     @property
@@ -163,16 +163,32 @@ class OutboxStore(Protocol):
         """Give the claim's unfinished entries back at once."""
         ...
 
+    def batch_size(self, batch_id: str) -> int:
+        """How many deliveries (receivers) one ``put`` stored: the size of that send."""
+        ...
+
+    def next_claimable(self) -> float | None:
+        """When a delivery may next be claimed, or ``None`` if none is open."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; idempotent."""
+        ...
+
+
+@runtime_checkable
+class OutboxOperations(Protocol):
+    """The operator commands of an outbox (``flnotify outbox ...``): look, re-drive, prune.
+
+    Kept apart from the queue operations: a tool that only reports needs none of those.
+    """
+
     def entries(self, batch_id: str | None = None) -> list[OutboxEntry]:
         """Every delivery (of one batch, if given), in the order they were put."""
         ...
 
     def counts(self) -> dict[OutboxState, int]:
         """How many deliveries are in each state (every state present)."""
-        ...
-
-    def batch_size(self, batch_id: str) -> int:
-        """How many deliveries (receivers) one ``put`` stored: the size of that send."""
         ...
 
     def failed(self, limit: int | None = None) -> list[OutboxEntry]:
@@ -183,17 +199,22 @@ class OutboxStore(Protocol):
         """Make failed deliveries (all, or these) pending again, same ids; how many."""
         ...
 
-    def next_claimable(self) -> float | None:
-        """When a delivery may next be claimed, or ``None`` if none is open."""
-        ...
-
     def prune(self, before: float) -> int:
         """Delete done deliveries recorded before ``before``; how many."""
         ...
 
-    def close(self) -> None:
-        """Release the connection; idempotent."""
-        ...
+
+@runtime_checkable
+class OutboxStore(OutboxQueue, OutboxOperations, Protocol):
+    """A whole outbox store: its queue and its operator commands.
+
+    [`OutboxQueue`][flnotify.outbox.OutboxQueue] and
+    [`OutboxOperations`][flnotify.outbox.OutboxOperations] in one.
+
+    Implemented by [`Outbox`][flnotify.outbox.Outbox] (SQLite) and
+    [`PostgresOutbox`][flnotify.outbox.PostgresOutbox]; every implementation must pass
+    [`OutboxStoreContract`][flnotify.testing.OutboxStoreContract].
+    """
 
 
 # -- shared by the stores ---------------------------------------------------------------
