@@ -13,7 +13,7 @@ from typing_extensions import Self
 
 from ._exceptions import ConfigurationError, FlnotifyError
 
-__all__ = ["SQLiteConnection", "fspath", "set_up_durable_schema"]
+__all__ = ["SQLiteConnection", "configure", "connect", "fspath", "set_up_durable_schema"]
 
 
 def fspath(path: str | os.PathLike[str]) -> str:
@@ -26,6 +26,38 @@ def fspath(path: str | os.PathLike[str]) -> str:
         msg = f"path must be a str or os.PathLike, not {type(path).__name__}"
         raise TypeError(msg)
     return os.fspath(path)
+
+
+def connect(
+    path: str | os.PathLike[str], *, timeout: float, synchronous: str = "FULL"
+) -> sqlite3.Connection:
+    """Every SQLite store's connection, set up one way (see `configure`).
+
+    Autocommit mode (the stores say ``BEGIN``), usable from any thread (each store keeps
+    it behind a lock).
+
+    Raises:
+        sqlite3.Error: The file cannot be opened or set up (the connection is closed).
+    """
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        configure(conn, path, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def configure(conn: sqlite3.Connection, path: str | os.PathLike[str], synchronous: str) -> None:
+    """Foreign keys on, WAL for a file (several processes), and ``synchronous``.
+
+    ``FULL`` where a commit must be on disk when the call returns, ``NORMAL`` where losing
+    the last commits to a power cut costs only work done again.
+    """
+    conn.execute("PRAGMA foreign_keys = ON")
+    if os.fspath(path) not in {"", ":memory:"}:
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
 
 
 @attrs.define(eq=False)
@@ -59,6 +91,7 @@ class SQLiteConnection:
         prepare: Callable[[sqlite3.Connection], None],
         timeout: float = 5.0,
         wrap_errors: bool = False,
+        synchronous: str = "FULL",
     ) -> Self:
         """Connect (autocommit mode, usable from any thread) and run ``prepare`` once.
 
@@ -69,6 +102,7 @@ class SQLiteConnection:
             prepare: Sets PRAGMAs and the schema up; the connection is closed if it raises.
             timeout: Seconds to wait for another connection's lock.
             wrap_errors: See the class.
+            synchronous: The commit durability; see [`connect`][flnotify._sqlite.connect].
 
         Raises:
             FlnotifyError: What ``error`` makes, if connecting or ``prepare`` fails with
@@ -81,6 +115,7 @@ class SQLiteConnection:
         except sqlite3.Error as exc:
             raise error(f"cannot open {label} {path!r}: {exc}") from exc
         try:
+            configure(conn, path, synchronous)
             prepare(conn)
         except BaseException as exc:
             conn.close()
@@ -141,17 +176,13 @@ def set_up_durable_schema(
 ) -> None:
     """Set up a store whose commits are durable: the outbox's and the mailbox's.
 
-    Foreign keys on, WAL for a file (several processes), synchronous commits (what a call
-    returned is on disk), the tables created in one ``BEGIN IMMEDIATE`` transaction (two
+    The connection is [`connect`][flnotify._sqlite.connect]'s (``FULL``: what a call
+    returned is on disk); the tables created in one ``BEGIN IMMEDIATE`` transaction (two
     processes opening a new file at once), and the schema version kept in ``meta_table``.
 
     Raises:
         FlnotifyError: What ``error`` makes, if the file holds another schema version.
     """
-    conn.execute("PRAGMA foreign_keys = ON")
-    if path not in {"", ":memory:"}:
-        conn.execute("PRAGMA journal_mode = WAL").fetchall()
-    conn.execute("PRAGMA synchronous = FULL")
     conn.executescript(f"BEGIN IMMEDIATE;{schema}")
     row = conn.execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'").fetchone()  # noqa: S608 - a constant
     if row is None:

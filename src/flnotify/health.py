@@ -171,9 +171,8 @@ class SQLiteHealthStore(Closing):
             wrap_errors=True,
         )
 
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        if self.path not in {"", ":memory:"}:
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection) -> None:
         conn.execute(_SCHEMA)
 
     def close(self) -> None:

@@ -788,13 +788,10 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
             prepare=self._prepare,
             timeout=self.busy_timeout,
             wrap_errors=True,
+            synchronous="NORMAL",
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA foreign_keys = ON")
-        if self.path not in {"", ":memory:"}:
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
-            conn.execute("PRAGMA synchronous = NORMAL")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > _SCHEMA_VERSION:
             msg = f"schema version {version} is newer than this flnotify ({_SCHEMA_VERSION})"

@@ -152,9 +152,7 @@ WHERE seq IN (SELECT value FROM json_each(:seqs))
 
 
 def _prepare_light(conn: sqlite3.Connection) -> None:
-    """The connection for what clients do: WAL (set up already), commits without fsync."""
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    """The connection for what clients do: set up by the other one already."""
 
 
 @attrs.define(eq=False)
@@ -210,6 +208,7 @@ class Mailbox(Closing):
                     prepare=_prepare_light,
                     timeout=self.busy_timeout,
                     wrap_errors=True,
+                    synchronous="NORMAL",  # commits without fsync; see _transaction
                 )
             except BaseException:
                 self._db.close()
