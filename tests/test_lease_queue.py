@@ -300,3 +300,43 @@ def test_outcome_columns_are_what_the_stores_record() -> None:
         "error_kind",
         "elapsed",
     ]
+
+
+# -- one clock per store: the host's clock is never asked -----------------------------------
+
+
+def test_postgres_leases_are_judged_by_the_server_clock_whatever_the_hosts_say(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two handles on hosts an hour apart: the leases they write and judge are the server's."""
+    import time
+
+    import flnotify
+    from flnotify import Receiver
+    from flnotify.mailbox import PostgresMailbox
+    from flnotify.outbox import PostgresOutbox
+
+    real = time.time
+    model = uuid.UUID(int=9)
+    notification = flnotify.TrainingStartNotification(
+        receivers=[Receiver(uuid.UUID(int=i + 1), f"http://c{i}.test/m") for i in range(3)],
+        body=flnotify.GlobalModelBody(global_model_uuid=model),
+        training_uuid=model,
+    )
+    with PostgresOutbox(postgres_url) as here, PostgresOutbox(postgres_url) as there:
+        here.put(notification)
+        claim = here.claim(2, lease_seconds=30)
+        assert abs(claim.lease_until - (here.now() + 30)) < 5
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)  # the other host, an hour on
+        assert [e.message_id for e in there.claim(10, lease_seconds=30).entries] == [
+            e.message_id for e in here.entries()
+        ][2:]  # only the row nobody held: the lease still runs on the server's clock
+        assert there.renew(claim, 30) == 2
+    with PostgresMailbox(postgres_url) as mailbox:
+        monkeypatch.setattr(time, "time", real)
+        mailbox.post("snd", 1, b"{}", [(uuid.UUID(int=1), "m1")], owner="a", lease_seconds=30)
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)
+        assert mailbox.adopt("b", 30, 10) == []  # a's lease has not ended on the server
+        monkeypatch.setattr(time, "time", lambda: real() - 3600)
+        assert mailbox.release("a") == 1
+        assert [m.message_id for m in mailbox.adopt("b", 30, 10)] == ["m1"]
