@@ -32,35 +32,23 @@ from flnotify._lease import (
     Dialect,
     Execute,
     LeaseQueue,
-    LeaseTable,
 )
 from flnotify._postgres import prepared
+from flnotify.outbox._model import LEASES as OUTBOX
 
-TABLE = LeaseTable(
-    table="lq_rows",
-    holder="holder",
-    open="state <> 'done'",
-    takeable="state = 'pending'",
-    take_set="state = 'claimed', claims = claims + 1",
-    take_order="seq",
-    settleable="{hint}lq_rows.state = 'claimed' AND lq_rows.outcome IS NULL",
-    settled_at="settled_at",
-    done_set="state = 'done', lease_until = NULL",
-    done="state = 'done'",
-    parent="lq_parents",
-    parent_key="parent_id",
-)
+# the outbox's lease table, on tables of the test's own
+TABLE = attrs.evolve(OUTBOX, table="lq_rows", parent="lq_parents", take_index=None)
 
 _SQLITE_SCHEMA = """
 CREATE TABLE lq_parents (id TEXT PRIMARY KEY);
 CREATE TABLE lq_rows (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    parent_id TEXT NOT NULL REFERENCES lq_parents (id),
+    batch_id TEXT NOT NULL REFERENCES lq_parents (id),
     message_id TEXT NOT NULL UNIQUE,
     state TEXT NOT NULL DEFAULT 'pending',
-    holder TEXT, lease_until REAL, claims INTEGER NOT NULL DEFAULT 0,
+    claim_token TEXT, lease_until REAL, claims INTEGER NOT NULL DEFAULT 0,
     outcome TEXT, attempts INTEGER, status_code INTEGER, error TEXT, error_kind TEXT,
-    elapsed REAL, settled_at REAL
+    elapsed REAL, recorded_at REAL
 );
 """
 
@@ -69,12 +57,12 @@ DROP TABLE IF EXISTS lq_rows; DROP TABLE IF EXISTS lq_parents;
 CREATE TABLE lq_parents (id text PRIMARY KEY);
 CREATE TABLE lq_rows (
     seq bigserial PRIMARY KEY,
-    parent_id text NOT NULL REFERENCES lq_parents (id),
+    batch_id text NOT NULL REFERENCES lq_parents (id),
     message_id text NOT NULL UNIQUE,
     state text NOT NULL DEFAULT 'pending',
-    holder text, lease_until double precision, claims integer NOT NULL DEFAULT 0,
+    claim_token text, lease_until double precision, claims integer NOT NULL DEFAULT 0,
     outcome text, attempts integer, status_code integer, error text, error_kind text,
-    elapsed double precision, settled_at double precision
+    elapsed double precision, recorded_at double precision
 );
 """
 
@@ -88,11 +76,12 @@ class Row:
     message_id: str
     parent: str
     state: str = "pending"
-    holder: str | None = None
-    lease_until: float | None = None
-    claims: int = 0
-    outcome: str | None = None
-    settled_at: float | None = None
+    # its lease (who holds it, until when, how often it was taken) and its outcome
+    holder: str | None = attrs.field(default=None)
+    lease_until: float | None = attrs.field(default=None)
+    claims: int = attrs.field(default=0)
+    outcome: str | None = attrs.field(default=None)
+    settled_at: float | None = attrs.field(default=None)
 
 
 class LeaseMachine(RuleBasedStateMachine):
@@ -130,7 +119,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.execute(f"INSERT INTO lq_parents (id) VALUES ({p('id')})", {"id": parent})  # noqa: S608
         for _ in range(n):
             mid = f"m{self.next_seq}"
-            sql = f"INSERT INTO lq_rows (parent_id, message_id) VALUES ({p('par')}, {p('mid')})"  # noqa: S608
+            sql = f"INSERT INTO lq_rows (batch_id, message_id) VALUES ({p('par')}, {p('mid')})"  # noqa: S608
             self.execute(sql, {"par": parent, "mid": mid})
             self.rows[self.next_seq] = Row(mid, parent)
             self.next_seq += 1
@@ -213,8 +202,8 @@ class LeaseMachine(RuleBasedStateMachine):
     @invariant()
     def table_is_the_model(self) -> None:
         rows = self.execute(
-            "SELECT seq, message_id, parent_id, state, holder, lease_until, claims, outcome,"
-            " settled_at FROM lq_rows ORDER BY seq",
+            "SELECT seq, message_id, batch_id, state, claim_token, lease_until, claims, outcome,"
+            " recorded_at FROM lq_rows ORDER BY seq",
             {},
         ).fetchall()
         expected = [

@@ -75,32 +75,33 @@ class LeaseTable:
     Args:
         table: Its name.
         holder: The column naming the current holder (a claim token, an owner).
+        parent: The table each row's payload is in (pruned once no row refers to it).
+        parent_key: The column of a row naming its parent.
         open: The condition of a row still being worked on (not settled).
         takeable: The condition of a row a take may hand out, beyond ``open`` and an
             ended lease (``{now}`` is the clock); e.g. the outbox's pending rows.
         take_set: More ``SET`` assignments of a take (e.g. counting claims).
         take_order: The order rows are taken in.
-        settleable: The condition of a row the holder may record an outcome for.
+        settleable: The condition of a row the holder may record an outcome for
+            (``{table}`` is the table, ``{hint}`` the dialect's index hint).
         settled_at: The column the time of the outcome goes to.
         done_set: The ``SET`` assignments that make a row done.
         done: The condition of a settled row (pruned once old).
-        parent: The table each row's payload is in (pruned once no row refers to it).
-        parent_key: The column of a row naming its parent.
         take_index: SQLite: the index a take walks (``INDEXED BY``), if any.
     """
 
     table: str
     holder: str
-    open: str
-    takeable: str
-    take_set: str
-    take_order: str
-    settleable: str
-    settled_at: str
-    done_set: str
-    done: str
     parent: str
     parent_key: str
+    open: str = "state <> 'done'"
+    takeable: str = "FALSE"
+    take_set: str = ""
+    take_order: str = "seq"
+    settleable: str = "{hint}{table}.state <> 'done'"
+    settled_at: str = "settled_at"
+    done_set: str = "state = 'done'"
+    done: str = "state = 'done'"
     take_index: str | None = None
 
 
@@ -218,7 +219,7 @@ class LeaseQueue:
         outcomes = ", ".join(f"{col} = v.{col}" for col, _ in OUTCOME_COLUMNS[1:])
         match = (
             f"{t.table}.message_id = v.message_id AND {d.hint}{t.holder} = {p('holder')} "
-            f"AND {t.settleable.format(hint=d.hint)}"
+            f"AND {t.settleable.format(hint=d.hint, table=t.table)}"
         )
         source = d.rows_source("rows", OUTCOME_COLUMNS)
         self._settle = {

@@ -24,21 +24,8 @@ STATES = ("queued", "offered", "answered", "done")
 """A message's states, in the order it goes through them."""
 
 
-LEASES = LeaseTable(
-    table="flnotify_mailbox",
-    holder="owner",
-    open="state <> 'done'",
-    takeable="FALSE",
-    take_set="",
-    take_order="lease_until, seq",
-    settleable="{hint}flnotify_mailbox.state <> 'done'",
-    settled_at="settled_at",
-    done_set="state = 'done'",
-    done="state = 'done'",
-    parent="flnotify_mailbox_sends",
-    parent_key="send_id",
-    take_index="flnotify_mailbox_lease",
-)
+_ADOPTION = {"take_order": "lease_until, seq", "take_index": "flnotify_mailbox_lease"}
+LEASES = LeaseTable("flnotify_mailbox", "owner", "flnotify_mailbox_sends", "send_id", **_ADOPTION)
 """The mailbox as a lease queue: an owner (a judge) holds messages; a dispatcher adopts
 them once the lease ended."""
 

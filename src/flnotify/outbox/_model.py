@@ -227,18 +227,15 @@ COLUMNS = (
 
 
 LEASES = LeaseTable(
-    table="flnotify_outbox",
-    holder="claim_token",
-    open="state <> 'done'",
+    "flnotify_outbox",
+    "claim_token",
+    "flnotify_outbox_batches",
+    "batch_id",
     takeable="state = 'pending'",
     take_set="state = 'claimed', claims = claims + 1",
-    take_order="seq",
-    settleable=("{hint}flnotify_outbox.state = 'claimed' AND flnotify_outbox.outcome IS NULL"),
+    settleable="{hint}{table}.state = 'claimed' AND {table}.outcome IS NULL",
     settled_at="recorded_at",
     done_set="state = 'done', lease_until = NULL",
-    done="state = 'done'",
-    parent="flnotify_outbox_batches",
-    parent_key="batch_id",
     take_index="flnotify_outbox_undone",
 )
 """The outbox as a lease queue: a claim token holds rows; pending rows are takeable."""
