@@ -7,6 +7,7 @@ Usage (from the project root, with the bench and test extras installed)::
     python bench/mailbox.py --clients 500 --latency-count 100 --reps 5
     python bench/mailbox.py --profile              # where a send to all clients spends its time
     python bench/mailbox.py --no-write             # print the tables, leave docs/ alone
+    python bench/mailbox.py --postgres             # a PostgresMailbox (a throwaway server)
 
 Three kinds of process, all on 127.0.0.1:
 
@@ -71,9 +72,11 @@ import fanout  # noqa: E402 - the nginx sink, ports and formatting are shared wi
 HOST = fanout.HOST
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- mailbox:begin -->", "<!-- mailbox:end -->"
+BEGIN_PG, END_PG = "<!-- mailbox-postgres:begin -->", "<!-- mailbox-postgres:end -->"
 SECTION = "## Clients behind NAT (mailbox)"
 BASE = "/mailbox"
 WAIT = 25.0  # the clients' long poll (the app's default max_wait)
+ACK_REQUESTS = False  # clients acknowledge with /ack, as older clients do
 PUSH_ORIGINS = 100
 
 
@@ -194,14 +197,17 @@ def server_main(config: str, db: str, profile: bool, nodelay: bool) -> None:
     import uvicorn
 
     import flnotify
-    from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp
+    from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, PostgresMailbox
 
     clients = load_clients(config)
     by_id = dict(clients)
     signer = flnotify.Signer(lookup=lambda receiver: by_id.get(receiver.id))
     timer = _StoreTimer()
     options: dict[str, Any] = {"ack_deadline": 120.0, "visibility": 30.0}
-    store = timed_mailbox(db, timer, **options) if profile else Mailbox(db, **options)
+    if db.startswith("postgresql://"):
+        store: Any = PostgresMailbox(db, **options)
+    else:
+        store = timed_mailbox(db, timer, **options) if profile else Mailbox(db, **options)
     app = MailboxApp(store, signer)
     notifier = flnotify.Notifier(mailbox=store, signer=signer)
 
@@ -352,7 +358,7 @@ class _Connection:
 async def pull_clients(clients: list[tuple[uuid.UUID, str]], port: int) -> dict[str, Any]:
     import flnotify
     import flnotify.receiving
-    from flnotify.mailbox._wire import Ack, ack_document, fetch_document, parse_messages
+    from flnotify.mailbox._wire import Ack, ack_document, fetch_document, parse_answer
 
     handled: list[tuple[int, int, float]] = []  # client index, round, perf_counter
     errors: dict[str, int] = defaultdict(int)
@@ -366,7 +372,7 @@ async def pull_clients(clients: list[tuple[uuid.UUID, str]], port: int) -> dict[
 
         router.add_handler(flnotify.TrainingRoundStartNotification, on_round)
         conn = _Connection(port)
-        fetch = fetch_document(cid, WAIT, 100)
+        carried: list[Ack] = []  # acknowledgements riding on the next fetch
 
         async def post(path: str, body: bytes) -> tuple[int, bytes]:
             nonce = "req_" + secrets.token_hex(16)
@@ -374,7 +380,8 @@ async def pull_clients(clients: list[tuple[uuid.UUID, str]], port: int) -> dict[
 
         while True:
             try:
-                status, data = await post("/fetch", fetch)
+                status, data = await post("/fetch", fetch_document(cid, WAIT, 100, carried))
+                carried = []
             except (OSError, asyncio.IncompleteReadError) as exc:
                 errors[type(exc).__name__] += 1
                 conn.writer = None
@@ -384,13 +391,16 @@ async def pull_clients(clients: list[tuple[uuid.UUID, str]], port: int) -> dict[
                 errors[str(status)] += 1
                 await asyncio.sleep(1.0)
                 continue
-            messages = parse_messages(data, max_messages=100)
-            if not messages:
+            fetched = parse_answer(data, max_messages=100)
+            if not fetched.messages:
                 continue
             acks = []
-            for message in messages:
+            for message in fetched.messages:
                 answer = await router.ahandle("POST", list(message.headers.items()), message.body)
                 acks.append(Ack(message.id, answer.status))
+            if fetched.takes_acks and not ACK_REQUESTS:
+                carried = acks  # the next fetch follows at once
+                continue
             status, _ = await post("/ack", ack_document(cid, acks))
             if status != 200:
                 errors[f"ack {status}"] += 1
@@ -583,7 +593,7 @@ def latency(args: argparse.Namespace, config: str, tmp: str) -> str:
     if args.quick:
         runs = runs[:1]
     for index, (sockets, extra) in enumerate(runs):
-        rows, errs = latency_run(args, config, f"{tmp}/latency-{index}.db", extra)
+        rows, errs = latency_run(args, config, args.database(f"{tmp}/latency-{index}.db"), extra)
         errors.update(errs)
         for kind, row in rows.items():
             h, r, a = row["handler"], row["returned"], row["after"]
@@ -619,7 +629,7 @@ def scale(args: argparse.Namespace, config: str, tmp: str, sink_ports: list[int]
     print(f"scale: {n} clients polling at once, {args.reps} reps", file=sys.stderr)
     push_ports = fanout.free_ports(PUSH_ORIGINS)
     window = args.idle_window
-    with child("--serve", config, "--db", f"{tmp}/scale.db") as server:
+    with child("--serve", config, "--db", args.database(f"{tmp}/scale.db")) as server:
         pid = server.pid
         time.sleep(1.0)
         none = {"sockets": proc_sockets(pid), "rss": proc_rss_mb(pid)}
@@ -820,6 +830,19 @@ def profile(args: argparse.Namespace, config: str, tmp: str) -> str:
 
 
 def measure(args: argparse.Namespace) -> None:
+    if not args.postgres:
+        args.database = lambda path: path
+        _measure(args)
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pgserver import fresh_database, postgres_server
+
+    with postgres_server(durable=True) as pg:
+        args.database = lambda _: fresh_database(pg)
+        _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> None:
     raise_nofile()
     info = fanout.machine()
     load_before = os.getloadavg()
@@ -855,8 +878,20 @@ def measure(args: argparse.Namespace) -> None:
         " (the machine is shared: other work may have competed for the 2 cores).",
         "",
         f"Server: uvicorn {uvicorn.__version__} (1 worker, asyncio loop, httptools), MailboxApp"
-        " and a Notifier in one process, SQLite Mailbox on the local disk (WAL; posts and"
-        " outcomes synchronous=FULL, fetches, acks and nonces NORMAL), default"
+        " and a Notifier in one process, "
+        + (
+            "PostgresMailbox on a local PostgreSQL (loopback TCP, fsync on; posts and outcomes"
+            " synchronous_commit on, fetches, acks and nonces off)"
+            if args.postgres
+            else "SQLite Mailbox on the local disk (WAL; posts and"
+            " outcomes synchronous=FULL, fetches, acks and nonces NORMAL)"
+        )
+        + (
+            "; clients acknowledge with /ack"
+            if ACK_REQUESTS
+            else "; clients carry acknowledgements in their next fetch"
+        )
+        + ", default"
         " `poll_interval` 0.5 s. Clients and receivers in their own"
         f" processes. Push sink: {info.get('sink', '-')}. Libraries: {info['libraries']}.",
         "",
@@ -867,7 +902,7 @@ def measure(args: argparse.Namespace) -> None:
     text = "\n".join(head + [p + "\n" for p in parts]).rstrip() + "\n"
     text = charts.charted(text, "mailbox", "x push to routers")
     if args.write:
-        write_docs(text)
+        write_docs(text, postgres=args.postgres)
         print(f"written to {DOCS.relative_to(ROOT)}", file=sys.stderr)
 
 
@@ -877,13 +912,18 @@ def _secret() -> str:
     return str(flnotify.generate_secret())
 
 
-def write_docs(text: str) -> None:
+def write_docs(text: str, *, postgres: bool = False) -> None:
     """Replace the text between the markers; add the section at the end the first time."""
-    block = f"{BEGIN}\n{text}{END}"
+    begin, end = (BEGIN_PG, END_PG) if postgres else (BEGIN, END)
+    block = f"{begin}\n{text}{end}"
     current = DOCS.read_text()
-    if BEGIN in current and END in current:
-        before, rest = current.split(BEGIN, 1)
-        DOCS.write_text(before + block + rest.split(END, 1)[1])
+    if begin in current and end in current:
+        before, rest = current.split(begin, 1)
+        DOCS.write_text(before + block + rest.split(end, 1)[1])
+        return
+    if postgres and END in current:  # after the SQLite run's tables
+        before, rest = current.split(END, 1)
+        DOCS.write_text(f"{before}{END}\n\n{block}{rest}")
         return
     DOCS.write_text(current.rstrip() + f"\n\n{SECTION}\n\n{block}\n")
 
@@ -901,6 +941,10 @@ def main() -> None:
     parser.add_argument("--db-dir", help="where the SQLite file goes (default: a temporary dir)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--profile", action="store_true", help="time the store, profile the loop")
+    parser.add_argument("--postgres", action="store_true", help="a PostgresMailbox, not SQLite")
+    parser.add_argument(
+        "--ack-requests", action="store_true", help="clients acknowledge with /ack (older clients)"
+    )
     # internal modes
     parser.add_argument("--serve", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
@@ -910,6 +954,10 @@ def main() -> None:
     parser.add_argument("--ports", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.argv = sys.argv[1:]
+    global ACK_REQUESTS
+    ACK_REQUESTS = args.ack_requests or os.environ.get("FLNOTIFY_BENCH_ACK_REQUESTS") == "1"
+    if args.ack_requests:
+        os.environ["FLNOTIFY_BENCH_ACK_REQUESTS"] = "1"  # for the client processes
     if args.serve:
         server_main(args.serve, args.db, args.profile, not args.plain_socket)
     elif args.client:

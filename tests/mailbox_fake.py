@@ -100,11 +100,20 @@ class FakeMailbox:
             messages are.
         max_wait: The longest hold of a fetch (the real app's ``max_wait``).
         tolerance: Seconds a request's timestamp may lie from now.
+        takes_acks: Take acknowledgements carried by a fetch, and say so (an app of this
+            release); by default it answers as an older app, which has only ``/ack``.
     """
 
     def __init__(
-        self, client_id: UUID, secret: str, *, max_wait: float = 30.0, tolerance: float = 60.0
+        self,
+        client_id: UUID,
+        secret: str,
+        *,
+        max_wait: float = 30.0,
+        tolerance: float = 60.0,
+        takes_acks: bool = False,
     ) -> None:
+        self.takes_acks = takes_acks
         self.client_id = client_id
         self.secret = secret
         self.max_wait = max_wait
@@ -199,7 +208,7 @@ class FakeMailbox:
                 headers["content-type"] = "application/json"
                 headers["user-agent"] = "flnotify-test-mailbox"
             messages.append(WireMessage(headers, letter.body))
-        return messages_document(messages)
+        return messages_document(messages, takes_acks=self.takes_acks)
 
     def answer(self, path: str, headers: dict[str, str], body: bytes) -> Raw:
         """The answer to one request (called from the server's threads)."""
@@ -244,14 +253,18 @@ class FakeMailbox:
         except MailboxProtocolError as exc:
             self._record(Seen("/ack", 400, nonce))
             return Raw(400, f'{{"error":"malformed","detail":"{exc}"}}'.encode())
+        self._record(Seen("/ack", 200, nonce))
+        taken = self._take(acks)
+        return Raw(200, f'{{"accepted":{taken}}}'.encode(), close=False)
+
+    def _take(self, acks: list[Ack]) -> int:
         with self.cond:
             acked = {a.id for a in acks}
             taken = sum(1 for letter in self.state.letters if letter.id in acked)
             self.state.letters = [x for x in self.state.letters if x.id not in acked]
             self.state.acks.append(acks)
-            self.state.seen.append(Seen("/ack", 200, nonce))
         self.acked.set()
-        return Raw(200, f'{{"accepted":{taken}}}'.encode(), close=False)
+        return taken
 
     def _fetch(self, body: bytes, nonce: str) -> Raw:
         try:
@@ -260,6 +273,8 @@ class FakeMailbox:
             self._record(Seen("/fetch", 400, nonce))
             return Raw(400, b'{"error":"malformed"}')
         seen = Seen("/fetch", 200, nonce, request.max, request.wait)
+        if request.acks and self.takes_acks:
+            self._take(list(request.acks))
         with self.cond:
             scripted = self.state.fetch_answers.popleft() if self.state.fetch_answers else None
             if scripted is not None:

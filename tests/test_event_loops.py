@@ -15,10 +15,10 @@ import uvloop
 
 import flnotify
 import flnotify.errors
-from flnotify import Outcome, Receiver, RetryPolicy
+from flnotify import Outcome, Receiver, RetryPolicy, Timeouts
 from flnotify._loops import EVENT_LOOP_ENV, loop_factory, run
 from flnotify._portal import Portal
-from flnotify.transports import HttpxTransport, StreamTransport, Timeouts
+from flnotify.transports import HttpxTransport, StreamTransport
 from servers import FaultServer
 
 TIMEOUTS = Timeouts(connect=2.0, read=2.0, write=2.0, pool=2.0, total=5.0)

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
         "flnotify.endpoints",
         "flnotify._sqlite",
         "flnotify._postgres",
+        "flnotify._lease",
         "flnotify.mailbox._wire",
     },
     {

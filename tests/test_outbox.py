@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +21,7 @@ from flnotify import EndpointPolicy, Outcome, Receiver, RetryPolicy, TrainingSta
 from flnotify.errors import NoOutboxError, OutboxError
 from flnotify.outbox import Claim, Outbox, OutboxDispatcher, OutboxState, open_outbox
 from flnotify.testing import MemoryRequest, MemoryTransport, RecordingCallbacks
+from flnotify.transports import HttpResponse
 from servers import FaultServer
 
 HELPER = Path(__file__).with_name("outbox_process.py")
@@ -298,6 +300,8 @@ def test_run_waits_for_a_dead_dispatchers_lease(db: str) -> None:
     sleeps: list[float] = []
 
     async def sleep(seconds: float) -> None:
+        if seconds == 60 / 3:  # the heartbeat of this dispatcher's claims: asleep until done
+            await asyncio.Event().wait()
         sleeps.append(seconds)
         clock.now += seconds
 
@@ -497,3 +501,42 @@ def test_open_outbox_without_create_refuses_what_holds_none_and_leaves_it(
         pass
     with open_outbox(str(tmp_path / "fl.db"), create=False) as outbox:
         assert sum(outbox.counts().values()) == 0  # opened as it was: empty
+
+
+def test_the_lease_heartbeat_sleeps_through_the_injected_sleep(db: str) -> None:
+    """A claim's lease is renewed after each of the dispatcher's sleeps, by its clock."""
+    clock = Clock()
+    start_time = clock.now
+    beats: list[float] = []
+    renewed = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        beats.append(seconds)
+        if len(beats) > 1:  # the first beat renews; then the delivery may go on
+            renewed.set()
+            await asyncio.Event().wait()
+        clock.now += seconds
+
+    class SlowTransport(MemoryTransport):
+        async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
+            await renewed.wait()  # the POST takes until the lease was renewed once
+            return await super().apost(url, body, headers)
+
+    renewals: list[tuple[float, int]] = []
+
+    class Watched(Outbox):
+        def renew(self, claim: Claim, lease_seconds: float) -> int:
+            held = super().renew(claim, lease_seconds)
+            renewals.append((self.clock(), held))
+            return held
+
+    with Watched(db, clock=clock) as outbox:
+        outbox.put(start(receivers(1)))
+        with flnotify.Notifier(transport=SlowTransport()) as notifier:
+            dispatcher = OutboxDispatcher(outbox, notifier, lease_seconds=30, sleep=sleep)
+            assert dispatcher.run_once() == 1
+        (entry,) = outbox.entries()
+    assert beats[:2] == [10, 10]
+    assert renewals == [(start_time + 10, 1)]  # renewed once, at the fake time, holding it
+    assert entry.state is OutboxState.DONE
+    assert entry.recorded_at == clock.now == start_time + 10  # after the beat moved the clock

@@ -7,6 +7,9 @@ of its part (``signing``, ``callbacks``, ``hooks``, ``repository``, ``endpoints`
 ``transports``, ``outbox``, ``mailbox``, ``testing``).
 """
 
+# the modules a server reaches for beside the top level, usable after a plain `import flnotify`
+from . import errors as errors
+from . import hooks as hooks
 from ._engine import Settings
 from ._handle import SendHandle
 from ._notification import Notification, TrainingNotification

@@ -6,7 +6,12 @@ Subcommands:
 - ``list``: the failed deliveries with their last error;
 - ``retry``: make failed deliveries pending again (all with ``--all``, or the given message
   ids); they keep their ``webhook-id``, so clients that deduplicate run their handler once;
-- ``prune --older-than 7d``: delete done deliveries recorded before then.
+- ``prune --older-than 7d``: delete done deliveries recorded before then;
+- ``prune-tracking --older-than 30d``: in an SQLite file that also holds a
+  [`SQLiteTrainingRepository`][flnotify.SQLiteTrainingRepository] or a
+  [`SQLiteHealthStore`][flnotify.health.SQLiteHealthStore], forget the outcome tracking
+  of sends whose last outcome is older than that, and the health of endpoints not heard
+  of since (``--db`` only: the bundled repository and health store are SQLite files).
 
 ``--db``, ``--url`` and ``--json`` go before or after the subcommand. The command opens
 only an outbox that exists: a missing file, or a database without the outbox's tables, is
@@ -29,7 +34,10 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ._exceptions import FlnotifyError, NoOutboxError
-from .outbox import OutboxEntry, OutboxState, OutboxStore, open_outbox
+from .health import SQLiteHealthStore
+from .outbox import OutboxEntry, OutboxOperations, OutboxState, open_outbox
+from .outbox._existing import sqlite_tables
+from .repository import SQLiteTrainingRepository
 
 __all__ = ["add_arguments", "run"]
 
@@ -87,7 +95,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="AGE",
         help="recorded longer ago than this (e.g. 7d, 12h)",
     )
-    for command in (status, listing, retry, prune):
+    tracking = commands.add_parser(
+        "prune-tracking", help="forget old outcome tracking and endpoint health (SQLite)"
+    )
+    tracking.add_argument(
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="AGE",
+        help="last recorded longer ago than this (e.g. 30d)",
+    )
+    for command in (status, listing, retry, prune, tracking):
         _where(command, top=False)
 
 
@@ -111,8 +129,11 @@ def run(
         )
         return 2
     try:
-        with open_outbox(args.url or args.db, create=False) as outbox:
-            result = _COMMANDS[command](outbox, args, clock)
+        if command == "prune-tracking":
+            result = _prune_tracking(args, clock)
+        else:
+            with open_outbox(args.url or args.db, create=False) as outbox:
+                result = _COMMANDS[command](outbox, args, clock)
     except NoOutboxError as exc:
         print(f"flnotify outbox {command}: {exc}", file=err)
         return 2
@@ -129,7 +150,7 @@ def run(
 # -- the commands: each returns JSON-ready data -------------------------------------------
 
 
-def _status(outbox: OutboxStore, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
+def _status(outbox: OutboxOperations, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
     counts = outbox.counts()
     return {
         **{state.value: counts[state] for state in OutboxState},
@@ -151,20 +172,44 @@ def _entry(entry: OutboxEntry) -> dict[str, Any]:
     }
 
 
-def _list(outbox: OutboxStore, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
+def _list(outbox: OutboxOperations, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
     return [_entry(e) for e in outbox.failed(limit=args.limit)]
 
 
-def _retry(outbox: OutboxStore, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
+def _retry(outbox: OutboxOperations, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
     retried = outbox.retry_failed(None if args.all else args.message_ids)
     return {"retried": retried}
 
 
-def _prune(outbox: OutboxStore, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
+def _prune(outbox: OutboxOperations, args: argparse.Namespace, clock: Callable[[], float]) -> Any:
     return {"pruned": outbox.prune(before=clock() - args.older_than)}
 
 
-_COMMANDS: dict[str, Callable[[OutboxStore, argparse.Namespace, Callable[[], float]], Any]] = {
+def _prune_tracking(args: argparse.Namespace, clock: Callable[[], float]) -> Any:
+    """Prune what the file holds of outcome tracking and endpoint health; create nothing.
+
+    Raises:
+        NoOutboxError: ``--url`` was given, or the file holds neither.
+    """
+    if args.url:
+        msg = "the bundled repository and health store are SQLite files: give --db PATH"
+        raise NoOutboxError(msg)
+    tables = sqlite_tables(args.db, "outcome tracking or endpoint health")
+    before = clock() - args.older_than
+    result = {}
+    if "send_outcomes" in tables:
+        with SQLiteTrainingRepository(args.db) as repository:
+            result["sends"] = repository.prune_outcomes(before)
+    if "flnotify_endpoint_health" in tables:
+        with SQLiteHealthStore(args.db) as health:
+            result["endpoints"] = health.prune(before)
+    if not result:
+        msg = f"{args.db!r} holds no outcome tracking and no endpoint health"
+        raise NoOutboxError(msg)
+    return result
+
+
+_COMMANDS: dict[str, Callable[[OutboxOperations, argparse.Namespace, Callable[[], float]], Any]] = {
     "status": _status,
     "list": _list,
     "retry": _retry,
@@ -197,4 +242,7 @@ _TEXT: dict[str, Callable[[Any], str]] = {
     "list": _list_text,
     "retry": lambda result: f"{result['retried']} failed delivery(ies) pending again",
     "prune": lambda result: f"{result['pruned']} done delivery(ies) deleted",
+    "prune-tracking": lambda result: "\n".join(
+        f"{n} {what} forgotten" for what, n in result.items()
+    ),
 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -23,7 +23,7 @@ from ._exceptions import ConfigurationError, FlnotifyError
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["NOW", "PostgresConnection", "redacted", "set_up_schema"]
+__all__ = ["NOW", "PostgresConnection", "prepared", "redacted", "set_up_schema"]
 
 NOW = "COALESCE(%(now)s::double precision, extract(epoch FROM clock_timestamp()))"
 """The store clock in a statement: ``%(now)s`` if the store has a clock of its own (not
@@ -35,6 +35,15 @@ _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@|(password\s*=\s*)\S+", re.IGNORECAS
 def redacted(url: str) -> str:
     """The connection string without its password, for messages."""
     return _PASSWORD.sub(lambda m: f"{m.group(1)}***@" if m.group(1) else f"{m.group(2)}***", url)
+
+
+def prepared(cur: psycopg.Cursor[Any]) -> Callable[[str, Mapping[str, Any]], Any]:
+    """An ``execute`` on ``cur`` that prepares its statements (the lease queue's)."""
+
+    def execute(sql: str, params: Mapping[str, Any], /) -> psycopg.Cursor[Any]:
+        return cur.execute(sql, params, prepare=True)
+
+    return execute
 
 
 def _import_psycopg(who: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -12,7 +13,14 @@ from typing_extensions import Self
 
 from ._exceptions import ConfigurationError, FlnotifyError
 
-__all__ = ["SQLiteConnection", "is_busy", "set_up_durable_schema"]
+__all__ = [
+    "SQLiteConnection",
+    "configure",
+    "connect",
+    "fspath",
+    "is_busy",
+    "set_up_durable_schema",
+]
 
 _BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 _BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
@@ -26,6 +34,50 @@ def is_busy(exc: BaseException) -> bool:
     if isinstance(code, int):
         return code & 0xFF in _BUSY_CODES
     return str(exc).startswith(_BUSY_MESSAGES)
+
+
+def fspath(path: str | os.PathLike[str]) -> str:
+    """A store's ``path`` argument as text: every SQLite store's converter.
+
+    Raises:
+        TypeError: ``path`` is neither a string nor a path-like object.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        msg = f"path must be a str or os.PathLike, not {type(path).__name__}"
+        raise TypeError(msg)
+    return os.fspath(path)
+
+
+def connect(
+    path: str | os.PathLike[str], *, timeout: float, synchronous: str = "FULL"
+) -> sqlite3.Connection:
+    """Every SQLite store's connection, set up one way (see `configure`).
+
+    Autocommit mode (the stores say ``BEGIN``), usable from any thread (each store keeps
+    it behind a lock).
+
+    Raises:
+        sqlite3.Error: The file cannot be opened or set up (the connection is closed).
+    """
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        configure(conn, path, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def configure(conn: sqlite3.Connection, path: str | os.PathLike[str], synchronous: str) -> None:
+    """Foreign keys on, WAL for a file (several processes), and ``synchronous``.
+
+    ``FULL`` where a commit must be on disk when the call returns, ``NORMAL`` where losing
+    the last commits to a power cut costs only work done again.
+    """
+    conn.execute("PRAGMA foreign_keys = ON")
+    if os.fspath(path) not in {"", ":memory:"}:
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
 
 
 @attrs.define(eq=False)
@@ -63,6 +115,7 @@ class SQLiteConnection:
         timeout: float = 5.0,
         wrap_errors: bool = False,
         busy: Callable[[str], FlnotifyError] | None = None,
+        synchronous: str = "FULL",
     ) -> Self:
         """Connect (autocommit mode, usable from any thread) and run ``prepare`` once.
 
@@ -74,6 +127,7 @@ class SQLiteConnection:
             timeout: Seconds to wait for another connection's lock.
             wrap_errors: See the class.
             busy: See the class.
+            synchronous: The commit durability; see [`connect`][flnotify._sqlite.connect].
 
         Raises:
             FlnotifyError: What ``error`` makes, if connecting or ``prepare`` fails with
@@ -86,6 +140,7 @@ class SQLiteConnection:
         except sqlite3.Error as exc:
             raise error(f"cannot open {label} {path!r}: {exc}") from exc
         try:
+            configure(conn, path, synchronous)
             prepare(conn)
         except BaseException as exc:
             conn.close()
@@ -147,17 +202,13 @@ def set_up_durable_schema(
 ) -> None:
     """Set up a store whose commits are durable: the outbox's and the mailbox's.
 
-    Foreign keys on, WAL for a file (several processes), synchronous commits (what a call
-    returned is on disk), the tables created in one ``BEGIN IMMEDIATE`` transaction (two
+    The connection is [`connect`][flnotify._sqlite.connect]'s (``FULL``: what a call
+    returned is on disk); the tables created in one ``BEGIN IMMEDIATE`` transaction (two
     processes opening a new file at once), and the schema version kept in ``meta_table``.
 
     Raises:
         FlnotifyError: What ``error`` makes, if the file holds another schema version.
     """
-    conn.execute("PRAGMA foreign_keys = ON")
-    if path not in {"", ":memory:"}:
-        conn.execute("PRAGMA journal_mode = WAL").fetchall()
-    conn.execute("PRAGMA synchronous = FULL")
     conn.executescript(f"BEGIN IMMEDIATE;{schema}")
     row = conn.execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'").fetchone()  # noqa: S608 - a constant
     if row is None:

@@ -1,4 +1,8 @@
-"""attrs validators shared by every configurable class; each raises ConfigurationError."""
+"""attrs validators shared by every configurable class.
+
+A value out of range raises ConfigurationError; a value of the wrong type (a store's codec,
+clock or URL) raises TypeError naming the argument.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,15 @@ import attrs
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["at_least_one", "fraction", "non_negative", "positive"]
+__all__ = [
+    "at_least_one",
+    "callable_or_none",
+    "fraction",
+    "is_callable",
+    "non_negative",
+    "of_type",
+    "positive",
+]
 
 
 def _refuse(instance: object, attribute: attrs.Attribute[Any], rule: str, value: object) -> None:
@@ -42,3 +54,33 @@ def fraction(instance: object, attribute: attrs.Attribute[Any], value: object) -
     """A number within [0, 1]."""
     if not _number(value) or not 0 <= value <= 1:
         _refuse(instance, attribute, "a number within [0, 1]", value)
+
+
+def _wrong_type(
+    instance: object, attribute: attrs.Attribute[Any], rule: str, value: object
+) -> None:
+    msg = f"{type(instance).__name__}.{attribute.name} must be {rule}, got {type(value).__name__}"
+    raise TypeError(msg)
+
+
+def of_type(cls: type, name: str | None = None) -> Any:
+    """An instance of ``cls`` (TypeError otherwise)."""
+    rule = f"a {name or cls.__name__}"
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, cls):
+            _wrong_type(instance, attribute, rule, value)
+
+    return check
+
+
+def is_callable(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A callable, e.g. a clock (TypeError otherwise)."""
+    if not callable(value):
+        _wrong_type(instance, attribute, "callable", value)
+
+
+def callable_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A callable or ``None`` (TypeError otherwise)."""
+    if value is not None and not callable(value):
+        _wrong_type(instance, attribute, "callable or None", value)

@@ -16,7 +16,6 @@ seconds), the same in every process; inject it in tests.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from typing import Protocol
@@ -25,7 +24,7 @@ import attrs
 
 from ._closing import Closing
 from ._exceptions import RepositoryError
-from ._sqlite import SQLiteConnection
+from ._sqlite import SQLiteConnection, fspath
 from ._validators import at_least_one, positive
 
 __all__ = [
@@ -104,6 +103,7 @@ class InMemoryHealthStore:
     """Endpoint health in a dict: one process."""
 
     _health: dict[str, EndpointHealth] = attrs.field(init=False, factory=dict, repr=False)
+    _updated: dict[str, float] = attrs.field(init=False, factory=dict, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     def admit(self, endpoint: str, now: float, cool_down: float) -> float | None:
@@ -113,6 +113,7 @@ class InMemoryHealthStore:
             admitted, until = _admit(health, now, cool_down)
             if admitted and until and health is not None:
                 self._health[endpoint] = attrs.evolve(health, probe_until=until)
+                self._updated[endpoint] = now
             return None if admitted else until
 
     def record(
@@ -123,17 +124,29 @@ class InMemoryHealthStore:
             after = _after(self._health.get(endpoint), healthy, now, threshold, cool_down)
             if after is None:
                 self._health.pop(endpoint, None)
+                self._updated.pop(endpoint, None)
             else:
                 self._health[endpoint] = after
+                self._updated[endpoint] = now
 
     def get(self, endpoint: str) -> EndpointHealth:
         """The endpoint's health as it stands."""
         with self._lock:
             return self._health.get(endpoint, EndpointHealth())
 
-
-def _fspath(path: str | os.PathLike[str]) -> str:
-    return os.fspath(path)
+    def prune(self, before: float) -> int:
+        """See [`SQLiteHealthStore.prune`][flnotify.health.SQLiteHealthStore.prune]."""
+        with self._lock:
+            old = [
+                endpoint
+                for endpoint, health in self._health.items()
+                if max(self._updated.get(endpoint, 0.0), health.open_until, health.probe_until)
+                < before
+            ]
+            for endpoint in old:
+                del self._health[endpoint]
+                self._updated.pop(endpoint, None)
+            return len(old)
 
 
 _SCHEMA = """
@@ -141,8 +154,15 @@ CREATE TABLE IF NOT EXISTS flnotify_endpoint_health (
     endpoint TEXT PRIMARY KEY,
     failures INTEGER NOT NULL,
     open_until REAL NOT NULL,
-    probe_until REAL NOT NULL
+    probe_until REAL NOT NULL,
+    updated_at REAL NOT NULL DEFAULT 0
 )
+"""
+
+
+_PRUNE = """
+DELETE FROM flnotify_endpoint_health
+WHERE updated_at < ? AND open_until < ? AND probe_until < ?
 """
 
 
@@ -161,7 +181,7 @@ class SQLiteHealthStore(Closing):
         RepositoryError: The file cannot be opened or used.
     """
 
-    path: str = attrs.field(converter=_fspath)
+    path: str = attrs.field(converter=fspath)
     busy_timeout: float = attrs.field(default=5.0, validator=positive, repr=False)
     _db: SQLiteConnection = attrs.field(init=False, repr=False)
 
@@ -175,10 +195,16 @@ class SQLiteHealthStore(Closing):
             wrap_errors=True,
         )
 
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        if self.path not in {"", ":memory:"}:
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
         conn.execute(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(flnotify_endpoint_health)")}
+        if "updated_at" not in columns:  # a file of an earlier flnotify
+            conn.execute(
+                "ALTER TABLE flnotify_endpoint_health ADD COLUMN updated_at REAL NOT NULL DEFAULT 0"
+            )
+        conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close the connection; idempotent."""
@@ -194,15 +220,17 @@ class SQLiteHealthStore(Closing):
         return None if row is None else EndpointHealth(int(row[0]), float(row[1]), float(row[2]))
 
     @staticmethod
-    def _write(conn: sqlite3.Connection, endpoint: str, health: EndpointHealth | None) -> None:
+    def _write(
+        conn: sqlite3.Connection, endpoint: str, health: EndpointHealth | None, now: float
+    ) -> None:
         if health is None:
             conn.execute("DELETE FROM flnotify_endpoint_health WHERE endpoint = ?", (endpoint,))
             return
         conn.execute(
-            "INSERT INTO flnotify_endpoint_health VALUES (?, ?, ?, ?) ON CONFLICT (endpoint) "
+            "INSERT INTO flnotify_endpoint_health VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint) "
             "DO UPDATE SET failures = excluded.failures, open_until = excluded.open_until, "
-            "probe_until = excluded.probe_until",
-            (endpoint, health.failures, health.open_until, health.probe_until),
+            "probe_until = excluded.probe_until, updated_at = excluded.updated_at",
+            (endpoint, health.failures, health.open_until, health.probe_until, now),
         )
 
     def admit(self, endpoint: str, now: float, cool_down: float) -> float | None:
@@ -211,7 +239,7 @@ class SQLiteHealthStore(Closing):
             health = self._read(conn, endpoint)
             admitted, until = _admit(health, now, cool_down)
             if admitted and until and health is not None:
-                self._write(conn, endpoint, attrs.evolve(health, probe_until=until))
+                self._write(conn, endpoint, attrs.evolve(health, probe_until=until), now)
         return None if admitted else until
 
     def record(
@@ -222,12 +250,23 @@ class SQLiteHealthStore(Closing):
             health = self._read(conn, endpoint)
             if health is None and healthy:
                 return  # the common case: nothing to forget
-            self._write(conn, endpoint, _after(health, healthy, now, threshold, cool_down))
+            after = _after(health, healthy, now, threshold, cool_down)
+            self._write(conn, endpoint, after, now)
 
     def get(self, endpoint: str) -> EndpointHealth:
         """The endpoint's health as it stands."""
         with self._db.transaction(self, write=False) as conn:
             return self._read(conn, endpoint) or EndpointHealth()
+
+    def prune(self, before: float) -> int:
+        """Forget endpoints last heard of before ``before`` and not open or probed since.
+
+        ``before`` is in the time the breaker passes its store (epoch seconds). A
+        receiver that went away leaves its endpoint's failures behind; this removes them.
+        Returns how many endpoints were forgotten.
+        """
+        with self._db.transaction(self, write=True) as conn:
+            return conn.execute(_PRUNE, (before, before, before)).rowcount
 
 
 @attrs.frozen

@@ -14,13 +14,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import inspect
-import os
+import json
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Protocol, TypeGuard
+from typing import Protocol, TypeGuard, runtime_checkable
 from uuid import UUID
 
 import attrs
@@ -32,7 +33,7 @@ from ._exceptions import (
     RepositoryError,
     TrainingNotFoundError,
 )
-from ._sqlite import SQLiteConnection
+from ._sqlite import SQLiteConnection, fspath
 from ._types import (
     Outcome,
     Receiver,
@@ -41,10 +42,11 @@ from ._types import (
     TrainingState,
     as_receivers,
 )
-from ._validators import positive
+from ._validators import is_callable, positive
 
 __all__ = [
     "AsyncRepositoryAdapter",
+    "OutcomePruning",
     "OutcomeRecord",
     "OutcomeTracking",
     "SendTally",
@@ -199,6 +201,24 @@ class OutcomeTracking(Protocol):
 
     def claim_verdict(self, send_id: str) -> bool:
         """``True`` exactly once per send, for the caller that applies its verdict."""
+        ...
+
+
+@runtime_checkable
+class OutcomePruning(Protocol):
+    """An extension of [`OutcomeTracking`][flnotify.repository.OutcomeTracking]: old sends go.
+
+    Outcome tracking keeps one row per (send, receiver) and one per send verdict; at one
+    round a minute for 1,000 clients that is about 1.4 million rows a day. Both bundled
+    repositories implement it; ``flnotify outbox prune-tracking`` calls it.
+    """
+
+    def prune_outcomes(self, before: float) -> int:
+        """Forget sends whose last outcome is older than ``before``; how many sends.
+
+        ``before`` is epoch seconds of the repository's clock; a send's outcomes and its
+        verdict go. A consecutive-failure run is kept (it is one row per client, not per send).
+        """
         ...
 
 
@@ -469,6 +489,19 @@ class _RepositoryBase(abc.ABC):
         """``True`` exactly once per send; see `OutcomeTracking`."""
         return self._claim_verdict(check_send_id(send_id))
 
+    def prune_outcomes(self, before: float) -> int:
+        """Forget sends whose last outcome is older than ``before``; how many sends.
+
+        See [`OutcomePruning`][flnotify.repository.OutcomePruning].
+
+        Raises:
+            ConfigurationError: ``before`` is not a number.
+        """
+        if isinstance(before, bool) or not isinstance(before, (int, float)):
+            msg = f"before must be epoch seconds (a number), got {before!r}"
+            raise ConfigurationError(msg)
+        return self._prune_outcomes(float(before))
+
     # -- primitives; each must be atomic and thread-safe
 
     @abc.abstractmethod
@@ -512,6 +545,9 @@ class _RepositoryBase(abc.ABC):
 
     @abc.abstractmethod
     def _claim_verdict(self, send_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def _prune_outcomes(self, before: float) -> int: ...
 
 
 def check_send_id(send_id: object) -> str:
@@ -565,18 +601,26 @@ class _Record:
 
 @attrs.define(eq=False)
 class InMemoryTrainingRepository(_RepositoryBase):
-    """Trainings in a dict, guarded by a lock; for tests and single-process hosts."""
+    """Trainings in a dict, guarded by a lock; for tests and single-process hosts.
 
+    Args:
+        clock: Epoch seconds, for when outcomes were recorded (pruning).
+    """
+
+    clock: Callable[[], float] = attrs.field(
+        default=time.time, validator=is_callable, kw_only=True, repr=False
+    )
     _receivers: dict[UUID, Receiver] = attrs.field(factory=dict, init=False, repr=False)
     _trainings: dict[UUID, _Record] = attrs.field(factory=dict, init=False, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
     _sends: dict[str, tuple[int, dict[UUID, Outcome]]] = attrs.field(
         factory=dict, init=False, repr=False
     )
+    _last: dict[str, float] = attrs.field(factory=dict, init=False, repr=False)
     _failures: dict[tuple[UUID, UUID], tuple[int, str]] = attrs.field(
         factory=dict, init=False, repr=False
     )
-    _verdicts: set[str] = attrs.field(factory=set, init=False, repr=False)
+    _verdicts: dict[str, float] = attrs.field(factory=dict, init=False, repr=False)
 
     def _record_outcome(
         self,
@@ -591,6 +635,7 @@ class InMemoryTrainingRepository(_RepositoryBase):
             key = (training_id, receiver_id)
             if receiver_id not in outcomes:
                 outcomes[receiver_id] = outcome
+                self._last[send_id] = self.clock()
                 run, last = self._failures.get(key, (0, ""))
                 if outcome is not Outcome.FAILED:
                     self._failures[key] = (0, send_id)
@@ -608,8 +653,19 @@ class InMemoryTrainingRepository(_RepositoryBase):
         with self._lock:
             if send_id in self._verdicts:
                 return False
-            self._verdicts.add(send_id)
+            self._verdicts[send_id] = self.clock()
             return True
+
+    def _prune_outcomes(self, before: float) -> int:
+        with self._lock:
+            old = [send for send, at in self._last.items() if at < before]
+            for send in old:
+                del self._sends[send], self._last[send]
+                self._verdicts.pop(send, None)
+            for send in [v for v, at in self._verdicts.items() if at < before]:
+                if send not in self._sends:  # a verdict of a send without outcomes
+                    del self._verdicts[send]
+            return len(old)
 
     def _record(self, training_id: UUID) -> _Record:
         try:
@@ -688,7 +744,13 @@ class InMemoryTrainingRepository(_RepositoryBase):
 
 # --------------------------------------------------------------------------- sqlite
 
-_SCHEMA_VERSION = 2  # 2: outcome tracking (send_outcomes, send_verdicts, participant_failures)
+_SCHEMA_VERSION = 3
+# 2: outcome tracking (send_outcomes, send_verdicts, participant_failures)
+# 3: when outcomes and verdicts were recorded (pruning)
+_TO_3 = """
+ALTER TABLE send_outcomes ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0;
+ALTER TABLE send_verdicts ADD COLUMN claimed_at REAL NOT NULL DEFAULT 0;
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receivers (
@@ -715,9 +777,14 @@ CREATE TABLE IF NOT EXISTS send_outcomes (
     training_id TEXT NOT NULL,
     total INTEGER NOT NULL,
     outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'rejected', 'failed')),
+    recorded_at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (send_id, receiver_id)
 );
-CREATE TABLE IF NOT EXISTS send_verdicts (send_id TEXT PRIMARY KEY);
+CREATE INDEX IF NOT EXISTS send_outcomes_recorded ON send_outcomes (recorded_at);
+CREATE TABLE IF NOT EXISTS send_verdicts (
+    send_id TEXT PRIMARY KEY,
+    claimed_at REAL NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS participant_failures (
     training_id TEXT NOT NULL,
     receiver_id TEXT NOT NULL,
@@ -744,11 +811,20 @@ _SELECT_PARTICIPANTS = (
     "FROM participants p JOIN receivers r ON r.id = p.receiver_id"
 )
 
+# The sends whose last outcome is older than ``?``, as one JSON array.
+_OLD_SENDS = """
+SELECT json_group_array(send_id) FROM (
+    SELECT send_id FROM send_outcomes GROUP BY send_id HAVING MAX(recorded_at) < ?
+)
+"""
+# Their verdicts, and old verdicts of sends that recorded no outcome here.
+_PRUNE_VERDICTS = """
+DELETE FROM send_verdicts WHERE send_id IN (SELECT value FROM json_each(?))
+    OR (claimed_at < ? AND NOT EXISTS
+        (SELECT 1 FROM send_outcomes AS o WHERE o.send_id = send_verdicts.send_id))
+"""
+
 _Row = tuple[str, str, int, str, str, str]
-
-
-def _fspath(path: str | os.PathLike[str]) -> str:
-    return os.fspath(path)
 
 
 def _build(row: _Row, participants: list[Receiver]) -> TrainingSnapshot:
@@ -785,6 +861,7 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
     Args:
         path: The database file, or ``":memory:"`` for a private in-memory database.
         busy_timeout: Seconds to wait for another connection's write lock.
+        clock: Epoch seconds, for when outcomes were recorded (pruning).
 
     Every `sqlite3` error (locked, disk full, corrupt file) is raised as a
     [`RepositoryError`][flnotify.errors.RepositoryError], never as it is; a database still busy or
@@ -796,8 +873,11 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
         ConfigurationError: The file holds a schema of a newer flnotify.
     """
 
-    path: str = attrs.field(converter=_fspath)
+    path: str = attrs.field(converter=fspath)
     busy_timeout: float = attrs.field(default=5.0, validator=positive, repr=False)
+    clock: Callable[[], float] = attrs.field(
+        default=time.time, validator=is_callable, kw_only=True, repr=False
+    )
     _db: SQLiteConnection = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -809,20 +889,18 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
             timeout=self.busy_timeout,
             wrap_errors=True,
             busy=RepositoryBusyError,
+            synchronous="NORMAL",
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA foreign_keys = ON")
-        if self.path not in {"", ":memory:"}:
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
-            conn.execute("PRAGMA synchronous = NORMAL")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > _SCHEMA_VERSION:
             msg = f"schema version {version} is newer than this flnotify ({_SCHEMA_VERSION})"
             raise ConfigurationError(msg)
         if version < _SCHEMA_VERSION:
+            upgrade = _TO_3 if version == 2 else ""  # a version 2 file has the tables
             conn.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
+                f"BEGIN IMMEDIATE;{upgrade}{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
             )
 
     def close(self) -> None:
@@ -937,14 +1015,16 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
         training, receiver = str(training_id), str(receiver_id)
         with self._transaction(write=True) as conn:
             first = conn.execute(
-                "INSERT INTO send_outcomes (send_id, receiver_id, training_id, total, outcome) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (send_id, receiver_id) DO NOTHING",
+                "INSERT INTO send_outcomes"
+                " (send_id, receiver_id, training_id, total, outcome, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (send_id, receiver_id) DO NOTHING",
                 (
                     send_id,
                     receiver,
                     training,
                     _sqlite_integer("send_size", send_size),
                     outcome.value,
+                    self.clock(),
                 ),
             ).rowcount
             if first and outcome is Outcome.FAILED:
@@ -983,8 +1063,18 @@ class SQLiteTrainingRepository(_RepositoryBase, Closing):
         with self._transaction(write=True) as conn:
             return bool(
                 conn.execute(
-                    "INSERT INTO send_verdicts (send_id) VALUES (?) "
+                    "INSERT INTO send_verdicts (send_id, claimed_at) VALUES (?, ?) "
                     "ON CONFLICT (send_id) DO NOTHING",
-                    (send_id,),
+                    (send_id, self.clock()),
                 ).rowcount
             )
+
+    def _prune_outcomes(self, before: float) -> int:
+        with self._transaction(write=True) as conn:
+            (sends,) = conn.execute(_OLD_SENDS, (before,)).fetchone()
+            conn.execute(
+                "DELETE FROM send_outcomes WHERE send_id IN (SELECT value FROM json_each(?))",
+                (sends,),
+            )
+            conn.execute(_PRUNE_VERDICTS, (sends, before))
+        return len(json.loads(sends))

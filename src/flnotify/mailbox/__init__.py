@@ -23,7 +23,16 @@ from ._app import MailboxApp
 from ._dispatcher import MailboxDispatcher
 from ._postgres import PostgresMailbox
 from ._sqlite import Mailbox
-from ._store import Adopted, Answer, Letter, MailboxSignals, MailboxStore
+from ._store import (
+    Adopted,
+    Answer,
+    Letter,
+    MailboxNonces,
+    MailboxOperations,
+    MailboxQueue,
+    MailboxSignals,
+    MailboxStore,
+)
 from ._wire import MAILBOX_ENDPOINT
 
 __all__ = [
@@ -34,6 +43,9 @@ __all__ = [
     "Mailbox",
     "MailboxApp",
     "MailboxDispatcher",
+    "MailboxNonces",
+    "MailboxOperations",
+    "MailboxQueue",
     "MailboxSignals",
     "MailboxStore",
     "PostgresMailbox",

@@ -281,8 +281,11 @@ class MailboxApp:
                     return who
                 taken = self.mailbox.ack(client, [(a.id, a.status) for a in acks])
                 return json_response(200, {"accepted": taken})
-            request = parse_fetch(body)
+            request = parse_fetch(body, max_acks=self.max_acks)
             who = self._authenticate(request.client, headers, body)
+            if request.acks and not isinstance(who, Response):
+                # the acknowledgements of the previous fetch, carried by this one
+                self.mailbox.ack(request.client, [(a.id, a.status) for a in request.acks])
         except MailboxProtocolError as exc:
             return error(400, "malformed", str(exc))
         except Exception:

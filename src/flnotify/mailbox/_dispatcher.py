@@ -48,7 +48,7 @@ class MailboxDispatcher:
         lease_seconds: How long an adoption holds without renewal.
         batch_size: Most messages adopted per look.
         poll_interval: Seconds between looks for messages to adopt.
-        sleep: Awaited between looks; inject a fake in tests.
+        sleep: Awaited between looks and between lease renewals; inject a fake in tests.
     """
 
     mailbox: MailboxStore
@@ -152,6 +152,7 @@ class MailboxDispatcher:
             self._owner,
             self.lease_seconds,
             lambda deliveries: self._settle(deliveries, callbacks),
+            sleep=self.sleep,
         )
 
     async def _settle(self, deliveries: list[Delivery], callbacks: Callbacks | None) -> None:

@@ -6,9 +6,11 @@ from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 from .._exceptions import ConfigurationError, MailboxError
+from .._lease import LeaseTable
 from .._report import Delivery
 
 __all__ = [
+    "LEASES",
     "STATES",
     "MailboxError",
     "check_lease",
@@ -20,6 +22,12 @@ __all__ = [
 
 STATES = ("queued", "offered", "answered", "done")
 """A message's states, in the order it goes through them."""
+
+
+_ADOPTION = {"take_order": "lease_until, seq", "take_index": "flnotify_mailbox_lease"}
+LEASES = LeaseTable("flnotify_mailbox", "owner", "flnotify_mailbox_sends", "send_id", **_ADOPTION)
+"""The mailbox as a lease queue: an owner (a judge) holds messages; a dispatcher adopts
+them once the lease ended."""
 
 
 def fetchable_sql(now: str) -> str:

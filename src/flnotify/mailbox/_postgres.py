@@ -21,12 +21,14 @@ import attrs
 
 from .._closing import Closing
 from .._codec import Codec
+from .._lease import POSTGRES, LeaseQueue
 from .._postgres import NOW as _NOW
-from .._postgres import PostgresConnection, redacted, set_up_schema
+from .._postgres import PostgresConnection, prepared, redacted, set_up_schema
 from .._report import Delivery
-from .._validators import positive
+from .._validators import callable_or_none, of_type, positive
 from ..outbox._model import outcome_rows
 from ._model import (
+    LEASES,
     STATES,
     MailboxError,
     check_lease,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["PostgresMailbox"]
 
 _SCHEMA_VERSION = "1"
+_QUEUE = LeaseQueue(LEASES, POSTGRES)
 _SCHEMA_LOCK = zlib.crc32(b"flnotify_mailbox schema")  # serialises concurrent set-ups
 
 _SCHEMA = """
@@ -176,47 +179,16 @@ WHERE m.message_id = ANY(%(ids)s::text[]) AND m.message_id = v.message_id
 RETURNING m.client_id
 """  # noqa: S608 - constants only
 
-_SETTLE = f"""
-WITH {_CLOCK}
-UPDATE flnotify_mailbox AS m
-SET state = 'done', outcome = v.outcome, attempts = v.attempts, status_code = v.status_code,
-    error = v.error, error_kind = v.error_kind, elapsed = v.elapsed, settled_at = {_T}
-FROM unnest(%(ids)s::text[], %(outcomes)s::text[], %(attempts)s::integer[],
-            %(statuses)s::integer[], %(errors)s::text[], %(kinds)s::text[],
-            %(elapsed)s::double precision[])
-    AS v (message_id, outcome, attempts, status_code, error, error_kind, elapsed)
-WHERE m.message_id = ANY(%(ids)s::text[]) AND m.message_id = v.message_id
-    AND m.owner = %(owner)s AND m.state <> 'done'
-RETURNING m.message_id
-"""  # noqa: S608 - constants only
-
-_LEASE = f"""
-WITH {_CLOCK}
-UPDATE flnotify_mailbox SET lease_until = {_T} + %(lease)s
-WHERE owner = %(owner)s AND state <> 'done'
-"""  # noqa: S608 - constants only
-
 # A send's payload comes once, with its first adopted message.
-_ADOPT = f"""
-WITH {_CLOCK},
-picked AS (
-    SELECT seq FROM flnotify_mailbox
-    WHERE state <> 'done' AND lease_until <= {_T}
-    ORDER BY lease_until, seq LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-),
-adopted AS (
-    UPDATE flnotify_mailbox AS m SET owner = %(owner)s, lease_until = {_T} + %(lease)s
-    WHERE m.seq = ANY(ARRAY(SELECT seq FROM picked))
-    RETURNING m.seq, m.message_id, m.client_id, m.send_id
-)
-SELECT a.message_id, a.client_id, a.send_id, s.size,
-    CASE WHEN row_number() OVER (PARTITION BY a.send_id ORDER BY a.seq) = 1
+_ADOPTED = """
+SELECT m.message_id, m.client_id, m.send_id, s.size,
+    CASE WHEN row_number() OVER (PARTITION BY m.send_id ORDER BY m.seq) = 1
         THEN s.payload END,
     s.posted_at
-FROM adopted AS a JOIN flnotify_mailbox_sends AS s ON s.id = a.send_id
-ORDER BY a.seq
-"""  # noqa: S608 - constants only
+FROM flnotify_mailbox AS m JOIN flnotify_mailbox_sends AS s ON s.id = m.send_id
+WHERE m.seq = ANY(%(seqs)s::bigint[])
+ORDER BY m.seq
+"""
 
 # Expired nonces are swept by whoever comes along; rows another sweep holds are skipped,
 # so two sweeps never wait for (or deadlock on) each other. An expired copy of this very
@@ -285,11 +257,13 @@ class PostgresMailbox(Closing):
         ConfigurationError: psycopg is not installed.
     """
 
-    url: str = attrs.field(repr=redacted)
-    codec: Codec = attrs.field(factory=Codec, repr=False)
+    url: str = attrs.field(validator=of_type(str, "str (a connection string)"), repr=redacted)
+    codec: Codec = attrs.field(factory=Codec, validator=of_type(Codec), repr=False)
     ack_deadline: float = attrs.field(default=300.0, validator=positive)
     visibility: float = attrs.field(default=30.0, validator=positive)
-    clock: Callable[[], float] | None = attrs.field(default=None, repr=False)
+    clock: Callable[[], float] | None = attrs.field(
+        default=None, validator=callable_or_none, repr=False
+    )
     connect_timeout: float = attrs.field(default=10.0, validator=positive, repr=False)
     signals: MailboxSignals = attrs.field(init=False, factory=MailboxSignals, repr=False)
     _db: PostgresConnection = attrs.field(init=False, repr=False)
@@ -335,6 +309,10 @@ class PostgresMailbox(Closing):
             cur.execute(sql, params, prepare=True)
             rows = cur.fetchall() if cur.description is not None else []
             return rows, cur.rowcount
+
+    def _clock(self) -> float | None:
+        """The ``now`` parameter of the statements: ``None`` reads the server's clock."""
+        return None if self.clock is None else self.clock()
 
     def now(self) -> float:
         """The store clock: ``clock()``, or the database server's time."""
@@ -415,21 +393,26 @@ class PostgresMailbox(Closing):
         deliveries = first_per_id(deliveries)
         if not deliveries:
             return []
-        columns = list(zip(*outcome_rows(deliveries), strict=True))
-        names = ("ids", "outcomes", "attempts", "statuses", "errors", "kinds", "elapsed")
-        params: dict[str, Any] = {name: list(col) for name, col in zip(names, columns, strict=True)}
-        params["owner"] = owner
-        settled = {mid for (mid,) in self._run(_SETTLE, params)[0]}
+        with self._cursor() as cur:
+            settled = _QUEUE.settle(
+                prepared(cur),
+                holder=owner,
+                rows=outcome_rows(deliveries),
+                now=self._clock(),
+                done=True,
+            )
         return [d for d in deliveries if d.message_id in settled]
 
     def renew(self, owner: str, lease_seconds: float) -> int:
         """Extend the owner's lease on its unsettled messages; how many it holds."""
         check_lease(lease_seconds)
-        return self._run(_LEASE, {"owner": owner, "lease": lease_seconds})[1]
+        with self._cursor() as cur:
+            return _QUEUE.renew(prepared(cur), holder=owner, lease=lease_seconds, now=self._clock())
 
     def release(self, owner: str) -> int:
         """End the owner's lease now; a dispatcher adopts its messages at its next look."""
-        return self._run(_LEASE, {"owner": owner, "lease": 0.0})[1]
+        with self._cursor() as cur:
+            return _QUEUE.release(prepared(cur), holder=owner, now=self._clock())
 
     def adopt(self, owner: str, lease_seconds: float, limit: int) -> list[Adopted]:
         """Take over up to ``limit`` unsettled messages whose judge's lease ended.
@@ -438,10 +421,15 @@ class PostgresMailbox(Closing):
         """
         check_lease(lease_seconds)
         check_limit(limit)
-        params = {"owner": owner, "lease": lease_seconds, "limit": limit}
+        with self._cursor(single=False) as cur:
+            execute = prepared(cur)
+            seqs = _QUEUE.take(
+                execute, holder=owner, lease=lease_seconds, limit=limit, now=self._clock()
+            )
+            rows = execute(_ADOPTED, {"seqs": seqs}).fetchall() if seqs else []
         adopted = []
         payloads: dict[str, bytes] = {}
-        for mid, client, send, size, payload, posted in self._run(_ADOPT, params)[0]:
+        for mid, client, send, size, payload, posted in rows:
             if payload is not None:
                 payloads[send] = bytes(payload)
             adopted.append(Adopted(mid, client, send, size, payloads[send], posted))
@@ -510,13 +498,4 @@ class PostgresMailbox(Closing):
     def prune(self, before: float) -> int:
         """Delete done messages settled before ``before`` (and sends left empty)."""
         with self._cursor(single=False) as cur:
-            cur.execute(
-                "DELETE FROM flnotify_mailbox WHERE state = 'done' AND settled_at < %s",
-                (before,),
-            )
-            n = cur.rowcount
-            cur.execute(
-                "DELETE FROM flnotify_mailbox_sends AS s WHERE NOT EXISTS "
-                "(SELECT 1 FROM flnotify_mailbox AS m WHERE m.send_id = s.id)"
-            )
-        return n
+            return _QUEUE.prune(prepared(cur), before=before)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -25,6 +26,7 @@ from uuid import UUID
 from .._attempt import Core, Course, internal_error
 from .._engine import Route, Send
 from .._exceptions import ConfigurationError, InvalidURLError, TransportError, TransportErrorKind
+from .._lease import keep_lease
 from .._report import Delivery
 from .._types import HttpResponse, ReceiverLike
 from ._store import Answer, MailboxStore
@@ -153,6 +155,7 @@ class MailLeg:
         lease_seconds: float,
         settle: Callable[[list[Delivery]], Awaitable[None]],
         poll_interval: float = ANSWER_POLL_SECONDS,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.core = core
@@ -161,6 +164,7 @@ class MailLeg:
         self.lease_seconds = lease_seconds
         self.settle = settle
         self.poll_interval = poll_interval
+        self.sleep = sleep
 
     async def run(self) -> None:
         """Until every message is judged final; the lease is kept meanwhile."""
@@ -239,12 +243,8 @@ class MailLeg:
         await self.settle(final)
 
     async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            try:
-                await asyncio.to_thread(self.store.renew, self.owner, self.lease_seconds)
-            except Exception:
-                logger.warning("mailbox: could not renew a lease", exc_info=True)
+        renew = functools.partial(self.store.renew, self.owner, self.lease_seconds)
+        await keep_lease(renew, self.lease_seconds / 3, self.sleep, "mailbox")
 
 
 def _polling(receivers: Sequence[ReceiverLike]) -> list[int]:
@@ -342,7 +342,8 @@ class MailboxRoute:
             posted, refused = await post_letters(store, core, courses, owner, self.lease_seconds)
             for delivery in refused:
                 send.record(by_id[delivery.message_id], delivery)
-            await MailLeg(store, core, posted, owner, self.lease_seconds, settle).run()
+            sleep = send.engine.seams.sleep
+            await MailLeg(store, core, posted, owner, self.lease_seconds, settle, sleep=sleep).run()
         except asyncio.CancelledError:
             # The send's deadline failed the rest (expire() recorded them first): once the
             # callbacks of what was decided here ran, mark it done and let a dispatcher

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -15,11 +14,13 @@ import attrs
 
 from .._closing import Closing
 from .._codec import Codec
+from .._lease import SQLITE, LeaseQueue
 from .._report import Delivery
-from .._sqlite import SQLiteConnection, set_up_durable_schema
-from .._validators import positive
+from .._sqlite import SQLiteConnection, fspath, set_up_durable_schema
+from .._validators import is_callable, of_type, positive
 from ..outbox._model import outcome_json, outcome_rows
 from ._model import (
+    LEASES,
     STATES,
     MailboxError,
     check_lease,
@@ -33,6 +34,7 @@ from ._store import Adopted, Answer, Letter, MailboxSignals
 __all__ = ["Mailbox"]
 
 _SCHEMA_VERSION = "1"
+_QUEUE = LeaseQueue(LEASES, SQLITE)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flnotify_mailbox_meta (
@@ -143,36 +145,14 @@ WHERE flnotify_mailbox.message_id = json_extract(v.value, '$[0]')
 RETURNING client_id
 """
 
-_SETTLE = """
-UPDATE flnotify_mailbox
-SET state = 'done', outcome = json_extract(v.value, '$[1]'),
-    attempts = json_extract(v.value, '$[2]'), status_code = json_extract(v.value, '$[3]'),
-    error = json_extract(v.value, '$[4]'), error_kind = json_extract(v.value, '$[5]'),
-    elapsed = json_extract(v.value, '$[6]'), settled_at = :now
-FROM json_each(:rows) AS v
-WHERE flnotify_mailbox.message_id = json_extract(v.value, '$[0]')
-    AND owner = :owner AND +state != 'done'
-RETURNING message_id
-"""
-
-_ADOPT = """
-UPDATE flnotify_mailbox SET owner = :owner, lease_until = :now + :lease
-WHERE seq IN (
-    SELECT seq FROM flnotify_mailbox INDEXED BY flnotify_mailbox_lease
-    WHERE state != 'done' AND lease_until <= :now ORDER BY lease_until, seq LIMIT :limit
-)
-RETURNING seq, message_id, client_id, send_id
+_ADOPTED = """
+SELECT seq, message_id, client_id, send_id FROM flnotify_mailbox
+WHERE seq IN (SELECT value FROM json_each(:seqs))
 """
 
 
 def _prepare_light(conn: sqlite3.Connection) -> None:
-    """The connection for what clients do: WAL (set up already), commits without fsync."""
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = NORMAL")
-
-
-def _fspath(path: str | os.PathLike[str]) -> str:
-    return os.fspath(path)
+    """The connection for what clients do: set up by the other one already."""
 
 
 @attrs.define(eq=False)
@@ -199,11 +179,11 @@ class Mailbox(Closing):
         MailboxError: The file cannot be opened or holds another mailbox schema.
     """
 
-    path: str = attrs.field(converter=_fspath)
-    codec: Codec = attrs.field(factory=Codec, repr=False)
+    path: str = attrs.field(converter=fspath)
+    codec: Codec = attrs.field(factory=Codec, validator=of_type(Codec), repr=False)
     ack_deadline: float = attrs.field(default=300.0, validator=positive)
     visibility: float = attrs.field(default=30.0, validator=positive)
-    clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
+    clock: Callable[[], float] = attrs.field(default=time.time, validator=is_callable, repr=False)
     busy_timeout: float = attrs.field(default=30.0, validator=positive, repr=False)
     signals: MailboxSignals = attrs.field(init=False, factory=MailboxSignals, repr=False)
     _db: SQLiteConnection = attrs.field(init=False, repr=False)
@@ -228,6 +208,7 @@ class Mailbox(Closing):
                     prepare=_prepare_light,
                     timeout=self.busy_timeout,
                     wrap_errors=True,
+                    synchronous="NORMAL",  # commits without fsync; see _transaction
                 )
             except BaseException:
                 self._db.close()
@@ -341,12 +322,13 @@ class Mailbox(Closing):
         if not deliveries:
             return []
         with self._transaction() as conn:
-            params = {
-                "owner": owner,
-                "now": self.clock(),
-                "rows": outcome_json(outcome_rows(deliveries)),
-            }
-            settled = {row[0] for row in conn.execute(_SETTLE, params).fetchall()}
+            settled = _QUEUE.settle(
+                conn.execute,
+                holder=owner,
+                rows=outcome_rows(deliveries),
+                now=self.clock(),
+                done=True,
+            )
         if len(settled) == len(deliveries):
             return deliveries
         return [d for d in deliveries if d.message_id in settled]
@@ -355,26 +337,24 @@ class Mailbox(Closing):
         """Extend the owner's lease on its unsettled messages; how many it holds."""
         check_lease(lease_seconds)
         with self._transaction() as conn:
-            return conn.execute(
-                "UPDATE flnotify_mailbox SET lease_until = ? WHERE owner = ? AND state != 'done'",
-                (self.clock() + lease_seconds, owner),
-            ).rowcount
+            return _QUEUE.renew(conn.execute, holder=owner, lease=lease_seconds, now=self.clock())
 
     def release(self, owner: str) -> int:
         """End the owner's lease now; a dispatcher adopts its messages at its next look."""
         with self._transaction() as conn:
-            return conn.execute(
-                "UPDATE flnotify_mailbox SET lease_until = ? WHERE owner = ? AND state != 'done'",
-                (self.clock(), owner),
-            ).rowcount
+            return _QUEUE.release(conn.execute, holder=owner, now=self.clock())
 
     def adopt(self, owner: str, lease_seconds: float, limit: int) -> list[Adopted]:
         """Take over up to ``limit`` unsettled messages whose judge's lease ended."""
         check_lease(lease_seconds)
         check_limit(limit)
         with self._transaction() as conn:
-            params = {"owner": owner, "now": self.clock(), "lease": lease_seconds, "limit": limit}
-            rows = sorted(conn.execute(_ADOPT, params).fetchall())
+            seqs = _QUEUE.take(
+                conn.execute, holder=owner, lease=lease_seconds, limit=limit, now=self.clock()
+            )
+            if not seqs:
+                return []
+            rows = sorted(conn.execute(_ADOPTED, {"seqs": json.dumps(seqs)}).fetchall())
             sends = {row[3] for row in rows}
             found: dict[str, tuple[int, bytes, float]] = {}
             for send in sends:
@@ -490,11 +470,4 @@ class Mailbox(Closing):
     def prune(self, before: float) -> int:
         """Delete done messages settled before ``before`` (and sends left empty)."""
         with self._transaction() as conn:
-            n = conn.execute(
-                "DELETE FROM flnotify_mailbox WHERE state = 'done' AND settled_at < ?", (before,)
-            ).rowcount
-            conn.execute(
-                "DELETE FROM flnotify_mailbox_sends WHERE NOT EXISTS (SELECT 1 FROM"
-                " flnotify_mailbox m WHERE m.send_id = flnotify_mailbox_sends.id)"
-            )
-        return n
+            return _QUEUE.prune(conn.execute, before=before)

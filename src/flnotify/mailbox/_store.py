@@ -29,7 +29,16 @@ import attrs
 from .._codec import Codec
 from .._report import Delivery
 
-__all__ = ["Adopted", "Answer", "Letter", "MailboxSignals", "MailboxStore"]
+__all__ = [
+    "Adopted",
+    "Answer",
+    "Letter",
+    "MailboxNonces",
+    "MailboxOperations",
+    "MailboxQueue",
+    "MailboxSignals",
+    "MailboxStore",
+]
 
 
 @attrs.frozen
@@ -138,13 +147,11 @@ class MailboxSignals:
 
 
 @runtime_checkable
-class MailboxStore(Protocol):
-    """Where the notifications of polling receivers wait; see the module docstring.
+class MailboxQueue(Protocol):
+    """The queue operations of a mailbox: what senders, the app and dispatchers need.
 
-    Implemented by [`Mailbox`][flnotify.mailbox.Mailbox] (SQLite) and
-    [`PostgresMailbox`][flnotify.mailbox.PostgresMailbox]; every implementation must pass
-    [`MailboxStoreContract`][flnotify.testing.MailboxStoreContract]. Every method is
-    blocking (drivers call them from worker threads) and each is one transaction.
+    See the module docstring. Every method is blocking (drivers call them from worker
+    threads) and each is one transaction.
     """
 
     @property
@@ -220,9 +227,23 @@ class MailboxStore(Protocol):
         """Take over up to ``limit`` unsettled messages whose judge's lease ended."""
         ...
 
+    def close(self) -> None:
+        """Release the connection; idempotent."""
+        ...
+
+
+@runtime_checkable
+class MailboxNonces(Protocol):
+    """The replay protection of the mailbox app: request nonces, kept by the store clock."""
+
     def remember(self, nonce: str, until: float) -> bool:
         """Record a request nonce until ``until``; ``False`` if it was seen already."""
         ...
+
+
+@runtime_checkable
+class MailboxOperations(Protocol):
+    """The operator commands of a mailbox (``flnotify mailbox ...``): look and prune."""
 
     def counts(self) -> dict[str, int]:
         """How many messages are in each state (queued, offered, answered, done)."""
@@ -232,6 +253,16 @@ class MailboxStore(Protocol):
         """Delete done messages settled before ``before``; how many."""
         ...
 
-    def close(self) -> None:
-        """Release the connection; idempotent."""
-        ...
+
+@runtime_checkable
+class MailboxStore(MailboxQueue, MailboxNonces, MailboxOperations, Protocol):
+    """A whole mailbox store: its queue, its nonces and its operator commands.
+
+    [`MailboxQueue`][flnotify.mailbox.MailboxQueue],
+    [`MailboxNonces`][flnotify.mailbox.MailboxNonces] and
+    [`MailboxOperations`][flnotify.mailbox.MailboxOperations] in one.
+
+    Implemented by [`Mailbox`][flnotify.mailbox.Mailbox] (SQLite) and
+    [`PostgresMailbox`][flnotify.mailbox.PostgresMailbox]; every implementation must pass
+    [`MailboxStoreContract`][flnotify.testing.MailboxStoreContract].
+    """

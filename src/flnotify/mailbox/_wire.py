@@ -40,6 +40,7 @@ __all__ = [
     "MAILBOX_ENDPOINT",
     "MAX_MESSAGE_HEADERS",
     "Ack",
+    "FetchAnswer",
     "FetchRequest",
     "MailboxProtocolError",
     "WireMessage",
@@ -48,6 +49,7 @@ __all__ = [
     "is_mailbox",
     "messages_document",
     "parse_ack",
+    "parse_answer",
     "parse_fetch",
     "parse_messages",
 ]
@@ -76,11 +78,13 @@ class FetchRequest:
         client: The client's (receiver's) id.
         wait: Seconds the server may hold the request open while the mailbox is empty.
         max: Most messages to return.
+        acks: Acknowledgements of earlier messages, carried by this fetch.
     """
 
     client: UUID
     wait: float
     max: int
+    acks: tuple[Ack, ...] = ()
 
 
 @attrs.frozen
@@ -150,16 +154,21 @@ def _op(document: Mapping[str, Any], op: str, what: str) -> None:
 # -- fetch --------------------------------------------------------------------------------
 
 
-def fetch_document(client: UUID, wait: float, max_messages: int) -> bytes:
-    """The body of a fetch request."""
-    return _dumps({"op": "fetch", "client": str(client), "wait": wait, "max": max_messages})
+def fetch_document(client: UUID, wait: float, max_messages: int, acks: Sequence[Ack] = ()) -> bytes:
+    """The body of a fetch request (carrying ``acks``, if any)."""
+    document: dict[str, Any] = {"op": "fetch", "client": str(client), "wait": wait}
+    document["max"] = max_messages
+    if acks:
+        document["acks"] = _ack_items(acks)
+    return _dumps(document)
 
 
-def parse_fetch(raw: bytes) -> FetchRequest:
+def parse_fetch(raw: bytes, *, max_acks: int = 1000) -> FetchRequest:
     """A fetch request's body, checked.
 
     Raises:
-        MailboxProtocolError: It is not JSON, not a fetch, or a field is missing or wrong.
+        MailboxProtocolError: It is not JSON, not a fetch, a field is missing or wrong, or
+            it carries more than ``max_acks`` acknowledgements.
     """
     document = _loads(raw, "fetch request")
     _op(document, "fetch", "fetch request")
@@ -176,19 +185,45 @@ def parse_fetch(raw: bytes) -> FetchRequest:
     if type(most) is not int or most < 1:
         msg = f"'max' must be an integer >= 1, not {_brief(most)}"
         raise MailboxProtocolError(msg)
-    return FetchRequest(client, seconds, most)
+    if "acks" not in document:
+        return FetchRequest(client, seconds, most)
+    return FetchRequest(client, seconds, most, tuple(_parse_acks(document["acks"], max_acks)))
 
 
-def messages_document(messages: Sequence[WireMessage]) -> bytes:
-    """The body of a fetch answer."""
+def messages_document(messages: Sequence[WireMessage], *, takes_acks: bool = True) -> bytes:
+    """The body of a fetch answer; ``takes_acks``: the app takes acks carried by fetches."""
     return _dumps(
         {
             "messages": [
                 {"headers": dict(m.headers), "body": base64.b64encode(m.body).decode("ascii")}
                 for m in messages
-            ]
+            ],
+            **({"takes_acks": True} if takes_acks else {}),
         }
     )
+
+
+@attrs.frozen
+class FetchAnswer:
+    """A fetch answer, checked.
+
+    Args:
+        messages: The messages handed out.
+        takes_acks: Whether the app takes acknowledgements carried by a fetch.
+    """
+
+    messages: list[WireMessage]
+    takes_acks: bool
+
+
+def parse_answer(raw: bytes, *, max_messages: int) -> FetchAnswer:
+    """A fetch answer: its messages (see `parse_messages`) and whether the app takes acks.
+
+    Raises:
+        MailboxProtocolError: The answer is not a well-formed list of messages.
+    """
+    messages, document = _messages(raw, max_messages)
+    return FetchAnswer(messages, document.get("takes_acks") is True)
 
 
 def parse_messages(raw: bytes, *, max_messages: int) -> list[WireMessage]:
@@ -201,6 +236,10 @@ def parse_messages(raw: bytes, *, max_messages: int) -> list[WireMessage]:
     Raises:
         MailboxProtocolError: The answer is not a well-formed list of messages.
     """
+    return _messages(raw, max_messages)[0]
+
+
+def _messages(raw: bytes, max_messages: int) -> tuple[list[WireMessage], dict[str, Any]]:
     document = _loads(raw, "fetch answer")
     items = document.get("messages")
     if not isinstance(items, list):
@@ -233,7 +272,7 @@ def parse_messages(raw: bytes, *, max_messages: int) -> list[WireMessage]:
             msg = f"message {index} has no valid 'webhook-id' header"
             raise MailboxProtocolError(msg)
         messages.append(WireMessage(lowered, data))
-    return messages
+    return messages, document
 
 
 # -- ack ----------------------------------------------------------------------------------
@@ -241,13 +280,11 @@ def parse_messages(raw: bytes, *, max_messages: int) -> list[WireMessage]:
 
 def ack_document(client: UUID, acks: Sequence[Ack]) -> bytes:
     """The body of an acknowledgement request."""
-    return _dumps(
-        {
-            "op": "ack",
-            "client": str(client),
-            "acks": [{"id": a.id, "status": a.status} for a in acks],
-        }
-    )
+    return _dumps({"op": "ack", "client": str(client), "acks": _ack_items(acks)})
+
+
+def _ack_items(acks: Sequence[Ack]) -> list[dict[str, Any]]:
+    return [{"id": a.id, "status": a.status} for a in acks]
 
 
 def parse_ack(raw: bytes, *, max_acks: int) -> tuple[UUID, list[Ack]]:
@@ -260,7 +297,11 @@ def parse_ack(raw: bytes, *, max_acks: int) -> tuple[UUID, list[Ack]]:
     document = _loads(raw, "ack request")
     _op(document, "ack", "ack request")
     client = _client(document, "ack request")
-    items = document.get("acks")
+    return client, _parse_acks(document.get("acks"), max_acks)
+
+
+def _parse_acks(items: object, max_acks: int) -> list[Ack]:
+    """The acknowledgements of an ack request or a fetch, checked."""
     if not isinstance(items, list) or len(items) > max_acks:
         msg = f"'acks' must be a list of at most {max_acks} acknowledgements"
         raise MailboxProtocolError(msg)
@@ -275,4 +316,4 @@ def parse_ack(raw: bytes, *, max_acks: int) -> tuple[UUID, list[Ack]]:
             msg = f"acknowledgement {index}'s status {_brief(status, 20)} is not an HTTP status"
             raise MailboxProtocolError(msg)
         acks.append(Ack(mid, status))
-    return client, acks
+    return acks

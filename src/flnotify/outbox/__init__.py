@@ -29,7 +29,14 @@ from typing import Any
 
 from ._dispatcher import OutboxDispatcher
 from ._existing import require_outbox
-from ._model import Claim, OutboxEntry, OutboxState, OutboxStore
+from ._model import (
+    Claim,
+    OutboxEntry,
+    OutboxOperations,
+    OutboxQueue,
+    OutboxState,
+    OutboxStore,
+)
 from ._postgres import PostgresOutbox
 from ._sqlite import Outbox
 
@@ -38,6 +45,8 @@ __all__ = [
     "Outbox",
     "OutboxDispatcher",
     "OutboxEntry",
+    "OutboxOperations",
+    "OutboxQueue",
     "OutboxState",
     "OutboxStore",
     "PostgresOutbox",

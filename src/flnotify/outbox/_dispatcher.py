@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -20,11 +21,12 @@ from .._exceptions import (
     TransportErrorKind,
 )
 from .._hooks import NullHook
+from .._lease import keep_lease
 from .._notification import Notification
 from .._report import Delivery
 from .._validators import at_least_one, positive
 from ..callbacks import Callbacks, refuse_parts_unjudged, run_callbacks
-from ._model import Claim, OutboxEntry, OutboxStore
+from ._model import Claim, OutboxEntry, OutboxQueue
 
 if TYPE_CHECKING:
     from .._notifier import Notifier
@@ -110,7 +112,7 @@ class OutboxDispatcher:
     Args:
         outbox: Where the deliveries are stored: an [`Outbox`][flnotify.outbox.Outbox],
             a [`PostgresOutbox`][flnotify.outbox.PostgresOutbox], or any
-            [`OutboxStore`][flnotify.outbox.OutboxStore].
+            [`OutboxQueue`][flnotify.outbox.OutboxQueue].
         notifier: Sends them (its transport, retry policy, signer, endpoint policy,
             deadline); its ``repository`` builds the notification classes' default
             callbacks.
@@ -123,10 +125,11 @@ class OutboxDispatcher:
             transaction (a crash in that window only means a resend with the same id).
         poll_interval: Longest wait of [`arun`][flnotify.outbox.OutboxDispatcher.arun]
             between looks at other dispatchers' leases.
-        sleep: Awaited by `arun` while waiting for leases; inject a fake in tests.
+        sleep: Awaited by `arun` while waiting for leases, and between the renewals of
+            a claim's lease; inject a fake in tests.
     """
 
-    outbox: OutboxStore
+    outbox: OutboxQueue
     notifier: Notifier
     callbacks: Callbacks | None = None
     lease_seconds: float = attrs.field(default=60.0, validator=positive)
@@ -281,12 +284,8 @@ class OutboxDispatcher:
     # -- one claim ---------------------------------------------------------------------
 
     async def _heartbeat(self, claim: Claim) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            try:
-                await asyncio.to_thread(self.outbox.renew, claim, self.lease_seconds)
-            except FlnotifyError:  # e.g. the database is busy: try again next time
-                logger.warning("outbox: could not renew a lease", exc_info=True)
+        renew = functools.partial(self.outbox.renew, claim, self.lease_seconds)
+        await keep_lease(renew, self.lease_seconds / 3, self.sleep, "outbox")
 
     async def _deliver(
         self, claim: Claim, notification: Notification[Any], entries: list[OutboxEntry]

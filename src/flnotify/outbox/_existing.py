@@ -14,18 +14,22 @@ from pathlib import Path
 
 from ._model import NoOutboxError
 
-__all__ = ["TABLES", "require_outbox"]
+__all__ = ["TABLES", "require_outbox", "sqlite_tables"]
 
 TABLES = ("flnotify_outbox_meta", "flnotify_outbox_batches", "flnotify_outbox")
 """The tables both stores create (their schemas say the same names)."""
 
 
-def _sqlite_tables(path: str) -> set[str]:
-    """The tables an existing SQLite file has, read without changing the file."""
+def sqlite_tables(path: str, looking_for: str = "outbox") -> set[str]:
+    """The tables an existing SQLite file has, read without changing the file.
+
+    Raises:
+        NoOutboxError: There is no such file, or it is not an SQLite database.
+    """
     file = Path(path)
     if not file.is_file():
         what = "is a directory" if file.is_dir() else "no such file"
-        msg = f"no outbox at {path}: {what} (an outbox is never created by looking at it)"
+        msg = f"no {looking_for} at {path}: {what} (nothing is created by looking at it)"
         raise NoOutboxError(msg)
     try:
         with contextlib.closing(
@@ -70,7 +74,7 @@ def require_outbox(target: str, *, postgres: bool) -> None:
         tables = _postgres_tables(target)
         where = "the PostgreSQL database at --url"
     else:
-        tables = _sqlite_tables(target)
+        tables = sqlite_tables(target)
         where = target
     if tables is None:
         return

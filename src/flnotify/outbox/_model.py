@@ -26,16 +26,20 @@ from .._exceptions import (
     TransportError,
     TransportErrorKind,
 )
+from .._lease import LeaseTable
 from .._notification import Notification
 from .._report import Delivery
 from .._types import Outcome, Receiver
 
 __all__ = [
     "COLUMNS",
+    "LEASES",
     "Claim",
     "NoOutboxError",
     "OutboxEntry",
     "OutboxError",
+    "OutboxOperations",
+    "OutboxQueue",
     "OutboxState",
     "OutboxStore",
     "check_claim_args",
@@ -114,13 +118,11 @@ class Claim:
 
 
 @runtime_checkable
-class OutboxStore(Protocol):
-    """What an [`OutboxDispatcher`][flnotify.outbox.OutboxDispatcher] and operators need.
+class OutboxQueue(Protocol):
+    """The queue operations of an outbox: what dispatchers and senders need.
 
-    Implemented by [`Outbox`][flnotify.outbox.Outbox] (SQLite) and
-    [`PostgresOutbox`][flnotify.outbox.PostgresOutbox]; every implementation must pass
-    [`OutboxStoreContract`][flnotify.testing.OutboxStoreContract]. Every method is
-    blocking; the dispatcher calls them from a worker thread.
+    An [`OutboxDispatcher`][flnotify.outbox.OutboxDispatcher] needs no more. Every
+    method is blocking; the dispatcher calls them from a worker thread.
     """
 
     @property
@@ -160,16 +162,32 @@ class OutboxStore(Protocol):
         """Give the claim's unfinished entries back at once."""
         ...
 
+    def batch_size(self, batch_id: str) -> int:
+        """How many deliveries (receivers) one ``put`` stored: the size of that send."""
+        ...
+
+    def next_claimable(self) -> float | None:
+        """When a delivery may next be claimed, or ``None`` if none is open."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; idempotent."""
+        ...
+
+
+@runtime_checkable
+class OutboxOperations(Protocol):
+    """The operator commands of an outbox (``flnotify outbox ...``): look, re-drive, prune.
+
+    Kept apart from the queue operations: a tool that only reports needs none of those.
+    """
+
     def entries(self, batch_id: str | None = None) -> list[OutboxEntry]:
         """Every delivery (of one batch, if given), in the order they were put."""
         ...
 
     def counts(self) -> dict[OutboxState, int]:
         """How many deliveries are in each state (every state present)."""
-        ...
-
-    def batch_size(self, batch_id: str) -> int:
-        """How many deliveries (receivers) one ``put`` stored: the size of that send."""
         ...
 
     def failed(self, limit: int | None = None) -> list[OutboxEntry]:
@@ -180,17 +198,22 @@ class OutboxStore(Protocol):
         """Make failed deliveries (all, or these) pending again, same ids; how many."""
         ...
 
-    def next_claimable(self) -> float | None:
-        """When a delivery may next be claimed, or ``None`` if none is open."""
-        ...
-
     def prune(self, before: float) -> int:
         """Delete done deliveries recorded before ``before``; how many."""
         ...
 
-    def close(self) -> None:
-        """Release the connection; idempotent."""
-        ...
+
+@runtime_checkable
+class OutboxStore(OutboxQueue, OutboxOperations, Protocol):
+    """A whole outbox store: its queue and its operator commands.
+
+    [`OutboxQueue`][flnotify.outbox.OutboxQueue] and
+    [`OutboxOperations`][flnotify.outbox.OutboxOperations] in one.
+
+    Implemented by [`Outbox`][flnotify.outbox.Outbox] (SQLite) and
+    [`PostgresOutbox`][flnotify.outbox.PostgresOutbox]; every implementation must pass
+    [`OutboxStoreContract`][flnotify.testing.OutboxStoreContract].
+    """
 
 
 # -- shared by the stores ---------------------------------------------------------------
@@ -200,6 +223,21 @@ COLUMNS = (
     "status_code, error, error_kind, elapsed, lease_until, recorded_at"
 )
 """The columns [`entry_from_row`][flnotify.outbox._model.entry_from_row] reads, in order."""
+
+
+LEASES = LeaseTable(
+    "flnotify_outbox",
+    "claim_token",
+    "flnotify_outbox_batches",
+    "batch_id",
+    takeable="state = 'pending'",
+    take_set="state = 'claimed', claims = claims + 1",
+    settleable="{hint}{table}.state = 'claimed' AND {table}.outcome IS NULL",
+    settled_at="recorded_at",
+    done_set="state = 'done', lease_until = NULL",
+    take_index="flnotify_outbox_undone",
+)
+"""The outbox as a lease queue: a claim token holds rows; pending rows are takeable."""
 
 
 _STATES = {state.value: state for state in OutboxState}

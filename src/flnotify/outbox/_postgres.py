@@ -20,12 +20,14 @@ import attrs
 
 from .._closing import Closing
 from .._codec import Codec
+from .._lease import POSTGRES, LeaseQueue
 from .._notification import Notification
-from .._postgres import NOW, PostgresConnection, redacted, set_up_schema
+from .._postgres import NOW, PostgresConnection, prepared, redacted, set_up_schema
 from .._report import Delivery
-from .._validators import positive
+from .._validators import callable_or_none, of_type, positive
 from ._model import (
     COLUMNS,
+    LEASES,
     Claim,
     OutboxEntry,
     OutboxError,
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["PostgresOutbox"]
 
 _SCHEMA_VERSION = "1"
+_QUEUE = LeaseQueue(LEASES, POSTGRES)
 _SCHEMA_LOCK = zlib.crc32(b"flnotify_outbox schema")  # serialises concurrent set-ups
 
 _SCHEMA = """
@@ -84,41 +87,12 @@ CREATE INDEX IF NOT EXISTS flnotify_outbox_open ON flnotify_outbox (seq) WHERE s
 # server's clock is read inside the statement.
 _NOW = NOW
 
-_CLAIM = f"""
-WITH clock AS (SELECT {_NOW} AS now),
-picked AS (
-    SELECT seq FROM flnotify_outbox
-    WHERE state <> 'done' AND (state = 'pending' OR lease_until <= (SELECT now FROM clock))
-    ORDER BY seq LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-),
-claimed AS (
-    UPDATE flnotify_outbox AS o
-    SET state = 'claimed', claim_token = %(token)s, claims = o.claims + 1,
-        lease_until = (SELECT now FROM clock) + %(lease)s
-    WHERE o.seq = ANY(ARRAY(SELECT seq FROM picked))  -- by the primary key, never a scan
-    RETURNING o.seq, {COLUMNS}
-)
-SELECT (SELECT now FROM clock) + %(lease)s,
-    (SELECT json_agg(json_build_array(seq, {COLUMNS})) FROM claimed),
+_CLAIMED = f"""
+SELECT
+    (SELECT json_agg(json_build_array(seq, {COLUMNS})) FROM flnotify_outbox
+        WHERE seq = ANY(%(seqs)s::bigint[])),
     (SELECT json_object_agg(b.id, b.payload) FROM flnotify_outbox_batches AS b
-        WHERE b.id IN (SELECT batch_id FROM claimed))
-"""  # noqa: S608 - constants only
-
-_RECORD = f"""
-UPDATE flnotify_outbox AS o
-SET outcome = v.outcome, attempts = v.attempts, status_code = v.status_code, error = v.error,
-    error_kind = v.error_kind, elapsed = v.elapsed, recorded_at = {_NOW},
-    state = %(state)s::text,
-    lease_until = CASE WHEN %(state)s::text = 'done' THEN NULL ELSE o.lease_until END
-FROM unnest(%(ids)s::text[], %(outcomes)s::text[], %(attempts)s::integer[],
-            %(statuses)s::integer[], %(errors)s::text[], %(kinds)s::text[],
-            %(elapsed)s::double precision[])
-    AS v (message_id, outcome, attempts, status_code, error, error_kind, elapsed)
-WHERE o.message_id = ANY(%(ids)s::text[])  -- found by the message_id index, never a scan
-    AND o.message_id = v.message_id AND o.claim_token = %(token)s AND o.state = 'claimed'
-    AND o.outcome IS NULL
-RETURNING o.message_id
+        WHERE b.id IN (SELECT batch_id FROM flnotify_outbox WHERE seq = ANY(%(seqs)s::bigint[])))
 """  # noqa: S608 - constants only
 
 _FINISH = """
@@ -126,11 +100,6 @@ UPDATE flnotify_outbox SET state = 'done', lease_until = NULL
 WHERE message_id = ANY(%(ids)s::text[]) AND claim_token = %(token)s AND state = 'claimed'
     AND outcome IS NOT NULL
 """
-
-_LEASE = f"""
-UPDATE flnotify_outbox SET lease_until = {_NOW} + %(lease)s
-WHERE claim_token = %(token)s AND state = 'claimed' AND state <> 'done'
-"""  # noqa: S608 - constants only
 
 _NEXT = f"""
 SELECT MIN(CASE state WHEN 'pending' THEN {_NOW} ELSE lease_until END)
@@ -187,9 +156,11 @@ class PostgresOutbox(Closing):
         ConfigurationError: psycopg is not installed.
     """
 
-    url: str = attrs.field(repr=redacted)
-    codec: Codec = attrs.field(factory=Codec, repr=False)
-    clock: Callable[[], float] | None = attrs.field(default=None, repr=False)
+    url: str = attrs.field(validator=of_type(str, "str (a connection string)"), repr=redacted)
+    codec: Codec = attrs.field(factory=Codec, validator=of_type(Codec), repr=False)
+    clock: Callable[[], float] | None = attrs.field(
+        default=None, validator=callable_or_none, repr=False
+    )
     connect_timeout: float = attrs.field(default=10.0, validator=positive, repr=False)
     _db: PostgresConnection = attrs.field(init=False, repr=False)
 
@@ -271,23 +242,26 @@ class PostgresOutbox(Closing):
         """
         check_claim_args(limit, lease_seconds)
         token = secrets.token_hex(16)
-        params = {"token": token, "lease": lease_seconds, "now": self._clock(), "limit": limit}
-        with self._transaction(single=True) as cur:
-            cur.execute(_CLAIM, params, prepare=True)
+        with self._transaction() as cur:
+            execute = prepared(cur)
+            now = self._now(cur)  # one reading of the clock for the lease and the claim
+            seqs = _QUEUE.take(execute, holder=token, lease=lease_seconds, limit=limit, now=now)
+            if not seqs:
+                return Claim(token, now + lease_seconds, (), {})
+            cur.execute(_CLAIMED, {"seqs": seqs}, prepare=True)
             row = cur.fetchone()
         assert row is not None  # noqa: S101 - a SELECT of aggregates returns one row
-        until, rows, payloads = row
+        rows, payloads = row
         ordered = sorted(rows or (), key=lambda row: row[0])  # by seq: put order
         entries = tuple(entry_from_row(row[1:]) for row in ordered)
-        payloads = payloads or {}
-        return Claim(token, until, entries, payloads)
+        return Claim(token, now + lease_seconds, entries, payloads or {})
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""
-        params = {"now": self._clock(), "lease": lease_seconds, "token": claim.token}
         with self._transaction(single=True) as cur:
-            cur.execute(_LEASE, params, prepare=True)
-            return cur.rowcount
+            return _QUEUE.renew(
+                prepared(cur), holder=claim.token, lease=lease_seconds, now=self._clock()
+            )
 
     def record(
         self, claim: Claim, deliveries: Iterable[Delivery], *, done: bool = False
@@ -299,15 +273,14 @@ class PostgresOutbox(Closing):
         deliveries = list(deliveries)
         if not deliveries:
             return []
-        columns = list(zip(*outcome_rows(deliveries), strict=True))
-        names = ("ids", "outcomes", "attempts", "statuses", "errors", "kinds", "elapsed")
-        params: dict[str, Any] = {name: list(col) for name, col in zip(names, columns, strict=True)}
-        params["state"] = OutboxState.DONE.value if done else OutboxState.CLAIMED.value
-        params["token"] = claim.token
-        params["now"] = self._clock()
         with self._transaction(single=True) as cur:
-            cur.execute(_RECORD, params, prepare=True)
-            recorded = {mid for (mid,) in cur.fetchall()}
+            recorded = _QUEUE.settle(
+                prepared(cur),
+                holder=claim.token,
+                rows=outcome_rows(deliveries),
+                now=self._clock(),
+                done=done,
+            )
         return [d for d in deliveries if d.message_id in recorded]
 
     def finish(self, claim: Claim, message_ids: Iterable[str]) -> int:
@@ -319,8 +292,7 @@ class PostgresOutbox(Closing):
     def release(self, claim: Claim) -> int:
         """Give back the claim's unfinished entries without waiting for the lease to end."""
         with self._transaction(single=True) as cur:
-            cur.execute(_LEASE, {"now": self._clock(), "lease": 0.0, "token": claim.token})
-            return cur.rowcount
+            return _QUEUE.release(prepared(cur), holder=claim.token, now=self._clock())
 
     # -- reading and operating ---------------------------------------------------------
 
@@ -391,13 +363,4 @@ class PostgresOutbox(Closing):
         Batches left without deliveries go too.
         """
         with self._transaction() as cur:
-            cur.execute(
-                "DELETE FROM flnotify_outbox WHERE state = 'done' AND recorded_at < %s",
-                (before,),
-            )
-            n = cur.rowcount
-            cur.execute(
-                "DELETE FROM flnotify_outbox_batches b WHERE NOT EXISTS "
-                "(SELECT 1 FROM flnotify_outbox o WHERE o.batch_id = b.id)"
-            )
-        return n
+            return _QUEUE.prune(prepared(cur), before=before)

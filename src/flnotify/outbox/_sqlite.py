@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import sqlite3
 import time
@@ -16,12 +15,14 @@ import attrs
 
 from .._closing import Closing
 from .._codec import Codec
+from .._lease import SQLITE, LeaseQueue
 from .._notification import Notification
 from .._report import Delivery
-from .._sqlite import SQLiteConnection, set_up_durable_schema
-from .._validators import positive
+from .._sqlite import SQLiteConnection, fspath, set_up_durable_schema
+from .._validators import is_callable, of_type, positive
 from ._model import (
     COLUMNS,
+    LEASES,
     Claim,
     OutboxEntry,
     OutboxError,
@@ -36,6 +37,7 @@ from ._model import (
 __all__ = ["Outbox"]
 
 _SCHEMA_VERSION = "1"
+_QUEUE = LeaseQueue(LEASES, SQLITE)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flnotify_outbox_meta (
@@ -77,20 +79,6 @@ DROP INDEX IF EXISTS flnotify_outbox_token;
 # Every hot statement takes or returns a whole batch in one step (rows as one JSON array):
 # sqlite3 gives up the GIL around each step, and a step per row made the database thread
 # queue for the GIL behind the event loop once per row.
-_CLAIMABLE = """
-SELECT json_group_array(seq) FROM (
-    SELECT seq FROM flnotify_outbox INDEXED BY flnotify_outbox_undone
-    WHERE state != 'done' AND (state = 'pending' OR lease_until <= :now)
-    ORDER BY seq LIMIT :limit
-)
-"""
-
-_CLAIM = """
-UPDATE flnotify_outbox
-SET state = 'claimed', claim_token = :token, lease_until = :until, claims = claims + 1
-WHERE seq IN (SELECT value FROM json_each(:seqs))
-"""
-
 _CLAIMED = f"""
 SELECT
     (SELECT json_group_array(json_array(seq, {COLUMNS})) FROM flnotify_outbox
@@ -106,28 +94,6 @@ SELECT :batch, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
 FROM json_each(:rows) ORDER BY key
 """
 
-# One statement records a whole batch of outcomes, given as one JSON array of rows
-# (message id, outcome, attempts, status, error, error kind, elapsed). The unary "+" keeps
-# SQLite from driving the join by the claim_token index (rows x batch JSON lookups): each
-# JSON row finds its row by the message_id index instead.
-_RECORD = """
-UPDATE flnotify_outbox
-SET outcome = json_extract(v.value, '$[1]'), attempts = json_extract(v.value, '$[2]'),
-    status_code = json_extract(v.value, '$[3]'), error = json_extract(v.value, '$[4]'),
-    error_kind = json_extract(v.value, '$[5]'), elapsed = json_extract(v.value, '$[6]'),
-    recorded_at = :now, state = :state,
-    lease_until = CASE WHEN :state = 'done' THEN NULL ELSE lease_until END
-FROM json_each(:rows) AS v
-WHERE flnotify_outbox.message_id = json_extract(v.value, '$[0]')
-    AND +claim_token = :token AND +state = 'claimed' AND outcome IS NULL
-"""
-
-_RECORDABLE = """
-SELECT json_group_array(message_id) FROM flnotify_outbox
-WHERE message_id IN (SELECT json_extract(value, '$[0]') FROM json_each(:rows))
-    AND +claim_token = :token AND +state = 'claimed' AND outcome IS NULL
-"""
-
 _FINISH = """
 UPDATE flnotify_outbox SET state = 'done', lease_until = NULL
 WHERE message_id IN (SELECT value FROM json_each(:ids))
@@ -141,10 +107,6 @@ SET state = 'pending', outcome = NULL, claim_token = NULL, lease_until = NULL,
     recorded_at = NULL
 WHERE +state = 'done' AND outcome = 'failed'
 """
-
-
-def _fspath(path: str | os.PathLike[str]) -> str:
-    return os.fspath(path)
 
 
 @attrs.define(eq=False)
@@ -169,9 +131,9 @@ class Outbox(Closing):
         OutboxError: The file cannot be opened or is not an SQLite database.
     """
 
-    path: str = attrs.field(converter=_fspath)
-    codec: Codec = attrs.field(factory=Codec, repr=False)
-    clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
+    path: str = attrs.field(converter=fspath)
+    codec: Codec = attrs.field(factory=Codec, validator=of_type(Codec), repr=False)
+    clock: Callable[[], float] = attrs.field(default=time.time, validator=is_callable, repr=False)
     busy_timeout: float = attrs.field(default=30.0, validator=positive, repr=False)
     _db: SQLiteConnection = attrs.field(init=False, repr=False)
 
@@ -259,11 +221,12 @@ class Outbox(Closing):
         with self._transaction() as conn:
             now = self.clock()
             until = now + lease_seconds
-            (seqs,) = conn.execute(_CLAIMABLE, {"now": now, "limit": limit}).fetchone()
-            if seqs == "[]":
+            seqs = _QUEUE.take(
+                conn.execute, holder=token, lease=lease_seconds, limit=limit, now=now
+            )
+            if not seqs:
                 return Claim(token, until, (), {})
-            conn.execute(_CLAIM, {"token": token, "until": until, "seqs": seqs})
-            rows, payloads = conn.execute(_CLAIMED, {"seqs": seqs}).fetchone()
+            rows, payloads = conn.execute(_CLAIMED, {"seqs": json.dumps(seqs)}).fetchone()
         ordered = sorted(json.loads(rows), key=lambda row: row[0])  # by seq: put order
         entries = tuple(entry_from_row(row[1:]) for row in ordered)
         payloads = json.loads(payloads)
@@ -272,11 +235,9 @@ class Outbox(Closing):
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""
         with self._transaction() as conn:
-            return conn.execute(
-                "UPDATE flnotify_outbox SET lease_until = ? "
-                "WHERE claim_token = ? AND state = 'claimed' AND state != 'done'",  # the index
-                (self.clock() + lease_seconds, claim.token),
-            ).rowcount
+            return _QUEUE.renew(
+                conn.execute, holder=claim.token, lease=lease_seconds, now=self.clock()
+            )
 
     def record(
         self, claim: Claim, deliveries: Iterable[Delivery], *, done: bool = False
@@ -298,14 +259,14 @@ class Outbox(Closing):
         deliveries = list(deliveries)
         if not deliveries:
             return []
-        state = OutboxState.DONE.value if done else OutboxState.CLAIMED.value
-        rows = outcome_json(outcome_rows(deliveries))
         with self._transaction() as conn:
-            params = {"rows": rows, "token": claim.token}
-            (recordable,) = conn.execute(_RECORDABLE, params).fetchone()
-            recorded = set(json.loads(recordable))
-            if recorded:
-                conn.execute(_RECORD, {**params, "now": self.clock(), "state": state})
+            recorded = _QUEUE.settle(
+                conn.execute,
+                holder=claim.token,
+                rows=outcome_rows(deliveries),
+                now=self.clock(),
+                done=done,
+            )
         if len(recorded) == len(deliveries):
             return deliveries
         return [d for d in deliveries if d.message_id in recorded]
@@ -319,11 +280,7 @@ class Outbox(Closing):
     def release(self, claim: Claim) -> int:
         """Give back the claim's unfinished entries without waiting for the lease to end."""
         with self._transaction() as conn:
-            return conn.execute(
-                "UPDATE flnotify_outbox SET lease_until = ? "
-                "WHERE claim_token = ? AND state = 'claimed' AND state != 'done'",  # the index
-                (self.clock(), claim.token),
-            ).rowcount
+            return _QUEUE.release(conn.execute, holder=claim.token, now=self.clock())
 
     # -- reading and operating ---------------------------------------------------------
 
@@ -401,11 +358,4 @@ class Outbox(Closing):
         Batches left without deliveries go too.
         """
         with self._transaction() as conn:
-            n = conn.execute(
-                "DELETE FROM flnotify_outbox WHERE state = 'done' AND recorded_at < ?", (before,)
-            ).rowcount
-            conn.execute(
-                "DELETE FROM flnotify_outbox_batches WHERE NOT EXISTS "
-                "(SELECT 1 FROM flnotify_outbox o WHERE o.batch_id = flnotify_outbox_batches.id)"
-            )
-        return n
+            return _QUEUE.prune(conn.execute, before=before)

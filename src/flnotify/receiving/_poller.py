@@ -49,11 +49,12 @@ from ..mailbox._wire import (
     ACK_PATH,
     FETCH_PATH,
     Ack,
+    FetchAnswer,
     MailboxProtocolError,
     WireMessage,
     ack_document,
     fetch_document,
-    parse_messages,
+    parse_answer,
 )
 from ..signing import Signer
 from ._router import NotificationRouter
@@ -133,8 +134,8 @@ def _refusal(operation: str, answer: _Answer, now: float) -> MailboxStatusError:
     )
 
 
-def _fetched(answer: _Answer, most: int, now: float) -> list[WireMessage]:
-    """The messages of a fetch answer.
+def _fetched(answer: _Answer, most: int, now: float) -> FetchAnswer:
+    """The messages of a fetch answer, and whether the app takes acks in fetches.
 
     Raises:
         MailboxStatusError: It is not a 200.
@@ -142,7 +143,7 @@ def _fetched(answer: _Answer, most: int, now: float) -> list[WireMessage]:
     """
     if answer.status != 200:
         raise _refusal("fetch", answer, now)
-    return parse_messages(answer.body, max_messages=most)
+    return parse_answer(answer.body, max_messages=most)
 
 
 def _acks(answers: Sequence[tuple[str, int]]) -> list[Ack]:
@@ -254,7 +255,12 @@ class MailboxPoller(AsyncClosing):
     go one after the other, in order, through
     [`router.ahandle`][flnotify.receiving.NotificationRouter.ahandle], which verifies their
     signatures, deduplicates them by ``webhook-id`` and runs the handlers; then one
-    acknowledgement carries the status the router answered each of them. An
+    acknowledgement carries the status the router answered each of them. In
+    [`arun`][flnotify.receiving.MailboxPoller.arun], to an app that takes them (it says so in its
+    fetch answers), the acknowledgements ride on the next fetch, which follows at once:
+    one request and one nonce fewer per batch; they go on their own before a wait between
+    polls and when the poller stops, and always with
+    [`apoll_once`][flnotify.receiving.MailboxPoller.apoll_once] and to older apps. An
     acknowledgement that is lost (tried ``ack_attempts`` times) only means the mailbox
     offers the message again later, under the same id, and the router's id store answers
     it as already handled. Nothing is acknowledged that did not go through the router.
@@ -331,6 +337,8 @@ class MailboxPoller(AsyncClosing):
     _loop: asyncio.AbstractEventLoop | None
     _wake: asyncio.Event | None
     _running: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None
+    _takes_acks: bool
+    _unsent: list[Ack]
 
     def __init__(
         self,
@@ -392,6 +400,8 @@ class MailboxPoller(AsyncClosing):
             loop=None,
             wake=None,
             running=None,
+            takes_acks=False,
+            unsent=[],
         )
         if backoff_max < backoff_initial:
             msg = f"backoff_max ({backoff_max}) must not be below backoff_initial"
@@ -563,31 +573,51 @@ class MailboxPoller(AsyncClosing):
         )
         return False
 
-    async def _poll(self) -> _Polled:
-        """One fetch, its messages through the router, one acknowledgement."""
+    async def _poll(self, *, carry: bool = False) -> _Polled:
+        """One fetch, its messages through the router, their acknowledgement.
+
+        ``carry``: leave the acknowledgement for the next fetch, if the app takes it so.
+        Acknowledgements left by the previous poll go with this fetch (and are kept, to
+        go on their own, if the fetch fails).
+        """
         if self._stopped.is_set():
             raise _StoppedError
         most = self._batch
         started = self.clock()
+        carried, self._unsent = self._unsent, []
         try:
             answer = await self._exchange(
                 FETCH_PATH,
-                fetch_document(self.client_id, self.wait, most),
+                fetch_document(self.client_id, self.wait, most, carried),
                 self.max_answer_bytes,
                 self.wait + self.request_timeout,
             )
-            messages = _fetched(answer, most, self.wall_clock())
+            fetched = _fetched(answer, most, self.wall_clock())
         except _AnswerTooLargeError:
             self._batch = max(1, most // 2)
             raise
+        except BaseException:
+            self._unsent = carried + self._unsent  # not known to have arrived: send again
+            raise
+        messages = fetched.messages
+        self._takes_acks = fetched.takes_acks
         elapsed = self.clock() - started
         if len(messages) < most:  # the backlog is drained: full batches again
             self._batch = self.max_messages
         answers = await self._handle(messages)
         if answers:
-            await self._acknowledge(_acks(answers))
+            if carry and self._takes_acks:
+                self._unsent = _acks(answers)
+            else:
+                await self._acknowledge(_acks(answers))
         accepted = sum(1 for _, status in answers if 200 <= status < 300)
         return _Polled(len(messages), accepted, elapsed)
+
+    async def _flush(self) -> None:
+        """Send the acknowledgements left for a fetch that is not coming at once."""
+        unsent, self._unsent = self._unsent, []
+        if unsent:
+            await self._acknowledge(unsent)
 
     # -- the public drivers --------------------------------------------------------------
 
@@ -630,7 +660,7 @@ class MailboxPoller(AsyncClosing):
         try:
             while not self._stopped.is_set():
                 try:
-                    polled = await self._poll()
+                    polled = await self._poll(carry=True)
                 except _StoppedError:
                     break
                 except FlnotifyError as exc:
@@ -657,10 +687,12 @@ class MailboxPoller(AsyncClosing):
                         "the mailbox answered at once with nothing to accept; next poll in %.1f s",
                         delay,
                     )
+                await self._flush()  # not held back by the wait
                 try:
                     await self._bounded(self.sleep(delay), None, self.url)
                 except _StoppedError:
                     break
+            await self._flush()  # stopped: what was handled is acknowledged first
         finally:
             running.set()
 

@@ -16,6 +16,7 @@ from types import TracebackType
 
 import attrs
 
+from .._sqlite import connect
 from .._validators import positive
 from ._dedupe import DEFAULT_LEASE_SECONDS, DEFAULT_WINDOW_SECONDS, IdClaim, map_backend_errors
 
@@ -76,12 +77,9 @@ class SQLiteIdStore:
     def _connection(self) -> sqlite3.Connection:
         """The connection of this process, opened on first use (and again after a fork)."""
         if self._db is None or self._pid != os.getpid():
-            db = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            # a handled id lost to a power cut is only handled again (at least once)
+            db = connect(self.path, timeout=self.busy_timeout, synchronous="NORMAL")
             try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
             except BaseException:
                 db.close()
