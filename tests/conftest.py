@@ -26,7 +26,7 @@ def pytest_runtest_makereport(
 @pytest.fixture(scope="session")
 def postgres_server() -> Generator[str, None, None]:
     """One server for the session (fails, never skips, without PostgreSQL)."""
-    from pgserver import PostgresMissingError, postgres_server
+    from helpers.pgserver import PostgresMissingError, postgres_server
 
     try:
         server = postgres_server()
@@ -42,7 +42,7 @@ def postgres_server() -> Generator[str, None, None]:
 @pytest.fixture
 def postgres_url(postgres_server: str) -> str:
     """A fresh, empty database on the session's server."""
-    from pgserver import fresh_database
+    from helpers.pgserver import fresh_database
 
     return fresh_database(postgres_server)
 
@@ -56,8 +56,8 @@ def django_site(
 ) -> Generator[None, None, None]:
     """Django configured for every Django test of the session (see ``django_site.py``)."""
     pytest.importorskip("django", minversion="5.1")  # transaction_mode for SQLite
-    from django_site import configure
-    from pgserver import fresh_database
+    from helpers.django_site import configure
+    from helpers.pgserver import fresh_database
 
     configure(tmp_path_factory.mktemp("django"), fresh_database(postgres_server))
     yield
@@ -72,7 +72,7 @@ def django_site(
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """One redis-server for the session (the Celery broker; see ``receivers.py``)."""
-    from receivers import redis_server
+    from helpers.receivers import redis_server
 
     with redis_server() as url:
         yield url

@@ -11,7 +11,7 @@ import attrs
 
 import flnotify
 from flnotify.receiving import NotificationRouter, Reply
-from servers import wsgi_apps
+from helpers.servers import wsgi_apps
 
 
 @attrs.frozen

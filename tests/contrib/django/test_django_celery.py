@@ -140,7 +140,7 @@ def test_a_whole_training_on_a_celery_worker_process(host: Any, redis_url: str) 
         notification_for,
     )
     from flnotify.contrib.django.models import ClientSecret
-    from servers import refused_url
+    from helpers.servers import refused_url
 
     models = host
     broker = redis_url.rsplit("/", 1)[0] + "/5"  # a database of its own on the server

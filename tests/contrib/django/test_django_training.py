@@ -48,7 +48,7 @@ def test_a_whole_training(host: Any) -> None:
 
     from flnotify.contrib.django import get_notifier, get_repository, notification_for
     from flnotify.contrib.django.models import ClientSecret
-    from servers import refused_url
+    from helpers.servers import refused_url
 
     models = host
     secrets = {name: generate_secret() for name in ("scientist", "alice", "bob")}
