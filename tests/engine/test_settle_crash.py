@@ -10,6 +10,7 @@ Whatever k, the training ends as it ends without a crash, each outcome is counte
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -18,12 +19,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flnotify
 import flnotify.errors
 from flnotify import Receiver, RetryPolicy, TrainingState
+from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxDispatcher
 from flnotify.outbox import Outbox, OutboxDispatcher, OutboxState
 from flnotify.repository import SendTally
 from flnotify.testing import MemoryRequest, MemoryTransport
@@ -34,6 +37,13 @@ POLICIES = {
     "strict": flnotify.FailurePolicy.strict(),
     "tolerant": flnotify.FailurePolicy.tolerant(min_delivered_fraction=0.5, remove_after=1),
 }
+
+
+# A simulated crash drops what the dead process had started (coroutines of callbacks it
+# called but never awaited): Python warns about them, as it would not after a real SIGKILL.
+DEAD_PROCESS_LEFTOVERS = pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning", "ignore:coroutine .* was never awaited"
+)
 
 
 class Crash(BaseException):
@@ -183,6 +193,7 @@ def _run(
     return repo.get_training(training.id), _told(transport), tally, fuse
 
 
+@DEAD_PROCESS_LEFTOVERS
 @settings(
     max_examples=40,
     deadline=None,
@@ -222,3 +233,215 @@ def _check(
     assert tally == counts  # each (send, receiver) counted once
     if POLICIES[policy].counts_deliveries:  # every receiver counted (strict counts failures)
         assert tally.pending == 0
+
+
+# -- the mailbox: the in-process route, then a dispatcher adopting after the crash -----------
+
+
+class DyingMailbox:
+    """A mailbox whose sending process may die: ``settle`` (marking done) is a settle step."""
+
+    def __init__(self, store: Mailbox, fuse: Fuse) -> None:
+        self._store = store
+        self._fuse = fuse
+
+    def settle(self, *args: Any, **kwargs: Any) -> Any:
+        self._fuse.step()
+        return self._store.settle(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._fuse.alive()
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+async def _answer_polls(store: Mailbox, plan: dict[uuid.UUID, int], done: asyncio.Event) -> None:
+    """The polling clients: fetch what is offered and acknowledge it with the planned status."""
+    while not done.is_set():
+        for client, status in plan.items():
+            letters = await asyncio.to_thread(store.fetch, client, 10)
+            if letters:
+                acks = [(letter.message_id, status) for letter in letters]
+                await asyncio.to_thread(store.ack, client, acks)
+        await asyncio.sleep(0.005)
+
+
+def _run_polling(
+    answers: list[str], policy: str, crash_at: int | None, path: Path
+) -> tuple[flnotify.TrainingSnapshot, Counter[str], Fuse]:
+    actor = Receiver(uuid.UUID(int=1000), "http://actor.test/hook")
+    clients = [Receiver(uuid.UUID(int=i + 1), MAILBOX_ENDPOINT) for i in range(len(answers))]
+    plan = {c.id: (409 if a == "rejected" else 202) for c, a in zip(clients, answers, strict=True)}
+    repo = flnotify.InMemoryTrainingRepository()
+    training = repo.create_training(actor=actor, participants=clients, model_id=MODEL)
+    repo.update_training(training.id, state=TrainingState.ONGOING, round=1)
+    notification = flnotify.TrainingRoundStartNotification.from_training(
+        repo.get_training(training.id)
+    )
+    transport = MemoryTransport(lambda _: 202)  # the actor, told of removals
+    clock = Clock()
+    fuse = Fuse(crash_at)
+    options: dict[str, Any] = {
+        "transport": transport,
+        "repository": repo,
+        "retry": RetryPolicy.no_retries(),
+        "failure_policy": POLICIES[policy],
+    }
+
+    async def first_process(store: Mailbox) -> None:
+        dying = DyingMailbox(store, fuse)
+        with flnotify.Notifier(mailbox=dying, **options) as notifier:
+            callbacks = DyingCallbacks(notifier.engine.default_callbacks(notification), fuse)
+            done = asyncio.Event()
+            clients_task = asyncio.create_task(_answer_polls(store, plan, done))
+            try:
+                await notifier.asend(notification, callbacks)
+            except Crash:
+                pass
+            finally:
+                done.set()
+                await clients_task
+
+    async def second_process(store: Mailbox) -> None:
+        with flnotify.Notifier(mailbox=store, **options) as notifier:
+            done = asyncio.Event()
+            clients_task = asyncio.create_task(_answer_polls(store, plan, done))
+            try:
+                await MailboxDispatcher(store, notifier, poll_interval=0.01).arun_once()
+            finally:
+                done.set()
+                await clients_task
+
+    with Mailbox(path, clock=clock) as store:
+        asyncio.run(first_process(store))
+        clock.now += 120  # the dead process's lease ends (acknowledgements are still due)
+        asyncio.run(second_process(store))
+    return repo.get_training(training.id), _told(transport), fuse
+
+
+@DEAD_PROCESS_LEFTOVERS
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    answers=st.lists(st.sampled_from(["delivered", "rejected"]), min_size=1, max_size=4),
+    policy=st.sampled_from(sorted(POLICIES)),
+    crash_at=st.integers(0, 10),
+)
+def test_mailbox_a_crash_between_settle_steps_applies_each_effect_once(
+    answers: list[str], policy: str, crash_at: int, tmp_path: Path
+) -> None:
+    name = uuid.uuid4().hex
+    logging.getLogger("flnotify").setLevel(logging.CRITICAL)
+    try:
+        expected, told_once, _ = _run_polling(answers, policy, None, tmp_path / f"{name}-a.db")
+        after, told, fuse = _run_polling(answers, policy, crash_at, tmp_path / f"{name}-b.db")
+    finally:
+        logging.getLogger("flnotify").setLevel(logging.NOTSET)
+    # one callback per receiver and at least one settle: a step to crash at, whatever the
+    # acknowledgements' batching (which varies with timing) made of the rest
+    if crash_at <= len(answers):
+        assert fuse.blown
+    assert after.state is expected.state
+    assert after.participant_ids() == expected.participant_ids()
+    assert told == told_once
+    assert all(count == 1 for count in told.values()), told
+
+
+# -- Celery with late acks: a worker killed mid-task, the broker redelivers the task ----------
+
+
+def _run_celery(
+    answers: list[str], policy: str, chunk_size: int, crash_at: int | None
+) -> tuple[flnotify.TrainingSnapshot, Counter[str], Fuse]:
+    """A round through CeleryDelivery's task; a crash, then the same task messages again."""
+    from celery import Celery  # type: ignore[import-untyped]
+
+    from flnotify.contrib.celery import CeleryDelivery
+
+    actor = Receiver(uuid.UUID(int=1000), "http://actor.test/hook")
+    clients = [
+        Receiver(uuid.UUID(int=i + 1), f"http://client-{i}.test/hook") for i in range(len(answers))
+    ]
+    plan = {c.message_endpoint: a for c, a in zip(clients, answers, strict=True)}
+    repo = flnotify.InMemoryTrainingRepository()
+    training = repo.create_training(actor=actor, participants=clients, model_id=MODEL)
+    repo.update_training(training.id, state=TrainingState.ONGOING, round=1)
+    notification = flnotify.TrainingRoundStartNotification.from_training(
+        repo.get_training(training.id)
+    )
+    transport = MemoryTransport(_answer(plan))
+    fuse = Fuse(crash_at)
+    fuses = [fuse]  # the process that runs the callbacks now
+
+    def training_callbacks(repository: Any) -> Any:
+        registry = flnotify.Settings().default_callbacks
+        inner = registry.training_callbacks(repository, POLICIES[policy], sender=None)
+        return DyingCallbacks(inner, fuses[0])
+
+    def worker() -> CeleryDelivery:
+        app = Celery(f"crash-{uuid.uuid4().hex}", broker="memory://", set_as_current=False)
+        return CeleryDelivery(
+            app,
+            repository_factory=lambda: repo,
+            transport_factory=lambda: transport,
+            callbacks={"training": training_callbacks},
+            chunk_size=chunk_size,
+            retry=RetryPolicy.no_retries(),
+            failure_policy=POLICIES[policy],
+        )
+
+    sent: list[tuple[Any, Any]] = []  # what the broker holds: each chunk's task message
+    first = worker()
+    first.task.apply_async = lambda args, kwargs, **_: sent.append((args, kwargs))
+    first.enqueue(notification, callbacks="training")
+    try:
+        for args, kwargs in sent:  # the worker runs the chunks, and dies at the fuse
+            with contextlib.suppress(Crash):
+                first.task.apply(args=args, kwargs=kwargs, throw=True)
+            if fuse.blown:
+                break
+    finally:
+        first.close()
+    fuses[0] = Fuse(None)  # a new worker process: the broker redelivers every unacked message
+    second = worker()
+    try:
+        for args, kwargs in sent:
+            second.task.apply(args=args, kwargs=kwargs, throw=True)
+    finally:
+        second.close()
+    return repo.get_training(training.id), _told(transport), fuse
+
+
+@DEAD_PROCESS_LEFTOVERS
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    answers=st.lists(ANSWERS, min_size=1, max_size=4),
+    policy=st.sampled_from(sorted(POLICIES)),
+    chunk_size=st.integers(1, 3),
+    crash_at=st.integers(0, 6),
+)
+def test_celery_a_crash_mid_task_then_redelivery_applies_each_effect_once(
+    answers: list[str], policy: str, chunk_size: int, crash_at: int
+) -> None:
+    logging.getLogger("flnotify").setLevel(logging.CRITICAL)
+    try:
+        expected, _, reference = _run_celery(answers, policy, chunk_size, None)
+        after, _, fuse = _run_celery(answers, policy, chunk_size, crash_at)
+    finally:
+        logging.getLogger("flnotify").setLevel(logging.NOTSET)
+    assert fuse.blown == (crash_at < reference.steps)
+    assert after.state is expected.state
+    assert after.participant_ids() == expected.participant_ids()
