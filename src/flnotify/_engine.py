@@ -868,13 +868,19 @@ class Engine:
             pins=self.pinned_poster() is not None,
         )
 
-    def refuse_split_sends_unjudged(self, driver: str) -> None:
-        """For a driver that delivers sends in parts: refuse defaults that cannot judge them.
+    def refuse_split_sends_unjudged(self, driver: str, callbacks: Callbacks | None = None) -> None:
+        """For a driver that delivers sends in parts: refuse callbacks that cannot judge them.
+
+        Args:
+            driver: Its name, for the error.
+            callbacks: The callbacks it was given; ``None``: it uses the defaults.
 
         Raises:
-            ConfigurationError: Saying what to add (see
-                [`refuse_split_sends_unjudged`][flnotify.callbacks.refuse_split_sends_unjudged]).
+            ConfigurationError: Naming what to add (``OutcomeTracking``) or use instead.
         """
+        if callbacks is not None:
+            refuse_parts_unjudged(callbacks, driver)
+            return
         settings = self.settings
         refuse_split_sends_unjudged(
             settings.default_callbacks, self.repository, settings.failure_policy, driver

@@ -14,7 +14,7 @@ from .._attempt import Course
 from .._report import Delivery
 from .._types import Receiver
 from .._validators import at_least_one, positive
-from ..callbacks import Callbacks, refuse_parts_unjudged, run_callbacks
+from ..callbacks import Callbacks, run_callbacks
 from ._route import MailLeg, new_owner
 from ._store import Adopted, MailboxStore
 from ._wire import MAILBOX_ENDPOINT
@@ -62,10 +62,7 @@ class MailboxDispatcher:
 
     def __attrs_post_init__(self) -> None:
         # a send reaches this dispatcher in parts: refuse callbacks that never judge it
-        if self.callbacks is None:
-            self.notifier.engine.refuse_split_sends_unjudged("MailboxDispatcher")
-        else:
-            refuse_parts_unjudged(self.callbacks, "MailboxDispatcher")
+        self.notifier.engine.refuse_split_sends_unjudged("MailboxDispatcher", self.callbacks)
 
     async def arun_once(self) -> int:
         """Adopt what is orphaned now and see it to its outcomes; how many were adopted."""

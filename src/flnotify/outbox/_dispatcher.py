@@ -25,7 +25,7 @@ from .._lease import keep_lease
 from .._notification import Notification
 from .._report import Delivery
 from .._validators import at_least_one, positive
-from ..callbacks import Callbacks, refuse_parts_unjudged, run_callbacks
+from ..callbacks import Callbacks, run_callbacks
 from ._model import Claim, OutboxEntry, OutboxQueue
 
 if TYPE_CHECKING:
@@ -141,10 +141,7 @@ class OutboxDispatcher:
 
     def __attrs_post_init__(self) -> None:
         # a send reaches this dispatcher in parts: refuse callbacks that never judge it
-        if self.callbacks is None:
-            self.notifier.engine.refuse_split_sends_unjudged("OutboxDispatcher")
-        else:
-            refuse_parts_unjudged(self.callbacks, "OutboxDispatcher")
+        self.notifier.engine.refuse_split_sends_unjudged("OutboxDispatcher", self.callbacks)
 
     async def arun_once(self) -> int:
         """Claim one batch of deliveries and see each to its outcome and callbacks.
