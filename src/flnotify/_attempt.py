@@ -311,6 +311,51 @@ class Core:
         self.send_size = send_size
         self._plain_retry = type(retry) is RetryPolicy  # its decide() is known: 2xx is final
 
+    # -- the fast lane -------------------------------------------------------------------
+
+    @property
+    def plain(self) -> bool:
+        """Whether a 2xx ends a receiver with nothing to decide or tell per attempt.
+
+        The plain retry policy, no hook that watches attempts or adds headers: a driver
+        may then run first attempts its own way and call
+        [`delivered`][flnotify._attempt.Core.delivered] for each 2xx.
+        """
+        return self._plain_retry and not self._watch and not self._extra
+
+    @property
+    def user_agent(self) -> str:
+        """The ``User-Agent`` of every attempt."""
+        return self._user_agent
+
+    def prepared_signer(self) -> Callable[[str, str, ReceiverLike], str | None] | None:
+        """``sign(message_id, timestamp, receiver)`` for this send's body, or ``None`` unsigned.
+
+        The signer's per-send work (the body, the keys' state) is done once, here.
+        """
+        if self._signer is None:
+            return None
+        return self._signer.prepared(self.body)
+
+    def delivered(
+        self, receiver: ReceiverLike, message_id: str, status: int, started: float
+    ) -> Delivery:
+        """The DELIVERED outcome of a first attempt the driver ran (see ``plain``)."""
+        delivery = Delivery(
+            receiver=receiver,
+            notification=self.notification,
+            outcome=Outcome.DELIVERED,
+            message_id=message_id,
+            attempts=1,
+            elapsed=self._clock() - started,
+            status_code=status,
+            send_id=self.send_id,
+            send_size=self.send_size,
+        )
+        if self._tell:
+            self._hooks.outcome(delivery)
+        return delivery
+
     # -- the flow ------------------------------------------------------------------------
 
     def flow(self, course: Course) -> Flow:
