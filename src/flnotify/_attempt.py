@@ -328,14 +328,45 @@ class Core:
         """The ``User-Agent`` of every attempt."""
         return self._user_agent
 
-    def prepared_signer(self) -> Callable[[str, str, ReceiverLike], str | None] | None:
-        """``sign(message_id, timestamp, receiver)`` for this send's body, or ``None`` unsigned.
+    def own_headers(self) -> Callable[[str, str, ReceiverLike], tuple[tuple[str, str], ...]]:
+        """``own(message_id, timestamp, receiver)``: a first attempt's per-receiver headers.
 
-        The signer's per-send work (the body, the keys' state) is done once, here.
+        ``webhook-id``, ``webhook-timestamp`` and the signature, as
+        [`request`][flnotify._attempt.Core.request] makes them; the signer's per-send work
+        (the body, its keys' state) is done once, here.
         """
-        if self._signer is None:
-            return None
-        return self._signer.prepared(self.body)
+        signer, body = self._signer, self.body
+        if signer is None:
+            return lambda message_id, timestamp, _: (
+                ("webhook-id", message_id),
+                ("webhook-timestamp", timestamp),
+            )
+        prepared = getattr(signer, "prepared", None)
+        if prepared is None:  # a signer of another kind: its headers, as in request()
+
+            def signed(
+                message_id: str, timestamp: str, receiver: ReceiverLike
+            ) -> tuple[tuple[str, str], ...]:
+                headers = {"webhook-id": message_id, "webhook-timestamp": timestamp}
+                headers.update(signer.headers(message_id, int(timestamp), body, receiver))
+                return tuple(headers.items())
+
+            return signed
+        sign = prepared(body)
+
+        def own(
+            message_id: str, timestamp: str, receiver: ReceiverLike
+        ) -> tuple[tuple[str, str], ...]:
+            signature = sign(message_id, timestamp, receiver)
+            if signature is None:
+                return (("webhook-id", message_id), ("webhook-timestamp", timestamp))
+            return (
+                ("webhook-id", message_id),
+                ("webhook-timestamp", timestamp),
+                ("webhook-signature", signature),
+            )
+
+        return own
 
     def delivered(
         self, receiver: ReceiverLike, message_id: str, status: int, started: float

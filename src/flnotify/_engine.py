@@ -846,7 +846,7 @@ class _Lane:
         assert began is not None  # noqa: S101 - set by run()
         validate = engine.settings.policy.validate_url
         clock, wall = engine.seams.clock, engine.seams.wall_clock
-        sign = core.prepared_signer()
+        own_headers = core.own_headers()
         diverted = self.diverted
         stamp, stamped = -1, ""
         for index in push.fresh:
@@ -858,24 +858,14 @@ class _Lane:
                 if type(url) is not str:
                     raise TypeError(url)
                 validate(url)
-                message_id = ids[index]
                 now = int(wall())
                 if now != stamp:
                     stamp, stamped = now, str(now)
-                signature = None if sign is None else sign(message_id, stamped, receiver)
+                own = own_headers(ids[index], stamped, receiver)
             except Exception:  # the general flow fails it with the right error
                 diverted.append(index)
                 continue
             began[index] = clock()
-            own: tuple[tuple[str, str], ...]
-            if signature is None:
-                own = (("webhook-id", message_id), ("webhook-timestamp", stamped))
-            else:
-                own = (
-                    ("webhook-id", message_id),
-                    ("webhook-timestamp", stamped),
-                    ("webhook-signature", signature),
-                )
             yield url, own, index
 
     def done(self, index: int, response: Any, exc: Exception | None) -> None:

@@ -373,10 +373,12 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._feeding = False
             self._protocol_error("the server switched protocols", exc)
+            self._hand_over()  # a response may have completed before the junk
             return
         except httptools.HttpParserError as exc:
             self._feeding = False
             self._protocol_error(f"malformed HTTP response: {exc}", exc)
+            self._hand_over()
             return
         self._feeding = False
         if not self._pending():
