@@ -1255,22 +1255,10 @@ class StreamTransport(AsyncClosing):
         if origin is None:
             origin = state.origin(prefix, url)
 
-        parts = ["POST ", target, " HTTP/1.1\r\n", origin.lines]
-        user_agent = True
-        names = self._names
-        for name, value in headers.items():
-            line = names.get(name)
-            if line is None:
-                line = self._header_line(name, url)
-            if not line:
-                continue
-            if line is _USER_AGENT:
-                user_agent = False
-            if not value.isprintable() and _BAD_VALUE_CHARS(value):
-                raise InvalidURLError(f"header {name!r} contains a control character", url=url)
-            parts += (line, value, "\r\n")
-        if user_agent:
-            parts += (_USER_AGENT, self.user_agent, "\r\n")
+        lines = self._lines(headers, url)
+        if _USER_AGENT not in lines[::3]:  # the name of each (name, value, CRLF)
+            lines += (_USER_AGENT, self.user_agent, "\r\n")
+        parts = ["POST ", target, " HTTP/1.1\r\n", origin.lines, *lines]
         parts.append(f"Content-Length: {len(body)}\r\n\r\n")
         try:
             head = "".join(parts).encode("latin-1")
@@ -1346,7 +1334,7 @@ class StreamTransport(AsyncClosing):
             await drive_each(self.apost, body, headers, jobs, done, concurrency)
             return
         shared = self._lines(headers, "")
-        if _USER_AGENT not in shared:
+        if _USER_AGENT not in shared[::3]:  # the name of each (name, value, CRLF)
             shared += (_USER_AGENT, self.user_agent, "\r\n")
         tail = ("".join(shared) + f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
         await _Driver(self, state, tail, jobs, done, concurrency).run()
