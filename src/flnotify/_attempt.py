@@ -311,6 +311,82 @@ class Core:
         self.send_size = send_size
         self._plain_retry = type(retry) is RetryPolicy  # its decide() is known: 2xx is final
 
+    # -- the fast lane -------------------------------------------------------------------
+
+    @property
+    def plain(self) -> bool:
+        """Whether a 2xx ends a receiver with nothing to decide or tell per attempt.
+
+        The plain retry policy, no hook that watches attempts or adds headers: a driver
+        may then run first attempts its own way and call
+        [`delivered`][flnotify._attempt.Core.delivered] for each 2xx.
+        """
+        return self._plain_retry and not self._watch and not self._extra
+
+    @property
+    def user_agent(self) -> str:
+        """The ``User-Agent`` of every attempt."""
+        return self._user_agent
+
+    def own_headers(self) -> Callable[[str, str, ReceiverLike], tuple[tuple[str, str], ...]]:
+        """``own(message_id, timestamp, receiver)``: a first attempt's per-receiver headers.
+
+        ``webhook-id``, ``webhook-timestamp`` and the signature, as
+        [`request`][flnotify._attempt.Core.request] makes them; the signer's per-send work
+        (the body, its keys' state) is done once, here.
+        """
+        signer, body = self._signer, self.body
+        if signer is None:
+            return lambda message_id, timestamp, _: (
+                ("webhook-id", message_id),
+                ("webhook-timestamp", timestamp),
+            )
+        prepared = getattr(signer, "prepared", None)
+        if prepared is None:  # a signer of another kind: its headers, as in request()
+
+            def signed(
+                message_id: str, timestamp: str, receiver: ReceiverLike
+            ) -> tuple[tuple[str, str], ...]:
+                headers = {"webhook-id": message_id, "webhook-timestamp": timestamp}
+                headers.update(signer.headers(message_id, int(timestamp), body, receiver))
+                return tuple(headers.items())
+
+            return signed
+        sign = prepared(body)
+
+        def own(
+            message_id: str, timestamp: str, receiver: ReceiverLike
+        ) -> tuple[tuple[str, str], ...]:
+            signature = sign(message_id, timestamp, receiver)
+            if signature is None:
+                return (("webhook-id", message_id), ("webhook-timestamp", timestamp))
+            return (
+                ("webhook-id", message_id),
+                ("webhook-timestamp", timestamp),
+                ("webhook-signature", signature),
+            )
+
+        return own
+
+    def delivered(
+        self, receiver: ReceiverLike, message_id: str, status: int, started: float
+    ) -> Delivery:
+        """The DELIVERED outcome of a first attempt the driver ran (see ``plain``)."""
+        delivery = Delivery(
+            receiver=receiver,
+            notification=self.notification,
+            outcome=Outcome.DELIVERED,
+            message_id=message_id,
+            attempts=1,
+            elapsed=self._clock() - started,
+            status_code=status,
+            send_id=self.send_id,
+            send_size=self.send_size,
+        )
+        if self._tell:
+            self._hooks.outcome(delivery)
+        return delivery
+
     # -- the flow ------------------------------------------------------------------------
 
     def flow(self, course: Course) -> Flow:

@@ -23,7 +23,9 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import math
 import weakref
+from array import array
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union, cast
 
@@ -70,7 +72,14 @@ from .callbacks import (
 )
 from .endpoints import EndpointPolicy
 from .health import CircuitBreaker
-from .transports._base import AsyncTransport, PinningTransport, Transport, capabilities
+from .transports._base import (
+    AsyncTransport,
+    DrivingTransport,
+    Job,
+    PinningTransport,
+    Transport,
+    capabilities,
+)
 
 if TYPE_CHECKING:
     from .repository import AsyncTrainingRepository, TrainingRepository
@@ -345,13 +354,22 @@ class Send:
         self.expired = False  # the deadline passed
         self.steps: list[asyncio.Task[None]] = []  # then-steps of a send without callbacks
         self.begin = 0.0  # the engine's clock when the send began
+        # the fast lane's compact state: when each receiver's first attempt began (NaN: not)
+        self.lane_began: array[float] | None = None
 
     def course(self, index: int) -> Course:
         """The way of receiver ``index`` through this send (made once, then kept)."""
         course = self.courses[index]
         if course is None:
             resume = self.plan.resume
-            if resume is None:
+            began = self.lane_began
+            if began is not None and began[index] == began[index]:  # not NaN: it began
+                # its first attempt went through the fast lane
+                course = Course(
+                    index, self.receivers[index], self.message_ids[index], 1, began[index]
+                )
+                course.begun = began[index]
+            elif resume is None:
                 course = Course(index, self.receivers[index], self.message_ids[index])
             else:
                 course = Course(
@@ -610,8 +628,33 @@ class _Push:
         self.began: list[float] | None = None if bounded else [0.0] * workers
         self.overdue = [False] * workers
 
+    def lane(self) -> DrivingTransport | None:
+        """The transport that can drive this send's first attempts itself, if it may.
+
+        The fast lane is for the common case: push, first attempts, no hook that watches
+        attempts or adds headers, no address guard (pinning), no breaker, the plain retry
+        policy (a 2xx needs no decision), a transport that drives (``drive``).
+        """
+        engine, send = self.engine, self.send
+        core = send.core
+        transport = engine.transport
+        settings = engine.settings
+        if (
+            not engine.fast_lane
+            or not isinstance(transport, DrivingTransport)
+            or not core.plain
+            or send.plan.resume is not None
+            or settings.policy.block_private
+            or settings.breaker is not None
+        ):
+            return None
+        return transport
+
     async def run(self) -> None:
         send = self.send
+        lane = self.lane()
+        if lane is not None and self.count:
+            await _Lane(self, lane).run()
         for worker in range(self.count):
             self.workers.append(send.spawn(self.work(worker)))
         if self.began is not None and self.workers:
@@ -727,6 +770,26 @@ class _Push:
                 error = internal_error("the engine", exc, course.url)
                 record(course.index, core.fail(course, error))
 
+    def judged(self, index: int, url: str, response: object, exc: Exception | None) -> None:
+        """A fast-lane attempt that was not a plain 2xx: the core judges it, as in the flow.
+
+        A retry continues on the general path (a fresh flow checks the endpoint again).
+        """
+        send = self.send
+        core = send.core
+        course = send.course(index)  # its lane attempt counted, from when it began
+        course.url = url
+        try:
+            step = core.judge(course, cast(HttpResponse, response), exc)
+        except Exception as failure:  # the engine itself broke: still one outcome
+            logger.exception("The engine failed while delivering to %s.", course.receiver.id)
+            step = core.fail(course, internal_error("the engine", failure, url))
+        if type(step) is float:
+            course.flow = core.flow(course)
+            self.again(course, step)
+        else:
+            send.record(index, cast(Delivery, step))
+
     def timed_out(self, url: str) -> TransportTimeoutError:
         limit = self.engine.settings.attempt_timeout
         return TransportTimeoutError(
@@ -756,6 +819,104 @@ class _Push:
         self.wakeup.set()
 
 
+class _Lane:
+    """The fast lane of a send: the transport drives first attempts; 2xx recorded at once.
+
+    Per send, once: the shared headers (content type, user agent), the signer's prepared
+    key state. Per receiver: its URL checked (the origin part cached by the policy), its
+    ``webhook-id``, timestamp and signature, the time it began (compact, in an array).
+    A receiver the lane cannot take (a URL, signer or header problem) goes to the general
+    flow, which fails it with the right typed error; an answer other than 2xx, or an
+    error, is judged by the core like any attempt.
+    """
+
+    def __init__(self, push: _Push, transport: DrivingTransport) -> None:
+        self.push = push
+        self.transport = transport
+        send = push.send
+        self.send = send
+        self.diverted: list[int] = []
+
+    def jobs(self) -> Iterator[Job]:
+        push, send = self.push, self.send
+        core = send.core
+        engine = push.engine
+        receivers, ids = send.receivers, send.message_ids
+        began = send.lane_began
+        assert began is not None  # noqa: S101 - set by run()
+        validate = engine.settings.policy.validate_url
+        clock, wall = engine.seams.clock, engine.seams.wall_clock
+        own_headers = core.own_headers()
+        diverted = self.diverted
+        stamp, stamped = -1, ""
+        for index in push.fresh:
+            if send.expired:
+                return
+            receiver = receivers[index]
+            try:
+                url = receiver.message_endpoint
+                if type(url) is not str:
+                    raise TypeError(url)
+                validate(url)
+                now = int(wall())
+                if now != stamp:
+                    stamp, stamped = now, str(now)
+                own = own_headers(ids[index], stamped, receiver)
+            except Exception:  # the general flow fails it with the right error
+                diverted.append(index)
+                continue
+            began[index] = clock()
+            yield url, own, index
+
+    def done(self, index: int, response: Any, exc: Exception | None) -> None:
+        send = self.send
+        if send.results[index] is not None or send.expired:
+            return
+        began = cast("array[float]", send.lane_began)[index]
+        if (
+            exc is None
+            and type(response) is HttpResponse
+            and type(response.status_code) is int
+            and 200 <= response.status_code < 300
+        ):
+            delivery = send.core.delivered(
+                send.receivers[index], send.message_ids[index], response.status_code, began
+            )
+            send.record(index, delivery)
+            return
+        self.push.judged(index, send.receivers[index].message_endpoint, response, exc)
+
+    async def run(self) -> None:
+        push, send = self.push, self.send
+        core = send.core
+        send.lane_began = array("d", [math.nan]) * len(send.receivers)
+        headers = {"content-type": "application/json", "user-agent": core.user_agent}
+        try:
+            await self.transport.drive(core.body, headers, self.jobs(), self.done, push.count)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the transport broke: what it left goes the general way
+            logger.exception("The fast lane's transport failed; the general path takes over.")
+            failed = True
+        else:
+            failed = False
+        # receivers it did not take go the general way: those it refused, those not reached
+        rest = self.diverted
+        rest.extend(push.fresh)
+        if failed:  # and those it left in flight without an outcome (counted as attempted)
+            began = send.lane_began
+            deferred = {index for index, _ in send.deferred}
+            rest.extend(
+                i
+                for i, since in enumerate(began)
+                if since == since  # NaN: never began
+                and send.results[i] is None
+                and i not in push.waiting
+                and i not in deferred
+            )
+        push.fresh = iter(rest)
+
+
 Repository = Union["TrainingRepository", "AsyncTrainingRepository"]
 
 
@@ -769,6 +930,9 @@ class Engine:
         seams: Clocks, sleeper and random source; the current ones (real unless a test
             switched fakes on with ``flnotify.testing.seams``) if ``None``.
     """
+
+    fast_lane: bool = True
+    """Whether sends may take the fast lane (tests run both paths by switching it off)."""
 
     def __init__(
         self,

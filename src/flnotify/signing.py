@@ -264,6 +264,33 @@ class Signer:
             return "v1," + _b64(digests[0])
         return " ".join(["v1," + _b64(d) for d in digests])
 
+    def prepared(self, body: bytes) -> Callable[[str, str, ReceiverLike | None], str | None]:
+        """``signature(msg_id, timestamp, receiver)`` for many requests with one ``body``.
+
+        The per-send work is done once: the shared keys' HMAC states are kept, and the
+        ``v1,`` values are built without a second pass. A receiver with a secret of its
+        own (``lookup``) is signed as [`signature`][flnotify.Signer.signature] signs it.
+        """
+        shared = self._shared
+        lookup = self._lookup
+        general = self.signature
+
+        def sign(msg_id: str, timestamp: str, receiver: ReceiverLike | None = None) -> str | None:
+            if lookup is not None:
+                return general(msg_id, int(timestamp), body, receiver)
+            if not shared:
+                return None
+            signed = f"{msg_id}.{timestamp}.".encode()
+            values = []
+            for prototype in shared:
+                mac = prototype.copy()
+                mac.update(signed)
+                mac.update(body)
+                values.append("v1," + _b64(mac.digest()))
+            return values[0] if len(values) == 1 else " ".join(values)
+
+        return sign
+
     def verify_from(
         self,
         receiver: ReceiverLike,

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flnotify
+import flnotify._engine
 import flnotify.errors
 import flnotify.transports
 from flnotify import Timeouts
@@ -26,11 +27,11 @@ from flnotify.transports import HttpxTransport, StreamTransport
 from helpers.hostile import (
     PROPERTY,
     CountingCallbacks,
-    HostileTransport,
     World,
     check_attempts_paired,
     check_invariants,
     hostile_notifier,
+    hostile_transport,
     no_wait,
     notification,
     quiet,
@@ -39,12 +40,16 @@ from helpers.hostile import (
 )
 from helpers.servers import FaultServer
 
+LANES = pytest.mark.parametrize("lane", [True, False], ids=["fast-lane", "general"])
+"""Both paths of the push route: the fast lane (a transport that drives) and the general flow."""
 
+
+@LANES
 @PROPERTY
 @given(world=worlds())
-def test_notifier_one_delivery_and_one_callback_per_receiver(world: World) -> None:
+def test_notifier_one_delivery_and_one_callback_per_receiver(world: World, lane: bool) -> None:
     rs = receivers(world)
-    transport = HostileTransport(world, [r.message_endpoint for r in rs])
+    transport = hostile_transport(world, [r.message_endpoint for r in rs], lane)
     callbacks = CountingCallbacks(world)
 
     notifier = hostile_notifier(world, transport)
@@ -64,11 +69,12 @@ def test_notifier_one_delivery_and_one_callback_per_receiver(world: World) -> No
     assert all(isinstance(e, flnotify.errors.CallbackError) for e in report.callback_errors)
 
 
+@LANES
 @PROPERTY
 @given(world=worlds())
-def test_notifier_sync_send_ends_the_same_way(world: World) -> None:
+def test_notifier_sync_send_ends_the_same_way(world: World, lane: bool) -> None:
     rs = receivers(world)
-    transport = HostileTransport(world, [r.message_endpoint for r in rs])
+    transport = hostile_transport(world, [r.message_endpoint for r in rs], lane)
     callbacks = CountingCallbacks(world)
     with quiet(), hostile_notifier(world, transport) as notifier:
         report = notifier.send(notification(rs), callbacks)
@@ -76,13 +82,14 @@ def test_notifier_sync_send_ends_the_same_way(world: World) -> None:
     check_invariants(world, rs, list(report), callbacks, transport.seen)
 
 
+@LANES
 @settings(PROPERTY, max_examples=40)
 @given(world=worlds())
 def test_outbox_dispatcher_one_recorded_outcome_and_callback_per_receiver(
-    world: World, tmp_path: Path
+    world: World, tmp_path: Path, lane: bool
 ) -> None:
     rs = receivers(world)
-    transport = HostileTransport(world, [r.message_endpoint for r in rs])
+    transport = hostile_transport(world, [r.message_endpoint for r in rs], lane)
     callbacks = CountingCallbacks(world)
     path = tmp_path / f"outbox-{uuid.uuid4().hex}.db"
     with quiet(), Outbox(path) as outbox, hostile_notifier(world, transport) as notifier:
@@ -172,12 +179,15 @@ def peer() -> Iterator[FaultServer]:
         yield server
 
 
-@pytest.mark.parametrize("kind", ["httpx", "streams"])
+@pytest.mark.parametrize("kind", ["httpx", "streams", "streams-general"])
 @settings(PROPERTY, max_examples=40)
 @given(scripts=st.lists(st.lists(raw_answers(), min_size=1, max_size=3), min_size=1, max_size=4))
 def test_real_transports_one_delivery_per_receiver_whatever_the_peer_writes(
-    peer: FaultServer, kind: str, scripts: list[list[bytes | str]]
+    peer: FaultServer, kind: str, scripts: list[list[bytes | str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # "streams" takes the fast lane (StreamTransport drives the first attempts); the
+    # general flow with it switched off
+    monkeypatch.setattr(flnotify._engine.Engine, "fast_lane", kind != "streams-general")
     example = uuid.uuid4().hex
     rs = []
     for i, script in enumerate(scripts):

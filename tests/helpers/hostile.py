@@ -27,6 +27,7 @@ import flnotify.hooks
 from flnotify import Delivery, Outcome, Receiver
 from flnotify.testing import seams
 from flnotify.transports import HttpResponse
+from flnotify.transports._base import Done, Job, drive_each
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
 TRAINING = uuid.UUID(int=77)
@@ -203,6 +204,25 @@ class HostileTransport:
         return None
 
 
+class DrivingHostileTransport(HostileTransport):
+    """The same scripts, also offered to the engine's fast lane (``drive``)."""
+
+    async def drive(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        jobs: Iterator[Job],
+        done: Done,
+        concurrency: int,
+    ) -> None:
+        await drive_each(self.apost, body, headers, jobs, done, concurrency)
+
+
+def hostile_transport(world: World, urls: list[str], lane: bool) -> HostileTransport:
+    """The world's transport; with ``lane`` the engine may run first attempts in its fast lane."""
+    return (DrivingHostileTransport if lane else HostileTransport)(world, urls)
+
+
 class HostileSigner:
     """Signs, except for some receivers, where it raises (a broken per-receiver lookup)."""
 
@@ -258,24 +278,34 @@ def notifier_options(world: World) -> dict[str, Any]:
     return options
 
 
-class HostileHook(flnotify.hooks.NullHook):
-    """A hook that may raise from one of its methods; it still notes every attempt."""
+class OutcomeHook(flnotify.hooks.NullHook):
+    """A hook of sends and outcomes only, that may raise from one of its methods."""
 
     def __init__(self, method: str | None) -> None:
         self.method = method
-        self.started: list[tuple[str, str, int]] = []
-        self.ended: list[tuple[str, str, int]] = []
-        self.lock = threading.Lock()
 
     def _maybe(self, name: str) -> None:
-        if name == self.method:
-            raise RuntimeError(f"{name} broke")
+        if self.method == name:
+            raise RuntimeError(f"hook {name} broke")
 
     def on_send_started(self, details: Any, /) -> None:
         self._maybe("on_send_started")
 
     def on_send_ended(self, report: Any, /) -> None:
         self._maybe("on_send_ended")
+
+    def on_outcome(self, delivery: Delivery, /) -> None:
+        self._maybe("on_outcome")
+
+
+class HostileHook(OutcomeHook):
+    """A hook that may raise from one of its methods; it still notes every attempt."""
+
+    def __init__(self, method: str | None) -> None:
+        super().__init__(method)
+        self.started: list[tuple[str, str, int]] = []
+        self.ended: list[tuple[str, str, int]] = []
+        self.lock = threading.Lock()
 
     def on_attempt_started(self, details: flnotify.hooks.AttemptStarted, /) -> None:
         with self.lock:
@@ -287,9 +317,6 @@ class HostileHook(flnotify.hooks.NullHook):
         with self.lock:
             self.ended.append((started.send_id, started.message_id, started.attempt))
         self._maybe("on_attempt_ended")
-
-    def on_outcome(self, delivery: Delivery, /) -> None:
-        self._maybe("on_outcome")
 
 
 def check_attempts_paired(notifier: flnotify.Notifier) -> None:
@@ -436,6 +463,13 @@ async def no_wait(_: float) -> None:
 
 
 def hostile_notifier(world: World, transport: HostileTransport) -> flnotify.Notifier:
-    """A Notifier over ``world``'s hostile components, never really sleeping."""
+    """A Notifier over ``world``'s hostile components, never really sleeping.
+
+    Over a transport that drives, its hook watches outcomes only, so that first attempts
+    may take the engine's fast lane (a hook watching attempts keeps them off it).
+    """
+    options = notifier_options(world)
+    if isinstance(transport, DrivingHostileTransport):
+        options["hooks"] = [OutcomeHook(world.bad_hook)]
     with seams(sleep=no_wait, rng=world_rng(world)):
-        return flnotify.Notifier(transport=transport, **notifier_options(world))
+        return flnotify.Notifier(transport=transport, **options)

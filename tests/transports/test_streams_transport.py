@@ -794,3 +794,49 @@ def test_response_headers_mapping() -> None:
     assert "x-a" in repr(headers)
     assert pickle.loads(pickle.dumps(headers)) == dict(headers)  # noqa: S301 - our own bytes
     assert copy.deepcopy(response) == response
+
+
+def drive_all(
+    transport: StreamTransport, urls: list[str], concurrency: int = 4
+) -> dict[int, tuple[Any, Any]]:
+    """Every job's outcome from ``drive`` (the fast lane's way), by token."""
+    outcomes: dict[int, tuple[Any, Any]] = {}
+
+    def done(token: int, response: Any, exc: Exception | None) -> None:
+        assert token not in outcomes, "a job reported twice"
+        outcomes[token] = (response, exc)
+
+    jobs = iter([(url, (("webhook-id", f"msg_{i}"),), i) for i, url in enumerate(urls)])
+
+    async def main() -> None:
+        try:
+            await asyncio.wait_for(transport.drive(b"{}", {}, jobs, done, concurrency), 10)
+        finally:
+            await transport.aclose()
+
+    asyncio.run(main())
+    return outcomes
+
+
+def test_drive_reports_a_response_followed_by_junk_in_the_same_packet() -> None:
+    # The response completes inside the parser, then the junk follows: every job is
+    # reported once, and drive() ends.
+    with FaultServer(record=True) as server:
+        server.scripts["junk"] = [b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\x01\x02junk"]
+        server.scripts["ok"] = [b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok"]
+        urls = [server.url("/script/junk"), server.url("/script/ok"), server.url("/script/ok")]
+        outcomes = drive_all(StreamTransport(timeouts=Timeouts(total=5.0)), urls, 1)
+    assert sorted(outcomes) == [0, 1, 2]
+    assert outcomes[0][0].status_code == 200
+    assert [outcomes[i][0].status_code for i in (1, 2)] == [202, 202]
+    assert [r.headers["webhook-id"] for r in server.requests] == ["msg_0", "msg_1", "msg_2"]
+
+
+def test_drive_refuses_a_bad_url_before_any_io_and_goes_on() -> None:
+    with FaultServer(record=True) as server:
+        server.scripts["ok"] = [b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok"]
+        urls = ["ftp://nowhere/x", server.url("/script/ok")]
+        outcomes = drive_all(StreamTransport(), urls)
+    assert isinstance(outcomes[0][1], flnotify.errors.InvalidURLError)
+    assert outcomes[1][0].status_code == 202
+    assert len(server.requests) == 1

@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import sys
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import ClassVar, Protocol, TypeVar, runtime_checkable
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -35,7 +35,10 @@ T = TypeVar("T")
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "AsyncTransport",
+    "Done",
+    "DrivingTransport",
     "HttpResponse",
+    "Job",
     "PinningTransport",
     "SelfBoundingTransport",
     "Timeouts",
@@ -43,6 +46,7 @@ __all__ = [
     "TransportCapabilities",
     "capabilities",
     "checked_addresses",
+    "drive_each",
     "tried_addresses",
     "within",
 ]
@@ -72,6 +76,56 @@ class AsyncTransport(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+Job = tuple[str, tuple[tuple[str, str], ...], Any]
+"""One request of a driven fan-out: URL, its own headers (beyond the shared ones), a token."""
+
+Done = Callable[[Any, Any, "Exception | None"], None]
+"""Called once per job: ``(token, response, None)`` or ``(token, None, exception)``."""
+
+
+@runtime_checkable
+class DrivingTransport(Protocol):
+    """An asyncio transport that runs a whole fan-out of one body itself (``drive``).
+
+    The engine's fast lane hands it the send's shared headers once and pulls jobs as
+    connections free up; each job's outcome goes to ``done`` (a response, or what the
+    attempt raised, exactly as ``apost`` would). Not called for pinned (guarded) sends.
+    """
+
+    async def drive(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        jobs: Iterator[Job],
+        done: Done,
+        concurrency: int,
+    ) -> None:
+        """POST ``body`` for every job, at most ``concurrency`` at once, until all are done."""
+        ...
+
+
+async def drive_each(
+    apost: Callable[[str, bytes, dict[str, str]], Awaitable[Any]],
+    body: bytes,
+    headers: Mapping[str, str],
+    jobs: Iterator[Job],
+    done: Done,
+    concurrency: int,
+) -> None:
+    """``drive`` for any transport: ``concurrency`` tasks awaiting ``apost`` per job."""
+
+    async def work() -> None:
+        for url, own, token in jobs:
+            try:
+                response = await apost(url, body, {**headers, **dict(own)})
+            except Exception as exc:  # the engine judges it as it would from apost
+                done(token, None, exc)
+            else:
+                done(token, response, None)
+
+    await asyncio.gather(*(work() for _ in range(concurrency)))
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ import inspect
 import re
 import socket
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, cast
 from urllib.parse import quote, unquote, urlsplit
 
@@ -47,9 +47,12 @@ from .._exceptions import (
 from .._version import __version__
 from ._base import (
     DEFAULT_MAX_RESPONSE_BYTES,
+    Done,
     HttpResponse,
+    Job,
     Timeouts,
     checked_addresses,
+    drive_each,
     tried_addresses,
 )
 from ._tls import TLSConfig, TLSFor, refused_handshake, tls_context
@@ -151,6 +154,7 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_body_len",
         "_deadline",
+        "_feeding",
         "_hard_deadline",
         "_head_bytes",
         "_headers_done",
@@ -166,10 +170,13 @@ class _Connection(asyncio.Protocol):
         "_url",
         "counted",
         "got_bytes",
+        "handler",
         "idle",
         "idle_since",
+        "job",
         "keep_alive",
         "lost",
+        "outcome",
         "reused",
         "transport",
         "waiter",
@@ -183,6 +190,11 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[HttpResponse] | None = None
+        # driven mode (StreamTransport.drive): called with the outcome instead of a future
+        self.handler: Callable[[_Connection], None] | None = None
+        self.job: Any = None  # the driver's own record of the request in flight
+        self.outcome: HttpResponse | TransportError | None = None
+        self._feeding = False
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self._hard_deadline = 0.0  # the end of the whole attempt (Timeouts.total)
@@ -220,6 +232,7 @@ class _Connection(asyncio.Protocol):
         self._reset_message()
         self.got_bytes = False
         self.keep_alive = True
+        self.handler = None
         waiter = self.waiter = loop.create_future()
         transport = self.transport
         if transport is None or self.lost:  # closed while being handed over: as if stale
@@ -232,6 +245,51 @@ class _Connection(asyncio.Protocol):
         if body is not None:
             transport.write(body)
         return waiter
+
+    def drive(
+        self,
+        url: str,
+        data: bytes,
+        hard_deadline: float,
+        handler: Callable[[_Connection], None],
+        job: object,
+    ) -> None:
+        """Write one request; ``handler(self)`` is called once its ``outcome`` is set.
+
+        No future: the protocol calls the driver itself when the response is complete
+        (or the request failed), outside the parser.
+        """
+        pool = self._pool
+        self._url = url
+        self._reset_message()
+        self.got_bytes = False
+        self.keep_alive = True
+        self.waiter = None
+        self.outcome = None
+        self.handler = handler
+        self.job = job
+        transport = self.transport
+        if transport is None or self.lost:  # closed while being handed over: as if stale
+            self._end_of_stream(None)
+            return
+        self._hard_deadline = hard_deadline
+        self._deadline = min(pool.loop.time() + pool.read_timeout, hard_deadline)
+        self._arm()
+        transport.write(data)
+
+    def _pending(self) -> bool:
+        """Whether a request waits for its outcome."""
+        if self.handler is not None:
+            return self.outcome is None
+        waiter = self.waiter
+        return waiter is not None and not waiter.done()
+
+    def _hand_over(self) -> None:
+        """Give a driven request's outcome to its handler (never from inside the parser)."""
+        handler = self.handler
+        if handler is not None and self.outcome is not None and not self._feeding:
+            self.handler = None
+            handler(self)
 
     def usable(self, now: float, expiry: float) -> bool:
         """Whether this idle connection may carry another request."""
@@ -271,8 +329,7 @@ class _Connection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        waiter = self.waiter
-        if waiter is None or waiter.done() or self.lost:
+        if not self._pending() or self.lost:
             return
         pool = self._pool
         now = pool.loop.time()
@@ -304,22 +361,28 @@ class _Connection(asyncio.Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self._pending():
             # Bytes nobody asked for (a "408" before the server closes an idle connection,
             # the rest of a truncated body): this connection cannot carry another request.
             self.abort()
             return
         self.got_bytes = True
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._feeding = False
             self._protocol_error("the server switched protocols", exc)
+            self._hand_over()  # a response may have completed before the junk
             return
         except httptools.HttpParserError as exc:
+            self._feeding = False
             self._protocol_error(f"malformed HTTP response: {exc}", exc)
+            self._hand_over()
             return
-        if waiter.done():
+        self._feeding = False
+        if not self._pending():
+            self._hand_over()
             return  # the usual case: the whole response came in one piece
         if not self._paused:
             self._deadline = min(
@@ -352,8 +415,7 @@ class _Connection(asyncio.Protocol):
         self._raw_headers += (name, value)
 
     def on_headers_complete(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and waiter.done():
+        if not self._pending():
             self.keep_alive = False  # a second response nobody asked for
             return
         status = self._parser.get_status_code()
@@ -392,24 +454,30 @@ class _Connection(asyncio.Protocol):
     # -- outcomes -----------------------------------------------------------------------------
 
     def _resolve(self) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self._pending():
             return
         body = self._body
-        waiter.set_result(
-            HttpResponse(
-                self._status,
-                _Headers(self._raw_headers),
-                body[0] if len(body) == 1 else b"".join(body),
-                self._truncated,
-            )
+        response = HttpResponse(
+            self._status,
+            _Headers(self._raw_headers),
+            body[0] if len(body) == 1 else b"".join(body),
+            self._truncated,
         )
+        if self.handler is not None:
+            self.outcome = response
+            self._hand_over()
+        else:
+            cast(asyncio.Future[HttpResponse], self.waiter).set_result(response)
 
     def _fail(self, error: TransportError) -> None:
         self.keep_alive = False
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+        if not self._pending():
+            return
+        if self.handler is not None:
+            self.outcome = error
+            self._hand_over()
+        else:
+            cast(asyncio.Future[HttpResponse], self.waiter).set_exception(error)
 
     def _protocol_error(self, message: str, cause: BaseException | None) -> None:
         error = ProtocolError(message, url=self._url)
@@ -426,8 +494,7 @@ class _Connection(asyncio.Protocol):
 
     def _end_of_stream(self, exc: Exception | None) -> None:
         self.keep_alive = False
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self._pending():
             return
         if self._headers_done and exc is None and self._close_delimited():
             self._resolve()  # a body delimited by the end of the connection
@@ -887,6 +954,179 @@ def _split_url(url: str) -> tuple[str, str, str]:
     return url, prefix, quote(target, safe=_TARGET_SAFE)
 
 
+class _Driver:
+    """One driven fan-out: pulls jobs as connections free up (see StreamTransport.drive)."""
+
+    __slots__ = (
+        "_connections",
+        "_done",
+        "_ended",
+        "_jobs",
+        "_limit",
+        "_loop",
+        "_settings",
+        "_state",
+        "_stopped",
+        "_tail",
+        "_tasks",
+        "in_flight",
+    )
+
+    def __init__(
+        self,
+        settings: StreamTransport,
+        state: _LoopState,
+        tail: bytes,
+        jobs: Iterator[Job],
+        done: Done,
+        limit: int,
+    ) -> None:
+        self._settings = settings
+        self._state = state
+        self._loop = state.loop
+        self._tail = tail
+        self._jobs = jobs
+        self._done = done
+        self._limit = limit
+        self.in_flight = 0
+        self._stopped = False
+        self._ended: asyncio.Future[None] = state.loop.create_future()
+        self._connections: set[_Connection] = set()  # carrying a driven request
+        self._tasks: set[asyncio.Task[None]] = set()  # opening connections
+
+    async def run(self) -> None:
+        try:
+            self._pump()
+            await self._ended
+        finally:
+            self._stopped = True
+            for task in list(self._tasks):
+                task.cancel()
+            for conn in list(self._connections):
+                conn.handler = None
+                conn._pool.discard(conn)
+
+    def _pump(self) -> None:
+        """Start jobs until ``limit`` are in flight or none is left."""
+        jobs, state, loop = self._jobs, self._state, self._loop
+        origins = state.origins
+        while self.in_flight < self._limit and not self._stopped:
+            job = next(jobs, None)
+            if job is None:
+                if self.in_flight == 0 and not self._ended.done():
+                    self._ended.set_result(None)
+                return
+            url, own, token = job
+            try:
+                match = _SIMPLE_URL(url)
+                if match is not None:
+                    prefix, target = match.groups()
+                else:
+                    url, prefix, target = _split_url(url)
+                origin = origins.get(prefix)
+                if origin is None:
+                    origin = state.origin(prefix, url)
+                parts = ["POST ", target, " HTTP/1.1\r\n", origin.lines]
+                parts += self._settings._lines(own, url)
+                try:
+                    data = "".join(parts).encode("latin-1") + self._tail
+                except UnicodeEncodeError as exc:
+                    msg = f"request head not encodable as Latin-1: {exc.reason}"
+                    raise InvalidURLError(msg, url=url) from exc
+            except Exception as exc:  # refused before any I/O, as apost raises it
+                self._report(token, None, exc)
+                continue
+            self.in_flight += 1
+            pool = origin.pool
+            conn = pool.take_idle() if pool.idle else None
+            if conn is None:
+                task = loop.create_task(self._open(pool, url, data, token))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                self._send(conn, pool, url, data, token, loop.time() + pool.total_timeout, True)
+
+    def _send(
+        self,
+        conn: _Connection,
+        pool: _Pool,
+        url: str,
+        data: bytes,
+        token: object,
+        hard_deadline: float,
+        again: bool,
+    ) -> None:
+        self._connections.add(conn)
+        conn.drive(
+            url, data, hard_deadline, self._completed, (pool, token, data, hard_deadline, again)
+        )
+
+    async def _open(
+        self,
+        pool: _Pool,
+        url: str,
+        data: bytes,
+        token: object,
+        hard_deadline: float | None = None,
+    ) -> None:
+        """A connection for a job (a new one, or the next released): the slow start."""
+        try:
+            if hard_deadline is None:
+                conn, begun = await pool.acquire(url)
+                again = True
+                hard_deadline = begun + pool.total_timeout
+            else:  # the once-only retry after a reused connection was found closed
+                conn, again = await pool.open(url), False
+        except Exception as exc:
+            self.in_flight -= 1
+            self._report(token, None, exc)
+            self._pump()
+            return
+        if self._stopped:
+            pool.discard(conn)
+            return
+        self._send(conn, pool, url, data, token, hard_deadline, again)
+
+    def _completed(self, conn: _Connection) -> None:
+        """A driven request ended: record it, then start the next job."""
+        self._connections.discard(conn)
+        pool, token, data, hard_deadline, again = conn.job
+        conn.job = None
+        outcome = conn.outcome
+        if self._stopped:
+            pool.discard(conn)
+            return
+        if type(outcome) is HttpResponse:
+            pool.release(conn)
+            self.in_flight -= 1
+            self._report(token, outcome, None)
+        elif (
+            again
+            and conn.reused
+            and not conn.got_bytes
+            and isinstance(outcome, ConnectionLostError)
+        ):
+            # a kept-alive connection closed just as it was reused: once on a new one, as apost
+            pool.discard(conn, keep_slot=True)
+            task = self._loop.create_task(self._open(pool, conn._url, data, token, hard_deadline))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        else:
+            pool.discard(conn)
+            self.in_flight -= 1
+            self._report(token, None, cast(TransportError, outcome))
+        self._pump()
+
+    def _report(self, token: object, response: HttpResponse | None, exc: Exception | None) -> None:
+        try:
+            self._done(token, response, exc)
+        except Exception as failure:  # the caller's bug must not stop the other jobs
+            self._stopped = True
+            if not self._ended.done():
+                self._ended.set_exception(failure)
+
+
 def _check_positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 1:
         msg = f"{attribute.name} must be at least 1, not {value}"
@@ -1015,22 +1255,10 @@ class StreamTransport(AsyncClosing):
         if origin is None:
             origin = state.origin(prefix, url)
 
-        parts = ["POST ", target, " HTTP/1.1\r\n", origin.lines]
-        user_agent = True
-        names = self._names
-        for name, value in headers.items():
-            line = names.get(name)
-            if line is None:
-                line = self._header_line(name, url)
-            if not line:
-                continue
-            if line is _USER_AGENT:
-                user_agent = False
-            if not value.isprintable() and _BAD_VALUE_CHARS(value):
-                raise InvalidURLError(f"header {name!r} contains a control character", url=url)
-            parts += (line, value, "\r\n")
-        if user_agent:
-            parts += (_USER_AGENT, self.user_agent, "\r\n")
+        lines = self._lines(headers, url)
+        if _USER_AGENT not in lines[::3]:  # the name of each (name, value, CRLF)
+            lines += (_USER_AGENT, self.user_agent, "\r\n")
+        parts = ["POST ", target, " HTTP/1.1\r\n", origin.lines, *lines]
         parts.append(f"Content-Length: {len(body)}\r\n\r\n")
         try:
             head = "".join(parts).encode("latin-1")
@@ -1080,6 +1308,54 @@ class StreamTransport(AsyncClosing):
             conn.keep_alive = conn.keep_alive and not conn.transport.get_write_buffer_size()
         pool.release(conn)
         return response
+
+    async def drive(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        jobs: Iterator[Job],
+        done: Done,
+        concurrency: int,
+    ) -> None:
+        """POST ``body`` for every job, at most ``concurrency`` at once (a send's fast lane).
+
+        The shared ``headers`` are checked and encoded once; each job adds its own lines.
+        A connection's protocol writes the next job's request itself when a response
+        completes: no future, coroutine or task switch per request, only when a new
+        connection must be opened. Each outcome goes to ``done`` as ``apost`` would have
+        returned or raised it (the once-only retry of a reused connection included).
+        Cancelling it closes the connections in flight; their jobs are not reported.
+        """
+        loop = asyncio.get_running_loop()
+        state = self._state
+        if state is None or state.loop is not loop:
+            state = self._state_for(loop)
+        if len(body) >= _LARGE_BODY:  # written apart from the head: apost knows how
+            await drive_each(self.apost, body, headers, jobs, done, concurrency)
+            return
+        shared = self._lines(headers, "")
+        if _USER_AGENT not in shared[::3]:  # the name of each (name, value, CRLF)
+            shared += (_USER_AGENT, self.user_agent, "\r\n")
+        tail = ("".join(shared) + f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
+        await _Driver(self, state, tail, jobs, done, concurrency).run()
+
+    def _lines(
+        self, headers: Mapping[str, str] | tuple[tuple[str, str], ...], url: str
+    ) -> list[str]:
+        """The head lines of caller headers (owned ones dropped), checked."""
+        parts: list[str] = []
+        names = self._names
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        for name, value in items:
+            line = names.get(name)
+            if line is None:
+                line = self._header_line(name, url)
+            if not line:
+                continue
+            if not value.isprintable() and _BAD_VALUE_CHARS(value):
+                raise InvalidURLError(f"header {name!r} contains a control character", url=url)
+            parts += (line, value, "\r\n")
+        return parts
 
     async def aclose(self) -> None:
         """Close the connections of the running event loop (new ones open on next use)."""
