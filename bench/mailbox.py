@@ -835,7 +835,7 @@ def measure(args: argparse.Namespace) -> None:
         _measure(args)
         return
     sys.path.insert(0, str(ROOT / "tests"))
-    from pgserver import fresh_database, postgres_server
+    from helpers.pgserver import fresh_database, postgres_server
 
     with postgres_server(durable=True) as pg:
         args.database = lambda _: fresh_database(pg)

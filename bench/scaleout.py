@@ -233,7 +233,7 @@ def row_outbox_sqlite(urls: list[str], env: dict[str, str]) -> int:
 
 def row_outbox_postgres(urls: list[str], env: dict[str, str]) -> int:
     from flnotify.outbox import PostgresOutbox
-    from pgserver import fresh_database
+    from helpers.pgserver import fresh_database
 
     return _outbox_row(PostgresOutbox(fresh_database(env["pg"])), urls, env)
 
@@ -349,7 +349,7 @@ def redis_server() -> Iterator[str]:
 
 
 def measure(args: argparse.Namespace) -> None:
-    from pgserver import postgres_server
+    from helpers.pgserver import postgres_server
 
     rows = dict(ROWS)
     if args.rows:
@@ -519,7 +519,7 @@ def profile(args: argparse.Namespace) -> None:
     """Run one in-process row under pyinstrument against a fresh sink and print the report."""
     from pyinstrument import Profiler
 
-    from pgserver import postgres_server
+    from helpers.pgserver import postgres_server
 
     ports = fanout.free_ports(fanout.ORIGINS)
     _, fn, processes, _ = ROWS[args.profile]
