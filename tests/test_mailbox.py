@@ -232,6 +232,34 @@ def test_a_repeated_fetch_offers_the_same_id_and_the_handler_runs_once(
     assert (delivery.outcome, delivery.attempts) == (Outcome.DELIVERED, 2)
 
 
+def test_the_same_message_ids_sent_again_are_offered_again_with_one_outcome_each(
+    world: World, pool: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    """An outbox retry or a task run again posts the same send with the same ids."""
+    receiver, secret = world.client()
+    seen: list[Any] = []
+    router = world.router(secret, seen)
+    note = round_start([receiver])
+    recorder = RecordingCallbacks()
+    with (
+        asgi_server(world.app().asgi_app()) as base,
+        Notifier(signer=world.signer, mailbox=world.store) as notifier,
+    ):
+        client = BareClient(base, receiver.id, secret, world.clock)
+        sends = []
+        for _ in range(2):
+            sent = pool.submit(notifier.send, note, recorder, message_ids=["msg_again"])
+            assert handle(client, router, wait=20) in ([202], [200])
+            sends.append(sent.result(timeout=60))
+        client.close()
+    assert [[(d.message_id, d.outcome, d.error) for d in r.deliveries] for r in sends] == [
+        [("msg_again", Outcome.DELIVERED, None)]
+    ] * 2
+    assert len(recorder.calls) == 2  # one outcome per send
+    assert len(seen) == 1  # the client's id store: handled once, answered 200 again
+    assert world.store.counts() == {"queued": 0, "offered": 0, "answered": 0, "done": 1}
+
+
 def test_an_unacknowledged_notification_fails_at_its_deadline(
     world: World, pool: concurrent.futures.ThreadPoolExecutor
 ) -> None:

@@ -519,7 +519,7 @@ class MailboxStoreContract:
 
     # -- refused input
 
-    def test_a_taken_message_id_is_refused_and_nothing_is_written(
+    def test_a_message_id_of_another_client_is_refused_and_nothing_is_written(
         self, mailbox: MailboxStore
     ) -> None:
         """The whole post fails with MailboxError; the handle stays usable."""
@@ -528,10 +528,37 @@ class MailboxStoreContract:
             _post(mailbox, [(_C2, "fresh"), (_C3, "taken")], send="s2", body=b"first")
         with raises(MailboxError):
             _post(mailbox, [(_C2, "twice"), (_C3, "twice")], send="s2", body=b"first")
+        with raises(MailboxError):
+            _post(mailbox, [(_C2, "twice"), (_C2, "twice")], send="s2", body=b"first")
         assert mailbox.counts() == {"queued": 1, "offered": 0, "answered": 0, "done": 0}
         assert mailbox.fetchable([_C2, _C3]) == set()
         _post(mailbox, [(_C2, "fresh")], send="s2", body=b"second")
         assert mailbox.fetch(_C2, 10) == [Letter("fresh", _C2, b"second", 1)]
+
+    def test_a_message_id_posted_again_is_offered_again_and_judged_by_the_new_post(
+        self, mailbox: MailboxStore, clock: ContractClock
+    ) -> None:
+        """One message, one row: a re-post re-offers it whatever its state; one outcome each."""
+        _post(mailbox, [(_C1, "m1"), (_C2, "m2")], send="s1", owner="judge-a")
+        assert _seen(mailbox.fetch(_C1, 10)) == [("m1", _C1, 1)]
+        assert mailbox.ack(_C1, [("m1", 204)]) == 1
+        assert mailbox.settle("judge-a", [_outcome("m1")]) == [_outcome("m1")]
+        clock.now += 1.0
+        # m1 is done, m2 still queued under judge-a: both are taken over by the new post
+        _post(mailbox, [(_C1, "m1"), (_C2, "m2")], send="s2", owner="judge-b", body=b"again")
+        assert mailbox.counts() == {"queued": 2, "offered": 0, "answered": 0, "done": 0}
+        assert mailbox.fetch(_C1, 10) == [Letter("m1", _C1, b"again", 1)]
+        assert mailbox.ack(_C1, [("m1", 204)]) == 1
+        assert mailbox.answers("judge-a") == []
+        assert _answered(mailbox.answers("judge-b")) == [("m1", 204, 1)]
+        assert mailbox.settle("judge-a", [_outcome("m2")]) == []  # no longer its judge
+        assert mailbox.settle("judge-b", [_outcome("m1")]) == [_outcome("m1")]
+        assert mailbox.settle("judge-b", [_outcome("m1")]) == []  # once per post
+        # the fresh deadline runs from the re-post
+        clock.now += ACK_DEADLINE - 0.5
+        assert mailbox.fetchable([_C2]) == {_C2}
+        mailbox.release("judge-b")
+        assert [(a.message_id, a.send_id) for a in mailbox.adopt("c", 60.0, 10)] == [("m2", "s2")]
 
     def test_a_send_posted_in_parts_keeps_its_first_body(self, mailbox: MailboxStore) -> None:
         """Later posts of one send add letters; the send's body is written once."""
@@ -721,6 +748,25 @@ def _machine(make: Callable[..., MailboxStore]) -> type[RuleBasedStateMachine]:
                 mid = f"{self.prefix}{len(self.rows)}"
                 letters.append((self.clients[client], mid))
                 self.rows[mid] = _Row(client, owner, send, body, now + ACK_DEADLINE, now)
+            self.store.post(
+                send, len(letters), body, letters, owner=self.owners[owner], lease_seconds=600
+            )
+
+        @rule(picks=picks_, owner=st.integers(0, 1), body=st.binary(max_size=40))
+        def repost(self, picks: list[int], owner: int, body: bytes) -> None:
+            """The same message ids posted again to their clients: offered afresh."""
+            mids = [mid for mid in dict.fromkeys(self._pick(picks)) if mid in self.rows]
+            if not mids:
+                return
+            self.sends += 1
+            send = f"{self.prefix}send-{self.sends}"
+            now = self.clock.now
+            letters = []
+            for mid in mids:
+                client = self.rows[mid].client
+                letters.append((self.clients[client], mid))
+                self.rows[mid] = _Row(client, owner, send, body, now + ACK_DEADLINE, now)
+                self.settled.discard(mid)
             self.store.post(
                 send, len(letters), body, letters, owner=self.owners[owner], lease_seconds=600
             )

@@ -29,11 +29,13 @@ from .._validators import callable_or_none, of_type, positive
 from ..outbox._model import outcome_rows
 from ._model import (
     LEASES,
+    REPOST,
     STATES,
     MailboxError,
     check_lease,
     check_limit,
     check_post,
+    check_reposted,
     fetchable_sql,
     first_per_id,
 )
@@ -116,7 +118,7 @@ SELECT %(send)s, v.client_id, v.message_id, {_T}, {_T} + %(deadline)s, %(owner)s
     {_T} + %(lease)s
 FROM unnest(%(clients)s::uuid[], %(ids)s::text[]) WITH ORDINALITY AS v (client_id, message_id, i)
 ORDER BY v.i
-"""  # noqa: S608 - constants only
+{REPOST}"""  # noqa: S608 - constants only
 
 _FETCH = f"""
 WITH {_CLOCK},
@@ -348,25 +350,27 @@ class PostgresMailbox(Closing):
 
         Raises:
             ConfigurationError: A client id is not a UUID, or a message id not a string.
-            MailboxError: The database refused the write (e.g. a message id is taken).
+            MailboxError: The database refused the write, or a message id is another
+                client's or twice in the post.
         """
         rows = check_post(send_size, letters, lease_seconds)
         if not rows:
             return
         clients, ids = (list(column) for column in zip(*rows, strict=True))
-        self._run(
-            _POST,
-            {
-                "send": send_id,
-                "size": send_size,
-                "body": bytes(body),
-                "clients": clients,
-                "ids": ids,
-                "deadline": self.ack_deadline,
-                "owner": owner,
-                "lease": lease_seconds,
-            },
-        )
+        params = {
+            "send": send_id,
+            "size": send_size,
+            "body": bytes(body),
+            "clients": clients,
+            "ids": ids,
+            "deadline": self.ack_deadline,
+            "owner": owner,
+            "lease": lease_seconds,
+            "now": self._clock(),
+        }
+        with self._cursor(single=False) as cur:  # a refused post is rolled back
+            cur.execute(_POST, params, prepare=True)
+            check_reposted(cur.rowcount, rows)
         self.signals.mail(UUID(client) for client in clients)
 
     def answers(self, owner: str) -> list[Answer]:

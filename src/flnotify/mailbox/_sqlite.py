@@ -21,11 +21,13 @@ from .._validators import is_callable, of_type, positive
 from ..outbox._model import outcome_json, outcome_rows
 from ._model import (
     LEASES,
+    REPOST,
     STATES,
     MailboxError,
     check_lease,
     check_limit,
     check_post,
+    check_reposted,
     fetchable_sql,
     first_per_id,
 )
@@ -83,13 +85,16 @@ CREATE TABLE IF NOT EXISTS flnotify_mailbox_nonces (
 CREATE INDEX IF NOT EXISTS flnotify_mailbox_nonces_until ON flnotify_mailbox_nonces (until);
 """
 
-_POST = """
+_POST = (
+    """
 INSERT INTO flnotify_mailbox
     (send_id, client_id, message_id, available_at, deadline_at, owner, lease_until)
 SELECT :send, json_extract(value, '$[0]'), json_extract(value, '$[1]'), :now, :deadline,
     :owner, :until
-FROM json_each(:rows) ORDER BY key
+FROM json_each(:rows) WHERE TRUE ORDER BY key
 """
+    + REPOST
+)
 
 _FETCH = f"""
 UPDATE flnotify_mailbox
@@ -261,11 +266,14 @@ class Mailbox(Closing):
         """Queue ``body`` for each (client id, message id), judged by ``owner``.
 
         Committed when this returns; the send may be posted in several calls (its row in
-        the sends table is written once).
+        the sends table is written once). A message id already in the mailbox for the
+        same client is offered again as a letter of this post (see
+        [`MailboxQueue.post`][flnotify.mailbox.MailboxQueue.post]).
 
         Raises:
             ConfigurationError: A client id is not a UUID, or a message id not a string.
-            MailboxError: The database refused the write (e.g. a message id is taken).
+            MailboxError: The database refused the write, or a message id is another
+                client's or twice in the post (nothing is written).
         """
         rows = check_post(send_size, letters, lease_seconds)
         if not rows:
@@ -277,7 +285,7 @@ class Mailbox(Closing):
                 " VALUES (?, ?, ?, ?)",
                 (send_id, send_size, body, now),
             )
-            conn.execute(
+            written = conn.execute(
                 _POST,
                 {
                     "send": send_id,
@@ -287,7 +295,8 @@ class Mailbox(Closing):
                     "owner": owner,
                     "until": now + lease_seconds,
                 },
-            )
+            ).rowcount
+            check_reposted(written, rows)
         self.signals.mail(UUID(client) for client, _ in rows)
 
     def answers(self, owner: str) -> list[Answer]:

@@ -188,7 +188,19 @@ class MailboxQueue(Protocol):
         owner: str,
         lease_seconds: float,
     ) -> None:
-        """Queue ``body`` for each (client id, message id), judged by ``owner``; committed."""
+        """Queue ``body`` for each (client id, message id), judged by ``owner``; committed.
+
+        The same message id posted again (an outbox retry, a task run again) is the same
+        message: if the mailbox holds it for the same client, in any state, it is offered
+        again as a letter of this post (this send and body, judged by ``owner`` under a
+        fresh lease and acknowledgement deadline, its fetch count and any outcome
+        cleared), so it gets one outcome per post, never two rows. A judge that held it
+        before no longer does: its ``settle`` of it records nothing.
+
+        Raises:
+            MailboxError: A message id is held for another client, or is twice in
+                ``letters``; nothing is written.
+        """
         ...
 
     def fetch(self, client_id: UUID, limit: int) -> list[Letter]:
