@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -160,6 +161,55 @@ class _Waiting:
                 self.wake(ready)
 
 
+class _Gathered:
+    """The fetches of one event loop's polls, gathered: one store call for all of them.
+
+    A send wakes every poll of its clients at once; each asks here for its letters, and
+    the polls that asked while the store answered the previous ones share the next call
+    ([`fetch_many`][flnotify.mailbox.MailboxQueue.fetch_many]): one transaction, not one
+    per poll.
+    """
+
+    def __init__(self, store: MailboxStore) -> None:
+        self.store = store
+        self.queue: list[tuple[UUID, int, asyncio.Future[list[Letter]]]] = []
+        self.running = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def fetch(self, client: UUID, limit: int) -> list[Letter]:
+        """The client's letters (up to ``limit``), fetched together with the others'."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Letter]] = loop.create_future()
+        self.queue.append((client, limit, future))
+        if not self.running:
+            self.running = True
+            self.task = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                await asyncio.sleep(0)  # the other polls of this wake-up queue meanwhile
+                batch, self.queue = self.queue, []
+                limits: dict[UUID, int] = {}
+                for client, limit, _ in batch:  # two polls of one client share its letters
+                    limits[client] = limits.get(client, 0) + limit
+                try:
+                    found = await asyncio.to_thread(self.store.fetch_many, limits)
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for client, limit, future in batch:
+                    letters = found.get(client, [])
+                    found[client] = letters[limit:]
+                    if not future.done():  # a poll whose client left: offered again later
+                        future.set_result(letters[:limit])
+        finally:
+            self.running = False
+
+
 @attrs.define(eq=False)
 class MailboxApp:
     """Serves a mailbox to its polling clients: ``POST .../fetch`` and ``POST .../ack``.
@@ -218,6 +268,9 @@ class MailboxApp:
     clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
     monotonic: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
     _waiting: _Waiting = attrs.field(init=False, repr=False)
+    _gathered: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gathered] = attrs.field(
+        init=False, repr=False, factory=weakref.WeakKeyDictionary
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.max_acks < self.max_batch:
@@ -307,6 +360,21 @@ class MailboxApp:
             return None
         return self._answer(receiver, letters)
 
+    async def _aoffer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
+        """`_offer` on an event loop: the fetch gathered with the other polls' of the loop."""
+        loop = asyncio.get_running_loop()
+        gathered = self._gathered.get(loop)
+        if gathered is None:
+            gathered = self._gathered[loop] = _Gathered(self.mailbox)
+        try:
+            letters = await gathered.fetch(receiver.id, min(request.max, self.max_batch))
+        except Exception:
+            logger.exception("mailbox: a fetch failed")
+            return error(503, "unavailable", "the mailbox is unavailable; try again later")
+        if not letters:
+            return None
+        return self._answer(receiver, letters)
+
     def _answer(self, receiver: Receiver, letters: list[Letter]) -> Response:
         timestamp = int(self.clock())
         messages = [
@@ -357,9 +425,8 @@ class MailboxApp:
             return self._too_many(why)
         return wait
 
-    def _look(self, receiver: Receiver, request: FetchRequest) -> Response | None:
+    def _look(self, receiver: Receiver, offered: Response | None) -> Response | None:
         """After a wake-up: the answer if mail came or the app closes; ``None``: hold on."""
-        offered = self._offer(receiver, request)
         if offered is not None or self._waiting.closed:
             return offered or self._answer(receiver, [])
         return None
@@ -398,7 +465,7 @@ class MailboxApp:
         if isinstance(begun, Response):
             return begun
         receiver, request = begun
-        offered = await asyncio.to_thread(self._offer, receiver, request)
+        offered = await self._aoffer(receiver, request)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop)
         wait = self._hold(receiver, request, offered, waiter)
@@ -416,7 +483,7 @@ class MailboxApp:
                 if gone.done():
                     raise DisconnectedError
                 event.clear()
-                answer = await asyncio.to_thread(self._look, receiver, request)
+                answer = self._look(receiver, await self._aoffer(receiver, request))
                 if answer is not None:
                     return answer
             return self._answer(receiver, [])
@@ -496,7 +563,7 @@ class MailboxApp:
             while (left := until - time.monotonic()) > 0:
                 event.wait(left)
                 event.clear()
-                answer = self._look(receiver, request)
+                answer = self._look(receiver, self._offer(receiver, request))
                 if answer is not None:
                     return answer
             return self._answer(receiver, [])

@@ -194,6 +194,24 @@ class MailboxStoreContract:
         assert mailbox.fetch(_C1, 10) == []
         assert mailbox.fetch(_C3, 10) == []
 
+    def test_fetch_many_offers_each_client_what_its_own_fetch_would(
+        self, mailbox: MailboxStore, clock: ContractClock
+    ) -> None:
+        """One call for several waiting clients: each its own letters, up to its limit."""
+        _post(mailbox, [(_C1, "a1"), (_C2, "b1")], send="s1", body=b"one")
+        _post(mailbox, [(_C1, "a2"), (_C2, "b2")], send="s2", body=b"two")
+        assert mailbox.fetch_many({}) == {}
+        got = mailbox.fetch_many({_C1: 1, _C2: 5, _C3: 2})
+        assert got == {
+            _C1: [Letter("a1", _C1, b"one", 1)],
+            _C2: [Letter("b1", _C2, b"one", 1), Letter("b2", _C2, b"two", 1)],
+        }
+        assert mailbox.fetch_many({_C1: 5, _C2: 5}) == {_C1: [Letter("a2", _C1, b"two", 1)]}
+        clock.now += VISIBILITY
+        assert _seen(mailbox.fetch_many({_C2: 1})[_C2]) == [("b1", _C2, 2)]
+        with raises(ConfigurationError):
+            mailbox.fetch_many({_C1: 1, _C2: 0})
+
     def test_fetch_respects_the_limit(self, mailbox: MailboxStore) -> None:
         """A fetch offers at most ``limit`` letters; the next fetch the following ones."""
         _post(mailbox, [(_C1, f"m{i}") for i in range(5)] + [(_C2, "other")])
@@ -770,6 +788,23 @@ def _machine(make: Callable[..., MailboxStore]) -> type[RuleBasedStateMachine]:
             self.store.post(
                 send, len(letters), body, letters, owner=self.owners[owner], lease_seconds=600
             )
+
+        @rule(limits=st.dictionaries(st.integers(0, 2), st.integers(1, 3), max_size=3))
+        def fetch_many(self, limits: dict[int, int]) -> None:
+            now = self.clock.now
+            expected: dict[uuid.UUID, list[Letter]] = {}
+            for client, limit in limits.items():
+                who = self.clients[client]
+                for mid, row in [
+                    (mid, row)
+                    for mid, row in self.rows.items()
+                    if row.client == client and row.fetchable(now)
+                ][:limit]:
+                    row.state, row.offered_until = "offered", now + VISIBILITY
+                    row.fetches += 1
+                    expected.setdefault(who, []).append(Letter(mid, who, row.body, row.fetches))
+            asked = {self.clients[client]: limit for client, limit in limits.items()}
+            assert self.store.fetch_many(asked) == expected
 
         @rule(client=st.integers(0, 2), limit=st.integers(1, 3))
         def fetch(self, client: int, limit: int) -> None:

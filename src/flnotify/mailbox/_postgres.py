@@ -12,7 +12,7 @@ hosts' clocks need not agree. Every psycopg error is translated here, at one edg
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -120,21 +120,26 @@ FROM unnest(%(clients)s::uuid[], %(ids)s::text[]) WITH ORDINALITY AS v (client_i
 ORDER BY v.i
 {REPOST}"""  # noqa: S608 - constants only
 
+# Each client's letters due now, oldest first, up to its limit: one statement for every
+# waiting poll a wake-up answers.
 _FETCH = f"""
 WITH {_CLOCK},
 picked AS (
-    SELECT seq FROM flnotify_mailbox
-    WHERE client_id = %(client)s AND {fetchable_sql(_T)}
-    ORDER BY seq LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    SELECT p.seq FROM unnest(%(clients)s::uuid[], %(limits)s::integer[]) AS r (client_id, most)
+    CROSS JOIN LATERAL (
+        SELECT seq FROM flnotify_mailbox
+        WHERE client_id = r.client_id AND {fetchable_sql(_T)}
+        ORDER BY seq LIMIT r.most
+        FOR UPDATE SKIP LOCKED
+    ) AS p
 ),
 offered AS (
     UPDATE flnotify_mailbox AS m
     SET state = 'offered', offered_until = {_T} + %(visibility)s, fetches = m.fetches + 1
     WHERE m.seq = ANY(ARRAY(SELECT seq FROM picked))
-    RETURNING m.seq, m.message_id, m.fetches, m.send_id
+    RETURNING m.seq, m.client_id, m.message_id, m.fetches, m.send_id
 )
-SELECT o.message_id, o.fetches, s.payload
+SELECT o.client_id, o.message_id, o.fetches, s.payload
 FROM offered AS o JOIN flnotify_mailbox_sends AS s ON s.id = o.send_id
 ORDER BY o.seq
 """  # noqa: S608 - constants only
@@ -447,10 +452,27 @@ class PostgresMailbox(Closing):
         See [`Mailbox.fetch`][flnotify.mailbox.Mailbox.fetch]; letters another fetch is
         taking at the same moment are skipped, not waited for.
         """
-        check_limit(limit)
-        params = {"client": client_id, "visibility": self.visibility, "limit": limit}
-        rows = self._run(_FETCH, params, light=True)[0]
-        return [Letter(mid, client_id, bytes(payload), n) for mid, n, payload in rows]
+        return self.fetch_many({client_id: limit}).get(client_id, [])
+
+    def fetch_many(self, limits: Mapping[UUID, int]) -> dict[UUID, list[Letter]]:
+        """[`fetch`][flnotify.mailbox.PostgresMailbox.fetch] for several clients at once.
+
+        One statement, committed without waiting for the WAL flush; the letters of the
+        clients that got any.
+        """
+        for limit in limits.values():
+            check_limit(limit)
+        if not limits:
+            return {}
+        params = {
+            "clients": list(limits),
+            "limits": list(limits.values()),
+            "visibility": self.visibility,
+        }
+        found: dict[UUID, list[Letter]] = {}
+        for client, mid, n, payload in self._run(_FETCH, params, light=True)[0]:
+            found.setdefault(client, []).append(Letter(mid, client, bytes(payload), n))
+        return found
 
     def fetchable(self, client_ids: Iterable[UUID]) -> set[UUID]:
         """Which of these clients have a message that a fetch would offer now."""

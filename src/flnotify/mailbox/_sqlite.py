@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 from uuid import UUID
@@ -96,20 +96,22 @@ FROM json_each(:rows) WHERE TRUE ORDER BY key
     + REPOST
 )
 
+# The clients' letters due now, oldest first, up to each client's limit: one statement
+# for every waiting poll a wake-up answers.
 _FETCH = f"""
 UPDATE flnotify_mailbox
 SET state = 'offered', offered_until = :now + :visibility, fetches = fetches + 1
 WHERE seq IN (
-    SELECT seq FROM flnotify_mailbox INDEXED BY flnotify_mailbox_waiting
-    WHERE client_id = :client AND {fetchable_sql(":now")}
-    ORDER BY seq LIMIT :limit
+    SELECT seq FROM (
+        SELECT m.seq, json_extract(r.value, '$[1]') AS most,
+            row_number() OVER (PARTITION BY m.client_id ORDER BY m.seq) AS n
+        FROM json_each(:limits) AS r
+        JOIN flnotify_mailbox AS m INDEXED BY flnotify_mailbox_waiting
+            ON m.client_id = json_extract(r.value, '$[0]')
+        WHERE {fetchable_sql(":now")}
+    ) WHERE n <= most
 )
-RETURNING seq, message_id, fetches, send_id
-"""  # noqa: S608 - constants only
-
-_HAS_MAIL = f"""
-SELECT 1 FROM flnotify_mailbox INDEXED BY flnotify_mailbox_waiting
-WHERE client_id = :client AND {fetchable_sql(":now")} LIMIT 1
+RETURNING seq, client_id, message_id, fetches, send_id
 """  # noqa: S608 - constants only
 
 _FETCHABLE = f"""
@@ -389,28 +391,46 @@ class Mailbox(Closing):
         Raises:
             ConfigurationError: ``limit`` is below 1.
         """
-        check_limit(limit)
-        client = str(client_id)
+        return self.fetch_many({client_id: limit}).get(client_id, [])
+
+    def fetch_many(self, limits: Mapping[UUID, int]) -> dict[UUID, list[Letter]]:
+        """[`fetch`][flnotify.mailbox.Mailbox.fetch] for several clients in one transaction.
+
+        Returns the letters of the clients that got any. Committed without an fsync (see
+        ``_transaction``): a fetch lost to a power cut is offered again.
+
+        Raises:
+            ConfigurationError: A limit is below 1.
+        """
+        for limit in limits.values():
+            check_limit(limit)
+        if not limits:
+            return {}
+        clients = [str(c) for c in limits]
         with self._transaction(write=False, light=True) as conn:  # most polls find nothing
-            if conn.execute(_HAS_MAIL, {"client": client, "now": self.clock()}).fetchone() is None:
-                return []
+            params = {"clients": json.dumps(clients), "now": self.clock()}
+            ready = {row[0] for row in conn.execute(_FETCHABLE, params)}
+        if not ready:
+            return {}
+        wanted = [[client, limits[UUID(client)]] for client in ready]
         with self._transaction(light=True) as conn:
             params = {
-                "client": client,
+                "limits": json.dumps(wanted),
                 "now": self.clock(),
                 "visibility": self.visibility,
-                "limit": limit,
             }
             rows = sorted(conn.execute(_FETCH, params).fetchall())
-            if not rows:
-                return []
             bodies: dict[str, bytes] = {}
-            for send in {row[3] for row in rows}:
+            for send in {row[4] for row in rows}:
                 (payload,) = conn.execute(
                     "SELECT payload FROM flnotify_mailbox_sends WHERE id = ?", (send,)
                 ).fetchone()
                 bodies[send] = bytes(payload)
-        return [Letter(mid, client_id, bodies[send], n) for _, mid, n, send in rows]
+        found: dict[UUID, list[Letter]] = {}
+        for _, client, mid, n, send in rows:
+            who = UUID(client)
+            found.setdefault(who, []).append(Letter(mid, who, bodies[send], n))
+        return found
 
     def fetchable(self, client_ids: Iterable[UUID]) -> set[UUID]:
         """Which of these clients have a message that a fetch would offer now."""

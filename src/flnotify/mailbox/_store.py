@@ -20,7 +20,7 @@ like an HTTP answer.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
@@ -205,6 +205,14 @@ class MailboxQueue(Protocol):
 
     def fetch(self, client_id: UUID, limit: int) -> list[Letter]:
         """Offer up to ``limit`` of the client's messages (oldest first), counting a fetch."""
+        ...
+
+    def fetch_many(self, limits: Mapping[UUID, int]) -> dict[UUID, list[Letter]]:
+        """`fetch` for each client up to its limit, in one transaction (the wake-up path).
+
+        What ``fetch(client, limit)`` of each would offer; the letters of the clients that
+        got any.
+        """
         ...
 
     def fetchable(self, client_ids: Iterable[UUID]) -> set[UUID]:
