@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 import attrs
@@ -62,9 +63,12 @@ __all__ = ["MailboxApp"]
 logger = logging.getLogger("flnotify")
 
 _UNAUTHORIZED = error(401, "unauthorized", "the request is not signed by this client's secret")
+_UNAVAILABLE = error(503, "unavailable", "the mailbox is unavailable; try again later")
 _MAX_HEADERS = 100
 _MAX_HEADER_BYTES = 32 * 1024
 _READ_CHUNK = 64 * 1024
+_I = TypeVar("_I")
+_R = TypeVar("_R")
 
 
 class _Waiter:
@@ -161,53 +165,69 @@ class _Waiting:
                 self.wake(ready)
 
 
-class _Gathered:
-    """The fetches of one event loop's polls, gathered: one store call for all of them.
+class _Gathered(Generic[_I, _R]):
+    """Store calls of one event loop's requests, gathered: one call for all that queue.
 
-    A send wakes every poll of its clients at once; each asks here for its letters, and
-    the polls that asked while the store answered the previous ones share the next call
-    ([`fetch_many`][flnotify.mailbox.MailboxQueue.fetch_many]): one transaction, not one
-    per poll.
+    A send wakes every poll of its clients at once, and their next fetches come in
+    together; each request asks here, and the requests that asked while the store
+    answered the previous ones share the next call of ``run`` (one transaction or so,
+    not one per request), which answers each in order.
     """
 
-    def __init__(self, store: MailboxStore) -> None:
-        self.store = store
-        self.queue: list[tuple[UUID, int, asyncio.Future[list[Letter]]]] = []
-        self.running = False
+    def __init__(self, run: Callable[[list[_I]], list[_R]]) -> None:
+        self.run = run
+        self.queue: list[tuple[_I, asyncio.Future[_R]]] = []
         self.task: asyncio.Task[None] | None = None
 
-    async def fetch(self, client: UUID, limit: int) -> list[Letter]:
-        """The client's letters (up to ``limit``), fetched together with the others'."""
+    async def __call__(self, item: _I) -> _R:
+        """``item``'s answer, from a call shared with the other requests of the moment."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Letter]] = loop.create_future()
-        self.queue.append((client, limit, future))
-        if not self.running:
-            self.running = True
+        future: asyncio.Future[_R] = loop.create_future()
+        self.queue.append((item, future))
+        if self.task is None:
             self.task = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
         try:
             while self.queue:
-                await asyncio.sleep(0)  # the other polls of this wake-up queue meanwhile
+                await asyncio.sleep(0)  # the other requests of this moment queue meanwhile
                 batch, self.queue = self.queue, []
-                limits: dict[UUID, int] = {}
-                for client, limit, _ in batch:  # two polls of one client share its letters
-                    limits[client] = limits.get(client, 0) + limit
                 try:
-                    found = await asyncio.to_thread(self.store.fetch_many, limits)
+                    found = await asyncio.to_thread(self.run, [item for item, _ in batch])
                 except Exception as exc:
-                    for _, _, future in batch:
+                    for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for client, limit, future in batch:
-                    letters = found.get(client, [])
-                    found[client] = letters[limit:]
-                    if not future.done():  # a poll whose client left: offered again later
-                        future.set_result(letters[:limit])
+                for (_, future), answer in zip(batch, found, strict=True):
+                    if not future.done():  # a request whose client left
+                        future.set_result(answer)
         finally:
-            self.running = False
+            self.task = None
+
+
+def _fetch_many(store: MailboxStore, asked: list[tuple[UUID, int]]) -> list[list[Letter]]:
+    """Each (client, limit)'s letters, from one store call; polls of one client share."""
+    limits: dict[UUID, int] = {}
+    for client, limit in asked:
+        limits[client] = limits.get(client, 0) + limit
+    found = store.fetch_many(limits)
+    answers = []
+    for client, limit in asked:
+        letters = found.get(client, [])
+        answers.append(letters[:limit])
+        found[client] = letters[limit:]
+    return answers
+
+
+@attrs.define(frozen=True)
+class _Admit:
+    """What a signed request asks of the store: its nonce recorded, its answers taken."""
+
+    client: UUID
+    nonce: str
+    acks: Sequence[tuple[str, int]]
 
 
 @attrs.define(eq=False)
@@ -268,9 +288,10 @@ class MailboxApp:
     clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
     monotonic: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
     _waiting: _Waiting = attrs.field(init=False, repr=False)
-    _gathered: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gathered] = attrs.field(
-        init=False, repr=False, factory=weakref.WeakKeyDictionary
-    )
+    _gathered: weakref.WeakKeyDictionary[
+        asyncio.AbstractEventLoop,
+        tuple[_Gathered[_Admit, int | None], _Gathered[tuple[UUID, int], list[Letter]]],
+    ] = attrs.field(init=False, repr=False, factory=weakref.WeakKeyDictionary)
 
     def __attrs_post_init__(self) -> None:
         if self.max_acks < self.max_batch:
@@ -297,10 +318,10 @@ class MailboxApp:
             return error(431, "headers_too_large", "too many or too large headers")
         return None
 
-    def _authenticate(
+    def _verify(
         self, client: UUID, headers: Sequence[tuple[str, str]], body: bytes
-    ) -> Receiver | Response:
-        """The client the body names, if it signed the request; else the refusal."""
+    ) -> _Admit | Response:
+        """The request's nonce, if the client it names signed it; else the refusal."""
         receiver = Receiver(client, MAILBOX_ENDPOINT)
         now = self.clock()
         try:
@@ -309,9 +330,22 @@ class MailboxApp:
             )
         except FlnotifyError:
             return _UNAUTHORIZED
-        if not self.mailbox.remember(f"{client}:{verified.id}", self._nonce_until()):
-            return _UNAUTHORIZED  # a replay
-        return receiver
+        return _Admit(client, f"{client}:{verified.id}", ())
+
+    def _admit_many(self, admits: list[_Admit]) -> list[int | None]:
+        """Record the nonces, take the answers of the fresh ones: two transactions in all.
+
+        Each request's count of answers taken, or ``None``: a replay.
+        """
+        until = self._nonce_until()
+        fresh = self.mailbox.remember_many([(a.nonce, until) for a in admits])
+        taking = [i for i, new in enumerate(fresh) if new and admits[i].acks]
+        answers = [(admits[i].client, admits[i].acks) for i in taking]
+        counts = self.mailbox.ack_many(answers) if answers else []
+        found: list[int | None] = [0 if new else None for new in fresh]
+        for i, count in zip(taking, counts, strict=True):
+            found[i] = count
+        return found
 
     def _nonce_until(self) -> float:
         """Until when a nonce is kept, on the store's clock (the one its sweep reads).
@@ -322,31 +356,82 @@ class MailboxApp:
         """
         return self.mailbox.now() + 2 * self.tolerance + 1.0
 
-    def _begin(
+    def _read(
         self, path: str, headers: Sequence[tuple[str, str]], body: bytes
-    ) -> Response | tuple[Receiver, FetchRequest]:
-        """Read the request (once), authenticate it; answer an ack, or return the fetch."""
+    ) -> Response | tuple[_Admit, FetchRequest | None]:
+        """Parse the request (once) and check its signature: what the store must admit.
+
+        The fetch it is, or ``None`` for an ack; a refusal is answered at once.
+        """
+        request: FetchRequest | None = None
         try:
             if path.endswith(ACK_PATH):
                 client, acks = parse_ack(body, max_acks=self.max_acks)
-                who = self._authenticate(client, headers, body)
-                if isinstance(who, Response):
-                    return who
-                taken = self.mailbox.ack(client, [(a.id, a.status) for a in acks])
-                return json_response(200, {"accepted": taken})
-            request = parse_fetch(body, max_acks=self.max_acks)
-            who = self._authenticate(request.client, headers, body)
-            if request.acks and not isinstance(who, Response):
+            else:
+                request = parse_fetch(body, max_acks=self.max_acks)
                 # the acknowledgements of the previous fetch, carried by this one
-                self.mailbox.ack(request.client, [(a.id, a.status) for a in request.acks])
+                client, acks = request.client, list(request.acks)
+            who = self._verify(client, headers, body)
         except MailboxProtocolError as exc:
             return error(400, "malformed", str(exc))
         except Exception:
             logger.exception("mailbox: a request failed")
-            return error(503, "unavailable", "the mailbox is unavailable; try again later")
+            return _UNAVAILABLE
         if isinstance(who, Response):
             return who
-        return who, request
+        return attrs.evolve(who, acks=[(a.id, a.status) for a in acks]), request
+
+    def _admitted(
+        self, admit: _Admit, request: FetchRequest | None, taken: int | None
+    ) -> Response | tuple[Receiver, FetchRequest]:
+        """After the store admitted the request: answer an ack, or return the fetch."""
+        if taken is None:
+            return _UNAUTHORIZED  # a replay
+        if request is None:
+            return json_response(200, {"accepted": taken})
+        return Receiver(admit.client, MAILBOX_ENDPOINT), request
+
+    def _begin(
+        self, path: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> Response | tuple[Receiver, FetchRequest]:
+        """Read the request, authenticate it; answer an ack, or return the fetch."""
+        read = self._read(path, headers, body)
+        if isinstance(read, Response):
+            return read
+        try:
+            (taken,) = self._admit_many([read[0]])
+        except Exception:
+            logger.exception("mailbox: a request failed")
+            return _UNAVAILABLE
+        return self._admitted(*read, taken)
+
+    async def _abegin(
+        self, path: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> Response | tuple[Receiver, FetchRequest]:
+        """`_begin` on an event loop: the store's part gathered with other requests'."""
+        read = self._read(path, headers, body)
+        if isinstance(read, Response):
+            return read
+        try:
+            taken = await self._gathers()[0](read[0])
+        except Exception:
+            logger.exception("mailbox: a request failed")
+            return _UNAVAILABLE
+        return self._admitted(*read, taken)
+
+    def _gathers(
+        self,
+    ) -> tuple[_Gathered[_Admit, int | None], _Gathered[tuple[UUID, int], list[Letter]]]:
+        """The gathered store calls of the running event loop: admitting, fetching."""
+        loop = asyncio.get_running_loop()
+        gathers = self._gathered.get(loop)
+        if gathers is None:
+            store = self.mailbox
+            gathers = self._gathered[loop] = (
+                _Gathered(self._admit_many),
+                _Gathered(functools.partial(_fetch_many, store)),
+            )
+        return gathers
 
     def _offer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
         """The client's messages now, as an answer; ``None`` if it has none."""
@@ -355,22 +440,18 @@ class MailboxApp:
             letters = self.mailbox.fetch(receiver.id, limit)
         except Exception:
             logger.exception("mailbox: a fetch failed")
-            return error(503, "unavailable", "the mailbox is unavailable; try again later")
+            return _UNAVAILABLE
         if not letters:
             return None
         return self._answer(receiver, letters)
 
     async def _aoffer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
         """`_offer` on an event loop: the fetch gathered with the other polls' of the loop."""
-        loop = asyncio.get_running_loop()
-        gathered = self._gathered.get(loop)
-        if gathered is None:
-            gathered = self._gathered[loop] = _Gathered(self.mailbox)
         try:
-            letters = await gathered.fetch(receiver.id, min(request.max, self.max_batch))
+            letters = await self._gathers()[1]((receiver.id, min(request.max, self.max_batch)))
         except Exception:
             logger.exception("mailbox: a fetch failed")
-            return error(503, "unavailable", "the mailbox is unavailable; try again later")
+            return _UNAVAILABLE
         if not letters:
             return None
         return self._answer(receiver, letters)
@@ -461,7 +542,7 @@ class MailboxApp:
             return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
         except asyncio.TimeoutError:
             return self._too_slow(("connection", "close"))
-        begun = await asyncio.to_thread(self._begin, path, headers, body)
+        begun = await self._abegin(path, headers, body)
         if isinstance(begun, Response):
             return begun
         receiver, request = begun

@@ -490,6 +490,32 @@ class MailboxStoreContract:
         clock.now += 5
         assert mailbox.remember("n1", clock.now + 10) is False
 
+    def test_remember_many_and_ack_many_answer_each_as_one_call_would(
+        self, clock: ContractClock, mailbox: MailboxStore
+    ) -> None:
+        """Several requests' nonces and answers in one call each, answered in order."""
+        assert mailbox.remember("old", clock.now + 10) is True
+        assert mailbox.remember_many([]) == []
+        got = mailbox.remember_many([("a", clock.now + 10), ("old", 1e12), ("a", 1e12)])
+        assert got == [True, False, False]  # a nonce twice in one call: fresh once
+        _post(mailbox, [(_C1, "m1"), (_C1, "m2"), (_C2, "m3")])
+        mailbox.fetch_many({_C1: 5, _C2: 5})
+        taken = mailbox.ack_many(
+            [
+                (_C1, [("m1", 204), ("m3", 204)]),  # m3 is not _C1's
+                (_C2, []),
+                (_C2, [("m3", 409), ("m3", 204)]),
+                (_C1, [("m1", 500), ("m2", 503)]),  # m1 answered already
+            ]
+        )
+        assert taken == [1, 0, 1, 1]
+        assert _answered(mailbox.answers("judge-a")) == [
+            ("m1", 204, 1),
+            ("m2", 503, 1),
+            ("m3", 409, 1),
+        ]
+        assert mailbox.ack_many([]) == []
+
     def test_counts_follow_the_life_cycle(self, mailbox: MailboxStore) -> None:
         """Every state is present, from queued to done."""
         assert mailbox.counts() == {"queued": 0, "offered": 0, "answered": 0, "done": 0}

@@ -19,6 +19,7 @@ __all__ = [
     "check_post",
     "check_reposted",
     "fetchable_sql",
+    "first_answers",
     "first_per_id",
 ]
 
@@ -80,6 +81,14 @@ def check_limit(limit: int) -> None:
     if type(limit) is not int or limit < 1:
         msg = f"limit must be an int >= 1, not {limit!r}"
         raise ConfigurationError(msg)
+
+
+def first_answers(acks: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The (message id, status) answers with the first of each message id only."""
+    first: dict[str, int] = {}
+    for message_id, status in acks:
+        first.setdefault(message_id, status)
+    return list(first.items())
 
 
 def first_per_id(deliveries: Iterable[Delivery]) -> list[Delivery]:

@@ -37,6 +37,7 @@ from ._model import (
     check_post,
     check_reposted,
     fetchable_sql,
+    first_answers,
     first_per_id,
 )
 from ._store import Adopted, Answer, Letter, MailboxSignals
@@ -150,13 +151,16 @@ SELECT DISTINCT client_id FROM flnotify_mailbox
 WHERE client_id = ANY(%(clients)s::uuid[]) AND {fetchable_sql(_T)}
 """  # noqa: S608 - constants only
 
+# The answers of several clients in one statement: each counts for its own client only.
 _ACK = f"""
 WITH {_CLOCK}
 UPDATE flnotify_mailbox AS m SET state = 'answered', status = v.status
-FROM unnest(%(ids)s::text[], %(statuses)s::integer[]) AS v (message_id, status)
+FROM unnest(%(clients)s::uuid[], %(ids)s::text[], %(statuses)s::integer[])
+    AS v (client_id, message_id, status)
 WHERE m.message_id = ANY(%(ids)s::text[])  -- found by the message_id index, never a scan
-    AND m.message_id = v.message_id AND m.client_id = %(client)s AND m.state = 'offered'
+    AND m.message_id = v.message_id AND m.client_id = v.client_id AND m.state = 'offered'
     AND m.deadline_at > {_T}
+RETURNING m.client_id, m.message_id
 """  # noqa: S608 - constants only
 
 # The SELECT reads the rows as they were before the statement, so the ones the deadline
@@ -206,12 +210,14 @@ swept AS (
     DELETE FROM flnotify_mailbox_nonces
     WHERE nonce IN (
         SELECT nonce FROM flnotify_mailbox_nonces
-        WHERE until <= {_T} AND nonce <> %(nonce)s
+        WHERE until <= {_T} AND nonce <> ALL(%(nonces)s::text[])
         FOR UPDATE SKIP LOCKED
     )
 )
-INSERT INTO flnotify_mailbox_nonces AS n (nonce, until) VALUES (%(nonce)s, %(until)s)
+INSERT INTO flnotify_mailbox_nonces AS n (nonce, until)
+SELECT * FROM unnest(%(nonces)s::text[], %(untils)s::double precision[])
 ON CONFLICT (nonce) DO UPDATE SET until = EXCLUDED.until WHERE n.until <= {_T}
+RETURNING n.nonce
 """  # noqa: S608 - constants only
 
 _ROWS = """
@@ -487,20 +493,51 @@ class PostgresMailbox(Closing):
         See [`Mailbox.ack`][flnotify.mailbox.Mailbox.ack]: the first answer of a message
         wins. Returns how many counted.
         """
-        if not acks:
-            return 0
-        first: dict[str, int] = {}
-        for message_id, status in acks:
-            first.setdefault(message_id, status)
-        params = {"client": client_id, "ids": list(first), "statuses": list(first.values())}
-        taken = self._run(_ACK, params, light=True)[1]
-        if taken:
+        return self.ack_many([(client_id, acks)])[0]
+
+    def ack_many(self, acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]]) -> list[int]:
+        """[`ack`][flnotify.mailbox.PostgresMailbox.ack] of several clients, one statement."""
+        taken = [0] * len(acks)
+        by: dict[tuple[UUID, str], int] = {}  # the first answer of each: whose it is
+        clients: list[UUID] = []
+        ids: list[str] = []
+        statuses: list[int] = []
+        for i, (client, answers) in enumerate(acks):
+            for message_id, status in first_answers(answers):
+                if (client, message_id) not in by:
+                    by[client, message_id] = i
+                    clients.append(client)
+                    ids.append(message_id)
+                    statuses.append(status)
+        if not ids:
+            return taken
+        params = {"clients": clients, "ids": ids, "statuses": statuses}
+        for client, message_id in self._run(_ACK, params, light=True)[0]:
+            taken[by[client, message_id]] += 1
+        if any(taken):
             self.signals.answered()
         return taken
 
     def remember(self, nonce: str, until: float) -> bool:
         """Record a request nonce until ``until``; ``False`` if it is known already."""
-        return self._run(_REMEMBER, {"nonce": nonce, "until": until}, light=True)[1] == 1
+        return self.remember_many([(nonce, until)])[0]
+
+    def remember_many(self, nonces: Sequence[tuple[str, float]]) -> list[bool]:
+        """[`remember`][flnotify.mailbox.PostgresMailbox.remember] of several at once.
+
+        One statement; a nonce twice in ``nonces`` is fresh the first time only.
+        """
+        first = dict(reversed(nonces))
+        if not first:
+            return []
+        params = {"nonces": list(first), "untils": list(first.values())}
+        fresh = {row[0] for row in self._run(_REMEMBER, params, light=True)[0]}
+        seen: set[str] = set()
+        found = []
+        for nonce, _ in nonces:
+            found.append(nonce in fresh and nonce not in seen)
+            seen.add(nonce)
+        return found
 
     # -- operating -----------------------------------------------------------------------
 

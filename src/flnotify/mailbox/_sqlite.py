@@ -29,6 +29,7 @@ from ._model import (
     check_post,
     check_reposted,
     fetchable_sql,
+    first_answers,
     first_per_id,
 )
 from ._store import Adopted, Answer, Letter, MailboxSignals
@@ -447,32 +448,47 @@ class Mailbox(Closing):
         An answer counts only for a message that is offered to this client and not past
         its deadline; the first answer of a message wins. Returns how many counted.
         """
-        if not acks:
-            return 0
-        first: dict[str, int] = {}
-        for message_id, status in acks:
-            first.setdefault(message_id, status)
+        return self.ack_many([(client_id, acks)])[0]
+
+    def ack_many(self, acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]]) -> list[int]:
+        """[`ack`][flnotify.mailbox.Mailbox.ack] of several clients in one transaction."""
+        taken = [0] * len(acks)
+        if not any(answers for _, answers in acks):
+            return taken
         with self._transaction(light=True) as conn:
-            params = {
-                "client": str(client_id),
-                "now": self.clock(),
-                "acks": outcome_json(list(first.items())),
-            }
-            taken = conn.execute(_ACK, params).rowcount
-        if taken:
+            now = self.clock()
+            for i, (client, answers) in enumerate(acks):
+                if answers:
+                    params = {
+                        "client": str(client),
+                        "now": now,
+                        "acks": outcome_json(first_answers(answers)),
+                    }
+                    taken[i] = conn.execute(_ACK, params).rowcount
+        if any(taken):
             self.signals.answered()
         return taken
 
     def remember(self, nonce: str, until: float) -> bool:
         """Record a request nonce until ``until``; ``False`` if it is known already."""
+        return self.remember_many([(nonce, until)])[0]
+
+    def remember_many(self, nonces: Sequence[tuple[str, float]]) -> list[bool]:
+        """[`remember`][flnotify.mailbox.Mailbox.remember] of several, in one transaction.
+
+        A nonce twice in ``nonces`` is fresh the first time only.
+        """
+        if not nonces:
+            return []
         with self._transaction(light=True) as conn:
             conn.execute("DELETE FROM flnotify_mailbox_nonces WHERE until <= ?", (self.clock(),))
-            return (
+            return [
                 conn.execute(
                     "INSERT OR IGNORE INTO flnotify_mailbox_nonces VALUES (?, ?)", (nonce, until)
                 ).rowcount
                 == 1
-            )
+                for nonce, until in nonces
+            ]
 
     # -- operating -----------------------------------------------------------------------
 

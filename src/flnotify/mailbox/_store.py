@@ -223,6 +223,10 @@ class MailboxQueue(Protocol):
         """Take the client's (message id, status) answers of offered messages; how many."""
         ...
 
+    def ack_many(self, acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]]) -> list[int]:
+        """`ack` of each (client id, answers) in one transaction; how many counted, each."""
+        ...
+
     def answers(self, owner: str) -> list[Answer]:
         """The owner's answered messages; overdue unanswered ones are answered ``None`` first."""
         ...
@@ -258,6 +262,13 @@ class MailboxNonces(Protocol):
 
     def remember(self, nonce: str, until: float) -> bool:
         """Record a request nonce until ``until``; ``False`` if it was seen already."""
+        ...
+
+    def remember_many(self, nonces: Sequence[tuple[str, float]]) -> list[bool]:
+        """`remember` of each (nonce, until) in one transaction, in order.
+
+        A nonce twice in ``nonces`` is fresh (``True``) the first time only.
+        """
         ...
 
 
