@@ -236,11 +236,11 @@ def test_the_same_message_ids_sent_again_are_offered_again_with_one_outcome_each
     world: World, pool: concurrent.futures.ThreadPoolExecutor
 ) -> None:
     """An outbox retry or a task run again posts the same send with the same ids."""
+    recorder = RecordingCallbacks()
     receiver, secret = world.client()
+    note = round_start([receiver])
     seen: list[Any] = []
     router = world.router(secret, seen)
-    note = round_start([receiver])
-    recorder = RecordingCallbacks()
     with (
         asgi_server(world.app().asgi_app()) as base,
         Notifier(signer=world.signer, mailbox=world.store) as notifier,

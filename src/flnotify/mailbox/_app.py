@@ -382,42 +382,32 @@ class MailboxApp:
         return attrs.evolve(who, acks=[(a.id, a.status) for a in acks]), request
 
     def _admitted(
-        self, admit: _Admit, request: FetchRequest | None, taken: int | None
+        self, admit: _Admit, request: FetchRequest | None, taken: int | Response | None
     ) -> Response | tuple[Receiver, FetchRequest]:
         """After the store admitted the request: answer an ack, or return the fetch."""
+        if isinstance(taken, Response):
+            return taken
         if taken is None:
             return _UNAUTHORIZED  # a replay
         if request is None:
             return json_response(200, {"accepted": taken})
         return Receiver(admit.client, MAILBOX_ENDPOINT), request
 
-    def _begin(
-        self, path: str, headers: Sequence[tuple[str, str]], body: bytes
-    ) -> Response | tuple[Receiver, FetchRequest]:
-        """Read the request, authenticate it; answer an ack, or return the fetch."""
-        read = self._read(path, headers, body)
-        if isinstance(read, Response):
-            return read
+    def _admit(self, admit: _Admit) -> int | Response | None:
+        """`_admit_many` of one request, now; a store error is answered 503."""
         try:
-            (taken,) = self._admit_many([read[0]])
+            return self._admit_many([admit])[0]
         except Exception:
             logger.exception("mailbox: a request failed")
             return _UNAVAILABLE
-        return self._admitted(*read, taken)
 
-    async def _abegin(
-        self, path: str, headers: Sequence[tuple[str, str]], body: bytes
-    ) -> Response | tuple[Receiver, FetchRequest]:
-        """`_begin` on an event loop: the store's part gathered with other requests'."""
-        read = self._read(path, headers, body)
-        if isinstance(read, Response):
-            return read
+    async def _aadmit(self, admit: _Admit) -> int | Response | None:
+        """`_admit` on an event loop, gathered with the other requests of the moment."""
         try:
-            taken = await self._gathers()[0](read[0])
+            return await self._gathers()[0](admit)
         except Exception:
             logger.exception("mailbox: a request failed")
             return _UNAVAILABLE
-        return self._admitted(*read, taken)
 
     def _gathers(
         self,
@@ -542,7 +532,10 @@ class MailboxApp:
             return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
         except asyncio.TimeoutError:
             return self._too_slow(("connection", "close"))
-        begun = await self._abegin(path, headers, body)
+        read = self._read(path, headers, body)
+        if isinstance(read, Response):
+            return read
+        begun = self._admitted(*read, await self._aadmit(read[0]))
         if isinstance(begun, Response):
             return begun
         receiver, request = begun
@@ -629,7 +622,10 @@ class MailboxApp:
             return error(408, "request_timeout", "the body did not arrive in time")
         if body is None:
             return self._too_slow()  # the server closes: WSGI apps may not say so
-        begun = self._begin(path, headers, body)
+        read = self._read(path, headers, body)
+        if isinstance(read, Response):
+            return read
+        begun = self._admitted(*read, self._admit(read[0]))
         if isinstance(begun, Response):
             return begun
         receiver, request = begun
