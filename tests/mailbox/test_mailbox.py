@@ -36,7 +36,7 @@ from flnotify import (
     generate_secret,
 )
 from flnotify.errors import TransportErrorKind
-from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxDispatcher
+from flnotify.mailbox import MAILBOX_ENDPOINT, Letter, Mailbox, MailboxApp, MailboxDispatcher
 from flnotify.mailbox._wire import ack_document, fetch_document
 from flnotify.receiving import InMemoryIdStore, NotificationRouter
 from flnotify.testing import RecordingCallbacks, RecordingHook
@@ -232,6 +232,34 @@ def test_a_repeated_fetch_offers_the_same_id_and_the_handler_runs_once(
     assert (delivery.outcome, delivery.attempts) == (Outcome.DELIVERED, 2)
 
 
+def test_the_same_message_ids_sent_again_are_offered_again_with_one_outcome_each(
+    world: World, pool: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    """An outbox retry or a task run again posts the same send with the same ids."""
+    recorder = RecordingCallbacks()
+    receiver, secret = world.client()
+    note = round_start([receiver])
+    seen: list[Any] = []
+    router = world.router(secret, seen)
+    with (
+        asgi_server(world.app().asgi_app()) as base,
+        Notifier(signer=world.signer, mailbox=world.store) as notifier,
+    ):
+        client = BareClient(base, receiver.id, secret, world.clock)
+        sends = []
+        for _ in range(2):
+            sent = pool.submit(notifier.send, note, recorder, message_ids=["msg_again"])
+            assert handle(client, router, wait=20) in ([202], [200])
+            sends.append(sent.result(timeout=60))
+        client.close()
+    assert [[(d.message_id, d.outcome, d.error) for d in r.deliveries] for r in sends] == [
+        [("msg_again", Outcome.DELIVERED, None)]
+    ] * 2
+    assert len(recorder.calls) == 2  # one outcome per send
+    assert len(seen) == 1  # the client's id store: handled once, answered 200 again
+    assert world.store.counts() == {"queued": 0, "offered": 0, "answered": 0, "done": 1}
+
+
 def test_an_unacknowledged_notification_fails_at_its_deadline(
     world: World, pool: concurrent.futures.ThreadPoolExecutor
 ) -> None:
@@ -366,6 +394,48 @@ def test_wrong_stale_replayed_and_foreign_credentials_get_the_same_401(world: Wo
             == 200
         )
     assert world.store.counts()["offered"] == 1  # only alice's own fetch offered it
+
+
+class CountingMailbox(Mailbox):
+    """A mailbox that records the clients of each fetch: who asked, and who got letters."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.served: list[int] = []
+        self.asked: set[uuid.UUID] = set()
+        self.all_asked = threading.Event()
+        self.expected = 0
+
+    def fetch_many(self, limits: Any) -> dict[uuid.UUID, list[Letter]]:
+        found = super().fetch_many(limits)
+        if found:
+            self.served.append(len(found))
+        self.asked.update(limits)
+        if len(self.asked) >= self.expected:
+            self.all_asked.set()
+        return found
+
+
+def test_polls_woken_by_one_send_are_answered_by_few_store_calls(world: World) -> None:
+    store = CountingMailbox(world.path, clock=world.clock, **world.store_options)
+    clients = [world.client() for _ in range(24)]
+    store.expected = len(clients)
+    with (
+        asgi_server(world.app(store).asgi_app()) as base,
+        concurrent.futures.ThreadPoolExecutor(len(clients)) as polls,
+    ):
+        bare = [BareClient(base, r.id, secret, world.clock) for r, secret in clients]
+        waiting = [polls.submit(c.fetch, 20) for c in bare]
+        assert store.all_asked.wait(30)  # every poll looked once, found nothing, and waits
+        letters = [(r.id, f"msg_{i}") for i, (r, _) in enumerate(clients)]
+        store.post("snd_1", len(letters), b"{}", letters, owner="o", lease_seconds=60)
+        got = [f.result(timeout=30) for f in waiting]
+        for client in bare:
+            client.close()
+    store.close()
+    assert sorted(m.id for messages in got for m in messages) == sorted(m for _, m in letters)
+    assert sum(store.served) == len(clients)
+    assert len(store.served) <= len(clients) // 2, store.served  # gathered, not one each
 
 
 def test_a_shared_secret_never_opens_a_mailbox(world: World) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 import attrs
@@ -61,9 +63,12 @@ __all__ = ["MailboxApp"]
 logger = logging.getLogger("flnotify")
 
 _UNAUTHORIZED = error(401, "unauthorized", "the request is not signed by this client's secret")
+_UNAVAILABLE = error(503, "unavailable", "the mailbox is unavailable; try again later")
 _MAX_HEADERS = 100
 _MAX_HEADER_BYTES = 32 * 1024
 _READ_CHUNK = 64 * 1024
+_I = TypeVar("_I")
+_R = TypeVar("_R")
 
 
 class _Waiter:
@@ -160,6 +165,71 @@ class _Waiting:
                 self.wake(ready)
 
 
+class _Gathered(Generic[_I, _R]):
+    """Store calls of one event loop's requests, gathered: one call for all that queue.
+
+    A send wakes every poll of its clients at once, and their next fetches come in
+    together; each request asks here, and the requests that asked while the store
+    answered the previous ones share the next call of ``run`` (one transaction or so,
+    not one per request), which answers each in order.
+    """
+
+    def __init__(self, run: Callable[[list[_I]], list[_R]]) -> None:
+        self.run = run
+        self.queue: list[tuple[_I, asyncio.Future[_R]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def __call__(self, item: _I) -> _R:
+        """``item``'s answer, from a call shared with the other requests of the moment."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_R] = loop.create_future()
+        self.queue.append((item, future))
+        if self.task is None:
+            self.task = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                await asyncio.sleep(0)  # the other requests of this moment queue meanwhile
+                batch, self.queue = self.queue, []
+                try:
+                    found = await asyncio.to_thread(self.run, [item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), answer in zip(batch, found, strict=True):
+                    if not future.done():  # a request whose client left
+                        future.set_result(answer)
+        finally:
+            self.task = None
+
+
+def _fetch_many(store: MailboxStore, asked: list[tuple[UUID, int]]) -> list[list[Letter]]:
+    """Each (client, limit)'s letters, from one store call; polls of one client share."""
+    limits: dict[UUID, int] = {}
+    for client, limit in asked:
+        limits[client] = limits.get(client, 0) + limit
+    found = store.fetch_many(limits)
+    answers = []
+    for client, limit in asked:
+        letters = found.get(client, [])
+        answers.append(letters[:limit])
+        found[client] = letters[limit:]
+    return answers
+
+
+@attrs.define(frozen=True)
+class _Admit:
+    """What a signed request asks of the store: its nonce recorded, its answers taken."""
+
+    client: UUID
+    nonce: str
+    acks: Sequence[tuple[str, int]]
+
+
 @attrs.define(eq=False)
 class MailboxApp:
     """Serves a mailbox to its polling clients: ``POST .../fetch`` and ``POST .../ack``.
@@ -218,6 +288,10 @@ class MailboxApp:
     clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
     monotonic: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
     _waiting: _Waiting = attrs.field(init=False, repr=False)
+    _gathered: weakref.WeakKeyDictionary[
+        asyncio.AbstractEventLoop,
+        tuple[_Gathered[_Admit, int | None], _Gathered[tuple[UUID, int], list[Letter]]],
+    ] = attrs.field(init=False, repr=False, factory=weakref.WeakKeyDictionary)
 
     def __attrs_post_init__(self) -> None:
         if self.max_acks < self.max_batch:
@@ -244,10 +318,10 @@ class MailboxApp:
             return error(431, "headers_too_large", "too many or too large headers")
         return None
 
-    def _authenticate(
+    def _verify(
         self, client: UUID, headers: Sequence[tuple[str, str]], body: bytes
-    ) -> Receiver | Response:
-        """The client the body names, if it signed the request; else the refusal."""
+    ) -> _Admit | Response:
+        """The request's nonce, if the client it names signed it; else the refusal."""
         receiver = Receiver(client, MAILBOX_ENDPOINT)
         now = self.clock()
         try:
@@ -256,9 +330,22 @@ class MailboxApp:
             )
         except FlnotifyError:
             return _UNAUTHORIZED
-        if not self.mailbox.remember(f"{client}:{verified.id}", self._nonce_until()):
-            return _UNAUTHORIZED  # a replay
-        return receiver
+        return _Admit(client, f"{client}:{verified.id}", ())
+
+    def _admit_many(self, admits: list[_Admit]) -> list[int | None]:
+        """Record the nonces, take the answers of the fresh ones: two transactions in all.
+
+        Each request's count of answers taken, or ``None``: a replay.
+        """
+        until = self._nonce_until()
+        fresh = self.mailbox.remember_many([(a.nonce, until) for a in admits])
+        taking = [i for i, new in enumerate(fresh) if new and admits[i].acks]
+        answers = [(admits[i].client, admits[i].acks) for i in taking]
+        counts = self.mailbox.ack_many(answers) if answers else []
+        found: list[int | None] = [0 if new else None for new in fresh]
+        for i, count in zip(taking, counts, strict=True):
+            found[i] = count
+        return found
 
     def _nonce_until(self) -> float:
         """Until when a nonce is kept, on the store's clock (the one its sweep reads).
@@ -269,31 +356,72 @@ class MailboxApp:
         """
         return self.mailbox.now() + 2 * self.tolerance + 1.0
 
-    def _begin(
+    def _read(
         self, path: str, headers: Sequence[tuple[str, str]], body: bytes
-    ) -> Response | tuple[Receiver, FetchRequest]:
-        """Read the request (once), authenticate it; answer an ack, or return the fetch."""
+    ) -> Response | tuple[_Admit, FetchRequest | None]:
+        """Parse the request (once) and check its signature: what the store must admit.
+
+        The fetch it is, or ``None`` for an ack; a refusal is answered at once.
+        """
+        request: FetchRequest | None = None
         try:
             if path.endswith(ACK_PATH):
                 client, acks = parse_ack(body, max_acks=self.max_acks)
-                who = self._authenticate(client, headers, body)
-                if isinstance(who, Response):
-                    return who
-                taken = self.mailbox.ack(client, [(a.id, a.status) for a in acks])
-                return json_response(200, {"accepted": taken})
-            request = parse_fetch(body, max_acks=self.max_acks)
-            who = self._authenticate(request.client, headers, body)
-            if request.acks and not isinstance(who, Response):
+            else:
+                request = parse_fetch(body, max_acks=self.max_acks)
                 # the acknowledgements of the previous fetch, carried by this one
-                self.mailbox.ack(request.client, [(a.id, a.status) for a in request.acks])
+                client, acks = request.client, list(request.acks)
+            who = self._verify(client, headers, body)
         except MailboxProtocolError as exc:
             return error(400, "malformed", str(exc))
         except Exception:
             logger.exception("mailbox: a request failed")
-            return error(503, "unavailable", "the mailbox is unavailable; try again later")
+            return _UNAVAILABLE
         if isinstance(who, Response):
             return who
-        return who, request
+        return attrs.evolve(who, acks=[(a.id, a.status) for a in acks]), request
+
+    def _admitted(
+        self, admit: _Admit, request: FetchRequest | None, taken: int | Response | None
+    ) -> Response | tuple[Receiver, FetchRequest]:
+        """After the store admitted the request: answer an ack, or return the fetch."""
+        if isinstance(taken, Response):
+            return taken
+        if taken is None:
+            return _UNAUTHORIZED  # a replay
+        if request is None:
+            return json_response(200, {"accepted": taken})
+        return Receiver(admit.client, MAILBOX_ENDPOINT), request
+
+    def _admit(self, admit: _Admit) -> int | Response | None:
+        """`_admit_many` of one request, now; a store error is answered 503."""
+        try:
+            return self._admit_many([admit])[0]
+        except Exception:
+            logger.exception("mailbox: a request failed")
+            return _UNAVAILABLE
+
+    async def _aadmit(self, admit: _Admit) -> int | Response | None:
+        """`_admit` on an event loop, gathered with the other requests of the moment."""
+        try:
+            return await self._gathers()[0](admit)
+        except Exception:
+            logger.exception("mailbox: a request failed")
+            return _UNAVAILABLE
+
+    def _gathers(
+        self,
+    ) -> tuple[_Gathered[_Admit, int | None], _Gathered[tuple[UUID, int], list[Letter]]]:
+        """The gathered store calls of the running event loop: admitting, fetching."""
+        loop = asyncio.get_running_loop()
+        gathers = self._gathered.get(loop)
+        if gathers is None:
+            store = self.mailbox
+            gathers = self._gathered[loop] = (
+                _Gathered(self._admit_many),
+                _Gathered(functools.partial(_fetch_many, store)),
+            )
+        return gathers
 
     def _offer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
         """The client's messages now, as an answer; ``None`` if it has none."""
@@ -302,7 +430,18 @@ class MailboxApp:
             letters = self.mailbox.fetch(receiver.id, limit)
         except Exception:
             logger.exception("mailbox: a fetch failed")
-            return error(503, "unavailable", "the mailbox is unavailable; try again later")
+            return _UNAVAILABLE
+        if not letters:
+            return None
+        return self._answer(receiver, letters)
+
+    async def _aoffer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
+        """`_offer` on an event loop: the fetch gathered with the other polls' of the loop."""
+        try:
+            letters = await self._gathers()[1]((receiver.id, min(request.max, self.max_batch)))
+        except Exception:
+            logger.exception("mailbox: a fetch failed")
+            return _UNAVAILABLE
         if not letters:
             return None
         return self._answer(receiver, letters)
@@ -357,9 +496,8 @@ class MailboxApp:
             return self._too_many(why)
         return wait
 
-    def _look(self, receiver: Receiver, request: FetchRequest) -> Response | None:
+    def _look(self, receiver: Receiver, offered: Response | None) -> Response | None:
         """After a wake-up: the answer if mail came or the app closes; ``None``: hold on."""
-        offered = self._offer(receiver, request)
         if offered is not None or self._waiting.closed:
             return offered or self._answer(receiver, [])
         return None
@@ -394,11 +532,14 @@ class MailboxApp:
             return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
         except asyncio.TimeoutError:
             return self._too_slow(("connection", "close"))
-        begun = await asyncio.to_thread(self._begin, path, headers, body)
+        read = self._read(path, headers, body)
+        if isinstance(read, Response):
+            return read
+        begun = self._admitted(*read, await self._aadmit(read[0]))
         if isinstance(begun, Response):
             return begun
         receiver, request = begun
-        offered = await asyncio.to_thread(self._offer, receiver, request)
+        offered = await self._aoffer(receiver, request)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop)
         wait = self._hold(receiver, request, offered, waiter)
@@ -416,7 +557,7 @@ class MailboxApp:
                 if gone.done():
                     raise DisconnectedError
                 event.clear()
-                answer = await asyncio.to_thread(self._look, receiver, request)
+                answer = self._look(receiver, await self._aoffer(receiver, request))
                 if answer is not None:
                     return answer
             return self._answer(receiver, [])
@@ -481,7 +622,10 @@ class MailboxApp:
             return error(408, "request_timeout", "the body did not arrive in time")
         if body is None:
             return self._too_slow()  # the server closes: WSGI apps may not say so
-        begun = self._begin(path, headers, body)
+        read = self._read(path, headers, body)
+        if isinstance(read, Response):
+            return read
+        begun = self._admitted(*read, self._admit(read[0]))
         if isinstance(begun, Response):
             return begun
         receiver, request = begun
@@ -496,7 +640,7 @@ class MailboxApp:
             while (left := until - time.monotonic()) > 0:
                 event.wait(left)
                 event.clear()
-                answer = self._look(receiver, request)
+                answer = self._look(receiver, self._offer(receiver, request))
                 if answer is not None:
                     return answer
             return self._answer(receiver, [])

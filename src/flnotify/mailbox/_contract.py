@@ -194,6 +194,24 @@ class MailboxStoreContract:
         assert mailbox.fetch(_C1, 10) == []
         assert mailbox.fetch(_C3, 10) == []
 
+    def test_fetch_many_offers_each_client_what_its_own_fetch_would(
+        self, mailbox: MailboxStore, clock: ContractClock
+    ) -> None:
+        """One call for several waiting clients: each its own letters, up to its limit."""
+        _post(mailbox, [(_C1, "a1"), (_C2, "b1")], send="s1", body=b"one")
+        _post(mailbox, [(_C1, "a2"), (_C2, "b2")], send="s2", body=b"two")
+        assert mailbox.fetch_many({}) == {}
+        got = mailbox.fetch_many({_C1: 1, _C2: 5, _C3: 2})
+        assert got == {
+            _C1: [Letter("a1", _C1, b"one", 1)],
+            _C2: [Letter("b1", _C2, b"one", 1), Letter("b2", _C2, b"two", 1)],
+        }
+        assert mailbox.fetch_many({_C1: 5, _C2: 5}) == {_C1: [Letter("a2", _C1, b"two", 1)]}
+        clock.now += VISIBILITY
+        assert _seen(mailbox.fetch_many({_C2: 1})[_C2]) == [("b1", _C2, 2)]
+        with raises(ConfigurationError):
+            mailbox.fetch_many({_C1: 1, _C2: 0})
+
     def test_fetch_respects_the_limit(self, mailbox: MailboxStore) -> None:
         """A fetch offers at most ``limit`` letters; the next fetch the following ones."""
         _post(mailbox, [(_C1, f"m{i}") for i in range(5)] + [(_C2, "other")])
@@ -472,6 +490,32 @@ class MailboxStoreContract:
         clock.now += 5
         assert mailbox.remember("n1", clock.now + 10) is False
 
+    def test_remember_many_and_ack_many_answer_each_as_one_call_would(
+        self, clock: ContractClock, mailbox: MailboxStore
+    ) -> None:
+        """Several requests' nonces and answers in one call each, answered in order."""
+        assert mailbox.remember("old", clock.now + 10) is True
+        assert mailbox.remember_many([]) == []
+        got = mailbox.remember_many([("a", clock.now + 10), ("old", 1e12), ("a", 1e12)])
+        assert got == [True, False, False]  # a nonce twice in one call: fresh once
+        _post(mailbox, [(_C1, "m1"), (_C1, "m2"), (_C2, "m3")])
+        mailbox.fetch_many({_C1: 5, _C2: 5})
+        taken = mailbox.ack_many(
+            [
+                (_C1, [("m1", 204), ("m3", 204)]),  # m3 is not _C1's
+                (_C2, []),
+                (_C2, [("m3", 409), ("m3", 204)]),
+                (_C1, [("m1", 500), ("m2", 503)]),  # m1 answered already
+            ]
+        )
+        assert taken == [1, 0, 1, 1]
+        assert _answered(mailbox.answers("judge-a")) == [
+            ("m1", 204, 1),
+            ("m2", 503, 1),
+            ("m3", 409, 1),
+        ]
+        assert mailbox.ack_many([]) == []
+
     def test_counts_follow_the_life_cycle(self, mailbox: MailboxStore) -> None:
         """Every state is present, from queued to done."""
         assert mailbox.counts() == {"queued": 0, "offered": 0, "answered": 0, "done": 0}
@@ -519,7 +563,7 @@ class MailboxStoreContract:
 
     # -- refused input
 
-    def test_a_taken_message_id_is_refused_and_nothing_is_written(
+    def test_a_message_id_of_another_client_is_refused_and_nothing_is_written(
         self, mailbox: MailboxStore
     ) -> None:
         """The whole post fails with MailboxError; the handle stays usable."""
@@ -528,10 +572,37 @@ class MailboxStoreContract:
             _post(mailbox, [(_C2, "fresh"), (_C3, "taken")], send="s2", body=b"first")
         with raises(MailboxError):
             _post(mailbox, [(_C2, "twice"), (_C3, "twice")], send="s2", body=b"first")
+        with raises(MailboxError):
+            _post(mailbox, [(_C2, "twice"), (_C2, "twice")], send="s2", body=b"first")
         assert mailbox.counts() == {"queued": 1, "offered": 0, "answered": 0, "done": 0}
         assert mailbox.fetchable([_C2, _C3]) == set()
         _post(mailbox, [(_C2, "fresh")], send="s2", body=b"second")
         assert mailbox.fetch(_C2, 10) == [Letter("fresh", _C2, b"second", 1)]
+
+    def test_a_message_id_posted_again_is_offered_again_and_judged_by_the_new_post(
+        self, mailbox: MailboxStore, clock: ContractClock
+    ) -> None:
+        """One message, one row: a re-post re-offers it whatever its state; one outcome each."""
+        _post(mailbox, [(_C1, "m1"), (_C2, "m2")], send="s1", owner="judge-a")
+        assert _seen(mailbox.fetch(_C1, 10)) == [("m1", _C1, 1)]
+        assert mailbox.ack(_C1, [("m1", 204)]) == 1
+        assert mailbox.settle("judge-a", [_outcome("m1")]) == [_outcome("m1")]
+        clock.now += 1.0
+        # m1 is done, m2 still queued under judge-a: both are taken over by the new post
+        _post(mailbox, [(_C1, "m1"), (_C2, "m2")], send="s2", owner="judge-b", body=b"again")
+        assert mailbox.counts() == {"queued": 2, "offered": 0, "answered": 0, "done": 0}
+        assert mailbox.fetch(_C1, 10) == [Letter("m1", _C1, b"again", 1)]
+        assert mailbox.ack(_C1, [("m1", 204)]) == 1
+        assert mailbox.answers("judge-a") == []
+        assert _answered(mailbox.answers("judge-b")) == [("m1", 204, 1)]
+        assert mailbox.settle("judge-a", [_outcome("m2")]) == []  # no longer its judge
+        assert mailbox.settle("judge-b", [_outcome("m1")]) == [_outcome("m1")]
+        assert mailbox.settle("judge-b", [_outcome("m1")]) == []  # once per post
+        # the fresh deadline runs from the re-post
+        clock.now += ACK_DEADLINE - 0.5
+        assert mailbox.fetchable([_C2]) == {_C2}
+        mailbox.release("judge-b")
+        assert [(a.message_id, a.send_id) for a in mailbox.adopt("c", 60.0, 10)] == [("m2", "s2")]
 
     def test_a_send_posted_in_parts_keeps_its_first_body(self, mailbox: MailboxStore) -> None:
         """Later posts of one send add letters; the send's body is written once."""
@@ -724,6 +795,42 @@ def _machine(make: Callable[..., MailboxStore]) -> type[RuleBasedStateMachine]:
             self.store.post(
                 send, len(letters), body, letters, owner=self.owners[owner], lease_seconds=600
             )
+
+        @rule(picks=picks_, owner=st.integers(0, 1), body=st.binary(max_size=40))
+        def repost(self, picks: list[int], owner: int, body: bytes) -> None:
+            """The same message ids posted again to their clients: offered afresh."""
+            mids = [mid for mid in dict.fromkeys(self._pick(picks)) if mid in self.rows]
+            if not mids:
+                return
+            self.sends += 1
+            send = f"{self.prefix}send-{self.sends}"
+            now = self.clock.now
+            letters = []
+            for mid in mids:
+                client = self.rows[mid].client
+                letters.append((self.clients[client], mid))
+                self.rows[mid] = _Row(client, owner, send, body, now + ACK_DEADLINE, now)
+                self.settled.discard(mid)
+            self.store.post(
+                send, len(letters), body, letters, owner=self.owners[owner], lease_seconds=600
+            )
+
+        @rule(limits=st.dictionaries(st.integers(0, 2), st.integers(1, 3), max_size=3))
+        def fetch_many(self, limits: dict[int, int]) -> None:
+            now = self.clock.now
+            expected: dict[uuid.UUID, list[Letter]] = {}
+            for client, limit in limits.items():
+                who = self.clients[client]
+                for mid, row in [
+                    (mid, row)
+                    for mid, row in self.rows.items()
+                    if row.client == client and row.fetchable(now)
+                ][:limit]:
+                    row.state, row.offered_until = "offered", now + VISIBILITY
+                    row.fetches += 1
+                    expected.setdefault(who, []).append(Letter(mid, who, row.body, row.fetches))
+            asked = {self.clients[client]: limit for client, limit in limits.items()}
+            assert self.store.fetch_many(asked) == expected
 
         @rule(client=st.integers(0, 2), limit=st.integers(1, 3))
         def fetch(self, client: int, limit: int) -> None:

@@ -11,12 +11,15 @@ from .._report import Delivery
 
 __all__ = [
     "LEASES",
+    "REPOST",
     "STATES",
     "MailboxError",
     "check_lease",
     "check_limit",
     "check_post",
+    "check_reposted",
     "fetchable_sql",
+    "first_answers",
     "first_per_id",
 ]
 
@@ -28,6 +31,33 @@ _ADOPTION = {"take_order": "lease_until, seq", "take_index": "flnotify_mailbox_l
 LEASES = LeaseTable("flnotify_mailbox", "owner", "flnotify_mailbox_sends", "send_id", **_ADOPTION)
 """The mailbox as a lease queue: an owner (a judge) holds messages; a dispatcher adopts
 them once the lease ended."""
+
+
+REPOST = """
+ON CONFLICT (message_id) DO UPDATE SET
+    send_id = excluded.send_id, state = 'queued', available_at = excluded.available_at,
+    offered_until = NULL, deadline_at = excluded.deadline_at, fetches = 0, status = NULL,
+    owner = excluded.owner, lease_until = excluded.lease_until, outcome = NULL,
+    attempts = NULL, status_code = NULL, error = NULL, error_kind = NULL, elapsed = NULL,
+    settled_at = NULL
+WHERE flnotify_mailbox.client_id = excluded.client_id
+"""
+"""The tail of both stores' post: a message id posted again to its client is offered
+again, as a fresh letter of the new post (its send, judge, deadline; no outcome yet)."""
+
+
+def check_reposted(written: int, rows: Sequence[tuple[str, str]]) -> None:
+    """Refuse a post that wrote fewer rows than it has letters: an id of another client.
+
+    Raises:
+        MailboxError: A message id is taken by another client (nothing is written).
+    """
+    if written != len(rows):
+        msg = (
+            f"{len(rows) - written} of {len(rows)} message id(s) are taken by another"
+            " client's message; nothing was posted"
+        )
+        raise MailboxError(msg)
 
 
 def fetchable_sql(now: str) -> str:
@@ -53,6 +83,14 @@ def check_limit(limit: int) -> None:
         raise ConfigurationError(msg)
 
 
+def first_answers(acks: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The (message id, status) answers with the first of each message id only."""
+    first: dict[str, int] = {}
+    for message_id, status in acks:
+        first.setdefault(message_id, status)
+    return list(first.items())
+
+
 def first_per_id(deliveries: Iterable[Delivery]) -> list[Delivery]:
     """The deliveries with the first of each message id only: one outcome per message."""
     seen: set[str] = set()
@@ -72,12 +110,14 @@ def check_post(
     Raises:
         ConfigurationError: A client id is not a UUID, a message id not a non-empty
             string, the send smaller than its letters or the lease not positive.
+        MailboxError: A message id is in the post twice.
     """
     check_lease(lease_seconds)
     if type(send_size) is not int or send_size < len(letters):
         msg = f"send_size {send_size!r} is below the {len(letters)} messages posted"
         raise ConfigurationError(msg)
     rows = []
+    seen: set[str] = set()
     for client, message_id in letters:
         if not isinstance(client, UUID):
             msg = f"client id {client!r} is not a UUID"
@@ -85,5 +125,9 @@ def check_post(
         if not isinstance(message_id, str) or not message_id:
             msg = f"message id {message_id!r} is not a non-empty string"
             raise ConfigurationError(msg)
+        if message_id in seen:
+            msg = f"message id {message_id!r} is posted twice at once; nothing was posted"
+            raise MailboxError(msg)
+        seen.add(message_id)
         rows.append((str(client), message_id))
     return rows

@@ -12,7 +12,7 @@ hosts' clocks need not agree. Every psycopg error is translated here, at one edg
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -29,12 +29,15 @@ from .._validators import callable_or_none, of_type, positive
 from ..outbox._model import outcome_rows
 from ._model import (
     LEASES,
+    REPOST,
     STATES,
     MailboxError,
     check_lease,
     check_limit,
     check_post,
+    check_reposted,
     fetchable_sql,
+    first_answers,
     first_per_id,
 )
 from ._store import Adopted, Answer, Letter, MailboxSignals
@@ -116,23 +119,28 @@ SELECT %(send)s, v.client_id, v.message_id, {_T}, {_T} + %(deadline)s, %(owner)s
     {_T} + %(lease)s
 FROM unnest(%(clients)s::uuid[], %(ids)s::text[]) WITH ORDINALITY AS v (client_id, message_id, i)
 ORDER BY v.i
-"""  # noqa: S608 - constants only
+{REPOST}"""  # noqa: S608 - constants only
 
+# Each client's letters due now, oldest first, up to its limit: one statement for every
+# waiting poll a wake-up answers.
 _FETCH = f"""
 WITH {_CLOCK},
 picked AS (
-    SELECT seq FROM flnotify_mailbox
-    WHERE client_id = %(client)s AND {fetchable_sql(_T)}
-    ORDER BY seq LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    SELECT p.seq FROM unnest(%(clients)s::uuid[], %(limits)s::integer[]) AS r (client_id, most)
+    CROSS JOIN LATERAL (
+        SELECT seq FROM flnotify_mailbox
+        WHERE client_id = r.client_id AND {fetchable_sql(_T)}
+        ORDER BY seq LIMIT r.most
+        FOR UPDATE SKIP LOCKED
+    ) AS p
 ),
 offered AS (
     UPDATE flnotify_mailbox AS m
     SET state = 'offered', offered_until = {_T} + %(visibility)s, fetches = m.fetches + 1
     WHERE m.seq = ANY(ARRAY(SELECT seq FROM picked))
-    RETURNING m.seq, m.message_id, m.fetches, m.send_id
+    RETURNING m.seq, m.client_id, m.message_id, m.fetches, m.send_id
 )
-SELECT o.message_id, o.fetches, s.payload
+SELECT o.client_id, o.message_id, o.fetches, s.payload
 FROM offered AS o JOIN flnotify_mailbox_sends AS s ON s.id = o.send_id
 ORDER BY o.seq
 """  # noqa: S608 - constants only
@@ -143,13 +151,16 @@ SELECT DISTINCT client_id FROM flnotify_mailbox
 WHERE client_id = ANY(%(clients)s::uuid[]) AND {fetchable_sql(_T)}
 """  # noqa: S608 - constants only
 
+# The answers of several clients in one statement: each counts for its own client only.
 _ACK = f"""
 WITH {_CLOCK}
 UPDATE flnotify_mailbox AS m SET state = 'answered', status = v.status
-FROM unnest(%(ids)s::text[], %(statuses)s::integer[]) AS v (message_id, status)
+FROM unnest(%(clients)s::uuid[], %(ids)s::text[], %(statuses)s::integer[])
+    AS v (client_id, message_id, status)
 WHERE m.message_id = ANY(%(ids)s::text[])  -- found by the message_id index, never a scan
-    AND m.message_id = v.message_id AND m.client_id = %(client)s AND m.state = 'offered'
+    AND m.message_id = v.message_id AND m.client_id = v.client_id AND m.state = 'offered'
     AND m.deadline_at > {_T}
+RETURNING m.client_id, m.message_id
 """  # noqa: S608 - constants only
 
 # The SELECT reads the rows as they were before the statement, so the ones the deadline
@@ -199,12 +210,14 @@ swept AS (
     DELETE FROM flnotify_mailbox_nonces
     WHERE nonce IN (
         SELECT nonce FROM flnotify_mailbox_nonces
-        WHERE until <= {_T} AND nonce <> %(nonce)s
+        WHERE until <= {_T} AND nonce <> ALL(%(nonces)s::text[])
         FOR UPDATE SKIP LOCKED
     )
 )
-INSERT INTO flnotify_mailbox_nonces AS n (nonce, until) VALUES (%(nonce)s, %(until)s)
+INSERT INTO flnotify_mailbox_nonces AS n (nonce, until)
+SELECT * FROM unnest(%(nonces)s::text[], %(untils)s::double precision[])
 ON CONFLICT (nonce) DO UPDATE SET until = EXCLUDED.until WHERE n.until <= {_T}
+RETURNING n.nonce
 """  # noqa: S608 - constants only
 
 _ROWS = """
@@ -348,25 +361,27 @@ class PostgresMailbox(Closing):
 
         Raises:
             ConfigurationError: A client id is not a UUID, or a message id not a string.
-            MailboxError: The database refused the write (e.g. a message id is taken).
+            MailboxError: The database refused the write, or a message id is another
+                client's or twice in the post.
         """
         rows = check_post(send_size, letters, lease_seconds)
         if not rows:
             return
         clients, ids = (list(column) for column in zip(*rows, strict=True))
-        self._run(
-            _POST,
-            {
-                "send": send_id,
-                "size": send_size,
-                "body": bytes(body),
-                "clients": clients,
-                "ids": ids,
-                "deadline": self.ack_deadline,
-                "owner": owner,
-                "lease": lease_seconds,
-            },
-        )
+        params = {
+            "send": send_id,
+            "size": send_size,
+            "body": bytes(body),
+            "clients": clients,
+            "ids": ids,
+            "deadline": self.ack_deadline,
+            "owner": owner,
+            "lease": lease_seconds,
+            "now": self._clock(),
+        }
+        with self._cursor(single=False) as cur:  # a refused post is rolled back
+            cur.execute(_POST, params, prepare=True)
+            check_reposted(cur.rowcount, rows)
         self.signals.mail(UUID(client) for client in clients)
 
     def answers(self, owner: str) -> list[Answer]:
@@ -443,10 +458,27 @@ class PostgresMailbox(Closing):
         See [`Mailbox.fetch`][flnotify.mailbox.Mailbox.fetch]; letters another fetch is
         taking at the same moment are skipped, not waited for.
         """
-        check_limit(limit)
-        params = {"client": client_id, "visibility": self.visibility, "limit": limit}
-        rows = self._run(_FETCH, params, light=True)[0]
-        return [Letter(mid, client_id, bytes(payload), n) for mid, n, payload in rows]
+        return self.fetch_many({client_id: limit}).get(client_id, [])
+
+    def fetch_many(self, limits: Mapping[UUID, int]) -> dict[UUID, list[Letter]]:
+        """[`fetch`][flnotify.mailbox.PostgresMailbox.fetch] for several clients at once.
+
+        One statement, committed without waiting for the WAL flush; the letters of the
+        clients that got any.
+        """
+        for limit in limits.values():
+            check_limit(limit)
+        if not limits:
+            return {}
+        params = {
+            "clients": list(limits),
+            "limits": list(limits.values()),
+            "visibility": self.visibility,
+        }
+        found: dict[UUID, list[Letter]] = {}
+        for client, mid, n, payload in self._run(_FETCH, params, light=True)[0]:
+            found.setdefault(client, []).append(Letter(mid, client, bytes(payload), n))
+        return found
 
     def fetchable(self, client_ids: Iterable[UUID]) -> set[UUID]:
         """Which of these clients have a message that a fetch would offer now."""
@@ -461,20 +493,51 @@ class PostgresMailbox(Closing):
         See [`Mailbox.ack`][flnotify.mailbox.Mailbox.ack]: the first answer of a message
         wins. Returns how many counted.
         """
-        if not acks:
-            return 0
-        first: dict[str, int] = {}
-        for message_id, status in acks:
-            first.setdefault(message_id, status)
-        params = {"client": client_id, "ids": list(first), "statuses": list(first.values())}
-        taken = self._run(_ACK, params, light=True)[1]
-        if taken:
+        return self.ack_many([(client_id, acks)])[0]
+
+    def ack_many(self, acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]]) -> list[int]:
+        """[`ack`][flnotify.mailbox.PostgresMailbox.ack] of several clients, one statement."""
+        taken = [0] * len(acks)
+        by: dict[tuple[UUID, str], int] = {}  # the first answer of each: whose it is
+        clients: list[UUID] = []
+        ids: list[str] = []
+        statuses: list[int] = []
+        for i, (client, answers) in enumerate(acks):
+            for message_id, status in first_answers(answers):
+                if (client, message_id) not in by:
+                    by[client, message_id] = i
+                    clients.append(client)
+                    ids.append(message_id)
+                    statuses.append(status)
+        if not ids:
+            return taken
+        params = {"clients": clients, "ids": ids, "statuses": statuses}
+        for client, message_id in self._run(_ACK, params, light=True)[0]:
+            taken[by[client, message_id]] += 1
+        if any(taken):
             self.signals.answered()
         return taken
 
     def remember(self, nonce: str, until: float) -> bool:
         """Record a request nonce until ``until``; ``False`` if it is known already."""
-        return self._run(_REMEMBER, {"nonce": nonce, "until": until}, light=True)[1] == 1
+        return self.remember_many([(nonce, until)])[0]
+
+    def remember_many(self, nonces: Sequence[tuple[str, float]]) -> list[bool]:
+        """[`remember`][flnotify.mailbox.PostgresMailbox.remember] of several at once.
+
+        One statement; a nonce twice in ``nonces`` is fresh the first time only.
+        """
+        first = dict(reversed(nonces))
+        if not first:
+            return []
+        params = {"nonces": list(first), "untils": list(first.values())}
+        fresh = {row[0] for row in self._run(_REMEMBER, params, light=True)[0]}
+        seen: set[str] = set()
+        found = []
+        for nonce, _ in nonces:
+            found.append(nonce in fresh and nonce not in seen)
+            seen.add(nonce)
+        return found
 
     # -- operating -----------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 from uuid import UUID
@@ -21,12 +21,15 @@ from .._validators import is_callable, of_type, positive
 from ..outbox._model import outcome_json, outcome_rows
 from ._model import (
     LEASES,
+    REPOST,
     STATES,
     MailboxError,
     check_lease,
     check_limit,
     check_post,
+    check_reposted,
     fetchable_sql,
+    first_answers,
     first_per_id,
 )
 from ._store import Adopted, Answer, Letter, MailboxSignals
@@ -83,28 +86,33 @@ CREATE TABLE IF NOT EXISTS flnotify_mailbox_nonces (
 CREATE INDEX IF NOT EXISTS flnotify_mailbox_nonces_until ON flnotify_mailbox_nonces (until);
 """
 
-_POST = """
+_POST = (
+    """
 INSERT INTO flnotify_mailbox
     (send_id, client_id, message_id, available_at, deadline_at, owner, lease_until)
 SELECT :send, json_extract(value, '$[0]'), json_extract(value, '$[1]'), :now, :deadline,
     :owner, :until
-FROM json_each(:rows) ORDER BY key
+FROM json_each(:rows) WHERE TRUE ORDER BY key
 """
+    + REPOST
+)
 
+# The clients' letters due now, oldest first, up to each client's limit: one statement
+# for every waiting poll a wake-up answers.
 _FETCH = f"""
 UPDATE flnotify_mailbox
 SET state = 'offered', offered_until = :now + :visibility, fetches = fetches + 1
 WHERE seq IN (
-    SELECT seq FROM flnotify_mailbox INDEXED BY flnotify_mailbox_waiting
-    WHERE client_id = :client AND {fetchable_sql(":now")}
-    ORDER BY seq LIMIT :limit
+    SELECT seq FROM (
+        SELECT m.seq, json_extract(r.value, '$[1]') AS most,
+            row_number() OVER (PARTITION BY m.client_id ORDER BY m.seq) AS n
+        FROM json_each(:limits) AS r
+        JOIN flnotify_mailbox AS m INDEXED BY flnotify_mailbox_waiting
+            ON m.client_id = json_extract(r.value, '$[0]')
+        WHERE {fetchable_sql(":now")}
+    ) WHERE n <= most
 )
-RETURNING seq, message_id, fetches, send_id
-"""  # noqa: S608 - constants only
-
-_HAS_MAIL = f"""
-SELECT 1 FROM flnotify_mailbox INDEXED BY flnotify_mailbox_waiting
-WHERE client_id = :client AND {fetchable_sql(":now")} LIMIT 1
+RETURNING seq, client_id, message_id, fetches, send_id
 """  # noqa: S608 - constants only
 
 _FETCHABLE = f"""
@@ -261,11 +269,14 @@ class Mailbox(Closing):
         """Queue ``body`` for each (client id, message id), judged by ``owner``.
 
         Committed when this returns; the send may be posted in several calls (its row in
-        the sends table is written once).
+        the sends table is written once). A message id already in the mailbox for the
+        same client is offered again as a letter of this post (see
+        [`MailboxQueue.post`][flnotify.mailbox.MailboxQueue.post]).
 
         Raises:
             ConfigurationError: A client id is not a UUID, or a message id not a string.
-            MailboxError: The database refused the write (e.g. a message id is taken).
+            MailboxError: The database refused the write, or a message id is another
+                client's or twice in the post (nothing is written).
         """
         rows = check_post(send_size, letters, lease_seconds)
         if not rows:
@@ -277,7 +288,7 @@ class Mailbox(Closing):
                 " VALUES (?, ?, ?, ?)",
                 (send_id, send_size, body, now),
             )
-            conn.execute(
+            written = conn.execute(
                 _POST,
                 {
                     "send": send_id,
@@ -287,7 +298,8 @@ class Mailbox(Closing):
                     "owner": owner,
                     "until": now + lease_seconds,
                 },
-            )
+            ).rowcount
+            check_reposted(written, rows)
         self.signals.mail(UUID(client) for client, _ in rows)
 
     def answers(self, owner: str) -> list[Answer]:
@@ -380,28 +392,46 @@ class Mailbox(Closing):
         Raises:
             ConfigurationError: ``limit`` is below 1.
         """
-        check_limit(limit)
-        client = str(client_id)
+        return self.fetch_many({client_id: limit}).get(client_id, [])
+
+    def fetch_many(self, limits: Mapping[UUID, int]) -> dict[UUID, list[Letter]]:
+        """[`fetch`][flnotify.mailbox.Mailbox.fetch] for several clients in one transaction.
+
+        Returns the letters of the clients that got any. Committed without an fsync (see
+        ``_transaction``): a fetch lost to a power cut is offered again.
+
+        Raises:
+            ConfigurationError: A limit is below 1.
+        """
+        for limit in limits.values():
+            check_limit(limit)
+        if not limits:
+            return {}
+        clients = [str(c) for c in limits]
         with self._transaction(write=False, light=True) as conn:  # most polls find nothing
-            if conn.execute(_HAS_MAIL, {"client": client, "now": self.clock()}).fetchone() is None:
-                return []
+            params = {"clients": json.dumps(clients), "now": self.clock()}
+            ready = {row[0] for row in conn.execute(_FETCHABLE, params)}
+        if not ready:
+            return {}
+        wanted = [[client, limits[UUID(client)]] for client in ready]
         with self._transaction(light=True) as conn:
             params = {
-                "client": client,
+                "limits": json.dumps(wanted),
                 "now": self.clock(),
                 "visibility": self.visibility,
-                "limit": limit,
             }
             rows = sorted(conn.execute(_FETCH, params).fetchall())
-            if not rows:
-                return []
             bodies: dict[str, bytes] = {}
-            for send in {row[3] for row in rows}:
+            for send in {row[4] for row in rows}:
                 (payload,) = conn.execute(
                     "SELECT payload FROM flnotify_mailbox_sends WHERE id = ?", (send,)
                 ).fetchone()
                 bodies[send] = bytes(payload)
-        return [Letter(mid, client_id, bodies[send], n) for _, mid, n, send in rows]
+        found: dict[UUID, list[Letter]] = {}
+        for _, client, mid, n, send in rows:
+            who = UUID(client)
+            found.setdefault(who, []).append(Letter(mid, who, bodies[send], n))
+        return found
 
     def fetchable(self, client_ids: Iterable[UUID]) -> set[UUID]:
         """Which of these clients have a message that a fetch would offer now."""
@@ -418,32 +448,47 @@ class Mailbox(Closing):
         An answer counts only for a message that is offered to this client and not past
         its deadline; the first answer of a message wins. Returns how many counted.
         """
-        if not acks:
-            return 0
-        first: dict[str, int] = {}
-        for message_id, status in acks:
-            first.setdefault(message_id, status)
+        return self.ack_many([(client_id, acks)])[0]
+
+    def ack_many(self, acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]]) -> list[int]:
+        """[`ack`][flnotify.mailbox.Mailbox.ack] of several clients in one transaction."""
+        taken = [0] * len(acks)
+        if not any(answers for _, answers in acks):
+            return taken
         with self._transaction(light=True) as conn:
-            params = {
-                "client": str(client_id),
-                "now": self.clock(),
-                "acks": outcome_json(list(first.items())),
-            }
-            taken = conn.execute(_ACK, params).rowcount
-        if taken:
+            now = self.clock()
+            for i, (client, answers) in enumerate(acks):
+                if answers:
+                    params = {
+                        "client": str(client),
+                        "now": now,
+                        "acks": outcome_json(first_answers(answers)),
+                    }
+                    taken[i] = conn.execute(_ACK, params).rowcount
+        if any(taken):
             self.signals.answered()
         return taken
 
     def remember(self, nonce: str, until: float) -> bool:
         """Record a request nonce until ``until``; ``False`` if it is known already."""
+        return self.remember_many([(nonce, until)])[0]
+
+    def remember_many(self, nonces: Sequence[tuple[str, float]]) -> list[bool]:
+        """[`remember`][flnotify.mailbox.Mailbox.remember] of several, in one transaction.
+
+        A nonce twice in ``nonces`` is fresh the first time only.
+        """
+        if not nonces:
+            return []
         with self._transaction(light=True) as conn:
             conn.execute("DELETE FROM flnotify_mailbox_nonces WHERE until <= ?", (self.clock(),))
-            return (
+            return [
                 conn.execute(
                     "INSERT OR IGNORE INTO flnotify_mailbox_nonces VALUES (?, ?)", (nonce, until)
                 ).rowcount
                 == 1
-            )
+                for nonce, until in nonces
+            ]
 
     # -- operating -----------------------------------------------------------------------
 

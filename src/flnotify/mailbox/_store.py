@@ -20,7 +20,7 @@ like an HTTP answer.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
@@ -188,11 +188,31 @@ class MailboxQueue(Protocol):
         owner: str,
         lease_seconds: float,
     ) -> None:
-        """Queue ``body`` for each (client id, message id), judged by ``owner``; committed."""
+        """Queue ``body`` for each (client id, message id), judged by ``owner``; committed.
+
+        The same message id posted again (an outbox retry, a task run again) is the same
+        message: if the mailbox holds it for the same client, in any state, it is offered
+        again as a letter of this post (this send and body, judged by ``owner`` under a
+        fresh lease and acknowledgement deadline, its fetch count and any outcome
+        cleared), so it gets one outcome per post, never two rows. A judge that held it
+        before no longer does: its ``settle`` of it records nothing.
+
+        Raises:
+            MailboxError: A message id is held for another client, or is twice in
+                ``letters``; nothing is written.
+        """
         ...
 
     def fetch(self, client_id: UUID, limit: int) -> list[Letter]:
         """Offer up to ``limit`` of the client's messages (oldest first), counting a fetch."""
+        ...
+
+    def fetch_many(self, limits: Mapping[UUID, int]) -> dict[UUID, list[Letter]]:
+        """`fetch` for each client up to its limit, in one transaction (the wake-up path).
+
+        What ``fetch(client, limit)`` of each would offer; the letters of the clients that
+        got any.
+        """
         ...
 
     def fetchable(self, client_ids: Iterable[UUID]) -> set[UUID]:
@@ -201,6 +221,10 @@ class MailboxQueue(Protocol):
 
     def ack(self, client_id: UUID, acks: Sequence[tuple[str, int]]) -> int:
         """Take the client's (message id, status) answers of offered messages; how many."""
+        ...
+
+    def ack_many(self, acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]]) -> list[int]:
+        """`ack` of each (client id, answers) in one transaction; how many counted, each."""
         ...
 
     def answers(self, owner: str) -> list[Answer]:
@@ -238,6 +262,13 @@ class MailboxNonces(Protocol):
 
     def remember(self, nonce: str, until: float) -> bool:
         """Record a request nonce until ``until``; ``False`` if it was seen already."""
+        ...
+
+    def remember_many(self, nonces: Sequence[tuple[str, float]]) -> list[bool]:
+        """`remember` of each (nonce, until) in one transaction, in order.
+
+        A nonce twice in ``nonces`` is fresh (``True``) the first time only.
+        """
         ...
 
 
