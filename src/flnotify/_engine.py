@@ -627,13 +627,15 @@ class _Push:
         # POST began (0.0: none in flight), and the workers it cancelled for overrunning.
         self.began: list[float] | None = None if bounded else [0.0] * workers
         self.overdue = [False] * workers
+        self.lane_running = False  # the fast lane drives first attempts (see _Lane)
 
     def lane(self) -> DrivingTransport | None:
         """The transport that can drive this send's first attempts itself, if it may.
 
         The fast lane is for the common case: push, first attempts, no hook that watches
         attempts or adds headers, no address guard (pinning), no breaker, the plain retry
-        policy (a 2xx needs no decision), a transport that drives (``drive``).
+        policy (a 2xx needs no decision), a transport that drives (``drive``) and bounds each
+        of its attempts itself.
         """
         engine, send = self.engine, self.send
         core = send.core
@@ -646,6 +648,7 @@ class _Push:
             or send.plan.resume is not None
             or settings.policy.block_private
             or settings.breaker is not None
+            or self.began is not None  # it does not bound its attempts: the watchdog must
         ):
             return None
         return transport
@@ -654,7 +657,16 @@ class _Push:
         send = self.send
         lane = self.lane()
         if lane is not None and self.count:
-            await _Lane(self, lane).run()
+            # while the lane drives first attempts, one worker makes the retries that fall
+            # due (at most one request beyond the lane's), so none waits for the lane's end
+            self.lane_running = True
+            retries = send.spawn(self.work(RETRY_WORKER))
+            try:
+                await _Lane(self, lane).run()
+            finally:
+                self.lane_running = False
+                self.wakeup.set()
+            await retries
         for worker in range(self.count):
             self.workers.append(send.spawn(self.work(worker)))
         if self.began is not None and self.workers:
@@ -710,6 +722,12 @@ class _Push:
             if ready:
                 course = ready.popleft()
                 flow = cast(Flow, course.flow)
+            elif worker == RETRY_WORKER:
+                if not self.lane_running:
+                    return  # the workers take over the retries
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
             else:
                 index = next(fresh, None)
                 if index is None:
@@ -916,6 +934,9 @@ class _Lane:
             )
         push.fresh = iter(rest)
 
+
+RETRY_WORKER = -1
+"""The worker number of the one worker that makes retries while the fast lane runs."""
 
 Repository = Union["TrainingRepository", "AsyncTrainingRepository"]
 

@@ -253,3 +253,61 @@ def test_celery_refuses_a_policy_its_chunks_could_not_judge() -> None:
             delivery.enqueue(notification)
     finally:
         delivery.close()
+
+
+# -- the fast lane ------------------------------------------------------------------------------
+
+
+def test_a_retry_due_while_the_fast_lane_runs_does_not_wait_for_the_lane_to_end() -> None:
+    """Receiver 0 answers 503 then 200; the others hold the lane until its retry was made."""
+    from collections.abc import Iterator, Mapping
+
+    from flnotify.transports import HttpResponse
+    from flnotify.transports._base import Done, Job, drive_each
+
+    retried = asyncio.Event()
+    posts: list[str] = []
+
+    class Driving:
+        bounds_attempts = True
+
+        async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
+            posts.append(url)
+            if url.endswith("/0"):
+                if posts.count(url) == 1:
+                    return HttpResponse(503)
+                retried.set()
+                return HttpResponse(200)
+            await retried.wait()  # the lane stays busy until receiver 0 was retried
+            return HttpResponse(202)
+
+        async def drive(
+            self,
+            body: bytes,
+            headers: Mapping[str, str],
+            jobs: Iterator[Job],
+            done: Done,
+            concurrency: int,
+        ) -> None:
+            await drive_each(self.apost, body, headers, jobs, done, concurrency)
+
+        async def aclose(self) -> None:
+            return None
+
+    repo = flnotify.InMemoryTrainingRepository()
+    clients = [Receiver(uuid.uuid4(), f"http://lane.example/{i}") for i in range(6)]
+    training = repo.create_training(actor=clients[0], participants=clients, model_id=uuid.uuid4())
+    notification = flnotify.TrainingStartNotification.from_training(training)
+
+    async def main() -> flnotify.DeliveryReport:
+        with seams(sleep=_no_wait):
+            notifier = flnotify.Notifier(
+                transport=Driving(), retry=RetryPolicy(max_attempts=2, jitter=0.0)
+            )
+        async with notifier:
+            # without a worker for retries during the lane this never ends: fail, not hang
+            return await asyncio.wait_for(notifier.asend(notification), 10)
+
+    report = asyncio.run(main())
+    assert [d.outcome for d in report] == [Outcome.DELIVERED] * 6
+    assert report.deliveries[0].attempts == 2

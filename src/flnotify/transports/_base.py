@@ -91,7 +91,8 @@ class DrivingTransport(Protocol):
 
     The engine's fast lane hands it the send's shared headers once and pulls jobs as
     connections free up; each job's outcome goes to ``done`` (a response, or what the
-    attempt raised, exactly as ``apost`` would). Not called for pinned (guarded) sends.
+    attempt raised, exactly as ``apost`` would). Not called for pinned (guarded) sends, nor
+    unless the transport also bounds every attempt itself (``bounds_attempts = True``).
     """
 
     async def drive(
