@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -69,31 +70,43 @@ class Fuse:
             raise Crash
 
 
-class DyingOutbox:
-    """An outbox whose process may die: ``record`` and ``finish`` are settle steps."""
+class DyingStore:
+    """A store of a process that may die: the methods named in ``steps`` are settle steps.
 
-    def __init__(self, store: Outbox, fuse: Fuse) -> None:
+    After the crash every call raises. A call already running in a worker thread when the
+    process died still ends (its transaction commits or not); ``wait_idle`` waits for that
+    before the restart, as a dead process's last write is over before anyone looks again.
+    """
+
+    def __init__(self, store: Any, fuse: Fuse, steps: tuple[str, ...]) -> None:
         self._store = store
         self._fuse = fuse
-
-    def record(self, *args: Any, **kwargs: Any) -> Any:
-        self._fuse.step()
-        return self._store.record(*args, **kwargs)
-
-    def finish(self, *args: Any, **kwargs: Any) -> Any:
-        self._fuse.step()
-        return self._store.finish(*args, **kwargs)
+        self._steps = steps
+        self._running = 0
+        self._idle = threading.Condition()
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._store, name)
         if not callable(attribute):
             return attribute
+        check = self._fuse.step if name in self._steps else self._fuse.alive
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self._fuse.alive()
-            return attribute(*args, **kwargs)
+            check()
+            with self._idle:
+                self._running += 1
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                with self._idle:
+                    self._running -= 1
+                    self._idle.notify_all()
 
         return call
+
+    def wait_idle(self) -> None:
+        with self._idle:
+            assert self._idle.wait_for(lambda: self._running == 0, timeout=30)
 
 
 class DyingCallbacks:
@@ -171,14 +184,16 @@ def _run(
         batch = outbox.put(notification)
         with flnotify.Notifier(**options) as first:
             callbacks = DyingCallbacks(first.engine.default_callbacks(notification), fuse)
+            dying = DyingStore(outbox, fuse, ("record", "finish"))
             dispatcher = OutboxDispatcher(
-                DyingOutbox(outbox, fuse),
+                dying,
                 first,
                 callbacks=callbacks,
                 batch_size=batch_size,
             )
             with contextlib.suppress(Crash):
                 dispatcher.run()
+        dying.wait_idle()
         clock.now += 3600  # the dead process's leases end
         with flnotify.Notifier(**options) as second:
             OutboxDispatcher(outbox, second, batch_size=batch_size).run()
@@ -238,29 +253,6 @@ def _check(
 # -- the mailbox: the in-process route, then a dispatcher adopting after the crash -----------
 
 
-class DyingMailbox:
-    """A mailbox whose sending process may die: ``settle`` (marking done) is a settle step."""
-
-    def __init__(self, store: Mailbox, fuse: Fuse) -> None:
-        self._store = store
-        self._fuse = fuse
-
-    def settle(self, *args: Any, **kwargs: Any) -> Any:
-        self._fuse.step()
-        return self._store.settle(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._store, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self._fuse.alive()
-            return attribute(*args, **kwargs)
-
-        return call
-
-
 async def _answer_polls(store: Mailbox, plan: dict[uuid.UUID, int], done: asyncio.Event) -> None:
     """The polling clients: fetch what is offered and acknowledge it with the planned status."""
     while not done.is_set():
@@ -294,8 +286,11 @@ def _run_polling(
         "failure_policy": POLICIES[policy],
     }
 
+    dyings: list[DyingStore] = []
+
     async def first_process(store: Mailbox) -> None:
-        dying = DyingMailbox(store, fuse)
+        dying = DyingStore(store, fuse, ("settle",))
+        dyings.append(dying)
         with flnotify.Notifier(mailbox=dying, **options) as notifier:
             callbacks = DyingCallbacks(notifier.engine.default_callbacks(notification), fuse)
             done = asyncio.Event()
@@ -320,6 +315,7 @@ def _run_polling(
 
     with Mailbox(path, clock=clock) as store:
         asyncio.run(first_process(store))
+        dyings[0].wait_idle()
         clock.now += 120  # the dead process's lease ends (acknowledgements are still due)
         asyncio.run(second_process(store))
     return repo.get_training(training.id), _told(transport), fuse
