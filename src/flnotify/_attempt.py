@@ -31,7 +31,7 @@ import logging
 import math
 import secrets
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import attrs
 
@@ -53,9 +53,7 @@ from ._retry import RetryPolicy
 from ._types import HttpResponse, Outcome, ReceiverLike
 from .endpoints import EndpointPolicy
 from .health import CircuitBreaker, healthy_answer
-
-if TYPE_CHECKING:
-    from .signing import Signer
+from .signing import Signer
 
 __all__ = [
     "Core",
@@ -341,8 +339,7 @@ class Core:
                 ("webhook-id", message_id),
                 ("webhook-timestamp", timestamp),
             )
-        prepared = getattr(signer, "prepared", None)
-        if prepared is None:  # a signer of another kind: its headers, as in request()
+        if type(signer).headers is not Signer.headers:  # its own headers: as in request()
 
             def signed(
                 message_id: str, timestamp: str, receiver: ReceiverLike
@@ -352,7 +349,7 @@ class Core:
                 return tuple(headers.items())
 
             return signed
-        sign = prepared(body)
+        sign = signer.prepared(body)
 
         def own(
             message_id: str, timestamp: str, receiver: ReceiverLike

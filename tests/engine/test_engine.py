@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 import attrs
@@ -16,6 +17,8 @@ from flnotify import Outcome, Receiver, RetryPolicy, TrainingCallbacks, Training
 from flnotify.callbacks import Verdict
 from flnotify.repository import SendTally
 from flnotify.testing import MemoryRequest, MemoryTransport, RecordingHook, seams
+from flnotify.transports import HttpResponse
+from flnotify.transports._base import Done, Job, drive_each
 
 
 async def _no_wait(_: float) -> None:
@@ -258,41 +261,45 @@ def test_celery_refuses_a_policy_its_chunks_could_not_judge() -> None:
 # -- the fast lane ------------------------------------------------------------------------------
 
 
+class _Driving:
+    """A transport offered to the fast lane: ``answer`` gives each POST's response."""
+
+    bounds_attempts = True
+
+    def __init__(self, answer: Callable[[str, Mapping[str, str]], Awaitable[HttpResponse]]):
+        self.answer = answer
+
+    async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
+        return await self.answer(url, headers)
+
+    async def drive(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        jobs: Iterator[Job],
+        done: Done,
+        concurrency: int,
+    ) -> None:
+        await drive_each(self.apost, body, headers, jobs, done, concurrency)
+
+    async def aclose(self) -> None:
+        return None
+
+
 def test_a_retry_due_while_the_fast_lane_runs_does_not_wait_for_the_lane_to_end() -> None:
     """Receiver 0 answers 503 then 200; the others hold the lane until its retry was made."""
-    from collections.abc import Iterator, Mapping
-
-    from flnotify.transports import HttpResponse
-    from flnotify.transports._base import Done, Job, drive_each
-
     retried = asyncio.Event()
     posts: list[str] = []
 
-    class Driving:
-        bounds_attempts = True
-
-        async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
-            posts.append(url)
-            if url.endswith("/0"):
-                if posts.count(url) == 1:
-                    return HttpResponse(503)
-                retried.set()
-                return HttpResponse(200)
-            await retried.wait()  # the lane stays busy until receiver 0 was retried
-            return HttpResponse(202)
-
-        async def drive(
-            self,
-            body: bytes,
-            headers: Mapping[str, str],
-            jobs: Iterator[Job],
-            done: Done,
-            concurrency: int,
-        ) -> None:
-            await drive_each(self.apost, body, headers, jobs, done, concurrency)
-
-        async def aclose(self) -> None:
-            return None
+    async def answer(url: str, headers: Mapping[str, str]) -> HttpResponse:
+        posts.append(url)
+        if url.endswith("/0"):
+            if posts.count(url) == 1:
+                return HttpResponse(503)
+            retried.set()
+            return HttpResponse(200)
+        await retried.wait()  # the lane stays busy until receiver 0 was retried
+        return HttpResponse(202)
 
     repo = flnotify.InMemoryTrainingRepository()
     clients = [Receiver(uuid.uuid4(), f"http://lane.example/{i}") for i in range(6)]
@@ -302,7 +309,7 @@ def test_a_retry_due_while_the_fast_lane_runs_does_not_wait_for_the_lane_to_end(
     async def main() -> flnotify.DeliveryReport:
         with seams(sleep=_no_wait):
             notifier = flnotify.Notifier(
-                transport=Driving(), retry=RetryPolicy(max_attempts=2, jitter=0.0)
+                transport=_Driving(answer), retry=RetryPolicy(max_attempts=2, jitter=0.0)
             )
         async with notifier:
             # without a worker for retries during the lane this never ends: fail, not hang
@@ -311,3 +318,26 @@ def test_a_retry_due_while_the_fast_lane_runs_does_not_wait_for_the_lane_to_end(
     report = asyncio.run(main())
     assert [d.outcome for d in report] == [Outcome.DELIVERED] * 6
     assert report.deliveries[0].attempts == 2
+
+
+def test_a_signer_with_headers_of_its_own_signs_fast_lane_attempts_too() -> None:
+    seen: list[Mapping[str, str]] = []
+
+    async def answer(url: str, headers: Mapping[str, str]) -> HttpResponse:
+        seen.append(headers)
+        return HttpResponse(202)
+
+    class Custom(flnotify.Signer):
+        def headers(
+            self, msg_id: str, timestamp: int, body: bytes, receiver: object = None
+        ) -> dict[str, str]:
+            return {**super().headers(msg_id, timestamp, body), "webhook-signature": "v1,own"}
+
+    repo = flnotify.InMemoryTrainingRepository()
+    clients = [Receiver(uuid.uuid4(), f"http://lane.example/{i}") for i in range(3)]
+    training = repo.create_training(actor=clients[0], participants=clients, model_id=uuid.uuid4())
+    signer = Custom(secrets=flnotify.generate_secret())
+    with flnotify.Notifier(transport=_Driving(answer), signer=signer) as notifier:
+        report = notifier.send(flnotify.TrainingStartNotification.from_training(training))
+    assert [d.outcome for d in report] == [Outcome.DELIVERED] * 3
+    assert [h["webhook-signature"] for h in seen] == ["v1,own"] * 3
