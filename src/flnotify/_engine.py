@@ -72,6 +72,7 @@ from .callbacks import (
 )
 from .endpoints import EndpointPolicy
 from .health import CircuitBreaker
+from .signing import Signer
 from .transports._base import (
     AsyncTransport,
     DrivingTransport,
@@ -83,7 +84,6 @@ from .transports._base import (
 
 if TYPE_CHECKING:
     from .repository import AsyncTrainingRepository, TrainingRepository
-    from .signing import Signer
 
 __all__ = [
     "Engine",
@@ -1003,8 +1003,11 @@ class Engine:
         if plan.is_part:
             refuse_parts_unjudged(plan.callbacks, "This driver")
         watchers = HookSet((*self.settings.hooks, *plan.hooks))
-        core = self.core(plan.notification, plan.body, plan.send_id, plan.size, watchers)
         deadline = self.settings.deadline if plan.deadline is None else plan.deadline
+        signer = await self.signer_for(plan.notification.receivers, deadline)
+        core = self.core(
+            plan.notification, plan.body, plan.send_id, plan.size, watchers, signer=signer
+        )
         send = Send(self, core, plan, deadline)
         if watchers.hooks:
             notification = plan.notification
@@ -1026,6 +1029,29 @@ class Engine:
         """Send ``notification`` now (the engine is the default callbacks' sender)."""
         return (await self.run(self.plan(notification, callbacks))).report
 
+    async def signer_for(
+        self, receivers: Sequence[ReceiverLike], deadline: float | None
+    ) -> Signer | None:
+        """The settings' signer with the receivers' own secrets looked up, once per send.
+
+        Off the event loop and before the first attempt (see
+        [`Signer.resolved`][flnotify.Signer.resolved]); the send's attempts, retries
+        included, reuse what was found. A lookup still running when the send's deadline
+        passes fails the receivers it did not answer for.
+        """
+        signer = self.settings.signer
+        if not isinstance(signer, Signer) or not signer.looks_up:
+            return signer  # nothing to look up (a signer of another kind signs as it likes)
+        try:
+            return await asyncio.wait_for(signer.resolved(receivers), deadline)
+        except asyncio.TimeoutError:
+            late = TimeoutError(f"the secret lookup took longer than the send's {deadline:g} s")
+
+            def timed_out(receiver: ReceiverLike) -> str | None:
+                raise late
+
+            return Signer(lookup=timed_out)
+
     def core(
         self,
         notification: Notification[Any],
@@ -1033,14 +1059,19 @@ class Engine:
         send_id: str,
         send_size: int,
         hooks: HookSet | None = None,
+        *,
+        signer: Signer | None = None,
     ) -> Core:
-        """The delivery core of one send, configured by these settings."""
+        """The delivery core of one send, configured by these settings.
+
+        ``signer``: the send's resolved signer (see ``signer_for``); the settings' if ``None``.
+        """
         settings, seams = self.settings, self.seams
         return Core(
             notification,
             body,
             retry=settings.retry,
-            signer=settings.signer,
+            signer=settings.signer if signer is None else signer,
             policy=settings.policy,
             user_agent=settings.user_agent,
             clock=seams.clock,

@@ -22,16 +22,18 @@ client side, [`Verifier`][flnotify.signing.Verifier] (or the one-shot
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
 import hashlib
 import hmac
+import inspect
 import re
 import secrets as _secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeAlias, cast
 
 import attrs
 
@@ -78,8 +80,14 @@ DEFAULT_TOLERANCE = 300.0
 HeadersLike: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]]
 """Request headers: a mapping, or ``(name, value)`` pairs; names are matched case-insensitively."""
 
-SecretLookup: TypeAlias = Callable[[ReceiverLike], str | Sequence[str] | None]
-"""Returns a receiver's own secret(s), or ``None`` to fall back to the shared ones."""
+SecretLookup: TypeAlias = Callable[
+    [ReceiverLike], "str | Sequence[str] | Awaitable[str | Sequence[str] | None] | None"
+]
+"""Returns a receiver's own secret(s), or ``None`` to fall back to the shared ones.
+
+A plain function or an ``async`` one. The engine calls it once per receiver and send, before
+the first attempt, off its event loop: a plain lookup for all receivers in one worker-thread
+call (an ORM query is fine there), an ``async`` one for all receivers at once."""
 
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 DEFAULT_MAX_SIGNATURES = 16
@@ -238,9 +246,59 @@ class Signer:
         """Whether any request can be signed (shared secrets or a lookup configured)."""
         return bool(self._shared) or self._lookup is not None
 
+    @property
+    def looks_up(self) -> bool:
+        """Whether a lookup gives receivers secrets of their own."""
+        return self._lookup is not None
+
+    async def resolved(self, receivers: Sequence[ReceiverLike]) -> Signer:
+        """A copy with the secrets of ``receivers`` looked up now, once, off the loop.
+
+        A plain lookup runs for all of them in one worker-thread call, an ``async`` one is
+        awaited for all of them together. The signer returned answers from what was found
+        (every attempt of the send, retries included, signs without a second lookup); what
+        the lookup raised for a receiver is raised again when that receiver is signed.
+        """
+        lookup = self._lookup
+        if lookup is None:
+            return self
+        if inspect.iscoroutinefunction(lookup):
+            found: list[Any] = await asyncio.gather(
+                *(lookup(receiver) for receiver in receivers), return_exceptions=True
+            )
+        else:
+            found = await asyncio.to_thread(_look_up_each, lookup, receivers)
+        table = {id(receiver): result for receiver, result in zip(receivers, found, strict=True)}
+
+        def known(receiver: ReceiverLike) -> str | Sequence[str] | None:
+            result = table.get(id(receiver), _NOT_LOOKED_UP)
+            if result is _NOT_LOOKED_UP:
+                msg = f"receiver {receiver.id} was not among those whose secrets were looked up"
+                raise ConfigurationError(msg)
+            if isinstance(result, BaseException):
+                raise result
+            return cast("str | Sequence[str] | None", result)
+
+        signer = object.__new__(Signer)
+        signer.__attrs_init__(self._shared, known, self._parse_cached)
+        return signer
+
+    def _found(self, receiver: ReceiverLike) -> str | Sequence[str] | None:
+        """What the lookup says of ``receiver`` (a plain lookup; an async one is resolved)."""
+        lookup = self._lookup
+        if lookup is None:
+            return None
+        if inspect.iscoroutinefunction(lookup):
+            msg = (
+                "an async secret lookup is resolved once per send by the engine"
+                " (Signer.resolved); it cannot be called per request"
+            )
+            raise ConfigurationError(msg)
+        return cast("str | Sequence[str] | None", lookup(receiver))
+
     def _keys_for(self, receiver: ReceiverLike | None) -> tuple[Any, ...]:
         if self._lookup is not None and receiver is not None:
-            found = self._lookup(receiver)
+            found = self._found(receiver)
             if found is not None:
                 return self._parse_cached(_lookup_key(found))
         return self._shared
@@ -316,7 +374,7 @@ class Signer:
             MalformedHeaderError: A header cannot be parsed.
             TimestampError: The timestamp is further than ``tolerance`` from ``now``.
         """
-        found = None if self._lookup is None else self._lookup(receiver)
+        found = self._found(receiver)
         if found is None:
             _checked(_UNKNOWN, headers, body, tolerance, now, max_signatures)  # same work
             msg = "no signature matches a configured secret"
@@ -336,6 +394,20 @@ class Signer:
         if signature is not None:
             headers[SIGNATURE_HEADER] = signature
         return headers
+
+
+_NOT_LOOKED_UP = object()
+
+
+def _look_up_each(lookup: SecretLookup, receivers: Sequence[ReceiverLike]) -> list[Any]:
+    """What ``lookup`` returned or raised for each receiver (run in a worker thread)."""
+    found: list[Any] = []
+    for receiver in receivers:
+        try:
+            found.append(lookup(receiver))
+        except Exception as exc:  # raised again when this receiver is signed
+            found.append(exc)
+    return found
 
 
 def sign_payload(

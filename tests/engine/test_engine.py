@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -341,3 +342,102 @@ def test_a_signer_with_headers_of_its_own_signs_fast_lane_attempts_too() -> None
         report = notifier.send(flnotify.TrainingStartNotification.from_training(training))
     assert [d.outcome for d in report] == [Outcome.DELIVERED] * 3
     assert [h["webhook-signature"] for h in seen] == ["v1,own"] * 3
+
+
+# -- receivers' own secrets, looked up once per send off the loop ----------------------------
+
+
+def _signed_send(
+    lookup: Any, answers: Callable[[MemoryRequest], int], n: int = 3, **options: Any
+) -> tuple[flnotify.DeliveryReport, list[MemoryRequest], list[Receiver]]:
+    clients = [Receiver(uuid.uuid4(), f"http://own{i}.example/hook") for i in range(n)]
+    notification = flnotify.TrainingStartNotification(
+        receivers=clients,
+        body=flnotify.GlobalModelBody(global_model_uuid=uuid.uuid4()),
+        training_uuid=uuid.uuid4(),
+    )
+    transport = MemoryTransport(answers)
+    with seams(sleep=_no_wait):
+        notifier = flnotify.Notifier(
+            transport=transport, signer=flnotify.Signer(lookup=lookup), **options
+        )
+    with notifier:
+        report = notifier.send(notification)
+    return report, transport.requests, clients
+
+
+def test_a_plain_lookup_runs_once_per_receiver_and_send_off_the_event_loop() -> None:
+    import threading
+
+    secrets: dict[uuid.UUID, str] = {}
+    calls: list[tuple[uuid.UUID, bool]] = []
+
+    def lookup(receiver: flnotify.ReceiverLike) -> str:
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        calls.append((receiver.id, on_loop))
+        assert threading.current_thread().name != "flnotify-loop"
+        return secrets.setdefault(receiver.id, flnotify.generate_secret())
+
+    seen: dict[str, int] = {}
+
+    def answer(request: MemoryRequest) -> int:
+        seen[request.url] = seen.get(request.url, 0) + 1
+        return 503 if seen[request.url] == 1 else 202  # each receiver retried once
+
+    report, requests, clients = _signed_send(lookup, answer, retry=RetryPolicy(max_attempts=2))
+    assert [d.outcome for d in report] == [Outcome.DELIVERED] * 3
+    assert sorted(c for c, _ in calls) == sorted(r.id for r in clients)  # once each
+    assert not any(on_loop for _, on_loop in calls)
+    by_url = {r.message_endpoint: r.id for r in clients}
+    for request in requests:  # both attempts signed with the receiver's own secret
+        secret = secrets[by_url[request.url]]
+        flnotify.signing.Verifier(secret).verify(request.headers, request.body)
+
+
+def test_an_async_lookup_is_awaited_for_all_receivers_once() -> None:
+    calls: list[uuid.UUID] = []
+    secret = flnotify.generate_secret()
+
+    async def lookup(receiver: flnotify.ReceiverLike) -> str:
+        calls.append(receiver.id)
+        await asyncio.sleep(0)
+        return secret
+
+    report, requests, clients = _signed_send(lookup, lambda _: 202)
+    assert [d.outcome for d in report] == [Outcome.DELIVERED] * 3
+    assert sorted(calls) == sorted(r.id for r in clients)
+    for request in requests:
+        flnotify.signing.Verifier(secret).verify(request.headers, request.body)
+
+
+def test_a_lookup_that_raises_for_one_receiver_fails_that_receiver_only() -> None:
+    secret = flnotify.generate_secret()
+    broken: list[uuid.UUID] = []
+
+    def lookup(receiver: flnotify.ReceiverLike) -> str:
+        if not broken:
+            broken.append(receiver.id)
+            raise LookupError("no such client row")
+        return secret
+
+    report, requests, _ = _signed_send(lookup, lambda _: 202)
+    outcomes = {d.receiver.id: d for d in report}
+    failed = outcomes.pop(broken[0])
+    assert failed.outcome is Outcome.FAILED
+    assert "building the headers raised LookupError: no such client row" in str(failed.error)
+    assert [d.outcome for d in outcomes.values()] == [Outcome.DELIVERED] * 2
+    assert len(requests) == 2  # nothing sent unsigned for the broken one
+
+
+def test_an_async_lookup_cannot_sign_a_single_request_by_itself() -> None:
+    async def lookup(receiver: flnotify.ReceiverLike) -> str:
+        return flnotify.generate_secret()
+
+    signer = flnotify.Signer(lookup=lookup)
+    receiver = Receiver(uuid.uuid4(), "http://x.example/")
+    with pytest.raises(flnotify.errors.ConfigurationError, match="resolved once per send"):
+        signer.headers("msg_1", 1, b"{}", receiver)
