@@ -19,6 +19,8 @@ subprocess; peers alternate within each repetition. Rows:
   which writes the next receiver's request when a response completes (no future,
   coroutine or task switch per request);
 * ``notifier``: ``Notifier`` + ``StreamTransport`` + a shared-secret ``Signer``;
+* ``callbacks``: the same with the default training callbacks on (a round start of a
+  training whose participants are the receivers, in an in-memory repository);
 * each again on uvloop (``-uvloop``).
 
 The table shows each rate (median) as a ratio to the asyncio ceiling and to the floor of
@@ -192,11 +194,40 @@ async def run_notifier(notification: Any) -> int:
 
 run_notifier.prepare = fanout._notification  # type: ignore[attr-defined]
 
+
+def _training_notification(urls: list[str]) -> Any:
+    """A round start of a training whose participants are the receivers, and its repository."""
+    import uuid
+
+    import flnotify
+
+    repository = flnotify.InMemoryTrainingRepository()
+    receivers = [flnotify.Receiver(uuid.uuid4(), url) for url in urls]
+    training = repository.create_training(
+        actor=receivers[0], participants=receivers, model_id=uuid.uuid4()
+    )
+    return flnotify.TrainingRoundStartNotification.from_training(training), repository
+
+
+async def run_notifier_callbacks(prepared: Any) -> int:
+    """The notifier row with the default training callbacks on (what a training send runs)."""
+    from flnotify import Signer
+
+    notification, repository = prepared
+    transport = fanout._stream_transport()
+    return await fanout._run_notifier(
+        notification, transport, signer=Signer(SECRET), repository=repository
+    )
+
+
+run_notifier_callbacks.prepare = _training_notification  # type: ignore[attr-defined]
+
 BASE: dict[str, tuple[str, Callable[..., Any]]] = {
     "limit": ("bare asyncio streams, pre-built requests (the ceiling)", fanout.run_limit),
     "floor": ("feature-equivalent floor: bare streams, signs, a result each", run_floor),
     "shape": ("prototype's shape: the protocol pulls the next receiver", run_shape),
     "notifier": ("Notifier + StreamTransport + Signer", run_notifier),
+    "callbacks": ("Notifier + Signer + default training callbacks", run_notifier_callbacks),
 }
 PEERS = {
     f"{name}{loop}": (f"{label}{' on uvloop' if loop else ''}", fn)

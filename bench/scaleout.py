@@ -496,7 +496,8 @@ nested loops off on the PostgreSQL connection (a fresh table without statistics 
 500 x 500 nested loop: 0.2 s per batch instead of 12 ms); claims taken ahead and sent as
 soon as the previous claim's POSTs end; a plain `Receiver` no longer pays the runtime
 Protocol check (40 us per receiver when a claim builds its notification). Celery: chunks
-of 50 ran 2 worker processes at 0.3x, chunks of 500 (now the default) at 0.5-1x.
+of 50 ran 2 worker processes at 0.3x, chunks of 500 at 0.5-1x; a task's first execution
+now takes the fast lane and chunks are 1000 by default (0.92x, see below).
 
 What would be next for the outbox targets (0.7x SQLite, 0.5x PostgreSQL): a claim that
 writes one row instead of one per delivery (a claims table holding token and lease, the

@@ -347,9 +347,12 @@ class Send:
         self.deferred: list[tuple[int, float]] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()
-        self.queue: asyncio.Queue[Delivery | Then | None] | None = (
-            asyncio.Queue() if plan.callbacks is not None else None
-        )  # final deliveries and then-steps for the callbacks, then None once all settled
+        # final deliveries and then-steps for the callbacks, in order, drained in batches
+        self.settling: collections.deque[Delivery | Then] | None = (
+            collections.deque() if plan.callbacks is not None else None
+        )
+        self.all_settled = False  # nothing more comes into ``settling``
+        self.wake: asyncio.Future[None] | None = None  # the drain's, while it waits
         self.callback_errors: list[CallbackError] = []
         self.expired = False  # the deadline passed
         self.steps: list[asyncio.Task[None]] = []  # then-steps of a send without callbacks
@@ -399,8 +402,11 @@ class Send:
             return
         self.results[index] = delivery
         self.courses[index] = None  # settled: nothing keeps its way alive (GC, memory)
-        if self.queue is not None:
-            self.queue.put_nowait(delivery)
+        settling = self.settling
+        if settling is not None:
+            settling.append(delivery)
+            if self.wake is not None:
+                self.woken()
         self.settle_one()
 
     def then(self, step: Then) -> None:
@@ -409,10 +415,18 @@ class Send:
         A route that keeps a record marks its outcomes done here, so a crash between the
         callbacks and the mark runs the callbacks again on restart, never not.
         """
-        if self.queue is None:  # no callbacks to wait for: now (awaited before the end)
+        if self.settling is None:  # no callbacks to wait for: now (awaited before the end)
             self.steps.append(asyncio.get_running_loop().create_task(step()))
         else:
-            self.queue.put_nowait(step)
+            self.settling.append(step)
+            if self.wake is not None:
+                self.woken()
+
+    def woken(self) -> None:
+        """Wake the callbacks' drain: one wake-up for everything recorded until it runs."""
+        wake, self.wake = self.wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def defer(self, index: int, delay: float) -> None:
         """Hand receiver ``index``'s next attempt back to the driver (Celery's countdown)."""
@@ -428,8 +442,9 @@ class Send:
 
     def settled(self) -> None:
         self.done.set()
-        if self.queue is not None:
-            self.queue.put_nowait(None)
+        if self.settling is not None:
+            self.all_settled = True
+            self.woken()
 
     def cancel_all(self) -> None:
         for task in list(self.tasks):
@@ -487,9 +502,9 @@ class Send:
         try:
             if n == 0:
                 self.settled()
-            queue, callbacks = self.queue, self.plan.callbacks
-            if queue is not None and callbacks is not None:
-                await self.run_callbacks(queue, callbacks)
+            settling, callbacks = self.settling, self.plan.callbacks
+            if settling is not None and callbacks is not None:
+                await self.run_callbacks(settling, callbacks)
             await self.done.wait()
         finally:
             if timer is not None:
@@ -497,9 +512,9 @@ class Send:
             self.cancel_all()
         await asyncio.gather(*list(self.tasks), return_exceptions=True)  # routes clean up
         await asyncio.gather(*self.steps, return_exceptions=True)
-        while queue is not None and not queue.empty():  # their then-steps, after callbacks
-            item = queue.get_nowait()
-            if item is not None and not isinstance(item, Delivery):
+        while settling:  # their then-steps, after callbacks
+            item = settling.popleft()
+            if not isinstance(item, Delivery):
                 await item()
         deliveries = tuple(d for d in self.results if d is not None)
         report = DeliveryReport(
@@ -518,13 +533,15 @@ class Send:
         return Run(report, tuple(self.deferred))
 
     async def run_callbacks(
-        self, queue: asyncio.Queue[Delivery | Then | None], callbacks: Callbacks
+        self, settling: collections.deque[Delivery | Then], callbacks: Callbacks
     ) -> None:
         """Each final delivery's callbacks, in order of arrival; then-steps after theirs.
 
-        Sync callbacks run at once; async ones overlap, up to ``CALLBACKS_AT_ONCE``, so
-        slow ones (telling removed clients) add the time of one, not the sum. A then-step
-        waits for every callback queued before it.
+        Drained in batches: everything recorded since the last wake-up is taken in one
+        pass, with no queue hand-over or task switch per delivery. Sync callbacks are called
+        right there; async ones overlap, up to ``CALLBACKS_AT_ONCE``, so slow ones (telling
+        removed clients) add the time of one, not the sum. A then-step waits for every
+        callback recorded before it.
         """
         running: set[asyncio.Task[CallbackError | None]] = set()
         errors = self.callback_errors
@@ -538,14 +555,23 @@ class Send:
 
         loop = asyncio.get_running_loop()
         seams = self.engine.seams
+        sleep, clock = seams.sleep, seams.clock
+        take = settling.popleft
         try:
-            while (item := await queue.get()) is not None:
+            while True:
+                if not settling:
+                    if self.all_settled:
+                        break
+                    wake = self.wake = loop.create_future()
+                    await wake
+                    continue
+                item = take()
                 if not isinstance(item, Delivery):
                     if running:
                         collect((await asyncio.wait(running))[0])
                     await item()
                     continue
-                called = call_callbacks(callbacks, item, sleep=seams.sleep, clock=seams.clock)
+                called = call_callbacks(callbacks, item, sleep=sleep, clock=clock)
                 if called is None:
                     continue
                 if isinstance(called, CallbackError):
@@ -558,6 +584,7 @@ class Send:
             if running:
                 collect((await asyncio.wait(running))[0])
         finally:
+            self.wake = None
             for task in running:
                 task.cancel()
 

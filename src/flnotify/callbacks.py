@@ -151,7 +151,7 @@ def call_callbacks(
         return _again(method, delivery, exc, sleep, clock)
     except Exception as exc:
         return _failed(method, delivery, exc)
-    if inspect.isawaitable(result):
+    if result is not None and inspect.isawaitable(result):  # a sync one is done: no check
         return _finish(method, delivery, result, sleep, clock)
     return None
 
@@ -636,7 +636,8 @@ class TrainingCallbacks:
 
     def on_success(self, delivery: Delivery, /) -> Awaitable[None] | None:
         """Count the delivery where the policy needs it; log at debug level."""
-        logger.debug("Delivered to %s.", delivery.receiver.id, extra=delivery.log_context())
+        if logger.isEnabledFor(logging.DEBUG):  # its context is not built for nothing
+            logger.debug("Delivered to %s.", delivery.receiver.id, extra=delivery.log_context())
         self._note(delivery)
         if self.policy.counts_deliveries and self.on_failed is Reaction.SET_ERROR:
             return self._judge(delivery)

@@ -659,3 +659,89 @@ def test_polling_receivers_of_a_chunk_are_reached_through_the_mailbox(
     assert {d.outcome for d in recorder.calls} == {Outcome.DELIVERED}
     assert sorted(seen) == sorted(by_receiver[r.id].message_id for r in polling)
     assert {by_receiver[r.id].send_id for r in polling} == {by_receiver[pushed[0].id].send_id}
+
+
+def test_a_first_execution_takes_the_fast_lane_and_a_retry_the_general_path(
+    app: Celery, finished: Finished, repo_path: Path
+) -> None:
+    """The chunk's first attempts are driven by the transport, as in-process; the retry of
+    the one that answered 503 resumes its attempts through ``apost``."""
+    from collections.abc import Iterator as Iter
+    from collections.abc import Mapping
+
+    from flnotify.transports import HttpResponse
+    from flnotify.transports._base import Done, Job, drive_each
+
+    answered: list[tuple[str, str]] = []  # (how, url)
+
+    class Driving:
+        bounds_attempts = True
+
+        async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
+            answered.append(("apost", url))
+            first = sum(1 for _, u in answered if u == url) == 1
+            return HttpResponse(503 if url.endswith("/busy") and first else 202)
+
+        async def drive(
+            self,
+            body: bytes,
+            headers: Mapping[str, str],
+            jobs: Iter[Job],
+            done: Done,
+            concurrency: int,
+        ) -> None:
+            async def post(url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
+                answered.append(("drive", url))
+                return HttpResponse(503 if url.endswith("/busy") else 202)
+
+            await drive_each(post, body, headers, jobs, done, concurrency)
+
+        async def aclose(self) -> None:
+            return None
+
+    recorder = Recorder()
+    sender = delivery_for(
+        app, recorder, repo_path, transport_factory=Driving, retry=QUICK, chunk_size=3
+    )
+    rs = [receiver(f"http://client.test/{name}") for name in ("a", "b", "busy")]
+    notification = flnotify.TrainingRoundStartNotification(
+        receivers=rs, body=flnotify.RoundBody(round=1, global_model_uuid=MODEL), training_uuid=MODEL
+    )
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False):
+            finished.wait({r.id for r in sender.enqueue(notification, callbacks="tee").results})
+    finally:
+        sender.close()
+    assert sorted(answered) == sorted(
+        [("drive", r.message_endpoint) for r in rs] + [("apost", "http://client.test/busy")]
+    )
+    assert sorted((d.receiver.message_endpoint, d.outcome, d.attempts) for d in recorder.calls) == [
+        ("http://client.test/a", Outcome.DELIVERED, 1),
+        ("http://client.test/b", Outcome.DELIVERED, 1),
+        ("http://client.test/busy", Outcome.DELIVERED, 2),
+    ]
+
+
+def test_the_default_chunk_is_as_large_as_the_broker_allows(redis_url: str) -> None:
+    from flnotify.contrib.celery import (
+        DEFAULT_CHUNK_SIZE,
+        SMALL_MESSAGE_CHUNK_SIZE,
+        default_chunk_size,
+    )
+
+    for url, size in [
+        (redis_url, DEFAULT_CHUNK_SIZE),
+        ("amqp://guest@localhost//", DEFAULT_CHUNK_SIZE),
+        ("sqs://", SMALL_MESSAGE_CHUNK_SIZE),
+        ("azureservicebus://key@namespace", SMALL_MESSAGE_CHUNK_SIZE),
+    ]:
+        other = Celery("flnotify-chunks", broker=url, set_as_current=False)
+        try:
+            assert default_chunk_size(other) == size, url
+            assert CeleryDelivery(other, task_name=f"t.{size}").chunk_size == size
+        finally:
+            other.close()
+    transported = Celery("flnotify-chunks", set_as_current=False)
+    transported.conf.broker_transport = "sqs"
+    assert default_chunk_size(transported) == SMALL_MESSAGE_CHUNK_SIZE
+    transported.close()

@@ -66,12 +66,42 @@ if TYPE_CHECKING:
     from ..mailbox._store import MailboxStore
     from ..repository import AsyncTrainingRepository, TrainingRepository
 
-__all__ = ["DEFAULT_TASK_NAME", "CeleryDelivery", "Enqueued", "use_transport"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_TASK_NAME",
+    "SMALL_MESSAGE_BROKERS",
+    "SMALL_MESSAGE_CHUNK_SIZE",
+    "CeleryDelivery",
+    "Enqueued",
+    "default_chunk_size",
+    "use_transport",
+]
 
 logger = logging.getLogger("flnotify")
 
 DEFAULT_TASK_NAME = "flnotify.deliver"
 """The name the delivery task is registered under unless told otherwise."""
+
+DEFAULT_CHUNK_SIZE = 1000
+"""Receivers per task on a broker that takes large messages (Redis, RabbitMQ, ...).
+
+A task costs its worker about a millisecond of its own (broker round trip, JSON, the run's
+set-up); 1000 receivers at 30-50 µs each make that 2-3 % of the task. A receiver costs
+about 110 bytes of the message plus its URL, so 1000 receivers with 100-character URLs are
+about 200 KB: far below Redis's 512 MB and RabbitMQ's 16 MiB (4.x ``max_message_size``).
+Larger chunks gain little more and leave worker processes idle at the end of a send
+(10,000 receivers in chunks of 2000 are 5 tasks: of 2 processes, one runs 3). Measured in
+``docs/benchmarks.md`` (``bench/scaleout.py --chunk``).
+"""
+SMALL_MESSAGE_CHUNK_SIZE = 500
+"""Receivers per task on a broker of small messages (``SMALL_MESSAGE_BROKERS``).
+
+Amazon SQS and Azure Service Bus take at most 256 KiB per message, and kombu's SQS
+transport base64-encodes the body (4/3 of its size): 500 receivers with 100-character
+URLs are about 140 KB on the wire, leaving room for the notification's body.
+"""
+SMALL_MESSAGE_BROKERS = frozenset({"sqs", "azureservicebus"})
+"""Broker URL schemes (kombu transports) whose messages are capped at 256 KiB."""
 
 _WireReceiver = dict[str, str]
 _JSON = "application/json"
@@ -103,6 +133,21 @@ def _refuse_unaccepted(app: Any) -> None:
             " their serializer"
         )
         raise ConfigurationError(msg)
+
+
+def default_chunk_size(app: Any) -> int:
+    """The ``chunk_size`` [`CeleryDelivery`][] takes for ``app`` unless told.
+
+    ``SMALL_MESSAGE_CHUNK_SIZE`` when the app's broker (``broker_url``, or
+    ``broker_transport`` when set) is one of ``SMALL_MESSAGE_BROKERS``, else
+    ``DEFAULT_CHUNK_SIZE``.
+    """
+    conf = app.conf
+    transport = conf.get("broker_transport") or conf.get("broker_url") or ""
+    if not isinstance(transport, str):  # a transport class, or several URLs: look no further
+        transport = str(getattr(transport, "__name__", "")) or ""
+    scheme = transport.split("://", 1)[0].split("+", 1)[0].lower()
+    return SMALL_MESSAGE_CHUNK_SIZE if scheme in SMALL_MESSAGE_BROKERS else DEFAULT_CHUNK_SIZE
 
 
 @contextlib.contextmanager
@@ -169,10 +214,12 @@ class CeleryDelivery:
             ([`StreamTransport`][flnotify.transports.StreamTransport]) if ``None``.
         callbacks: Callback factories selectable by name in [`enqueue`][]; each is called
             on the worker with the repository (or ``None``) and returns the callbacks.
-        chunk_size: Receivers per task. A task costs the worker about a millisecond of its
-            own, so chunks of hundreds keep that small beside the POSTs (50 ran the 2
-            prefork processes at 0.3x of one in-process Notifier, 500 at about 1x; see
-            ``docs/benchmarks.md``).
+        chunk_size: Receivers per task; by default as large as the broker allows
+            ([`default_chunk_size`][flnotify.contrib.celery.default_chunk_size]: 1000, or 500
+            on SQS and Azure Service Bus, whose messages are capped at 256 KiB). A task costs
+            the worker about a millisecond of its own, so chunks of hundreds keep that small
+            beside the POSTs (50 ran the 2 prefork processes at 0.3x of one in-process
+            Notifier; see ``docs/benchmarks.md``).
         task_name: The registered task's name (one per app and configuration).
         mailbox_factory: Opens the mailbox on the worker (once per process) for polling
             receivers (``message_endpoint`` ``"mailbox:"``), e.g. ``lambda:
@@ -193,11 +240,13 @@ class CeleryDelivery:
         | None = None,
         transport_factory: Callable[[], Transport | AsyncTransport] | None = None,
         callbacks: Mapping[str, CallbackFactory] | None = None,
-        chunk_size: int = 500,
+        chunk_size: int | None = None,
         task_name: str = DEFAULT_TASK_NAME,
         mailbox_factory: Callable[[], MailboxStore] | None = None,
         **options: Unpack[SettingsOptions],
     ) -> None:
+        if chunk_size is None:
+            chunk_size = default_chunk_size(app)
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             msg = f"chunk_size must be an int >= 1, got {chunk_size!r}"
             raise ConfigurationError(msg)
@@ -398,6 +447,7 @@ class CeleryDelivery:
         now = engine.seams.clock()
         if started is None:
             started = now
+        retries = int(task.request.retries)
         receivers = [Receiver(UUID(r["id"]), r["message_endpoint"]) for r in wire]
         notification = self.settings.codec.decode(payload).with_receivers(receivers)
         callbacks = self._callbacks_for(notification, callbacks_name)  # fail before any POST
@@ -413,7 +463,9 @@ class CeleryDelivery:
             payload.encode(),
             message_ids,
             callbacks,
-            resume=Resume(int(task.request.retries), started),
+            # a first execution makes first attempts: the engine's fast lane takes them, as
+            # in-process (a retry resumes its receivers' attempts and start on the general path)
+            resume=Resume(retries, started) if retries else None,
             defer_retries=True,
             deadline=remaining,
             refused=refused,
@@ -429,7 +481,7 @@ class CeleryDelivery:
                 notification.notification_type.value,
                 len(again),
                 countdown,
-                int(task.request.retries) + 2,
+                retries + 2,
                 self.settings.retry.max_attempts,
                 len(run.report),
                 extra={"notification_type": notification.notification_type.value},
