@@ -102,3 +102,19 @@ def test_the_demo_table_fits_80_and_120_columns(
     assert "removed" in text
     for cell in ["COMPLETED", "client-04", "client-07", "MODEL_TEST_ROUND"]:
         assert cell in "".join(text.split()), cell  # whole, if perhaps over two lines
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("with_rich", [True, False])
+def test_the_lines_under_the_demo_table_wrap_to_80_and_120_columns(
+    monkeypatch: pytest.MonkeyPatch, width: int, with_rich: bool
+) -> None:
+    if with_rich:
+        pytest.importorskip("rich")
+    _, printed = _demo_table(monkeypatch, width, with_rich=with_rich)
+    lines = [strip_ansi(x) for x in printed.split("\n")]
+    under = lines[next(i for i, x in enumerate(lines) if x.startswith("training ")) :]
+    assert all(len(line) <= width for line in under), "\n".join(under)
+    text = " ".join(line.strip() for line in under)
+    assert "removed at step #3 after 2 failed rounds in a row" in text  # nothing lost
+    assert "client-07 rejects round 2" in text

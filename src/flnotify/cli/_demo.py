@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import sys
+import textwrap
 import threading
 from typing import Any, TextIO, Union
 
@@ -336,8 +337,26 @@ def _plain_demo_summary(result: DemoResult, style: Style, out: TextIO, width: in
     rows = [_SUMMARY_HEADER, *_summary_rows(result)]
     emit(table(rows, style, width=width, short=_SUMMARY_SHORT), out)
     emit(file=out)
+    _emit_final_lines(result, style, out, width)
+
+
+def _emit_final_lines(result: DemoResult, style: Style, out: TextIO, width: int | None) -> None:
+    """The lines under the table, each wrapped to ``width`` (a continuation indented more)."""
     for line in _final_lines(result, style):
-        emit(line, out)
+        if width is None or len(line) <= width:
+            emit(line, out)
+            continue
+        indent = " " * (len(line) - len(line.lstrip(" ")))
+        emit(
+            textwrap.fill(
+                line,
+                width,
+                subsequent_indent=indent + "    ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            ),
+            out,
+        )
 
 
 def _rich_demo_summary(result: DemoResult, out: TextIO) -> None:
@@ -366,5 +385,4 @@ def _rich_demo_summary(result: DemoResult, out: TextIO) -> None:
         row[8] = f"[{colours[state]}]{state}[/]" if state in colours else state
         table.add_row(*row)
     console.print(table)
-    for line in _final_lines(result, Style(out)):
-        emit(line, out)
+    _emit_final_lines(result, Style(out), out, console.width)
