@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -64,8 +64,12 @@ def set_up_schema(
     version: str,
     label: str,
     error: Callable[[str], FlnotifyError],
+    upgrades: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """Create the tables (once, under advisory lock ``lock``) and check the schema version.
+
+    ``upgrades`` maps an older version to the statements that make its tables
+    ``version``'s (run in the same transaction, after ``schema``).
 
     Raises:
         FlnotifyError: What ``error`` makes, if the database holds another version.
@@ -78,7 +82,12 @@ def set_up_schema(
         if row is None:
             cur.execute(f"INSERT INTO {meta_table} VALUES ('schema', %s)", (version,))  # noqa: S608 - a constant
         elif row[0] != version:
-            raise error(f"{label} schema {row[0]} is not this flnotify's ({version})")
+            upgrade = (upgrades or {}).get(row[0])
+            if upgrade is None:
+                raise error(f"{label} schema {row[0]} is not this flnotify's ({version})")
+            for statement in upgrade:
+                cur.execute(statement)
+            cur.execute(f"UPDATE {meta_table} SET value = %s WHERE key = 'schema'", (version,))  # noqa: S608 - a constant
 
 
 @attrs.define(eq=False)

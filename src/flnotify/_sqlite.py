@@ -6,7 +6,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import attrs
 from typing_extensions import Self
@@ -199,20 +199,32 @@ def set_up_durable_schema(
     version: str,
     label: str,
     error: Callable[[str], FlnotifyError],
+    upgrades: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """Set up a store whose commits are durable: the outbox's and the mailbox's.
 
     The connection is [`connect`][flnotify._sqlite.connect]'s (``FULL``: what a call
     returned is on disk); the tables created in one ``BEGIN IMMEDIATE`` transaction (two
     processes opening a new file at once), and the schema version kept in ``meta_table``.
+    ``upgrades`` maps an older version to the statements that make its tables
+    ``version``'s (run in the same transaction, after ``schema``).
 
     Raises:
         FlnotifyError: What ``error`` makes, if the file holds another schema version.
     """
     conn.executescript(f"BEGIN IMMEDIATE;{schema}")
-    row = conn.execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'").fetchone()  # noqa: S608 - a constant
-    if row is None:
-        conn.execute(f"INSERT INTO {meta_table} VALUES ('schema', ?)", (version,))  # noqa: S608 - a constant
-    elif row[0] != version:
-        raise error(f"{label} schema {row[0]} is not this flnotify's ({version})")
+    try:
+        row = conn.execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'").fetchone()  # noqa: S608 - a constant
+        if row is None:
+            conn.execute(f"INSERT INTO {meta_table} VALUES ('schema', ?)", (version,))  # noqa: S608 - a constant
+        elif row[0] != version:
+            upgrade = (upgrades or {}).get(row[0])
+            if upgrade is None:
+                raise error(f"{label} schema {row[0]} is not this flnotify's ({version})")
+            for statement in upgrade:
+                conn.execute(statement)
+            conn.execute(f"UPDATE {meta_table} SET value = ? WHERE key = 'schema'", (version,))  # noqa: S608 - a constant
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
     conn.execute("COMMIT")
