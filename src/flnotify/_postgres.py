@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from typing_extensions import Self
 
 from ._exceptions import ConfigurationError, FlnotifyError
+from ._schema import Upgrades, bring_up_to_date
 
 if TYPE_CHECKING:
     import psycopg
@@ -64,7 +65,7 @@ def set_up_schema(
     version: str,
     label: str,
     error: Callable[[str], FlnotifyError],
-    upgrades: Mapping[str, Sequence[str]] | None = None,
+    upgrades: Upgrades | None = None,
 ) -> None:
     """Create the tables (once, under advisory lock ``lock``) and check the schema version.
 
@@ -77,17 +78,15 @@ def set_up_schema(
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
         cur.execute(schema)
-        cur.execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'")  # noqa: S608 - a constant
-        row = cur.fetchone()
-        if row is None:
-            cur.execute(f"INSERT INTO {meta_table} VALUES ('schema', %s)", (version,))  # noqa: S608 - a constant
-        elif row[0] != version:
-            upgrade = (upgrades or {}).get(row[0])
-            if upgrade is None:
-                raise error(f"{label} schema {row[0]} is not this flnotify's ({version})")
-            for statement in upgrade:
-                cur.execute(statement)
-            cur.execute(f"UPDATE {meta_table} SET value = %s WHERE key = 'schema'", (version,))  # noqa: S608 - a constant
+        bring_up_to_date(
+            cur.execute,
+            param="%s",
+            meta_table=meta_table,
+            version=version,
+            upgrades=upgrades,
+            label=label,
+            error=error,
+        )
 
 
 @attrs.define(eq=False)

@@ -6,12 +6,13 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 
 import attrs
 from typing_extensions import Self
 
 from ._exceptions import ConfigurationError, FlnotifyError
+from ._schema import Upgrades, bring_up_to_date
 
 __all__ = [
     "SQLiteConnection",
@@ -199,7 +200,7 @@ def set_up_durable_schema(
     version: str,
     label: str,
     error: Callable[[str], FlnotifyError],
-    upgrades: Mapping[str, Sequence[str]] | None = None,
+    upgrades: Upgrades | None = None,
 ) -> None:
     """Set up a store whose commits are durable: the outbox's and the mailbox's.
 
@@ -214,16 +215,15 @@ def set_up_durable_schema(
     """
     conn.executescript(f"BEGIN IMMEDIATE;{schema}")
     try:
-        row = conn.execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'").fetchone()  # noqa: S608 - a constant
-        if row is None:
-            conn.execute(f"INSERT INTO {meta_table} VALUES ('schema', ?)", (version,))  # noqa: S608 - a constant
-        elif row[0] != version:
-            upgrade = (upgrades or {}).get(row[0])
-            if upgrade is None:
-                raise error(f"{label} schema {row[0]} is not this flnotify's ({version})")
-            for statement in upgrade:
-                conn.execute(statement)
-            conn.execute(f"UPDATE {meta_table} SET value = ? WHERE key = 'schema'", (version,))  # noqa: S608 - a constant
+        bring_up_to_date(
+            conn.execute,
+            param="?",
+            meta_table=meta_table,
+            version=version,
+            upgrades=upgrades,
+            label=label,
+            error=error,
+        )
     except BaseException:
         conn.execute("ROLLBACK")
         raise
