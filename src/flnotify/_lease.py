@@ -232,11 +232,12 @@ class LeaseQueue:
                 if t.leases
                 else ""
             )
-            self._take = (
-                f"{d.clock}, picked AS ({candidates} FOR UPDATE SKIP LOCKED){made} "  # noqa: S608
-                f"UPDATE {t.table} {assign} "
-                f"WHERE seq = ANY(ARRAY(SELECT seq FROM picked)) RETURNING seq"
+            self._take_first = f"{d.clock}, picked AS ({candidates} FOR UPDATE SKIP LOCKED){made}"
+            self._take_rows = (
+                f"UPDATE {t.table} {assign} "  # noqa: S608 - constants only
+                f"WHERE seq = ANY(ARRAY(SELECT seq FROM picked))"
             )
+            self._take = f"{self._take_first} {self._take_rows} RETURNING seq"
             self._candidates = ""
         else:
             self._candidates = f"SELECT json_group_array(seq) FROM ({candidates})"  # noqa: S608
@@ -310,6 +311,16 @@ class LeaseQueue:
         if self._new_lease:
             execute(self._new_lease, params)
         return list(json.loads(seqs))
+
+    def take_and_read(self, select: str) -> str:
+        """PostgreSQL: a take and a read of what it took, as one statement (one round trip).
+
+        ``select`` reads the rows taken as ``taken`` (every column, as the take left them)
+        and the statement's clock as ``clock``; the parameters are `take`'s.
+        """
+        if not self.dialect.postgres:
+            raise ValueError("take_and_read is PostgreSQL's")
+        return f"{self._take_first}, taken AS ({self._take_rows} RETURNING *) {select}"
 
     def renew(self, execute: Execute, *, holder: str, lease: float, now: float | None) -> int:
         """Move the lease of the holder's open rows to ``now + lease``; how many it holds."""

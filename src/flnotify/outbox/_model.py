@@ -44,6 +44,7 @@ __all__ = [
     "OutboxState",
     "OutboxStore",
     "check_claim_args",
+    "columns",
     "entry_from_row",
     "new_batch",
     "outcome_json",
@@ -222,11 +223,18 @@ class OutboxStore(OutboxQueue, OutboxOperations, Protocol):
 CLAIMS = "flnotify_outbox_claims"
 """The table of claims: one row a claim (its token and lease), which its deliveries name."""
 
-COLUMNS = (
-    "batch_id, receiver_id, message_endpoint, message_id, state, outcome, attempts, claims, "  # noqa: S608 - constants only
-    "status_code, error, error_kind, elapsed, "
-    f"(SELECT c.lease_until FROM {CLAIMS} AS c WHERE c.token = flnotify_outbox.claim_token "
-    "AND flnotify_outbox.state <> 'done'), recorded_at"
+
+def columns(lease: str) -> str:
+    """The columns `entry_from_row` reads, in order; ``lease`` is a claimed row's lease."""
+    return (
+        "batch_id, receiver_id, message_endpoint, message_id, state, outcome, attempts, "
+        f"claims, status_code, error, error_kind, elapsed, {lease}, recorded_at"
+    )
+
+
+COLUMNS = columns(
+    f"(SELECT c.lease_until FROM {CLAIMS} AS c WHERE c.token = flnotify_outbox.claim_token "  # noqa: S608 - constants only
+    "AND flnotify_outbox.state <> 'done')"
 )
 """The columns [`entry_from_row`][flnotify.outbox._model.entry_from_row] reads, in order."""
 

@@ -33,6 +33,7 @@ from ._model import (
     OutboxError,
     OutboxState,
     check_claim_args,
+    columns,
     entry_from_row,
     new_batch,
     outcome_rows,
@@ -92,13 +93,14 @@ CREATE INDEX IF NOT EXISTS flnotify_outbox_open ON flnotify_outbox (seq) WHERE s
 # server's clock is read inside the statement.
 _NOW = NOW
 
-_CLAIMED = f"""
-SELECT
-    (SELECT json_agg(json_build_array(seq, {COLUMNS})) FROM flnotify_outbox
-        WHERE seq = ANY(%(seqs)s::bigint[])),
-    (SELECT json_object_agg(b.id, b.payload) FROM flnotify_outbox_batches AS b
-        WHERE b.id IN (SELECT batch_id FROM flnotify_outbox WHERE seq = ANY(%(seqs)s::bigint[])))
-"""  # noqa: S608 - constants only
+# A claim in one statement: the take, and the rows and payloads it took.
+_CLAIM = _QUEUE.take_and_read(
+    "SELECT (SELECT now FROM clock), "  # noqa: S608 - constants only
+    f"(SELECT json_agg(json_build_array(seq, {columns('(SELECT now FROM clock) + %(lease)s')})) "
+    "FROM taken), "
+    "(SELECT json_object_agg(b.id, b.payload) FROM flnotify_outbox_batches AS b "
+    "WHERE b.id IN (SELECT batch_id FROM taken))"
+)
 
 _FROM_1 = (
     # schema 1 kept the lease on every delivery: each claim becomes one row
@@ -259,19 +261,15 @@ class PostgresOutbox(Closing):
         """
         check_claim_args(limit, lease_seconds)
         token = secrets.token_hex(16)
-        with self._transaction() as cur:
-            execute = prepared(cur)
-            now = self._now(cur)  # one reading of the clock for the lease and the claim
-            seqs = _QUEUE.take(execute, holder=token, lease=lease_seconds, limit=limit, now=now)
-            if not seqs:
-                return Claim(token, now + lease_seconds, (), {})
-            cur.execute(_CLAIMED, {"seqs": seqs}, prepare=True)
+        params = {"holder": token, "lease": lease_seconds, "limit": limit, "now": self._clock()}
+        with self._transaction(single=True) as cur:
+            cur.execute(_CLAIM, params, prepare=True)
             row = cur.fetchone()
         assert row is not None  # noqa: S101 - a SELECT of aggregates returns one row
-        rows, payloads = row
+        now, rows, payloads = row
         ordered = sorted(rows or (), key=lambda row: row[0])  # by seq: put order
         entries = tuple(entry_from_row(row[1:]) for row in ordered)
-        return Claim(token, now + lease_seconds, entries, payloads or {})
+        return Claim(token, float(now) + lease_seconds, entries, payloads or {})
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""
