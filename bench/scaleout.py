@@ -473,21 +473,29 @@ def report(
 
 
 NOTES = """\
-What the outbox rows cost, and what limits them (profiled with one dispatcher, SQLite,
-10,000 receivers, batch 1,000, on the same sink; CPU times per thread):
+What the outbox rows cost, and what limits them (one dispatcher, 10,000 receivers, batch
+1,000, on the same sink, with the store calls timed; wall and CPU of the store's thread):
 
-- `put`: 0.15-0.20 s (one `INSERT ... SELECT FROM json_each`, ~17 us of CPU per row).
-- 11 claims: 0.25-0.28 s of CPU (~26 us per row: the row is rewritten with its lease and
-  token, the token indexed, the rows returned as one JSON value and turned into entries).
-- 20 outcome batches of 500: 0.22-0.26 s of CPU (~24 us per row).
-- The event loop thread was busy 1.1-1.2 s during a 1.9-2.4 s dispatch; in-process it needs
-  ~0.85 s for the whole send. A timeline of the store calls shows the loop never waits for
-  the database (the next claim is always ready before the current one's POSTs end): the
-  sending is slowed by sharing the 2 cores with ~0.7 s of database CPU, nginx and the other
-  load on the machine.
-- PostgreSQL: the server spends ~32 ms per claim of 1,000 rows (EXPLAIN ANALYZE: every
-  claim and outcome writes a new row version and an entry in each of the 3 indexes, as
-  `state` changes) and ~12 ms per 500 outcomes, in server processes on the same 2 cores.
+- A claim is one row of `flnotify_outbox_claims` (token and lease) that its deliveries
+  name; renewing and releasing write that row only. The claim still marks each delivery
+  it takes (`state`, `claim_token`, `claims`), and each outcome marks its delivery.
+- SQLite `put`: 0.06-0.09 s (~20 ms of it building the rows in Python); the dispatch waits
+  for it, as the send cannot start before the rows are durable.
+- SQLite, 12 claims: 0.15-0.19 s of CPU (~15 us per row: the take ~4 us, reading the rows
+  as one JSON value ~2.5 us, parsing ~1 us, building entries ~3-5 us).
+- SQLite, 20 outcome batches of 500: 0.13-0.17 s of CPU (~14 us per row), each a
+  `synchronous=FULL` commit.
+- SQLite timeline: after `put` (first ~60 ms) a claim of 1,000 is sent every ~65-70 ms
+  (the in-process Notifier: ~55 ms per 1,000 on the same machine); the next claim is ready
+  before the current one's POSTs end, and the last outcomes are written without a tail.
+  The process uses 0.7-1.1 s of CPU against the Notifier's 0.4-0.65 s: the database thread
+  competes with the event loop and nginx for the 2 cores.
+- PostgreSQL: a claim is one statement (take, then read what it took): 12 claims 0.28 s of
+  wall (0.50-0.66 s as a take, a second read, a clock read and BEGIN/COMMIT). The server
+  spends ~25 ms per claim of 1,000 (EXPLAIN ANALYZE, loaded machine: ~9 ms picking rows,
+  walking the ones claimed before and not yet done; ~8 ms updating them, each a new row
+  version with an entry in every index, as `state` changes) and ~15 ms per 500 outcomes;
+  the outcome batches wait for the one connection while a claim runs on it.
 
 What was changed after measuring: one statement per batch everywhere (a step per row made
 the database thread queue for the GIL behind the loop once per row); the outcome join
@@ -495,14 +503,16 @@ driven by the message_id index (SQLite had picked rows x batch JSON lookups: 780
 nested loops off on the PostgreSQL connection (a fresh table without statistics got a
 500 x 500 nested loop: 0.2 s per batch instead of 12 ms); claims taken ahead and sent as
 soon as the previous claim's POSTs end; a plain `Receiver` no longer pays the runtime
-Protocol check (40 us per receiver when a claim builds its notification). Celery: chunks
-of 50 ran 2 worker processes at 0.3x, chunks of 500 at 0.5-1x; a task's first execution
-now takes the fast lane and chunks are 1000 by default (0.92x, see below).
+Protocol check (40 us per receiver when a claim builds its notification); the claims table
+and, on PostgreSQL, the claim in one statement. Celery: chunks of 50 ran 2 worker
+processes at 0.3x, chunks of 500 at 0.5-1x; a task's first execution now takes the fast
+lane and chunks are 1000 by default (0.92x, see below).
 
-What would be next for the outbox targets (0.7x SQLite, 0.5x PostgreSQL): a claim that
-writes one row instead of one per delivery (a claims table holding token and lease, the
-deliveries pointing at it), leaving the outcome as the only per-delivery write; and, as the
-outbox is built for, a second dispatcher process on another core or host."""
+What still costs: each delivery is written twice (claimed, then its outcome), and the
+database shares the 2 cores with the event loop and the sink. Next would be a second
+connection for outcomes on PostgreSQL (they queue behind claims today), a claim that does
+not mark its deliveries at all (the claim row naming a range of rows), and, as the outbox
+is built for, a second dispatcher process on another core or host."""
 
 
 def write_docs(text: str) -> None:

@@ -88,6 +88,10 @@ class LeaseTable:
         done_set: The ``SET`` assignments that make a row done.
         done: The condition of a settled row (pruned once old).
         take_index: SQLite: the index a take walks (``INDEXED BY``), if any.
+        leases: The table holding each holder's lease, one row a holder (``token``,
+            ``lease_until``), that the rows refer to by ``holder``: a take writes one lease
+            row, and renewing or releasing writes nothing else. ``None``: the lease is a
+            column of each row.
     """
 
     table: str
@@ -103,6 +107,21 @@ class LeaseTable:
     done_set: str = "state = 'done'"
     done: str = "state = 'done'"
     take_index: str | None = None
+    leases: str | None = None
+
+    def lease_of(self, now: str) -> str:
+        """The condition of a row whose lease ended by ``now``.
+
+        With a lease table: the row's holder has a lease row and it ended. A lease row a
+        concurrent take is writing is invisible to another take, which therefore leaves
+        that take's rows alone (PostgreSQL re-checks a row it waited for this way).
+        """
+        if self.leases is None:
+            return f"lease_until <= {now}"
+        return (
+            f"EXISTS (SELECT 1 FROM {self.leases} AS l WHERE l.token = "  # noqa: S608 - constants only
+            f"{self.table}.{self.holder} AND l.lease_until <= {now})"
+        )
 
 
 @attrs.frozen
@@ -194,17 +213,31 @@ class LeaseQueue:
         index = f" INDEXED BY {t.take_index}" if t.take_index and not d.postgres else ""
         candidates = (
             f"SELECT seq FROM {t.table}{index} WHERE {t.open} "  # noqa: S608 - constants only
-            f"AND ({t.takeable.format(now=now)} OR lease_until <= {now}) "
+            f"AND ({t.takeable.format(now=now)} OR {t.lease_of(now)}) "
             f"ORDER BY {t.take_order} LIMIT {p('limit')}"
         )
         extra = f", {t.take_set}" if t.take_set else ""
-        assign = f"SET {t.holder} = {p('holder')}, lease_until = {now} + {p('lease')}{extra}"
+        until = f"{now} + {p('lease')}"
+        lease = "" if t.leases else f", lease_until = {until}"
+        assign = f"SET {t.holder} = {p('holder')}{lease}{extra}"
+        # the one lease row of a take (written only if the take took a row)
+        self._new_lease = (
+            f"INSERT INTO {t.leases} (token, lease_until) SELECT {p('holder')}, {until}"
+            if t.leases
+            else ""
+        )
         if d.postgres:
-            self._take = (
-                f"{d.clock}, picked AS ({candidates} FOR UPDATE SKIP LOCKED) "  # noqa: S608
-                f"UPDATE {t.table} {assign} "
-                f"WHERE seq = ANY(ARRAY(SELECT seq FROM picked)) RETURNING seq"
+            made = (
+                f", made AS ({self._new_lease} WHERE EXISTS (SELECT 1 FROM picked))"  # noqa: S608
+                if t.leases
+                else ""
             )
+            self._take_first = f"{d.clock}, picked AS ({candidates} FOR UPDATE SKIP LOCKED){made}"
+            self._take_rows = (
+                f"UPDATE {t.table} {assign} "  # noqa: S608 - constants only
+                f"WHERE seq = ANY(ARRAY(SELECT seq FROM picked))"
+            )
+            self._take = f"{self._take_first} {self._take_rows} RETURNING seq"
             self._candidates = ""
         else:
             self._candidates = f"SELECT json_group_array(seq) FROM ({candidates})"  # noqa: S608
@@ -212,10 +245,18 @@ class LeaseQueue:
                 f"UPDATE {t.table} {assign} "  # noqa: S608 - constants only
                 f"WHERE seq IN (SELECT value FROM json_each({p('seqs')}))"
             )
-        self._lease = (
-            f"{d.clock}UPDATE {t.table} SET lease_until = {now} + {p('lease')} "  # noqa: S608
-            f"WHERE {t.holder} = {p('holder')} AND {t.open}"
-        )
+        held = f"{t.holder} = {p('holder')} AND {t.open}"
+        if t.leases is None:
+            self._lease = f"{d.clock}UPDATE {t.table} SET lease_until = {until} WHERE {held}"  # noqa: S608
+            self._held = ""
+        else:
+            moved = f"UPDATE {t.leases} SET lease_until = {until} WHERE token = {p('holder')}"  # noqa: S608
+            count = f"SELECT COUNT(*) FROM {t.table} WHERE {held}"  # noqa: S608 - constants only
+            if d.postgres:  # one statement, one round trip
+                self._lease = f"{d.clock}, moved AS ({moved}) {count}"
+                self._held = ""
+            else:
+                self._lease, self._held = moved, count
         outcomes = ", ".join(f"{col} = v.{col}" for col, _ in OUTCOME_COLUMNS[1:])
         match = (
             f"{t.table}.message_id = v.message_id AND {d.hint}{t.holder} = {p('holder')} "
@@ -242,6 +283,13 @@ class LeaseQueue:
             f"DELETE FROM {t.parent} WHERE NOT EXISTS (SELECT 1 FROM {t.table} AS r "  # noqa: S608
             f"WHERE r.{t.parent_key} = {t.parent}.id)"
         )
+        # a lease row goes once it holds no open row (a done row's lease is never read)
+        self._ended = (
+            f"DELETE FROM {t.leases} WHERE token NOT IN (SELECT {t.holder} "  # noqa: S608
+            f"FROM {t.table} WHERE {t.open} AND {t.holder} IS NOT NULL)"
+            if t.leases
+            else ""
+        )
 
     def take(
         self, execute: Execute, *, holder: str, lease: float, limit: int, now: float | None
@@ -260,12 +308,31 @@ class LeaseQueue:
         if seqs == "[]":
             return []
         execute(self._take, {**params, "seqs": seqs})
+        if self._new_lease:
+            execute(self._new_lease, params)
         return list(json.loads(seqs))
+
+    def take_and_read(self, select: str) -> str:
+        """PostgreSQL: a take and a read of what it took, as one statement (one round trip).
+
+        ``select`` reads the rows taken as ``taken`` (every column, as the take left them)
+        and the statement's clock as ``clock``; the parameters are `take`'s.
+        """
+        if not self.dialect.postgres:
+            raise ValueError("take_and_read is PostgreSQL's")
+        return f"{self._take_first}, taken AS ({self._take_rows} RETURNING *) {select}"
 
     def renew(self, execute: Execute, *, holder: str, lease: float, now: float | None) -> int:
         """Move the lease of the holder's open rows to ``now + lease``; how many it holds."""
         params = {"holder": holder, "lease": lease, "now": now}
-        return execute(self._lease, params).rowcount
+        if self.table.leases is None:
+            return execute(self._lease, params).rowcount
+        if self._held:
+            execute(self._lease, params)
+            ((n,),) = execute(self._held, params).fetchall()
+        else:
+            ((n,),) = execute(self._lease, params).fetchall()
+        return int(n)
 
     def release(self, execute: Execute, *, holder: str, now: float | None) -> int:
         """End the holder's lease now: its open rows may be taken at once; how many."""
@@ -303,6 +370,8 @@ class LeaseQueue:
         """Delete done rows settled before ``before`` (and payloads no row refers to)."""
         n = execute(self._prune, {"before": before}).rowcount
         execute(self._orphans, {})
+        if self._ended:
+            execute(self._ended, {})
         return n
 
 

@@ -19,6 +19,7 @@ import attrs
 from typing_extensions import Self
 
 from ._exceptions import ConfigurationError, FlnotifyError
+from ._schema import Upgrades, bring_up_to_date
 
 if TYPE_CHECKING:
     import psycopg
@@ -64,8 +65,12 @@ def set_up_schema(
     version: str,
     label: str,
     error: Callable[[str], FlnotifyError],
+    upgrades: Upgrades | None = None,
 ) -> None:
     """Create the tables (once, under advisory lock ``lock``) and check the schema version.
+
+    ``upgrades`` maps an older version to the statements that make its tables
+    ``version``'s (run in the same transaction, after ``schema``).
 
     Raises:
         FlnotifyError: What ``error`` makes, if the database holds another version.
@@ -73,12 +78,15 @@ def set_up_schema(
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
         cur.execute(schema)
-        cur.execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'")  # noqa: S608 - a constant
-        row = cur.fetchone()
-        if row is None:
-            cur.execute(f"INSERT INTO {meta_table} VALUES ('schema', %s)", (version,))  # noqa: S608 - a constant
-        elif row[0] != version:
-            raise error(f"{label} schema {row[0]} is not this flnotify's ({version})")
+        bring_up_to_date(
+            cur.execute,
+            param="%s",
+            meta_table=meta_table,
+            version=version,
+            upgrades=upgrades,
+            label=label,
+            error=error,
+        )
 
 
 @attrs.define(eq=False)

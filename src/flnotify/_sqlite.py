@@ -12,6 +12,7 @@ import attrs
 from typing_extensions import Self
 
 from ._exceptions import ConfigurationError, FlnotifyError
+from ._schema import Upgrades, bring_up_to_date
 
 __all__ = [
     "SQLiteConnection",
@@ -199,20 +200,31 @@ def set_up_durable_schema(
     version: str,
     label: str,
     error: Callable[[str], FlnotifyError],
+    upgrades: Upgrades | None = None,
 ) -> None:
     """Set up a store whose commits are durable: the outbox's and the mailbox's.
 
     The connection is [`connect`][flnotify._sqlite.connect]'s (``FULL``: what a call
     returned is on disk); the tables created in one ``BEGIN IMMEDIATE`` transaction (two
     processes opening a new file at once), and the schema version kept in ``meta_table``.
+    ``upgrades`` maps an older version to the statements that make its tables
+    ``version``'s (run in the same transaction, after ``schema``).
 
     Raises:
         FlnotifyError: What ``error`` makes, if the file holds another schema version.
     """
     conn.executescript(f"BEGIN IMMEDIATE;{schema}")
-    row = conn.execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'").fetchone()  # noqa: S608 - a constant
-    if row is None:
-        conn.execute(f"INSERT INTO {meta_table} VALUES ('schema', ?)", (version,))  # noqa: S608 - a constant
-    elif row[0] != version:
-        raise error(f"{label} schema {row[0]} is not this flnotify's ({version})")
+    try:
+        bring_up_to_date(
+            conn.execute,
+            param="?",
+            meta_table=meta_table,
+            version=version,
+            upgrades=upgrades,
+            label=label,
+            error=error,
+        )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
     conn.execute("COMMIT")

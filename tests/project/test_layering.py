@@ -15,6 +15,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # A name covers the module and, for a package, everything in it.
 LAYERS: list[set[str]] = [
     {"flnotify._version", "flnotify._exceptions"},
+    {"flnotify._schema"},
     {"flnotify._validators", "flnotify._closing", "flnotify._seams", "flnotify._loops"},
     {"flnotify._portal"},
     {"flnotify._types", "flnotify._http", "flnotify._web"},

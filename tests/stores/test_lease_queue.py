@@ -32,15 +32,24 @@ from flnotify._lease import (
     Dialect,
     Execute,
     LeaseQueue,
+    LeaseTable,
 )
 from flnotify._postgres import prepared
 from flnotify.outbox._model import LEASES as OUTBOX
 
-# the outbox's lease table, on tables of the test's own
-TABLE = attrs.evolve(OUTBOX, table="lq_rows", parent="lq_parents", take_index=None)
+# the outbox's lease table, on tables of the test's own: its leases one row a holder (the
+# outbox's claims), or a column of every row (as the mailbox keeps them)
+TABLE = attrs.evolve(
+    OUTBOX, table="lq_rows", parent="lq_parents", take_index=None, leases="lq_claims"
+)
+LAYOUTS = {
+    "lease table": TABLE,
+    "lease column": attrs.evolve(TABLE, leases=None, done_set="state = 'done', lease_until = NULL"),
+}
 
 _SQLITE_SCHEMA = """
 CREATE TABLE lq_parents (id TEXT PRIMARY KEY);
+CREATE TABLE lq_claims (token TEXT PRIMARY KEY, lease_until REAL NOT NULL);
 CREATE TABLE lq_rows (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     batch_id TEXT NOT NULL REFERENCES lq_parents (id),
@@ -53,8 +62,9 @@ CREATE TABLE lq_rows (
 """
 
 _PG_SCHEMA = """
-DROP TABLE IF EXISTS lq_rows; DROP TABLE IF EXISTS lq_parents;
+DROP TABLE IF EXISTS lq_rows; DROP TABLE IF EXISTS lq_parents; DROP TABLE IF EXISTS lq_claims;
 CREATE TABLE lq_parents (id text PRIMARY KEY);
+CREATE TABLE lq_claims (token text PRIMARY KEY, lease_until double precision NOT NULL);
 CREATE TABLE lq_rows (
     seq bigserial PRIMARY KEY,
     batch_id text NOT NULL REFERENCES lq_parents (id),
@@ -89,11 +99,12 @@ class LeaseMachine(RuleBasedStateMachine):
 
     holders = Bundle("holders")
     dialect: Dialect
+    table: LeaseTable
     execute: Execute
 
     def __init__(self) -> None:
         super().__init__()
-        self.queue = LeaseQueue(TABLE, self.dialect)
+        self.queue = LeaseQueue(self.table, self.dialect)
         self.now = START
         self.rows: dict[int, Row] = {}
         self.next_seq = 1  # both databases count from 1 in a fresh table
@@ -140,6 +151,11 @@ class LeaseMachine(RuleBasedStateMachine):
             )
         ][:limit]
         assert got == takeable
+        if self.table.leases is not None:  # one lease row a take that took rows, none else
+            p = self.dialect.param
+            sql = f"SELECT COUNT(*) FROM lq_claims WHERE token = {p('holder')}"  # noqa: S608
+            ((n,),) = self.execute(sql, {"holder": holder}).fetchall()
+            assert n == (1 if takeable else 0)
         for seq in takeable:
             row = self.rows[seq]
             row.state, row.holder, row.lease_until = "claimed", holder, self.now + lease
@@ -201,8 +217,14 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @invariant()
     def table_is_the_model(self) -> None:
+        lease = (
+            "lease_until"
+            if self.table.leases is None
+            else "(SELECT c.lease_until FROM lq_claims AS c WHERE c.token = claim_token"
+            " AND state <> 'done')"
+        )
         rows = self.execute(
-            "SELECT seq, message_id, batch_id, state, claim_token, lease_until, claims, outcome,"
+            f"SELECT seq, message_id, batch_id, state, claim_token, {lease}, claims, outcome,"  # noqa: S608
             " recorded_at FROM lq_rows ORDER BY seq",
             {},
         ).fetchall()
@@ -228,10 +250,15 @@ class LeaseMachine(RuleBasedStateMachine):
             assert parents <= {f"p{i}" for i in range(1, self.puts + 1)}
 
 
-def _run(dialect: Dialect, connect: Callable[[], tuple[Execute, Callable[[], None]]]) -> None:
+def _run(
+    dialect: Dialect,
+    table: LeaseTable,
+    connect: Callable[[], tuple[Execute, Callable[[], None]]],
+) -> None:
     class Machine(LeaseMachine):
         def __init__(self) -> None:
             self.dialect = dialect
+            self.table = table
             self.execute, self.close = connect()
             super().__init__()
 
@@ -249,13 +276,14 @@ def _run(dialect: Dialect, connect: Callable[[], tuple[Execute, Callable[[], Non
     )
 
 
-def test_the_lease_queue_on_sqlite_is_the_model() -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_lease_queue_on_sqlite_is_the_model(layout: str) -> None:
     def connect() -> tuple[Execute, Callable[[], None]]:
         conn = sqlite3.connect(":memory:", isolation_level=None)
         conn.executescript(_SQLITE_SCHEMA)
         return conn.execute, conn.close
 
-    _run(SQLITE, connect)
+    _run(SQLITE, LAYOUTS[layout], connect)
 
 
 @pytest.fixture
@@ -272,10 +300,11 @@ def pg_connect(postgres_url: str) -> Iterator[Callable[[], tuple[Execute, Callab
     conn.close()
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_the_lease_queue_on_postgres_is_the_model(
-    pg_connect: Callable[[], tuple[Execute, Callable[[], None]]],
+    layout: str, pg_connect: Callable[[], tuple[Execute, Callable[[], None]]]
 ) -> None:
-    _run(POSTGRES, pg_connect)
+    _run(POSTGRES, LAYOUTS[layout], pg_connect)
 
 
 def test_outcome_columns_are_what_the_stores_record() -> None:

@@ -32,6 +32,7 @@ from .._report import Delivery
 from .._types import Outcome, Receiver
 
 __all__ = [
+    "CLAIMS",
     "COLUMNS",
     "LEASES",
     "Claim",
@@ -43,6 +44,7 @@ __all__ = [
     "OutboxState",
     "OutboxStore",
     "check_claim_args",
+    "columns",
     "entry_from_row",
     "new_batch",
     "outcome_json",
@@ -218,9 +220,21 @@ class OutboxStore(OutboxQueue, OutboxOperations, Protocol):
 
 # -- shared by the stores ---------------------------------------------------------------
 
-COLUMNS = (
-    "batch_id, receiver_id, message_endpoint, message_id, state, outcome, attempts, claims, "
-    "status_code, error, error_kind, elapsed, lease_until, recorded_at"
+CLAIMS = "flnotify_outbox_claims"
+"""The table of claims: one row a claim (its token and lease), which its deliveries name."""
+
+
+def columns(lease: str) -> str:
+    """The columns `entry_from_row` reads, in order; ``lease`` is a claimed row's lease."""
+    return (
+        "batch_id, receiver_id, message_endpoint, message_id, state, outcome, attempts, "
+        f"claims, status_code, error, error_kind, elapsed, {lease}, recorded_at"
+    )
+
+
+COLUMNS = columns(
+    f"(SELECT c.lease_until FROM {CLAIMS} AS c WHERE c.token = flnotify_outbox.claim_token "  # noqa: S608 - constants only
+    "AND flnotify_outbox.state <> 'done')"
 )
 """The columns [`entry_from_row`][flnotify.outbox._model.entry_from_row] reads, in order."""
 
@@ -234,10 +248,13 @@ LEASES = LeaseTable(
     take_set="state = 'claimed', claims = claims + 1",
     settleable="{hint}{table}.state = 'claimed' AND {table}.outcome IS NULL",
     settled_at="recorded_at",
-    done_set="state = 'done', lease_until = NULL",
     take_index="flnotify_outbox_undone",
+    leases=CLAIMS,
 )
-"""The outbox as a lease queue: a claim token holds rows; pending rows are takeable."""
+"""The outbox as a lease queue: a claim holds rows; pending rows are takeable.
+
+A claim's lease is one row of [`CLAIMS`][flnotify.outbox._model.CLAIMS]: claiming writes
+it once, renewing and releasing write nothing else."""
 
 
 _STATES = {state.value: state for state in OutboxState}

@@ -33,6 +33,7 @@ from ._model import (
     OutboxError,
     OutboxState,
     check_claim_args,
+    columns,
     entry_from_row,
     new_batch,
     outcome_rows,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresOutbox"]
 
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
 _QUEUE = LeaseQueue(LEASES, POSTGRES)
 _SCHEMA_LOCK = zlib.crc32(b"flnotify_outbox schema")  # serialises concurrent set-ups
 
@@ -65,7 +66,6 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox (
     message_id text NOT NULL UNIQUE,
     state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'claimed', 'done')),
     claim_token text,
-    lease_until double precision,
     claims integer NOT NULL DEFAULT 0,
     outcome text CHECK (outcome IN ('delivered', 'rejected', 'failed')),
     attempts integer NOT NULL DEFAULT 0,
@@ -75,8 +75,14 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox (
     elapsed double precision,
     recorded_at double precision
 );
+CREATE TABLE IF NOT EXISTS flnotify_outbox_claims (
+    token text PRIMARY KEY,
+    lease_until double precision NOT NULL
+);
 CREATE INDEX IF NOT EXISTS flnotify_outbox_open ON flnotify_outbox (seq) WHERE state <> 'done';
 """
+# A claim is one row of flnotify_outbox_claims (its token and lease): renewing or
+# releasing it writes that row only; its deliveries name it in claim_token.
 # Few indexes on purpose: every claim and every outcome changes ``state``, which the
 # partial index's predicate reads, so no update is HOT and each writes one entry into
 # every index of the table. Claims walk flnotify_outbox_open; everything else of the hot
@@ -87,28 +93,40 @@ CREATE INDEX IF NOT EXISTS flnotify_outbox_open ON flnotify_outbox (seq) WHERE s
 # server's clock is read inside the statement.
 _NOW = NOW
 
-_CLAIMED = f"""
-SELECT
-    (SELECT json_agg(json_build_array(seq, {COLUMNS})) FROM flnotify_outbox
-        WHERE seq = ANY(%(seqs)s::bigint[])),
-    (SELECT json_object_agg(b.id, b.payload) FROM flnotify_outbox_batches AS b
-        WHERE b.id IN (SELECT batch_id FROM flnotify_outbox WHERE seq = ANY(%(seqs)s::bigint[])))
-"""  # noqa: S608 - constants only
+# A claim in one statement: the take, and the rows and payloads it took.
+_CLAIM = _QUEUE.take_and_read(
+    "SELECT (SELECT now FROM clock), "  # noqa: S608 - constants only
+    f"(SELECT json_agg(json_build_array(seq, {columns('(SELECT now FROM clock) + %(lease)s')})) "
+    "FROM taken), "
+    "(SELECT json_object_agg(b.id, b.payload) FROM flnotify_outbox_batches AS b "
+    "WHERE b.id IN (SELECT batch_id FROM taken))"
+)
+
+_FROM_1 = (
+    # schema 1 kept the lease on every delivery: each claim becomes one row
+    "INSERT INTO flnotify_outbox_claims (token, lease_until) "
+    "SELECT claim_token, MAX(lease_until) FROM flnotify_outbox "
+    "WHERE state = 'claimed' AND claim_token IS NOT NULL GROUP BY claim_token "
+    "ON CONFLICT DO NOTHING",
+    "ALTER TABLE flnotify_outbox DROP COLUMN lease_until",
+)
+"""What makes tables of schema 1 (the lease on every delivery row) schema 2's."""
 
 _FINISH = """
-UPDATE flnotify_outbox SET state = 'done', lease_until = NULL
+UPDATE flnotify_outbox SET state = 'done'
 WHERE message_id = ANY(%(ids)s::text[]) AND claim_token = %(token)s AND state = 'claimed'
     AND outcome IS NOT NULL
 """
 
 _NEXT = f"""
-SELECT MIN(CASE state WHEN 'pending' THEN {_NOW} ELSE lease_until END)
-FROM flnotify_outbox WHERE state <> 'done'
+SELECT MIN(CASE state WHEN 'pending' THEN {_NOW} ELSE c.lease_until END)
+FROM flnotify_outbox LEFT JOIN flnotify_outbox_claims AS c ON c.token = claim_token
+WHERE state <> 'done'
 """  # noqa: S608 - constants only
 
 _RETRY = """
 UPDATE flnotify_outbox
-SET state = 'pending', outcome = NULL, claim_token = NULL, lease_until = NULL,
+SET state = 'pending', outcome = NULL, claim_token = NULL,
     attempts = 0, status_code = NULL, error = NULL, error_kind = NULL, elapsed = NULL,
     recorded_at = NULL
 WHERE state = 'done' AND outcome = 'failed'
@@ -129,6 +147,7 @@ def _prepare(conn: psycopg.Connection[Any]) -> None:
         version=_SCHEMA_VERSION,
         label="outbox",
         error=OutboxError,
+        upgrades={"1": _FROM_1},
     )
 
 
@@ -242,19 +261,15 @@ class PostgresOutbox(Closing):
         """
         check_claim_args(limit, lease_seconds)
         token = secrets.token_hex(16)
-        with self._transaction() as cur:
-            execute = prepared(cur)
-            now = self._now(cur)  # one reading of the clock for the lease and the claim
-            seqs = _QUEUE.take(execute, holder=token, lease=lease_seconds, limit=limit, now=now)
-            if not seqs:
-                return Claim(token, now + lease_seconds, (), {})
-            cur.execute(_CLAIMED, {"seqs": seqs}, prepare=True)
+        params = {"holder": token, "lease": lease_seconds, "limit": limit, "now": self._clock()}
+        with self._transaction(single=True) as cur:
+            cur.execute(_CLAIM, params, prepare=True)
             row = cur.fetchone()
         assert row is not None  # noqa: S101 - a SELECT of aggregates returns one row
-        rows, payloads = row
+        now, rows, payloads = row
         ordered = sorted(rows or (), key=lambda row: row[0])  # by seq: put order
         entries = tuple(entry_from_row(row[1:]) for row in ordered)
-        return Claim(token, now + lease_seconds, entries, payloads or {})
+        return Claim(token, float(now) + lease_seconds, entries, payloads or {})
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""

@@ -36,7 +36,7 @@ from ._model import (
 
 __all__ = ["Outbox"]
 
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
 _QUEUE = LeaseQueue(LEASES, SQLITE)
 
 _SCHEMA = """
@@ -57,7 +57,6 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox (
     message_id TEXT NOT NULL UNIQUE,
     state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'claimed', 'done')),
     claim_token TEXT,
-    lease_until REAL,
     claims INTEGER NOT NULL DEFAULT 0,
     outcome TEXT CHECK (outcome IN ('delivered', 'rejected', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -67,11 +66,17 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox (
     elapsed REAL,
     recorded_at REAL
 );
+CREATE TABLE IF NOT EXISTS flnotify_outbox_claims (
+    token TEXT PRIMARY KEY,
+    lease_until REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS flnotify_outbox_batch ON flnotify_outbox (batch_id);
 DROP INDEX IF EXISTS flnotify_outbox_open;
 CREATE INDEX IF NOT EXISTS flnotify_outbox_undone ON flnotify_outbox (seq) WHERE state != 'done';
 DROP INDEX IF EXISTS flnotify_outbox_token;
 """
+# A claim is one row of flnotify_outbox_claims (its token and lease): renewing or
+# releasing it writes that row only; its deliveries name it in claim_token.
 # The open rows in claim order: a claim (pending -> claimed) leaves this index alone, and
 # an outcome (-> done) takes the row out of it; the old (state, lease_until) index had
 # to move an entry on every claim, renewal and outcome.
@@ -94,15 +99,24 @@ SELECT :batch, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
 FROM json_each(:rows) ORDER BY key
 """
 
+_FROM_1 = (
+    # schema 1 kept the lease on every delivery: each claim becomes one row
+    "INSERT OR IGNORE INTO flnotify_outbox_claims (token, lease_until) "
+    "SELECT claim_token, MAX(lease_until) FROM flnotify_outbox "
+    "WHERE state = 'claimed' AND claim_token IS NOT NULL GROUP BY claim_token",
+    "ALTER TABLE flnotify_outbox DROP COLUMN lease_until",
+)
+"""What makes a file of schema 1 (the lease on every delivery row) schema 2's."""
+
 _FINISH = """
-UPDATE flnotify_outbox SET state = 'done', lease_until = NULL
+UPDATE flnotify_outbox SET state = 'done'
 WHERE message_id IN (SELECT value FROM json_each(:ids))
     AND +claim_token = :token AND +state = 'claimed' AND outcome IS NOT NULL
 """
 
 _RETRY = """
 UPDATE flnotify_outbox
-SET state = 'pending', outcome = NULL, claim_token = NULL, lease_until = NULL,
+SET state = 'pending', outcome = NULL, claim_token = NULL,
     attempts = 0, status_code = NULL, error = NULL, error_kind = NULL, elapsed = NULL,
     recorded_at = NULL
 WHERE +state = 'done' AND outcome = 'failed'
@@ -156,6 +170,7 @@ class Outbox(Closing):
             version=_SCHEMA_VERSION,
             label="outbox",
             error=OutboxError,
+            upgrades={"1": _FROM_1},
         )
 
     def close(self) -> None:
@@ -346,8 +361,9 @@ class Outbox(Closing):
         with self._transaction(write=False) as conn:
             now = self.clock()
             (when,) = conn.execute(
-                "SELECT MIN(CASE state WHEN 'pending' THEN ? ELSE lease_until END) "
-                "FROM flnotify_outbox WHERE state != 'done'",
+                "SELECT MIN(CASE state WHEN 'pending' THEN ? ELSE c.lease_until END) "
+                "FROM flnotify_outbox LEFT JOIN flnotify_outbox_claims AS c "
+                "ON c.token = claim_token WHERE state != 'done'",
                 (now,),
             ).fetchone()
         return None if when is None else float(when)
