@@ -17,6 +17,7 @@ import logging
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,30 @@ def _told(transport: MemoryTransport) -> Counter[str]:
     return told
 
 
+def _round(
+    answers: list[str], endpoint: Callable[[int], str]
+) -> tuple[
+    flnotify.InMemoryTrainingRepository,
+    flnotify.TrainingSnapshot,
+    list[Receiver],
+    flnotify.TrainingRoundStartNotification,
+]:
+    """An ONGOING training at round 1 with one client per answer, and its round-start."""
+    actor = Receiver(uuid.UUID(int=1000), "http://actor.test/hook")
+    clients = [Receiver(uuid.UUID(int=i + 1), endpoint(i)) for i in range(len(answers))]
+    repo = flnotify.InMemoryTrainingRepository()
+    training = repo.create_training(actor=actor, participants=clients, model_id=MODEL)
+    repo.update_training(training.id, state=TrainingState.ONGOING, round=1)
+    notification = flnotify.TrainingRoundStartNotification.from_training(
+        repo.get_training(training.id)
+    )
+    return repo, training, clients, notification
+
+
+def _pushed(i: int) -> str:
+    return f"http://client-{i}.test/hook"
+
+
 def _run(
     answers: list[str], policy: str, batch_size: int, crash_at: int | None, path: Path
 ) -> tuple[flnotify.TrainingSnapshot, Counter[str], SendTally, Fuse]:
@@ -160,17 +185,8 @@ def _run(
 
     Returns the training after it all, the notices told, the send's counts and the fuse.
     """
-    actor = Receiver(uuid.UUID(int=1000), "http://actor.test/hook")
-    clients = [
-        Receiver(uuid.UUID(int=i + 1), f"http://client-{i}.test/hook") for i in range(len(answers))
-    ]
+    repo, training, clients, notification = _round(answers, _pushed)
     plan = {c.message_endpoint: a for c, a in zip(clients, answers, strict=True)}
-    repo = flnotify.InMemoryTrainingRepository()
-    training = repo.create_training(actor=actor, participants=clients, model_id=MODEL)
-    repo.update_training(training.id, state=TrainingState.ONGOING, round=1)
-    notification = flnotify.TrainingRoundStartNotification.from_training(
-        repo.get_training(training.id)
-    )
     transport = MemoryTransport(_answer(plan))
     clock = Clock()
     fuse = Fuse(crash_at)
@@ -254,28 +270,42 @@ def _check(
 
 
 async def _answer_polls(store: Mailbox, plan: dict[uuid.UUID, int], done: asyncio.Event) -> None:
-    """The polling clients: fetch what is offered and acknowledge it with the planned status."""
-    while not done.is_set():
-        for client, status in plan.items():
-            letters = await asyncio.to_thread(store.fetch, client, 10)
-            if letters:
-                acks = [(letter.message_id, status) for letter in letters]
-                await asyncio.to_thread(store.ack, client, acks)
-        await asyncio.sleep(0.005)
+    """The polling clients: fetch what is offered and acknowledge it with the planned status.
+
+    They look again when the store says mail was queued (no timed polling), until ``done``.
+    """
+    loop = asyncio.get_running_loop()
+    mail = asyncio.Event()
+
+    def queued(_: frozenset[uuid.UUID]) -> None:
+        with contextlib.suppress(RuntimeError):  # this loop is closed: nobody waits
+            loop.call_soon_threadsafe(mail.set)
+
+    unsubscribe = store.signals.on_mail(queued)
+    try:
+        while not done.is_set():
+            mail.clear()
+            fetched = False
+            for client, status in plan.items():
+                letters = await asyncio.to_thread(store.fetch, client, 10)
+                if letters:
+                    fetched = True
+                    acks = [(letter.message_id, status) for letter in letters]
+                    await asyncio.to_thread(store.ack, client, acks)
+            if not fetched:
+                woken = [asyncio.ensure_future(mail.wait()), asyncio.ensure_future(done.wait())]
+                _, waiting = await asyncio.wait(woken, return_when=asyncio.FIRST_COMPLETED)
+                for future in waiting:
+                    future.cancel()
+    finally:
+        unsubscribe()
 
 
 def _run_polling(
     answers: list[str], policy: str, crash_at: int | None, path: Path
 ) -> tuple[flnotify.TrainingSnapshot, Counter[str], Fuse]:
-    actor = Receiver(uuid.UUID(int=1000), "http://actor.test/hook")
-    clients = [Receiver(uuid.UUID(int=i + 1), MAILBOX_ENDPOINT) for i in range(len(answers))]
+    repo, training, clients, notification = _round(answers, lambda _: MAILBOX_ENDPOINT)
     plan = {c.id: (409 if a == "rejected" else 202) for c, a in zip(clients, answers, strict=True)}
-    repo = flnotify.InMemoryTrainingRepository()
-    training = repo.create_training(actor=actor, participants=clients, model_id=MODEL)
-    repo.update_training(training.id, state=TrainingState.ONGOING, round=1)
-    notification = flnotify.TrainingRoundStartNotification.from_training(
-        repo.get_training(training.id)
-    )
     transport = MemoryTransport(lambda _: 202)  # the actor, told of removals
     clock = Clock()
     fuse = Fuse(crash_at)
@@ -363,17 +393,8 @@ def _run_celery(
 
     from flnotify.contrib.celery import CeleryDelivery
 
-    actor = Receiver(uuid.UUID(int=1000), "http://actor.test/hook")
-    clients = [
-        Receiver(uuid.UUID(int=i + 1), f"http://client-{i}.test/hook") for i in range(len(answers))
-    ]
+    repo, training, clients, notification = _round(answers, _pushed)
     plan = {c.message_endpoint: a for c, a in zip(clients, answers, strict=True)}
-    repo = flnotify.InMemoryTrainingRepository()
-    training = repo.create_training(actor=actor, participants=clients, model_id=MODEL)
-    repo.update_training(training.id, state=TrainingState.ONGOING, round=1)
-    notification = flnotify.TrainingRoundStartNotification.from_training(
-        repo.get_training(training.id)
-    )
     transport = MemoryTransport(_answer(plan))
     fuse = Fuse(crash_at)
     fuses = [fuse]  # the process that runs the callbacks now
