@@ -17,7 +17,6 @@ Nothing here prints: `run_demo` reports to a `DemoObserver` and returns a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -54,6 +53,7 @@ from .mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp
 from .receiving import MailboxPoller, NotificationRouter, Reply, make_wsgi_server
 from .repository import SendTally, SQLiteTrainingRepository
 from .signing import Signer, generate_secret
+from .testing import polling
 from .transports import HttpxTransport
 
 if TYPE_CHECKING:
@@ -94,27 +94,6 @@ def _serving(server: WSGIServer) -> Iterator[None]:
     finally:
         server.shutdown()
         server.server_close()
-        thread.join()
-
-
-@contextlib.contextmanager
-def polling(pollers: list[MailboxPoller]) -> Iterator[None]:
-    """Run ``pollers`` on an event loop of their own until the block ends, then stop them."""
-
-    async def poll() -> None:
-        try:
-            await asyncio.gather(*(poller.arun() for poller in pollers))
-        finally:
-            for poller in pollers:
-                await poller.aclose()
-
-    thread = threading.Thread(target=asyncio.run, args=(poll(),), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        for poller in pollers:
-            poller.stop()
         thread.join()
 
 

@@ -1,4 +1,6 @@
-"""Helpers for your own tests: an in-memory transport, a fake repository, contract suites.
+"""Helpers for your own tests: an in-memory transport, seams, recorders, contract suites.
+
+``polling`` runs mailbox pollers (clients behind NAT) in the background of a block.
 
 ``TrainingRepositoryContract``, ``OutboxStoreContract`` and ``MailboxStoreContract`` need
 pytest and are imported only when asked for, so importing this module never requires pytest.
@@ -8,8 +10,10 @@ pytest and are imported only when asked for, so importing this module never requ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from ._repository_contract import OutcomeTrackingContract, TrainingRepositoryContract
     from .mailbox._contract import MailboxStoreContract
     from .outbox._contract import OutboxStoreContract
+    from .receiving import MailboxPoller
 
 __all__ = [
     "MailboxStoreContract",
@@ -42,6 +47,7 @@ __all__ = [
     "RecordingHook",
     "TrainingRepositoryContract",
     "TrainingRepositoryTests",
+    "polling",
     "seams",
 ]
 
@@ -156,3 +162,31 @@ def seams(
         if value is not None
     }
     return using_seams(attrs.evolve(current_seams(), **changes))
+
+
+@contextlib.contextmanager
+def polling(pollers: Sequence[MailboxPoller]) -> Iterator[None]:
+    """Run ``pollers`` on an event loop of their own until the block ends, then stop them.
+
+    For tests (and demos) of clients behind NAT: the block's code sends while the clients
+    fetch and acknowledge in the background::
+
+        with polling([MailboxPoller(base, client_id, secret, router)]):
+            notifier.send(notification)
+    """
+
+    async def poll() -> None:
+        try:
+            await asyncio.gather(*(poller.arun() for poller in pollers))
+        finally:
+            for poller in pollers:
+                await poller.aclose()
+
+    thread = threading.Thread(target=asyncio.run, args=(poll(),), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        for poller in pollers:
+            poller.stop()
+        thread.join()

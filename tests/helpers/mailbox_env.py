@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import secrets
 import socket
@@ -18,7 +17,7 @@ import uvicorn
 
 from flnotify import Signer
 from flnotify.mailbox._wire import Ack, WireMessage, ack_document, fetch_document, parse_messages
-from flnotify.receiving import MailboxPoller, make_wsgi_server
+from flnotify.receiving import make_wsgi_server
 
 
 class Clock:
@@ -133,24 +132,3 @@ def call_wsgi(app: Any, path: str, headers: dict[str, str], body: bytes) -> tupl
     answer: list[str] = []
     chunks = app(environ, lambda status, _headers: answer.append(status))
     return int(answer[0].split()[0]), b"".join(chunks)
-
-
-@contextmanager
-def polling(pollers: list[MailboxPoller]) -> Iterator[None]:
-    """Run ``pollers`` on an event loop of their own until the block ends, then stop them."""
-
-    async def poll() -> None:
-        try:
-            await asyncio.gather(*(poller.arun() for poller in pollers))
-        finally:
-            for poller in pollers:
-                await poller.aclose()
-
-    thread = threading.Thread(target=asyncio.run, args=(poll(),), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        for poller in pollers:
-            poller.stop()
-        thread.join()

@@ -25,7 +25,8 @@ import flnotify.receiving
 from flnotify import Receiver, Signer, TrainingState, generate_secret
 from flnotify.mailbox import MAILBOX_ENDPOINT, Mailbox, MailboxApp, MailboxDispatcher
 from flnotify.receiving import Reply
-from helpers.mailbox_env import asgi_server, polling
+from flnotify.testing import polling
+from helpers.mailbox_env import asgi_server
 
 FIRST_SERVER = """
 import json, sys, uuid
