@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from uuid import UUID
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from flnotify import Receiver, ReceiverLike, Signer, generate_secret
@@ -406,3 +408,24 @@ def test_one_minimum_length_for_given_and_generated_secrets() -> None:
     with pytest.raises(ConfigurationError) as generated:
         generate_secret(23)
     assert str(given.value) == str(generated.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.binary(min_size=24, max_size=200),
+    msg_id=st.text(min_size=1, max_size=40),
+    timestamp=st.integers(min_value=0, max_value=2**40),
+    body=st.binary(max_size=300),
+)
+def test_signatures_are_hmac_sha256_for_any_key_length(
+    key: bytes, msg_id: str, timestamp: int, body: bytes
+) -> None:
+    # The signer keeps HMAC's keyed hash states and copies them per message; keys longer
+    # than SHA-256's block are hashed first, as RFC 2104 says. Both signing paths agree
+    # with the standard library's hmac for every key length.
+    secret = "whsec_" + base64.b64encode(key).decode()
+    signer = Signer(secret)
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert signer.signature(msg_id, timestamp, body) == expected
+    assert signer.prepared(body)(msg_id, str(timestamp), None) == expected
