@@ -54,6 +54,7 @@ from ._types import HttpResponse, Outcome, ReceiverLike
 from .endpoints import EndpointPolicy
 from .health import CircuitBreaker, healthy_answer
 from .signing import Signer
+from .transports._base import header_lines
 
 __all__ = [
     "Core",
@@ -321,46 +322,41 @@ class Core:
         """
         return self._plain_retry and not self._watch and not self._extra
 
-    @property
-    def user_agent(self) -> str:
-        """The ``User-Agent`` of every attempt."""
-        return self._user_agent
+    def shared_headers(self) -> dict[str, str]:
+        """The headers every first attempt of a driven send shares (sent once per send)."""
+        return {"content-type": "application/json", "user-agent": self._user_agent}
 
-    def own_headers(self) -> Callable[[str, str, ReceiverLike], tuple[tuple[str, str], ...]]:
-        """``own(message_id, timestamp, receiver)``: a first attempt's per-receiver headers.
+    def own_lines(self) -> Callable[[str, str, ReceiverLike], str]:
+        """``own(message_id, timestamp, receiver)``: a first attempt's own header lines.
 
         ``webhook-id``, ``webhook-timestamp`` and the signature, as
-        [`request`][flnotify._attempt.Core.request] makes them; the signer's per-send work
-        (the body, its keys' state) is done once, here.
+        [`request`][flnotify._attempt.Core.request] makes them, as checked ``Name: value``
+        lines, each ending in CRLF (a driving transport writes them as they are); the
+        signer's per-send work (the body, its keys' state) is done once, here. It raises
+        ``ValueError`` for what it cannot write as it is (a message id with a control
+        character, a signer's header a transport owns): the general path takes that one.
         """
         signer, body = self._signer, self.body
-        if signer is None:
-            return lambda message_id, timestamp, _: (
-                ("webhook-id", message_id),
-                ("webhook-timestamp", timestamp),
-            )
-        if type(signer).headers is not Signer.headers:  # its own headers: as in request()
-
-            def signed(
-                message_id: str, timestamp: str, receiver: ReceiverLike
-            ) -> tuple[tuple[str, str], ...]:
+        shared = tuple(self.shared_headers())
+        if signer is not None and type(signer).headers is not Signer.headers:
+            # a signer with headers of its own: as in request(), each line checked
+            def signed(message_id: str, timestamp: str, receiver: ReceiverLike) -> str:
                 headers = {"webhook-id": message_id, "webhook-timestamp": timestamp}
                 headers.update(signer.headers(message_id, int(timestamp), body, receiver))
-                return tuple(headers.items())
+                return header_lines(headers.items(), shared)
 
             return signed
-        sign = signer.prepared(body)
+        sign = None if signer is None else signer.prepared(body)
 
-        def own(
-            message_id: str, timestamp: str, receiver: ReceiverLike
-        ) -> tuple[tuple[str, str], ...]:
-            signature = sign(message_id, timestamp, receiver)
+        def own(message_id: str, timestamp: str, receiver: ReceiverLike) -> str:
+            if not message_id.isprintable():  # a given id with a control character
+                raise ValueError(message_id)
+            signature = None if sign is None else sign(message_id, timestamp, receiver)
             if signature is None:
-                return (("webhook-id", message_id), ("webhook-timestamp", timestamp))
+                return f"webhook-id: {message_id}\r\nwebhook-timestamp: {timestamp}\r\n"
             return (
-                ("webhook-id", message_id),
-                ("webhook-timestamp", timestamp),
-                ("webhook-signature", signature),
+                f"webhook-id: {message_id}\r\nwebhook-timestamp: {timestamp}\r\n"
+                f"webhook-signature: {signature}\r\n"
             )
 
         return own

@@ -891,7 +891,7 @@ class _Lane:
         assert began is not None  # noqa: S101 - set by run()
         validate = engine.settings.policy.validate_url
         clock, wall = engine.seams.clock, engine.seams.wall_clock
-        own_headers = core.own_headers()
+        own_lines = core.own_lines()
         diverted = self.diverted
         stamp, stamped = -1, ""
         for index in push.fresh:
@@ -906,7 +906,7 @@ class _Lane:
                 now = int(wall())
                 if now != stamp:
                     stamp, stamped = now, str(now)
-                own = own_headers(ids[index], stamped, receiver)
+                own = own_lines(ids[index], stamped, receiver)
             except Exception:  # the general flow fails it with the right error
                 diverted.append(index)
                 continue
@@ -935,7 +935,7 @@ class _Lane:
         push, send = self.push, self.send
         core = send.core
         send.lane_began = array("d", [math.nan]) * len(send.receivers)
-        headers = {"content-type": "application/json", "user-agent": core.user_agent}
+        headers = core.shared_headers()
         try:
             await self.transport.drive(core.body, headers, self.jobs(), self.done, push.count)
         except asyncio.CancelledError:

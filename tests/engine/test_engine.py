@@ -441,3 +441,79 @@ def test_an_async_lookup_cannot_sign_a_single_request_by_itself() -> None:
     receiver = Receiver(uuid.uuid4(), "http://x.example/")
     with pytest.raises(flnotify.errors.ConfigurationError, match="resolved once per send"):
         signer.headers("msg_1", 1, b"{}", receiver)
+
+
+class _PathRecorder:
+    """A driving transport that says which path each POST took: the lane's or apost."""
+
+    bounds_attempts = True
+
+    def __init__(self) -> None:
+        self.driven: list[tuple[str, str]] = []  # (url, own lines) of each lane job
+        self.posted: list[tuple[str, dict[str, str]]] = []
+
+    async def apost(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
+        for name, value in headers.items():
+            if any(c in value for c in "\r\n"):
+                raise flnotify.errors.InvalidURLError(
+                    f"header {name!r}: control character", url=url
+                )
+        self.posted.append((url, dict(headers)))
+        return HttpResponse(202)
+
+    async def drive(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        jobs: Iterator[Job],
+        done: Done,
+        concurrency: int,
+    ) -> None:
+        for url, own, token in jobs:
+            self.driven.append((url, own))
+            done(token, HttpResponse(202), None)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _lane_send(
+    transport: _PathRecorder, message_ids: list[str], signer: flnotify.Signer | None = None
+) -> flnotify.DeliveryReport:
+    clients = [Receiver(uuid.uuid4(), f"http://lane.example/{i}") for i in range(len(message_ids))]
+    notification = flnotify.TrainingStartNotification(
+        receivers=clients, body=flnotify.GlobalModelBody(uuid.uuid4()), training_uuid=uuid.uuid4()
+    )
+    with flnotify.Notifier(transport=transport, signer=signer) as notifier:
+        return notifier.send(notification, message_ids=message_ids)
+
+
+def test_the_lane_writes_checked_header_lines_and_leaves_a_bad_message_id_to_the_general_path() -> (
+    None
+):
+    transport = _PathRecorder()
+    report = _lane_send(transport, ["msg_ok", "msg_bad\r\nx-injected: 1"])
+    assert [url for url, _ in transport.driven] == ["http://lane.example/0"]
+    own = transport.driven[0][1]
+    assert own.startswith("webhook-id: msg_ok\r\nwebhook-timestamp: ")
+    assert own.endswith("\r\n")
+    assert own.count("\r\n") == 2  # unsigned: the id and the timestamp
+    # the general path fails it with the transport's typed error; nothing was injected
+    bad = report.deliveries[1]
+    assert bad.outcome is Outcome.FAILED
+    assert isinstance(bad.error, flnotify.errors.InvalidURLError)
+    assert transport.posted == []
+
+
+def test_a_signer_header_the_transport_owns_sends_that_receiver_the_general_way() -> None:
+    class Hosting(flnotify.Signer):
+        def headers(
+            self, msg_id: str, timestamp: int, body: bytes, receiver: object = None
+        ) -> dict[str, str]:
+            return {**super().headers(msg_id, timestamp, body), "Host": "elsewhere"}
+
+    transport = _PathRecorder()
+    report = _lane_send(transport, ["msg_a", "msg_b"], Hosting(flnotify.generate_secret()))
+    assert [d.outcome for d in report] == [Outcome.DELIVERED] * 2
+    assert transport.driven == []  # never written as a lane line: apost drops owned names
+    assert [headers["webhook-id"] for _, headers in transport.posted] == ["msg_a", "msg_b"]

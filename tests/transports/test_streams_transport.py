@@ -22,6 +22,7 @@ import flnotify
 import flnotify.errors
 from flnotify import Timeouts
 from flnotify.transports import DEFAULT_MAX_RESPONSE_BYTES, AsyncTransport
+from flnotify.transports._base import header_lines, headers_of
 from helpers.servers import FaultServer, SinkServer, refused_url
 
 pytest.importorskip("httptools")
@@ -806,7 +807,7 @@ def drive_all(
         assert token not in outcomes, "a job reported twice"
         outcomes[token] = (response, exc)
 
-    jobs = iter([(url, (("webhook-id", f"msg_{i}"),), i) for i, url in enumerate(urls)])
+    jobs = iter([(url, f"webhook-id: msg_{i}\r\n", i) for i, url in enumerate(urls)])
 
     async def main() -> None:
         try:
@@ -840,3 +841,27 @@ def test_drive_refuses_a_bad_url_before_any_io_and_goes_on() -> None:
     assert isinstance(outcomes[0][1], flnotify.errors.InvalidURLError)
     assert outcomes[1][0].status_code == 202
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Host", "x"),
+        ("content-length", "1"),
+        ("bad name", "x"),
+        ("x-a", "1\r\nx-b: 2"),
+        ("x-a", "\x00"),
+    ],
+)
+def test_header_lines_refuse_what_a_job_may_not_write(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=repr(name)):
+        header_lines([(name, value)])
+
+
+def test_header_lines_refuse_a_shared_name_and_read_back_as_written() -> None:
+    with pytest.raises(ValueError, match="User-Agent"):
+        header_lines([("User-Agent", "x")], ("user-agent",))
+    pairs = [("webhook-id", "msg_1"), ("x-empty", ""), ("x-colon", "a: b\tc")]
+    lines = header_lines(pairs)
+    assert lines == "webhook-id: msg_1\r\nx-empty: \r\nx-colon: a: b\tc\r\n"
+    assert headers_of(lines) == dict(pairs)

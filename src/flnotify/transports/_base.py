@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import re
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Final, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -34,6 +35,7 @@ T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "OWNED_HEADERS",
     "AsyncTransport",
     "Done",
     "DrivingTransport",
@@ -44,9 +46,13 @@ __all__ = [
     "Timeouts",
     "Transport",
     "TransportCapabilities",
+    "bad_value_char",
     "capabilities",
     "checked_addresses",
     "drive_each",
+    "header_lines",
+    "headers_of",
+    "is_token",
     "tried_addresses",
     "within",
 ]
@@ -78,8 +84,64 @@ class AsyncTransport(Protocol):
         ...
 
 
-Job = tuple[str, tuple[tuple[str, str], ...], Any]
-"""One request of a driven fan-out: URL, its own headers (beyond the shared ones), a token."""
+is_token: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+"""Whether a string is an HTTP token (a valid header name)."""
+
+bad_value_char: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]").search
+"""The first control character other than horizontal tab (none may appear in a value)."""
+
+OWNED_HEADERS: Final = frozenset(
+    {
+        "connection",
+        "content-length",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+"""Framing and connection management belong to the transport; callers' values are ignored."""
+
+
+def header_lines(headers: Iterable[tuple[str, str]], shared: Iterable[str] = ()) -> str:
+    """``Name: value`` lines (each ending in CRLF) of a job's own headers, each checked.
+
+    Raises:
+        ValueError: A name is not a token, is one the transport owns or one of the
+            ``shared`` names (lower case) already sent, or a value has a control character.
+    """
+    taken = OWNED_HEADERS.union(shared)
+    lines = []
+    for name, value in headers:
+        if not is_token(name) or name.lower() in taken:
+            msg = f"header {name!r} cannot be one of a job's own headers"
+            raise ValueError(msg)
+        if bad_value_char(value):
+            msg = f"header {name!r} contains a control character"
+            raise ValueError(msg)
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines)
+
+
+def headers_of(lines: str) -> dict[str, str]:
+    """The headers of a job's own lines (``Name: value`` each, as ``header_lines`` makes)."""
+    headers = {}
+    for line in lines.split("\r\n"):
+        if line:
+            name, _, value = line.partition(": ")
+            headers[name] = value
+    return headers
+
+
+Job = tuple[str, str, Any]
+"""One request of a driven fan-out: URL, its own header lines, a token.
+
+The lines (``Name: value`` each, ending in CRLF, beyond the shared headers) are written as they
+are: whoever builds a job has checked them (see [`header_lines`][]).
+"""
 
 Done = Callable[[Any, Any, "Exception | None"], None]
 """Called once per job: ``(token, response, None)`` or ``(token, None, exception)``."""
@@ -120,7 +182,7 @@ async def drive_each(
     async def work() -> None:
         for url, own, token in jobs:
             try:
-                response = await apost(url, body, {**headers, **dict(own)})
+                response = await apost(url, body, {**headers, **headers_of(own)})
             except Exception as exc:  # the engine judges it as it would from apost
                 done(token, None, exc)
             else:

@@ -47,12 +47,15 @@ from .._exceptions import (
 from .._version import __version__
 from ._base import (
     DEFAULT_MAX_RESPONSE_BYTES,
+    OWNED_HEADERS,
     Done,
     HttpResponse,
     Job,
     Timeouts,
+    bad_value_char,
     checked_addresses,
     drive_each,
+    is_token,
     tried_addresses,
 )
 from ._tls import TLSConfig, TLSFor, refused_handshake, tls_context
@@ -81,25 +84,7 @@ _SIMPLE_URL: Final = re.compile(
 # Any other: scheme://authority, then the rest up to a fragment. origin() checks the first part.
 _URL_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*)([^#]*)", re.DOTALL)
 _TARGET_SAFE: Final = "/?:@!$&'()*+,;=-._~%"
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
-# Control characters other than horizontal tab may not appear in a field value.
-_BAD_VALUE_CHARS: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]").search
-
 _USER_AGENT: Final = "User-Agent: "
-# Framing and connection management belong to the transport; callers' values are ignored.
-_OWNED_HEADERS: Final = frozenset(
-    {
-        "connection",
-        "content-length",
-        "host",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 
 
 def _default_user_agent() -> str:
@@ -859,7 +844,7 @@ class _LoopState:
 
     def origin(self, prefix: str, url: str) -> _Origin:
         """Parse and check ``scheme://authority`` once; cache its pool and head lines."""
-        if _BAD_VALUE_CHARS(prefix) or " " in prefix or "\t" in prefix or "\\" in prefix:
+        if bad_value_char(prefix) or " " in prefix or "\t" in prefix or "\\" in prefix:
             raise InvalidURLError(f"invalid characters in URL {url!r}", url=url)
         try:
             parts = urlsplit(prefix)
@@ -1026,10 +1011,9 @@ class _Driver:
                 origin = origins.get(prefix)
                 if origin is None:
                     origin = state.origin(prefix, url)
-                parts = ["POST ", target, " HTTP/1.1\r\n", origin.lines]
-                parts += self._settings._lines(own, url)
                 try:
-                    data = "".join(parts).encode("latin-1") + self._tail
+                    head = f"POST {target} HTTP/1.1\r\n{origin.lines}{own}"
+                    data = head.encode("latin-1") + self._tail
                 except UnicodeEncodeError as exc:
                     msg = f"request head not encodable as Latin-1: {exc.reason}"
                     raise InvalidURLError(msg, url=url) from exc
@@ -1140,7 +1124,7 @@ def _check_non_negative(_: object, attribute: attrs.Attribute[Any], value: float
 
 
 def _check_user_agent(_: object, __: object, value: str) -> None:
-    if _BAD_VALUE_CHARS(value):
+    if bad_value_char(value):
         msg = f"user_agent {value!r} contains control characters"
         raise ConfigurationError(msg)
 
@@ -1319,7 +1303,8 @@ class StreamTransport(AsyncClosing):
     ) -> None:
         """POST ``body`` for every job, at most ``concurrency`` at once (a send's fast lane).
 
-        The shared ``headers`` are checked and encoded once; each job adds its own lines.
+        The shared ``headers`` are checked and encoded once; each job adds its own lines
+        (checked by whoever made the job).
         A connection's protocol writes the next job's request itself when a response
         completes: no future, coroutine or task switch per request, only when a new
         connection must be opened. Each outcome goes to ``done`` as ``apost`` would have
@@ -1339,20 +1324,17 @@ class StreamTransport(AsyncClosing):
         tail = ("".join(shared) + f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
         await _Driver(self, state, tail, jobs, done, concurrency).run()
 
-    def _lines(
-        self, headers: Mapping[str, str] | tuple[tuple[str, str], ...], url: str
-    ) -> list[str]:
+    def _lines(self, headers: Mapping[str, str], url: str) -> list[str]:
         """The head lines of caller headers (owned ones dropped), checked."""
         parts: list[str] = []
         names = self._names
-        items = headers.items() if isinstance(headers, Mapping) else headers
-        for name, value in items:
+        for name, value in headers.items():
             line = names.get(name)
             if line is None:
                 line = self._header_line(name, url)
             if not line:
                 continue
-            if not value.isprintable() and _BAD_VALUE_CHARS(value):
+            if not value.isprintable() and bad_value_char(value):
                 raise InvalidURLError(f"header {name!r} contains a control character", url=url)
             parts += (line, value, "\r\n")
         return parts
@@ -1394,10 +1376,10 @@ class StreamTransport(AsyncClosing):
 
     def _header_line(self, name: str, url: str) -> str:
         """``"Name: "`` for a caller's header, or ``""`` for names the transport owns."""
-        if not _TOKEN(name):
+        if not is_token(name):
             raise InvalidURLError(f"invalid header name {name!r}", url=url)
         lower = name.lower()
-        if lower in _OWNED_HEADERS:
+        if lower in OWNED_HEADERS:
             line = ""
         elif lower == "user-agent":
             line = _USER_AGENT
