@@ -865,3 +865,17 @@ def test_header_lines_refuse_a_shared_name_and_read_back_as_written() -> None:
     lines = header_lines(pairs)
     assert lines == "webhook-id: msg_1\r\nx-empty: \r\nx-colon: a: b\tc\r\n"
     assert headers_of(lines) == dict(pairs)
+
+
+def test_drive_hands_a_completed_connection_to_the_next_job_of_its_origin_only() -> None:
+    # Jobs alternate between two origins, one at a time: one connection per origin, each
+    # reused; a "Connection: close" answer makes the next job of that origin open a new one.
+    with FaultServer(ports=2) as server:
+        a, b = server.url("/status/202", index=0), server.url("/status/202", index=1)
+        closing = server.url("/keepalive-close", index=0)
+        urls = [a, b, a, b, closing, a, b, a]
+        outcomes = drive_all(StreamTransport(timeouts=Timeouts(total=5.0)), urls, 1)
+        opened = server.connections_opened
+    assert sorted(outcomes) == list(range(len(urls)))
+    assert [outcomes[i][0].status_code for i in range(len(urls))] == [202] * len(urls)
+    assert opened == 3  # origin a, origin b, and a again after the close

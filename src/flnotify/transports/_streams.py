@@ -991,13 +991,20 @@ class _Driver:
                 conn.handler = None
                 conn._pool.discard(conn)
 
-    def _pump(self) -> None:
-        """Start jobs until ``limit`` are in flight or none is left."""
+    def _pump(self, free: _Connection | None = None) -> None:
+        """Start jobs until ``limit`` are in flight or none is left.
+
+        ``free`` is the connection whose response just completed, not yet back in its pool:
+        when the next job goes to the same origin it carries that job at once (what
+        releasing it and taking the pool's newest idle connection would do).
+        """
         jobs, state, loop = self._jobs, self._state, self._loop
         origins = state.origins
         while self.in_flight < self._limit and not self._stopped:
             job = next(jobs, None)
             if job is None:
+                if free is not None:
+                    free._pool.release(free)
                 if self.in_flight == 0 and not self._ended.done():
                     self._ended.set_result(None)
                 return
@@ -1022,13 +1029,23 @@ class _Driver:
                 continue
             self.in_flight += 1
             pool = origin.pool
-            conn = pool.take_idle() if pool.idle else None
+            conn: _Connection | None
+            if free is not None and free._pool is pool:
+                conn, free = free, None
+                conn.reused = True
+            else:
+                if free is not None:
+                    free._pool.release(free)
+                    free = None
+                conn = pool.take_idle() if pool.idle else None
             if conn is None:
                 task = loop.create_task(self._open(pool, url, data, token))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
                 self._send(conn, pool, url, data, token, loop.time() + pool.total_timeout, True)
+        if free is not None:  # stopped, or enough in flight: back to its pool
+            free._pool.release(free)
 
     def _send(
         self,
@@ -1081,9 +1098,20 @@ class _Driver:
             pool.discard(conn)
             return
         if type(outcome) is HttpResponse:
-            pool.release(conn)
             self.in_flight -= 1
             self._report(token, outcome, None)
+            transport = conn.transport
+            if (
+                conn.keep_alive
+                and not conn.lost
+                and transport is not None
+                and not transport.is_closing()
+                and not pool.closed
+                and not pool.waiters
+            ):
+                self._pump(conn)  # the next job, if to the same origin, takes it at once
+                return
+            pool.release(conn)
         elif (
             again
             and conn.reused
