@@ -365,16 +365,18 @@ class Core:
         self, receiver: ReceiverLike, message_id: str, status: int, started: float
     ) -> Delivery:
         """The DELIVERED outcome of a first attempt the driver ran (see ``plain``)."""
-        delivery = Delivery(
-            receiver=receiver,
-            notification=self.notification,
-            outcome=Outcome.DELIVERED,
-            message_id=message_id,
-            attempts=1,
-            elapsed=self._clock() - started,
-            status_code=status,
-            send_id=self.send_id,
-            send_size=self.send_size,
+        delivery = Delivery(  # positional: the fast lane makes one per receiver
+            receiver,
+            self.notification,
+            Outcome.DELIVERED,
+            message_id,
+            1,  # attempts
+            self._clock() - started,  # elapsed
+            status,  # status_code
+            None,  # error
+            None,  # response
+            self.send_id,
+            self.send_size,
         )
         if self._tell:
             self._hooks.outcome(delivery)

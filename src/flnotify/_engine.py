@@ -917,18 +917,13 @@ class _Lane:
         send = self.send
         if send.results[index] is not None or send.expired:
             return
-        began = cast("array[float]", send.lane_began)[index]
-        if (
-            exc is None
-            and type(response) is HttpResponse
-            and type(response.status_code) is int
-            and 200 <= response.status_code < 300
-        ):
-            delivery = send.core.delivered(
-                send.receivers[index], send.message_ids[index], response.status_code, began
-            )
-            send.record(index, delivery)
-            return
+        if exc is None and type(response) is HttpResponse:
+            status = response.status_code
+            if type(status) is int and 200 <= status < 300:
+                began = cast("array[float]", send.lane_began)[index]
+                receiver, message_id = send.receivers[index], send.message_ids[index]
+                send.record(index, send.core.delivered(receiver, message_id, status, began))
+                return
         self.push.judged(index, send.receivers[index].message_endpoint, response, exc)
 
     async def run(self) -> None:
