@@ -5,6 +5,7 @@ Usage (from the project root, with the bench and uvloop extras installed)::
     python bench/ceiling.py                      # 10,000 receivers, 7 alternating runs
     python bench/ceiling.py --size 100000 --reps 3
     python bench/ceiling.py --no-write           # print the table, leave docs/ alone
+    python bench/ceiling.py --no-io              # no I/O: each client's own work alone
 
 Same sink as ``bench/fanout.py`` (nginx answering ``202`` on 100 loopback ports; a
 pure-Python sink without nginx, and the output says so). Each measurement runs in a fresh
@@ -26,6 +27,11 @@ subprocess; peers alternate within each repetition. Rows:
 The table shows each rate (median) as a ratio to the asyncio ceiling and to the floor of
 the same loop, and the client's CPU time per delivery (lowest of the runs). Results go to
 stdout and into docs/benchmarks.md between the ``ceiling:begin``/``ceiling:end`` markers.
+
+With ``--no-io`` no sink runs: each connection answers every request with nginx's 202
+from memory on the next loop iteration, so the CPU column is each client's own work
+(Python and the event loop), without the kernel's share, which on a shared machine moves
+with the load; its table goes between the ``ceiling-no-io`` markers.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -52,6 +59,7 @@ HOST = fanout.HOST
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- ceiling:begin -->", "<!-- ceiling:end -->"
+NO_IO_BEGIN, NO_IO_END = "<!-- ceiling-no-io:begin -->", "<!-- ceiling-no-io:end -->"
 SECRET = "whsec_" + base64.b64encode(b"a shared secret of 32 bytes.....").decode()
 KEY = base64.b64decode(SECRET.removeprefix("whsec_"))
 BODY = fanout.BODY
@@ -236,7 +244,64 @@ PEERS = {
 }
 
 
-def worker_main(peer: str, size: int, ports: list[int]) -> None:
+# -- no I/O: the client's own work alone ------------------------------------------------------
+
+NGINX_202 = (
+    b"HTTP/1.1 202 Accepted\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 06:40:00 GMT\r\n"
+    b"Content-Type: text/html\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+)
+
+
+class _MemoryConnection(asyncio.Transport):
+    """A connection that answers each request with nginx's 202 on the next loop iteration."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self._loop = loop
+        self._protocol = protocol
+        self._closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._loop.call_soon(self._protocol.data_received, NGINX_202)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._loop.call_soon(self._protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _in_memory(loop: Any) -> Any:
+    """``loop`` with ``create_connection`` answering from memory (any loop class)."""
+
+    async def create_connection(factory: Callable[[], Any], *_: Any, **__: Any) -> Any:
+        protocol = factory()
+        transport = _MemoryConnection(loop, protocol)
+        protocol.connection_made(transport)
+        return transport, protocol
+
+    loop.create_connection = create_connection
+    return loop
+
+
+def worker_main(peer: str, size: int, ports: list[int], no_io: bool = False) -> None:
     """Run one peer once; print elapsed, CPU, delivered and peak RSS as one JSON line."""
     fanout.preimport("notifier")
     fn = PEERS[peer][1]
@@ -246,9 +311,15 @@ def worker_main(peer: str, size: int, ports: list[int]) -> None:
     if peer.endswith("-uvloop"):
         import uvloop
 
-        runner: Callable[[Any], int] = uvloop.run
+        new_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     else:
-        runner = asyncio.run
+        new_loop = asyncio.new_event_loop
+
+    def runner(coroutine: Any) -> int:
+        loop = new_loop()
+        with asyncio.Runner(loop_factory=lambda: _in_memory(loop) if no_io else loop) as run:
+            return int(run.run(coroutine))
+
     cpu = time.process_time()
     start = time.perf_counter()
     delivered = runner(fn(arg))
@@ -276,18 +347,24 @@ def run_child(args: list[str], timeout: float) -> dict[str, Any]:
 def measure(args: argparse.Namespace) -> str:
     ports = fanout.free_ports(fanout.ORIGINS)
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    with fanout.sink(args.sink, ports) as description:
-        fanout.wait_listening(ports)
+    sink = contextlib.nullcontext(NO_IO) if args.no_io else fanout.sink(args.sink, ports)
+    with sink as description:
+        if not args.no_io:
+            fanout.wait_listening(ports)
         for rep in range(args.reps):
             order = list(PEERS) if rep % 2 == 0 else list(reversed(PEERS))  # alternate
             for peer in order:
-                result = run_child(
-                    ["--worker", peer, "--size", str(args.size), "--ports", json.dumps(ports)],
-                    timeout=600,
-                )
+                worker = ["--worker", peer, "--size", str(args.size), "--ports", json.dumps(ports)]
+                result = run_child(worker + (["--no-io"] if args.no_io else []), timeout=600)
                 runs[peer].append(result)
                 print(f"  {peer:16} {result}", file=sys.stderr)
     return table(args, description, runs)
+
+
+NO_IO = (
+    "none: no I/O, every request answered with nginx's 202 from memory on the next loop "
+    "iteration, so the CPU column is the client's own work (Python and the event loop)"
+)
 
 
 def table(args: argparse.Namespace, sink: str, runs: dict[str, list[dict[str, Any]]]) -> str:
@@ -326,12 +403,12 @@ def table(args: argparse.Namespace, sink: str, runs: dict[str, list[dict[str, An
     return "\n".join(lines) + "\n"
 
 
-def write_docs(text: str) -> None:
+def write_docs(text: str, begin: str = BEGIN, end: str = END) -> None:
     doc = DOCS.read_text()
-    block = f"{BEGIN}\n{text}{END}"
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + block + rest.split(END, 1)[1]
+    block = f"{begin}\n{text}{end}"
+    if begin in doc and end in doc:
+        head, rest = doc.split(begin, 1)
+        doc = head + block + rest.split(end, 1)[1]
     else:
         doc = doc.rstrip("\n") + "\n\n## Against the ceiling and the floor\n\n" + block + "\n"
     DOCS.write_text(doc)
@@ -343,16 +420,19 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--sink", choices=("auto", "nginx", "python"), default="auto")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--no-io", action="store_true", help="answer from memory: the client's own work alone"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ports", help=argparse.SUPPRESS)
     args = parser.parse_args(None if argv is None else list(argv))
     if args.worker:
-        worker_main(args.worker, args.size, json.loads(args.ports))
+        worker_main(args.worker, args.size, json.loads(args.ports), args.no_io)
         return
     text = measure(args)
     print(text)
     if not args.no_write:
-        write_docs(text)
+        write_docs(text, *((NO_IO_BEGIN, NO_IO_END) if args.no_io else (BEGIN, END)))
 
 
 if __name__ == "__main__":
