@@ -316,9 +316,14 @@ def worker_main(peer: str, size: int, ports: list[int], no_io: bool = False) -> 
         new_loop = asyncio.new_event_loop
 
     def runner(coroutine: Any) -> int:
-        loop = new_loop()
-        with asyncio.Runner(loop_factory=lambda: _in_memory(loop) if no_io else loop) as run:
-            return int(run.run(coroutine))
+        loop = _in_memory(new_loop()) if no_io else new_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            return int(loop.run_until_complete(coroutine))
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
 
     cpu = time.process_time()
     start = time.perf_counter()
