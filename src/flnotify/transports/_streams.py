@@ -940,15 +940,24 @@ def _split_url(url: str) -> tuple[str, str, str]:
 
 
 class _Driver:
-    """One driven fan-out: pulls jobs as connections free up (see StreamTransport.drive)."""
+    """One driven fan-out: pulls jobs as connections free up (see StreamTransport.drive).
+
+    A job whose origin has no idle connection but this fan-out's jobs on some is parked
+    for that origin, and the next of those connections to complete carries it at once (no
+    task, future or pool waiter per job). A new connection is opened (in a task: the slow
+    start) only for an origin none of whose connections carries one of its jobs, or once
+    each of them has a parked job waiting, up to ``max_connections_per_origin``.
+    """
 
     __slots__ = (
+        "_busy",
         "_connections",
         "_done",
         "_ended",
         "_jobs",
         "_limit",
         "_loop",
+        "_parked",
         "_settings",
         "_state",
         "_stopped",
@@ -973,11 +982,14 @@ class _Driver:
         self._jobs = jobs
         self._done = done
         self._limit = limit
-        self.in_flight = 0
+        self.in_flight = 0  # jobs started and not reported, parked ones included
         self._stopped = False
         self._ended: asyncio.Future[None] = state.loop.create_future()
         self._connections: set[_Connection] = set()  # carrying a driven request
         self._tasks: set[asyncio.Task[None]] = set()  # opening connections
+        self._busy: dict[_Pool, int] = {}  # per origin: jobs on a connection or opening one
+        # per origin: jobs waiting for one of its busy connections (url, data, token, since)
+        self._parked: dict[_Pool, collections.deque[tuple[str, bytes, object, float]]] = {}
 
     async def run(self) -> None:
         try:
@@ -998,7 +1010,7 @@ class _Driver:
         when the next job goes to the same origin it carries that job at once (what
         releasing it and taking the pool's newest idle connection would do).
         """
-        jobs, state, loop = self._jobs, self._state, self._loop
+        jobs, state, loop, busy = self._jobs, self._state, self._loop, self._busy
         origins = state.origins
         while self.in_flight < self._limit and not self._stopped:
             job = next(jobs, None)
@@ -1038,12 +1050,19 @@ class _Driver:
                     free._pool.release(free)
                     free = None
                 conn = pool.take_idle() if pool.idle else None
-            if conn is None:
-                task = loop.create_task(self._open(pool, url, data, token))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            else:
+            if conn is not None:
+                busy[pool] = busy.get(pool, 0) + 1
                 self._send(conn, pool, url, data, token, loop.time() + pool.total_timeout, True)
+            else:
+                working = busy.get(pool, 0)
+                parked = self._parked.get(pool)
+                if working and (not parked or len(parked) < working or pool.size >= pool.limit):
+                    # a busy connection of ours takes it next: no task, no new connection
+                    if parked is None:
+                        parked = self._parked[pool] = collections.deque()
+                    parked.append((url, data, token, loop.time()))
+                else:  # more connections while each busy one has a job waiting, to the limit
+                    self._start_open(pool, url, data, token)
         if free is not None:  # stopped, or enough in flight: back to its pool
             free._pool.release(free)
 
@@ -1062,6 +1081,15 @@ class _Driver:
             url, data, hard_deadline, self._completed, (pool, token, data, hard_deadline, again)
         )
 
+    def _start_open(
+        self, pool: _Pool, url: str, data: bytes, token: object, hard_deadline: float | None = None
+    ) -> None:
+        if hard_deadline is None:  # a job of this origin more on its way to a connection
+            self._busy[pool] = self._busy.get(pool, 0) + 1
+        task = self._loop.create_task(self._open(pool, url, data, token, hard_deadline))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _open(
         self,
         pool: _Pool,
@@ -1079,8 +1107,8 @@ class _Driver:
             else:  # the once-only retry after a reused connection was found closed
                 conn, again = await pool.open(url), False
         except Exception as exc:
-            self.in_flight -= 1
-            self._report(token, None, exc)
+            self._ended_job(pool, token, None, exc)
+            self._resume_parked(pool)
             self._pump()
             return
         if self._stopped:
@@ -1098,8 +1126,7 @@ class _Driver:
             pool.discard(conn)
             return
         if type(outcome) is HttpResponse:
-            self.in_flight -= 1
-            self._report(token, outcome, None)
+            self._ended_job(pool, token, outcome, None)
             transport = conn.transport
             if (
                 conn.keep_alive
@@ -1109,7 +1136,16 @@ class _Driver:
                 and not pool.closed
                 and not pool.waiters
             ):
-                self._pump(conn)  # the next job, if to the same origin, takes it at once
+                parked = self._next_parked(pool)
+                if parked is None:
+                    self._pump(conn)  # the next job, if to the same origin, takes it at once
+                    return
+                url, data, token, _ = parked
+                conn.reused = True
+                self._busy[pool] += 1
+                now = self._loop.time()
+                self._send(conn, pool, url, data, token, now + pool.total_timeout, True)
+                self._pump()
                 return
             pool.release(conn)
         elif (
@@ -1120,15 +1156,40 @@ class _Driver:
         ):
             # a kept-alive connection closed just as it was reused: once on a new one, as apost
             pool.discard(conn, keep_slot=True)
-            task = self._loop.create_task(self._open(pool, conn._url, data, token, hard_deadline))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_open(pool, conn._url, data, token, hard_deadline)
             return
         else:
             pool.discard(conn)
-            self.in_flight -= 1
-            self._report(token, None, cast(TransportError, outcome))
+            self._ended_job(pool, token, None, cast(TransportError, outcome))
+        self._resume_parked(pool)
         self._pump()
+
+    def _ended_job(
+        self, pool: _Pool, token: object, response: HttpResponse | None, exc: Exception | None
+    ) -> None:
+        self.in_flight -= 1
+        self._busy[pool] -= 1
+        self._report(token, response, exc)
+
+    def _next_parked(self, pool: _Pool) -> tuple[str, bytes, object, float] | None:
+        """The next job parked for ``pool``; those that waited too long fail as apost's would."""
+        parked = self._parked.get(pool)
+        limit = self._state.settings.timeouts.pool
+        while parked:
+            job = parked.popleft()
+            if limit is None or self._loop.time() - job[3] <= limit:
+                return job
+            self.in_flight -= 1
+            msg = f"timed out after {limit:g} s waiting for a free connection"
+            self._report(job[2], None, TransportTimeoutError(msg, url=job[0]))
+        return None
+
+    def _resume_parked(self, pool: _Pool) -> None:
+        """A connection of ``pool`` went without taking a parked job: one goes the slow way."""
+        job = self._next_parked(pool)
+        if job is not None and not self._stopped:
+            url, data, token, _ = job
+            self._start_open(pool, url, data, token)
 
     def _report(self, token: object, response: HttpResponse | None, exc: Exception | None) -> None:
         try:
