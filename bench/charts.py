@@ -100,14 +100,15 @@ def _is_chart(lines: list[str]) -> bool:
     return bool(lines) and lines[0].startswith("![") and "(img/bench-" in lines[0]
 
 
-def charted(text: str, name: str, column: str, images: Path = IMAGES) -> str:
+def charted(text: str, name: str, column: str, images: Path | None = IMAGES) -> str:
     """``text`` with an image line after each table that has ``column``; writes the SVGs.
 
     Args:
         text: Markdown with ``#### title`` headings above tables.
         name: The chart files' prefix (``bench-NAME-TITLE.svg``).
         column: The header of the ratio column to draw.
-        images: Where the SVG files go (``docs/img``).
+        images: Where the SVG files go (``docs/img``); ``None`` writes none (a run whose
+            tables do not go into the docs must not change their charts either).
     """
     lines = text.split("\n")
     out: list[str] = []
@@ -131,9 +132,10 @@ def charted(text: str, name: str, column: str, images: Path = IMAGES) -> str:
         if rows is None:
             continue
         file = f"bench-{name}-{_slug(title)}.svg"
-        images.mkdir(parents=True, exist_ok=True)
-        heading = f"{NAMES.get(name, name)}, {title}"
-        (images / file).write_text(svg(heading, column, rows), encoding="utf-8")
+        if images is not None:
+            images.mkdir(parents=True, exist_ok=True)
+            heading = f"{NAMES.get(name, name)}, {title}"
+            (images / file).write_text(svg(heading, column, rows), encoding="utf-8")
         image = f"![{title}: {column}](img/{file})"
         if lines[index : index + 1] == [""] and _is_chart(lines[index + 1 : index + 2]):
             index += 2  # the chart line of an earlier run: replaced

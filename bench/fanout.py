@@ -807,7 +807,8 @@ def measure(args: argparse.Namespace) -> None:
                 f"{statistics.median(r['rss_kb'] for r in good) / 1024:.0f} |"
             )
         out.append("")
-    text = charts.charted("\n".join(out), "fanout", "x limit")
+    images = None if args.no_write else charts.IMAGES
+    text = charts.charted("\n".join(out), "fanout", "x limit", images)
     print(text)
     if not args.no_write:
         write_docs(text)

@@ -900,7 +900,9 @@ def _measure(args: argparse.Namespace) -> None:
         "",
     ]
     text = "\n".join(head + [p + "\n" for p in parts]).rstrip() + "\n"
-    text = charts.charted(text, "mailbox", "x push to routers")
+    text = charts.charted(
+        text, "mailbox", "x push to routers", charts.IMAGES if args.write else None
+    )
     if args.write:
         write_docs(text, postgres=args.postgres)
         print(f"written to {DOCS.relative_to(ROOT)}", file=sys.stderr)

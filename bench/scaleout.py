@@ -398,7 +398,8 @@ def measure(args: argparse.Namespace) -> None:
                     print(f"  {size:>7,} rep {rep + 1} {row:<18} {shown}", file=sys.stderr)
     load_after = os.getloadavg()
     text = report(args, rows, sizes, results, info, sink_description, load_before, load_after)
-    text = charts.charted(f"{text}\n{NOTES}\n", "scaleout", "x in-process fast")
+    images = None if args.no_write else charts.IMAGES
+    text = charts.charted(f"{text}\n{NOTES}\n", "scaleout", "x in-process fast", images)
     print(text)
     if not args.no_write:
         write_docs(text)

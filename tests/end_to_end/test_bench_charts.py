@@ -86,3 +86,13 @@ def test_every_picture_a_page_shows_is_committed_and_loads_nothing() -> None:
         svg = (ROOT / "docs" / image).read_text(encoding="utf-8")
         ET.fromstring(svg)  # noqa: S314 - a committed file, well-formed
         assert not re.search(r"(?:href|src)=\"(?!#)|@import|<script", svg), image
+
+
+def test_a_run_that_writes_no_docs_draws_no_chart_files() -> None:
+    # bench scripts run with --no-write pass no directory: the committed chart of the same
+    # title stays as it is, though the text still names it
+    committed = ROOT / "docs" / "img" / "bench-fanout-1000-receivers.svg"
+    before = committed.read_bytes()
+    text = _charts().charted(TABLE, "fanout", "x limit", None)
+    assert "![1,000 receivers: x limit](img/bench-fanout-1000-receivers.svg)" in text
+    assert committed.read_bytes() == before
