@@ -34,6 +34,7 @@ from .._types import Outcome, Receiver
 __all__ = [
     "CLAIMS",
     "COLUMNS",
+    "FROM_2",
     "LEASES",
     "Claim",
     "NoOutboxError",
@@ -43,6 +44,7 @@ __all__ = [
     "OutboxQueue",
     "OutboxState",
     "OutboxStore",
+    "batches_of",
     "check_claim_args",
     "columns",
     "entry_from_row",
@@ -108,12 +110,16 @@ class Claim:
         lease_until: When the lease ends unless renewed (epoch seconds, outbox clock).
         entries: The claimed deliveries, in the order they were put.
         payloads: The encoded notification of each batch among the entries.
+        sizes: How many deliveries each batch among the entries holds (the size of
+            its send, as [`batch_size`][flnotify.outbox.OutboxQueue.batch_size] says),
+            read with the claim; a batch missing here is looked up with ``batch_size``.
     """
 
     token: str
     lease_until: float
     entries: tuple[OutboxEntry, ...]
     payloads: Mapping[str, str] = attrs.field(repr=False)
+    sizes: Mapping[str, int] = attrs.field(factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -222,6 +228,23 @@ class OutboxStore(OutboxQueue, OutboxOperations, Protocol):
 
 CLAIMS = "flnotify_outbox_claims"
 """The table of claims: one row a claim (its token and lease), which its deliveries name."""
+
+
+FROM_2 = (
+    # schema 2 counted a batch's deliveries on every claim: the count is kept with it
+    "ALTER TABLE flnotify_outbox_batches ADD COLUMN size integer NOT NULL DEFAULT 0",
+    "UPDATE flnotify_outbox_batches SET size = (SELECT COUNT(*) FROM flnotify_outbox AS o "
+    "WHERE o.batch_id = flnotify_outbox_batches.id)",
+)
+"""What makes tables of schema 2 schema 3's (the same statements on SQLite and PostgreSQL)."""
+
+
+def batches_of(read: Mapping[str, Sequence[Any]]) -> tuple[dict[str, str], dict[str, int]]:
+    """A claim's payloads and sizes from what its statement read: id -> [payload, size]."""
+    return (
+        {batch: payload for batch, (payload, _) in read.items()},
+        {batch: int(size) for batch, (_, size) in read.items()},
+    )
 
 
 def columns(lease: str) -> str:

@@ -27,11 +27,13 @@ from .._report import Delivery
 from .._validators import callable_or_none, of_type, positive
 from ._model import (
     COLUMNS,
+    FROM_2,
     LEASES,
     Claim,
     OutboxEntry,
     OutboxError,
     OutboxState,
+    batches_of,
     check_claim_args,
     columns,
     entry_from_row,
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresOutbox"]
 
-_SCHEMA_VERSION = "2"
+_SCHEMA_VERSION = "3"
 _QUEUE = LeaseQueue(LEASES, POSTGRES)
 _SCHEMA_LOCK = zlib.crc32(b"flnotify_outbox schema")  # serialises concurrent set-ups
 
@@ -56,7 +58,8 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox_meta (
 CREATE TABLE IF NOT EXISTS flnotify_outbox_batches (
     id text PRIMARY KEY,
     payload text NOT NULL,
-    created_at double precision NOT NULL
+    created_at double precision NOT NULL,
+    size integer NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS flnotify_outbox (
     seq bigserial PRIMARY KEY,
@@ -98,7 +101,8 @@ _CLAIM = _QUEUE.take_and_read(
     "SELECT (SELECT now FROM clock), "  # noqa: S608 - constants only
     f"(SELECT json_agg(json_build_array(seq, {columns('(SELECT now FROM clock) + %(lease)s')})) "
     "FROM taken), "
-    "(SELECT json_object_agg(b.id, b.payload) FROM flnotify_outbox_batches AS b "
+    "(SELECT json_object_agg(b.id, json_build_array(b.payload, b.size)) "
+    "FROM flnotify_outbox_batches AS b "
     "WHERE b.id IN (SELECT batch_id FROM taken))"
 )
 
@@ -109,8 +113,9 @@ _FROM_1 = (
     "WHERE state = 'claimed' AND claim_token IS NOT NULL GROUP BY claim_token "
     "ON CONFLICT DO NOTHING",
     "ALTER TABLE flnotify_outbox DROP COLUMN lease_until",
+    *FROM_2,
 )
-"""What makes tables of schema 1 (the lease on every delivery row) schema 2's."""
+"""What makes tables of schema 1 (the lease on every delivery row) schema 3's."""
 
 _FINISH = """
 UPDATE flnotify_outbox SET state = 'done'
@@ -147,7 +152,7 @@ def _prepare(conn: psycopg.Connection[Any]) -> None:
         version=_SCHEMA_VERSION,
         label="outbox",
         error=OutboxError,
-        upgrades={"1": _FROM_1},
+        upgrades={"1": _FROM_1, "2": FROM_2},
     )
 
 
@@ -235,8 +240,9 @@ class PostgresOutbox(Closing):
         batch_id, payload, rows = new_batch(self.codec, notification, message_ids)
         with self._transaction() as cur:
             cur.execute(
-                "INSERT INTO flnotify_outbox_batches (id, payload, created_at) VALUES (%s, %s, %s)",
-                (batch_id, payload, self._now(cur)),
+                "INSERT INTO flnotify_outbox_batches (id, payload, created_at, size) "
+                "VALUES (%s, %s, %s, %s)",
+                (batch_id, payload, self._now(cur), len(rows)),
             )
             with cur.copy(
                 "COPY flnotify_outbox (batch_id, receiver_id, message_endpoint, message_id) "
@@ -269,7 +275,7 @@ class PostgresOutbox(Closing):
         now, rows, payloads = row
         ordered = sorted(rows or (), key=lambda row: row[0])  # by seq: put order
         entries = tuple(entry_from_row(row[1:]) for row in ordered)
-        return Claim(token, float(now) + lease_seconds, entries, payloads or {})
+        return Claim(token, float(now) + lease_seconds, entries, *batches_of(payloads or {}))
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""
@@ -326,7 +332,7 @@ class PostgresOutbox(Closing):
     def batch_size(self, batch_id: str) -> int:
         """How many deliveries (receivers) one ``put`` stored: the size of that send."""
         with self._transaction() as cur:
-            cur.execute("SELECT COUNT(*) FROM flnotify_outbox WHERE batch_id = %s", (batch_id,))
+            cur.execute("SELECT size FROM flnotify_outbox_batches WHERE id = %s", (batch_id,))
             row = cur.fetchone()
         return 0 if row is None else int(row[0])
 

@@ -22,11 +22,13 @@ from .._sqlite import SQLiteConnection, fspath, set_up_durable_schema
 from .._validators import is_callable, of_type, positive
 from ._model import (
     COLUMNS,
+    FROM_2,
     LEASES,
     Claim,
     OutboxEntry,
     OutboxError,
     OutboxState,
+    batches_of,
     check_claim_args,
     entry_from_row,
     new_batch,
@@ -36,7 +38,7 @@ from ._model import (
 
 __all__ = ["Outbox"]
 
-_SCHEMA_VERSION = "2"
+_SCHEMA_VERSION = "3"
 _QUEUE = LeaseQueue(LEASES, SQLITE)
 
 _SCHEMA = """
@@ -47,7 +49,8 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox_meta (
 CREATE TABLE IF NOT EXISTS flnotify_outbox_batches (
     id TEXT PRIMARY KEY,
     payload TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS flnotify_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -88,7 +91,7 @@ _CLAIMED = f"""
 SELECT
     (SELECT json_group_array(json_array(seq, {COLUMNS})) FROM flnotify_outbox
         WHERE seq IN (SELECT value FROM json_each(:seqs))),
-    (SELECT json_group_object(id, payload) FROM flnotify_outbox_batches WHERE id IN (
+    (SELECT json_group_object(id, json_array(payload, size)) FROM flnotify_outbox_batches WHERE id IN (
         SELECT batch_id FROM flnotify_outbox WHERE seq IN (SELECT value FROM json_each(:seqs))))
 """  # noqa: S608 - constants only
 
@@ -105,8 +108,9 @@ _FROM_1 = (
     "SELECT claim_token, MAX(lease_until) FROM flnotify_outbox "
     "WHERE state = 'claimed' AND claim_token IS NOT NULL GROUP BY claim_token",
     "ALTER TABLE flnotify_outbox DROP COLUMN lease_until",
+    *FROM_2,
 )
-"""What makes a file of schema 1 (the lease on every delivery row) schema 2's."""
+"""What makes a file of schema 1 (the lease on every delivery row) schema 3's."""
 
 _FINISH = """
 UPDATE flnotify_outbox SET state = 'done'
@@ -170,7 +174,7 @@ class Outbox(Closing):
             version=_SCHEMA_VERSION,
             label="outbox",
             error=OutboxError,
-            upgrades={"1": _FROM_1},
+            upgrades={"1": _FROM_1, "2": FROM_2},
         )
 
     def close(self) -> None:
@@ -211,8 +215,9 @@ class Outbox(Closing):
         batch_id, payload, rows = new_batch(self.codec, notification, message_ids)
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO flnotify_outbox_batches (id, payload, created_at) VALUES (?, ?, ?)",
-                (batch_id, payload, self.clock()),
+                "INSERT INTO flnotify_outbox_batches (id, payload, created_at, size) "
+                "VALUES (?, ?, ?, ?)",
+                (batch_id, payload, self.clock(), len(rows)),
             )
             conn.execute(_PUT, {"batch": batch_id, "rows": outcome_json(rows)})
         return batch_id
@@ -244,8 +249,7 @@ class Outbox(Closing):
             rows, payloads = conn.execute(_CLAIMED, {"seqs": json.dumps(seqs)}).fetchone()
         ordered = sorted(json.loads(rows), key=lambda row: row[0])  # by seq: put order
         entries = tuple(entry_from_row(row[1:]) for row in ordered)
-        payloads = json.loads(payloads)
-        return Claim(token, until, entries, payloads)
+        return Claim(token, until, entries, *batches_of(json.loads(payloads)))
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""
@@ -312,10 +316,10 @@ class Outbox(Closing):
     def batch_size(self, batch_id: str) -> int:
         """How many deliveries (receivers) one ``put`` stored: the size of that send."""
         with self._transaction(write=False) as conn:
-            (n,) = conn.execute(
-                "SELECT COUNT(*) FROM flnotify_outbox WHERE batch_id = ?", (batch_id,)
+            row = conn.execute(
+                "SELECT size FROM flnotify_outbox_batches WHERE id = ?", (batch_id,)
             ).fetchone()
-        return int(n)
+        return 0 if row is None else int(row[0])
 
     def counts(self) -> dict[OutboxState, int]:
         """How many deliveries are in each state (every state present)."""
