@@ -193,6 +193,11 @@ class PostgresConnection:
                 msg = f"{self.label} {redacted(self.url)!r}: {exc}"
                 raise self.error(msg) from exc
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
     def close(self) -> None:
         """Close the connection; idempotent."""
         with self._lock:

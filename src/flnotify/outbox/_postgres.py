@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -138,12 +139,16 @@ WHERE state = 'done' AND outcome = 'failed'
 """
 
 
-def _prepare(conn: psycopg.Connection[Any]) -> None:
+def _prepare_outcomes(conn: psycopg.Connection[Any]) -> None:
     # A fresh outbox has no statistics yet, and the planner then joins a batch of outcomes
     # to its rows by a nested loop over both (rows x batch comparisons, 0.2 s for 500
     # outcomes); hash joins are right for every statement here. The setting belongs to
     # this connection only.
     conn.execute("SET enable_nestloop = off")
+
+
+def _prepare(conn: psycopg.Connection[Any]) -> None:
+    _prepare_outcomes(conn)
     set_up_schema(
         conn,
         lock=_SCHEMA_LOCK,
@@ -164,7 +169,11 @@ class PostgresOutbox(Closing):
     takes its rows with ``FOR UPDATE SKIP LOCKED``, so two dispatchers never hold the
     same row and never wait for each other. Every write is one transaction, committed
     (durable as the server's settings make it) when the call returns. One connection per
-    instance, used by one thread at a time; it is reopened after the server dropped it.
+    instance, used by one thread at a time, and a second one for outcomes
+    ([`record`][flnotify.outbox.PostgresOutbox.record],
+    [`finish`][flnotify.outbox.PostgresOutbox.finish]), opened when the first is recorded,
+    so that a dispatcher's outcomes are written while its next claim runs; each is
+    reopened after the server dropped it.
 
     Args:
         url: A libpq connection string or URL, e.g.
@@ -187,6 +196,8 @@ class PostgresOutbox(Closing):
     )
     connect_timeout: float = attrs.field(default=10.0, validator=positive, repr=False)
     _db: PostgresConnection = attrs.field(init=False, repr=False)
+    _outcomes: PostgresConnection | None = attrs.field(init=False, default=None, repr=False)
+    _opening: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._db = PostgresConnection.open(
@@ -206,6 +217,21 @@ class PostgresOutbox(Closing):
         """
         return self._db.cursor(self, single=single)
 
+    def _outcome_statement(self) -> AbstractContextManager[psycopg.Cursor[Any]]:
+        """A cursor for one statement on the outcomes' connection (opened on first use)."""
+        with self._opening:
+            if self._outcomes is None and not self._db.closed:
+                self._outcomes = PostgresConnection.open(
+                    self.url,
+                    who="PostgresOutbox",
+                    label="outbox",
+                    error=OutboxError,
+                    prepare=_prepare_outcomes,
+                    connect_timeout=self.connect_timeout,
+                )
+            db = self._db if self._outcomes is None else self._outcomes
+        return db.cursor(self, single=True)
+
     def _clock(self) -> float | None:
         """The ``now`` parameter of the statements: ``None`` reads the server's clock."""
         return None if self.clock is None else self.clock()
@@ -224,8 +250,11 @@ class PostgresOutbox(Closing):
             return self._now(cur)
 
     def close(self) -> None:
-        """Close the connection; idempotent."""
-        self._db.close()
+        """Close the connections; idempotent."""
+        with self._opening:
+            self._db.close()
+            if self._outcomes is not None:
+                self._outcomes.close()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -294,7 +323,7 @@ class PostgresOutbox(Closing):
         deliveries = list(deliveries)
         if not deliveries:
             return []
-        with self._transaction(single=True) as cur:
+        with self._outcome_statement() as cur:
             recorded = _QUEUE.settle(
                 prepared(cur),
                 holder=claim.token,
@@ -306,7 +335,7 @@ class PostgresOutbox(Closing):
 
     def finish(self, claim: Claim, message_ids: Iterable[str]) -> int:
         """Mark recorded deliveries done once their callbacks ran; how many were."""
-        with self._transaction(single=True) as cur:
+        with self._outcome_statement() as cur:
             cur.execute(_FINISH, {"ids": list(message_ids), "token": claim.token}, prepare=True)
             return cur.rowcount
 
