@@ -95,6 +95,7 @@ class SQLiteConnection:
             too (``"{label} {path!r}: ..."``) instead of passing through.
         busy: Makes the error raised instead, when wrapping, for a database that stayed
             busy or locked (see `is_busy`); ``error`` makes it if ``None``.
+        synchronous: The commit durability it was opened with (see `connect`).
     """
 
     path: str
@@ -103,6 +104,7 @@ class SQLiteConnection:
     wrap_errors: bool = attrs.field(repr=False)
     _conn: sqlite3.Connection | None = attrs.field(alias="conn", repr=False)
     busy: Callable[[str], FlnotifyError] | None = attrs.field(default=None, repr=False)
+    synchronous: str = attrs.field(default="FULL", repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     @classmethod
@@ -148,7 +150,7 @@ class SQLiteConnection:
             if isinstance(exc, sqlite3.Error):
                 raise error(f"cannot use {label} {path!r}: {exc}") from exc
             raise
-        return cls(path, label, error, wrap_errors, conn=conn, busy=busy)
+        return cls(path, label, error, wrap_errors, conn=conn, busy=busy, synchronous=synchronous)
 
     def close(self) -> None:
         """Close the connection; idempotent."""
@@ -158,12 +160,18 @@ class SQLiteConnection:
                 self._conn = None
 
     @contextlib.contextmanager
-    def transaction(self, owner: object, *, write: bool) -> Iterator[sqlite3.Connection]:
+    def transaction(
+        self, owner: object, *, write: bool, synced: bool = True
+    ) -> Iterator[sqlite3.Connection]:
         """One transaction (``BEGIN IMMEDIATE`` to write), committed unless the body raises.
 
         Args:
             owner: Named in the error if the connection is closed.
             write: Take the write lock at once.
+            synced: Commit as the connection was opened (``FULL``: on disk when this
+                returns); ``False``: at ``NORMAL``, without waiting for the disk (WAL: a
+                power cut or an OS crash may undo the last of such commits, a process
+                crash does not). Later synced commits make earlier ones durable too.
 
         Raises:
             ConfigurationError: The connection is closed.
@@ -174,6 +182,8 @@ class SQLiteConnection:
                 msg = f"{owner!r} is closed"
                 raise ConfigurationError(msg)
             try:
+                if not synced:
+                    conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield conn
@@ -189,6 +199,9 @@ class SQLiteConnection:
                     raise
                 make = self.busy if self.busy is not None and is_busy(exc) else self.error
                 raise make(f"{self.label} {self.path!r}: {exc}") from exc
+            finally:
+                if not synced:
+                    conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
 
 def set_up_durable_schema(

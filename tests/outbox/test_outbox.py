@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -83,6 +84,54 @@ def test_put_commits_every_delivery_before_anything_is_sent(db: str) -> None:
     assert [e.receiver for e in entries] == receivers(3)
     assert {e.state for e in entries} == {OutboxState.PENDING}
     assert {e.outcome for e in entries} == {None}
+
+
+def test_only_what_a_power_cut_may_undo_is_committed_without_waiting_for_the_disk(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """put and outcomes followed by callbacks commit at FULL; claims, leases and
+    outcomes with no callbacks at NORMAL, and the connection is FULL again after each."""
+    import sqlite3
+
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+
+    def commits() -> list[str]:
+        """The synchronous level of each write transaction since the last look."""
+        level, levels = "FULL", []
+        for statement in statements:
+            if statement.startswith("PRAGMA synchronous"):
+                level = statement.split("=")[1].strip()
+            elif statement == "BEGIN IMMEDIATE":
+                levels.append(level)
+        statements.clear()
+        assert level == "FULL"  # as the connection was opened
+        return levels
+
+    with Outbox(db) as outbox:
+        statements.clear()
+        outbox.put(start(receivers(4)))
+        assert commits() == ["FULL"]
+        claim = outbox.claim(2, lease_seconds=60)
+        assert commits() == ["NORMAL"]
+        outbox.renew(claim, 60)
+        assert commits() == ["NORMAL"]
+        first, second = deliveries_for(claim)
+        outbox.record(claim, [first], done=True)
+        assert commits() == ["NORMAL"]
+        outbox.record(claim, [second])  # callbacks follow: durable before they run
+        outbox.finish(claim, [second.message_id])
+        assert commits() == ["FULL", "FULL"]
+        outbox.release(outbox.claim(2, lease_seconds=60))
+        assert commits() == ["NORMAL", "NORMAL"]
+        assert outbox.counts()[OutboxState.DONE] == 2
 
 
 def test_put_refuses_what_could_not_be_sent(db: str) -> None:

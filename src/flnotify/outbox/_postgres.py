@@ -200,12 +200,15 @@ class PostgresOutbox(Closing):
     _opening: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        self._db = PostgresConnection.open(
+        self._db = self._connect(_prepare)
+
+    def _connect(self, prepare: Callable[[psycopg.Connection[Any]], None]) -> PostgresConnection:
+        return PostgresConnection.open(
             self.url,
             who="PostgresOutbox",
             label="outbox",
             error=OutboxError,
-            prepare=_prepare,
+            prepare=prepare,
             connect_timeout=self.connect_timeout,
         )
 
@@ -221,14 +224,7 @@ class PostgresOutbox(Closing):
         """A cursor for one statement on the outcomes' connection (opened on first use)."""
         with self._opening:
             if self._outcomes is None and not self._db.closed:
-                self._outcomes = PostgresConnection.open(
-                    self.url,
-                    who="PostgresOutbox",
-                    label="outbox",
-                    error=OutboxError,
-                    prepare=_prepare_outcomes,
-                    connect_timeout=self.connect_timeout,
-                )
+                self._outcomes = self._connect(_prepare_outcomes)
             db = self._db if self._outcomes is None else self._outcomes
         return db.cursor(self, single=True)
 

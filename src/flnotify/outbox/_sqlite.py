@@ -30,6 +30,7 @@ from ._model import (
     OutboxState,
     batches_of,
     check_claim_args,
+    columns,
     entry_from_row,
     new_batch,
     outcome_json,
@@ -89,10 +90,11 @@ DROP INDEX IF EXISTS flnotify_outbox_token;
 # queue for the GIL behind the event loop once per row.
 _CLAIMED = f"""
 SELECT
-    (SELECT json_group_array(json_array(seq, {COLUMNS})) FROM flnotify_outbox
+    (SELECT json_group_array(json_array(seq, {columns(":until")})) FROM flnotify_outbox
         WHERE seq IN (SELECT value FROM json_each(:seqs))),
-    (SELECT json_group_object(id, json_array(payload, size)) FROM flnotify_outbox_batches WHERE id IN (
-        SELECT batch_id FROM flnotify_outbox WHERE seq IN (SELECT value FROM json_each(:seqs))))
+    (SELECT json_group_object(id, json_array(payload, size)) FROM flnotify_outbox_batches
+        WHERE id IN (SELECT batch_id FROM flnotify_outbox
+            WHERE seq IN (SELECT value FROM json_each(:seqs))))
 """  # noqa: S608 - constants only
 
 _PUT = """
@@ -132,8 +134,12 @@ class Outbox(Closing):
     """Notifications waiting to be delivered, one row per receiver, in an SQLite file.
 
     Several processes of one machine may share the file (WAL mode; claims are made in
-    ``BEGIN IMMEDIATE`` transactions, so two never take the same row). Commits are
-    synchronous (``FULL``): what [`put`][flnotify.outbox.Outbox.put] returned is on disk.
+    ``BEGIN IMMEDIATE`` transactions, so two never take the same row). What
+    [`put`][flnotify.outbox.Outbox.put] returned is on disk (``synchronous=FULL``), and so
+    is an outcome recorded before its callbacks run, and their end. Claims, leases and
+    outcomes with no callbacks to follow are committed without waiting for the disk
+    (``NORMAL``): a power cut or an OS crash (not a process crash) may undo the last of
+    them, which costs a resend with the same ``webhook-id``, as a crash does anyway.
     For several hosts use [`PostgresOutbox`][flnotify.outbox.PostgresOutbox]. Use it as a
     context manager or call [`close`][flnotify.outbox.Outbox.close].
 
@@ -185,9 +191,15 @@ class Outbox(Closing):
         """The outbox clock: ``clock()``."""
         return self.clock()
 
-    def _transaction(self, *, write: bool = True) -> AbstractContextManager[sqlite3.Connection]:
-        """One transaction (``BEGIN IMMEDIATE`` to write); sqlite3 errors become OutboxError."""
-        return self._db.transaction(self, write=write)
+    def _transaction(
+        self, *, write: bool = True, synced: bool = True
+    ) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction (``BEGIN IMMEDIATE`` to write); sqlite3 errors become OutboxError.
+
+        ``synced=False`` for what a power cut may undo at the cost of a resend with the same
+        ``webhook-id`` only (claims, leases, outcomes with no callbacks to follow).
+        """
+        return self._db.transaction(self, write=write, synced=synced)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -238,7 +250,7 @@ class Outbox(Closing):
         """
         check_claim_args(limit, lease_seconds)
         token = secrets.token_hex(16)
-        with self._transaction() as conn:
+        with self._transaction(synced=False) as conn:
             now = self.clock()
             until = now + lease_seconds
             seqs = _QUEUE.take(
@@ -246,14 +258,15 @@ class Outbox(Closing):
             )
             if not seqs:
                 return Claim(token, until, (), {})
-            rows, payloads = conn.execute(_CLAIMED, {"seqs": json.dumps(seqs)}).fetchone()
+            read = {"seqs": json.dumps(seqs), "until": until}
+            rows, payloads = conn.execute(_CLAIMED, read).fetchone()
         ordered = sorted(json.loads(rows), key=lambda row: row[0])  # by seq: put order
         entries = tuple(entry_from_row(row[1:]) for row in ordered)
         return Claim(token, until, entries, *batches_of(json.loads(payloads)))
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""
-        with self._transaction() as conn:
+        with self._transaction(synced=False) as conn:
             return _QUEUE.renew(
                 conn.execute, holder=claim.token, lease=lease_seconds, now=self.clock()
             )
@@ -278,7 +291,7 @@ class Outbox(Closing):
         deliveries = list(deliveries)
         if not deliveries:
             return []
-        with self._transaction() as conn:
+        with self._transaction(synced=not done) as conn:
             recorded = _QUEUE.settle(
                 conn.execute,
                 holder=claim.token,
@@ -298,7 +311,7 @@ class Outbox(Closing):
 
     def release(self, claim: Claim) -> int:
         """Give back the claim's unfinished entries without waiting for the lease to end."""
-        with self._transaction() as conn:
+        with self._transaction(synced=False) as conn:
             return _QUEUE.release(conn.execute, holder=claim.token, now=self.clock())
 
     # -- reading and operating ---------------------------------------------------------
