@@ -9,10 +9,10 @@ import threading
 from collections.abc import Callable, Iterator
 
 import attrs
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
 from ._exceptions import ConfigurationError, FlnotifyError
-from ._schema import Upgrades, bring_up_to_date
+from ._schema import Schema, set_up
 
 __all__ = [
     "SQLiteConnection",
@@ -204,40 +204,25 @@ class SQLiteConnection:
                     conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
 
-def set_up_durable_schema(
-    conn: sqlite3.Connection,
-    path: str,
-    *,
-    schema: str,
-    meta_table: str,
-    version: str,
-    label: str,
-    error: Callable[[str], FlnotifyError],
-    upgrades: Upgrades | None = None,
-) -> None:
+def set_up_durable_schema(conn: sqlite3.Connection, path: str, **spec: Unpack[Schema]) -> None:
     """Set up a store whose commits are durable: the outbox's and the mailbox's.
 
     The connection is [`connect`][flnotify._sqlite.connect]'s (``FULL``: what a call
     returned is on disk); the tables created in one ``BEGIN IMMEDIATE`` transaction (two
-    processes opening a new file at once), and the schema version kept in ``meta_table``.
-    ``upgrades`` maps an older version to the statements that make its tables
-    ``version``'s (run in the same transaction, after ``schema``).
+    processes opening a new file at once), and the schema version kept in ``meta_table``
+    (see [`set_up`][flnotify._schema.set_up]; ``path`` is the file's, for messages).
 
     Raises:
         FlnotifyError: What ``error`` makes, if the file holds another schema version.
     """
-    conn.executescript(f"BEGIN IMMEDIATE;{schema}")
+
+    def tables(script: str) -> None:
+        conn.executescript(f"BEGIN IMMEDIATE;{script}")
+
     try:
-        bring_up_to_date(
-            conn.execute,
-            param="?",
-            meta_table=meta_table,
-            version=version,
-            upgrades=upgrades,
-            label=label,
-            error=error,
-        )
+        set_up(conn.execute, tables, param="?", **spec)
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
