@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -59,6 +60,20 @@ READY_KEY = "flnotify-bench-ready"
 
 
 # -- the Celery app (imported by the worker processes as ``scaleout``) -------------------------
+
+
+@functools.cache
+def redis_client(url: str) -> Any:
+    """This process's client of the benchmark's Redis.
+
+    Its reads wait as long as a blocking pop asks: redis-py 8 gives up reading after 5 s
+    by default (``socket_timeout``), which ended the 60 s and 300 s ``BLPOP`` waits below
+    with a read timeout whenever tasks took a 5 s pause (the task-per-receiver row on a
+    loaded machine, every time).
+    """
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=None)
 
 
 def make_app() -> Any:
@@ -95,18 +110,13 @@ def make_app() -> Any:
         response = requests.post(url, json=fanout.PAYLOAD, timeout=10)
         return bool(200 <= response.status_code < 300)
 
-    def redis_client() -> Any:
-        import redis
-
-        return redis.Redis.from_url(broker)
-
     @task_postrun.connect(weak=False)
     def done(sender: Any = None, **_: Any) -> None:
-        redis_client().rpush(DONE_KEY, "1")
+        redis_client(broker).rpush(DONE_KEY, "1")
 
     @worker_ready.connect(weak=False)
     def ready(**_: Any) -> None:
-        redis_client().rpush(READY_KEY, "1")
+        redis_client(broker).rpush(READY_KEY, "1")
 
     app.flnotify_delivery = delivery
     app.flnotify_original = original
@@ -120,9 +130,7 @@ if os.environ.get("FLNOTIFY_BENCH_WORKER"):
 @contextlib.contextmanager
 def celery_worker(redis_url: str, processes: int, chunk: int) -> Iterator[None]:
     """Prefork worker processes, started (and ready) before the clock starts."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     client.flushall()
     env = {
         **os.environ,
@@ -164,7 +172,6 @@ def celery_worker(redis_url: str, processes: int, chunk: int) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        client.close()
 
 
 # -- rows (each runs in a fresh child process) ---------------------------------------------------
@@ -239,12 +246,10 @@ def row_outbox_postgres(urls: list[str], env: dict[str, str]) -> int:
 
 
 def _celery_row(urls: list[str], env: dict[str, str], *, original: bool) -> int:
-    import redis
-
     os.environ["FLNOTIFY_BENCH_REDIS"] = env["redis"]
     os.environ["FLNOTIFY_BENCH_CHUNK"] = env.get("chunk", "0")
     app = make_app()
-    client = redis.Redis.from_url(env["redis"])
+    client = redis_client(env["redis"])
     notification = _notification(urls)
     start = time.perf_counter()
     if original:
@@ -257,7 +262,6 @@ def _celery_row(urls: list[str], env: dict[str, str], *, original: bool) -> int:
         if client.blpop([DONE_KEY], timeout=300) is None:
             raise RuntimeError("tasks did not finish in 300 s")
     env["elapsed"] = str(time.perf_counter() - start)
-    client.close()
     return len(urls)  # every task ran; the sink answers 202 to each
 
 
