@@ -402,7 +402,9 @@ def measure(args: argparse.Namespace) -> None:
                     print(f"  {size:>7,} rep {rep + 1} {row:<18} {shown}", file=sys.stderr)
     load_after = os.getloadavg()
     text = report(args, rows, sizes, results, info, sink_description, load_before, load_after)
-    text = charts.charted(f"{text}\n{NOTES}\n", "scaleout", "x in-process fast")
+    with tempfile.TemporaryDirectory() as scratch:  # --no-write leaves docs/img alone too
+        images = Path(scratch) if args.no_write else charts.IMAGES
+        text = charts.charted(f"{text}\n{NOTES}\n", "scaleout", "x in-process fast", images)
     print(text)
     if not args.no_write:
         write_docs(text)
