@@ -17,7 +17,9 @@ Rows: the Notifier with its default transport and with ``StreamTransport``; the 
 PostgreSQL outbox (``put`` + ``OutboxDispatcher.run``, both timed); ``CeleryDelivery`` with
 1 and 2 prefork worker processes (timed from the first ``enqueue`` to the last task's end);
 and the original's way on Celery (one task per receiver, ``requests.post``), the baseline.
-A plain ``httpx.Client`` loop is measured too, the reference of the default transport.
+A plain ``httpx.Client`` loop is measured too, the reference of the default transport, and
+the bare-asyncio ceiling of ``bench/fanout.py`` (pre-built requests, one connection per
+origin), which every row is also compared against under its table.
 
 The table goes to stdout and into docs/benchmarks.md between the ``scaleout:begin`` /
 ``scaleout:end`` markers (appended as a section at the end of the file on the first run).
@@ -204,6 +206,14 @@ async def row_notifier_fast(urls: list[str], env: dict[str, str]) -> int:
     return len(report.delivered)
 
 
+async def row_limit(urls: list[str], env: dict[str, str]) -> int:
+    by_port = fanout._prebuilt(urls)  # the requests are built before the clock starts
+    start = time.perf_counter()
+    ok = await fanout.run_limit(by_port)
+    env["elapsed"] = str(time.perf_counter() - start)
+    return int(ok)
+
+
 def row_httpx_loop(urls: list[str], env: dict[str, str]) -> int:
     import httpx  # noqa: F401 - imported before the clock
 
@@ -275,6 +285,12 @@ def row_celery_original(urls: list[str], env: dict[str, str]) -> int:
 
 # key: (label, function, worker processes or None, largest size or None)
 ROWS: dict[str, tuple[str, Callable[..., Any], int | None, int | None]] = {
+    "limit": (
+        "ceiling: bare asyncio streams, 1 conn/origin (bench/fanout.py)",
+        row_limit,
+        None,
+        None,
+    ),
     "notifier-fast": ("in-process Notifier + StreamTransport", row_notifier_fast, None, None),
     "notifier-default": (
         "in-process Notifier, default transport",
@@ -295,6 +311,7 @@ ROWS: dict[str, tuple[str, Callable[..., Any], int | None, int | None]] = {
     ),
 }
 BASE = "notifier-fast"
+CEILING = "limit"
 
 
 def child_main(row: str, size: int, ports: list[int], env: dict[str, str]) -> None:
@@ -474,6 +491,14 @@ def report(
                 f"| {rows[row][0]} | {median:,.0f} | {min(values):,.0f}-{max(values):,.0f} |"
                 f" {ratio} | {len(values)} |"
             )
+        if CEILING in rates:
+            ceiling = statistics.median(rates[CEILING])
+            against = ", ".join(
+                f"{rows[row][0]} {statistics.median(values) / ceiling:.2f}x"
+                for row, values in rates.items()
+                if row != CEILING
+            )
+            lines += ["", f"Against the bare-asyncio ceiling of the same run: {against}."]
         out += [*lines, ""]
     return "\n".join(out)
 
