@@ -279,13 +279,20 @@ class OutboxStoreContract:
         assert outbox.renew(claim, 30) == 0  # the old claim holds nothing any more
 
     def test_claims_come_in_the_order_rows_were_put(self, outbox: OutboxStore) -> None:
-        """Older notifications are claimed first; a claim carries its batches' payloads."""
+        """Older notifications are claimed first, with their batches' payloads and sizes.
+
+        A batch's size is that of its send: all its receivers, not only those claimed.
+        """
         first = outbox.put(_start(_receivers(3)), message_ids=["a0", "a1", "a2"])
         second = outbox.put(_start(_receivers(2)), message_ids=["b0", "b1"])
         claim = outbox.claim(4, lease_seconds=30)
         assert [e.message_id for e in claim.entries] == ["a0", "a1", "a2", "b0"]
         assert set(claim.payloads) == {first, second}
-        assert [e.message_id for e in outbox.claim(4, lease_seconds=30).entries] == ["b1"]
+        assert claim.sizes == {first: 3, second: 2}
+        assert (outbox.batch_size(first), outbox.batch_size(second)) == (3, 2)
+        rest = outbox.claim(4, lease_seconds=30)
+        assert [e.message_id for e in rest.entries] == ["b1"]
+        assert rest.sizes == {second: 2}
         assert len(outbox.claim(4, lease_seconds=30)) == 0
 
     def test_bad_claim_arguments_are_refused(self, outbox: OutboxStore) -> None:
