@@ -105,6 +105,7 @@ class SQLiteConnection:
     _conn: sqlite3.Connection | None = attrs.field(alias="conn", repr=False)
     busy: Callable[[str], FlnotifyError] | None = attrs.field(default=None, repr=False)
     synchronous: str = attrs.field(default="FULL", repr=False)
+    _level: str = attrs.field(init=False, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     @classmethod
@@ -152,6 +153,9 @@ class SQLiteConnection:
             raise
         return cls(path, label, error, wrap_errors, conn=conn, busy=busy, synchronous=synchronous)
 
+    def __attrs_post_init__(self) -> None:
+        self._level = self.synchronous  # as `configure` set it
+
     def close(self) -> None:
         """Close the connection; idempotent."""
         with self._lock:
@@ -171,7 +175,8 @@ class SQLiteConnection:
             synced: Commit as the connection was opened (``FULL``: on disk when this
                 returns); ``False``: at ``NORMAL``, without waiting for the disk (WAL: a
                 power cut or an OS crash may undo the last of such commits, a process
-                crash does not). Later synced commits make earlier ones durable too.
+                crash does not). Later synced commits make earlier ones durable too. The
+                level is set before ``BEGIN`` whenever it differs from the last one's.
 
         Raises:
             ConfigurationError: The connection is closed.
@@ -182,8 +187,13 @@ class SQLiteConnection:
                 msg = f"{owner!r} is closed"
                 raise ConfigurationError(msg)
             try:
-                if not synced:
-                    conn.execute("PRAGMA synchronous = NORMAL")
+                # set before each transaction that needs another level than the last one
+                # (never restored after: a failed restore must not leave a later commit
+                # less durable than it asked for)
+                level = self.synchronous if synced else "NORMAL"
+                if level != self._level:
+                    conn.execute(f"PRAGMA synchronous = {level}")
+                    self._level = level
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield conn
@@ -199,9 +209,6 @@ class SQLiteConnection:
                     raise
                 make = self.busy if self.busy is not None and is_busy(exc) else self.error
                 raise make(f"{self.label} {self.path!r}: {exc}") from exc
-            finally:
-                if not synced:
-                    conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
 
 def set_up_durable_schema(conn: sqlite3.Connection, path: str, **spec: Unpack[Schema]) -> None:

@@ -90,7 +90,7 @@ def test_only_what_a_power_cut_may_undo_is_committed_without_waiting_for_the_dis
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """put and outcomes followed by callbacks commit at FULL; claims, leases and
-    outcomes with no callbacks at NORMAL, and the connection is FULL again after each."""
+    outcomes with no callbacks at NORMAL (each level set before the transaction's BEGIN)."""
     import sqlite3
 
     statements: list[str] = []
@@ -102,17 +102,18 @@ def test_only_what_a_power_cut_may_undo_is_committed_without_waiting_for_the_dis
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", traced)
+    level = "FULL"  # as the connection is opened
 
     def commits() -> list[str]:
         """The synchronous level of each write transaction since the last look."""
-        level, levels = "FULL", []
+        nonlocal level
+        levels = []
         for statement in statements:
             if statement.startswith("PRAGMA synchronous"):
                 level = statement.split("=")[1].strip()
             elif statement == "BEGIN IMMEDIATE":
                 levels.append(level)
         statements.clear()
-        assert level == "FULL"  # as the connection was opened
         return levels
 
     with Outbox(db) as outbox:
@@ -131,6 +132,8 @@ def test_only_what_a_power_cut_may_undo_is_committed_without_waiting_for_the_dis
         assert commits() == ["FULL", "FULL"]
         outbox.release(outbox.claim(2, lease_seconds=60))
         assert commits() == ["NORMAL", "NORMAL"]
+        outbox.put(start(receivers(1)))  # durable again, right after the NORMAL ones
+        assert commits() == ["FULL"]
         assert outbox.counts()[OutboxState.DONE] == 2
 
 
