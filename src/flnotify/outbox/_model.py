@@ -11,6 +11,7 @@ import enum
 import json
 import math
 import secrets
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
@@ -46,6 +47,7 @@ __all__ = [
     "OutboxStore",
     "batches_of",
     "check_claim_args",
+    "claimed_entries",
     "columns",
     "entry_from_row",
     "new_batch",
@@ -307,6 +309,29 @@ def entry_from_row(row: Sequence[Any]) -> OutboxEntry:
         _KINDS[kind],
         *row[11:14],
     )
+
+
+_SLICE = 128
+
+
+def claimed_entries(rows: Sequence[Sequence[Any]]) -> tuple[OutboxEntry, ...]:
+    """The entries of a claim's rows (``seq``, then `COLUMNS`), in ``seq`` order.
+
+    Built a slice of rows at a time, letting other threads run between slices: the entries
+    of a claim of 1,000 take ~4 ms of Python in the store's thread, which would otherwise
+    keep the event loop (sending the claim before) from the GIL for up to the interpreter's
+    switch interval, 5 ms.
+    """
+    ordered = sorted(rows, key=_seq)
+    entries: list[OutboxEntry] = []
+    for start in range(0, len(ordered), _SLICE):
+        entries.extend(entry_from_row(row[1:]) for row in ordered[start : start + _SLICE])
+        time.sleep(0)  # gives up the GIL to a thread waiting for it
+    return tuple(entries)
+
+
+def _seq(row: Sequence[Any]) -> int:
+    return int(row[0])
 
 
 def storable(text: str) -> str:

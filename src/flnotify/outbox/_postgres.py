@@ -36,6 +36,7 @@ from ._model import (
     OutboxState,
     batches_of,
     check_claim_args,
+    claimed_entries,
     columns,
     entry_from_row,
     new_batch,
@@ -298,8 +299,7 @@ class PostgresOutbox(Closing):
             row = cur.fetchone()
         assert row is not None  # noqa: S101 - a SELECT of aggregates returns one row
         now, rows, payloads = row
-        ordered = sorted(rows or (), key=lambda row: row[0])  # by seq: put order
-        entries = tuple(entry_from_row(row[1:]) for row in ordered)
+        entries = claimed_entries(rows or ())  # by seq: put order
         return Claim(token, float(now) + lease_seconds, entries, *batches_of(payloads or {}))
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:

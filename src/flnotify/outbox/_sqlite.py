@@ -30,6 +30,7 @@ from ._model import (
     OutboxState,
     batches_of,
     check_claim_args,
+    claimed_entries,
     columns,
     entry_from_row,
     new_batch,
@@ -260,8 +261,7 @@ class Outbox(Closing):
                 return Claim(token, until, (), {})
             read = {"seqs": json.dumps(seqs), "until": until}
             rows, payloads = conn.execute(_CLAIMED, read).fetchone()
-        ordered = sorted(json.loads(rows), key=lambda row: row[0])  # by seq: put order
-        entries = tuple(entry_from_row(row[1:]) for row in ordered)
+        entries = claimed_entries(json.loads(rows))  # by seq: put order
         return Claim(token, until, entries, *batches_of(json.loads(payloads)))
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
