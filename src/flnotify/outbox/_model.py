@@ -30,12 +30,12 @@ from .._exceptions import (
 from .._lease import LeaseTable
 from .._notification import Notification
 from .._report import Delivery
+from .._schema import Schema
 from .._types import Outcome, Receiver
 
 __all__ = [
     "CLAIMS",
     "COLUMNS",
-    "FROM_2",
     "LEASES",
     "Claim",
     "NoOutboxError",
@@ -53,6 +53,7 @@ __all__ = [
     "new_batch",
     "outcome_json",
     "outcome_rows",
+    "schema",
     "storable",
 ]
 
@@ -232,13 +233,31 @@ CLAIMS = "flnotify_outbox_claims"
 """The table of claims: one row a claim (its token and lease), which its deliveries name."""
 
 
-FROM_2 = (
+_FROM_2 = (
     # schema 2 counted a batch's deliveries on every claim: the count is kept with it
     "ALTER TABLE flnotify_outbox_batches ADD COLUMN size integer NOT NULL DEFAULT 0",
     "UPDATE flnotify_outbox_batches SET size = (SELECT COUNT(*) FROM flnotify_outbox AS o "
     "WHERE o.batch_id = flnotify_outbox_batches.id)",
 )
 """What makes tables of schema 2 schema 3's (the same statements on SQLite and PostgreSQL)."""
+
+
+def schema(tables: str, from_1: Sequence[str]) -> Schema:
+    """The outbox's [`Schema`][flnotify._schema.Schema] (version 3) on one database.
+
+    Args:
+        tables: The statements creating its tables in that database's dialect.
+        from_1: What makes tables of schema 1 (the lease on every delivery row) schema 2's
+            there; schema 2's upgrade to 3 follows it.
+    """
+    return Schema(
+        schema=tables,
+        meta_table="flnotify_outbox_meta",
+        version="3",
+        label="outbox",
+        error=OutboxError,
+        upgrades={"1": (*from_1, *_FROM_2), "2": _FROM_2},
+    )
 
 
 def batches_of(read: Mapping[str, Sequence[Any]]) -> tuple[dict[str, str], dict[str, int]]:

@@ -28,7 +28,6 @@ from .._report import Delivery
 from .._validators import callable_or_none, of_type, positive
 from ._model import (
     COLUMNS,
-    FROM_2,
     LEASES,
     Claim,
     OutboxEntry,
@@ -41,6 +40,7 @@ from ._model import (
     entry_from_row,
     new_batch,
     outcome_rows,
+    schema,
 )
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresOutbox"]
 
-_SCHEMA_VERSION = "3"
 _QUEUE = LeaseQueue(LEASES, POSTGRES)
 _SCHEMA_LOCK = zlib.crc32(b"flnotify_outbox schema")  # serialises concurrent set-ups
 
@@ -115,9 +114,8 @@ _FROM_1 = (
     "WHERE state = 'claimed' AND claim_token IS NOT NULL GROUP BY claim_token "
     "ON CONFLICT DO NOTHING",
     "ALTER TABLE flnotify_outbox DROP COLUMN lease_until",
-    *FROM_2,
 )
-"""What makes tables of schema 1 (the lease on every delivery row) schema 3's."""
+"""What makes tables of schema 1 (the lease on every delivery row) schema 2's."""
 
 _FINISH = """
 UPDATE flnotify_outbox SET state = 'done'
@@ -150,16 +148,7 @@ def _prepare_outcomes(conn: psycopg.Connection[Any]) -> None:
 
 def _prepare(conn: psycopg.Connection[Any]) -> None:
     _prepare_outcomes(conn)
-    set_up_schema(
-        conn,
-        lock=_SCHEMA_LOCK,
-        schema=_SCHEMA,
-        meta_table="flnotify_outbox_meta",
-        version=_SCHEMA_VERSION,
-        label="outbox",
-        error=OutboxError,
-        upgrades={"1": _FROM_1, "2": FROM_2},
-    )
+    set_up_schema(conn, lock=_SCHEMA_LOCK, **schema(_SCHEMA, _FROM_1))
 
 
 @attrs.define(eq=False)

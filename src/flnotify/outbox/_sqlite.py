@@ -22,7 +22,6 @@ from .._sqlite import SQLiteConnection, fspath, set_up_durable_schema
 from .._validators import is_callable, of_type, positive
 from ._model import (
     COLUMNS,
-    FROM_2,
     LEASES,
     Claim,
     OutboxEntry,
@@ -36,11 +35,11 @@ from ._model import (
     new_batch,
     outcome_json,
     outcome_rows,
+    schema,
 )
 
 __all__ = ["Outbox"]
 
-_SCHEMA_VERSION = "3"
 _QUEUE = LeaseQueue(LEASES, SQLITE)
 
 _SCHEMA = """
@@ -111,9 +110,8 @@ _FROM_1 = (
     "SELECT claim_token, MAX(lease_until) FROM flnotify_outbox "
     "WHERE state = 'claimed' AND claim_token IS NOT NULL GROUP BY claim_token",
     "ALTER TABLE flnotify_outbox DROP COLUMN lease_until",
-    *FROM_2,
 )
-"""What makes a file of schema 1 (the lease on every delivery row) schema 3's."""
+"""What makes a file of schema 1 (the lease on every delivery row) schema 2's."""
 
 _FINISH = """
 UPDATE flnotify_outbox SET state = 'done'
@@ -173,16 +171,7 @@ class Outbox(Closing):
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        set_up_durable_schema(
-            conn,
-            self.path,
-            schema=_SCHEMA,
-            meta_table="flnotify_outbox_meta",
-            version=_SCHEMA_VERSION,
-            label="outbox",
-            error=OutboxError,
-            upgrades={"1": _FROM_1, "2": FROM_2},
-        )
+        set_up_durable_schema(conn, self.path, **schema(_SCHEMA, _FROM_1))
 
     def close(self) -> None:
         """Close the connection; idempotent."""
