@@ -17,7 +17,9 @@ Rows: the Notifier with its default transport and with ``StreamTransport``; the 
 PostgreSQL outbox (``put`` + ``OutboxDispatcher.run``, both timed); ``CeleryDelivery`` with
 1 and 2 prefork worker processes (timed from the first ``enqueue`` to the last task's end);
 and the original's way on Celery (one task per receiver, ``requests.post``), the baseline.
-A plain ``httpx.Client`` loop is measured too, the reference of the default transport.
+A plain ``httpx.Client`` loop is measured too, the reference of the default transport, and
+the bare-asyncio ceiling of ``bench/fanout.py`` (pre-built requests, one connection per
+origin), which every row is also compared against under its table.
 
 The table goes to stdout and into docs/benchmarks.md between the ``scaleout:begin`` /
 ``scaleout:end`` markers (appended as a section at the end of the file on the first run).
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -59,6 +62,20 @@ READY_KEY = "flnotify-bench-ready"
 
 
 # -- the Celery app (imported by the worker processes as ``scaleout``) -------------------------
+
+
+@functools.cache
+def redis_client(url: str) -> Any:
+    """This process's client of the benchmark's Redis.
+
+    Its reads wait as long as a blocking pop asks: redis-py 8 gives up reading after 5 s
+    by default (``socket_timeout``), which ended the 60 s and 300 s ``BLPOP`` waits below
+    with a read timeout whenever tasks took a 5 s pause (the task-per-receiver row on a
+    loaded machine, every time).
+    """
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=None)
 
 
 def make_app() -> Any:
@@ -95,18 +112,13 @@ def make_app() -> Any:
         response = requests.post(url, json=fanout.PAYLOAD, timeout=10)
         return bool(200 <= response.status_code < 300)
 
-    def redis_client() -> Any:
-        import redis
-
-        return redis.Redis.from_url(broker)
-
     @task_postrun.connect(weak=False)
     def done(sender: Any = None, **_: Any) -> None:
-        redis_client().rpush(DONE_KEY, "1")
+        redis_client(broker).rpush(DONE_KEY, "1")
 
     @worker_ready.connect(weak=False)
     def ready(**_: Any) -> None:
-        redis_client().rpush(READY_KEY, "1")
+        redis_client(broker).rpush(READY_KEY, "1")
 
     app.flnotify_delivery = delivery
     app.flnotify_original = original
@@ -120,9 +132,7 @@ if os.environ.get("FLNOTIFY_BENCH_WORKER"):
 @contextlib.contextmanager
 def celery_worker(redis_url: str, processes: int, chunk: int) -> Iterator[None]:
     """Prefork worker processes, started (and ready) before the clock starts."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     client.flushall()
     env = {
         **os.environ,
@@ -164,7 +174,6 @@ def celery_worker(redis_url: str, processes: int, chunk: int) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        client.close()
 
 
 # -- rows (each runs in a fresh child process) ---------------------------------------------------
@@ -195,6 +204,14 @@ async def row_notifier_fast(urls: list[str], env: dict[str, str]) -> int:
         report = await notifier.asend(notification)
     env["elapsed"] = str(time.perf_counter() - start)
     return len(report.delivered)
+
+
+async def row_limit(urls: list[str], env: dict[str, str]) -> int:
+    by_port = fanout._prebuilt(urls)  # the requests are built before the clock starts
+    start = time.perf_counter()
+    ok = await fanout.run_limit(by_port)
+    env["elapsed"] = str(time.perf_counter() - start)
+    return int(ok)
 
 
 def row_httpx_loop(urls: list[str], env: dict[str, str]) -> int:
@@ -239,12 +256,10 @@ def row_outbox_postgres(urls: list[str], env: dict[str, str]) -> int:
 
 
 def _celery_row(urls: list[str], env: dict[str, str], *, original: bool) -> int:
-    import redis
-
     os.environ["FLNOTIFY_BENCH_REDIS"] = env["redis"]
     os.environ["FLNOTIFY_BENCH_CHUNK"] = env.get("chunk", "0")
     app = make_app()
-    client = redis.Redis.from_url(env["redis"])
+    client = redis_client(env["redis"])
     notification = _notification(urls)
     start = time.perf_counter()
     if original:
@@ -257,7 +272,6 @@ def _celery_row(urls: list[str], env: dict[str, str], *, original: bool) -> int:
         if client.blpop([DONE_KEY], timeout=300) is None:
             raise RuntimeError("tasks did not finish in 300 s")
     env["elapsed"] = str(time.perf_counter() - start)
-    client.close()
     return len(urls)  # every task ran; the sink answers 202 to each
 
 
@@ -271,6 +285,12 @@ def row_celery_original(urls: list[str], env: dict[str, str]) -> int:
 
 # key: (label, function, worker processes or None, largest size or None)
 ROWS: dict[str, tuple[str, Callable[..., Any], int | None, int | None]] = {
+    "limit": (
+        "ceiling: bare asyncio streams, 1 conn/origin (bench/fanout.py)",
+        row_limit,
+        None,
+        None,
+    ),
     "notifier-fast": ("in-process Notifier + StreamTransport", row_notifier_fast, None, None),
     "notifier-default": (
         "in-process Notifier, default transport",
@@ -291,6 +311,7 @@ ROWS: dict[str, tuple[str, Callable[..., Any], int | None, int | None]] = {
     ),
 }
 BASE = "notifier-fast"
+CEILING = "limit"
 
 
 def child_main(row: str, size: int, ports: list[int], env: dict[str, str]) -> None:
@@ -469,51 +490,55 @@ def report(
                 f"| {rows[row][0]} | {median:,.0f} | {min(values):,.0f}-{max(values):,.0f} |"
                 f" {ratio} | {len(values)} |"
             )
+        if CEILING in rates:
+            ceiling = statistics.median(rates[CEILING])
+            against = ", ".join(
+                f"{rows[row][0]} {statistics.median(values) / ceiling:.2f}x"
+                for row, values in rates.items()
+                if row != CEILING
+            )
+            lines += ["", f"Against the bare-asyncio ceiling of the same run: {against}."]
         out += [*lines, ""]
     return "\n".join(out)
 
 
 NOTES = """\
 What the outbox rows cost, and what limits them (one dispatcher, 10,000 receivers, batch
-1,000, on the same sink, with the store calls timed; wall and CPU of the store's thread):
+1,000, on the same sink, the store calls timed with their thread's CPU):
 
-- A claim is one row of `flnotify_outbox_claims` (token and lease) that its deliveries
-  name; renewing and releasing write that row only. The claim still marks each delivery
-  it takes (`state`, `claim_token`, `claims`), and each outcome marks its delivery.
-- SQLite `put`: 0.06-0.09 s (~20 ms of it building the rows in Python); the dispatch waits
-  for it, as the send cannot start before the rows are durable.
-- SQLite, 12 claims: 0.15-0.19 s of CPU (~15 us per row: the take ~4 us, reading the rows
-  as one JSON value ~2.5 us, parsing ~1 us, building entries ~3-5 us).
-- SQLite, 20 outcome batches of 500: 0.13-0.17 s of CPU (~14 us per row), each a
-  `synchronous=FULL` commit.
-- SQLite timeline: after `put` (first ~60 ms) a claim of 1,000 is sent every ~65-70 ms
-  (the in-process Notifier: ~55 ms per 1,000 on the same machine); the next claim is ready
-  before the current one's POSTs end, and the last outcomes are written without a tail.
-  The process uses 0.7-1.1 s of CPU against the Notifier's 0.4-0.65 s: the database thread
-  competes with the event loop and nginx for the 2 cores.
-- PostgreSQL: a claim is one statement (take, then read what it took): 12 claims 0.28 s of
-  wall (0.50-0.66 s as a take, a second read, a clock read and BEGIN/COMMIT). The server
-  spends ~25 ms per claim of 1,000 (EXPLAIN ANALYZE, loaded machine: ~9 ms picking rows,
-  walking the ones claimed before and not yet done; ~8 ms updating them, each a new row
-  version with an entry in every index, as `state` changes) and ~15 ms per 500 outcomes;
-  the outcome batches wait for the one connection while a claim runs on it.
+- The serial start: `put` (SQLite ~60 ms: ~11 ms building the rows in Python, ~32 ms the
+  INSERT of 10,000 rows with their indexes, one `FULL` commit; PostgreSQL ~100 ms, of which
+  the per-row foreign-key check of `batch_id` is ~35 ms), then the first claim (~10 ms,
+  ~18 ms) before the first POST. The in-process Notifier starts POSTing at once.
+- SQLite, per claim of 1,000: the take ~3 ms, reading the rows as one JSON value ~2.5 ms,
+  parsing ~1.3 ms, building the entries ~3.7 ms (Python, holding the GIL). Per outcome
+  batch of 500: one UPDATE ~2.4 ms, committed at `NORMAL`.
+- PostgreSQL, per claim of 1,000 (EXPLAIN ANALYZE on a quiet machine): ~13 ms, 8 of them
+  the UPDATE (each row a new version with an entry in every index, as `state` changes);
+  per outcome batch of 500 ~6 ms, on its own connection.
+- Timeline: the claims are taken ahead and the sends follow each other without a gap
+  (they waited 10-20 ms per claim for a `batch_size` call queued behind the claim taken
+  ahead); SQLite sends a claim of 1,000 every ~41-48 ms against the Notifier's ~32-39 ms.
+  On PostgreSQL the sends wait at times for the recording of the two claims before.
+- Why the rest stays: the Notifier's run alone keeps both cores busy (its process and
+  nginx); the outbox adds ~0.25 s of database work on the same cores (SQLite) or in the
+  server (PostgreSQL), and the serial start above.
 
-What was changed after measuring: one statement per batch everywhere (a step per row made
-the database thread queue for the GIL behind the loop once per row); the outcome join
-driven by the message_id index (SQLite had picked rows x batch JSON lookups: 780/s);
-nested loops off on the PostgreSQL connection (a fresh table without statistics got a
-500 x 500 nested loop: 0.2 s per batch instead of 12 ms); claims taken ahead and sent as
-soon as the previous claim's POSTs end; a plain `Receiver` no longer pays the runtime
-Protocol check (40 us per receiver when a claim builds its notification); the claims table
-and, on PostgreSQL, the claim in one statement. Celery: chunks of 50 ran 2 worker
-processes at 0.3x, chunks of 500 at 0.5-1x; a task's first execution now takes the fast
-lane and chunks are 1000 by default (0.92x, see below).
+What was changed after measuring (earlier): one statement per batch everywhere (a step per
+row made the database thread queue for the GIL behind the loop once per row); the outcome
+join driven by the message_id index; nested loops off on the PostgreSQL connections;
+claims taken ahead and sent as soon as the previous claim's POSTs end; a plain `Receiver`
+no longer pays the runtime Protocol check; the claims table and, on PostgreSQL, the claim
+in one statement. Then (this run's code): the size of each send kept with its batch and
+read with the claim; PostgreSQL outcomes on a second connection; SQLite claims, leases and
+outcomes without callbacks committed at `NORMAL`; an SQLite outcome batch is one UPDATE
+when every row is the claim's. Celery: chunks of 1000 by default and the fast lane on a
+task's first execution (see below).
 
-What still costs: each delivery is written twice (claimed, then its outcome), and the
-database shares the 2 cores with the event loop and the sink. Next would be a second
-connection for outcomes on PostgreSQL (they queue behind claims today), a claim that does
-not mark its deliveries at all (the claim row naming a range of rows), and, as the outbox
-is built for, a second dispatcher process on another core or host."""
+Not done: a claim that does not write its deliveries at all (the claim row naming a range
+of rows: every read of a row's state and lease would join the claims, and a claim
+count per delivery could no longer be kept), and, as the outbox is built for, a second
+dispatcher process on another core or host."""
 
 
 def write_docs(text: str) -> None:

@@ -360,6 +360,14 @@ class LeaseQueue:
         }
         if self.dialect.postgres:
             return {row[0] for row in execute(self._settle[done], params).fetchall()}
+        # SQLite returns no rows of an UPDATE in one step: try the common case first (every
+        # row settleable, each id once: as many rows changed as given), else look first
+        execute("SAVEPOINT settle", {})
+        if execute(self._settle[done], params).rowcount == len(rows):
+            execute("RELEASE settle", {})
+            return {row[0] for row in rows}
+        execute("ROLLBACK TO settle", {})
+        execute("RELEASE settle", {})
         ((ids,),) = execute(self._settleable, params).fetchall()
         recorded = set(json.loads(ids))
         if recorded:

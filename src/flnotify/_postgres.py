@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
 from ._exceptions import ConfigurationError, FlnotifyError
-from ._schema import Upgrades, bring_up_to_date
+from ._schema import Schema, set_up
 
 if TYPE_CHECKING:
     import psycopg
@@ -56,37 +56,17 @@ def _import_psycopg(who: str) -> Any:
     return psycopg
 
 
-def set_up_schema(
-    conn: psycopg.Connection[Any],
-    *,
-    lock: int,
-    schema: str,
-    meta_table: str,
-    version: str,
-    label: str,
-    error: Callable[[str], FlnotifyError],
-    upgrades: Upgrades | None = None,
-) -> None:
+def set_up_schema(conn: psycopg.Connection[Any], *, lock: int, **spec: Unpack[Schema]) -> None:
     """Create the tables (once, under advisory lock ``lock``) and check the schema version.
 
-    ``upgrades`` maps an older version to the statements that make its tables
-    ``version``'s (run in the same transaction, after ``schema``).
+    See [`set_up`][flnotify._schema.set_up].
 
     Raises:
         FlnotifyError: What ``error`` makes, if the database holds another version.
     """
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
-        cur.execute(schema)
-        bring_up_to_date(
-            cur.execute,
-            param="%s",
-            meta_table=meta_table,
-            version=version,
-            upgrades=upgrades,
-            label=label,
-            error=error,
-        )
+        set_up(cur.execute, cur.execute, param="%s", **spec)
 
 
 @attrs.define(eq=False)
@@ -192,6 +172,11 @@ class PostgresConnection:
             except pg.Error as exc:
                 msg = f"{self.label} {redacted(self.url)!r}: {exc}"
                 raise self.error(msg) from exc
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
 
     def close(self) -> None:
         """Close the connection; idempotent."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from typing_extensions import NotRequired, TypedDict, Unpack
+
 from ._exceptions import FlnotifyError
 
-__all__ = ["Upgrades", "bring_up_to_date"]
+__all__ = ["Schema", "Upgrades", "set_up"]
 
 Upgrades = Mapping[str, Sequence[str]]
 """An older schema version -> the statements that make its tables the current version's."""
@@ -26,30 +28,42 @@ class _Execute(Protocol):
     def __call__(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
 
 
-def bring_up_to_date(
-    execute: _Execute,
-    *,
-    param: str,
-    meta_table: str,
-    version: str,
-    upgrades: Upgrades | None,
-    label: str,
-    error: Callable[[str], FlnotifyError],
+class Schema(TypedDict):
+    """What a store's tables are, as its set-up takes it (keyword arguments).
+
+    ``schema``: the statements creating the tables (``IF NOT EXISTS``); ``meta_table``: the
+    table holding the version (key ``schema``); ``version``: this flnotify's schema
+    version; ``label``: what the store is, in the error; ``error``: makes the store's
+    error; ``upgrades``: the upgrades known, by the version they start from.
+    """
+
+    schema: str
+    meta_table: str
+    version: str
+    label: str
+    error: Callable[[str], FlnotifyError]
+    upgrades: NotRequired[Upgrades | None]
+
+
+def set_up(
+    execute: _Execute, script: Callable[[str], object], *, param: str, **spec: Unpack[Schema]
 ) -> None:
-    """Record ``version`` in a new store, or upgrade an older one to it.
+    """Create the tables, then record ``version`` in a new store or upgrade an older one.
+
+    Every SQLite and PostgreSQL store's set-up, in the transaction its caller holds.
 
     Args:
         execute: Runs one statement in the set-up transaction (positional parameters).
+        script: Runs the ``schema`` statements (the transaction begins there for SQLite).
         param: The database's positional placeholder (``?``, ``%s``).
-        meta_table: The table holding the version (key ``schema``).
-        version: This flnotify's schema version.
-        upgrades: The upgrades known, by the version they start from.
-        label: What the store is, in the error.
-        error: Makes the store's error.
+        **spec: The store's [`Schema`][flnotify._schema.Schema].
 
     Raises:
         FlnotifyError: What ``error`` makes, if the store holds a version with no upgrade.
     """
+    script(spec["schema"])
+    meta_table, version, label = spec["meta_table"], spec["version"], spec["label"]
+    upgrades, error = spec.get("upgrades"), spec["error"]
     row = execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'").fetchone()  # noqa: S608 - a constant
     if row is None:
         execute(f"INSERT INTO {meta_table} VALUES ('schema', {param})", (version,))  # noqa: S608 - a constant

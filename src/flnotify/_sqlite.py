@@ -9,10 +9,10 @@ import threading
 from collections.abc import Callable, Iterator
 
 import attrs
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
 from ._exceptions import ConfigurationError, FlnotifyError
-from ._schema import Upgrades, bring_up_to_date
+from ._schema import Schema, set_up
 
 __all__ = [
     "SQLiteConnection",
@@ -95,6 +95,7 @@ class SQLiteConnection:
             too (``"{label} {path!r}: ..."``) instead of passing through.
         busy: Makes the error raised instead, when wrapping, for a database that stayed
             busy or locked (see `is_busy`); ``error`` makes it if ``None``.
+        synchronous: The commit durability it was opened with (see `connect`).
     """
 
     path: str
@@ -103,6 +104,8 @@ class SQLiteConnection:
     wrap_errors: bool = attrs.field(repr=False)
     _conn: sqlite3.Connection | None = attrs.field(alias="conn", repr=False)
     busy: Callable[[str], FlnotifyError] | None = attrs.field(default=None, repr=False)
+    synchronous: str = attrs.field(default="FULL", repr=False)
+    _level: str = attrs.field(init=False, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     @classmethod
@@ -148,7 +151,10 @@ class SQLiteConnection:
             if isinstance(exc, sqlite3.Error):
                 raise error(f"cannot use {label} {path!r}: {exc}") from exc
             raise
-        return cls(path, label, error, wrap_errors, conn=conn, busy=busy)
+        return cls(path, label, error, wrap_errors, conn=conn, busy=busy, synchronous=synchronous)
+
+    def __attrs_post_init__(self) -> None:
+        self._level = self.synchronous  # as `configure` set it
 
     def close(self) -> None:
         """Close the connection; idempotent."""
@@ -158,12 +164,19 @@ class SQLiteConnection:
                 self._conn = None
 
     @contextlib.contextmanager
-    def transaction(self, owner: object, *, write: bool) -> Iterator[sqlite3.Connection]:
+    def transaction(
+        self, owner: object, *, write: bool, synced: bool = True
+    ) -> Iterator[sqlite3.Connection]:
         """One transaction (``BEGIN IMMEDIATE`` to write), committed unless the body raises.
 
         Args:
             owner: Named in the error if the connection is closed.
             write: Take the write lock at once.
+            synced: Commit as the connection was opened (``FULL``: on disk when this
+                returns); ``False``: at ``NORMAL``, without waiting for the disk (WAL: a
+                power cut or an OS crash may undo the last of such commits, a process
+                crash does not). Later synced commits make earlier ones durable too. The
+                level is set before ``BEGIN`` whenever it differs from the last one's.
 
         Raises:
             ConfigurationError: The connection is closed.
@@ -174,6 +187,13 @@ class SQLiteConnection:
                 msg = f"{owner!r} is closed"
                 raise ConfigurationError(msg)
             try:
+                # set before each transaction that needs another level than the last one
+                # (never restored after: a failed restore must not leave a later commit
+                # less durable than it asked for)
+                level = self.synchronous if synced else "NORMAL"
+                if level != self._level:
+                    conn.execute(f"PRAGMA synchronous = {level}")
+                    self._level = level
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield conn
@@ -191,40 +211,25 @@ class SQLiteConnection:
                 raise make(f"{self.label} {self.path!r}: {exc}") from exc
 
 
-def set_up_durable_schema(
-    conn: sqlite3.Connection,
-    path: str,
-    *,
-    schema: str,
-    meta_table: str,
-    version: str,
-    label: str,
-    error: Callable[[str], FlnotifyError],
-    upgrades: Upgrades | None = None,
-) -> None:
+def set_up_durable_schema(conn: sqlite3.Connection, path: str, **spec: Unpack[Schema]) -> None:
     """Set up a store whose commits are durable: the outbox's and the mailbox's.
 
     The connection is [`connect`][flnotify._sqlite.connect]'s (``FULL``: what a call
     returned is on disk); the tables created in one ``BEGIN IMMEDIATE`` transaction (two
-    processes opening a new file at once), and the schema version kept in ``meta_table``.
-    ``upgrades`` maps an older version to the statements that make its tables
-    ``version``'s (run in the same transaction, after ``schema``).
+    processes opening a new file at once), and the schema version kept in ``meta_table``
+    (see [`set_up`][flnotify._schema.set_up]; ``path`` is the file's, for messages).
 
     Raises:
         FlnotifyError: What ``error`` makes, if the file holds another schema version.
     """
-    conn.executescript(f"BEGIN IMMEDIATE;{schema}")
+
+    def tables(script: str) -> None:
+        conn.executescript(f"BEGIN IMMEDIATE;{script}")
+
     try:
-        bring_up_to_date(
-            conn.execute,
-            param="?",
-            meta_table=meta_table,
-            version=version,
-            upgrades=upgrades,
-            label=label,
-            error=error,
-        )
+        set_up(conn.execute, tables, param="?", **spec)
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")

@@ -3,11 +3,12 @@ tables and committed as drawn; every picture a page shows is committed and loads
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import ModuleType
+
+from helpers.bench import bench_module
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "benchmarks.md"
@@ -15,12 +16,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 
 def _charts() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("charts", ROOT / "bench" / "charts.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("charts")
 
 
 TABLE = """#### 1,000 receivers

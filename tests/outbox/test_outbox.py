@@ -11,8 +11,10 @@ import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import attrs
 import pytest
 
 import flnotify
@@ -83,6 +85,57 @@ def test_put_commits_every_delivery_before_anything_is_sent(db: str) -> None:
     assert [e.receiver for e in entries] == receivers(3)
     assert {e.state for e in entries} == {OutboxState.PENDING}
     assert {e.outcome for e in entries} == {None}
+
+
+def test_only_what_a_power_cut_may_undo_is_committed_without_waiting_for_the_disk(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """put and outcomes followed by callbacks commit at FULL; claims, leases and
+    outcomes with no callbacks at NORMAL (each level set before the transaction's BEGIN)."""
+    import sqlite3
+
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    level = "FULL"  # as the connection is opened
+
+    def commits() -> list[str]:
+        """The synchronous level of each write transaction since the last look."""
+        nonlocal level
+        levels = []
+        for statement in statements:
+            if statement.startswith("PRAGMA synchronous"):
+                level = statement.split("=")[1].strip()
+            elif statement == "BEGIN IMMEDIATE":
+                levels.append(level)
+        statements.clear()
+        return levels
+
+    with Outbox(db) as outbox:
+        statements.clear()
+        outbox.put(start(receivers(4)))
+        assert commits() == ["FULL"]
+        claim = outbox.claim(2, lease_seconds=60)
+        assert commits() == ["NORMAL"]
+        outbox.renew(claim, 60)
+        assert commits() == ["NORMAL"]
+        first, second = deliveries_for(claim)
+        outbox.record(claim, [first], done=True)
+        assert commits() == ["NORMAL"]
+        outbox.record(claim, [second])  # callbacks follow: durable before they run
+        outbox.finish(claim, [second.message_id])
+        assert commits() == ["FULL", "FULL"]
+        outbox.release(outbox.claim(2, lease_seconds=60))
+        assert commits() == ["NORMAL", "NORMAL"]
+        outbox.put(start(receivers(1)))  # durable again, right after the NORMAL ones
+        assert commits() == ["FULL"]
+        assert outbox.counts()[OutboxState.DONE] == 2
 
 
 def test_put_refuses_what_could_not_be_sent(db: str) -> None:
@@ -240,6 +293,54 @@ def test_async_api(db: str) -> None:
     asyncio.run(main())
     assert sorted(d.receiver.id.int for d in recorder.calls) == [1, 2, 3, 4, 5]
     assert {d.outcome for d in recorder.calls} == {Outcome.DELIVERED}
+
+
+class _SizeBlind:
+    """An outbox whose claims carry no sizes, as a store of its own may make them."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.asked: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.outbox, name)
+
+    def claim(self, limit: int, lease_seconds: float) -> Claim:
+        return attrs.evolve(self.outbox.claim(limit, lease_seconds), sizes={})
+
+    def batch_size(self, batch_id: str) -> int:
+        self.asked.append(batch_id)
+        return self.outbox.batch_size(batch_id)
+
+
+@pytest.mark.parametrize("sizes", ["with the claim", "asked"])
+def test_each_delivery_knows_the_size_of_its_send(
+    db: str, sizes: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the claim (no call per claim, which waited behind the claim taken ahead), or
+    asked of a store whose claims carry none."""
+    recorder = RecordingCallbacks()
+    with Outbox(db) as outbox:
+        store: Any = outbox
+        if sizes == "with the claim":
+
+            def not_asked(self: Outbox, batch_id: str) -> int:
+                raise AssertionError("batch_size asked although the claim has the sizes")
+
+            monkeypatch.setattr(Outbox, "batch_size", not_asked)
+        else:
+            store = _SizeBlind(outbox)
+        batch = outbox.put(start(receivers(5)))
+        outbox.put(start(receivers(2)))
+        with flnotify.Notifier(transport=MemoryTransport(lambda _: 202)) as notifier:
+            dispatcher = OutboxDispatcher(store, notifier, callbacks=recorder, batch_size=3)
+            assert dispatcher.run() == 7
+    by_send = collections.Counter((d.send_id, d.send_size) for d in recorder.calls)
+    assert sorted(by_send.values()) == [2, 5]
+    assert by_send[(batch, 5)] == 5
+    if isinstance(store, _SizeBlind):  # once per claim and batch: [5, 5, 5] [5, 5, 2] [2]
+        assert len(store.asked) == 4
+        assert store.asked.count(batch) == 2
 
 
 def test_a_send_outlasting_its_lease_keeps_the_claim_by_renewing_it(db: str) -> None:

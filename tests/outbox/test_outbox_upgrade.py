@@ -1,8 +1,9 @@
-"""An outbox written by schema 1 (a lease on every delivery row) opens as schema 2.
+"""An outbox written by schema 1 (a lease on every delivery row) opens as schema 3.
 
-Schema 2 keeps a claim's lease in one row of ``flnotify_outbox_claims``. The files and
-tables here are made the way schema 1 made them, with a pending, a claimed (two rows under
-one claim) and a done delivery; opening them keeps every delivery and every lease.
+Schema 2 keeps a claim's lease in one row of ``flnotify_outbox_claims``, schema 3 the size
+of a send with its batch. The files and tables here are made the way schema 1 made them,
+with a pending, a claimed (two rows under one claim) and a done delivery; opening them
+keeps every delivery and every lease, and counts each batch's size.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ def _check_upgraded(outbox: Any, clock: _Clock, columns: Callable[[], set[str]])
     clock.now = NOW + 30
     again = outbox.claim(10, lease_seconds=30)  # the old claim's lease ended: taken over
     assert [(e.message_id, e.claims) for e in again.entries] == [("held1", 2), ("held2", 2)]
+    # schema 3 keeps the size of each send with its batch: counted from its rows
+    assert again.sizes == {"b1": 4}
+    assert outbox.batch_size("b1") == 4
 
 
 def test_an_sqlite_file_of_schema_1_opens_with_its_leases(tmp_path: Path) -> None:
@@ -113,7 +117,7 @@ def test_an_sqlite_file_of_schema_1_opens_with_its_leases(tmp_path: Path) -> Non
 
     with Outbox(path, clock=clock) as outbox:
         _check_upgraded(outbox, clock, columns)
-    with Outbox(path, clock=clock) as outbox:  # opened again: already schema 2
+    with Outbox(path, clock=clock) as outbox:  # opened again: already schema 3
         assert outbox.counts()[OutboxState.CLAIMED] == 3
 
 

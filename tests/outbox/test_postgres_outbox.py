@@ -11,7 +11,7 @@ import pytest
 
 import flnotify
 from flnotify import Receiver
-from flnotify.errors import OutboxError
+from flnotify.errors import ConfigurationError, OutboxError
 from flnotify.outbox import Outbox, OutboxState, PostgresOutbox, open_outbox
 
 MODEL = uuid.UUID("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
@@ -34,6 +34,44 @@ def test_leases_are_measured_by_the_servers_clock(postgres_url: str) -> None:
         # the server runs on this machine: its clock is ours, within a second
         assert before - 1 <= claim.lease_until - 30 <= after + 1
         assert before - 1 <= outbox.now() <= time.time() + 1
+
+
+def test_outcomes_have_a_connection_of_their_own_that_closes_with_the_store(
+    postgres_url: str,
+) -> None:
+    """Outcomes are written beside the claims, on a second connection opened by the first
+    one; a closed store refuses outcomes and opens nothing for them."""
+    name = f"flnotify-test-{uuid.uuid4().hex[:8]}"  # this test's sessions only
+    url = postgres_url + ("&" if "?" in postgres_url else "?") + f"application_name={name}"
+
+    def sessions(admin: psycopg.Connection[tuple[int]]) -> int:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        outbox = PostgresOutbox(url)
+        outbox.put(start(2))
+        claim = outbox.claim(10, lease_seconds=30)
+        assert sessions(admin) == 1
+        first, second = (
+            flnotify.Delivery(
+                e.receiver, start(2), flnotify.Outcome.DELIVERED, e.message_id, 1, 0.1
+            )
+            for e in claim.entries
+        )
+        assert outbox.record(claim, [first]) == [first]
+        assert outbox.finish(claim, [first.message_id]) == 1
+        assert sessions(admin) == 2
+        outbox.close()  # both: a closed store refuses outcomes, and opens nothing for them
+        with pytest.raises(ConfigurationError, match="closed"):
+            outbox.record(claim, [second], done=True)
+        unused = PostgresOutbox(url)  # closed before its first outcome
+        unused.close()
+        with pytest.raises(ConfigurationError, match="closed"):
+            unused.record(claim, [second], done=True)
 
 
 def test_open_outbox_picks_the_store_by_its_target(postgres_url: str, tmp_path: Path) -> None:

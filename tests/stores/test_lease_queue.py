@@ -176,9 +176,10 @@ class LeaseMachine(RuleBasedStateMachine):
         for row in held:
             row.lease_until = self.now
 
-    @rule(holder=holders, pick=st.sets(st.integers(1, 40), max_size=5), done=st.booleans())
-    def settle(self, holder: str, pick: set[int], done: bool) -> None:
-        ids = [f"m{seq}" for seq in sorted(pick)]
+    # a list, not a set: the same id twice in one batch is settled once
+    @rule(holder=holders, pick=st.lists(st.integers(1, 40), max_size=5), done=st.booleans())
+    def settle(self, holder: str, pick: list[int], done: bool) -> None:
+        ids = [f"m{seq}" for seq in pick]
         outcome_rows = [(mid, "delivered", 1, 200, None, None, 0.25) for mid in ids]
         got = self.queue.settle(
             self.execute, holder=holder, rows=outcome_rows, now=self.now, done=done

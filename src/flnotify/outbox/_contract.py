@@ -17,7 +17,7 @@ from .._training import GlobalModelBody, TrainingStartNotification
 from .._types import Outcome, Receiver
 from ..transports._memory import MemoryRequest, MemoryTransport
 from ._dispatcher import OutboxDispatcher
-from ._model import Claim, OutboxError, OutboxState, OutboxStore
+from ._model import Claim, OutboxEntry, OutboxError, OutboxState, OutboxStore
 
 __all__ = ["OutboxStoreContract"]
 
@@ -279,13 +279,20 @@ class OutboxStoreContract:
         assert outbox.renew(claim, 30) == 0  # the old claim holds nothing any more
 
     def test_claims_come_in_the_order_rows_were_put(self, outbox: OutboxStore) -> None:
-        """Older notifications are claimed first; a claim carries its batches' payloads."""
+        """Older notifications are claimed first, with their batches' payloads and sizes.
+
+        A batch's size is that of its send: all its receivers, not only those claimed.
+        """
         first = outbox.put(_start(_receivers(3)), message_ids=["a0", "a1", "a2"])
         second = outbox.put(_start(_receivers(2)), message_ids=["b0", "b1"])
         claim = outbox.claim(4, lease_seconds=30)
         assert [e.message_id for e in claim.entries] == ["a0", "a1", "a2", "b0"]
         assert set(claim.payloads) == {first, second}
-        assert [e.message_id for e in outbox.claim(4, lease_seconds=30).entries] == ["b1"]
+        assert claim.sizes == {first: 3, second: 2}
+        assert (outbox.batch_size(first), outbox.batch_size(second)) == (3, 2)
+        rest = outbox.claim(4, lease_seconds=30)
+        assert [e.message_id for e in rest.entries] == ["b1"]
+        assert rest.sizes == {second: 2}
         assert len(outbox.claim(4, lease_seconds=30)) == 0
 
     def test_bad_claim_arguments_are_refused(self, outbox: OutboxStore) -> None:
@@ -348,6 +355,37 @@ class OutboxStoreContract:
         assert outbox.finish(claim, [a.message_id]) == 0
         assert outbox.counts()[OutboxState.DONE] == 2
         assert outbox.next_claimable() == claim.lease_until  # c waits for its callbacks
+
+    def test_a_batch_records_only_its_claims_rows_each_once(self, outbox: OutboxStore) -> None:
+        """One record call records a claim's own rows once; others in the batch are left.
+
+        A row of another claim, and the same id a second time, are not recorded (the rest
+        of the batch is, done or not).
+        """
+        outbox.put(_start(_receivers(4)))
+        claim = outbox.claim(3, lease_seconds=30)
+        a, b, c = claim.entries
+        (other,) = outbox.claim(3, lease_seconds=30).entries
+        notification = _start([e.receiver for e in (a, b, c, other)])
+
+        def delivery(entry: OutboxEntry) -> Delivery:
+            return Delivery(
+                entry.receiver, notification, Outcome.DELIVERED, entry.message_id, 1, 0.1, 202
+            )
+
+        for done in (False, True):
+            first, second = (a, b) if not done else (c, c)
+            batch = [delivery(first), delivery(other), delivery(second), delivery(first)]
+            got = outbox.record(claim, batch, done=done)
+            assert sorted({d.message_id for d in got}) == sorted(
+                {first.message_id, second.message_id}
+            )
+        assert outbox.record(claim, [delivery(a), delivery(c)], done=True) == []
+        assert outbox.counts() == {
+            OutboxState.PENDING: 0,
+            OutboxState.CLAIMED: 3,  # a and b wait to be finished, other is unrecorded
+            OutboxState.DONE: 1,
+        }
 
     def test_an_unrecorded_row_is_not_finished(self, outbox: OutboxStore) -> None:
         """Finish only touches rows whose outcome is recorded."""

@@ -296,7 +296,10 @@ class OutboxDispatcher:
             callbacks = self.notifier.engine.default_callbacks(notification)
         # one put is one send, for failure policies: its id and its receivers in all
         batch_id = entries[0].batch_id
-        send = (batch_id, await asyncio.to_thread(self.outbox.batch_size, batch_id))
+        size = claim.sizes.get(batch_id)
+        if size is None:  # a store that does not read sizes with its claims
+            size = await asyncio.to_thread(self.outbox.batch_size, batch_id)
+        send = (batch_id, size)
         recovered = [e for e in entries if e.outcome is not None]
         if recovered:  # recorded by a claim that ended before its callbacks ran
             stored = notification.with_receivers([e.receiver for e in recovered])

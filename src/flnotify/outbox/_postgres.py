@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -32,11 +33,14 @@ from ._model import (
     OutboxEntry,
     OutboxError,
     OutboxState,
+    batches_of,
     check_claim_args,
+    claimed_entries,
     columns,
     entry_from_row,
     new_batch,
     outcome_rows,
+    schema,
 )
 
 if TYPE_CHECKING:
@@ -44,7 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresOutbox"]
 
-_SCHEMA_VERSION = "2"
 _QUEUE = LeaseQueue(LEASES, POSTGRES)
 _SCHEMA_LOCK = zlib.crc32(b"flnotify_outbox schema")  # serialises concurrent set-ups
 
@@ -56,7 +59,8 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox_meta (
 CREATE TABLE IF NOT EXISTS flnotify_outbox_batches (
     id text PRIMARY KEY,
     payload text NOT NULL,
-    created_at double precision NOT NULL
+    created_at double precision NOT NULL,
+    size integer NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS flnotify_outbox (
     seq bigserial PRIMARY KEY,
@@ -98,7 +102,8 @@ _CLAIM = _QUEUE.take_and_read(
     "SELECT (SELECT now FROM clock), "  # noqa: S608 - constants only
     f"(SELECT json_agg(json_build_array(seq, {columns('(SELECT now FROM clock) + %(lease)s')})) "
     "FROM taken), "
-    "(SELECT json_object_agg(b.id, b.payload) FROM flnotify_outbox_batches AS b "
+    "(SELECT json_object_agg(b.id, json_build_array(b.payload, b.size)) "
+    "FROM flnotify_outbox_batches AS b "
     "WHERE b.id IN (SELECT batch_id FROM taken))"
 )
 
@@ -133,22 +138,17 @@ WHERE state = 'done' AND outcome = 'failed'
 """
 
 
-def _prepare(conn: psycopg.Connection[Any]) -> None:
+def _prepare_outcomes(conn: psycopg.Connection[Any]) -> None:
     # A fresh outbox has no statistics yet, and the planner then joins a batch of outcomes
     # to its rows by a nested loop over both (rows x batch comparisons, 0.2 s for 500
     # outcomes); hash joins are right for every statement here. The setting belongs to
     # this connection only.
     conn.execute("SET enable_nestloop = off")
-    set_up_schema(
-        conn,
-        lock=_SCHEMA_LOCK,
-        schema=_SCHEMA,
-        meta_table="flnotify_outbox_meta",
-        version=_SCHEMA_VERSION,
-        label="outbox",
-        error=OutboxError,
-        upgrades={"1": _FROM_1},
-    )
+
+
+def _prepare(conn: psycopg.Connection[Any]) -> None:
+    _prepare_outcomes(conn)
+    set_up_schema(conn, lock=_SCHEMA_LOCK, **schema(_SCHEMA, _FROM_1))
 
 
 @attrs.define(eq=False)
@@ -159,7 +159,11 @@ class PostgresOutbox(Closing):
     takes its rows with ``FOR UPDATE SKIP LOCKED``, so two dispatchers never hold the
     same row and never wait for each other. Every write is one transaction, committed
     (durable as the server's settings make it) when the call returns. One connection per
-    instance, used by one thread at a time; it is reopened after the server dropped it.
+    instance, used by one thread at a time, and a second one for outcomes
+    ([`record`][flnotify.outbox.PostgresOutbox.record],
+    [`finish`][flnotify.outbox.PostgresOutbox.finish]), opened when the first is recorded,
+    so that a dispatcher's outcomes are written while its next claim runs; each is
+    reopened after the server dropped it.
 
     Args:
         url: A libpq connection string or URL, e.g.
@@ -182,14 +186,19 @@ class PostgresOutbox(Closing):
     )
     connect_timeout: float = attrs.field(default=10.0, validator=positive, repr=False)
     _db: PostgresConnection = attrs.field(init=False, repr=False)
+    _outcomes: PostgresConnection | None = attrs.field(init=False, default=None, repr=False)
+    _opening: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        self._db = PostgresConnection.open(
+        self._db = self._connect(_prepare)
+
+    def _connect(self, prepare: Callable[[psycopg.Connection[Any]], None]) -> PostgresConnection:
+        return PostgresConnection.open(
             self.url,
             who="PostgresOutbox",
             label="outbox",
             error=OutboxError,
-            prepare=_prepare,
+            prepare=prepare,
             connect_timeout=self.connect_timeout,
         )
 
@@ -200,6 +209,14 @@ class PostgresOutbox(Closing):
         round trips).
         """
         return self._db.cursor(self, single=single)
+
+    def _outcome_statement(self) -> AbstractContextManager[psycopg.Cursor[Any]]:
+        """A cursor for one statement on the outcomes' connection (opened on first use)."""
+        with self._opening:
+            if self._outcomes is None and not self._db.closed:
+                self._outcomes = self._connect(_prepare_outcomes)
+            db = self._db if self._outcomes is None else self._outcomes
+        return db.cursor(self, single=True)
 
     def _clock(self) -> float | None:
         """The ``now`` parameter of the statements: ``None`` reads the server's clock."""
@@ -219,8 +236,11 @@ class PostgresOutbox(Closing):
             return self._now(cur)
 
     def close(self) -> None:
-        """Close the connection; idempotent."""
-        self._db.close()
+        """Close the connections; idempotent."""
+        with self._opening:
+            self._db.close()
+            if self._outcomes is not None:
+                self._outcomes.close()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -235,8 +255,9 @@ class PostgresOutbox(Closing):
         batch_id, payload, rows = new_batch(self.codec, notification, message_ids)
         with self._transaction() as cur:
             cur.execute(
-                "INSERT INTO flnotify_outbox_batches (id, payload, created_at) VALUES (%s, %s, %s)",
-                (batch_id, payload, self._now(cur)),
+                "INSERT INTO flnotify_outbox_batches (id, payload, created_at, size) "
+                "VALUES (%s, %s, %s, %s)",
+                (batch_id, payload, self._now(cur), len(rows)),
             )
             with cur.copy(
                 "COPY flnotify_outbox (batch_id, receiver_id, message_endpoint, message_id) "
@@ -267,9 +288,8 @@ class PostgresOutbox(Closing):
             row = cur.fetchone()
         assert row is not None  # noqa: S101 - a SELECT of aggregates returns one row
         now, rows, payloads = row
-        ordered = sorted(rows or (), key=lambda row: row[0])  # by seq: put order
-        entries = tuple(entry_from_row(row[1:]) for row in ordered)
-        return Claim(token, float(now) + lease_seconds, entries, payloads or {})
+        entries = claimed_entries(rows or ())  # by seq: put order
+        return Claim(token, float(now) + lease_seconds, entries, *batches_of(payloads or {}))
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""
@@ -288,7 +308,7 @@ class PostgresOutbox(Closing):
         deliveries = list(deliveries)
         if not deliveries:
             return []
-        with self._transaction(single=True) as cur:
+        with self._outcome_statement() as cur:
             recorded = _QUEUE.settle(
                 prepared(cur),
                 holder=claim.token,
@@ -300,7 +320,7 @@ class PostgresOutbox(Closing):
 
     def finish(self, claim: Claim, message_ids: Iterable[str]) -> int:
         """Mark recorded deliveries done once their callbacks ran; how many were."""
-        with self._transaction(single=True) as cur:
+        with self._outcome_statement() as cur:
             cur.execute(_FINISH, {"ids": list(message_ids), "token": claim.token}, prepare=True)
             return cur.rowcount
 
@@ -326,7 +346,7 @@ class PostgresOutbox(Closing):
     def batch_size(self, batch_id: str) -> int:
         """How many deliveries (receivers) one ``put`` stored: the size of that send."""
         with self._transaction() as cur:
-            cur.execute("SELECT COUNT(*) FROM flnotify_outbox WHERE batch_id = %s", (batch_id,))
+            cur.execute("SELECT size FROM flnotify_outbox_batches WHERE id = %s", (batch_id,))
             row = cur.fetchone()
         return 0 if row is None else int(row[0])
 

@@ -27,16 +27,19 @@ from ._model import (
     OutboxEntry,
     OutboxError,
     OutboxState,
+    batches_of,
     check_claim_args,
+    claimed_entries,
+    columns,
     entry_from_row,
     new_batch,
     outcome_json,
     outcome_rows,
+    schema,
 )
 
 __all__ = ["Outbox"]
 
-_SCHEMA_VERSION = "2"
 _QUEUE = LeaseQueue(LEASES, SQLITE)
 
 _SCHEMA = """
@@ -47,7 +50,8 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox_meta (
 CREATE TABLE IF NOT EXISTS flnotify_outbox_batches (
     id TEXT PRIMARY KEY,
     payload TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS flnotify_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -86,10 +90,11 @@ DROP INDEX IF EXISTS flnotify_outbox_token;
 # queue for the GIL behind the event loop once per row.
 _CLAIMED = f"""
 SELECT
-    (SELECT json_group_array(json_array(seq, {COLUMNS})) FROM flnotify_outbox
+    (SELECT json_group_array(json_array(seq, {columns(":until")})) FROM flnotify_outbox
         WHERE seq IN (SELECT value FROM json_each(:seqs))),
-    (SELECT json_group_object(id, payload) FROM flnotify_outbox_batches WHERE id IN (
-        SELECT batch_id FROM flnotify_outbox WHERE seq IN (SELECT value FROM json_each(:seqs))))
+    (SELECT json_group_object(id, json_array(payload, size)) FROM flnotify_outbox_batches
+        WHERE id IN (SELECT batch_id FROM flnotify_outbox
+            WHERE seq IN (SELECT value FROM json_each(:seqs))))
 """  # noqa: S608 - constants only
 
 _PUT = """
@@ -128,8 +133,12 @@ class Outbox(Closing):
     """Notifications waiting to be delivered, one row per receiver, in an SQLite file.
 
     Several processes of one machine may share the file (WAL mode; claims are made in
-    ``BEGIN IMMEDIATE`` transactions, so two never take the same row). Commits are
-    synchronous (``FULL``): what [`put`][flnotify.outbox.Outbox.put] returned is on disk.
+    ``BEGIN IMMEDIATE`` transactions, so two never take the same row). What
+    [`put`][flnotify.outbox.Outbox.put] returned is on disk (``synchronous=FULL``), and so
+    is an outcome recorded before its callbacks run, and their end. Claims, leases and
+    outcomes with no callbacks to follow are committed without waiting for the disk
+    (``NORMAL``): a power cut or an OS crash (not a process crash) may undo the last of
+    them, which costs a resend with the same ``webhook-id``, as a crash does anyway.
     For several hosts use [`PostgresOutbox`][flnotify.outbox.PostgresOutbox]. Use it as a
     context manager or call [`close`][flnotify.outbox.Outbox.close].
 
@@ -162,16 +171,7 @@ class Outbox(Closing):
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        set_up_durable_schema(
-            conn,
-            self.path,
-            schema=_SCHEMA,
-            meta_table="flnotify_outbox_meta",
-            version=_SCHEMA_VERSION,
-            label="outbox",
-            error=OutboxError,
-            upgrades={"1": _FROM_1},
-        )
+        set_up_durable_schema(conn, self.path, **schema(_SCHEMA, _FROM_1))
 
     def close(self) -> None:
         """Close the connection; idempotent."""
@@ -181,9 +181,15 @@ class Outbox(Closing):
         """The outbox clock: ``clock()``."""
         return self.clock()
 
-    def _transaction(self, *, write: bool = True) -> AbstractContextManager[sqlite3.Connection]:
-        """One transaction (``BEGIN IMMEDIATE`` to write); sqlite3 errors become OutboxError."""
-        return self._db.transaction(self, write=write)
+    def _transaction(
+        self, *, write: bool = True, synced: bool = True
+    ) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction (``BEGIN IMMEDIATE`` to write); sqlite3 errors become OutboxError.
+
+        ``synced=False`` for what a power cut may undo at the cost of a resend with the same
+        ``webhook-id`` only (claims, leases, outcomes with no callbacks to follow).
+        """
+        return self._db.transaction(self, write=write, synced=synced)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -211,8 +217,9 @@ class Outbox(Closing):
         batch_id, payload, rows = new_batch(self.codec, notification, message_ids)
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO flnotify_outbox_batches (id, payload, created_at) VALUES (?, ?, ?)",
-                (batch_id, payload, self.clock()),
+                "INSERT INTO flnotify_outbox_batches (id, payload, created_at, size) "
+                "VALUES (?, ?, ?, ?)",
+                (batch_id, payload, self.clock(), len(rows)),
             )
             conn.execute(_PUT, {"batch": batch_id, "rows": outcome_json(rows)})
         return batch_id
@@ -233,7 +240,7 @@ class Outbox(Closing):
         """
         check_claim_args(limit, lease_seconds)
         token = secrets.token_hex(16)
-        with self._transaction() as conn:
+        with self._transaction(synced=False) as conn:
             now = self.clock()
             until = now + lease_seconds
             seqs = _QUEUE.take(
@@ -241,15 +248,14 @@ class Outbox(Closing):
             )
             if not seqs:
                 return Claim(token, until, (), {})
-            rows, payloads = conn.execute(_CLAIMED, {"seqs": json.dumps(seqs)}).fetchone()
-        ordered = sorted(json.loads(rows), key=lambda row: row[0])  # by seq: put order
-        entries = tuple(entry_from_row(row[1:]) for row in ordered)
-        payloads = json.loads(payloads)
-        return Claim(token, until, entries, payloads)
+            read = {"seqs": json.dumps(seqs), "until": until}
+            rows, payloads = conn.execute(_CLAIMED, read).fetchone()
+        entries = claimed_entries(json.loads(rows))  # by seq: put order
+        return Claim(token, until, entries, *batches_of(json.loads(payloads)))
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""
-        with self._transaction() as conn:
+        with self._transaction(synced=False) as conn:
             return _QUEUE.renew(
                 conn.execute, holder=claim.token, lease=lease_seconds, now=self.clock()
             )
@@ -274,7 +280,7 @@ class Outbox(Closing):
         deliveries = list(deliveries)
         if not deliveries:
             return []
-        with self._transaction() as conn:
+        with self._transaction(synced=not done) as conn:
             recorded = _QUEUE.settle(
                 conn.execute,
                 holder=claim.token,
@@ -294,7 +300,7 @@ class Outbox(Closing):
 
     def release(self, claim: Claim) -> int:
         """Give back the claim's unfinished entries without waiting for the lease to end."""
-        with self._transaction() as conn:
+        with self._transaction(synced=False) as conn:
             return _QUEUE.release(conn.execute, holder=claim.token, now=self.clock())
 
     # -- reading and operating ---------------------------------------------------------
@@ -312,10 +318,10 @@ class Outbox(Closing):
     def batch_size(self, batch_id: str) -> int:
         """How many deliveries (receivers) one ``put`` stored: the size of that send."""
         with self._transaction(write=False) as conn:
-            (n,) = conn.execute(
-                "SELECT COUNT(*) FROM flnotify_outbox WHERE batch_id = ?", (batch_id,)
+            row = conn.execute(
+                "SELECT size FROM flnotify_outbox_batches WHERE id = ?", (batch_id,)
             ).fetchone()
-        return int(n)
+        return 0 if row is None else int(row[0])
 
     def counts(self) -> dict[OutboxState, int]:
         """How many deliveries are in each state (every state present)."""
