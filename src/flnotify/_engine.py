@@ -1049,10 +1049,15 @@ class Engine:
         return result
 
     async def asend(
-        self, notification: Notification[Any], callbacks: Callbacks | None = None
+        self,
+        notification: Notification[Any],
+        callbacks: Callbacks | None = None,
+        *,
+        message_ids: Sequence[str] | None = None,
     ) -> DeliveryReport:
         """Send ``notification`` now (the engine is the default callbacks' sender)."""
-        return (await self.run(self.plan(notification, callbacks))).report
+        plan = self.plan(notification, callbacks, message_ids=message_ids)
+        return (await self.run(plan)).report
 
     async def signer_for(
         self, receivers: Sequence[ReceiverLike], deadline: float | None

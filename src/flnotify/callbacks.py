@@ -14,10 +14,10 @@ import collections
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from fractions import Fraction
 from typing import Any, Protocol, Union
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import attrs
 
@@ -37,7 +37,7 @@ from ._training import (
     TrainingRoundStartNotification,
     TrainingSWAGRoundStartNotification,
 )
-from ._types import Outcome, TrainingState
+from ._types import Outcome, TrainingSnapshot, TrainingState
 from ._validators import positive
 from .repository import (
     AsyncTrainingRepository,
@@ -463,8 +463,14 @@ class NotificationSender(Protocol):
     The drivers pass their [`Notifier`][flnotify.Notifier].
     """
 
-    async def asend(self, notification: Notification[Any], callbacks: Callbacks | None) -> Any:
-        """Deliver ``notification``."""
+    async def asend(
+        self,
+        notification: Notification[Any],
+        callbacks: Callbacks | None,
+        *,
+        message_ids: Sequence[str] | None = None,
+    ) -> Any:
+        """Deliver ``notification``, under ``message_ids`` (one per receiver) when given."""
         ...
 
 
@@ -604,6 +610,7 @@ class TrainingCallbacks:
     tell_timeout: float = attrs.field(default=10.0, validator=positive)
     _outcomes: Any = attrs.field(init=False, repr=False)
     _notes: dict[str, _SendNotes] = attrs.field(init=False, repr=False, factory=dict)
+    _told: set[tuple[UUID, UUID, int]] = attrs.field(init=False, repr=False, factory=set)
 
     def __attrs_post_init__(self) -> None:
         if tracks_outcomes(self.repository):
@@ -799,24 +806,34 @@ class TrainingCallbacks:
             self._say(delivery, verdict, notes.tally(), pending, notes.why())
 
     async def _remove(self, delivery: Delivery, reason: str) -> None:
-        """Remove the receiver from the training and tell it (and the actor), best effort."""
+        """Tell the receiver (and the actor) it is removed, best effort; then remove it.
+
+        Telling comes first, under message ids fixed by (training, client, round): a crash
+        between the two tells again when the callbacks run again, and receivers drop the
+        repeat by its ``webhook-id``; a crash after the removal finds the client gone, told.
+        """
         notification = delivery.notification
         assert isinstance(notification, TrainingNotification)  # noqa: S101 - callers check
         training_id: UUID = notification.training_uuid
+        client = delivery.receiver
         logger.warning(
             "Removing %s from training %s: %s.",
-            delivery.receiver.id,
+            client.id,
             training_id,
             reason,
             extra=delivery.log_context(),
         )
-        removed = await _repository_call(
-            self.repository.remove_participant, training_id, delivery.receiver.id
-        )
+        tell = self.policy.tell_removed if self.tell_removed is None else self.tell_removed
+        sender = self.sender if tell else None
+        if sender is not None:
+            snapshot = await _repository_call(self.repository.get_training, training_id)
+            if any(p.id == client.id for p in snapshot.participants):
+                await self._tell(sender, snapshot, delivery, reason)
+        removed = await _repository_call(self.repository.remove_participant, training_id, client.id)
         if removed is False:  # removed already (another send, or these callbacks run again)
             logger.debug(
-                "%s had left training %s already; it is not told again.",
-                delivery.receiver.id,
+                "%s had left training %s already.",
+                client.id,
                 training_id,
                 extra=delivery.log_context(),
             )
@@ -829,36 +846,62 @@ class TrainingCallbacks:
                 " policy needs at least %d, so the training goes to ERROR.",
                 training_id,
                 left,
-                delivery.receiver.id,
+                client.id,
                 reason,
                 needed,
                 extra=delivery.log_context(),
             )
             await _repository_call(self.repository.set_state, training_id, TrainingState.ERROR)
-        tell = self.policy.tell_removed if self.tell_removed is None else self.tell_removed
-        if self.sender is None or not tell:
+
+    async def _tell(
+        self,
+        sender: NotificationSender,
+        snapshot: TrainingSnapshot,
+        delivery: Delivery,
+        reason: str,
+    ) -> None:
+        """Send CLIENT_REMOVED once per (training, client, round) from these callbacks."""
+        client = delivery.receiver
+        key = (snapshot.id, client.id, snapshot.round)
+        if key in self._told:  # told already here (a busy repository's retry, say)
             return
+        self._told.add(key)
         try:
-            notice = ClientRemovedNotification.from_training(
-                snapshot, client=delivery.receiver, reason=reason
-            )
+            notice = ClientRemovedNotification.from_training(snapshot, client=client, reason=reason)
+            ids = removal_message_ids(notice, snapshot.round)
             # cut at tell_timeout: a quiet polling client finds the notice in its mailbox
             # when it comes back (the engine tells the hooks that the send ended)
-            await asyncio.wait_for(self.sender.asend(notice, _Quiet()), self.tell_timeout)
+            sending = sender.asend(notice, _Quiet(), message_ids=ids)
+            await asyncio.wait_for(sending, self.tell_timeout)
         except asyncio.TimeoutError:
             logger.info(
                 "Telling %s it was removed took over %g s; not waited for.",
-                delivery.receiver.id,
+                client.id,
                 self.tell_timeout,
                 extra=delivery.log_context(),
             )
         except Exception:  # best effort: telling never changes the training
             logger.warning(
                 "Could not tell %s it was removed.",
-                delivery.receiver.id,
+                client.id,
                 exc_info=True,
                 extra=delivery.log_context(),
             )
+
+
+def removal_message_ids(notice: ClientRemovedNotification, round_: int) -> list[str]:
+    """The ``webhook-id`` of a CLIENT_REMOVED notice to each of its receivers.
+
+    Fixed by the training, the removed client, the round and the receiver: the notice sent
+    again (the callbacks run again after a crash, or two sends remove the same client at
+    once) carries the same ids, so each receiver acts on it once.
+    """
+    base = f"{notice.training_uuid}/{notice.body.client_uuid}/{round_}"
+    return [f"msg_{uuid5(_REMOVAL_IDS, f'{base}/{r.id}').hex}" for r in notice.receivers]
+
+
+_REMOVAL_IDS = UUID("5d0c7f0e-4b8e-4d55-9a44-5f1c2a6b7e31")
+"""The namespace of the CLIENT_REMOVED notices' message ids (UUID version 5)."""
 
 
 async def _repository_call(method: Callable[..., Any], *args: object) -> Any:

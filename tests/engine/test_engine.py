@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -158,6 +158,55 @@ def test_a_client_removed_twice_is_told_once() -> None:
     # the first send: client 0 (also the actor) is told once, client 1 and the actor once
     # more; the second send removes nobody new and tells nobody
     assert len(removed) == 3
+
+
+class _Died(BaseException):
+    """The process died (nothing after it runs in that process)."""
+
+
+def test_a_crash_while_telling_a_removal_tells_again_under_the_same_ids_and_removes_once() -> None:
+    # The callbacks of a rejection run again after the process died while telling (as the
+    # outbox, the mailbox and Celery's late acks run them): the client is still told, under
+    # the same webhook-ids (each receiver acts on it once), and removed once.
+    repo = flnotify.InMemoryTrainingRepository()
+    notification, clients = _training(repo, 2, "crash")
+    transport = MemoryTransport(lambda r: 200 if _type(r) == "CLIENT_REMOVED" else 409)
+
+    class DiesAfterTelling:
+        def __init__(self, notifier: flnotify.Notifier) -> None:
+            self.notifier = notifier
+
+        async def asend(self, notice: Any, callbacks: Any, *, message_ids: Any = None) -> Any:
+            await self.notifier.asend(notice, callbacks, message_ids=message_ids)
+            raise _Died  # told; the process dies before it removes
+
+    with flnotify.Notifier(transport) as notifier:
+        rejected = notifier.send(
+            flnotify.TrainingRoundStartNotification(
+                receivers=[clients[1]],
+                body=notification.body,
+                training_uuid=notification.training_uuid,
+            )
+        ).deliveries[0]
+        dying = TrainingCallbacks(repo, sender=DiesAfterTelling(notifier), tell_removed=True)
+        with pytest.raises(_Died):
+            notifier.engine.run_sync(cast(Any, dying.on_error(rejected)))
+        assert clients[1].id in repo.get_training(notification.training_uuid).participant_ids()
+        again = TrainingCallbacks(repo, sender=notifier, tell_removed=True)  # the new process
+        notifier.engine.run_sync(cast(Any, again.on_error(rejected)))
+        # and once more: gone, nobody told again
+        notifier.engine.run_sync(cast(Any, again.on_error(rejected)))
+    assert clients[1].id not in repo.get_training(notification.training_uuid).participant_ids()
+    notices = [r for r in transport.requests if _type(r) == "CLIENT_REMOVED"]
+    by_url: dict[str, set[str]] = {}
+    for r in notices:
+        by_url.setdefault(r.url, set()).add(r.headers["webhook-id"])
+    assert by_url == {
+        clients[1].message_endpoint: by_url[clients[1].message_endpoint],
+        clients[0].message_endpoint: by_url[clients[0].message_endpoint],  # the actor
+    }
+    assert all(len(ids) == 1 for ids in by_url.values())  # one notice each, sent twice
+    assert len(notices) == 4
 
 
 # -- a send judged once, whatever splits it ---------------------------------------------------

@@ -145,13 +145,18 @@ def _answer(plan: dict[str, str]) -> Any:
 
 
 def _told(transport: MemoryTransport) -> Counter[str]:
-    """CLIENT_REMOVED notices per (removed client, endpoint told)."""
-    told: Counter[str] = Counter()
+    """CLIENT_REMOVED notices per (removed client, endpoint told), as receivers count them.
+
+    A receiver acts on a message once per ``webhook-id``: a notice sent again after a
+    crash under the same id is one notice; under another id it would be a second.
+    """
+    ids: dict[str, set[str]] = {}
     for request in transport.requests:
         document = json.loads(request.body)
         if document["notification_type"] == "CLIENT_REMOVED":
-            told[f"{document['body']['client_uuid']}->{request.url}"] += 1
-    return told
+            key = f"{document['body']['client_uuid']}->{request.url}"
+            ids.setdefault(key, set()).add(request.headers["webhook-id"])
+    return Counter({key: len(seen) for key, seen in ids.items()})
 
 
 def _round(

@@ -175,7 +175,8 @@ def test_a_whole_training_on_a_celery_worker_process(host: Any, redis_url: str) 
                 ]
             )
             received.wait_for("alice", "UPDATE_ROUND_START")
-            received.wait_for("scientist", "CLIENT_REMOVED")  # bob was removed and told
+            received.wait_for("scientist", "CLIENT_REMOVED")  # bob is told, then removed
+            log.wait_for("Sent UPDATE_ROUND_START to 2 receiver(s): 1 delivered, 1 rejected")
             after_first = get_repository().snapshot(training)
             assert [p.id for p in after_first.participants] == [users["alice"].id]
             assert after_first.state is flnotify.TrainingState.ONGOING
