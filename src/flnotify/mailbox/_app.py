@@ -37,7 +37,7 @@ from .._web.asgi import (
     BodyTooLargeError,
     DisconnectedError,
     lifespan,
-    read_body,
+    read_body_within,
 )
 from .._web.responses import Response, error, json_response, status_line
 from .._web.wsgi import wsgi_headers
@@ -72,22 +72,63 @@ _R = TypeVar("_R")
 
 
 class _Waiter:
-    """One long poll waiting for mail: an asyncio event (ASGI) or a threading one (WSGI)."""
+    """One long poll waiting for mail: a future of its event loop (ASGI) or an event (WSGI).
 
-    __slots__ = ("event", "loop")
+    An asyncio poll's future is also resolved when its time is up (``expired``) or its
+    client went away, so that the poll waits on one future and nothing else; after each
+    wake-up the poll arms a new one before it looks for mail (a wake-up meanwhile
+    resolves that one). A held poll is mostly objects that outlive many garbage
+    collections: it keeps as few as it can.
+    """
+
+    __slots__ = ("event", "expired", "future", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.loop = loop
-        self.event: asyncio.Event | threading.Event = (
-            threading.Event() if loop is None else asyncio.Event()
-        )
+        self.expired = False
+        self.event = threading.Event() if loop is None else None
+        self.future: asyncio.Future[None] | None = None if loop is None else loop.create_future()
 
     def wake(self) -> None:
-        if self.loop is None:
+        """Wake the poll (from its own loop's thread, for an asyncio poll)."""
+        future = self.future
+        if future is None:
+            assert self.event is not None  # noqa: S101 - a threading waiter
             self.event.set()
+        elif not future.done():
+            future.set_result(None)
+
+    def expire(self, *_: object) -> None:
+        """The poll's time is up (or its client left): wake it for the last time."""
+        self.expired = True
+        self.wake()
+
+    def rearm(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """A fresh future for the next wake-up (an asyncio poll)."""
+        future = self.future = loop.create_future()
+        return future
+
+
+def _wake(waiters: Iterable[_Waiter]) -> None:
+    """Wake ``waiters`` from any thread: one hand-off per event loop, not one per poll.
+
+    A send wakes every poll of its clients at once; each hand-off to a loop is a write
+    to its self-pipe and a turn of the loop.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Waiter]] = {}
+    for waiter in waiters:
+        if waiter.loop is None:
+            waiter.wake()
         else:
-            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
-                self.loop.call_soon_threadsafe(self.event.set)
+            by_loop.setdefault(waiter.loop, []).append(waiter)
+    for loop, woken in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+            loop.call_soon_threadsafe(_wake_all, woken)
+
+
+def _wake_all(waiters: list[_Waiter]) -> None:
+    for waiter in waiters:
+        waiter.wake()
 
 
 class _Waiting:
@@ -137,14 +178,13 @@ class _Waiting:
         with self.lock:
             self.closed = True
             found = [w for waiters in self.by_client.values() for w in waiters]
-        for waiter in found:
-            waiter.wake()
+        _wake(found)
 
     def wake(self, clients: Iterable[UUID]) -> None:
         with self.lock:
-            found = [w for c in clients for w in self.by_client.get(c, ())]
-        for waiter in found:
-            waiter.wake()
+            by_client = self.by_client
+            found = [w for c in clients if c in by_client for w in by_client[c]]
+        _wake(found)
 
     def _watch(self) -> None:
         """Every ``interval``, wake the polls whose mail another process queued."""
@@ -230,6 +270,22 @@ class _Admit:
     acks: Sequence[tuple[str, int]]
 
 
+@attrs.frozen
+class _Fetching:
+    """A fetch admitted: whose, how many letters and how long to wait, what it found."""
+
+    receiver: Receiver
+    limit: int
+    wait: float
+    offered: Response | None
+
+
+_Begun = tuple[int | None, list[Letter]]
+"""A request admitted: the answers it carried that were taken (``None``: a replay), and
+the letters offered to it (a fetch)."""
+_Gathers = tuple[_Gathered[tuple[_Admit, int], _Begun], _Gathered[tuple[UUID, int], list[Letter]]]
+
+
 @attrs.define(eq=False)
 class MailboxApp:
     """Serves a mailbox to its polling clients: ``POST .../fetch`` and ``POST .../ack``.
@@ -288,10 +344,12 @@ class MailboxApp:
     clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
     monotonic: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
     _waiting: _Waiting = attrs.field(init=False, repr=False)
-    _gathered: weakref.WeakKeyDictionary[
-        asyncio.AbstractEventLoop,
-        tuple[_Gathered[_Admit, int | None], _Gathered[tuple[UUID, int], list[Letter]]],
-    ] = attrs.field(init=False, repr=False, factory=weakref.WeakKeyDictionary)
+    _gathered: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gathers] = attrs.field(
+        init=False, repr=False, factory=weakref.WeakKeyDictionary
+    )
+    _last: tuple[weakref.ref[asyncio.AbstractEventLoop], _Gathers] | None = attrs.field(
+        init=False, repr=False, default=None
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.max_acks < self.max_batch:
@@ -381,51 +439,77 @@ class MailboxApp:
             return who
         return attrs.evolve(who, acks=[(a.id, a.status) for a in acks]), request
 
-    def _admitted(
-        self, admit: _Admit, request: FetchRequest | None, taken: int | Response | None
-    ) -> Response | tuple[Receiver, FetchRequest]:
-        """After the store admitted the request: answer an ack, or return the fetch."""
-        if isinstance(taken, Response):
-            return taken
+    def _begin_many(self, begun: list[tuple[_Admit, int]]) -> list[_Begun]:
+        """Admit requests, then fetch for the fresh fetches: one worker call for all.
+
+        ``begun``: each request and its fetch limit (0: an ack). Each request's count of
+        answers taken (``None``: a replay) and the letters offered to it; a fetch's own
+        acknowledgements are taken before it looks for mail.
+        """
+        taken = self._admit_many([admit for admit, _ in begun])
+        asked = [i for i, (_, limit) in enumerate(begun) if limit and taken[i] is not None]
+        found: list[_Begun] = [(count, []) for count in taken]
+        if asked:
+            fetched = _fetch_many(self.mailbox, [(begun[i][0].client, begun[i][1]) for i in asked])
+            for i, letters in zip(asked, fetched, strict=True):
+                found[i] = (taken[i], letters)
+        return found
+
+    def _limit(self, request: FetchRequest | None) -> int:
+        """How many letters a request may be offered (0: an ack, none)."""
+        return 0 if request is None else min(request.max, self.max_batch)
+
+    def _begin(self, admit: _Admit, request: FetchRequest | None) -> _Begun | Response:
+        """`_begin_many` of one request, now; a store error is answered 503."""
+        try:
+            return self._begin_many([(admit, self._limit(request))])[0]
+        except Exception:
+            logger.exception("mailbox: a request failed")
+            return _UNAVAILABLE
+
+    async def _abegin(self, admit: _Admit, request: FetchRequest | None) -> _Begun | Response:
+        """`_begin` on an event loop, gathered with the other requests of the moment."""
+        try:
+            return await self._gathers()[0]((admit, self._limit(request)))
+        except Exception:
+            logger.exception("mailbox: a request failed")
+            return _UNAVAILABLE
+
+    def _begun(
+        self, admit: _Admit, request: FetchRequest | None, found: _Begun | Response
+    ) -> Response | _Fetching:
+        """After the store admitted the request: answer an ack, or the fetch and its offer.
+
+        The offer is ``None`` if the fetch found no mail.
+        """
+        if isinstance(found, Response):
+            return found
+        taken, letters = found
         if taken is None:
             return _UNAUTHORIZED  # a replay
         if request is None:
             return json_response(200, {"accepted": taken})
-        return Receiver(admit.client, MAILBOX_ENDPOINT), request
+        receiver = Receiver(admit.client, MAILBOX_ENDPOINT)
+        offered = self._answer(receiver, letters) if letters else None
+        return _Fetching(receiver, self._limit(request), request.wait, offered)
 
-    def _admit(self, admit: _Admit) -> int | Response | None:
-        """`_admit_many` of one request, now; a store error is answered 503."""
-        try:
-            return self._admit_many([admit])[0]
-        except Exception:
-            logger.exception("mailbox: a request failed")
-            return _UNAVAILABLE
-
-    async def _aadmit(self, admit: _Admit) -> int | Response | None:
-        """`_admit` on an event loop, gathered with the other requests of the moment."""
-        try:
-            return await self._gathers()[0](admit)
-        except Exception:
-            logger.exception("mailbox: a request failed")
-            return _UNAVAILABLE
-
-    def _gathers(
-        self,
-    ) -> tuple[_Gathered[_Admit, int | None], _Gathered[tuple[UUID, int], list[Letter]]]:
-        """The gathered store calls of the running event loop: admitting, fetching."""
+    def _gathers(self) -> _Gathers:
+        """The gathered store calls of the running event loop: beginning, fetching."""
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0]() is loop:  # the one loop of a server, mostly
+            return last[1]
         gathers = self._gathered.get(loop)
         if gathers is None:
-            store = self.mailbox
             gathers = self._gathered[loop] = (
-                _Gathered(self._admit_many),
-                _Gathered(functools.partial(_fetch_many, store)),
+                _Gathered(self._begin_many),
+                _Gathered(functools.partial(_fetch_many, self.mailbox)),
             )
+        self._last = (weakref.ref(loop), gathers)
         return gathers
 
-    def _offer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
-        """The client's messages now, as an answer; ``None`` if it has none."""
-        limit = min(request.max, self.max_batch)
+    def _offer(self, receiver: Receiver, limit: int) -> Response | None:
+        """The client's messages now (up to ``limit``), as an answer; ``None``: none."""
         try:
             letters = self.mailbox.fetch(receiver.id, limit)
         except Exception:
@@ -435,10 +519,10 @@ class MailboxApp:
             return None
         return self._answer(receiver, letters)
 
-    async def _aoffer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
+    async def _aoffer(self, receiver: Receiver, limit: int) -> Response | None:
         """`_offer` on an event loop: the fetch gathered with the other polls' of the loop."""
         try:
-            letters = await self._gathers()[1]((receiver.id, min(request.max, self.max_batch)))
+            letters = await self._gathers()[1]((receiver.id, limit))
         except Exception:
             logger.exception("mailbox: a fetch failed")
             return _UNAVAILABLE
@@ -477,18 +561,13 @@ class MailboxApp:
         """
         self._waiting.close()
 
-    def _hold(
-        self,
-        receiver: Receiver,
-        request: FetchRequest,
-        offered: Response | None,
-        waiter: _Waiter,
-    ) -> Response | float:
+    def _hold(self, fetching: _Fetching, waiter: _Waiter) -> Response | float:
         """Answer a fetch at once, or hold it: the seconds to wait, ``waiter`` registered.
 
         At once: it found mail, asked not to wait, or is one poll too many.
         """
-        wait = min(request.wait, self.max_wait)
+        receiver, offered = fetching.receiver, fetching.offered
+        wait = min(fetching.wait, self.max_wait)
         if offered is not None or wait <= 0:
             return offered or self._answer(receiver, [])
         why = self._waiting.add(receiver.id, waiter, self.max_polls_per_client, self.max_open_polls)
@@ -496,9 +575,15 @@ class MailboxApp:
             return self._too_many(why)
         return wait
 
-    def _look(self, receiver: Receiver, offered: Response | None) -> Response | None:
-        """After a wake-up: the answer if mail came or the app closes; ``None``: hold on."""
-        if offered is not None or self._waiting.closed:
+    def _look(
+        self, receiver: Receiver, offered: Response | None, last: bool = False
+    ) -> Response | None:
+        """After a wake-up: the answer, or ``None``: hold on.
+
+        The answer is the mail if some came, else empty if the app closes or this is the
+        ``last`` look (the poll's time is up).
+        """
+        if offered is not None or last or self._waiting.closed:
             return offered or self._answer(receiver, [])
         return None
 
@@ -518,6 +603,42 @@ class MailboxApp:
     # -- ASGI ------------------------------------------------------------------------------
 
     async def _aserve(self, scope: ASGIScope, receive: ASGIReceive) -> Response:
+        begun = await self._astart(scope, receive)
+        if isinstance(begun, Response):
+            return begun
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop)
+        wait = self._hold(begun, waiter)
+        if isinstance(wait, Response):
+            return wait
+        receiver, limit = begun.receiver, begun.limit
+        del begun  # its offer was None
+        # one future wakes the poll: mail, its time being up, or its client leaving
+        future = waiter.rearm(loop)
+        expire = waiter.expire
+        gone = loop.create_task(_disconnected(receive))
+        gone.add_done_callback(expire)
+        timer = loop.call_later(wait, expire)
+        try:
+            while True:
+                await future
+                if gone.done():
+                    raise DisconnectedError
+                last = waiter.expired
+                future = waiter.rearm(loop)
+                answer = self._look(receiver, await self._aoffer(receiver, limit), last)
+                if answer is not None:
+                    return answer
+        finally:
+            timer.cancel()
+            gone.cancel()
+            self._waiting.remove(receiver.id, waiter)
+
+    async def _astart(self, scope: ASGIScope, receive: ASGIReceive) -> Response | _Fetching:
+        """A request up to its first look for mail: the answer, or the fetch to hold.
+
+        Its own coroutine, so that what it read is freed before a poll is held.
+        """
         method: str = scope["method"]
         path: str = scope.get("path", "")
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
@@ -525,9 +646,7 @@ class MailboxApp:
         if refused is not None:
             return refused
         try:
-            body = await asyncio.wait_for(
-                read_body(receive, self.max_body_bytes), self.read_timeout
-            )
+            body = await read_body_within(receive, self.max_body_bytes, self.read_timeout)
         except BodyTooLargeError:
             return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
         except asyncio.TimeoutError:
@@ -535,35 +654,8 @@ class MailboxApp:
         read = self._read(path, headers, body)
         if isinstance(read, Response):
             return read
-        begun = self._admitted(*read, await self._aadmit(read[0]))
-        if isinstance(begun, Response):
-            return begun
-        receiver, request = begun
-        offered = await self._aoffer(receiver, request)
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop)
-        wait = self._hold(receiver, request, offered, waiter)
-        if isinstance(wait, Response):
-            return wait
-        gone = loop.create_task(_disconnected(receive))
-        event = waiter.event
-        assert isinstance(event, asyncio.Event)  # noqa: S101 - an asyncio waiter
-        try:
-            until = loop.time() + wait
-            while (left := until - loop.time()) > 0:
-                woken = loop.create_task(event.wait())
-                await asyncio.wait({woken, gone}, timeout=left, return_when="FIRST_COMPLETED")
-                woken.cancel()
-                if gone.done():
-                    raise DisconnectedError
-                event.clear()
-                answer = self._look(receiver, await self._aoffer(receiver, request))
-                if answer is not None:
-                    return answer
-            return self._answer(receiver, [])
-        finally:
-            gone.cancel()
-            self._waiting.remove(receiver.id, waiter)
+        admit, fetch = read
+        return self._begun(admit, fetch, await self._abegin(admit, fetch))
 
     def asgi_app(self) -> ASGIApp:
         """The app as a plain ASGI 3 application (mount it at e.g. ``/mailbox``)."""
@@ -625,22 +717,23 @@ class MailboxApp:
         read = self._read(path, headers, body)
         if isinstance(read, Response):
             return read
-        begun = self._admitted(*read, self._admit(read[0]))
+        admit, fetch = read
+        begun = self._begun(admit, fetch, self._begin(admit, fetch))
         if isinstance(begun, Response):
             return begun
-        receiver, request = begun
         waiter = _Waiter(None)
-        wait = self._hold(receiver, request, self._offer(receiver, request), waiter)
+        wait = self._hold(begun, waiter)
         if isinstance(wait, Response):
             return wait
+        receiver, limit = begun.receiver, begun.limit
         event = waiter.event
-        assert isinstance(event, threading.Event)  # noqa: S101 - a threading waiter
+        assert event is not None  # noqa: S101 - a threading waiter
         try:
             until = time.monotonic() + wait
             while (left := until - time.monotonic()) > 0:
                 event.wait(left)
                 event.clear()
-                answer = self._look(receiver, self._offer(receiver, request))
+                answer = self._look(receiver, self._offer(receiver, limit))
                 if answer is not None:
                     return answer
             return self._answer(receiver, [])
