@@ -377,9 +377,13 @@ class MailboxApp:
         return None
 
     def _verify(
-        self, client: UUID, headers: Sequence[tuple[str, str]], body: bytes
+        self,
+        client: UUID,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        acks: Sequence[tuple[str, int]],
     ) -> _Admit | Response:
-        """The request's nonce, if the client it names signed it; else the refusal."""
+        """The request to admit, if the client it names signed it; else the refusal."""
         receiver = Receiver(client, MAILBOX_ENDPOINT)
         now = self.clock()
         try:
@@ -388,7 +392,7 @@ class MailboxApp:
             )
         except FlnotifyError:
             return _UNAUTHORIZED
-        return _Admit(client, f"{client}:{verified.id}", ())
+        return _Admit(client, f"{client}:{verified.id}", acks)
 
     def _admit_many(self, admits: list[_Admit]) -> list[int | None]:
         """Record the nonces, take the answers of the fresh ones: two transactions in all.
@@ -429,7 +433,7 @@ class MailboxApp:
                 request = parse_fetch(body, max_acks=self.max_acks)
                 # the acknowledgements of the previous fetch, carried by this one
                 client, acks = request.client, list(request.acks)
-            who = self._verify(client, headers, body)
+            who = self._verify(client, headers, body, [(a.id, a.status) for a in acks])
         except MailboxProtocolError as exc:
             return error(400, "malformed", str(exc))
         except Exception:
@@ -437,7 +441,7 @@ class MailboxApp:
             return _UNAVAILABLE
         if isinstance(who, Response):
             return who
-        return attrs.evolve(who, acks=[(a.id, a.status) for a in acks]), request
+        return who, request
 
     def _begin_many(self, begun: list[tuple[_Admit, int]]) -> list[_Begun]:
         """Admit requests, then fetch for the fresh fetches: one worker call for all.

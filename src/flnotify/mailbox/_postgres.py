@@ -37,8 +37,11 @@ from ._model import (
     check_post,
     check_reposted,
     fetchable_sql,
-    first_answers,
+    first_nonces,
     first_per_id,
+    fresh_flags,
+    taken_counts,
+    unique_answers,
 )
 from ._store import Adopted, Answer, Letter, MailboxSignals
 
@@ -497,23 +500,13 @@ class PostgresMailbox(Closing):
 
     def ack_many(self, acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]]) -> list[int]:
         """[`ack`][flnotify.mailbox.PostgresMailbox.ack] of several clients, one statement."""
-        taken = [0] * len(acks)
-        by: dict[tuple[UUID, str], int] = {}  # the first answer of each: whose it is
-        clients: list[UUID] = []
-        ids: list[str] = []
-        statuses: list[int] = []
-        for i, (client, answers) in enumerate(acks):
-            for message_id, status in first_answers(answers):
-                if (client, message_id) not in by:
-                    by[client, message_id] = i
-                    clients.append(client)
-                    ids.append(message_id)
-                    statuses.append(status)
-        if not ids:
-            return taken
+        whose, rows = unique_answers(acks)
+        if not rows:
+            return [0] * len(acks)
+        clients, ids, statuses = (list(column) for column in zip(*rows, strict=True))
         params = {"clients": clients, "ids": ids, "statuses": statuses}
-        for client, message_id in self._run(_ACK, params, light=True)[0]:
-            taken[by[client, message_id]] += 1
+        returned = self._run(_ACK, params, light=True)[0]
+        taken = taken_counts(len(acks), whose, ((c, m) for c, m in returned))
         if any(taken):
             self.signals.answered()
         return taken
@@ -527,17 +520,11 @@ class PostgresMailbox(Closing):
 
         One statement; a nonce twice in ``nonces`` is fresh the first time only.
         """
-        first = dict(reversed(nonces))
+        first = first_nonces(nonces)
         if not first:
             return []
         params = {"nonces": list(first), "untils": list(first.values())}
-        fresh = {row[0] for row in self._run(_REMEMBER, params, light=True)[0]}
-        seen: set[str] = set()
-        found = []
-        for nonce, _ in nonces:
-            found.append(nonce in fresh and nonce not in seen)
-            seen.add(nonce)
-        return found
+        return fresh_flags(nonces, (row[0] for row in self._run(_REMEMBER, params, light=True)[0]))
 
     # -- operating -----------------------------------------------------------------------
 

@@ -29,8 +29,11 @@ from ._model import (
     check_post,
     check_reposted,
     fetchable_sql,
-    first_answers,
+    first_nonces,
     first_per_id,
+    fresh_flags,
+    taken_counts,
+    unique_answers,
 )
 from ._store import Adopted, Answer, Letter, MailboxSignals
 
@@ -120,11 +123,20 @@ SELECT DISTINCT client_id FROM flnotify_mailbox INDEXED BY flnotify_mailbox_wait
 WHERE client_id IN (SELECT value FROM json_each(:clients)) AND {fetchable_sql(":now")}
 """  # noqa: S608 - constants only
 
+# The answers of every request of a batch (client, message id, status): one statement.
 _ACK = """
-UPDATE flnotify_mailbox SET state = 'answered', status = json_extract(v.value, '$[1]')
+UPDATE flnotify_mailbox SET state = 'answered', status = json_extract(v.value, '$[2]')
 FROM json_each(:acks) AS v
-WHERE flnotify_mailbox.message_id = json_extract(v.value, '$[0]')
-    AND client_id = :client AND +state = 'offered' AND deadline_at > :now
+WHERE flnotify_mailbox.message_id = json_extract(v.value, '$[1]')
+    AND client_id = json_extract(v.value, '$[0]') AND +state = 'offered' AND deadline_at > :now
+RETURNING client_id, message_id
+"""
+
+# The nonces of a batch (first occurrences only): the ones new to the table come back.
+_REMEMBER = """
+INSERT OR IGNORE INTO flnotify_mailbox_nonces (nonce, until)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:nonces)
+RETURNING nonce
 """
 
 # A judge asks for its answers after every acknowledgement it is told of: both statements
@@ -452,19 +464,15 @@ class Mailbox(Closing):
 
     def ack_many(self, acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]]) -> list[int]:
         """[`ack`][flnotify.mailbox.Mailbox.ack] of several clients in one transaction."""
-        taken = [0] * len(acks)
-        if not any(answers for _, answers in acks):
-            return taken
+        whose, rows = unique_answers(acks)
+        if not rows:
+            return [0] * len(acks)
+        texts = {client: str(client) for client, _ in acks}
+        uuids = {text: client for client, text in texts.items()}
+        acks_json = outcome_json([(texts[client], mid, status) for client, mid, status in rows])
         with self._transaction(light=True) as conn:
-            now = self.clock()
-            for i, (client, answers) in enumerate(acks):
-                if answers:
-                    params = {
-                        "client": str(client),
-                        "now": now,
-                        "acks": outcome_json(first_answers(answers)),
-                    }
-                    taken[i] = conn.execute(_ACK, params).rowcount
+            returned = conn.execute(_ACK, {"acks": acks_json, "now": self.clock()}).fetchall()
+        taken = taken_counts(len(acks), whose, ((uuids[c], m) for c, m in returned))
         if any(taken):
             self.signals.answered()
         return taken
@@ -478,17 +486,13 @@ class Mailbox(Closing):
 
         A nonce twice in ``nonces`` is fresh the first time only.
         """
-        if not nonces:
+        first = first_nonces(nonces)
+        if not first:
             return []
         with self._transaction(light=True) as conn:
             conn.execute("DELETE FROM flnotify_mailbox_nonces WHERE until <= ?", (self.clock(),))
-            return [
-                conn.execute(
-                    "INSERT OR IGNORE INTO flnotify_mailbox_nonces VALUES (?, ?)", (nonce, until)
-                ).rowcount
-                == 1
-                for nonce, until in nonces
-            ]
+            rows = conn.execute(_REMEMBER, {"nonces": outcome_json(list(first.items()))})
+            return fresh_flags(nonces, (row[0] for row in rows))
 
     # -- operating -----------------------------------------------------------------------
 
