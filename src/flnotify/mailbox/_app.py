@@ -214,19 +214,21 @@ class _Gathered(Generic[_I, _R]):
     not one per request), which answers each in order.
     """
 
-    def __init__(self, run: Callable[[list[_I]], list[_R]]) -> None:
+    def __init__(
+        self, run: Callable[[list[_I]], list[_R]], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.run = run
+        self.loop = loop
         self.queue: list[tuple[_I, asyncio.Future[_R]]] = []
         self.task: asyncio.Task[None] | None = None
 
-    async def __call__(self, item: _I) -> _R:
-        """``item``'s answer, from a call shared with the other requests of the moment."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_R] = loop.create_future()
+    def __call__(self, item: _I) -> asyncio.Future[_R]:
+        """``item``'s answer (to await), from a call shared with the other requests."""
+        future: asyncio.Future[_R] = self.loop.create_future()
         self.queue.append((item, future))
         if self.task is None:
-            self.task = loop.create_task(self._drain())
-        return await future
+            self.task = self.loop.create_task(self._drain())
+        return future
 
     async def _drain(self) -> None:
         try:
@@ -471,10 +473,12 @@ class MailboxApp:
             logger.exception("mailbox: a request failed")
             return _UNAVAILABLE
 
-    async def _abegin(self, admit: _Admit, request: FetchRequest | None) -> _Begun | Response:
-        """`_begin` on an event loop, gathered with the other requests of the moment."""
+    async def _abegin(
+        self, admit: _Admit, request: FetchRequest | None, loop: asyncio.AbstractEventLoop
+    ) -> _Begun | Response:
+        """`_begin` on ``loop``, gathered with the other requests of the moment."""
         try:
-            return await self._gathers()[0]((admit, self._limit(request)))
+            return await self._gathers(loop)[0]((admit, self._limit(request)))
         except Exception:
             logger.exception("mailbox: a request failed")
             return _UNAVAILABLE
@@ -497,17 +501,16 @@ class MailboxApp:
         offered = self._answer(receiver, letters) if letters else None
         return _Fetching(receiver, self._limit(request), request.wait, offered)
 
-    def _gathers(self) -> _Gathers:
-        """The gathered store calls of the running event loop: beginning, fetching."""
-        loop = asyncio.get_running_loop()
+    def _gathers(self, loop: asyncio.AbstractEventLoop) -> _Gathers:
+        """The gathered store calls of ``loop`` (the running one): beginning, fetching."""
         last = self._last
         if last is not None and last[0]() is loop:  # the one loop of a server, mostly
             return last[1]
         gathers = self._gathered.get(loop)
         if gathers is None:
             gathers = self._gathered[loop] = (
-                _Gathered(self._begin_many),
-                _Gathered(functools.partial(_fetch_many, self.mailbox)),
+                _Gathered(self._begin_many, loop),
+                _Gathered(functools.partial(_fetch_many, self.mailbox), loop),
             )
         self._last = (weakref.ref(loop), gathers)
         return gathers
@@ -523,10 +526,12 @@ class MailboxApp:
             return None
         return self._answer(receiver, letters)
 
-    async def _aoffer(self, receiver: Receiver, limit: int) -> Response | None:
+    async def _aoffer(
+        self, receiver: Receiver, limit: int, loop: asyncio.AbstractEventLoop
+    ) -> Response | None:
         """`_offer` on an event loop: the fetch gathered with the other polls' of the loop."""
         try:
-            letters = await self._gathers()[1]((receiver.id, limit))
+            letters = await self._gathers(loop)[1]((receiver.id, limit))
         except Exception:
             logger.exception("mailbox: a fetch failed")
             return _UNAVAILABLE
@@ -607,10 +612,10 @@ class MailboxApp:
     # -- ASGI ------------------------------------------------------------------------------
 
     async def _aserve(self, scope: ASGIScope, receive: ASGIReceive) -> Response:
-        begun = await self._astart(scope, receive)
+        loop = asyncio.get_running_loop()
+        begun = await self._astart(scope, receive, loop)
         if isinstance(begun, Response):
             return begun
-        loop = asyncio.get_running_loop()
         waiter = _Waiter(loop)
         wait = self._hold(begun, waiter)
         if isinstance(wait, Response):
@@ -618,7 +623,8 @@ class MailboxApp:
         receiver, limit = begun.receiver, begun.limit
         del begun  # its offer was None
         # one future wakes the poll: mail, its time being up, or its client leaving
-        future = waiter.rearm(loop)
+        future = waiter.future
+        assert future is not None  # noqa: S101 - an asyncio waiter
         expire = waiter.expire
         gone = loop.create_task(_disconnected(receive))
         gone.add_done_callback(expire)
@@ -630,7 +636,7 @@ class MailboxApp:
                     raise DisconnectedError
                 last = waiter.expired
                 future = waiter.rearm(loop)
-                answer = self._look(receiver, await self._aoffer(receiver, limit), last)
+                answer = self._look(receiver, await self._aoffer(receiver, limit, loop), last)
                 if answer is not None:
                     return answer
         finally:
@@ -638,7 +644,9 @@ class MailboxApp:
             gone.cancel()
             self._waiting.remove(receiver.id, waiter)
 
-    async def _astart(self, scope: ASGIScope, receive: ASGIReceive) -> Response | _Fetching:
+    async def _astart(
+        self, scope: ASGIScope, receive: ASGIReceive, loop: asyncio.AbstractEventLoop
+    ) -> Response | _Fetching:
         """A request up to its first look for mail: the answer, or the fetch to hold.
 
         Its own coroutine, so that what it read is freed before a poll is held.
@@ -659,7 +667,7 @@ class MailboxApp:
         if isinstance(read, Response):
             return read
         admit, fetch = read
-        return self._begun(admit, fetch, await self._abegin(admit, fetch))
+        return self._begun(admit, fetch, await self._abegin(admit, fetch, loop))
 
     def asgi_app(self) -> ASGIApp:
         """The app as a plain ASGI 3 application (mount it at e.g. ``/mailbox``)."""

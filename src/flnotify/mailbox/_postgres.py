@@ -385,7 +385,7 @@ class PostgresMailbox(Closing):
         with self._cursor(single=False) as cur:  # a refused post is rolled back
             cur.execute(_POST, params, prepare=True)
             check_reposted(cur.rowcount, rows)
-        self.signals.mail(UUID(client) for client in clients)
+        self.signals.mail(client for client, _ in letters)
 
     def answers(self, owner: str) -> list[Answer]:
         """The owner's answered messages, oldest first; overdue ones are answered first."""

@@ -312,7 +312,7 @@ class Mailbox(Closing):
                 },
             ).rowcount
             check_reposted(written, rows)
-        self.signals.mail(UUID(client) for client, _ in rows)
+        self.signals.mail(client for client, _ in letters)
 
     def answers(self, owner: str) -> list[Answer]:
         """The owner's answered messages, oldest first.
@@ -419,13 +419,13 @@ class Mailbox(Closing):
             check_limit(limit)
         if not limits:
             return {}
-        clients = [str(c) for c in limits]
+        uuids = {str(c): c for c in limits}
         with self._transaction(write=False, light=True) as conn:  # most polls find nothing
-            params = {"clients": json.dumps(clients), "now": self.clock()}
+            params = {"clients": json.dumps(list(uuids)), "now": self.clock()}
             ready = {row[0] for row in conn.execute(_FETCHABLE, params)}
         if not ready:
             return {}
-        wanted = [[client, limits[UUID(client)]] for client in ready]
+        wanted = [[client, limits[uuids[client]]] for client in ready]
         with self._transaction(light=True) as conn:
             params = {
                 "limits": json.dumps(wanted),
@@ -441,7 +441,7 @@ class Mailbox(Closing):
                 bodies[send] = bytes(payload)
         found: dict[UUID, list[Letter]] = {}
         for _, client, mid, n, send in rows:
-            who = UUID(client)
+            who = uuids[client]
             found.setdefault(who, []).append(Letter(mid, who, bodies[send], n))
         return found
 
