@@ -72,41 +72,55 @@ _R = TypeVar("_R")
 
 
 class _Waiter:
-    """One long poll waiting for mail: a future of its event loop (ASGI) or an event (WSGI).
+    """One long poll waiting for mail: its request's task (ASGI) or an event (WSGI).
 
-    An asyncio poll's future is also resolved when its time is up (``expired``) or its
-    client went away, so that the poll waits on one future and nothing else; after each
-    wake-up the poll arms a new one before it looks for mail (a wake-up meanwhile
-    resolves that one). A held poll is mostly objects that outlive many garbage
-    collections: it keeps as few as it can.
+    An asyncio poll waits in its own task for its client to leave (the ASGI ``receive``,
+    the only way to learn it), and nothing else: a wake-up (mail, its time being up, the
+    app closing) cancels that wait, and the poll takes the cancellation as its own and
+    looks for mail. A wake-up while it looks is kept (``pending``) for after the look. No
+    second task, no future per poll: a held poll is mostly objects that outlive several
+    garbage collections, and it keeps as few as it can.
     """
 
-    __slots__ = ("event", "expired", "future", "loop")
+    __slots__ = ("cancelling", "event", "expired", "idle", "loop", "pending", "task")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None, task: asyncio.Task[Any] | None = None
+    ) -> None:
         self.loop = loop
-        self.expired = False
+        self.task = task
         self.event = threading.Event() if loop is None else None
-        self.future: asyncio.Future[None] | None = None if loop is None else loop.create_future()
+        self.expired = False  # its time is up: the next look is its last
+        self.pending = False  # woken while not waiting: look again before waiting
+        self.idle = False  # its task waits for the client to leave (cancel to wake it)
+        self.cancelling = False  # a wake-up cancelled that wait
 
     def wake(self) -> None:
-        """Wake the poll (from its own loop's thread, for an asyncio poll)."""
-        future = self.future
-        if future is None:
-            assert self.event is not None  # noqa: S101 - a threading waiter
+        """Wake the poll (on its own loop's thread, for an asyncio poll)."""
+        if self.event is not None:
             self.event.set()
-        elif not future.done():
-            future.set_result(None)
+            return
+        self.pending = True
+        if self.idle and not self.cancelling and self.task is not None:
+            self.cancelling = True
+            self.task.cancel()
 
-    def expire(self, *_: object) -> None:
-        """The poll's time is up (or its client left): wake it for the last time."""
+    def expire(self) -> None:
+        """The poll's time is up: wake it for the last time."""
         self.expired = True
         self.wake()
 
-    def rearm(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
-        """A fresh future for the next wake-up (an asyncio poll)."""
-        future = self.future = loop.create_future()
-        return future
+    def woken(self) -> bool:
+        """Whether the cancellation its task caught is this waiter's wake-up alone.
+
+        Not if it did not cancel, or if someone else cancelled the task too (the server
+        shutting down): that cancellation goes on.
+        """
+        if not self.cancelling:
+            return False
+        self.cancelling = False
+        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
+        return uncancel is None or uncancel() == 0
 
 
 def _wake(waiters: Iterable[_Waiter]) -> None:
@@ -616,32 +630,24 @@ class MailboxApp:
         begun = await self._astart(scope, receive, loop)
         if isinstance(begun, Response):
             return begun
-        waiter = _Waiter(loop)
+        waiter = _Waiter(loop, asyncio.current_task())
         wait = self._hold(begun, waiter)
         if isinstance(wait, Response):
             return wait
         receiver, limit = begun.receiver, begun.limit
         del begun  # its offer was None
-        # one future wakes the poll: mail, its time being up, or its client leaving
-        future = waiter.future
-        assert future is not None  # noqa: S101 - an asyncio waiter
-        expire = waiter.expire
-        gone = loop.create_task(_disconnected(receive))
-        gone.add_done_callback(expire)
-        timer = loop.call_later(wait, expire)
+        timer = loop.call_later(wait, waiter.expire)
         try:
             while True:
-                await future
-                if gone.done():
-                    raise DisconnectedError
+                if not waiter.pending:
+                    await _until_woken(receive, waiter)
+                waiter.pending = False
                 last = waiter.expired
-                future = waiter.rearm(loop)
                 answer = self._look(receiver, await self._aoffer(receiver, limit, loop), last)
                 if answer is not None:
                     return answer
         finally:
             timer.cancel()
-            gone.cancel()
             self._waiting.remove(receiver.id, waiter)
 
     async def _astart(
@@ -790,9 +796,20 @@ def _read_within(
     return b"".join(chunks)
 
 
-async def _disconnected(receive: ASGIReceive) -> None:
-    """Until the client goes away (its long poll is then abandoned, nothing fetched)."""
-    while True:
-        message: dict[str, Any] = dict(await receive())
-        if message.get("type") == "http.disconnect":
-            return
+async def _until_woken(receive: ASGIReceive, waiter: _Waiter) -> None:
+    """Wait for ``waiter``'s wake-up; if the client goes away first, `DisconnectedError`.
+
+    After the body, ``receive`` answers only when the client leaves; a wake-up cancels
+    it (see `_Waiter`). A held poll whose client left is abandoned, nothing fetched.
+    """
+    waiter.idle = True
+    try:
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                raise DisconnectedError
+    except asyncio.CancelledError:
+        if not waiter.woken():
+            raise
+    finally:
+        waiter.idle = False
