@@ -380,8 +380,12 @@ class MailboxApp:
     # -- the steps, without waiting ------------------------------------------------------
 
     def _precheck(
-        self, method: str, path: str, headers: Sequence[tuple[str, str]]
+        self, method: str, path: str, headers: Sequence[tuple[str | bytes, str | bytes]]
     ) -> Response | None:
+        """The refusal of a misdirected, wrong-method or over-large request, or ``None``.
+
+        Headers are counted and measured as text (WSGI) or as bytes (ASGI) alike.
+        """
         if not path.endswith((FETCH_PATH, ACK_PATH)):
             return error(404, "not_found", "the mailbox answers at .../fetch and .../ack")
         if method != "POST":
@@ -659,10 +663,16 @@ class MailboxApp:
         """
         method: str = scope["method"]
         path: str = scope.get("path", "")
-        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
-        refused = self._precheck(method, path, headers)
+        raw: Sequence[tuple[bytes, bytes]] = scope["headers"]
+        refused = self._precheck(method, path, raw)
         if refused is not None:
             return refused
+        # the signature's headers are all that is read (names lower-case, as ASGI says)
+        headers = [
+            (k.decode("latin-1").lower(), v.decode("latin-1"))
+            for k, v in raw
+            if k[:8].lower() == b"webhook-"
+        ]
         try:
             body = await read_body_within(receive, self.max_body_bytes, self.read_timeout)
         except BodyTooLargeError:
