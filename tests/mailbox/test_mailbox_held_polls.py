@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Mapping
@@ -167,3 +168,30 @@ def test_a_client_that_leaves_frees_its_poll_and_is_handed_nothing(tmp_path: Pat
             assert again.offered() == ["msg_1"]
 
     asyncio.run(main())
+
+
+def test_a_held_poll_whose_servers_receive_fails_ends_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``receive`` that raises while the poll waits is a client gone: no 500, no log."""
+    client, secret, signer = _keys()
+
+    class Broken(Poll):
+        async def receive(self) -> dict[str, Any]:
+            if self.incoming:
+                return self.incoming.pop(0)
+            await self.left.wait()
+            raise RuntimeError("the connection is gone")
+
+    async def main() -> None:
+        with Mailbox(tmp_path / "mail.db") as store:
+            app = MailboxApp(store, signer, poll_interval=3600)
+            poll = Broken(app, client, secret)
+            await _until_held(app, 1)
+            poll.left.set()
+            await poll.task
+            assert (poll.sent, app._waiting.open) == ([], 0)
+
+    with caplog.at_level(logging.WARNING, "flnotify"):
+        asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -821,5 +821,9 @@ async def _until_woken(receive: ASGIReceive, waiter: _Waiter) -> None:
     except asyncio.CancelledError:
         if not waiter.woken():
             raise
+    except DisconnectedError:
+        raise
+    except Exception as exc:  # a server whose receive fails: the client is as good as gone
+        raise DisconnectedError from exc
     finally:
         waiter.idle = False
