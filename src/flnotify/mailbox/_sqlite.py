@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 from uuid import UUID
@@ -171,6 +173,15 @@ WHERE seq IN (SELECT value FROM json_each(:seqs))
 """
 
 
+@contextlib.contextmanager
+def _holding(
+    lock: threading.Lock, transaction: AbstractContextManager[sqlite3.Connection]
+) -> Iterator[sqlite3.Connection]:
+    """``transaction`` entered with ``lock`` held, until it ends."""
+    with lock, transaction as conn:
+        yield conn
+
+
 def _prepare_light(conn: sqlite3.Connection) -> None:
     """The connection for what clients do: set up by the other one already."""
 
@@ -208,6 +219,7 @@ class Mailbox(Closing):
     signals: MailboxSignals = attrs.field(init=False, factory=MailboxSignals, repr=False)
     _db: SQLiteConnection = attrs.field(init=False, repr=False)
     _light: SQLiteConnection = attrs.field(init=False, repr=False)
+    _writing: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._db = SQLiteConnection.open(
@@ -263,8 +275,15 @@ class Mailbox(Closing):
         with the same ``webhook-id`` again (deduplicated by the client); what the server
         decides (posts, outcomes, leases) is committed synchronously, and such a commit
         makes every earlier one durable too (one write-ahead log).
+
+        The two connections' write transactions take turns on a lock of this process
+        first: SQLite would make the second wait for the file's write lock by sleeping
+        and retrying (1, 2, 5, 10, 15, 20, 25 ms...), long after the first committed.
         """
-        return (self._light if light else self._db).transaction(self, write=write)
+        inner = (self._light if light else self._db).transaction(self, write=write)
+        if not write or self._light is self._db:
+            return inner
+        return _holding(self._writing, inner)
 
     # -- the sender's side ---------------------------------------------------------------
 
