@@ -307,18 +307,25 @@ class PostgresMailbox(Closing):
             self._db.close()
             raise
 
-    def _cursor(self, *, single: bool = True) -> AbstractContextManager[psycopg.Cursor[Any]]:
-        """A cursor for one statement (its own transaction) or, not ``single``, several."""
-        return self._db.cursor(self, single=single)
+    def _cursor(
+        self, *, single: bool = True, light: bool = False
+    ) -> AbstractContextManager[psycopg.Cursor[Any]]:
+        """A cursor for one statement (its own transaction) or, not ``single``, several.
+
+        ``light``: committed without waiting for the WAL flush (see `_run`).
+        """
+        return (self._light if light else self._db).cursor(self, single=single)
 
     def _run(
         self, sql: str, params: dict[str, Any], *, light: bool = False
     ) -> tuple[list[Any], int]:
         """Run one prepared hot statement with the clock parameter: its rows and rowcount.
 
-        ``light``: what a client does (fetch, acknowledge, a nonce), committed without
-        waiting for the WAL flush; a crash may lose the last of them, which costs at most
-        an offer again with the same ``webhook-id``. Posts, outcomes and leases wait.
+        ``light``: what a client does (fetch, acknowledge, a nonce) and the outcomes,
+        committed without waiting for the WAL flush; a crash of the database may lose the
+        last of them, which costs at most an offer again with the same ``webhook-id``, or
+        a message judged again by a dispatcher once its sender's lease ended (callbacks
+        at least once). Posts and leases wait.
         """
         params["now"] = None if self.clock is None else self.clock()
         with (self._light if light else self._db).cursor(self, single=True) as cur:
@@ -411,7 +418,7 @@ class PostgresMailbox(Closing):
         deliveries = first_per_id(deliveries)
         if not deliveries:
             return []
-        with self._cursor() as cur:
+        with self._cursor(light=True) as cur:  # see _run: at least once
             settled = _QUEUE.settle(
                 prepared(cur),
                 holder=owner,

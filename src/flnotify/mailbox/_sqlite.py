@@ -269,12 +269,15 @@ class Mailbox(Closing):
     def _transaction(
         self, *, write: bool = True, light: bool = False
     ) -> AbstractContextManager[sqlite3.Connection]:
-        """One transaction; ``light``: what a client does, committed without an fsync.
+        """One transaction; ``light``: committed without an fsync.
 
-        A fetch, an acknowledgement or a nonce lost to a power cut costs at most an offer
-        with the same ``webhook-id`` again (deduplicated by the client); what the server
-        decides (posts, outcomes, leases) is committed synchronously, and such a commit
-        makes every earlier one durable too (one write-ahead log).
+        Light: what a client does and the outcomes. A fetch, an acknowledgement or a nonce
+        lost to a power cut costs at most an offer with the same ``webhook-id`` again
+        (deduplicated by the client); an outcome lost so leaves its message answered, and
+        a dispatcher judges it again once the sender's lease ended (its callbacks run
+        again: at least once, as after any crash between them and the record). Posts and
+        leases are committed synchronously, and such a commit makes every earlier one
+        durable too (one write-ahead log).
 
         The two connections' write transactions take turns on a lock of this process
         first: SQLite would make the second wait for the file's write lock by sleeping
@@ -364,7 +367,7 @@ class Mailbox(Closing):
         deliveries = first_per_id(deliveries)
         if not deliveries:
             return []
-        with self._transaction() as conn:
+        with self._transaction(light=True) as conn:  # see _transaction: at least once
             settled = _QUEUE.settle(
                 conn.execute,
                 holder=owner,
