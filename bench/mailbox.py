@@ -900,7 +900,10 @@ def _measure(args: argparse.Namespace) -> None:
         "",
     ]
     text = "\n".join(head + [p + "\n" for p in parts]).rstrip() + "\n"
-    text = charts.charted(text, "mailbox", "x push to routers")
+    # the PostgreSQL run's charts have files of their own (not the SQLite run's names)
+    text = charts.charted(
+        text, "mailbox-postgres" if args.postgres else "mailbox", "x push to routers"
+    )
     if args.write:
         write_docs(text, postgres=args.postgres)
         print(f"written to {DOCS.relative_to(ROOT)}", file=sys.stderr)
