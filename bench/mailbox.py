@@ -880,11 +880,11 @@ def _measure(args: argparse.Namespace) -> None:
         f"Server: uvicorn {uvicorn.__version__} (1 worker, asyncio loop, httptools), MailboxApp"
         " and a Notifier in one process, "
         + (
-            "PostgresMailbox on a local PostgreSQL (loopback TCP, fsync on; posts and outcomes"
-            " synchronous_commit on, fetches, acks and nonces off)"
+            "PostgresMailbox on a local PostgreSQL (loopback TCP, fsync on; posts and leases"
+            " synchronous_commit on, fetches, acks, nonces and outcomes off)"
             if args.postgres
-            else "SQLite Mailbox on the local disk (WAL; posts and"
-            " outcomes synchronous=FULL, fetches, acks and nonces NORMAL)"
+            else "SQLite Mailbox on the local disk (WAL; posts and leases synchronous=FULL,"
+            " fetches, acks, nonces and outcomes NORMAL)"
         )
         + (
             "; clients acknowledge with /ack"
