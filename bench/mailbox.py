@@ -900,11 +900,10 @@ def _measure(args: argparse.Namespace) -> None:
         "",
     ]
     text = "\n".join(head + [p + "\n" for p in parts]).rstrip() + "\n"
-    # the PostgreSQL run's charts have files of their own (not the SQLite run's names)
-    text = charts.charted(
-        text, "mailbox-postgres" if args.postgres else "mailbox", "x push to routers"
-    )
-    if args.write:
+    if args.write:  # charts only with the tables they are drawn from (not with --no-write)
+        # the PostgreSQL run's charts have files of their own (not the SQLite run's names)
+        name = "mailbox-postgres" if args.postgres else "mailbox"
+        text = charts.charted(text, name, "x push to routers")
         write_docs(text, postgres=args.postgres)
         print(f"written to {DOCS.relative_to(ROOT)}", file=sys.stderr)
 
