@@ -26,8 +26,14 @@ CHARTS = {
     "bench": ("fanout", "x limit"),
     "scaleout": ("scaleout", "x in-process fast"),
     "mailbox": ("mailbox", "x push to routers"),
+    "mailbox-postgres": ("mailbox-postgres", "x push to routers"),
 }
-NAMES = {"fanout": "Fan-out", "scaleout": "Scaling out", "mailbox": "Clients behind NAT"}
+NAMES = {
+    "fanout": "Fan-out",
+    "scaleout": "Scaling out",
+    "mailbox": "Clients behind NAT",
+    "mailbox-postgres": "Clients behind NAT (PostgreSQL)",
+}
 """Which column of which script's tables is drawn."""
 
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d+)?)x\s*$")

@@ -880,11 +880,11 @@ def _measure(args: argparse.Namespace) -> None:
         f"Server: uvicorn {uvicorn.__version__} (1 worker, asyncio loop, httptools), MailboxApp"
         " and a Notifier in one process, "
         + (
-            "PostgresMailbox on a local PostgreSQL (loopback TCP, fsync on; posts and outcomes"
-            " synchronous_commit on, fetches, acks and nonces off)"
+            "PostgresMailbox on a local PostgreSQL (loopback TCP, fsync on; posts and leases"
+            " synchronous_commit on, fetches, acks, nonces and outcomes off)"
             if args.postgres
-            else "SQLite Mailbox on the local disk (WAL; posts and"
-            " outcomes synchronous=FULL, fetches, acks and nonces NORMAL)"
+            else "SQLite Mailbox on the local disk (WAL; posts and leases synchronous=FULL,"
+            " fetches, acks, nonces and outcomes NORMAL)"
         )
         + (
             "; clients acknowledge with /ack"
@@ -900,10 +900,10 @@ def _measure(args: argparse.Namespace) -> None:
         "",
     ]
     text = "\n".join(head + [p + "\n" for p in parts]).rstrip() + "\n"
-    text = charts.charted(
-        text, "mailbox", "x push to routers", charts.IMAGES if args.write else None
-    )
-    if args.write:
+    if args.write:  # charts only with the tables they are drawn from (not with --no-write)
+        # the PostgreSQL run's charts have files of their own (not the SQLite run's names)
+        name = "mailbox-postgres" if args.postgres else "mailbox"
+        text = charts.charted(text, name, "x push to routers")
         write_docs(text, postgres=args.postgres)
         print(f"written to {DOCS.relative_to(ROOT)}", file=sys.stderr)
 

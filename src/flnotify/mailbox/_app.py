@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import threading
@@ -37,7 +38,7 @@ from .._web.asgi import (
     BodyTooLargeError,
     DisconnectedError,
     lifespan,
-    read_body,
+    read_body_within,
 )
 from .._web.responses import Response, error, json_response, status_line
 from .._web.wsgi import wsgi_headers
@@ -67,27 +68,84 @@ _UNAVAILABLE = error(503, "unavailable", "the mailbox is unavailable; try again 
 _MAX_HEADERS = 100
 _MAX_HEADER_BYTES = 32 * 1024
 _READ_CHUNK = 64 * 1024
+_BARE = contextvars.Context()
+"""The context of a poll's timer: it reads no context variable, so it needs no copy."""
 _I = TypeVar("_I")
 _R = TypeVar("_R")
 
 
 class _Waiter:
-    """One long poll waiting for mail: an asyncio event (ASGI) or a threading one (WSGI)."""
+    """One long poll waiting for mail: its request's task (ASGI) or an event (WSGI).
 
-    __slots__ = ("event", "loop")
+    An asyncio poll waits in its own task for its client to leave (the ASGI ``receive``,
+    the only way to learn it), and nothing else: a wake-up (mail, its time being up, the
+    app closing) cancels that wait, and the poll takes the cancellation as its own and
+    looks for mail. A wake-up while it looks is kept (``pending``) for after the look. No
+    second task, no future per poll: a held poll is mostly objects that outlive several
+    garbage collections, and it keeps as few as it can.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+    __slots__ = ("cancelling", "event", "expired", "idle", "loop", "pending", "task")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None, task: asyncio.Task[Any] | None = None
+    ) -> None:
         self.loop = loop
-        self.event: asyncio.Event | threading.Event = (
-            threading.Event() if loop is None else asyncio.Event()
-        )
+        self.task = task
+        self.event = threading.Event() if loop is None else None
+        self.expired = False  # its time is up: the next look is its last
+        self.pending = False  # woken while not waiting: look again before waiting
+        self.idle = False  # its task waits for the client to leave (cancel to wake it)
+        self.cancelling = False  # a wake-up cancelled that wait
 
     def wake(self) -> None:
-        if self.loop is None:
+        """Wake the poll (on its own loop's thread, for an asyncio poll)."""
+        if self.event is not None:
             self.event.set()
+            return
+        self.pending = True
+        if self.idle and not self.cancelling and self.task is not None:
+            self.cancelling = True
+            self.task.cancel()
+
+    def expire(self) -> None:
+        """The poll's time is up: wake it for the last time."""
+        self.expired = True
+        self.wake()
+
+    def woken(self) -> bool:
+        """Whether the cancellation its task caught is this waiter's wake-up alone.
+
+        Not if it did not cancel, or if someone else cancelled the task too (the server
+        shutting down): that cancellation goes on.
+        """
+        if not self.cancelling:
+            return False
+        self.cancelling = False
+        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
+        return uncancel is None or uncancel() == 0
+
+
+def _wake(waiters: Iterable[_Waiter]) -> None:
+    """Wake ``waiters`` from any thread: one hand-off per event loop, not one per poll.
+
+    A send wakes every poll of its clients at once; each hand-off to a loop is a write
+    to its self-pipe and a turn of the loop.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Waiter]] = {}
+    for waiter in waiters:
+        if waiter.loop is None:
+            waiter.wake()
         else:
-            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
-                self.loop.call_soon_threadsafe(self.event.set)
+            by_loop.setdefault(waiter.loop, []).append(waiter)
+    for loop, woken in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+            loop.call_soon_threadsafe(_wake_all, woken)
+
+
+def _wake_all(waiters: list[_Waiter]) -> None:
+    for waiter in waiters:
+        waiter.wake()
 
 
 class _Waiting:
@@ -137,14 +195,13 @@ class _Waiting:
         with self.lock:
             self.closed = True
             found = [w for waiters in self.by_client.values() for w in waiters]
-        for waiter in found:
-            waiter.wake()
+        _wake(found)
 
     def wake(self, clients: Iterable[UUID]) -> None:
         with self.lock:
-            found = [w for c in clients for w in self.by_client.get(c, ())]
-        for waiter in found:
-            waiter.wake()
+            by_client = self.by_client
+            found = [w for c in clients if c in by_client for w in by_client[c]]
+        _wake(found)
 
     def _watch(self) -> None:
         """Every ``interval``, wake the polls whose mail another process queued."""
@@ -174,19 +231,21 @@ class _Gathered(Generic[_I, _R]):
     not one per request), which answers each in order.
     """
 
-    def __init__(self, run: Callable[[list[_I]], list[_R]]) -> None:
+    def __init__(
+        self, run: Callable[[list[_I]], list[_R]], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.run = run
+        self.loop = loop
         self.queue: list[tuple[_I, asyncio.Future[_R]]] = []
         self.task: asyncio.Task[None] | None = None
 
-    async def __call__(self, item: _I) -> _R:
-        """``item``'s answer, from a call shared with the other requests of the moment."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_R] = loop.create_future()
+    def __call__(self, item: _I) -> asyncio.Future[_R]:
+        """``item``'s answer (to await), from a call shared with the other requests."""
+        future: asyncio.Future[_R] = self.loop.create_future()
         self.queue.append((item, future))
         if self.task is None:
-            self.task = loop.create_task(self._drain())
-        return await future
+            self.task = self.loop.create_task(self._drain())
+        return future
 
     async def _drain(self) -> None:
         try:
@@ -228,6 +287,22 @@ class _Admit:
     client: UUID
     nonce: str
     acks: Sequence[tuple[str, int]]
+
+
+@attrs.frozen
+class _Fetching:
+    """A fetch admitted: whose, how many letters and how long to wait, what it found."""
+
+    receiver: Receiver
+    limit: int
+    wait: float
+    offered: Response | None
+
+
+_Begun = tuple[int | None, list[Letter]]
+"""A request admitted: the answers it carried that were taken (``None``: a replay), and
+the letters offered to it (a fetch)."""
+_Gathers = tuple[_Gathered[tuple[_Admit, int], _Begun], _Gathered[tuple[UUID, int], list[Letter]]]
 
 
 @attrs.define(eq=False)
@@ -288,10 +363,12 @@ class MailboxApp:
     clock: Callable[[], float] = attrs.field(default=time.time, repr=False)
     monotonic: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
     _waiting: _Waiting = attrs.field(init=False, repr=False)
-    _gathered: weakref.WeakKeyDictionary[
-        asyncio.AbstractEventLoop,
-        tuple[_Gathered[_Admit, int | None], _Gathered[tuple[UUID, int], list[Letter]]],
-    ] = attrs.field(init=False, repr=False, factory=weakref.WeakKeyDictionary)
+    _gathered: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gathers] = attrs.field(
+        init=False, repr=False, factory=weakref.WeakKeyDictionary
+    )
+    _last: tuple[weakref.ref[asyncio.AbstractEventLoop], _Gathers] | None = attrs.field(
+        init=False, repr=False, default=None
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.max_acks < self.max_batch:
@@ -306,8 +383,12 @@ class MailboxApp:
     # -- the steps, without waiting ------------------------------------------------------
 
     def _precheck(
-        self, method: str, path: str, headers: Sequence[tuple[str, str]]
+        self, method: str, path: str, headers: Sequence[tuple[str | bytes, str | bytes]]
     ) -> Response | None:
+        """The refusal of a misdirected, wrong-method or over-large request, or ``None``.
+
+        Headers are counted and measured as text (WSGI) or as bytes (ASGI) alike.
+        """
         if not path.endswith((FETCH_PATH, ACK_PATH)):
             return error(404, "not_found", "the mailbox answers at .../fetch and .../ack")
         if method != "POST":
@@ -319,9 +400,13 @@ class MailboxApp:
         return None
 
     def _verify(
-        self, client: UUID, headers: Sequence[tuple[str, str]], body: bytes
+        self,
+        client: UUID,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        acks: Sequence[tuple[str, int]],
     ) -> _Admit | Response:
-        """The request's nonce, if the client it names signed it; else the refusal."""
+        """The request to admit, if the client it names signed it; else the refusal."""
         receiver = Receiver(client, MAILBOX_ENDPOINT)
         now = self.clock()
         try:
@@ -330,7 +415,7 @@ class MailboxApp:
             )
         except FlnotifyError:
             return _UNAUTHORIZED
-        return _Admit(client, f"{client}:{verified.id}", ())
+        return _Admit(client, f"{client}:{verified.id}", acks)
 
     def _admit_many(self, admits: list[_Admit]) -> list[int | None]:
         """Record the nonces, take the answers of the fresh ones: two transactions in all.
@@ -371,7 +456,7 @@ class MailboxApp:
                 request = parse_fetch(body, max_acks=self.max_acks)
                 # the acknowledgements of the previous fetch, carried by this one
                 client, acks = request.client, list(request.acks)
-            who = self._verify(client, headers, body)
+            who = self._verify(client, headers, body, [(a.id, a.status) for a in acks])
         except MailboxProtocolError as exc:
             return error(400, "malformed", str(exc))
         except Exception:
@@ -379,53 +464,80 @@ class MailboxApp:
             return _UNAVAILABLE
         if isinstance(who, Response):
             return who
-        return attrs.evolve(who, acks=[(a.id, a.status) for a in acks]), request
+        return who, request
 
-    def _admitted(
-        self, admit: _Admit, request: FetchRequest | None, taken: int | Response | None
-    ) -> Response | tuple[Receiver, FetchRequest]:
-        """After the store admitted the request: answer an ack, or return the fetch."""
-        if isinstance(taken, Response):
-            return taken
+    def _begin_many(self, begun: list[tuple[_Admit, int]]) -> list[_Begun]:
+        """Admit requests, then fetch for the fresh fetches: one worker call for all.
+
+        ``begun``: each request and its fetch limit (0: an ack). Each request's count of
+        answers taken (``None``: a replay) and the letters offered to it; a fetch's own
+        acknowledgements are taken before it looks for mail.
+        """
+        taken = self._admit_many([admit for admit, _ in begun])
+        asked = [i for i, (_, limit) in enumerate(begun) if limit and taken[i] is not None]
+        found: list[_Begun] = [(count, []) for count in taken]
+        if asked:
+            fetched = _fetch_many(self.mailbox, [(begun[i][0].client, begun[i][1]) for i in asked])
+            for i, letters in zip(asked, fetched, strict=True):
+                found[i] = (taken[i], letters)
+        return found
+
+    def _limit(self, request: FetchRequest | None) -> int:
+        """How many letters a request may be offered (0: an ack, none)."""
+        return 0 if request is None else min(request.max, self.max_batch)
+
+    def _begin(self, admit: _Admit, request: FetchRequest | None) -> _Begun | Response:
+        """`_begin_many` of one request, now; a store error is answered 503."""
+        try:
+            return self._begin_many([(admit, self._limit(request))])[0]
+        except Exception:
+            logger.exception("mailbox: a request failed")
+            return _UNAVAILABLE
+
+    async def _abegin(
+        self, admit: _Admit, request: FetchRequest | None, loop: asyncio.AbstractEventLoop
+    ) -> _Begun | Response:
+        """`_begin` on ``loop``, gathered with the other requests of the moment."""
+        try:
+            return await self._gathers(loop)[0]((admit, self._limit(request)))
+        except Exception:
+            logger.exception("mailbox: a request failed")
+            return _UNAVAILABLE
+
+    def _begun(
+        self, admit: _Admit, request: FetchRequest | None, found: _Begun | Response
+    ) -> Response | _Fetching:
+        """After the store admitted the request: answer an ack, or the fetch and its offer.
+
+        The offer is ``None`` if the fetch found no mail.
+        """
+        if isinstance(found, Response):
+            return found
+        taken, letters = found
         if taken is None:
             return _UNAUTHORIZED  # a replay
         if request is None:
             return json_response(200, {"accepted": taken})
-        return Receiver(admit.client, MAILBOX_ENDPOINT), request
+        receiver = Receiver(admit.client, MAILBOX_ENDPOINT)
+        offered = self._answer(receiver, letters) if letters else None
+        return _Fetching(receiver, self._limit(request), request.wait, offered)
 
-    def _admit(self, admit: _Admit) -> int | Response | None:
-        """`_admit_many` of one request, now; a store error is answered 503."""
-        try:
-            return self._admit_many([admit])[0]
-        except Exception:
-            logger.exception("mailbox: a request failed")
-            return _UNAVAILABLE
-
-    async def _aadmit(self, admit: _Admit) -> int | Response | None:
-        """`_admit` on an event loop, gathered with the other requests of the moment."""
-        try:
-            return await self._gathers()[0](admit)
-        except Exception:
-            logger.exception("mailbox: a request failed")
-            return _UNAVAILABLE
-
-    def _gathers(
-        self,
-    ) -> tuple[_Gathered[_Admit, int | None], _Gathered[tuple[UUID, int], list[Letter]]]:
-        """The gathered store calls of the running event loop: admitting, fetching."""
-        loop = asyncio.get_running_loop()
+    def _gathers(self, loop: asyncio.AbstractEventLoop) -> _Gathers:
+        """The gathered store calls of ``loop`` (the running one): beginning, fetching."""
+        last = self._last
+        if last is not None and last[0]() is loop:  # the one loop of a server, mostly
+            return last[1]
         gathers = self._gathered.get(loop)
         if gathers is None:
-            store = self.mailbox
             gathers = self._gathered[loop] = (
-                _Gathered(self._admit_many),
-                _Gathered(functools.partial(_fetch_many, store)),
+                _Gathered(self._begin_many, loop),
+                _Gathered(functools.partial(_fetch_many, self.mailbox), loop),
             )
+        self._last = (weakref.ref(loop), gathers)
         return gathers
 
-    def _offer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
-        """The client's messages now, as an answer; ``None`` if it has none."""
-        limit = min(request.max, self.max_batch)
+    def _offer(self, receiver: Receiver, limit: int) -> Response | None:
+        """The client's messages now (up to ``limit``), as an answer; ``None``: none."""
         try:
             letters = self.mailbox.fetch(receiver.id, limit)
         except Exception:
@@ -435,10 +547,12 @@ class MailboxApp:
             return None
         return self._answer(receiver, letters)
 
-    async def _aoffer(self, receiver: Receiver, request: FetchRequest) -> Response | None:
+    async def _aoffer(
+        self, receiver: Receiver, limit: int, loop: asyncio.AbstractEventLoop
+    ) -> Response | None:
         """`_offer` on an event loop: the fetch gathered with the other polls' of the loop."""
         try:
-            letters = await self._gathers()[1]((receiver.id, min(request.max, self.max_batch)))
+            letters = await self._gathers(loop)[1]((receiver.id, limit))
         except Exception:
             logger.exception("mailbox: a fetch failed")
             return _UNAVAILABLE
@@ -477,18 +591,13 @@ class MailboxApp:
         """
         self._waiting.close()
 
-    def _hold(
-        self,
-        receiver: Receiver,
-        request: FetchRequest,
-        offered: Response | None,
-        waiter: _Waiter,
-    ) -> Response | float:
+    def _hold(self, fetching: _Fetching, waiter: _Waiter) -> Response | float:
         """Answer a fetch at once, or hold it: the seconds to wait, ``waiter`` registered.
 
         At once: it found mail, asked not to wait, or is one poll too many.
         """
-        wait = min(request.wait, self.max_wait)
+        receiver, offered = fetching.receiver, fetching.offered
+        wait = min(fetching.wait, self.max_wait)
         if offered is not None or wait <= 0:
             return offered or self._answer(receiver, [])
         why = self._waiting.add(receiver.id, waiter, self.max_polls_per_client, self.max_open_polls)
@@ -496,9 +605,15 @@ class MailboxApp:
             return self._too_many(why)
         return wait
 
-    def _look(self, receiver: Receiver, offered: Response | None) -> Response | None:
-        """After a wake-up: the answer if mail came or the app closes; ``None``: hold on."""
-        if offered is not None or self._waiting.closed:
+    def _look(
+        self, receiver: Receiver, offered: Response | None, last: bool = False
+    ) -> Response | None:
+        """After a wake-up: the answer, or ``None``: hold on.
+
+        The answer is the mail if some came, else empty if the app closes or this is the
+        ``last`` look (the poll's time is up).
+        """
+        if offered is not None or last or self._waiting.closed:
             return offered or self._answer(receiver, [])
         return None
 
@@ -518,16 +633,51 @@ class MailboxApp:
     # -- ASGI ------------------------------------------------------------------------------
 
     async def _aserve(self, scope: ASGIScope, receive: ASGIReceive) -> Response:
+        loop = asyncio.get_running_loop()
+        begun = await self._astart(scope, receive, loop)
+        if isinstance(begun, Response):
+            return begun
+        waiter = _Waiter(loop, asyncio.current_task())
+        wait = self._hold(begun, waiter)
+        if isinstance(wait, Response):
+            return wait
+        receiver, limit = begun.receiver, begun.limit
+        del begun  # its offer was None
+        timer = loop.call_later(wait, waiter.expire, context=_BARE)
+        try:
+            while True:
+                if not waiter.pending:
+                    await _until_woken(receive, waiter)
+                waiter.pending = False
+                last = waiter.expired
+                answer = self._look(receiver, await self._aoffer(receiver, limit, loop), last)
+                if answer is not None:
+                    return answer
+        finally:
+            timer.cancel()
+            self._waiting.remove(receiver.id, waiter)
+
+    async def _astart(
+        self, scope: ASGIScope, receive: ASGIReceive, loop: asyncio.AbstractEventLoop
+    ) -> Response | _Fetching:
+        """A request up to its first look for mail: the answer, or the fetch to hold.
+
+        Its own coroutine, so that what it read is freed before a poll is held.
+        """
         method: str = scope["method"]
         path: str = scope.get("path", "")
-        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
-        refused = self._precheck(method, path, headers)
+        raw: Sequence[tuple[bytes, bytes]] = scope["headers"]
+        refused = self._precheck(method, path, raw)
         if refused is not None:
             return refused
+        # the signature's headers are all that is read (names lower-case, as ASGI says)
+        headers = [
+            (k.decode("latin-1").lower(), v.decode("latin-1"))
+            for k, v in raw
+            if k[:8].lower() == b"webhook-"
+        ]
         try:
-            body = await asyncio.wait_for(
-                read_body(receive, self.max_body_bytes), self.read_timeout
-            )
+            body = await read_body_within(receive, self.max_body_bytes, self.read_timeout)
         except BodyTooLargeError:
             return error(413, "payload_too_large", f"the body exceeds {self.max_body_bytes} bytes")
         except asyncio.TimeoutError:
@@ -535,35 +685,8 @@ class MailboxApp:
         read = self._read(path, headers, body)
         if isinstance(read, Response):
             return read
-        begun = self._admitted(*read, await self._aadmit(read[0]))
-        if isinstance(begun, Response):
-            return begun
-        receiver, request = begun
-        offered = await self._aoffer(receiver, request)
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop)
-        wait = self._hold(receiver, request, offered, waiter)
-        if isinstance(wait, Response):
-            return wait
-        gone = loop.create_task(_disconnected(receive))
-        event = waiter.event
-        assert isinstance(event, asyncio.Event)  # noqa: S101 - an asyncio waiter
-        try:
-            until = loop.time() + wait
-            while (left := until - loop.time()) > 0:
-                woken = loop.create_task(event.wait())
-                await asyncio.wait({woken, gone}, timeout=left, return_when="FIRST_COMPLETED")
-                woken.cancel()
-                if gone.done():
-                    raise DisconnectedError
-                event.clear()
-                answer = self._look(receiver, await self._aoffer(receiver, request))
-                if answer is not None:
-                    return answer
-            return self._answer(receiver, [])
-        finally:
-            gone.cancel()
-            self._waiting.remove(receiver.id, waiter)
+        admit, fetch = read
+        return self._begun(admit, fetch, await self._abegin(admit, fetch, loop))
 
     def asgi_app(self) -> ASGIApp:
         """The app as a plain ASGI 3 application (mount it at e.g. ``/mailbox``)."""
@@ -625,22 +748,23 @@ class MailboxApp:
         read = self._read(path, headers, body)
         if isinstance(read, Response):
             return read
-        begun = self._admitted(*read, self._admit(read[0]))
+        admit, fetch = read
+        begun = self._begun(admit, fetch, self._begin(admit, fetch))
         if isinstance(begun, Response):
             return begun
-        receiver, request = begun
         waiter = _Waiter(None)
-        wait = self._hold(receiver, request, self._offer(receiver, request), waiter)
+        wait = self._hold(begun, waiter)
         if isinstance(wait, Response):
             return wait
+        receiver, limit = begun.receiver, begun.limit
         event = waiter.event
-        assert isinstance(event, threading.Event)  # noqa: S101 - a threading waiter
+        assert event is not None  # noqa: S101 - a threading waiter
         try:
             until = time.monotonic() + wait
             while (left := until - time.monotonic()) > 0:
                 event.wait(left)
                 event.clear()
-                answer = self._look(receiver, self._offer(receiver, request))
+                answer = self._look(receiver, self._offer(receiver, limit))
                 if answer is not None:
                     return answer
             return self._answer(receiver, [])
@@ -685,9 +809,24 @@ def _read_within(
     return b"".join(chunks)
 
 
-async def _disconnected(receive: ASGIReceive) -> None:
-    """Until the client goes away (its long poll is then abandoned, nothing fetched)."""
-    while True:
-        message: dict[str, Any] = dict(await receive())
-        if message.get("type") == "http.disconnect":
-            return
+async def _until_woken(receive: ASGIReceive, waiter: _Waiter) -> None:
+    """Wait for ``waiter``'s wake-up; if the client goes away first, `DisconnectedError`.
+
+    After the body, ``receive`` answers only when the client leaves; a wake-up cancels
+    it (see `_Waiter`). A held poll whose client left is abandoned, nothing fetched.
+    """
+    waiter.idle = True
+    try:
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                raise DisconnectedError
+    except asyncio.CancelledError:
+        if not waiter.woken():
+            raise
+    except DisconnectedError:
+        raise
+    except Exception as exc:  # a server whose receive fails: the client is as good as gone
+        raise DisconnectedError from exc
+    finally:
+        waiter.idle = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from uuid import UUID
 
 from .._exceptions import ConfigurationError, MailboxError
@@ -19,8 +19,11 @@ __all__ = [
     "check_post",
     "check_reposted",
     "fetchable_sql",
-    "first_answers",
+    "first_nonces",
     "first_per_id",
+    "fresh_flags",
+    "taken_counts",
+    "unique_answers",
 ]
 
 STATES = ("queued", "offered", "answered", "done")
@@ -83,12 +86,48 @@ def check_limit(limit: int) -> None:
         raise ConfigurationError(msg)
 
 
-def first_answers(acks: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
-    """The (message id, status) answers with the first of each message id only."""
-    first: dict[str, int] = {}
-    for message_id, status in acks:
-        first.setdefault(message_id, status)
-    return list(first.items())
+def unique_answers(
+    acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]],
+) -> tuple[dict[tuple[UUID, str], int], list[tuple[UUID, str, int]]]:
+    """An acknowledgement batch as one set of rows, and whose request each row is.
+
+    The first answer of each (client, message id) counts; the mapping gives the index in
+    ``acks`` of the request it came from.
+    """
+    whose: dict[tuple[UUID, str], int] = {}
+    rows = []
+    for i, (client, answers) in enumerate(acks):
+        for message_id, status in answers:
+            if (client, message_id) not in whose:
+                whose[client, message_id] = i
+                rows.append((client, message_id, status))
+    return whose, rows
+
+
+def taken_counts(
+    size: int, whose: Mapping[tuple[UUID, str], int], taken: Iterable[tuple[UUID, str]]
+) -> list[int]:
+    """How many answers of each of ``size`` requests were taken (see `unique_answers`)."""
+    counts = [0] * size
+    for key in taken:
+        counts[whose[key]] += 1
+    return counts
+
+
+def first_nonces(nonces: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """Each nonce of a batch once, with the ``until`` of its first occurrence."""
+    return dict(reversed(nonces))
+
+
+def fresh_flags(nonces: Sequence[tuple[str, float]], fresh: Iterable[str]) -> list[bool]:
+    """Per nonce of a batch: whether it is new (stored now, and its first occurrence)."""
+    new = set(fresh)
+    seen: set[str] = set()
+    found = []
+    for nonce, _ in nonces:
+        found.append(nonce in new and nonce not in seen)
+        seen.add(nonce)
+    return found
 
 
 def first_per_id(deliveries: Iterable[Delivery]) -> list[Delivery]:

@@ -37,8 +37,11 @@ from ._model import (
     check_post,
     check_reposted,
     fetchable_sql,
-    first_answers,
+    first_nonces,
     first_per_id,
+    fresh_flags,
+    taken_counts,
+    unique_answers,
 )
 from ._store import Adopted, Answer, Letter, MailboxSignals
 
@@ -304,18 +307,25 @@ class PostgresMailbox(Closing):
             self._db.close()
             raise
 
-    def _cursor(self, *, single: bool = True) -> AbstractContextManager[psycopg.Cursor[Any]]:
-        """A cursor for one statement (its own transaction) or, not ``single``, several."""
-        return self._db.cursor(self, single=single)
+    def _cursor(
+        self, *, single: bool = True, light: bool = False
+    ) -> AbstractContextManager[psycopg.Cursor[Any]]:
+        """A cursor for one statement (its own transaction) or, not ``single``, several.
+
+        ``light``: committed without waiting for the WAL flush (see `_run`).
+        """
+        return (self._light if light else self._db).cursor(self, single=single)
 
     def _run(
         self, sql: str, params: dict[str, Any], *, light: bool = False
     ) -> tuple[list[Any], int]:
         """Run one prepared hot statement with the clock parameter: its rows and rowcount.
 
-        ``light``: what a client does (fetch, acknowledge, a nonce), committed without
-        waiting for the WAL flush; a crash may lose the last of them, which costs at most
-        an offer again with the same ``webhook-id``. Posts, outcomes and leases wait.
+        ``light``: what a client does (fetch, acknowledge, a nonce) and the outcomes,
+        committed without waiting for the WAL flush; a crash of the database may lose the
+        last of them, which costs at most an offer again with the same ``webhook-id``, or
+        a message judged again by a dispatcher once its sender's lease ended (callbacks
+        at least once). Posts and leases wait.
         """
         params["now"] = None if self.clock is None else self.clock()
         with (self._light if light else self._db).cursor(self, single=True) as cur:
@@ -382,7 +392,7 @@ class PostgresMailbox(Closing):
         with self._cursor(single=False) as cur:  # a refused post is rolled back
             cur.execute(_POST, params, prepare=True)
             check_reposted(cur.rowcount, rows)
-        self.signals.mail(UUID(client) for client in clients)
+        self.signals.mail(client for client, _ in letters)
 
     def answers(self, owner: str) -> list[Answer]:
         """The owner's answered messages, oldest first; overdue ones are answered first."""
@@ -408,7 +418,7 @@ class PostgresMailbox(Closing):
         deliveries = first_per_id(deliveries)
         if not deliveries:
             return []
-        with self._cursor() as cur:
+        with self._cursor(light=True) as cur:  # see _run: at least once
             settled = _QUEUE.settle(
                 prepared(cur),
                 holder=owner,
@@ -497,23 +507,13 @@ class PostgresMailbox(Closing):
 
     def ack_many(self, acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]]) -> list[int]:
         """[`ack`][flnotify.mailbox.PostgresMailbox.ack] of several clients, one statement."""
-        taken = [0] * len(acks)
-        by: dict[tuple[UUID, str], int] = {}  # the first answer of each: whose it is
-        clients: list[UUID] = []
-        ids: list[str] = []
-        statuses: list[int] = []
-        for i, (client, answers) in enumerate(acks):
-            for message_id, status in first_answers(answers):
-                if (client, message_id) not in by:
-                    by[client, message_id] = i
-                    clients.append(client)
-                    ids.append(message_id)
-                    statuses.append(status)
-        if not ids:
-            return taken
+        whose, rows = unique_answers(acks)
+        if not rows:
+            return [0] * len(acks)
+        clients, ids, statuses = (list(column) for column in zip(*rows, strict=True))
         params = {"clients": clients, "ids": ids, "statuses": statuses}
-        for client, message_id in self._run(_ACK, params, light=True)[0]:
-            taken[by[client, message_id]] += 1
+        returned = self._run(_ACK, params, light=True)[0]
+        taken = taken_counts(len(acks), whose, ((c, m) for c, m in returned))
         if any(taken):
             self.signals.answered()
         return taken
@@ -527,17 +527,11 @@ class PostgresMailbox(Closing):
 
         One statement; a nonce twice in ``nonces`` is fresh the first time only.
         """
-        first = dict(reversed(nonces))
+        first = first_nonces(nonces)
         if not first:
             return []
         params = {"nonces": list(first), "untils": list(first.values())}
-        fresh = {row[0] for row in self._run(_REMEMBER, params, light=True)[0]}
-        seen: set[str] = set()
-        found = []
-        for nonce, _ in nonces:
-            found.append(nonce in fresh and nonce not in seen)
-            seen.add(nonce)
-        return found
+        return fresh_flags(nonces, (row[0] for row in self._run(_REMEMBER, params, light=True)[0]))
 
     # -- operating -----------------------------------------------------------------------
 

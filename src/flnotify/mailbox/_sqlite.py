@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 from uuid import UUID
@@ -29,8 +31,11 @@ from ._model import (
     check_post,
     check_reposted,
     fetchable_sql,
-    first_answers,
+    first_nonces,
     first_per_id,
+    fresh_flags,
+    taken_counts,
+    unique_answers,
 )
 from ._store import Adopted, Answer, Letter, MailboxSignals
 
@@ -120,11 +125,20 @@ SELECT DISTINCT client_id FROM flnotify_mailbox INDEXED BY flnotify_mailbox_wait
 WHERE client_id IN (SELECT value FROM json_each(:clients)) AND {fetchable_sql(":now")}
 """  # noqa: S608 - constants only
 
+# The answers of every request of a batch (client, message id, status): one statement.
 _ACK = """
-UPDATE flnotify_mailbox SET state = 'answered', status = json_extract(v.value, '$[1]')
+UPDATE flnotify_mailbox SET state = 'answered', status = json_extract(v.value, '$[2]')
 FROM json_each(:acks) AS v
-WHERE flnotify_mailbox.message_id = json_extract(v.value, '$[0]')
-    AND client_id = :client AND +state = 'offered' AND deadline_at > :now
+WHERE flnotify_mailbox.message_id = json_extract(v.value, '$[1]')
+    AND client_id = json_extract(v.value, '$[0]') AND +state = 'offered' AND deadline_at > :now
+RETURNING client_id, message_id
+"""
+
+# The nonces of a batch (first occurrences only): the ones new to the table come back.
+_REMEMBER = """
+INSERT OR IGNORE INTO flnotify_mailbox_nonces (nonce, until)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:nonces)
+RETURNING nonce
 """
 
 # A judge asks for its answers after every acknowledgement it is told of: both statements
@@ -157,6 +171,15 @@ _ADOPTED = """
 SELECT seq, message_id, client_id, send_id FROM flnotify_mailbox
 WHERE seq IN (SELECT value FROM json_each(:seqs))
 """
+
+
+@contextlib.contextmanager
+def _holding(
+    lock: threading.Lock, transaction: AbstractContextManager[sqlite3.Connection]
+) -> Iterator[sqlite3.Connection]:
+    """``transaction`` entered with ``lock`` held, until it ends."""
+    with lock, transaction as conn:
+        yield conn
 
 
 def _prepare_light(conn: sqlite3.Connection) -> None:
@@ -196,6 +219,7 @@ class Mailbox(Closing):
     signals: MailboxSignals = attrs.field(init=False, factory=MailboxSignals, repr=False)
     _db: SQLiteConnection = attrs.field(init=False, repr=False)
     _light: SQLiteConnection = attrs.field(init=False, repr=False)
+    _writing: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._db = SQLiteConnection.open(
@@ -245,14 +269,24 @@ class Mailbox(Closing):
     def _transaction(
         self, *, write: bool = True, light: bool = False
     ) -> AbstractContextManager[sqlite3.Connection]:
-        """One transaction; ``light``: what a client does, committed without an fsync.
+        """One transaction; ``light``: committed without an fsync.
 
-        A fetch, an acknowledgement or a nonce lost to a power cut costs at most an offer
-        with the same ``webhook-id`` again (deduplicated by the client); what the server
-        decides (posts, outcomes, leases) is committed synchronously, and such a commit
-        makes every earlier one durable too (one write-ahead log).
+        Light: what a client does and the outcomes. A fetch, an acknowledgement or a nonce
+        lost to a power cut costs at most an offer with the same ``webhook-id`` again
+        (deduplicated by the client); an outcome lost so leaves its message answered, and
+        a dispatcher judges it again once the sender's lease ended (its callbacks run
+        again: at least once, as after any crash between them and the record). Posts and
+        leases are committed synchronously, and such a commit makes every earlier one
+        durable too (one write-ahead log).
+
+        The two connections' write transactions take turns on a lock of this process
+        first: SQLite would make the second wait for the file's write lock by sleeping
+        and retrying (1, 2, 5, 10, 15, 20, 25 ms...), long after the first committed.
         """
-        return (self._light if light else self._db).transaction(self, write=write)
+        inner = (self._light if light else self._db).transaction(self, write=write)
+        if not write or self._light is self._db:
+            return inner
+        return _holding(self._writing, inner)
 
     # -- the sender's side ---------------------------------------------------------------
 
@@ -300,7 +334,7 @@ class Mailbox(Closing):
                 },
             ).rowcount
             check_reposted(written, rows)
-        self.signals.mail(UUID(client) for client, _ in rows)
+        self.signals.mail(client for client, _ in letters)
 
     def answers(self, owner: str) -> list[Answer]:
         """The owner's answered messages, oldest first.
@@ -333,7 +367,7 @@ class Mailbox(Closing):
         deliveries = first_per_id(deliveries)
         if not deliveries:
             return []
-        with self._transaction() as conn:
+        with self._transaction(light=True) as conn:  # see _transaction: at least once
             settled = _QUEUE.settle(
                 conn.execute,
                 holder=owner,
@@ -407,13 +441,13 @@ class Mailbox(Closing):
             check_limit(limit)
         if not limits:
             return {}
-        clients = [str(c) for c in limits]
+        uuids = {str(c): c for c in limits}
         with self._transaction(write=False, light=True) as conn:  # most polls find nothing
-            params = {"clients": json.dumps(clients), "now": self.clock()}
+            params = {"clients": json.dumps(list(uuids)), "now": self.clock()}
             ready = {row[0] for row in conn.execute(_FETCHABLE, params)}
         if not ready:
             return {}
-        wanted = [[client, limits[UUID(client)]] for client in ready]
+        wanted = [[client, limits[uuids[client]]] for client in ready]
         with self._transaction(light=True) as conn:
             params = {
                 "limits": json.dumps(wanted),
@@ -429,7 +463,7 @@ class Mailbox(Closing):
                 bodies[send] = bytes(payload)
         found: dict[UUID, list[Letter]] = {}
         for _, client, mid, n, send in rows:
-            who = UUID(client)
+            who = uuids[client]
             found.setdefault(who, []).append(Letter(mid, who, bodies[send], n))
         return found
 
@@ -452,19 +486,15 @@ class Mailbox(Closing):
 
     def ack_many(self, acks: Sequence[tuple[UUID, Sequence[tuple[str, int]]]]) -> list[int]:
         """[`ack`][flnotify.mailbox.Mailbox.ack] of several clients in one transaction."""
-        taken = [0] * len(acks)
-        if not any(answers for _, answers in acks):
-            return taken
+        whose, rows = unique_answers(acks)
+        if not rows:
+            return [0] * len(acks)
+        texts = {client: str(client) for client, _ in acks}
+        uuids = {text: client for client, text in texts.items()}
+        acks_json = outcome_json([(texts[client], mid, status) for client, mid, status in rows])
         with self._transaction(light=True) as conn:
-            now = self.clock()
-            for i, (client, answers) in enumerate(acks):
-                if answers:
-                    params = {
-                        "client": str(client),
-                        "now": now,
-                        "acks": outcome_json(first_answers(answers)),
-                    }
-                    taken[i] = conn.execute(_ACK, params).rowcount
+            returned = conn.execute(_ACK, {"acks": acks_json, "now": self.clock()}).fetchall()
+        taken = taken_counts(len(acks), whose, ((uuids[c], m) for c, m in returned))
         if any(taken):
             self.signals.answered()
         return taken
@@ -478,17 +508,13 @@ class Mailbox(Closing):
 
         A nonce twice in ``nonces`` is fresh the first time only.
         """
-        if not nonces:
+        first = first_nonces(nonces)
+        if not first:
             return []
         with self._transaction(light=True) as conn:
             conn.execute("DELETE FROM flnotify_mailbox_nonces WHERE until <= ?", (self.clock(),))
-            return [
-                conn.execute(
-                    "INSERT OR IGNORE INTO flnotify_mailbox_nonces VALUES (?, ?)", (nonce, until)
-                ).rowcount
-                == 1
-                for nonce, until in nonces
-            ]
+            rows = conn.execute(_REMEMBER, {"nonces": outcome_json(list(first.items()))})
+            return fresh_flags(nonces, (row[0] for row in rows))
 
     # -- operating -----------------------------------------------------------------------
 
