@@ -140,6 +140,7 @@ def celery_worker(redis_url: str, processes: int, chunk: int) -> Iterator[None]:
         "FLNOTIFY_BENCH_REDIS": redis_url,
         "FLNOTIFY_BENCH_CHUNK": str(chunk),
     }
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the worker
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -161,7 +162,7 @@ def celery_worker(redis_url: str, processes: int, chunk: int) -> Iterator[None]:
         cwd=HERE,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,  # a file: a pipe nobody reads would stop a worker that logs much
     )
     try:
         if client.blpop([READY_KEY], timeout=60) is None:
@@ -174,6 +175,7 @@ def celery_worker(redis_url: str, processes: int, chunk: int) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 # -- rows (each runs in a fresh child process) ---------------------------------------------------
@@ -325,14 +327,17 @@ def child_main(row: str, size: int, ports: list[int], env: dict[str, str]) -> No
 
 
 def run_child(args: list[str], timeout: float) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=ROOT,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired:  # a row that hangs fails; the others still run
+        return {"error": f"no result in {timeout:g} s"}
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
         return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
