@@ -527,7 +527,9 @@ What the outbox rows cost, and what limits them (one dispatcher, 10,000 receiver
   On PostgreSQL the sends wait at times for the recording of the two claims before.
 - Why the rest stays: the Notifier's run alone keeps both cores busy (its process and
   nginx); the outbox adds ~0.25 s of database work on the same cores (SQLite) or in the
-  server (PostgreSQL), and the serial start above.
+  server (PostgreSQL), and the serial start above. (These costs were timed before the fast
+  lane's slow start went: the Notifier has since become ~1.35x faster, the outbox's
+  database work has not, so its ratio to the Notifier fell.)
 
 What was changed after measuring (earlier): one statement per batch everywhere (a step per
 row made the database thread queue for the GIL behind the loop once per row); the outcome

@@ -881,37 +881,35 @@ def test_drive_hands_a_completed_connection_to_the_next_job_of_its_origin_only()
     assert opened == 3  # origin a, origin b, and a again after the close
 
 
+def drive_to_one_origin(
+    path: str, jobs: int, per_origin: int, concurrency: int, pool: float | None = None
+) -> tuple[dict[int, tuple[Any, Any]], int]:
+    """Every outcome of ``jobs`` driven to one origin's ``path``, and the connections opened."""
+    with FaultServer() as server:
+        timeouts = Timeouts(total=5.0, pool=pool)
+        transport = StreamTransport(timeouts=timeouts, max_connections_per_origin=per_origin)
+        outcomes = drive_all(transport, [server.url(path)] * jobs, concurrency)
+        return outcomes, server.connections_opened
+
+
 def test_drive_parks_jobs_of_a_busy_origin_on_its_connections_up_to_the_limit() -> None:
     # 40 jobs to one origin, 10 at once: each connection of ours carries the next job of
     # its origin, and a new one opens only while each busy one already has a job waiting.
-    with FaultServer() as server:
-        urls = [server.url("/delay/0.01/202")] * 40
-        transport = StreamTransport(timeouts=Timeouts(total=5.0), max_connections_per_origin=6)
-        outcomes = drive_all(transport, urls, 10)
-        opened = server.connections_opened
-    assert sorted(outcomes) == list(range(40))
-    assert {outcomes[i][0].status_code for i in range(40)} == {202}
+    outcomes, opened = drive_to_one_origin("/delay/0.01/202", 40, 6, 10)
+    assert [outcomes[i][0].status_code for i in range(40)] == [202] * 40
     assert 1 <= opened <= 6
 
 
 def test_drive_sends_parked_jobs_on_new_connections_when_each_answer_closes_its_own() -> None:
     # One connection allowed, every answer closes it: a parked job cannot ride on it and
     # opens the next connection itself; none is stranded.
-    with FaultServer() as server:
-        urls = [server.url("/keepalive-close")] * 6
-        transport = StreamTransport(timeouts=Timeouts(total=5.0), max_connections_per_origin=1)
-        outcomes = drive_all(transport, urls, 3)
-        opened = server.connections_opened
+    outcomes, opened = drive_to_one_origin("/keepalive-close", 6, 1, 3)
     assert [outcomes[i][0].status_code for i in range(6)] == [202] * 6
     assert opened == 6
 
 
 def test_a_parked_job_that_waited_longer_than_the_pool_timeout_fails_as_apost_would() -> None:
-    with FaultServer() as server:
-        urls = [server.url("/delay/0.3/202")] * 2
-        timeouts = Timeouts(total=5.0, pool=0.05)
-        transport = StreamTransport(timeouts=timeouts, max_connections_per_origin=1)
-        outcomes = drive_all(transport, urls, 2)
+    outcomes, _ = drive_to_one_origin("/delay/0.3/202", 2, 1, 2, pool=0.05)
     assert outcomes[0][0].status_code == 202
     error = outcomes[1][1]
     assert isinstance(error, flnotify.errors.TransportTimeoutError)
