@@ -32,7 +32,8 @@ class Schema(TypedDict):
     """What a store's tables are, as its set-up takes it (keyword arguments).
 
     ``schema``: the statements creating the tables (``IF NOT EXISTS``); ``meta_table``: the
-    table holding the version (key ``schema``); ``version``: this flnotify's schema
+    table holding the version (key ``schema``), created here for every store alike;
+    ``version``: this flnotify's schema
     version; ``label``: what the store is, in the error; ``error``: makes the store's
     error; ``upgrades``: the upgrades known, by the version they start from.
     """
@@ -61,8 +62,11 @@ def set_up(
     Raises:
         FlnotifyError: What ``error`` makes, if the store holds a version with no upgrade.
     """
-    script(spec["schema"])
     meta_table, version, label = spec["meta_table"], spec["version"], spec["label"]
+    script(
+        f"CREATE TABLE IF NOT EXISTS {meta_table} (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+        + spec["schema"]
+    )
     upgrades, error = spec.get("upgrades"), spec["error"]
     row = execute(f"SELECT value FROM {meta_table} WHERE key = 'schema'").fetchone()  # noqa: S608 - a constant
     if row is None:

@@ -55,10 +55,6 @@ _QUEUE = LeaseQueue(LEASES, POSTGRES)
 _SCHEMA_LOCK = zlib.crc32(b"flnotify_mailbox schema")  # serialises concurrent set-ups
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS flnotify_mailbox_meta (
-    key text PRIMARY KEY,
-    value text NOT NULL
-);
 CREATE TABLE IF NOT EXISTS flnotify_mailbox_sends (
     id text PRIMARY KEY,
     size integer NOT NULL,

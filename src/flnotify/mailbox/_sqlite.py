@@ -45,10 +45,6 @@ _SCHEMA_VERSION = "1"
 _QUEUE = LeaseQueue(LEASES, SQLITE)
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS flnotify_mailbox_meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS flnotify_mailbox_sends (
     id TEXT PRIMARY KEY,
     size INTEGER NOT NULL,

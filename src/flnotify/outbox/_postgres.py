@@ -52,10 +52,6 @@ _QUEUE = LeaseQueue(LEASES, POSTGRES)
 _SCHEMA_LOCK = zlib.crc32(b"flnotify_outbox schema")  # serialises concurrent set-ups
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS flnotify_outbox_meta (
-    key text PRIMARY KEY,
-    value text NOT NULL
-);
 CREATE TABLE IF NOT EXISTS flnotify_outbox_batches (
     id text PRIMARY KEY,
     payload text NOT NULL,

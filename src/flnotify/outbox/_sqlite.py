@@ -43,10 +43,6 @@ __all__ = ["Outbox"]
 _QUEUE = LeaseQueue(LEASES, SQLITE)
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS flnotify_outbox_meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS flnotify_outbox_batches (
     id TEXT PRIMARY KEY,
     payload TEXT NOT NULL,
