@@ -45,7 +45,6 @@ import hmac
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -335,18 +334,7 @@ def worker_main(peer: str, size: int, ports: list[int], no_io: bool = False) -> 
 
 
 def run_child(args: list[str], timeout: float) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=ROOT,
-    )
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-3:]
-        return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return fanout.run_child(args, timeout, __file__)
 
 
 def measure(args: argparse.Namespace) -> str:

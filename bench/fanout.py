@@ -591,15 +591,24 @@ def sink(kind: str, ports: list[int]) -> Iterator[str]:
 # -- orchestration -----------------------------------------------------------------------------
 
 
-def run_child(args: list[str], timeout: float) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=ROOT,
-    )
+def run_child(args: list[str], timeout: float, script: str = __file__) -> dict[str, Any]:
+    """Run ``script`` (a bench script, this one by default) with ``args`` in a fresh process.
+
+    Returns the JSON of its last output line, or ``{"error": ...}``: its last lines of
+    stderr when it failed, or that it gave no result within ``timeout`` seconds (a row
+    that hangs fails; the others still run).
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, script, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result in {timeout:g} s"}
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
         return {"error": " | ".join(tail) or f"exit {proc.returncode}"}

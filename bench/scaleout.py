@@ -327,21 +327,7 @@ def child_main(row: str, size: int, ports: list[int], env: dict[str, str]) -> No
 
 
 def run_child(args: list[str], timeout: float) -> dict[str, Any]:
-    try:
-        proc = subprocess.run(
-            [sys.executable, __file__, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            cwd=ROOT,
-        )
-    except subprocess.TimeoutExpired:  # a row that hangs fails; the others still run
-        return {"error": f"no result in {timeout:g} s"}
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-3:]
-        return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return fanout.run_child(args, timeout, __file__)
 
 
 # -- services -------------------------------------------------------------------------------------
