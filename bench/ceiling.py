@@ -161,10 +161,8 @@ class _Puller(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data
-        end = buf.find(b"\r\n\r\n")
-        match = _CONTENT_LENGTH.search(buf, 0, end + 2) if end >= 0 else None
-        total = end + 4 + (int(match.group(1)) if match else 0)
-        if end < 0 or len(buf) < total:
+        total = fanout.response_length(buf)
+        if not total:
             self.buf = buf
             return
         self.buf = buf[total:]

@@ -248,6 +248,19 @@ async def run_limit(by_port: dict[int, list[bytes]]) -> int:
 run_limit.prepare = _prebuilt  # type: ignore[attr-defined]
 
 
+def response_length(buf: bytes) -> int:
+    """The length of the complete response ``buf`` starts with, or 0 if it is not complete.
+
+    A bare client's reading: the head's end, then ``Content-Length`` bytes of body.
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return 0
+    match = _CONTENT_LENGTH.search(buf, 0, end + 2)
+    total = end + 4 + (int(match.group(1)) if match else 0)
+    return total if len(buf) >= total else 0
+
+
 class _BareProtocol(asyncio.Protocol):
     """The ceiling on a Protocol: find the head's end, skip Content-Length bytes, resolve."""
 
@@ -257,10 +270,8 @@ class _BareProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data
-        end = buf.find(b"\r\n\r\n")
-        match = _CONTENT_LENGTH.search(buf, 0, end + 2) if end >= 0 else None
-        total = end + 4 + (int(match.group(1)) if match else 0)
-        if end < 0 or len(buf) < total:
+        total = response_length(buf)
+        if not total:
             self.buf = buf
             return
         self.buf = buf[total:]
