@@ -12,10 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import attrs
 
+from .._closing import Closing
 from .._sqlite import connect
 from .._validators import positive
 from ._dedupe import DEFAULT_LEASE_SECONDS, DEFAULT_WINDOW_SECONDS, IdClaim, map_backend_errors
@@ -35,7 +35,7 @@ _PURGE_EVERY = 256
 
 
 @attrs.define
-class SQLiteIdStore:
+class SQLiteIdStore(Closing):
     """Message ids in one SQLite database file: several processes on one host, restarts.
 
     Each claim is one ``BEGIN IMMEDIATE`` transaction (SQLite's write lock, taken before
@@ -152,14 +152,3 @@ class SQLiteIdStore:
             if self._db is not None and self._pid == os.getpid():
                 self._db.close()
             self._db = None
-
-    def __enter__(self) -> SQLiteIdStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
