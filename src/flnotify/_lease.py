@@ -13,6 +13,12 @@ store's ``clock()``; the PostgreSQL one reads ``%(now)s`` if the store has a clo
 own and the database server's clock otherwise. Whatever judges a lease is the clock that
 wrote it.
 
+A lease is either a column of every row (the mailbox: a judge holds few rows at a time)
+or a claim: one row of a claims table naming a run of rows (``first_seq`` to
+``last_seq``) that its holder holds until ``lease_until`` (the outbox: a dispatcher holds
+a thousand rows at a time). Taking, renewing and releasing a claim write claim rows only,
+never the rows it holds: the rows are written twice in their life (put, then settled).
+
 [`keep_lease`][flnotify._lease.keep_lease] is the one heartbeat that keeps a lease alive
 while its holder works, sleeping through the sleep it is given.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -88,10 +95,15 @@ class LeaseTable:
         done_set: The ``SET`` assignments that make a row done.
         done: The condition of a settled row (pruned once old).
         take_index: SQLite: the index a take walks (``INDEXED BY``), if any.
-        leases: The table holding each holder's lease, one row a holder (``token``,
-            ``lease_until``), that the rows refer to by ``holder``: a take writes one lease
-            row, and renewing or releasing writes nothing else. ``None``: the lease is a
-            column of each row.
+        claims: The table of claims: each row a run of rows (``first_seq`` to
+            ``last_seq``) that its holder (``token``) holds until ``lease_until``. A take
+            writes one claim row per run of rows it takes, and no row of ``table``;
+            renewing and releasing write claim rows only. ``None``: the lease is a column
+            of each row (``holder``, ``lease_until``).
+        adopt_set: With ``claims``: the ``SET`` assignments of a row a take adopts from
+            a claim whose lease ended (e.g. counting claims).
+        recorded: The condition of a row whose outcome is recorded, that
+            [`finish`][flnotify._lease.LeaseQueue.finish] makes done.
     """
 
     table: str
@@ -107,20 +119,25 @@ class LeaseTable:
     done_set: str = "state = 'done'"
     done: str = "state = 'done'"
     take_index: str | None = None
-    leases: str | None = None
+    claims: str | None = None
+    adopt_set: str = ""
+    recorded: str = "FALSE"
 
-    def lease_of(self, now: str) -> str:
-        """The condition of a row whose lease ended by ``now``.
-
-        With a lease table: the row's holder has a lease row and it ended. A lease row a
-        concurrent take is writing is invisible to another take, which therefore leaves
-        that take's rows alone (PostgreSQL re-checks a row it waited for this way).
-        """
-        if self.leases is None:
-            return f"lease_until <= {now}"
+    def covering(self, what: str) -> str:
+        """A subquery: ``what`` (a column) of the claim whose run holds the current row."""
         return (
-            f"EXISTS (SELECT 1 FROM {self.leases} AS l WHERE l.token = "  # noqa: S608 - constants only
-            f"{self.table}.{self.holder} AND l.lease_until <= {now})"
+            f"(SELECT c.{what} FROM {self.claims} AS c "  # noqa: S608 - constants only
+            f"WHERE {self.table}.seq BETWEEN c.first_seq AND c.last_seq)"
+        )
+
+    @property
+    def held(self) -> str:
+        """The condition of a row of the holder bound as ``holder`` (``{hint}`` SQLite's)."""
+        if self.claims is None:
+            return f"{{hint}}{self.holder} = {{holder}}"
+        return (
+            f"EXISTS (SELECT 1 FROM {self.claims} AS c WHERE c.token = {{holder}} "  # noqa: S608
+            f"AND {self.table}.seq BETWEEN c.first_seq AND c.last_seq)"
         )
 
 
@@ -158,6 +175,16 @@ class Dialect:
         )
         return f"(SELECT {picks} FROM json_each({self.param(name)})) AS v"  # noqa: S608
 
+    def collect(self, select: str, column: str = "seq") -> str:
+        """One row of one value: ``column`` of ``select``'s rows, in order (see `collected`)."""
+        if self.postgres:
+            return f"SELECT ARRAY({select})"
+        return f"SELECT json_group_array({column}) FROM ({select})"  # noqa: S608
+
+    def collected(self, value: Any) -> list[Any]:
+        """The values a `collect` statement read: a JSON array (SQLite) or an array."""
+        return list(json.loads(value) if isinstance(value, str) else value)
+
     def bind_rows(self, name: str, rows: Sequence[Sequence[Any]], width: int) -> dict[str, Any]:
         """The parameters that bind ``rows`` as ``name``.
 
@@ -194,6 +221,29 @@ POSTGRES = Dialect(
 it has one, else the server's), a batch as one array per column."""
 
 
+_CLAIM_COLUMNS = (
+    ("token", "text"),
+    ("first_seq", "bigint"),
+    ("last_seq", "bigint"),
+    ("lease_until", "double precision"),
+)
+_END = 2**62  # beyond every seq
+
+
+def _runs_outside(first: int, last: int, runs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """What is left of ``first..last`` once ``runs`` (sorted, disjoint) are cut out of it."""
+    left, at = [], first
+    for lo, hi in runs:
+        if hi < at or lo > last:
+            continue
+        if lo > at:
+            left.append((at, lo - 1))
+        at = max(at, hi + 1)
+    if at <= last:
+        left.append((at, last))
+    return left
+
+
 class LeaseQueue:
     """The lease semantics on one table in one dialect.
 
@@ -211,55 +261,15 @@ class LeaseQueue:
         t, d, p = table, dialect, dialect.param
         now = d.now
         index = f" INDEXED BY {t.take_index}" if t.take_index and not d.postgres else ""
-        candidates = (
-            f"SELECT seq FROM {t.table}{index} WHERE {t.open} "  # noqa: S608 - constants only
-            f"AND ({t.takeable.format(now=now)} OR {t.lease_of(now)}) "
-            f"ORDER BY {t.take_order} LIMIT {p('limit')}"
-        )
-        extra = f", {t.take_set}" if t.take_set else ""
         until = f"{now} + {p('lease')}"
-        lease = "" if t.leases else f", lease_until = {until}"
-        assign = f"SET {t.holder} = {p('holder')}{lease}{extra}"
-        # the one lease row of a take (written only if the take took a row)
-        self._new_lease = (
-            f"INSERT INTO {t.leases} (token, lease_until) SELECT {p('holder')}, {until}"
-            if t.leases
-            else ""
-        )
-        if d.postgres:
-            made = (
-                f", made AS ({self._new_lease} WHERE EXISTS (SELECT 1 FROM picked))"  # noqa: S608
-                if t.leases
-                else ""
-            )
-            self._take_first = f"{d.clock}, picked AS ({candidates} FOR UPDATE SKIP LOCKED){made}"
-            self._take_rows = (
-                f"UPDATE {t.table} {assign} "  # noqa: S608 - constants only
-                f"WHERE seq = ANY(ARRAY(SELECT seq FROM picked))"
-            )
-            self._take = f"{self._take_first} {self._take_rows} RETURNING seq"
-            self._candidates = ""
+        held = t.held.format(hint=d.hint, holder=p("holder"))
+        if t.claims is None:
+            self._column_statements(index, until, held)
         else:
-            self._candidates = f"SELECT json_group_array(seq) FROM ({candidates})"  # noqa: S608
-            self._take = (
-                f"UPDATE {t.table} {assign} "  # noqa: S608 - constants only
-                f"WHERE seq IN (SELECT value FROM json_each({p('seqs')}))"
-            )
-        held = f"{t.holder} = {p('holder')} AND {t.open}"
-        if t.leases is None:
-            self._lease = f"{d.clock}UPDATE {t.table} SET lease_until = {until} WHERE {held}"  # noqa: S608
-            self._held = ""
-        else:
-            moved = f"UPDATE {t.leases} SET lease_until = {until} WHERE token = {p('holder')}"  # noqa: S608
-            count = f"SELECT COUNT(*) FROM {t.table} WHERE {held}"  # noqa: S608 - constants only
-            if d.postgres:  # one statement, one round trip
-                self._lease = f"{d.clock}, moved AS ({moved}) {count}"
-                self._held = ""
-            else:
-                self._lease, self._held = moved, count
+            self._claim_statements(t.claims, index, until)
         outcomes = ", ".join(f"{col} = v.{col}" for col, _ in OUTCOME_COLUMNS[1:])
         match = (
-            f"{t.table}.message_id = v.message_id AND {d.hint}{t.holder} = {p('holder')} "
+            f"{t.table}.message_id = v.message_id AND {held} "
             f"AND {t.settleable.format(hint=d.hint, table=t.table)}"
         )
         source = d.rows_source("rows", OUTCOME_COLUMNS)
@@ -278,17 +288,103 @@ class LeaseQueue:
             f"SELECT json_group_array(v.message_id) FROM {source}, {t.table} "  # noqa: S608
             f"WHERE {match}"
         )
+        ids = d.rows_source("ids", (("message_id", "text"),))
+        self._finish = (
+            f"UPDATE {t.table} SET {t.done_set} "  # noqa: S608 - constants only
+            f"WHERE {t.table}.message_id IN (SELECT v.message_id FROM {ids}) "
+            f"AND {t.open} AND {t.recorded} AND {held}"
+        )
         self._prune = f"DELETE FROM {t.table} WHERE {t.done} AND {t.settled_at} < {p('before')}"  # noqa: S608
         self._orphans = (
             f"DELETE FROM {t.parent} WHERE NOT EXISTS (SELECT 1 FROM {t.table} AS r "  # noqa: S608
             f"WHERE r.{t.parent_key} = {t.parent}.id)"
         )
-        # a lease row goes once it holds no open row (a done row's lease is never read)
-        self._ended = (
-            f"DELETE FROM {t.leases} WHERE token NOT IN (SELECT {t.holder} "  # noqa: S608
-            f"FROM {t.table} WHERE {t.open} AND {t.holder} IS NOT NULL)"
-            if t.leases
+
+    def _column_statements(self, index: str, until: str, held: str) -> None:
+        """The statements of leases kept in a column of every row."""
+        t, d, p = self.table, self.dialect, self.dialect.param
+        now = d.now
+        candidates = (
+            f"SELECT seq FROM {t.table}{index} WHERE {t.open} "  # noqa: S608 - constants only
+            f"AND ({t.takeable.format(now=now)} OR lease_until <= {now}) "
+            f"ORDER BY {t.take_order} LIMIT {p('limit')}"
+        )
+        extra = f", {t.take_set}" if t.take_set else ""
+        assign = f"SET {t.holder} = {p('holder')}, lease_until = {until}{extra}"
+        if d.postgres:
+            self._take = (
+                f"{d.clock}, picked AS ({candidates} FOR UPDATE SKIP LOCKED) "  # noqa: S608
+                f"UPDATE {t.table} {assign} "
+                f"WHERE seq = ANY(ARRAY(SELECT seq FROM picked)) RETURNING seq"
+            )
+            self._candidates = ""
+        else:
+            self._candidates = f"SELECT json_group_array(seq) FROM ({candidates})"  # noqa: S608
+            self._take = (
+                f"UPDATE {t.table} {assign} "  # noqa: S608 - constants only
+                f"WHERE seq IN (SELECT value FROM json_each({p('seqs')}))"
+            )
+        self._lease = (
+            f"{d.clock}UPDATE {t.table} SET lease_until = {until} WHERE {held} AND {t.open}"  # noqa: S608
+        )
+
+    def _claim_statements(self, claims: str, index: str, until: str) -> None:
+        """The statements of leases kept as claims, each a run of rows."""
+        t, d, p = self.table, self.dialect, self.dialect.param
+        # takes run one at a time: SQLite's in a write transaction, PostgreSQL's under a
+        # transaction-level advisory lock, which also reads the clock once for the take
+        key = zlib.crc32(claims.encode())
+        self._lock = (
+            f"SELECT COALESCE({p('now')}::double precision, extract(epoch FROM "  # noqa: S608
+            f"clock_timestamp())) FROM (SELECT pg_advisory_xact_lock({key})) AS l"
+            if d.postgres
             else ""
+        )
+        lock_rows = " FOR UPDATE" if d.postgres else ""
+        self._claim_rows = (
+            f"SELECT token, first_seq, last_seq, lease_until FROM {claims}{lock_rows}"  # noqa: S608
+        )
+        self._open_between = d.collect(
+            f"SELECT seq FROM {t.table}{index} WHERE {t.open} "  # noqa: S608 - constants only
+            f"AND seq BETWEEN {p('lo')} AND {p('hi')} ORDER BY seq LIMIT {p('limit')}"
+        )
+        source = d.rows_source("claims", _CLAIM_COLUMNS)
+        names = ", ".join(col for col, _ in _CLAIM_COLUMNS)
+        self._add_claims = f"INSERT INTO {claims} ({names}) SELECT {names} FROM {source}"  # noqa: S608
+        keys = d.rows_source("keys", _CLAIM_COLUMNS[:2])
+        self._drop_claims = (
+            f"DELETE FROM {claims} WHERE (token, first_seq) IN "  # noqa: S608 - constants only
+            f"(SELECT v.token, v.first_seq FROM {keys})"
+        )
+        seqs = d.rows_source("seqs", (("seq", "bigint"),))
+        self._adopt = (
+            f"UPDATE {t.table} SET {t.adopt_set} "  # noqa: S608 - constants only
+            f"WHERE seq IN (SELECT v.seq FROM {seqs})"
+            if t.adopt_set
+            else ""
+        )
+        in_run = f"{t.table}.seq BETWEEN c.first_seq AND c.last_seq"
+        moved = f"UPDATE {claims} SET lease_until = {until} WHERE token = {p('holder')}"  # noqa: S608
+        count = (
+            f"SELECT COUNT(*) FROM {claims} AS c JOIN {t.table} ON {in_run} "  # noqa: S608
+            f"WHERE c.token = {p('holder')} AND {t.open}"
+        )
+        if d.postgres:  # one statement, one round trip
+            self._lease, self._held = f"{d.clock}, moved AS ({moved}) {count}", ""
+        else:
+            self._lease, self._held = moved, count
+        # a claim row goes once no open row is in its run (its holder's, or any)
+        empty = (
+            f"NOT EXISTS (SELECT 1 FROM {t.table}{index} WHERE {t.open} "  # noqa: S608
+            f"AND {t.table}.seq BETWEEN {claims}.first_seq AND {claims}.last_seq)"
+        )
+        self._finished = f"DELETE FROM {claims} WHERE token = {p('holder')} AND {empty}"  # noqa: S608
+        self._ended = f"DELETE FROM {claims} WHERE {empty}"  # noqa: S608
+        self._tally = (
+            f"{d.clock}SELECT (SELECT COUNT(*) FROM {t.table}{index} WHERE {t.open}), "  # noqa: S608
+            f"(SELECT COUNT(*) FROM {claims} AS c JOIN {t.table} ON {in_run} WHERE {t.open}), "
+            f"(SELECT MIN(c.lease_until) FROM {claims} AS c WHERE EXISTS (SELECT 1 FROM "
+            f"{t.table} WHERE {in_run} AND {t.open})), {d.now}"
         )
 
     def take(
@@ -299,33 +395,103 @@ class LeaseQueue:
         Takeable rows, and open rows whose lease ended, in take order.
 
         Two takes never hold one row at once: SQLite's run in one write transaction,
-        PostgreSQL's skip the rows another take is locking.
+        PostgreSQL's skip the rows another take is locking (leases in a column) or wait
+        for each other (claims).
         """
         params = {"holder": holder, "lease": lease, "limit": limit, "now": now}
+        if self.table.claims is not None:
+            return self.claim(execute, holder=holder, lease=lease, limit=limit, now=now)[0]
         if self.dialect.postgres:
             return sorted(row[0] for row in execute(self._take, params).fetchall())
         ((seqs,),) = execute(self._candidates, params).fetchall()
         if seqs == "[]":
             return []
         execute(self._take, {**params, "seqs": seqs})
-        if self._new_lease:
-            execute(self._new_lease, params)
         return list(json.loads(seqs))
 
-    def take_and_read(self, select: str) -> str:
-        """PostgreSQL: a take and a read of what it took, as one statement (one round trip).
+    def claim(
+        self, execute: Execute, *, holder: str, lease: float, limit: int, now: float | None
+    ) -> tuple[list[int], float]:
+        """A take as claims: the ``seq``s taken, and when their lease ends.
 
-        ``select`` reads the rows taken as ``taken`` (every column, as the take left them)
-        and the statement's clock as ``clock``; the parameters are `take`'s.
+        The open rows outside live claims, in ``seq`` order; one claim row per run.
+
+        A run ends before a claim that is still live. A claim whose lease ended keeps
+        what of its run the take left (its holder may still settle those rows), and each
+        row taken from it is adopted (``adopt_set``).
         """
-        if not self.dialect.postgres:
-            raise ValueError("take_and_read is PostgreSQL's")
-        return f"{self._take_first}, taken AS ({self._take_rows} RETURNING *) {select}"
+        d = self.dialect
+        if self._lock:
+            ((now,),) = execute(self._lock, {"now": now}).fetchall()
+        assert now is not None  # noqa: S101 - SQLite stores bind their clock
+        claims = [tuple(row) for row in execute(self._claim_rows, {}).fetchall()]
+        live = sorted((first, last) for _, first, last, until in claims if until > now)
+        runs: list[list[int]] = []
+        left, lo = limit, 0
+        for first, last in [*live, (_END, _END)]:
+            if lo <= first - 1:
+                params = {"lo": lo, "hi": first - 1, "limit": left}
+                ((got,),) = execute(self._open_between, params).fetchall()
+                seqs = d.collected(got)
+                if seqs:
+                    runs.append(seqs)
+                    left -= len(seqs)
+                    if not left:
+                        break
+            lo = max(lo, last + 1)
+        until = now + lease
+        if not runs:
+            return [], until
+        spans = [(run[0], run[-1]) for run in runs]
+        taken = [seq for run in runs for seq in run]
+        added = [(holder, first, last, until) for first, last in spans]
+        ended = [
+            c
+            for c in claims
+            if c[3] <= now and any(c[1] <= last and c[2] >= first for first, last in spans)
+        ]
+        if ended:
+            added += self._cut(execute, ended, spans)
+            adopted = [(s,) for s in taken if any(c[1] <= s <= c[2] for c in ended)]
+            if adopted and self._adopt:
+                execute(self._adopt, d.bind_rows("seqs", adopted, 1))
+        execute(self._add_claims, d.bind_rows("claims", added, len(_CLAIM_COLUMNS)))
+        return taken, until
+
+    def _cut(
+        self,
+        execute: Execute,
+        claims: Sequence[tuple[Any, ...]],
+        spans: Sequence[tuple[int, int]],
+    ) -> list[tuple[Any, ...]]:
+        """Delete ``claims`` rows; what is left of their runs outside ``spans``, to add."""
+        d = self.dialect
+        execute(self._drop_claims, d.bind_rows("keys", [c[:2] for c in claims], 2))
+        return [
+            (token, a, b, until)
+            for token, first, last, until in claims
+            for a, b in _runs_outside(first, last, spans)
+        ]
+
+    def free(self, execute: Execute, seqs: Sequence[int]) -> None:
+        """No claim holds the rows ``seqs`` any more (their runs are cut around them)."""
+        if self.table.claims is None or not seqs:
+            return
+        spans = [(seq, seq) for seq in sorted(seqs)]
+        claims = [
+            tuple(c)
+            for c in execute(self._claim_rows, {}).fetchall()
+            if any(c[1] <= seq <= c[2] for seq, _ in spans)
+        ]
+        if claims:
+            added = self._cut(execute, claims, spans)
+            if added:
+                execute(self._add_claims, self.dialect.bind_rows("claims", added, 4))
 
     def renew(self, execute: Execute, *, holder: str, lease: float, now: float | None) -> int:
         """Move the lease of the holder's open rows to ``now + lease``; how many it holds."""
         params = {"holder": holder, "lease": lease, "now": now}
-        if self.table.leases is None:
+        if self.table.claims is None:
             return execute(self._lease, params).rowcount
         if self._held:
             execute(self._lease, params)
@@ -349,7 +515,8 @@ class LeaseQueue:
     ) -> set[str]:
         """Record outcomes of rows the holder may settle, each once; the ids recorded.
 
-        ``rows`` are of ``OUTCOME_COLUMNS``; ``done`` makes the rows done too.
+        ``rows`` are of ``OUTCOME_COLUMNS``; ``done`` makes the rows done too (and a
+        claim with no open row left goes).
         """
         if not rows:
             return set()
@@ -359,7 +526,21 @@ class LeaseQueue:
             **self.dialect.bind_rows("rows", rows, len(OUTCOME_COLUMNS)),
         }
         if self.dialect.postgres:
-            return {row[0] for row in execute(self._settle[done], params).fetchall()}
+            recorded = {row[0] for row in execute(self._settle[done], params).fetchall()}
+        else:
+            recorded = self._settle_sqlite(execute, params, rows, done=done)
+        if done and recorded:
+            self._drop_finished(execute, holder)
+        return recorded
+
+    def _settle_sqlite(
+        self,
+        execute: Execute,
+        params: Mapping[str, Any],
+        rows: Sequence[Sequence[Any]],
+        *,
+        done: bool,
+    ) -> set[str]:
         # SQLite returns no rows of an UPDATE in one step: try the common case first (every
         # row settleable, each id once: as many rows changed as given), else look first
         execute("SAVEPOINT settle", {})
@@ -374,11 +555,30 @@ class LeaseQueue:
             execute(self._settle[done], params)
         return recorded
 
+    def finish(self, execute: Execute, *, holder: str, message_ids: Sequence[str]) -> int:
+        """Make the holder's recorded rows of ``message_ids`` done; how many were."""
+        if not message_ids:
+            return 0
+        params = {"holder": holder, **self.dialect.bind_rows("ids", [(m,) for m in message_ids], 1)}
+        n = execute(self._finish, params).rowcount
+        if n:
+            self._drop_finished(execute, holder)
+        return n
+
+    def _drop_finished(self, execute: Execute, holder: str) -> None:
+        if self.table.claims is not None:
+            execute(self._finished, {"holder": holder})
+
+    def tally(self, execute: Execute, *, now: float | None) -> tuple[int, int, float | None, float]:
+        """Claims: the open rows, those a claim holds, the first lease of those, and now."""
+        ((open_, held, first, clock),) = execute(self._tally, {"now": now}).fetchall()
+        return int(open_), int(held), None if first is None else float(first), float(clock)
+
     def prune(self, execute: Execute, *, before: float) -> int:
         """Delete done rows settled before ``before`` (and payloads no row refers to)."""
         n = execute(self._prune, {"before": before}).rowcount
         execute(self._orphans, {})
-        if self._ended:
+        if self.table.claims is not None:
             execute(self._ended, {})
         return n
 

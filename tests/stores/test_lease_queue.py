@@ -1,8 +1,10 @@
 """The lease queue every outbox and mailbox store is built on, against a model.
 
-A hypothesis state machine takes, renews, releases, settles and prunes rows with an
-injected clock, on SQLite and on a real PostgreSQL (started by the tests), and checks each
-answer and the whole table against a dictionary that does the same by the rules.
+A hypothesis state machine takes, renews, releases, settles, finishes, re-drives and
+prunes rows with an injected clock, on SQLite and on a real PostgreSQL (started by the
+tests), and checks each answer and the whole table against a dictionary that does the same
+by the rules: the model keeps a holder and a lease on every row, as the mailbox's column
+layout does; the outbox's claims (runs of rows) must behave the same.
 """
 
 from __future__ import annotations
@@ -37,19 +39,28 @@ from flnotify._lease import (
 from flnotify._postgres import prepared
 from flnotify.outbox._model import LEASES as OUTBOX
 
-# the outbox's lease table, on tables of the test's own: its leases one row a holder (the
-# outbox's claims), or a column of every row (as the mailbox keeps them)
+# the outbox's lease table, on tables of the test's own: its leases claims of runs of rows
+# (as the outbox keeps them), or a column of every row (as the mailbox keeps them)
 TABLE = attrs.evolve(
-    OUTBOX, table="lq_rows", parent="lq_parents", take_index=None, leases="lq_claims"
+    OUTBOX, table="lq_rows", parent="lq_parents", take_index=None, claims="lq_claims"
 )
 LAYOUTS = {
-    "lease table": TABLE,
-    "lease column": attrs.evolve(TABLE, leases=None, done_set="state = 'done', lease_until = NULL"),
+    "claims": TABLE,
+    "lease column": attrs.evolve(
+        TABLE,
+        claims=None,
+        takeable="state = 'pending'",
+        take_set="state = 'claimed', claims = claims + 1",
+        done_set="state = 'done', lease_until = NULL",
+    ),
 }
+CLAIMS_SCHEMA = (
+    "CREATE TABLE lq_claims (token {text} NOT NULL, first_seq {int} NOT NULL, "
+    "last_seq {int} NOT NULL, lease_until {real} NOT NULL, PRIMARY KEY (token, first_seq));"
+)
 
 _SQLITE_SCHEMA = """
 CREATE TABLE lq_parents (id TEXT PRIMARY KEY);
-CREATE TABLE lq_claims (token TEXT PRIMARY KEY, lease_until REAL NOT NULL);
 CREATE TABLE lq_rows (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     batch_id TEXT NOT NULL REFERENCES lq_parents (id),
@@ -64,7 +75,6 @@ CREATE TABLE lq_rows (
 _PG_SCHEMA = """
 DROP TABLE IF EXISTS lq_rows; DROP TABLE IF EXISTS lq_parents; DROP TABLE IF EXISTS lq_claims;
 CREATE TABLE lq_parents (id text PRIMARY KEY);
-CREATE TABLE lq_claims (token text PRIMARY KEY, lease_until double precision NOT NULL);
 CREATE TABLE lq_rows (
     seq bigserial PRIMARY KEY,
     batch_id text NOT NULL REFERENCES lq_parents (id),
@@ -151,11 +161,11 @@ class LeaseMachine(RuleBasedStateMachine):
             )
         ][:limit]
         assert got == takeable
-        if self.table.leases is not None:  # one lease row a take that took rows, none else
+        if self.table.claims is not None:  # a claim row per run taken, none else
             p = self.dialect.param
             sql = f"SELECT COUNT(*) FROM lq_claims WHERE token = {p('holder')}"  # noqa: S608
             ((n,),) = self.execute(sql, {"holder": holder}).fetchall()
-            assert n == (1 if takeable else 0)
+            assert n == self._runs(takeable)
         for seq in takeable:
             row = self.rows[seq]
             row.state, row.holder, row.lease_until = "claimed", holder, self.now + lease
@@ -199,6 +209,40 @@ class LeaseMachine(RuleBasedStateMachine):
                 if done:
                     row.state, row.lease_until = "done", None
 
+    @rule(holder=holders, pick=st.lists(st.integers(1, 40), max_size=5))
+    def finish(self, holder: str, pick: list[int]) -> None:
+        ids = [f"m{seq}" for seq in pick]
+        finishable = [
+            row
+            for row in self.rows.values()
+            if row.message_id in ids
+            and row.holder == holder
+            and row.state == "claimed"
+            and row.outcome is not None
+        ]
+        got = self.queue.finish(self.execute, holder=holder, message_ids=ids)
+        assert got == len(finishable)
+        for row in finishable:
+            row.state, row.lease_until = "done", None
+
+    @rule(pick=st.lists(st.integers(1, 40), max_size=5))
+    def redrive(self, pick: list[int]) -> None:
+        """Done rows back to pending, as an operator's retry does; no claim holds them."""
+        seqs = sorted({seq for seq in pick if seq in self.rows and self.rows[seq].state == "done"})
+        if not seqs:
+            return
+        source = self.dialect.rows_source("seqs", (("seq", "bigint"),))
+        self.execute(
+            "UPDATE lq_rows SET state = 'pending', outcome = NULL, recorded_at = NULL, "  # noqa: S608
+            f"claim_token = NULL, lease_until = NULL WHERE seq IN (SELECT v.seq FROM {source})",
+            self.dialect.bind_rows("seqs", [(seq,) for seq in seqs], 1),
+        )
+        self.queue.free(self.execute, seqs)
+        for seq in seqs:
+            row = self.rows[seq]
+            row.state, row.holder, row.lease_until = "pending", None, None
+            row.outcome, row.settled_at = None, None
+
     @rule(back=st.sampled_from([0.0, 1.0, 30.0]))
     def prune(self, back: float) -> None:
         before = self.now - back
@@ -211,6 +255,19 @@ class LeaseMachine(RuleBasedStateMachine):
         for seq in gone:
             del self.rows[seq]
 
+    def _runs(self, taken: list[int]) -> int:
+        """How many runs ``taken`` is: a row another live lease holds ends a run."""
+        held = [
+            seq
+            for seq, row in self.rows.items()
+            if row.state == "claimed" and row.lease_until is not None and row.lease_until > self.now
+        ]
+        return sum(
+            1
+            for i, seq in enumerate(taken)
+            if i == 0 or any(taken[i - 1] < other < seq for other in held)
+        )
+
     def _held(self, holder: str) -> list[Row]:
         return [row for row in self.rows.values() if row.holder == holder and row.state != "done"]
 
@@ -218,15 +275,20 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @invariant()
     def table_is_the_model(self) -> None:
-        lease = (
-            "lease_until"
-            if self.table.leases is None
-            else "(SELECT c.lease_until FROM lq_claims AS c WHERE c.token = claim_token"
-            " AND state <> 'done')"
-        )
+        if self.table.claims is None:
+            state, holder, lease, claims = "state", "claim_token", "lease_until", "claims"
+        else:  # a row's claim is the claim whose run it is in
+            held = f"(state <> 'done' AND EXISTS {self.table.covering('token')})"
+            state = f"CASE WHEN state = 'done' THEN 'done' WHEN {held} THEN 'claimed' "
+            state += "ELSE 'pending' END"
+            holder = self.table.covering("token")
+            lease = self.table.covering("lease_until")
+            claims = f"claims + CASE WHEN {held} THEN 1 ELSE 0 END"
         rows = self.execute(
-            f"SELECT seq, message_id, batch_id, state, claim_token, {lease}, claims, outcome,"  # noqa: S608
-            " recorded_at FROM lq_rows ORDER BY seq",
+            f"SELECT seq, message_id, batch_id, {state}, "  # noqa: S608
+            f"CASE WHEN state <> 'done' THEN {holder} END, "
+            f"CASE WHEN state <> 'done' THEN {lease} END, {claims}, outcome, recorded_at "
+            "FROM lq_rows ORDER BY seq",
             {},
         ).fetchall()
         expected = [
@@ -235,7 +297,7 @@ class LeaseMachine(RuleBasedStateMachine):
                 r.message_id,
                 r.parent,
                 r.state,
-                r.holder,
+                r.holder if r.state != "done" else None,
                 r.lease_until,
                 r.claims,
                 r.outcome,
@@ -281,7 +343,9 @@ def _run(
 def test_the_lease_queue_on_sqlite_is_the_model(layout: str) -> None:
     def connect() -> tuple[Execute, Callable[[], None]]:
         conn = sqlite3.connect(":memory:", isolation_level=None)
-        conn.executescript(_SQLITE_SCHEMA)
+        conn.executescript(
+            _SQLITE_SCHEMA + CLAIMS_SCHEMA.format(text="TEXT", int="INTEGER", real="REAL")
+        )
         return conn.execute, conn.close
 
     _run(SQLITE, LAYOUTS[layout], connect)
@@ -294,7 +358,8 @@ def pg_connect(postgres_url: str) -> Iterator[Callable[[], tuple[Execute, Callab
 
     def connect() -> tuple[Execute, Callable[[], None]]:
         cur = conn.cursor()
-        cur.execute(_PG_SCHEMA)
+        claims = CLAIMS_SCHEMA.format(text="text", int="bigint", real="double precision")
+        cur.execute(("DROP TABLE IF EXISTS lq_claims; " + _PG_SCHEMA + claims).encode())
         return prepared(cur), cur.close
 
     yield connect

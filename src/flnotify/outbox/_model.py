@@ -27,7 +27,7 @@ from .._exceptions import (
     TransportError,
     TransportErrorKind,
 )
-from .._lease import LeaseTable
+from .._lease import Execute, LeaseQueue, LeaseTable
 from .._notification import Notification
 from .._report import Delivery
 from .._schema import Schema
@@ -47,12 +47,16 @@ __all__ = [
     "OutboxStore",
     "batches_of",
     "check_claim_args",
+    "claimed_columns",
     "claimed_entries",
     "columns",
+    "counts_of",
     "entry_from_row",
     "new_batch",
+    "next_claimable_of",
     "outcome_json",
     "outcome_rows",
+    "requeue_failed",
     "schema",
     "storable",
 ]
@@ -230,7 +234,8 @@ class OutboxStore(OutboxQueue, OutboxOperations, Protocol):
 # -- shared by the stores ---------------------------------------------------------------
 
 CLAIMS = "flnotify_outbox_claims"
-"""The table of claims: one row a claim (its token and lease), which its deliveries name."""
+"""The table of claims: one row per run of deliveries a claim holds (its token, the run's
+first and last ``seq``, its lease). A claim writes no row of the deliveries it holds."""
 
 
 _FROM_2 = (
@@ -242,21 +247,72 @@ _FROM_2 = (
 """What makes tables of schema 2 schema 3's (the same statements on SQLite and PostgreSQL)."""
 
 
-def schema(tables: str, from_1: Sequence[str]) -> Schema:
-    """The outbox's [`Schema`][flnotify._schema.Schema] (version 3) on one database.
+def _runs(lease: str, join: str = "") -> str:
+    """Schema 1 or 3 to 4: the claim rows of the runs of open rows each claim named.
+
+    A run is a claim's rows with no other open row between them, in ``seq`` order.
+    """
+    kept = "" if join else "lease_until, "
+    return (
+        f"SELECT r.claim_token, MIN(r.seq), MAX(r.seq), MAX({lease}) FROM (SELECT seq, "  # noqa: S608
+        f"claim_token, {kept}ROW_NUMBER() OVER (ORDER BY seq) - ROW_NUMBER() OVER "
+        "(PARTITION BY claim_token ORDER BY seq) AS run "
+        f"FROM flnotify_outbox WHERE state <> 'done') AS r {join} "
+        "WHERE r.claim_token IS NOT NULL GROUP BY r.claim_token, r.run"
+    )
+
+
+_CLAIM_NAMES = "(token, first_seq, last_seq, lease_until)"
+
+
+def _unheld(claims: str) -> tuple[str, ...]:
+    """Schema 1 or 3 to 4: held rows pending again, not counting the claim that holds them.
+
+    It is counted on reading; ``claims`` is the new claims table.
+    """
+    return (
+        f"UPDATE flnotify_outbox SET claims = claims - 1 WHERE state = 'claimed' "  # noqa: S608
+        f"AND EXISTS (SELECT 1 FROM {claims} AS c WHERE c.token = claim_token)",
+        "UPDATE flnotify_outbox SET state = 'pending', claim_token = NULL WHERE state = 'claimed'",
+    )
+
+
+_FROM_1 = (
+    # schema 1 kept the lease on every delivery row
+    f"INSERT INTO {CLAIMS} {_CLAIM_NAMES} {_runs('r.lease_until')}",
+    *_unheld(CLAIMS),
+    "ALTER TABLE flnotify_outbox DROP COLUMN lease_until",
+)
+"""What makes tables of schema 1 schema 2's (and the claims schema 4's: the set-up made
+the claims table, which schema 1 had not)."""
+
+_FROM_3 = (
+    # schema 3 named its claim on every claimed row, and kept one lease row per claim
+    f"CREATE TABLE {CLAIMS}_4 (token text NOT NULL, first_seq bigint NOT NULL, "
+    "last_seq bigint NOT NULL, lease_until double precision NOT NULL, "
+    "PRIMARY KEY (token, first_seq))",
+    f"INSERT INTO {CLAIMS}_4 {_CLAIM_NAMES} "
+    + _runs("c.lease_until", f"JOIN {CLAIMS} AS c ON c.token = r.claim_token"),
+    *_unheld(f"{CLAIMS}_4"),
+    f"DROP TABLE {CLAIMS}",
+    f"ALTER TABLE {CLAIMS}_4 RENAME TO {CLAIMS}",
+)
+"""What makes tables of schema 3 schema 4's (claims as runs of rows)."""
+
+
+def schema(tables: str) -> Schema:
+    """The outbox's [`Schema`][flnotify._schema.Schema] (version 4) on one database.
 
     Args:
         tables: The statements creating its tables in that database's dialect.
-        from_1: What makes tables of schema 1 (the lease on every delivery row) schema 2's
-            there; schema 2's upgrade to 3 follows it.
     """
     return Schema(
         schema=tables,
         meta_table="flnotify_outbox_meta",
-        version="3",
+        version="4",
         label="outbox",
         error=OutboxError,
-        upgrades={"1": (*from_1, *_FROM_2), "2": _FROM_2},
+        upgrades={"1": (*_FROM_1, *_FROM_2), "2": (*_FROM_2, *_FROM_3), "3": _FROM_3},
     )
 
 
@@ -268,37 +324,103 @@ def batches_of(read: Mapping[str, Sequence[Any]]) -> tuple[dict[str, str], dict[
     )
 
 
-def columns(lease: str) -> str:
-    """The columns `entry_from_row` reads, in order; ``lease`` is a claimed row's lease."""
-    return (
-        "batch_id, receiver_id, message_endpoint, message_id, state, outcome, attempts, "
-        f"claims, status_code, error, error_kind, elapsed, {lease}, recorded_at"
-    )
-
-
-COLUMNS = columns(
-    f"(SELECT c.lease_until FROM {CLAIMS} AS c WHERE c.token = flnotify_outbox.claim_token "  # noqa: S608 - constants only
-    "AND flnotify_outbox.state <> 'done')"
-)
-"""The columns [`entry_from_row`][flnotify.outbox._model.entry_from_row] reads, in order."""
-
-
 LEASES = LeaseTable(
     "flnotify_outbox",
     "claim_token",
     "flnotify_outbox_batches",
     "batch_id",
-    takeable="state = 'pending'",
-    take_set="state = 'claimed', claims = claims + 1",
-    settleable="{hint}{table}.state = 'claimed' AND {table}.outcome IS NULL",
+    settleable="{hint}{table}.state <> 'done' AND {table}.outcome IS NULL",
     settled_at="recorded_at",
+    done_set="state = 'done', claims = claims + 1",
     take_index="flnotify_outbox_undone",
-    leases=CLAIMS,
+    claims=CLAIMS,
+    adopt_set="claims = claims + 1",
+    recorded="outcome IS NOT NULL",
 )
-"""The outbox as a lease queue: a claim holds rows; pending rows are takeable.
+"""The outbox as a lease queue: a claim holds runs of rows, one row of
+[`CLAIMS`][flnotify.outbox._model.CLAIMS] each. A delivery row holds ``pending`` or
+``done`` and the claims that ended (adopted from, or settled by); a claim that holds it
+is read from the claims."""
 
-A claim's lease is one row of [`CLAIMS`][flnotify.outbox._model.CLAIMS]: claiming writes
-it once, renewing and releasing write nothing else."""
+_HELD = f"(flnotify_outbox.state <> 'done' AND EXISTS {LEASES.covering('token')})"
+
+
+def columns(
+    lease: str = f"CASE WHEN {_HELD} THEN {LEASES.covering('lease_until')} END",
+    state: str = f"CASE WHEN state = 'done' THEN 'done' WHEN {_HELD} THEN 'claimed' "
+    "ELSE 'pending' END",
+    claims: str = f"claims + CASE WHEN {_HELD} THEN 1 ELSE 0 END",
+) -> str:
+    """The columns `entry_from_row` reads, in order.
+
+    By default as any row is seen; a claim reads its rows with ``lease`` its lease,
+    ``state`` ``'claimed'`` and ``claims`` one more than the row counts.
+    """
+    return (
+        f"batch_id, receiver_id, message_endpoint, message_id, {state}, outcome, attempts, "
+        f"{claims}, status_code, error, error_kind, elapsed, {lease}, recorded_at"
+    )
+
+
+COLUMNS = columns()
+"""The columns [`entry_from_row`][flnotify.outbox._model.entry_from_row] reads, in order."""
+
+
+def claimed_columns(until: str) -> str:
+    """The columns of the rows a claim took: claimed by it, until ``until``."""
+    return columns(until, "'claimed'", "claims + 1")
+
+
+def counts_of(stored: Mapping[str, int], held: int) -> dict[OutboxState, int]:
+    """The count of each state: rows by their stored state, ``held`` of them by claims."""
+    counts = dict.fromkeys(OutboxState, 0)
+    counts[OutboxState.PENDING] = stored.get("pending", 0) - held
+    counts[OutboxState.CLAIMED] = held
+    counts[OutboxState.DONE] = stored.get("done", 0)
+    return counts
+
+
+def next_claimable_of(tally: tuple[int, int, float | None, float]) -> float | None:
+    """When a delivery may next be claimed, from the lease queue's tally."""
+    open_, held, first_lease, now = tally
+    if not open_:
+        return None
+    if held < open_:  # a pending delivery: now (or a lease that ended before now)
+        return now if first_lease is None else min(now, first_lease)
+    return first_lease
+
+
+_RETRY = (
+    "state = 'pending', outcome = NULL, attempts = 0, status_code = NULL, error = NULL, "
+    "error_kind = NULL, elapsed = NULL, recorded_at = NULL"
+)
+
+
+def requeue_failed(execute: Execute, queue: LeaseQueue, message_ids: Sequence[str] | None) -> int:
+    """Make failed deliveries (all, or these) pending again; how many.
+
+    Each keeps its place, ``webhook-id`` and count of claims; no claim (live or ended)
+    holds it any more.
+    """
+    dialect = queue.dialect
+    where = "state = 'done' AND outcome = 'failed'"
+    params: dict[str, Any] = {}
+    if message_ids is not None:
+        ids = dialect.rows_source("ids", (("message_id", "text"),))
+        where += f" AND message_id IN (SELECT v.message_id FROM {ids})"  # noqa: S608
+        params = dialect.bind_rows("ids", [(m,) for m in message_ids], 1)
+    select = f"SELECT seq FROM flnotify_outbox WHERE {where}"  # noqa: S608 - constants only
+    ((got,),) = execute(dialect.collect(select), params).fetchall()
+    seqs = dialect.collected(got)
+    if not seqs:
+        return 0
+    source = dialect.rows_source("seqs", (("seq", "bigint"),))
+    execute(
+        f"UPDATE flnotify_outbox SET {_RETRY} WHERE seq IN (SELECT v.seq FROM {source})",  # noqa: S608
+        dialect.bind_rows("seqs", [(seq,) for seq in seqs], 1),
+    )
+    queue.free(execute, seqs)
+    return len(seqs)
 
 
 _STATES = {state.value: state for state in OutboxState}

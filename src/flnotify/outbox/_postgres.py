@@ -35,11 +35,14 @@ from ._model import (
     OutboxState,
     batches_of,
     check_claim_args,
+    claimed_columns,
     claimed_entries,
-    columns,
+    counts_of,
     entry_from_row,
     new_batch,
+    next_claimable_of,
     outcome_rows,
+    requeue_failed,
     schema,
 )
 
@@ -76,62 +79,35 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox (
     recorded_at double precision
 );
 CREATE TABLE IF NOT EXISTS flnotify_outbox_claims (
-    token text PRIMARY KEY,
-    lease_until double precision NOT NULL
+    token text NOT NULL,
+    first_seq bigint NOT NULL,
+    last_seq bigint NOT NULL,
+    lease_until double precision NOT NULL,
+    PRIMARY KEY (token, first_seq)
 );
 CREATE INDEX IF NOT EXISTS flnotify_outbox_open ON flnotify_outbox (seq) WHERE state <> 'done';
 """
-# A claim is one row of flnotify_outbox_claims (its token and lease): renewing or
-# releasing it writes that row only; its deliveries name it in claim_token.
-# Few indexes on purpose: every claim and every outcome changes ``state``, which the
-# partial index's predicate reads, so no update is HOT and each writes one entry into
-# every index of the table. Claims walk flnotify_outbox_open; everything else of the hot
-# path finds rows by message_id or, for leases, among the open rows.
+# A claim is a row of flnotify_outbox_claims per run of deliveries it holds (its token,
+# the run's first and last seq, its lease): claiming, renewing and releasing write those
+# rows only. (claim_token, and the state 'claimed', are schema 3's, no longer written.)
+# Few indexes on purpose: every outcome changes ``state``, which the partial index's
+# predicate reads, so no outcome is a HOT update and each writes one entry into every
+# index of the table. Claims walk flnotify_outbox_open; outcomes find rows by message_id.
 
 # Every hot call is one statement, sent as one round trip in its own (autocommit)
 # transaction; %(now)s is NULL unless the outbox has a clock of its own, and then the
 # server's clock is read inside the statement.
 _NOW = NOW
 
-# A claim in one statement: the take, and the rows and payloads it took.
-_CLAIM = _QUEUE.take_and_read(
-    "SELECT (SELECT now FROM clock), "  # noqa: S608 - constants only
-    f"(SELECT json_agg(json_build_array(seq, {columns('(SELECT now FROM clock) + %(lease)s')})) "
-    "FROM taken), "
+# The rows a claim took, and their batches' payloads and sizes.
+_CLAIMED = (
+    "SELECT (SELECT json_agg(json_build_array(seq, "  # noqa: S608 - constants only
+    f"{claimed_columns('%(until)s::double precision')}) ORDER BY seq) "
+    "FROM flnotify_outbox WHERE seq = ANY(%(seqs)s::bigint[])), "
     "(SELECT json_object_agg(b.id, json_build_array(b.payload, b.size)) "
-    "FROM flnotify_outbox_batches AS b "
-    "WHERE b.id IN (SELECT batch_id FROM taken))"
+    "FROM flnotify_outbox_batches AS b WHERE b.id IN "
+    "(SELECT batch_id FROM flnotify_outbox WHERE seq = ANY(%(seqs)s::bigint[])))"
 )
-
-_FROM_1 = (
-    # schema 1 kept the lease on every delivery: each claim becomes one row
-    "INSERT INTO flnotify_outbox_claims (token, lease_until) "
-    "SELECT claim_token, MAX(lease_until) FROM flnotify_outbox "
-    "WHERE state = 'claimed' AND claim_token IS NOT NULL GROUP BY claim_token "
-    "ON CONFLICT DO NOTHING",
-    "ALTER TABLE flnotify_outbox DROP COLUMN lease_until",
-)
-"""What makes tables of schema 1 (the lease on every delivery row) schema 2's."""
-
-_FINISH = """
-UPDATE flnotify_outbox SET state = 'done'
-WHERE message_id = ANY(%(ids)s::text[]) AND claim_token = %(token)s AND state = 'claimed'
-    AND outcome IS NOT NULL
-"""
-
-_NEXT = f"""
-SELECT MIN(CASE state WHEN 'pending' THEN {_NOW} ELSE c.lease_until END)
-FROM flnotify_outbox LEFT JOIN flnotify_outbox_claims AS c ON c.token = claim_token
-WHERE state <> 'done'
-"""  # noqa: S608 - constants only
-
-_RETRY = """
-UPDATE flnotify_outbox
-SET state = 'pending', outcome = NULL, claim_token = NULL,
-    attempts = 0, status_code = NULL, error = NULL, error_kind = NULL, elapsed = NULL,
-    recorded_at = NULL
-WHERE state = 'done' AND outcome = 'failed'
-"""
 
 
 def _prepare_outcomes(conn: psycopg.Connection[Any]) -> None:
@@ -140,11 +116,15 @@ def _prepare_outcomes(conn: psycopg.Connection[Any]) -> None:
     # outcomes); hash joins are right for every statement here. The setting belongs to
     # this connection only.
     conn.execute("SET enable_nestloop = off")
+    # A statement that still needs a nested loop (a row's claim is a range of seqs) then
+    # costs more than jit_above_cost, and compiling it took 40-220 ms of a statement that
+    # runs in 1-2 ms: no statement here gains from JIT.
+    conn.execute("SET jit = off")
 
 
 def _prepare(conn: psycopg.Connection[Any]) -> None:
     _prepare_outcomes(conn)
-    set_up_schema(conn, lock=_SCHEMA_LOCK, **schema(_SCHEMA, _FROM_1))
+    set_up_schema(conn, lock=_SCHEMA_LOCK, **schema(_SCHEMA))
 
 
 @attrs.define(eq=False)
@@ -278,14 +258,18 @@ class PostgresOutbox(Closing):
         """
         check_claim_args(limit, lease_seconds)
         token = secrets.token_hex(16)
-        params = {"holder": token, "lease": lease_seconds, "limit": limit, "now": self._clock()}
-        with self._transaction(single=True) as cur:
-            cur.execute(_CLAIM, params, prepare=True)
+        with self._transaction() as cur:
+            seqs, until = _QUEUE.claim(
+                prepared(cur), holder=token, lease=lease_seconds, limit=limit, now=self._clock()
+            )
+            if not seqs:
+                return Claim(token, until, (), {})
+            cur.execute(_CLAIMED, {"seqs": seqs, "until": until}, prepare=True)
             row = cur.fetchone()
         assert row is not None  # noqa: S101 - a SELECT of aggregates returns one row
-        now, rows, payloads = row
+        rows, payloads = row
         entries = claimed_entries(rows or ())  # by seq: put order
-        return Claim(token, float(now) + lease_seconds, entries, *batches_of(payloads or {}))
+        return Claim(token, until, entries, *batches_of(payloads or {}))
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""
@@ -316,9 +300,9 @@ class PostgresOutbox(Closing):
 
     def finish(self, claim: Claim, message_ids: Iterable[str]) -> int:
         """Mark recorded deliveries done once their callbacks ran; how many were."""
+        ids = list(message_ids)
         with self._outcome_statement() as cur:
-            cur.execute(_FINISH, {"ids": list(message_ids), "token": claim.token}, prepare=True)
-            return cur.rowcount
+            return _QUEUE.finish(prepared(cur), holder=claim.token, message_ids=ids)
 
     def release(self, claim: Claim) -> int:
         """Give back the claim's unfinished entries without waiting for the lease to end."""
@@ -348,12 +332,11 @@ class PostgresOutbox(Closing):
 
     def counts(self) -> dict[OutboxState, int]:
         """How many deliveries are in each state (every state present)."""
-        counts = dict.fromkeys(OutboxState, 0)
         with self._transaction() as cur:
             cur.execute("SELECT state, COUNT(*) FROM flnotify_outbox GROUP BY state")
-            for state, n in cur.fetchall():
-                counts[OutboxState(state)] = n
-        return counts
+            stored = dict(cur.fetchall())
+            _, held, _, _ = _QUEUE.tally(prepared(cur), now=self._clock())
+        return counts_of(stored, held)
 
     def failed(self, limit: int | None = None) -> list[OutboxEntry]:
         """Done deliveries whose outcome is failed, in the order they were put."""
@@ -371,22 +354,14 @@ class PostgresOutbox(Closing):
         Args:
             message_ids: Only these; every failed delivery by default.
         """
+        ids = None if message_ids is None else list(message_ids)
         with self._transaction() as cur:
-            if message_ids is None:
-                cur.execute(_RETRY)
-            else:
-                cur.execute(
-                    _RETRY + " AND message_id = ANY(%s::text[])",
-                    (list(message_ids),),
-                )
-            return cur.rowcount
+            return requeue_failed(prepared(cur), _QUEUE, ids)
 
     def next_claimable(self) -> float | None:
         """When a delivery may next be claimed: ``None`` if none is open, else epoch seconds."""
         with self._transaction(single=True) as cur:
-            cur.execute(_NEXT, {"now": self._clock()})
-            row = cur.fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+            return next_claimable_of(_QUEUE.tally(prepared(cur), now=self._clock()))
 
     def prune(self, before: float) -> int:
         """Delete done deliveries recorded before ``before`` (epoch seconds); how many.

@@ -29,12 +29,15 @@ from ._model import (
     OutboxState,
     batches_of,
     check_claim_args,
+    claimed_columns,
     claimed_entries,
-    columns,
+    counts_of,
     entry_from_row,
     new_batch,
+    next_claimable_of,
     outcome_json,
     outcome_rows,
+    requeue_failed,
     schema,
 )
 
@@ -67,26 +70,28 @@ CREATE TABLE IF NOT EXISTS flnotify_outbox (
     recorded_at REAL
 );
 CREATE TABLE IF NOT EXISTS flnotify_outbox_claims (
-    token TEXT PRIMARY KEY,
-    lease_until REAL NOT NULL
+    token TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    lease_until REAL NOT NULL,
+    PRIMARY KEY (token, first_seq)
 );
 CREATE INDEX IF NOT EXISTS flnotify_outbox_batch ON flnotify_outbox (batch_id);
 DROP INDEX IF EXISTS flnotify_outbox_open;
 CREATE INDEX IF NOT EXISTS flnotify_outbox_undone ON flnotify_outbox (seq) WHERE state != 'done';
 DROP INDEX IF EXISTS flnotify_outbox_token;
 """
-# A claim is one row of flnotify_outbox_claims (its token and lease): renewing or
-# releasing it writes that row only; its deliveries name it in claim_token.
-# The open rows in claim order: a claim (pending -> claimed) leaves this index alone, and
-# an outcome (-> done) takes the row out of it; the old (state, lease_until) index had
-# to move an entry on every claim, renewal and outcome.
+# A claim is a row of flnotify_outbox_claims per run of deliveries it holds (its token,
+# the run's first and last seq, its lease): claiming, renewing and releasing write those
+# rows only. (claim_token, and the state 'claimed', are schema 3's, no longer written.)
+# The open rows in claim order: an outcome (-> done) takes the row out of this index.
 
 # Every hot statement takes or returns a whole batch in one step (rows as one JSON array):
 # sqlite3 gives up the GIL around each step, and a step per row made the database thread
 # queue for the GIL behind the event loop once per row.
 _CLAIMED = f"""
 SELECT
-    (SELECT json_group_array(json_array(seq, {columns(":until")})) FROM flnotify_outbox
+    (SELECT json_group_array(json_array(seq, {claimed_columns(":until")})) FROM flnotify_outbox
         WHERE seq IN (SELECT value FROM json_each(:seqs))),
     (SELECT json_group_object(id, json_array(payload, size)) FROM flnotify_outbox_batches
         WHERE id IN (SELECT batch_id FROM flnotify_outbox
@@ -98,29 +103,6 @@ INSERT INTO flnotify_outbox (batch_id, receiver_id, message_endpoint, message_id
 SELECT :batch, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
     json_extract(value, '$[2]')
 FROM json_each(:rows) ORDER BY key
-"""
-
-_FROM_1 = (
-    # schema 1 kept the lease on every delivery: each claim becomes one row
-    "INSERT OR IGNORE INTO flnotify_outbox_claims (token, lease_until) "
-    "SELECT claim_token, MAX(lease_until) FROM flnotify_outbox "
-    "WHERE state = 'claimed' AND claim_token IS NOT NULL GROUP BY claim_token",
-    "ALTER TABLE flnotify_outbox DROP COLUMN lease_until",
-)
-"""What makes a file of schema 1 (the lease on every delivery row) schema 2's."""
-
-_FINISH = """
-UPDATE flnotify_outbox SET state = 'done'
-WHERE message_id IN (SELECT value FROM json_each(:ids))
-    AND +claim_token = :token AND +state = 'claimed' AND outcome IS NOT NULL
-"""
-
-_RETRY = """
-UPDATE flnotify_outbox
-SET state = 'pending', outcome = NULL, claim_token = NULL,
-    attempts = 0, status_code = NULL, error = NULL, error_kind = NULL, elapsed = NULL,
-    recorded_at = NULL
-WHERE +state = 'done' AND outcome = 'failed'
 """
 
 
@@ -167,7 +149,7 @@ class Outbox(Closing):
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        set_up_durable_schema(conn, self.path, **schema(_SCHEMA, _FROM_1))
+        set_up_durable_schema(conn, self.path, **schema(_SCHEMA))
 
     def close(self) -> None:
         """Close the connection; idempotent."""
@@ -237,10 +219,8 @@ class Outbox(Closing):
         check_claim_args(limit, lease_seconds)
         token = secrets.token_hex(16)
         with self._transaction(synced=False) as conn:
-            now = self.clock()
-            until = now + lease_seconds
-            seqs = _QUEUE.take(
-                conn.execute, holder=token, lease=lease_seconds, limit=limit, now=now
+            seqs, until = _QUEUE.claim(
+                conn.execute, holder=token, lease=lease_seconds, limit=limit, now=self.clock()
             )
             if not seqs:
                 return Claim(token, until, (), {})
@@ -290,9 +270,9 @@ class Outbox(Closing):
 
     def finish(self, claim: Claim, message_ids: Iterable[str]) -> int:
         """Mark recorded deliveries done once their callbacks ran; how many were."""
-        ids = outcome_json(list(message_ids))
+        ids = list(message_ids)
         with self._transaction() as conn:
-            return conn.execute(_FINISH, {"ids": ids, "token": claim.token}).rowcount
+            return _QUEUE.finish(conn.execute, holder=claim.token, message_ids=ids)
 
     def release(self, claim: Claim) -> int:
         """Give back the claim's unfinished entries without waiting for the lease to end."""
@@ -321,13 +301,12 @@ class Outbox(Closing):
 
     def counts(self) -> dict[OutboxState, int]:
         """How many deliveries are in each state (every state present)."""
-        counts = dict.fromkeys(OutboxState, 0)
         with self._transaction(write=False) as conn:
-            for state, n in conn.execute(
-                "SELECT state, COUNT(*) FROM flnotify_outbox GROUP BY state"
-            ):
-                counts[OutboxState(state)] = n
-        return counts
+            stored = dict(
+                conn.execute("SELECT state, COUNT(*) FROM flnotify_outbox GROUP BY state")
+            )
+            _, held, _, _ = _QUEUE.tally(conn.execute, now=self.clock())
+        return counts_of(stored, held)
 
     def failed(self, limit: int | None = None) -> list[OutboxEntry]:
         """Done deliveries whose outcome is failed, in the order they were put."""
@@ -345,14 +324,9 @@ class Outbox(Closing):
         Args:
             message_ids: Only these; every failed delivery by default.
         """
+        ids = None if message_ids is None else list(message_ids)
         with self._transaction() as conn:
-            if message_ids is None:
-                return conn.execute(_RETRY).rowcount
-            ids = outcome_json(list(message_ids))
-            return conn.execute(
-                _RETRY + " AND message_id IN (SELECT value FROM json_each(?))",  # noqa: S608 - constants only
-                (ids,),
-            ).rowcount
+            return requeue_failed(conn.execute, _QUEUE, ids)
 
     def next_claimable(self) -> float | None:
         """When a delivery may next be claimed: ``None`` if none is open, else epoch seconds.
@@ -361,14 +335,7 @@ class Outbox(Closing):
         when its lease ends.
         """
         with self._transaction(write=False) as conn:
-            now = self.clock()
-            (when,) = conn.execute(
-                "SELECT MIN(CASE state WHEN 'pending' THEN ? ELSE c.lease_until END) "
-                "FROM flnotify_outbox LEFT JOIN flnotify_outbox_claims AS c "
-                "ON c.token = claim_token WHERE state != 'done'",
-                (now,),
-            ).fetchone()
-        return None if when is None else float(when)
+            return next_claimable_of(_QUEUE.tally(conn.execute, now=self.clock()))
 
     def prune(self, before: float) -> int:
         """Delete done deliveries recorded before ``before`` (epoch seconds); how many.
