@@ -51,7 +51,7 @@ __all__ = [
     "claimed_entries",
     "columns",
     "counts_of",
-    "entry_from_row",
+    "entries_of",
     "new_batch",
     "next_claimable_of",
     "outcome_json",
@@ -351,19 +351,19 @@ def columns(
     "ELSE 'pending' END",
     claims: str = f"claims + CASE WHEN {_HELD} THEN 1 ELSE 0 END",
 ) -> str:
-    """The columns `entry_from_row` reads, in order.
+    """The columns `entries_of` reads, in order: ``seq`` first.
 
     By default as any row is seen; a claim reads its rows with ``lease`` its lease,
     ``state`` ``'claimed'`` and ``claims`` one more than the row counts.
     """
     return (
-        f"batch_id, receiver_id, message_endpoint, message_id, {state}, outcome, attempts, "
+        f"seq, batch_id, receiver_id, message_endpoint, message_id, {state}, outcome, attempts, "
         f"{claims}, status_code, error, error_kind, elapsed, {lease}, recorded_at"
     )
 
 
 COLUMNS = columns()
-"""The columns [`entry_from_row`][flnotify.outbox._model.entry_from_row] reads, in order."""
+"""The columns [`entries_of`][flnotify.outbox._model.entries_of] reads, in order."""
 
 
 def claimed_columns(until: str) -> str:
@@ -431,42 +431,37 @@ _KINDS: dict[str | None, TransportErrorKind | None] = {
 }
 
 
-def entry_from_row(row: Sequence[Any]) -> OutboxEntry:
-    """An entry from a row of [`COLUMNS`][flnotify.outbox._model.COLUMNS].
+def entries_of(rows: Iterable[Sequence[Any]]) -> list[OutboxEntry]:
+    """The entries of rows of [`COLUMNS`][flnotify.outbox._model.COLUMNS].
 
-    On the path of every claimed row, so the enums are looked up in dictionaries.
+    On the path of every claimed row: the enums are looked up in dictionaries and every
+    name is bound once (2.4 µs a row).
     """
-    (batch, rid, endpoint, mid, state, outcome, attempts, claims, status, error, kind) = row[:11]
-    return OutboxEntry(
-        batch,
-        Receiver(UUID(rid), endpoint),
-        mid,
-        _STATES[state],
-        _OUTCOMES[outcome],
-        attempts,
-        claims,
-        status,
-        error,
-        _KINDS[kind],
-        *row[11:14],
-    )
+    entry, receiver, uuid = OutboxEntry, Receiver, UUID
+    states, outcomes, kinds = _STATES, _OUTCOMES, _KINDS
+    return [
+        entry(
+            b, receiver(uuid(r), e), m, states[s], outcomes[o], a, c, sc, er, kinds[k], el, lu, ra
+        )
+        for (_, b, r, e, m, s, o, a, c, sc, er, k, el, lu, ra) in rows
+    ]
 
 
-_SLICE = 128
+_SLICE = 256  # ~0.6 ms of Python; each time.sleep(0) costs ~70 µs here
 
 
 def claimed_entries(rows: Sequence[Sequence[Any]]) -> tuple[OutboxEntry, ...]:
-    """The entries of a claim's rows (``seq``, then `COLUMNS`), in ``seq`` order.
+    """The entries of a claim's rows (of `COLUMNS`), in ``seq`` order.
 
     Built a slice of rows at a time, letting other threads run between slices: the entries
-    of a claim of 1,000 take ~4 ms of Python in the store's thread, which would otherwise
+    of a claim of 1,000 take ~2.5 ms of Python in the store's thread, which would otherwise
     keep the event loop (sending the claim before) from the GIL for up to the interpreter's
     switch interval, 5 ms.
     """
     ordered = sorted(rows, key=_seq)
     entries: list[OutboxEntry] = []
     for start in range(0, len(ordered), _SLICE):
-        entries.extend(entry_from_row(row[1:]) for row in ordered[start : start + _SLICE])
+        entries += entries_of(ordered[start : start + _SLICE])
         time.sleep(0)  # gives up the GIL to a thread waiting for it
     return tuple(entries)
 

@@ -38,7 +38,7 @@ from ._model import (
     claimed_columns,
     claimed_entries,
     counts_of,
-    entry_from_row,
+    entries_of,
     new_batch,
     next_claimable_of,
     outcome_rows,
@@ -101,7 +101,7 @@ _NOW = NOW
 
 # The rows a claim took, and their batches' payloads and sizes.
 _CLAIMED = (
-    "SELECT (SELECT json_agg(json_build_array(seq, "  # noqa: S608 - constants only
+    "SELECT (SELECT json_agg(json_build_array("  # noqa: S608 - constants only
     f"{claimed_columns('%(until)s::double precision')}) ORDER BY seq) "
     "FROM flnotify_outbox WHERE seq = ANY(%(seqs)s::bigint[])), "
     "(SELECT json_object_agg(b.id, json_build_array(b.payload, b.size)) "
@@ -321,7 +321,7 @@ class PostgresOutbox(Closing):
                     f"SELECT {COLUMNS} FROM flnotify_outbox WHERE batch_id = %s ORDER BY seq",  # noqa: S608 - constants only
                     (batch_id,),
                 )
-            return [entry_from_row(row) for row in cur.fetchall()]
+            return entries_of(cur.fetchall())
 
     def batch_size(self, batch_id: str) -> int:
         """How many deliveries (receivers) one ``put`` stored: the size of that send."""
@@ -346,7 +346,7 @@ class PostgresOutbox(Closing):
                 "WHERE state = 'done' AND outcome = 'failed' ORDER BY seq LIMIT %s",
                 (limit,),
             )
-            return [entry_from_row(row) for row in cur.fetchall()]
+            return entries_of(cur.fetchall())
 
     def retry_failed(self, message_ids: Iterable[str] | None = None) -> int:
         """Make failed deliveries pending again, with the same ``webhook-id``; how many.

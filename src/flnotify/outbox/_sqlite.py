@@ -32,7 +32,7 @@ from ._model import (
     claimed_columns,
     claimed_entries,
     counts_of,
-    entry_from_row,
+    entries_of,
     new_batch,
     next_claimable_of,
     outcome_json,
@@ -91,7 +91,7 @@ DROP INDEX IF EXISTS flnotify_outbox_token;
 # queue for the GIL behind the event loop once per row.
 _CLAIMED = f"""
 SELECT
-    (SELECT json_group_array(json_array(seq, {claimed_columns(":until")})) FROM flnotify_outbox
+    (SELECT json_group_array(json_array({claimed_columns(":until")})) FROM flnotify_outbox
         WHERE seq IN (SELECT value FROM json_each(:seqs))),
     (SELECT json_group_object(id, json_array(payload, size)) FROM flnotify_outbox_batches
         WHERE id IN (SELECT batch_id FROM flnotify_outbox
@@ -289,7 +289,7 @@ class Outbox(Closing):
                 f"SELECT {COLUMNS} FROM flnotify_outbox {where} ORDER BY seq",  # noqa: S608 - constants only
                 args,
             ).fetchall()
-        return [entry_from_row(row) for row in rows]
+        return entries_of(rows)
 
     def batch_size(self, batch_id: str) -> int:
         """How many deliveries (receivers) one ``put`` stored: the size of that send."""
@@ -316,7 +316,7 @@ class Outbox(Closing):
                 "WHERE state = 'done' AND outcome = 'failed' ORDER BY seq LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
-        return [entry_from_row(row) for row in rows]
+        return entries_of(rows)
 
     def retry_failed(self, message_ids: Iterable[str] | None = None) -> int:
         """Make failed deliveries pending again, with the same ``webhook-id``; how many.
