@@ -25,10 +25,10 @@ from flnotify.outbox import Outbox, OutboxState, PostgresOutbox
 NOW = 1_700_000_000.0
 TOKEN = "a" * 32
 
-_V1_TABLES = """
+_ROWS_TABLE = """
 CREATE TABLE flnotify_outbox_meta (key {text} PRIMARY KEY, value {text} NOT NULL);
 CREATE TABLE flnotify_outbox_batches (
-    id {text} PRIMARY KEY, payload {text} NOT NULL, created_at {real} NOT NULL
+    id {text} PRIMARY KEY, payload {text} NOT NULL, created_at {real} NOT NULL{batch_size}
 );
 CREATE TABLE flnotify_outbox (
     seq {serial} PRIMARY KEY {autoincrement},
@@ -37,8 +37,7 @@ CREATE TABLE flnotify_outbox (
     message_endpoint {text} NOT NULL,
     message_id {text} NOT NULL UNIQUE,
     state {text} NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'claimed', 'done')),
-    claim_token {text},
-    lease_until {real},
+    claim_token {text},{lease_column}
     claims INTEGER NOT NULL DEFAULT 0,
     outcome {text} CHECK (outcome IN ('delivered', 'rejected', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -48,6 +47,10 @@ CREATE TABLE flnotify_outbox (
     elapsed {real},
     recorded_at {real}
 );
+"""
+"""The tables of schemas 1 to 3 (1: ``lease_until`` on every row; 3: a batch's size)."""
+
+_V1_TABLES = """
 CREATE INDEX flnotify_outbox_open ON flnotify_outbox (seq) WHERE state <> 'done';
 INSERT INTO flnotify_outbox_meta VALUES ('schema', '1');
 INSERT INTO flnotify_outbox_batches VALUES ('b1', '{{}}', {now});
@@ -66,16 +69,21 @@ VALUES
 """
 
 
-def _v1(*, text: str, real: str, serial: str, autoincrement: str) -> str:
-    return _V1_TABLES.format(
-        text=text,
-        real=real,
-        serial=serial,
-        autoincrement=autoincrement,
+_SQLITE = {"text": "TEXT", "real": "REAL", "serial": "INTEGER", "autoincrement": "AUTOINCREMENT"}
+_POSTGRES = {"text": "text", "real": "double precision", "serial": "bigserial", "autoincrement": ""}
+
+
+def _tables(schema: int, types: dict[str, str]) -> str:
+    """The tables of schema 1 or 3 in one database's types, with their rows."""
+    one = schema == 1
+    return (_ROWS_TABLE + (_V1_TABLES if one else _V3_TABLES)).format(
+        lease_column=f"\n    lease_until {types['real']}," if one else "",
+        batch_size="" if one else ",\n    size INTEGER NOT NULL DEFAULT 0",
         now=NOW,
         until=NOW + 30,
         rid=uuid.UUID(int=1),
         token=TOKEN,
+        **types,
     )
 
 
@@ -108,7 +116,7 @@ def _check_upgraded(outbox: Any, clock: _Clock, columns: Callable[[], set[str]])
 def test_an_sqlite_file_of_schema_1_opens_with_its_leases(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    script = _v1(text="TEXT", real="REAL", serial="INTEGER", autoincrement="AUTOINCREMENT")
+    script = _tables(1, _SQLITE)
     conn.executescript(script)
     conn.close()
     clock = _Clock()
@@ -125,7 +133,7 @@ def test_an_sqlite_file_of_schema_1_opens_with_its_leases(tmp_path: Path) -> Non
 
 def test_postgres_tables_of_schema_1_open_with_their_leases(postgres_url: str) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        script = _v1(text="text", real="double precision", serial="bigserial", autoincrement="")
+        script = _tables(1, _POSTGRES)
         conn.execute(script.encode())
     clock = _Clock()
 
@@ -144,28 +152,6 @@ def test_postgres_tables_of_schema_1_open_with_their_leases(postgres_url: str) -
 
 
 _V3_TABLES = """
-CREATE TABLE flnotify_outbox_meta (key {text} PRIMARY KEY, value {text} NOT NULL);
-CREATE TABLE flnotify_outbox_batches (
-    id {text} PRIMARY KEY, payload {text} NOT NULL, created_at {real} NOT NULL,
-    size INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE flnotify_outbox (
-    seq {serial} PRIMARY KEY {autoincrement},
-    batch_id {text} NOT NULL REFERENCES flnotify_outbox_batches (id) ON DELETE CASCADE,
-    receiver_id {text} NOT NULL,
-    message_endpoint {text} NOT NULL,
-    message_id {text} NOT NULL UNIQUE,
-    state {text} NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'claimed', 'done')),
-    claim_token {text},
-    claims INTEGER NOT NULL DEFAULT 0,
-    outcome {text} CHECK (outcome IN ('delivered', 'rejected', 'failed')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    status_code INTEGER,
-    error {text},
-    error_kind {text},
-    elapsed {real},
-    recorded_at {real}
-);
 CREATE TABLE flnotify_outbox_claims (token {text} PRIMARY KEY, lease_until {real} NOT NULL);
 INSERT INTO flnotify_outbox_meta VALUES ('schema', '3');
 INSERT INTO flnotify_outbox_batches VALUES ('b1', '{{}}', {now}, 6);
@@ -218,16 +204,7 @@ def _check_upgraded_from_3(outbox: Any, clock: _Clock) -> None:
 def test_an_sqlite_file_of_schema_3_opens_with_its_claims(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:
-        conn.executescript(
-            _V3_TABLES.format(
-                text="TEXT",
-                real="REAL",
-                serial="INTEGER",
-                autoincrement="AUTOINCREMENT",
-                now=NOW,
-                rid=uuid.UUID(int=1),
-            )
-        )
+        conn.executescript(_tables(3, _SQLITE))
     conn.close()
     clock = _Clock()
     with Outbox(path, clock=clock) as outbox:
@@ -235,14 +212,7 @@ def test_an_sqlite_file_of_schema_3_opens_with_its_claims(tmp_path: Path) -> Non
 
 
 def test_postgres_tables_of_schema_3_open_with_their_claims(postgres_url: str) -> None:
-    script = _V3_TABLES.format(
-        text="text",
-        real="double precision",
-        serial="bigserial",
-        autoincrement="",
-        now=NOW,
-        rid=uuid.UUID(int=1),
-    )
+    script = _tables(3, _POSTGRES)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(script.encode())
     clock = _Clock()
