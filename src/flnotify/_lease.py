@@ -263,8 +263,8 @@ class LeaseQueue:
         index = f" INDEXED BY {t.take_index}" if t.take_index and not d.postgres else ""
         until = f"{now} + {p('lease')}"
         held = t.held.format(hint=d.hint, holder=p("holder"))
-        if t.claims is None:
-            self._column_statements(index, until, held)
+        if t.claims is None:  # a renewal may walk an index on the holder
+            self._column_statements(index, until, t.held.format(hint="", holder=p("holder")))
         else:
             self._claim_statements(t.claims, index, until)
         outcomes = ", ".join(f"{col} = v.{col}" for col, _ in OUTCOME_COLUMNS[1:])
@@ -451,11 +451,10 @@ class LeaseQueue:
             if c[3] <= now and any(c[1] <= last and c[2] >= first for first, last in spans)
         ]
         if ended:
-            added += self._cut(execute, ended, spans)
             adopted = [(s,) for s in taken if any(c[1] <= s <= c[2] for c in ended)]
             if adopted and self._adopt:
                 execute(self._adopt, d.bind_rows("seqs", adopted, 1))
-        execute(self._add_claims, d.bind_rows("claims", added, len(_CLAIM_COLUMNS)))
+        self._cut(execute, ended, spans, added)
         return taken, until
 
     def _cut(
@@ -463,15 +462,25 @@ class LeaseQueue:
         execute: Execute,
         claims: Sequence[tuple[Any, ...]],
         spans: Sequence[tuple[int, int]],
-    ) -> list[tuple[Any, ...]]:
-        """Delete ``claims`` rows; what is left of their runs outside ``spans``, to add."""
+        added: Sequence[tuple[Any, ...]] = (),
+    ) -> None:
+        """Cut ``spans`` out of the runs of the claim rows ``claims``, and add ``added``.
+
+        A run left with no open row goes.
+        """
         d = self.dialect
-        execute(self._drop_claims, d.bind_rows("keys", [c[:2] for c in claims], 2))
-        return [
+        if claims:
+            execute(self._drop_claims, d.bind_rows("keys", [c[:2] for c in claims], 2))
+        left = [
             (token, a, b, until)
             for token, first, last, until in claims
             for a, b in _runs_outside(first, last, spans)
         ]
+        rows = [*added, *left]
+        if rows:
+            execute(self._add_claims, d.bind_rows("claims", rows, len(_CLAIM_COLUMNS)))
+        for token in {c[0] for c in left}:
+            execute(self._finished, {"holder": token})
 
     def free(self, execute: Execute, seqs: Sequence[int]) -> None:
         """No claim holds the rows ``seqs`` any more (their runs are cut around them)."""
@@ -484,9 +493,7 @@ class LeaseQueue:
             if any(c[1] <= seq <= c[2] for seq, _ in spans)
         ]
         if claims:
-            added = self._cut(execute, claims, spans)
-            if added:
-                execute(self._add_claims, self.dialect.bind_rows("claims", added, 4))
+            self._cut(execute, claims, spans)
 
     def renew(self, execute: Execute, *, holder: str, lease: float, now: float | None) -> int:
         """Move the lease of the holder's open rows to ``now + lease``; how many it holds."""
