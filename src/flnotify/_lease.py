@@ -495,6 +495,11 @@ class LeaseQueue:
         if claims:
             self._cut(execute, claims, spans)
 
+    @property
+    def renew_statement(self) -> str:
+        """The statement that moves a holder's lease (parameters ``holder``, ``lease``, ``now``)."""
+        return self._lease
+
     def renew(self, execute: Execute, *, holder: str, lease: float, now: float | None) -> int:
         """Move the lease of the holder's open rows to ``now + lease``; how many it holds."""
         params = {"holder": holder, "lease": lease, "now": now}

@@ -424,3 +424,19 @@ def test_postgres_leases_are_judged_by_the_server_clock_whatever_the_hosts_say(
         monkeypatch.setattr(time, "time", lambda: real() - 3600)
         assert mailbox.release("a") == 1
         assert [m.message_id for m in mailbox.adopt("b", 30, 10)] == ["m1"]
+
+
+def test_a_renewal_walks_an_index_on_the_holder() -> None:
+    """Renewing a lease kept in a column finds the holder's rows by its index, not a scan."""
+    from flnotify.mailbox._model import LEASES as MAILBOX
+
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(
+        "CREATE TABLE flnotify_mailbox (seq INTEGER PRIMARY KEY, owner TEXT, state TEXT,"
+        " lease_until REAL);"
+        "CREATE INDEX by_owner ON flnotify_mailbox (owner) WHERE state != 'done';"
+    )
+    queue = LeaseQueue(MAILBOX, SQLITE)
+    params = {"holder": "a", "lease": 1.0, "now": 0.0}
+    plan = conn.execute(f"EXPLAIN QUERY PLAN {queue.renew_statement}", params).fetchall()
+    assert any("SEARCH" in row[-1] and "(owner=?)" in row[-1] for row in plan), plan
