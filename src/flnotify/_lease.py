@@ -263,6 +263,14 @@ class LeaseQueue:
         index = f" INDEXED BY {t.take_index}" if t.take_index and not d.postgres else ""
         until = f"{now} + {p('lease')}"
         held = t.held.format(hint=d.hint, holder=p("holder"))
+        if t.claims is not None and d.postgres:
+            # the holder's rows lie between its runs' ends: PostgreSQL then walks that range
+            # of an index, not the whole table (a hash join had no other way in)
+            ends = f"FROM {t.claims} WHERE token = {p('holder')}"
+            held += (
+                f" AND {t.table}.seq BETWEEN (SELECT MIN(first_seq) {ends}) "
+                f"AND (SELECT MAX(last_seq) {ends})"
+            )
         if t.claims is None:  # a renewal may walk an index on the holder
             self._column_statements(index, until, t.held.format(hint="", holder=p("holder")))
         else:
@@ -294,6 +302,16 @@ class LeaseQueue:
             f"WHERE {t.table}.message_id IN (SELECT v.message_id FROM {ids}) "
             f"AND {t.open} AND {t.recorded} AND {held}"
         )
+        self._gone_with = t.claims is not None and d.postgres
+        if self._gone_with:  # the holder's emptied runs go in the same statement
+            self._settle[True] = self._and_gone(
+                self._settle[True].replace(" RETURNING v.message_id", ""),
+                "v.message_id",
+                "SELECT message_id FROM changed",
+            )
+            self._finish = self._and_gone(
+                f"{d.clock}{self._finish}", "1 AS one", "SELECT COUNT(*) FROM changed"
+            )
         self._prune = f"DELETE FROM {t.table} WHERE {t.done} AND {t.settled_at} < {p('before')}"  # noqa: S608
         self._orphans = (
             f"DELETE FROM {t.parent} WHERE NOT EXISTS (SELECT 1 FROM {t.table} AS r "  # noqa: S608
@@ -326,6 +344,24 @@ class LeaseQueue:
             )
         self._lease = (
             f"{d.clock}UPDATE {t.table} SET lease_until = {until} WHERE {held} AND {t.open}"  # noqa: S608
+        )
+
+    def _and_gone(self, update: str, returning: str, select: str) -> str:
+        """PostgreSQL: ``update``, and the holder's runs left without an open row go.
+
+        One statement: ``select`` reads ``changed`` (``returning`` of ``update``, which
+        follows the clock). The deletion sees the rows as they were before the update: the
+        rows it changed count as done.
+        """
+        t, d = self.table, self.dialect
+        claims = t.claims
+        body = update.removeprefix(d.clock)
+        return (
+            f"{d.clock}, changed AS ({body} RETURNING {returning}, {t.table}.seq), "  # noqa: S608
+            f"gone AS (DELETE FROM {claims} WHERE token = {d.param('holder')} AND NOT EXISTS "
+            f"(SELECT 1 FROM {t.table} WHERE {t.open} AND {t.table}.seq BETWEEN "
+            f"{claims}.first_seq AND {claims}.last_seq AND {t.table}.seq NOT IN "
+            f"(SELECT seq FROM changed))) {select}"
         )
 
     def _claim_statements(self, claims: str, index: str, until: str) -> None:
@@ -571,14 +607,21 @@ class LeaseQueue:
         """Make the holder's recorded rows of ``message_ids`` done; how many were."""
         if not message_ids:
             return 0
-        params = {"holder": holder, **self.dialect.bind_rows("ids", [(m,) for m in message_ids], 1)}
+        params = {
+            "holder": holder,
+            "now": None,
+            **self.dialect.bind_rows("ids", [(m,) for m in message_ids], 1),
+        }
+        if self._gone_with:
+            ((n,),) = execute(self._finish, params).fetchall()
+            return int(n)
         n = execute(self._finish, params).rowcount
         if n:
             self._drop_finished(execute, holder)
         return n
 
     def _drop_finished(self, execute: Execute, holder: str) -> None:
-        if self.table.claims is not None:
+        if self.table.claims is not None and not self._gone_with:
             execute(self._finished, {"holder": holder})
 
     def tally(self, execute: Execute, *, now: float | None) -> tuple[int, int, float | None, float]:

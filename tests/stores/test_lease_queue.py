@@ -306,6 +306,13 @@ class LeaseMachine(RuleBasedStateMachine):
             for seq, r in sorted(self.rows.items())
         ]
         assert [tuple(row) for row in rows] == expected
+        if self.table.claims is not None:  # a claim row goes once its run holds no open row
+            ((empty,),) = self.execute(
+                "SELECT COUNT(*) FROM lq_claims AS c WHERE NOT EXISTS (SELECT 1 FROM lq_rows AS r"
+                " WHERE r.state <> 'done' AND r.seq BETWEEN c.first_seq AND c.last_seq)",
+                {},
+            ).fetchall()
+            assert empty == 0
         parents = {row[0] for row in self.execute("SELECT id FROM lq_parents", {}).fetchall()}
         assert {r.parent for r in self.rows.values()} <= parents
         if self.puts:
