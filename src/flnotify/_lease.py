@@ -522,6 +522,8 @@ class LeaseQueue:
         """No claim holds the rows ``seqs`` any more (their runs are cut around them)."""
         if self.table.claims is None or not seqs:
             return
+        if self._lock:  # as a take does: a take must not miss the runs written here
+            execute(self._lock, {"now": None}).fetchall()
         spans = [(seq, seq) for seq in sorted(seqs)]
         claims = [
             tuple(c)
