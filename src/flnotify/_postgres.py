@@ -90,6 +90,7 @@ class PostgresConnection:
     _conn: psycopg.Connection[Any] | None = attrs.field(init=False, default=None, repr=False)
     _closed: bool = attrs.field(init=False, default=False, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+    _synced: bool = attrs.field(init=False, default=True, repr=False)
 
     @classmethod
     def open(
@@ -140,7 +141,9 @@ class PostgresConnection:
         return conn
 
     @contextlib.contextmanager
-    def cursor(self, owner: object, *, single: bool) -> Iterator[psycopg.Cursor[Any]]:
+    def cursor(
+        self, owner: object, *, single: bool, synced: bool = True
+    ) -> Iterator[psycopg.Cursor[Any]]:
         """A cursor for one statement (its own transaction) or, not ``single``, several.
 
         A dropped connection is reopened first; psycopg errors become the store's error.
@@ -149,6 +152,10 @@ class PostgresConnection:
             owner: Named in the error if the store is closed.
             single: The body runs one statement, its own transaction (no BEGIN/COMMIT
                 round trips).
+            synced: Commit as the server is set up (``synchronous_commit``: on disk when
+                this returns); ``False``: without waiting for the WAL to be flushed (a
+                crash of the server may undo the last of such commits, never half of
+                one). Set before the transaction whenever it differs from the last one's.
 
         Raises:
             ConfigurationError: The store is closed.
@@ -163,7 +170,15 @@ class PostgresConnection:
                 if conn is not None:
                     conn.close()
                 conn = self._conn = self._connect()
+                self._synced = True
             try:
+                if synced != self._synced:
+                    # the server's own setting back, or off (never restored after: a
+                    # failed restore must not leave a later commit less durable)
+                    conn.execute(
+                        "RESET synchronous_commit" if synced else "SET synchronous_commit = off"
+                    )
+                    self._synced = synced
                 with (
                     contextlib.nullcontext() if single else conn.transaction(),
                     conn.cursor() as cur,

@@ -178,21 +178,25 @@ class PostgresOutbox(Closing):
             connect_timeout=self.connect_timeout,
         )
 
-    def _transaction(self, *, single: bool = False) -> AbstractContextManager[psycopg.Cursor[Any]]:
+    def _transaction(
+        self, *, single: bool = False, synced: bool = True
+    ) -> AbstractContextManager[psycopg.Cursor[Any]]:
         """One transaction on the connection; psycopg errors become OutboxError.
 
         ``single``: the body runs one statement, its own transaction (no BEGIN/COMMIT
-        round trips).
+        round trips). ``synced=False`` for what a crash of the server may undo at the cost
+        of a resend with the same ``webhook-id`` only (claims, leases, outcomes with no
+        callbacks to follow).
         """
-        return self._db.cursor(self, single=single)
+        return self._db.cursor(self, single=single, synced=synced)
 
-    def _outcome_statement(self) -> AbstractContextManager[psycopg.Cursor[Any]]:
+    def _outcome_statement(self, *, synced: bool) -> AbstractContextManager[psycopg.Cursor[Any]]:
         """A cursor for one statement on the outcomes' connection (opened on first use)."""
         with self._opening:
             if self._outcomes is None and not self._db.closed:
                 self._outcomes = self._connect(_prepare_outcomes)
             db = self._db if self._outcomes is None else self._outcomes
-        return db.cursor(self, single=True)
+        return db.cursor(self, single=True, synced=synced)
 
     def _clock(self) -> float | None:
         """The ``now`` parameter of the statements: ``None`` reads the server's clock."""
@@ -258,7 +262,7 @@ class PostgresOutbox(Closing):
         """
         check_claim_args(limit, lease_seconds)
         token = secrets.token_hex(16)
-        with self._transaction() as cur:
+        with self._transaction(synced=False) as cur:
             seqs, until = _QUEUE.claim(
                 prepared(cur), holder=token, lease=lease_seconds, limit=limit, now=self._clock()
             )
@@ -273,7 +277,7 @@ class PostgresOutbox(Closing):
 
     def renew(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's unfinished entries; how many still belong to it."""
-        with self._transaction(single=True) as cur:
+        with self._transaction(single=True, synced=False) as cur:
             return _QUEUE.renew(
                 prepared(cur), holder=claim.token, lease=lease_seconds, now=self._clock()
             )
@@ -288,7 +292,7 @@ class PostgresOutbox(Closing):
         deliveries = list(deliveries)
         if not deliveries:
             return []
-        with self._outcome_statement() as cur:
+        with self._outcome_statement(synced=not done) as cur:
             recorded = _QUEUE.settle(
                 prepared(cur),
                 holder=claim.token,
@@ -301,12 +305,12 @@ class PostgresOutbox(Closing):
     def finish(self, claim: Claim, message_ids: Iterable[str]) -> int:
         """Mark recorded deliveries done once their callbacks ran; how many were."""
         ids = list(message_ids)
-        with self._outcome_statement() as cur:
+        with self._outcome_statement(synced=True) as cur:
             return _QUEUE.finish(prepared(cur), holder=claim.token, message_ids=ids)
 
     def release(self, claim: Claim) -> int:
         """Give back the claim's unfinished entries without waiting for the lease to end."""
-        with self._transaction(single=True) as cur:
+        with self._transaction(single=True, synced=False) as cur:
             return _QUEUE.release(prepared(cur), holder=claim.token, now=self._clock())
 
     # -- reading and operating ---------------------------------------------------------
