@@ -497,41 +497,37 @@ NOTES = """\
 What the outbox rows cost, and what limits them (one dispatcher, 10,000 receivers, batch
 1,000, on the same sink, the store calls timed with their thread's CPU):
 
-- The serial start: `put` (SQLite ~60 ms: ~11 ms building the rows in Python, ~32 ms the
+- The serial start: `put` (SQLite ~60 ms: ~11 ms building the rows in Python, ~40 ms the
   INSERT of 10,000 rows with their indexes, one `FULL` commit; PostgreSQL ~100 ms, of which
-  the per-row foreign-key check of `batch_id` is ~35 ms), then the first claim (~10 ms,
-  ~18 ms) before the first POST. The in-process Notifier starts POSTing at once.
-- SQLite, per claim of 1,000: the take ~3 ms, reading the rows as one JSON value ~2.5 ms,
-  parsing ~1.3 ms, building the entries ~3.7 ms (Python, holding the GIL). Per outcome
-  batch of 500: one UPDATE ~2.4 ms, committed at `NORMAL`.
-- PostgreSQL, per claim of 1,000 (EXPLAIN ANALYZE on a quiet machine): ~13 ms, 8 of them
-  the UPDATE (each row a new version with an entry in every index, as `state` changes);
-  per outcome batch of 500 ~6 ms, on its own connection.
-- Timeline: the claims are taken ahead and the sends follow each other without a gap
-  (they waited 10-20 ms per claim for a `batch_size` call queued behind the claim taken
-  ahead); SQLite sends a claim of 1,000 every ~41-48 ms against the Notifier's ~32-39 ms.
-  On PostgreSQL the sends wait at times for the recording of the two claims before.
-- Why the rest stays: the Notifier's run alone keeps both cores busy (its process and
-  nginx); the outbox adds ~0.25 s of database work on the same cores (SQLite) or in the
-  server (PostgreSQL), and the serial start above. (These costs were timed before the fast
-  lane's slow start went: the Notifier has since become ~1.35x faster, the outbox's
-  database work has not, so its ratio to the Notifier fell.)
+  the per-row foreign-key check of `batch_id` is ~35 ms), then the first claim (~6 ms,
+  ~15 ms) before the first POST. The in-process Notifier starts POSTing at once.
+- A claim writes no delivery row (schema 4): one claim row per run of rows it takes.
+  SQLite, per claim of 1,000: the take ~0.3 ms (it was ~3.8 ms when it marked each row),
+  reading the rows as one JSON value ~1.2 ms, parsing ~0.8 ms, building the entries
+  ~3.3 ms (Python, holding the GIL). Per outcome batch of 500: one UPDATE ~3 ms (~1.6 ms
+  of it the writing of the rows), committed at `NORMAL`. PostgreSQL, per claim of 1,000:
+  ~15 ms (it was ~23 ms), a few statements under an advisory lock; per outcome batch of
+  500 ~10 ms, on its own connection, with `synchronous_commit` off.
+- Timeline: the claims are taken ahead and the sends follow each other without a gap;
+  what the outbox adds is CPU on the same 2 cores: ~200 ms of its store calls per 10,000
+  deliveries on SQLite (put ~55, claims ~75, outcomes ~75), and the database server's
+  work on PostgreSQL. The Notifier's run alone keeps both cores busy (its process and
+  nginx), so each send of 1,000 takes ~1.5x the Notifier's time for 1,000.
 
 What was changed after measuring (earlier): one statement per batch everywhere (a step per
 row made the database thread queue for the GIL behind the loop once per row); the outcome
 join driven by the message_id index; nested loops off on the PostgreSQL connections;
 claims taken ahead and sent as soon as the previous claim's POSTs end; a plain `Receiver`
-no longer pays the runtime Protocol check; the claims table and, on PostgreSQL, the claim
-in one statement. Then (this run's code): the size of each send kept with its batch and
+no longer pays the runtime Protocol check; the size of each send kept with its batch and
 read with the claim; PostgreSQL outcomes on a second connection; SQLite claims, leases and
-outcomes without callbacks committed at `NORMAL`; an SQLite outcome batch is one UPDATE
-when every row is the claim's. Celery: chunks of 1000 by default and the fast lane on a
+outcomes without callbacks committed at `NORMAL`. Then (this run's code): claims as runs
+of rows (schema 4); PostgreSQL outcomes found by the claim's seq range, without JIT, and
+with `synchronous_commit` off where SQLite commits at `NORMAL`; a claim's entries built
+with every name bound once. Celery: chunks of 1000 by default and the fast lane on a
 task's first execution (see below).
 
-Not done: a claim that does not write its deliveries at all (the claim row naming a range
-of rows: every read of a row's state and lease would join the claims, and a claim
-count per delivery could no longer be kept), and, as the outbox is built for, a second
-dispatcher process on another core or host."""
+Not done: as the outbox is built for, a second dispatcher process on another core or
+host."""
 
 
 def write_docs(text: str) -> None:
