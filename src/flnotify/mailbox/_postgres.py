@@ -150,15 +150,40 @@ SELECT DISTINCT client_id FROM flnotify_mailbox
 WHERE client_id = ANY(%(clients)s::uuid[]) AND {fetchable_sql(_T)}
 """  # noqa: S608 - constants only
 
+
+def _by_message_id(source: str, columns: str, condition: str) -> str:
+    """A CTE ``hit``: the ``seq`` (and ``columns``) of each row of ``source`` (``v``) found.
+
+    Each message id is looked up alone, by the message_id index (``LIMIT 1`` keeps the
+    lookup a loop over ``v``, whatever the plan): a join of ``v`` with the table may
+    become, in a generic plan that guesses ``v`` small, a scan of ``v`` for every row
+    (time square in the batch). Rows are not locked here: the ``UPDATE`` that uses
+    ``hit`` repeats the conditions a concurrent change may have changed (PostgreSQL
+    checks them again on a row changed meanwhile).
+    """
+    return f"""hit AS (
+    SELECT m.seq, {columns} FROM {source}
+    CROSS JOIN LATERAL (
+        SELECT seq FROM flnotify_mailbox
+        WHERE message_id = v.message_id AND {condition}
+        LIMIT 1
+    ) AS m
+)"""  # noqa: S608 - constants only
+
+
 # The answers of several clients in one statement: each counts for its own client only.
+_ANSWERED = _by_message_id(
+    "unnest(%(clients)s::uuid[], %(ids)s::text[], %(statuses)s::integer[])"
+    " AS v (client_id, message_id, status)",
+    "v.status",
+    f"client_id = v.client_id AND state = 'offered' AND deadline_at > {_T}",
+)
 _ACK = f"""
-WITH {_CLOCK}
-UPDATE flnotify_mailbox AS m SET state = 'answered', status = v.status
-FROM unnest(%(clients)s::uuid[], %(ids)s::text[], %(statuses)s::integer[])
-    AS v (client_id, message_id, status)
-WHERE m.message_id = ANY(%(ids)s::text[])  -- found by the message_id index, never a scan
-    AND m.message_id = v.message_id AND m.client_id = v.client_id AND m.state = 'offered'
-    AND m.deadline_at > {_T}
+WITH {_CLOCK},
+{_ANSWERED}
+UPDATE flnotify_mailbox AS m SET state = 'answered', status = hit.status
+FROM hit
+WHERE m.seq = hit.seq AND m.state = 'offered' AND m.deadline_at > {_T}
 RETURNING m.client_id, m.message_id
 """  # noqa: S608 - constants only
 
@@ -180,12 +205,17 @@ SELECT message_id, client_id, status, fetches, send_id FROM (
 ORDER BY seq
 """  # noqa: S608 - constants only
 
+_RETRIED = _by_message_id(
+    "unnest(%(ids)s::text[], %(delays)s::double precision[]) AS v (message_id, delay)",
+    "v.delay",
+    "owner = %(owner)s AND state = 'answered'",
+)
 _REQUEUE = f"""
-WITH {_CLOCK}
-UPDATE flnotify_mailbox AS m SET state = 'queued', status = NULL, available_at = {_T} + v.delay
-FROM unnest(%(ids)s::text[], %(delays)s::double precision[]) AS v (message_id, delay)
-WHERE m.message_id = ANY(%(ids)s::text[]) AND m.message_id = v.message_id
-    AND m.owner = %(owner)s AND m.state = 'answered'
+WITH {_CLOCK},
+{_RETRIED}
+UPDATE flnotify_mailbox AS m SET state = 'queued', status = NULL, available_at = {_T} + hit.delay
+FROM hit
+WHERE m.seq = hit.seq AND m.owner = %(owner)s AND m.state = 'answered'
 RETURNING m.client_id
 """  # noqa: S608 - constants only
 
@@ -224,6 +254,20 @@ SELECT message_id, client_id::text AS client_id, send_id, state, fetches, status
     attempts, error
 FROM flnotify_mailbox ORDER BY seq
 """
+
+
+def _planned(cur: psycopg.Cursor[Any]) -> Callable[[str, Mapping[str, Any]], Any]:
+    """An ``execute`` on ``cur`` that plans each statement for its parameters.
+
+    For the lease queue's settle: it joins its batch of outcomes with the table, and the
+    generic plan of a prepared statement, which guesses the batch at ten rows, may read
+    the whole batch again for every row it updates (time square in the batch).
+    """
+
+    def execute(sql: str, params: Mapping[str, Any], /) -> psycopg.Cursor[Any]:
+        return cur.execute(sql, params, prepare=False)
+
+    return execute
 
 
 def _prepare(conn: psycopg.Connection[Any]) -> None:
@@ -416,7 +460,7 @@ class PostgresMailbox(Closing):
             return []
         with self._cursor(light=True) as cur:  # see _run: at least once
             settled = _QUEUE.settle(
-                prepared(cur),
+                _planned(cur),
                 holder=owner,
                 rows=outcome_rows(deliveries),
                 now=self._clock(),
