@@ -124,7 +124,8 @@ ORDER BY v.i
 {REPOST}"""  # noqa: S608 - constants only
 
 # Each client's letters due now, oldest first, up to its limit: one statement for every
-# waiting poll a wake-up answers.
+# waiting poll a wake-up answers. Every step is a loop over the batch whatever the plan
+# (see `_by_message_id`): a lookup per client, the rows by ``seq``, a payload per row.
 _FETCH = f"""
 WITH {_CLOCK},
 picked AS (
@@ -142,8 +143,9 @@ offered AS (
     WHERE m.seq = ANY(ARRAY(SELECT seq FROM picked))
     RETURNING m.seq, m.client_id, m.message_id, m.fetches, m.send_id
 )
-SELECT o.client_id, o.message_id, o.fetches, s.payload
-FROM offered AS o JOIN flnotify_mailbox_sends AS s ON s.id = o.send_id
+SELECT o.client_id, o.message_id, o.fetches,
+    (SELECT s.payload FROM flnotify_mailbox_sends AS s WHERE s.id = o.send_id)
+FROM offered AS o
 ORDER BY o.seq
 """  # noqa: S608 - constants only
 
@@ -154,39 +156,53 @@ WHERE client_id = ANY(%(clients)b::uuid[]) AND {fetchable_sql(_T)}
 """  # noqa: S608 - constants only
 
 
-def _by_message_id(source: str, columns: str, condition: str) -> str:
-    """A CTE ``hit``: the ``seq`` (and ``columns``) of each row of ``source`` (``v``) found.
+def _by_message_id(rows: str, columns: str, value: str, condition: str) -> str:
+    """A one-row CTE ``found``: the rows of the batch ``rows`` that the table holds, locked.
 
-    Each message id is looked up alone, by the message_id index (``LIMIT 1`` keeps the
-    lookup a loop over ``v``, whatever the plan): a join of ``v`` with the table may
-    become, in a generic plan that guesses ``v`` small, a scan of ``v`` for every row
-    (time square in the batch). Rows are not locked here: the ``UPDATE`` that uses
-    ``hit`` repeats the conditions a concurrent change may have changed (PostgreSQL
-    checks them again on a row changed meanwhile).
+    ``rows`` is bound arrays unnested, as ``v (columns)``, ``condition`` picks the row of
+    ``v.message_id``; ``found.seqs`` are the rows' ``seq``s, ascending, and ``found.vals``
+    each one's ``value``, in the same order.
+
+    The statement is prepared, and a generic plan guesses every bound array at ten rows:
+    a join of ``v`` with the table may then read ``v`` again for each row of the table
+    (time square in the batch). Here no plan can: each message id is looked up alone
+    (``LIMIT 1`` keeps the lookup inside the loop over ``v``) and its row locked (checked
+    again if it changed meanwhile, so the ``UPDATE`` need not repeat ``condition``; in
+    message id order, so two batches never wait for each other in a circle); the result is
+    one row, computed once; the ``UPDATE`` finds its rows by primary key (`_FOUND`) and
+    each one's value by binary search (`_VAL`).
     """
-    return f"""hit AS (
-    SELECT m.seq, {columns} FROM {source}
+    return f"""found AS MATERIALIZED (
+    SELECT array_agg(m.seq ORDER BY m.seq) AS seqs, array_agg({value} ORDER BY m.seq) AS vals
+    FROM (SELECT * FROM {rows} AS u ({columns}) ORDER BY message_id) AS v
     CROSS JOIN LATERAL (
         SELECT seq FROM flnotify_mailbox
         WHERE message_id = v.message_id AND {condition}
         LIMIT 1
+        FOR UPDATE
     ) AS m
 )"""  # noqa: S608 - constants only
 
 
+_FOUND = "m.seq = ANY(ARRAY(SELECT unnest(seqs) FROM found))"
+"""The rows `_by_message_id` found, by their primary key."""
+_VAL = "f.vals[width_bucket(m.seq, f.seqs)]"
+"""The value of row ``m`` (``found`` as ``f``): ``width_bucket`` finds ``m.seq`` in the
+sorted ``seqs`` by binary search (the bucket whose lower bound it is)."""
+
 # The answers of several clients in one statement: each counts for its own client only.
 _ANSWERED = _by_message_id(
-    "unnest(%(clients)b::uuid[], %(ids)b::text[], %(statuses)b::integer[])"
-    " AS v (client_id, message_id, status)",
+    "unnest(%(clients)b::uuid[], %(ids)b::text[], %(statuses)b::integer[])",
+    "client_id, message_id, status",
     "v.status",
     f"client_id = v.client_id AND state = 'offered' AND deadline_at > {_T}",
 )
 _ACK = f"""
 WITH {_CLOCK},
 {_ANSWERED}
-UPDATE flnotify_mailbox AS m SET state = 'answered', status = hit.status
-FROM hit
-WHERE m.seq = hit.seq AND m.state = 'offered' AND m.deadline_at > {_T}
+UPDATE flnotify_mailbox AS m SET state = 'answered', status = {_VAL}
+FROM found AS f
+WHERE {_FOUND}
 RETURNING m.client_id, m.message_id
 """  # noqa: S608 - constants only
 
@@ -209,16 +225,17 @@ ORDER BY seq
 """  # noqa: S608 - constants only
 
 _RETRIED = _by_message_id(
-    "unnest(%(ids)b::text[], %(delays)b::double precision[]) AS v (message_id, delay)",
+    "unnest(%(ids)b::text[], %(delays)b::double precision[])",
+    "message_id, delay",
     "v.delay",
     "owner = %(owner)s AND state = 'answered'",
 )
 _REQUEUE = f"""
 WITH {_CLOCK},
 {_RETRIED}
-UPDATE flnotify_mailbox AS m SET state = 'queued', status = NULL, available_at = {_T} + hit.delay
-FROM hit
-WHERE m.seq = hit.seq AND m.owner = %(owner)s AND m.state = 'answered'
+UPDATE flnotify_mailbox AS m SET state = 'queued', status = NULL, available_at = {_T} + {_VAL}
+FROM found AS f
+WHERE {_FOUND}
 RETURNING m.client_id
 """  # noqa: S608 - constants only
 
