@@ -303,7 +303,13 @@ def _prepare(conn: psycopg.Connection[Any]) -> None:
 
 
 def _prepare_light(conn: psycopg.Connection[Any]) -> None:
-    """The connection for what clients do: commits that do not wait for the WAL flush."""
+    """The connection for what clients do: commits that do not wait for the WAL flush.
+
+    Its lists are bound as binary arrays, the lease queue's batches (outcomes) too.
+    """
+    from psycopg.types.array import ListBinaryDumper
+
+    conn.adapters.register_dumper(list, ListBinaryDumper)
     conn.execute("SET synchronous_commit = off")
 
 
