@@ -319,9 +319,10 @@ class PostgresMailbox(Closing):
 
     Any number of processes on any number of hosts may share the database: the server's
     workers, its mailbox apps and [`MailboxDispatcher`][flnotify.mailbox.MailboxDispatcher]s.
-    Every call is one transaction, committed (durable as the server's settings make it)
-    when it returns. One connection per instance, used by one thread at a time; it is
-    reopened after the server dropped it.
+    Every call is one transaction, committed when it returns: posts, leases and requeues
+    durably (as the server's settings make it), what clients do and the outcomes without
+    waiting for the disk (see `_run`). Two connections per instance (those two kinds),
+    each used by one thread at a time and reopened after the server dropped it.
 
     Args:
         url: A libpq connection string or URL, e.g.
@@ -391,7 +392,7 @@ class PostgresMailbox(Closing):
         committed without waiting for the WAL flush; a crash of the database may lose the
         last of them, which costs at most an offer again with the same ``webhook-id``, or
         a message judged again by a dispatcher once its sender's lease ended (callbacks
-        at least once). Posts and leases wait.
+        at least once). Posts, leases and requeues wait.
         """
         params["now"] = None if self.clock is None else self.clock()
         with (self._light if light else self._db).cursor(self, single=True) as cur:
