@@ -97,47 +97,31 @@ def mailbox(postgres_url: str) -> Iterator[tuple[PostgresMailbox, Letters]]:
         yield store, letters
 
 
-def test_a_fetch_batch_is_read_once(
-    postgres_url: str, mailbox: tuple[PostgresMailbox, Letters]
+def _statement(kind: str, store: PostgresMailbox, letters: Letters) -> tuple[str, dict[str, Any]]:
+    """A batch statement of the store, with its parameters for a batch of ``letters``."""
+    offered, waiting = letters[:BATCH], letters[BATCH : 2 * BATCH]
+    if kind == "fetch":
+        clients = [c for c, _ in waiting]
+        return store_sql._FETCH, {"clients": clients, "limits": [10] * BATCH, "visibility": 30.0}
+    ids = [m for _, m in offered]
+    if kind == "ack":
+        statuses = [200 + i for i in range(BATCH)]
+        return store_sql._ACK, {
+            "clients": [c for c, _ in offered],
+            "ids": ids,
+            "statuses": statuses,
+        }
+    store.ack_many([(c, [(m, 503)]) for c, m in offered])  # answered: a requeue takes them
+    delays = [float(i) for i in range(BATCH)]
+    return store_sql._REQUEUE, {"owner": "judge", "ids": ids, "delays": delays}
+
+
+@pytest.mark.parametrize("kind", ["fetch", "ack", "requeue"])
+def test_a_batch_is_read_once(
+    postgres_url: str, mailbox: tuple[PostgresMailbox, Letters], kind: str
 ) -> None:
-    _, letters = mailbox
-    waiting = letters[BATCH : 2 * BATCH]
-    params = {
-        "now": None,
-        "clients": [c for c, _ in waiting],
-        "limits": [10] * len(waiting),
-        "visibility": 30.0,
-    }
-    assert _rescans(postgres_url, store_sql._FETCH, params) == []
-
-
-def test_an_acknowledgement_batch_is_read_once(
-    postgres_url: str, mailbox: tuple[PostgresMailbox, Letters]
-) -> None:
-    _, letters = mailbox
-    offered = letters[:BATCH]
-    params = {
-        "now": None,
-        "clients": [c for c, _ in offered],
-        "ids": [m for _, m in offered],
-        "statuses": [200 + i for i in range(len(offered))],
-    }
-    assert _rescans(postgres_url, store_sql._ACK, params) == []
-
-
-def test_a_requeue_batch_is_read_once(
-    postgres_url: str, mailbox: tuple[PostgresMailbox, Letters]
-) -> None:
-    store, letters = mailbox
-    offered = letters[:BATCH]
-    store.ack_many([(c, [(m, 503)]) for c, m in offered])
-    params = {
-        "now": None,
-        "owner": "judge",
-        "ids": [m for _, m in offered],
-        "delays": [float(i) for i in range(len(offered))],
-    }
-    assert _rescans(postgres_url, store_sql._REQUEUE, params) == []
+    sql, params = _statement(kind, *mailbox)
+    assert _rescans(postgres_url, sql, {"now": None, **params}) == []
 
 
 def test_racing_acknowledgement_batches_take_each_answer_once(postgres_url: str) -> None:
