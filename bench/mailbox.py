@@ -33,7 +33,8 @@ Measured:
    send called -> handler ran (in the client process) -> send returned (ack judged);
 2. with N clients holding a long poll open at once: the server's open sockets, RSS and CPU
    while idle (against none), the time and CPU to open the polls, and one send to all N
-   (median of ``--reps``), against a push of the same size.
+   (median of ``--reps``), against a push of the same size; with ``--postgres`` also the
+   CPU of the database server's processes during the send (SQLite's is the server's own).
 
 The tables go to stdout and into docs/benchmarks.md between the ``mailbox:begin`` /
 ``mailbox:end`` markers (not with ``--quick``).
@@ -93,6 +94,42 @@ def raise_nofile() -> None:
 def thread_cpu(task: int) -> float:
     """CPU seconds of one thread of this process (schedstat: ns resolution)."""
     return int(Path(f"/proc/self/task/{task}/schedstat").read_text().split()[0]) / 1e9
+
+
+def database_pids(port: int | None) -> list[int]:
+    """The processes of the PostgreSQL server listening on ``port``: its postmaster and
+    every child (backends, WAL writer, checkpointer, ...); none for SQLite (``None``)."""
+    if port is None:
+        return []
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stats[int(entry)] = Path(f"/proc/{entry}/stat").read_text()
+    masters = []
+    for pid in stats:
+        line = _cmdline(pid)
+        if f" -p {port} " in line and line.split(" ", 1)[0].endswith("/postgres"):
+            masters.append(pid)
+    ppid = {pid: int(stat.rsplit(")", 1)[1].split()[1]) for pid, stat in stats.items()}
+    return masters + [pid for pid, parent in ppid.items() if parent in masters]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return ""
+    return line.decode(errors="replace") + " "
+
+
+def database_cpu(port: int | None) -> float:
+    """CPU seconds of the PostgreSQL server's live processes (0 for SQLite)."""
+    total = 0.0
+    for pid in database_pids(port):
+        with contextlib.suppress(OSError):
+            total += proc_cpu_ns(pid)
+    return total
 
 
 def proc_cpu_ns(pid: int) -> float:
@@ -679,6 +716,7 @@ def scale(args: argparse.Namespace, config: str, tmp: str, sink_ports: list[int]
                         time.sleep(0.3)
                         client_pid = puller.pid if kind == "pull" else pusher.pid
                         ccpu = proc_cpu_ns(client_pid)
+                        dbcpu = database_cpu(args.db_port)
                         if kind == "pull":
                             cmd: dict[str, Any] = {"kind": "pull"}
                         elif kind == "push-router":
@@ -695,11 +733,13 @@ def scale(args: argparse.Namespace, config: str, tmp: str, sink_ports: list[int]
                         result["client_cpu"] = (
                             proc_cpu_ns(client_pid) - ccpu if kind != "push-sink" else None
                         )
+                        result["db_cpu"] = database_cpu(args.db_port) - dbcpu
                         result["elapsed"] = result["returned"] - result["called"]
                         results[kind].append(result)
                         print(
                             f"  rep {rep + 1} {kind:<12} {n / result['elapsed']:,.0f}/s"
-                            f" ok {result['delivered']} server cpu {result['cpu']:.2f} s",
+                            f" ok {result['delivered']} server cpu {result['cpu']:.2f} s"
+                            f" database cpu {result['db_cpu']:.2f} s",
                             file=sys.stderr,
                         )
                 pulled = puller.stop()
@@ -727,12 +767,15 @@ def scale(args: argparse.Namespace, config: str, tmp: str, sink_ports: list[int]
         "push-sink": f"push: nginx sink of bench/fanout.py ({len(sink_ports)} ports, 202,"
         " no verifying)",
     }
+    db_head, db_rule = (
+        (" database server CPU per delivery (µs) |", "---|") if args.db_port else ("", "")
+    )
     lines += [
         f"#### One send to all {n:,} receivers ({args.reps} reps, median)",
         "",
         "| row | deliveries/s | spread | send → report (s) | x push to routers | server CPU per"
-        " delivery (µs) | receiving process CPU per delivery (µs) | ok | runs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f" delivery (µs) |{db_head} receiving process CPU per delivery (µs) | ok | runs |",
+        "|---|---|---|---|---|---|---|---|---|" + db_rule,
     ]
     base = None
     if results.get("push-router"):
@@ -747,7 +790,13 @@ def scale(args: argparse.Namespace, config: str, tmp: str, sink_ports: list[int]
             f"| {labels[kind]} | {fanout.fmt_rate(rate)} | {fanout.fmt_rate(min(rates))}-"
             f"{fanout.fmt_rate(max(rates))} | {statistics.median(r['elapsed'] for r in good):.2f} |"
             f" {fanout.fmt_ratio(rate / base) if base else '-'} |"
-            f" {statistics.median(r['cpu'] for r in good) / n * 1e6:.0f} | {client_us} |"
+            f" {statistics.median(r['cpu'] for r in good) / n * 1e6:.0f} |"
+            + (
+                f" {statistics.median(r['db_cpu'] for r in good) / n * 1e6:.0f} |"
+                if db_head
+                else ""
+            )
+            + f" {client_us} |"
             f" {min(r['delivered'] for r in runs)} | {len(runs)} |"
         )
     if pulled["errors"]:
@@ -830,6 +879,7 @@ def profile(args: argparse.Namespace, config: str, tmp: str) -> str:
 
 
 def measure(args: argparse.Namespace) -> None:
+    args.db_port = None
     if not args.postgres:
         args.database = lambda path: path
         _measure(args)
@@ -839,6 +889,7 @@ def measure(args: argparse.Namespace) -> None:
 
     with postgres_server(durable=True) as pg:
         args.database = lambda _: fresh_database(pg)
+        args.db_port = int(pg.rsplit(":", 1)[1].split("/", 1)[0])
         _measure(args)
 
 

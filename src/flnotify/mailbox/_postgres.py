@@ -100,6 +100,9 @@ CREATE INDEX IF NOT EXISTS flnotify_mailbox_nonces_until ON flnotify_mailbox_non
 # Every hot call is one statement, sent as one round trip in its own (autocommit)
 # transaction. The clock is read once per statement (the ``clock`` CTE): %(now)s is NULL
 # unless the mailbox has a clock of its own, and then the server's clock is read.
+# Batches are bound as binary arrays (``%(name)b``) and rows read back in binary: psycopg
+# writes a binary array several times faster than its text form, and the server reads
+# it without parsing text (bytea is not hex-encoded either way).
 _CLOCK = f"clock AS (SELECT {_NOW} AS now)"
 _T = "(SELECT now FROM clock)"
 
@@ -109,23 +112,24 @@ _POST = f"""
 WITH {_CLOCK},
 send AS (
     INSERT INTO flnotify_mailbox_sends (id, size, payload, posted_at)
-    VALUES (%(send)s, %(size)s, %(body)s, {_T})
+    VALUES (%(send)s, %(size)s, %(body)b, {_T})
     ON CONFLICT (id) DO NOTHING
 )
 INSERT INTO flnotify_mailbox
     (send_id, client_id, message_id, available_at, deadline_at, owner, lease_until)
 SELECT %(send)s, v.client_id, v.message_id, {_T}, {_T} + %(deadline)s, %(owner)s,
     {_T} + %(lease)s
-FROM unnest(%(clients)s::uuid[], %(ids)s::text[]) WITH ORDINALITY AS v (client_id, message_id, i)
+FROM unnest(%(clients)b::uuid[], %(ids)b::text[]) WITH ORDINALITY AS v (client_id, message_id, i)
 ORDER BY v.i
 {REPOST}"""  # noqa: S608 - constants only
 
 # Each client's letters due now, oldest first, up to its limit: one statement for every
-# waiting poll a wake-up answers.
+# waiting poll a wake-up answers. Every step is a loop over the batch whatever the plan
+# (see `_by_message_id`): a lookup per client, the rows by ``seq``, a payload per row.
 _FETCH = f"""
 WITH {_CLOCK},
 picked AS (
-    SELECT p.seq FROM unnest(%(clients)s::uuid[], %(limits)s::integer[]) AS r (client_id, most)
+    SELECT p.seq FROM unnest(%(clients)b::uuid[], %(limits)b::integer[]) AS r (client_id, most)
     CROSS JOIN LATERAL (
         SELECT seq FROM flnotify_mailbox
         WHERE client_id = r.client_id AND {fetchable_sql(_T)}
@@ -139,26 +143,66 @@ offered AS (
     WHERE m.seq = ANY(ARRAY(SELECT seq FROM picked))
     RETURNING m.seq, m.client_id, m.message_id, m.fetches, m.send_id
 )
-SELECT o.client_id, o.message_id, o.fetches, s.payload
-FROM offered AS o JOIN flnotify_mailbox_sends AS s ON s.id = o.send_id
+SELECT o.client_id, o.message_id, o.fetches,
+    (SELECT s.payload FROM flnotify_mailbox_sends AS s WHERE s.id = o.send_id)
+FROM offered AS o
 ORDER BY o.seq
 """  # noqa: S608 - constants only
 
 _FETCHABLE = f"""
 WITH {_CLOCK}
 SELECT DISTINCT client_id FROM flnotify_mailbox
-WHERE client_id = ANY(%(clients)s::uuid[]) AND {fetchable_sql(_T)}
+WHERE client_id = ANY(%(clients)b::uuid[]) AND {fetchable_sql(_T)}
 """  # noqa: S608 - constants only
 
+
+def _by_message_id(rows: str, columns: str, value: str, condition: str) -> str:
+    """A one-row CTE ``found``: the rows of the batch ``rows`` that the table holds, locked.
+
+    ``rows`` is bound arrays unnested, as ``v (columns)``, ``condition`` picks the row of
+    ``v.message_id``; ``found.seqs`` are the rows' ``seq``s, ascending, and ``found.vals``
+    each one's ``value``, in the same order.
+
+    The statement is prepared, and a generic plan guesses every bound array at ten rows:
+    a join of ``v`` with the table may then read ``v`` again for each row of the table
+    (time square in the batch). Here no plan can: each message id is looked up alone
+    (``LIMIT 1`` keeps the lookup inside the loop over ``v``) and its row locked (checked
+    again if it changed meanwhile, so the ``UPDATE`` need not repeat ``condition``; in
+    message id order, so two batches never wait for each other in a circle); the result is
+    one row, computed once; the ``UPDATE`` finds its rows by primary key (`_FOUND`) and
+    each one's value by binary search (`_VAL`).
+    """
+    return f"""found AS MATERIALIZED (
+    SELECT array_agg(m.seq ORDER BY m.seq) AS seqs, array_agg({value} ORDER BY m.seq) AS vals
+    FROM (SELECT * FROM {rows} AS u ({columns}) ORDER BY message_id) AS v
+    CROSS JOIN LATERAL (
+        SELECT seq FROM flnotify_mailbox
+        WHERE message_id = v.message_id AND {condition}
+        LIMIT 1
+        FOR UPDATE
+    ) AS m
+)"""  # noqa: S608 - constants only
+
+
+_FOUND = "m.seq = ANY(ARRAY(SELECT unnest(seqs) FROM found))"
+"""The rows `_by_message_id` found, by their primary key."""
+_VAL = "f.vals[width_bucket(m.seq, f.seqs)]"
+"""The value of row ``m`` (``found`` as ``f``): ``width_bucket`` finds ``m.seq`` in the
+sorted ``seqs`` by binary search (the bucket whose lower bound it is)."""
+
 # The answers of several clients in one statement: each counts for its own client only.
+_ANSWERED = _by_message_id(
+    "unnest(%(clients)b::uuid[], %(ids)b::text[], %(statuses)b::integer[])",
+    "client_id, message_id, status",
+    "v.status",
+    f"client_id = v.client_id AND state = 'offered' AND deadline_at > {_T}",
+)
 _ACK = f"""
-WITH {_CLOCK}
-UPDATE flnotify_mailbox AS m SET state = 'answered', status = v.status
-FROM unnest(%(clients)s::uuid[], %(ids)s::text[], %(statuses)s::integer[])
-    AS v (client_id, message_id, status)
-WHERE m.message_id = ANY(%(ids)s::text[])  -- found by the message_id index, never a scan
-    AND m.message_id = v.message_id AND m.client_id = v.client_id AND m.state = 'offered'
-    AND m.deadline_at > {_T}
+WITH {_CLOCK},
+{_ANSWERED}
+UPDATE flnotify_mailbox AS m SET state = 'answered', status = {_VAL}
+FROM found AS f
+WHERE {_FOUND}
 RETURNING m.client_id, m.message_id
 """  # noqa: S608 - constants only
 
@@ -180,12 +224,18 @@ SELECT message_id, client_id, status, fetches, send_id FROM (
 ORDER BY seq
 """  # noqa: S608 - constants only
 
+_RETRIED = _by_message_id(
+    "unnest(%(ids)b::text[], %(delays)b::double precision[])",
+    "message_id, delay",
+    "v.delay",
+    "owner = %(owner)s AND state = 'answered'",
+)
 _REQUEUE = f"""
-WITH {_CLOCK}
-UPDATE flnotify_mailbox AS m SET state = 'queued', status = NULL, available_at = {_T} + v.delay
-FROM unnest(%(ids)s::text[], %(delays)s::double precision[]) AS v (message_id, delay)
-WHERE m.message_id = ANY(%(ids)s::text[]) AND m.message_id = v.message_id
-    AND m.owner = %(owner)s AND m.state = 'answered'
+WITH {_CLOCK},
+{_RETRIED}
+UPDATE flnotify_mailbox AS m SET state = 'queued', status = NULL, available_at = {_T} + {_VAL}
+FROM found AS f
+WHERE {_FOUND}
 RETURNING m.client_id
 """  # noqa: S608 - constants only
 
@@ -196,7 +246,7 @@ SELECT m.message_id, m.client_id, m.send_id, s.size,
         THEN s.payload END,
     s.posted_at
 FROM flnotify_mailbox AS m JOIN flnotify_mailbox_sends AS s ON s.id = m.send_id
-WHERE m.seq = ANY(%(seqs)s::bigint[])
+WHERE m.seq = ANY(%(seqs)b::bigint[])
 ORDER BY m.seq
 """
 
@@ -209,12 +259,12 @@ swept AS (
     DELETE FROM flnotify_mailbox_nonces
     WHERE nonce IN (
         SELECT nonce FROM flnotify_mailbox_nonces
-        WHERE until <= {_T} AND nonce <> ALL(%(nonces)s::text[])
+        WHERE until <= {_T} AND nonce <> ALL(%(nonces)b::text[])
         FOR UPDATE SKIP LOCKED
     )
 )
 INSERT INTO flnotify_mailbox_nonces AS n (nonce, until)
-SELECT * FROM unnest(%(nonces)s::text[], %(untils)s::double precision[])
+SELECT * FROM unnest(%(nonces)b::text[], %(untils)b::double precision[])
 ON CONFLICT (nonce) DO UPDATE SET until = EXCLUDED.until WHERE n.until <= {_T}
 RETURNING n.nonce
 """  # noqa: S608 - constants only
@@ -224,6 +274,20 @@ SELECT message_id, client_id::text AS client_id, send_id, state, fetches, status
     attempts, error
 FROM flnotify_mailbox ORDER BY seq
 """
+
+
+def _planned(cur: psycopg.Cursor[Any]) -> Callable[[str, Mapping[str, Any]], Any]:
+    """An ``execute`` on ``cur`` that plans each statement for its parameters.
+
+    For the lease queue's settle: it joins its batch of outcomes with the table, and the
+    generic plan of a prepared statement, which guesses the batch at ten rows, may read
+    the whole batch again for every row it updates (time square in the batch).
+    """
+
+    def execute(sql: str, params: Mapping[str, Any], /) -> psycopg.Cursor[Any]:
+        return cur.execute(sql, params, prepare=False)
+
+    return execute
 
 
 def _prepare(conn: psycopg.Connection[Any]) -> None:
@@ -239,7 +303,13 @@ def _prepare(conn: psycopg.Connection[Any]) -> None:
 
 
 def _prepare_light(conn: psycopg.Connection[Any]) -> None:
-    """The connection for what clients do: commits that do not wait for the WAL flush."""
+    """The connection for what clients do: commits that do not wait for the WAL flush.
+
+    Its lists are bound as binary arrays, the lease queue's batches (outcomes) too.
+    """
+    from psycopg.types.array import ListBinaryDumper
+
+    conn.adapters.register_dumper(list, ListBinaryDumper)
     conn.execute("SET synchronous_commit = off")
 
 
@@ -249,9 +319,10 @@ class PostgresMailbox(Closing):
 
     Any number of processes on any number of hosts may share the database: the server's
     workers, its mailbox apps and [`MailboxDispatcher`][flnotify.mailbox.MailboxDispatcher]s.
-    Every call is one transaction, committed (durable as the server's settings make it)
-    when it returns. One connection per instance, used by one thread at a time; it is
-    reopened after the server dropped it.
+    Every call is one transaction, committed when it returns: posts, leases and requeues
+    durably (as the server's settings make it), what clients do and the outcomes without
+    waiting for the disk (see `_run`). Two connections per instance (those two kinds),
+    each used by one thread at a time and reopened after the server dropped it.
 
     Args:
         url: A libpq connection string or URL, e.g.
@@ -321,11 +392,11 @@ class PostgresMailbox(Closing):
         committed without waiting for the WAL flush; a crash of the database may lose the
         last of them, which costs at most an offer again with the same ``webhook-id``, or
         a message judged again by a dispatcher once its sender's lease ended (callbacks
-        at least once). Posts and leases wait.
+        at least once). Posts, leases and requeues wait.
         """
         params["now"] = None if self.clock is None else self.clock()
         with (self._light if light else self._db).cursor(self, single=True) as cur:
-            cur.execute(sql, params, prepare=True)
+            cur.execute(sql, params, prepare=True, binary=True)
             rows = cur.fetchall() if cur.description is not None else []
             return rows, cur.rowcount
 
@@ -416,7 +487,7 @@ class PostgresMailbox(Closing):
             return []
         with self._cursor(light=True) as cur:  # see _run: at least once
             settled = _QUEUE.settle(
-                prepared(cur),
+                _planned(cur),
                 holder=owner,
                 rows=outcome_rows(deliveries),
                 now=self._clock(),

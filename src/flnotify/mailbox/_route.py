@@ -192,18 +192,24 @@ class MailLeg:
                 except Exception:  # a store that is down: its deadline is kept above
                     logger.warning("mailbox: could not read answers", exc_info=True)
                     answers = []
-                if answers:
-                    await self._judge(answers)
+                # Answers judged before stay answered until their outcome is recorded
+                # (after the send's callbacks): only answers not judged yet are news.
+                if await self._judge(answers):
                     continue
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(woken.wait(), self.poll_interval)
+                await self._wait(woken)
         finally:
             unsubscribe()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _judge(self, answers: list[Answer]) -> None:
+    async def _wait(self, woken: asyncio.Event) -> None:
+        """Until an in-process signal of answers, or ``poll_interval`` passed."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(woken.wait(), self.poll_interval)
+
+    async def _judge(self, answers: list[Answer]) -> bool:
+        """Judge the answers of messages still pending; whether there was one."""
         core = self.core
         deadline = self.store.ack_deadline
         final: list[Delivery] = []
@@ -231,6 +237,7 @@ class MailLeg:
             self.pending.pop(delivery.message_id, None)
         if final:
             await self.settle(final)
+        return bool(final or retries)
 
     async def _give_up(self) -> None:
         """Fail what is still pending: the deadline passed and the store did not say so."""
