@@ -167,7 +167,7 @@ class Dialect:
     def rows_source(self, name: str, columns: Sequence[tuple[str, str]]) -> str:
         """A ``FROM`` item ``v`` of the rows bound as ``name`` (see `bind_rows`)."""
         if self.postgres:
-            arrays = ", ".join(f"%({name}_{i})s::{kind}[]" for i, (_, kind) in enumerate(columns))
+            arrays = ", ".join(f"%({name}_{i})b::{kind}[]" for i, (_, kind) in enumerate(columns))
             names = ", ".join(col for col, _ in columns)
             return f"unnest({arrays}) AS v ({names})"
         picks = ", ".join(
@@ -286,7 +286,7 @@ class LeaseQueue:
                 f"{d.clock}UPDATE {t.table} SET {outcomes}, "  # noqa: S608 - constants only
                 f"{t.settled_at} = {now}{', ' + t.done_set if done else ''} "
                 f"FROM {source} WHERE {match}"
-                + (f" AND {t.table}.message_id = ANY({p('rows_0')}::text[])" if d.postgres else "")
+                + (f" AND {t.table}.message_id = ANY(%(rows_0)b::text[])" if d.postgres else "")
                 + (" RETURNING v.message_id" if d.postgres else "")
             )
             for done in (False, True)
