@@ -161,11 +161,14 @@ class Dialect:
 
     @property
     def postgres(self) -> bool:
-        """Whether this is PostgreSQL (rows taken with ``FOR UPDATE SKIP LOCKED``)."""
+        """Whether this is PostgreSQL (its binding, locking and clock differ)."""
         return self is POSTGRES
 
     def rows_source(self, name: str, columns: Sequence[tuple[str, str]]) -> str:
-        """A ``FROM`` item ``v`` of the rows bound as ``name`` (see `bind_rows`)."""
+        """A ``FROM`` item ``v`` of the rows bound as ``name`` (see `bind_rows`).
+
+        PostgreSQL takes one binary array per column.
+        """
         if self.postgres:
             arrays = ", ".join(f"%({name}_{i})b::{kind}[]" for i, (_, kind) in enumerate(columns))
             names = ", ".join(col for col, _ in columns)
