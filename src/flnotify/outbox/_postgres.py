@@ -1,10 +1,10 @@
 """The shared outbox store: PostgreSQL, for several server replicas and dispatcher hosts.
 
-Needs psycopg 3 (``pip install 'flnotify[postgres]'``). Claims take rows with
-``FOR UPDATE SKIP LOCKED``: dispatchers on any number of hosts claim disjoint rows
-without waiting for each other. Leases are measured by the database server's clock, so
-the hosts' clocks need not agree. Every psycopg error is translated here, at one edge,
-into [`OutboxError`][flnotify.errors.OutboxError].
+Needs psycopg 3 (``pip install 'flnotify[postgres]'``). Claims are taken one at a time
+under an advisory lock (a claim is a few statements that write claim rows only), so
+dispatchers on any number of hosts claim disjoint rows. Leases are measured by the
+database server's clock, so the hosts' clocks need not agree. Every psycopg error is
+translated here, at one edge, into [`OutboxError`][flnotify.errors.OutboxError].
 """
 
 from __future__ import annotations
@@ -131,11 +131,13 @@ def _prepare(conn: psycopg.Connection[Any]) -> None:
 class PostgresOutbox(Closing):
     """The [`Outbox`][flnotify.outbox.Outbox] semantics on a PostgreSQL database.
 
-    Any number of processes on any number of hosts may share the database: each claim
-    takes its rows with ``FOR UPDATE SKIP LOCKED``, so two dispatchers never hold the
-    same row and never wait for each other. Every write is one transaction, committed
-    (durable as the server's settings make it) when the call returns. One connection per
-    instance, used by one thread at a time, and a second one for outcomes
+    Any number of processes on any number of hosts may share the database: claims are
+    taken one at a time under an advisory lock (a millisecond or two each), so two
+    dispatchers never hold the same row. Every write is one transaction, committed when
+    the call returns: durable as the server's settings make it, except claims, leases and
+    outcomes with no callbacks to follow, committed with ``synchronous_commit`` off (a
+    crash of the server may undo the last of them: a resend with the same ``webhook-id``).
+    One connection per instance, used by one thread at a time, and a second one for outcomes
     ([`record`][flnotify.outbox.PostgresOutbox.record],
     [`finish`][flnotify.outbox.PostgresOutbox.finish]), opened when the first is recorded,
     so that a dispatcher's outcomes are written while its next claim runs; each is
@@ -258,7 +260,7 @@ class PostgresOutbox(Closing):
     def claim(self, limit: int, lease_seconds: float) -> Claim:
         """Take up to ``limit`` claimable deliveries (pending, or with an expired lease).
 
-        Rows another claim is taking at the same moment are skipped, not waited for.
+        A claim taken at the same moment by another dispatcher is waited for.
         """
         check_claim_args(limit, lease_seconds)
         token = secrets.token_hex(16)
