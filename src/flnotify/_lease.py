@@ -309,12 +309,10 @@ class LeaseQueue:
         if self._gone_with:  # the holder's emptied runs go in the same statement
             self._settle[True] = self._and_gone(
                 self._settle[True].replace(" RETURNING v.message_id", ""),
-                "v.message_id",
+                "v.message_id, ",
                 "SELECT message_id FROM changed",
             )
-            self._finish = self._and_gone(
-                f"{d.clock}{self._finish}", "1 AS one", "SELECT COUNT(*) FROM changed"
-            )
+            self._finish = self._and_gone(self._finish, "", "SELECT COUNT(*) FROM changed")
         self._prune = f"DELETE FROM {t.table} WHERE {t.done} AND {t.settled_at} < {p('before')}"  # noqa: S608
         self._orphans = (
             f"DELETE FROM {t.parent} WHERE NOT EXISTS (SELECT 1 FROM {t.table} AS r "  # noqa: S608
@@ -352,15 +350,16 @@ class LeaseQueue:
     def _and_gone(self, update: str, returning: str, select: str) -> str:
         """PostgreSQL: ``update``, and the holder's runs left without an open row go.
 
-        One statement: ``select`` reads ``changed`` (``returning`` of ``update``, which
-        follows the clock). The deletion sees the rows as they were before the update: the
-        rows it changed count as done.
+        One statement: ``select`` reads ``changed`` (the columns ``returning`` of
+        ``update``, and ``seq``); ``update`` may start with the clock. The deletion sees the
+        rows as they were before the update: the rows it changed count as done.
         """
         t, d = self.table, self.dialect
         claims = t.claims
         body = update.removeprefix(d.clock)
+        head = f"{d.clock}, " if body != update else "WITH "
         return (
-            f"{d.clock}, changed AS ({body} RETURNING {returning}, {t.table}.seq), "  # noqa: S608
+            f"{head}changed AS ({body} RETURNING {returning}{t.table}.seq), "  # noqa: S608
             f"gone AS (DELETE FROM {claims} WHERE token = {d.param('holder')} AND NOT EXISTS "
             f"(SELECT 1 FROM {t.table} WHERE {t.open} AND {t.table}.seq BETWEEN "
             f"{claims}.first_seq AND {claims}.last_seq AND {t.table}.seq NOT IN "
@@ -612,11 +611,7 @@ class LeaseQueue:
         """Make the holder's recorded rows of ``message_ids`` done; how many were."""
         if not message_ids:
             return 0
-        params = {
-            "holder": holder,
-            "now": None,
-            **self.dialect.bind_rows("ids", [(m,) for m in message_ids], 1),
-        }
+        params = {"holder": holder, **self.dialect.bind_rows("ids", [(m,) for m in message_ids], 1)}
         if self._gone_with:
             ((n,),) = execute(self._finish, params).fetchall()
             return int(n)
