@@ -92,7 +92,8 @@ CREATE INDEX IF NOT EXISTS flnotify_outbox_open ON flnotify_outbox (seq) WHERE s
 # rows only. (claim_token, and the state 'claimed', are schema 3's, no longer written.)
 # Few indexes on purpose: every outcome changes ``state``, which the partial index's
 # predicate reads, so no outcome is a HOT update and each writes one entry into every
-# index of the table. Claims walk flnotify_outbox_open; outcomes find rows by message_id.
+# index of the table. Claims walk flnotify_outbox_open; outcomes find rows by message_id
+# within the seq range of the claim's runs.
 
 # Every hot call is one statement, sent as one round trip in its own (autocommit)
 # transaction; %(now)s is NULL unless the outbox has a clock of its own, and then the
